@@ -1,0 +1,343 @@
+/*
+ * block.h - the public API of imgtool's block layer.
+ *
+ * A node graph: a command opens a top node (format driver) which owns a
+ * protocol child (`file`) and, optionally, a backing node (another format
+ * node).  Every request goes through the block_* functions below; drivers
+ * only ever talk to their own children through the same functions.
+ *
+ * Invariants the core keeps for drivers:
+ *  - requests reaching a driver are aligned to node->request_alignment
+ *    (the core bounces unaligned ones, serialising read-modify-write);
+ *  - requests never extend past block_get_length() (except truncate);
+ *  - write requests never reach a node opened read-only.
+ * Drivers must be thread-safe: many callers issue requests at once.
+ *
+ * Functions return 0 (or a non-negative value) on success and a negative
+ * errno on failure.  Functions that can fail for reasons worth explaining
+ * take an Error * which receives one human-readable line.
+ */
+#ifndef IMGTOOL_BLOCK_H
+#define IMGTOOL_BLOCK_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <jansson.h>
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+
+typedef struct Error {
+    int code;        /* positive errno, 0 when unset */
+    char msg[1024];  /* one line, no trailing newline */
+} Error;
+
+/* Sets err (if not NULL and not already set) and returns -code. */
+int error_setf(Error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Prepends "prefix: " to an existing message. */
+void error_prefixf(Error *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+bool error_is_set(const Error *err);
+void error_clear(Error *err);
+
+/* ------------------------------------------------------------------ */
+/* key=value option lists ("-o a=b,c=d", --image-opts)                 */
+
+typedef struct KVPair {
+    char *key;
+    char *value;
+    bool used;
+} KVPair;
+
+typedef struct KVList {
+    KVPair *items;
+    size_t n;
+} KVList;
+
+/* Parses "a=b,c=d" (",," is a literal comma) and appends to l.  A bare
+ * word without '=' is stored with key=implied_key (if not NULL) when it is
+ * first, else it is an error. */
+int kvlist_parse(KVList *l, const char *str, const char *implied_key,
+                 Error *err);
+int kvlist_set(KVList *l, const char *key, const char *value);
+/* The last value for key (marks it used), or NULL. */
+const char *kvlist_get(KVList *l, const char *key);
+bool kvlist_has(const KVList *l, const char *key);
+int kvlist_get_bool(KVList *l, const char *key, bool def, bool *out,
+                    Error *err);
+/* Sizes accept k/M/G/T/P/E suffixes (powers of 1024) and plain bytes. */
+int kvlist_get_size(KVList *l, const char *key, uint64_t def, uint64_t *out,
+                    Error *err);
+int kvlist_get_uint(KVList *l, const char *key, uint64_t def, uint64_t *out,
+                    Error *err);
+/* Moves every "prefix.rest" entry into out as "rest" (marks them used). */
+void kvlist_extract_prefix(KVList *l, const char *prefix, KVList *out);
+/* Error naming the first unused key. */
+int kvlist_check_unused(const KVList *l, const char *what, Error *err);
+void kvlist_free(KVList *l);
+
+/* "1G", "512k", "4096", "1.5G" -> bytes.  Returns -EINVAL on junk,
+ * -ERANGE on overflow. */
+int parse_size(const char *s, uint64_t *out);
+/* Human "1 GiB", "512 KiB", "1.5 GiB" as qemu-img prints sizes. */
+void format_size(uint64_t bytes, char *buf, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* Nodes                                                               */
+
+typedef struct BlockDriver BlockDriver;
+typedef struct BlockNode BlockNode;
+
+enum {
+    BLOCK_O_RDWR       = 1 << 0,  /* open for writing */
+    BLOCK_O_NO_BACKING = 1 << 1,  /* do not open the backing chain */
+    BLOCK_O_SHARE      = 1 << 2,  /* -U: read-only, take no locks that
+                                     would conflict with a writer */
+    BLOCK_O_NOCACHE    = 1 << 3,  /* O_DIRECT on the protocol node */
+    BLOCK_O_NO_LOCK    = 1 << 4,  /* take no image locks at all */
+    BLOCK_O_CHECK      = 1 << 5,  /* open for check/repair: tolerate the
+                                     corrupt bit and repairable damage */
+    BLOCK_O_CREATE     = 1 << 6,  /* protocol: create/truncate the file */
+    BLOCK_O_NO_FLUSH   = 1 << 7,  /* -t unsafe: flushes are no-ops */
+    BLOCK_O_BACKING_RO = 1 << 8,  /* internal: opened as someone's backing */
+};
+
+/* Request flags. */
+enum {
+    BLOCK_REQ_FUA         = 1 << 0,  /* write through before returning */
+    BLOCK_REQ_MAY_UNMAP   = 1 << 1,  /* write_zeroes may deallocate */
+    BLOCK_REQ_NO_FALLBACK = 1 << 2,  /* write_zeroes: fail with -ENOTSUP
+                                        rather than writing zero buffers */
+};
+
+/* block_status flags (non-negative return value of block_status). */
+enum {
+    BLOCK_STATUS_DATA         = 1 << 0, /* reads come from real data */
+    BLOCK_STATUS_ZERO         = 1 << 1, /* reads return zeroes */
+    BLOCK_STATUS_OFFSET_VALID = 1 << 2, /* *map is a host offset in *file */
+    BLOCK_STATUS_ALLOCATED    = 1 << 3, /* this layer defines the content
+                                           (else it comes from backing) */
+    BLOCK_STATUS_COMPRESSED   = 1 << 4, /* informational (map/check) */
+};
+
+/* Preallocation modes (create, truncate). */
+typedef enum {
+    PREALLOC_OFF = 0,
+    PREALLOC_METADATA,
+    PREALLOC_FALLOC,
+    PREALLOC_FULL,
+} PreallocMode;
+int prealloc_parse(const char *s, PreallocMode *out);
+const char *prealloc_name(PreallocMode m);
+
+struct BlockNode {
+    const BlockDriver *drv;
+    void *opaque;              /* driver state, drv->instance_size bytes */
+
+    char *filename;            /* as the user named it */
+    int flags;                 /* BLOCK_O_* it was opened with */
+    bool read_only;
+
+    BlockNode *file;           /* protocol child of a format node */
+    BlockNode *data_file;      /* external data file child (qcow2), or NULL */
+    BlockNode *backing;        /* backing node, or NULL */
+
+    /* Set by a format driver's open from its header; the core opens the
+     * chain from them.  backing_file is as stored in the image. */
+    char *backing_file;
+    char *backing_format;      /* NULL when the image does not say */
+    char *full_backing_filename;  /* resolved against our directory */
+
+    uint32_t request_alignment;   /* >= 1; power of two */
+    uint64_t max_transfer;        /* 0 = unlimited */
+
+    pthread_mutex_t rmw_lock;     /* serialises bounced unaligned writes */
+};
+
+/* Open `filename` with `format` (NULL probes the content; probing that
+ * falls back to raw is flagged in *probed_raw when not NULL).  opts are
+ * driver options (--image-opts, "file.xxx" for the protocol child,
+ * "backing.xxx" ...); unknown keys are an error.  Opens the backing chain
+ * unless BLOCK_O_NO_BACKING. */
+BlockNode *block_open(const char *filename, const char *format, KVList *opts,
+                      int flags, Error *err);
+/* Opens a protocol node only ("file" for paths). */
+BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
+                               Error *err);
+/* Closes node, its children and its backing chain. */
+void block_close(BlockNode *node);
+
+/* Opens (replacing any) the backing chain of node from backing_file /
+ * backing_format.  Called by block_open; exposed for rebase/commit. */
+int block_open_backing(BlockNode *node, int flags, Error *err);
+
+/* Resolves a backing name against the directory of `overlay` (relative
+ * names are relative to the overlay's directory, as in QEMU).  Returns
+ * malloc'd string. */
+char *block_resolve_backing(const char *overlay, const char *backing);
+
+/* ------------------------------------------------------------------ */
+/* Requests (thread-safe)                                              */
+
+int block_pread(BlockNode *n, uint64_t off, size_t len, void *buf);
+int block_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
+                 int flags);
+int block_flush(BlockNode *n);
+int block_discard(BlockNode *n, uint64_t off, uint64_t len);
+int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags);
+/* Status of [off, off+len) in this node alone: returns BLOCK_STATUS_*
+ * flags, *pnum = bytes from off with that same status (>= 1 unless len is
+ * 0); *map/*file set when OFFSET_VALID.  map/file may be NULL. */
+int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                 uint64_t *map, BlockNode **file);
+/* Status through the backing chain from top down to (not including) base
+ * (NULL: whole chain).  Unallocated regions past a backing file's end
+ * read as zero.  *depth (may be NULL) = chain index of the layer that
+ * defines the data (0 = top), or the chain length if none does. */
+int block_status_above(BlockNode *top, BlockNode *base, uint64_t off,
+                       uint64_t len, uint64_t *pnum, uint64_t *map,
+                       BlockNode **file, int *depth);
+/* Like block_pread, but bytes at or beyond the node's length read as zero
+ * (for reading a possibly shorter backing file). */
+int block_pread_zero_tail(BlockNode *n, uint64_t off, size_t len, void *buf);
+
+int64_t block_get_length(BlockNode *n);
+/* Bytes the node occupies on the host ("disk size"), or negative. */
+int64_t block_get_allocated_size(BlockNode *n);
+int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
+                   Error *err);
+
+/* True when every byte in the range reads as zero (block status only). */
+bool block_is_zero_fast(BlockNode *n, uint64_t off, uint64_t len);
+
+/* ------------------------------------------------------------------ */
+/* Format-level operations                                             */
+
+/* Create an image.  size may be 0 when opts has backing_file (the
+ * backing file's size is used unless BLOCK_CREATE_UNSAFE).  opts hold the
+ * driver's -o options (incl. backing_file, backing_fmt). */
+enum { BLOCK_CREATE_UNSAFE = 1 << 0, BLOCK_CREATE_QUIET = 1 << 1 };
+int block_create(const char *format, const char *filename, uint64_t size,
+                 bool size_given, KVList *opts, int flags, Error *err);
+
+/* Describes one create option (for -o help and validation). */
+typedef enum { OPT_STRING, OPT_SIZE, OPT_NUMBER, OPT_BOOL } OptType;
+typedef struct BlockCreateOpt {
+    const char *name;
+    OptType type;
+    const char *help;
+    const char *def;   /* default value as text, or NULL */
+} BlockCreateOpt;
+
+typedef struct BlockCheckResult {
+    int corruptions;
+    int leaks;
+    int check_errors;
+    int corruptions_fixed;
+    int leaks_fixed;
+    int64_t image_end_offset;
+    uint64_t total_clusters;
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+    bool bfi_valid;    /* the cluster counters above are meaningful */
+} BlockCheckResult;
+
+enum { BLOCK_FIX_LEAKS = 1, BLOCK_FIX_ERRORS = 2 };
+
+/* Returns -ENOTSUP when the format cannot be checked. */
+int block_check(BlockNode *n, BlockCheckResult *res, int fix, Error *err);
+
+typedef struct BlockMeasure {
+    uint64_t required;
+    uint64_t fully_allocated;
+    uint64_t bitmaps;
+    bool has_bitmaps;
+} BlockMeasure;
+
+/* in may be NULL (measure by size); opts are the target's -o options. */
+int block_measure(const char *format, KVList *opts, BlockNode *in,
+                  uint64_t size, BlockMeasure *out, Error *err);
+
+/* Format-specific info as a JSON object for `info` ("format-specific"
+ * -> {"type": drv, "data": {...}}), or NULL.  Caller owns the result. */
+json_t *block_get_format_info(BlockNode *n);
+/* cluster size, dirty flag etc. for `info`; 0/false when not relevant. */
+typedef struct BlockInfoExtra {
+    uint64_t cluster_size;
+    bool dirty;
+    bool encrypted;
+} BlockInfoExtra;
+void block_get_info_extra(BlockNode *n, BlockInfoExtra *out);
+
+/* Update the header's backing file name/format (rebase -u, commit). */
+int block_change_backing_file(BlockNode *n, const char *file,
+                              const char *fmt, Error *err);
+
+/* ------------------------------------------------------------------ */
+/* The driver contract                                                 */
+
+struct BlockDriver {
+    const char *name;
+    size_t instance_size;
+    bool is_protocol;      /* leaf node over a host resource */
+    bool is_format;
+    bool supports_backing;
+
+    /* Format probing: score 0..100 for the first bytes of a file. */
+    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+    /* Protocol drivers: does this filename belong to us (iscsi://...)? */
+    bool (*owns_filename)(const char *filename);
+
+    /* Format drivers: node->file is already open.  Options not consumed
+     * are an error. */
+    int (*open)(BlockNode *n, KVList *opts, int flags, Error *err);
+    void (*close)(BlockNode *n);
+
+    int (*pread)(BlockNode *n, uint64_t off, size_t len, void *buf);
+    int (*pwrite)(BlockNode *n, uint64_t off, size_t len, const void *buf,
+                  int flags);
+    int (*flush)(BlockNode *n);   /* own metadata/cache; core flushes
+                                     children afterwards */
+    int (*discard)(BlockNode *n, uint64_t off, uint64_t len);
+    int (*write_zeroes)(BlockNode *n, uint64_t off, uint64_t len, int flags);
+    int (*block_status)(BlockNode *n, uint64_t off, uint64_t len,
+                        uint64_t *pnum, uint64_t *map, BlockNode **file);
+    int64_t (*get_length)(BlockNode *n);
+    int64_t (*get_allocated_size)(BlockNode *n);
+    int (*truncate)(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
+                    Error *err);
+
+    int (*create)(const char *filename, uint64_t size, KVList *opts,
+                  Error *err);
+    const BlockCreateOpt *create_opts;   /* NULL-name terminated */
+
+    int (*check)(BlockNode *n, BlockCheckResult *res, int fix, Error *err);
+    int (*measure)(KVList *opts, BlockNode *in, uint64_t size,
+                   BlockMeasure *out, Error *err);
+    json_t *(*get_format_info)(BlockNode *n);
+    void (*get_info_extra)(BlockNode *n, BlockInfoExtra *out);
+    int (*change_backing_file)(BlockNode *n, const char *file,
+                               const char *fmt, Error *err);
+};
+
+/* The registry (block/drivers.c). */
+const BlockDriver *block_find_driver(const char *name);
+/* NULL-terminated list of every driver. */
+extern const BlockDriver *const block_driver_list[];
+
+/* Common option list shared by every protocol create (size only). */
+extern const BlockCreateOpt block_protocol_create_opts[];
+
+/* Creates (or truncates) a protocol-level file of `size` bytes with the
+ * given preallocation; used by format drivers' create. */
+int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
+                      KVList *opts, Error *err);
+
+#endif

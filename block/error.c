@@ -1,0 +1,52 @@
+/* error.c - the one-line Error object every fallible call fills. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "block/block.h"
+
+int error_setf(Error *err, int code, const char *fmt, ...)
+{
+    if (code < 0) {
+        code = -code;
+    }
+    if (code == 0) {
+        code = EIO;
+    }
+    if (err && err->code == 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return -code;
+}
+
+void error_prefixf(Error *err, const char *fmt, ...)
+{
+    if (!err || err->code == 0) {
+        return;
+    }
+    char prefix[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof(prefix), fmt, ap);
+    va_end(ap);
+    char old[sizeof(err->msg)];
+    memcpy(old, err->msg, sizeof(old));
+    snprintf(err->msg, sizeof(err->msg), "%s: %s", prefix, old);
+}
+
+bool error_is_set(const Error *err)
+{
+    return err && err->code != 0;
+}
+
+void error_clear(Error *err)
+{
+    if (err) {
+        err->code = 0;
+        err->msg[0] = '\0';
+    }
+}

@@ -1,0 +1,2 @@
+/* check.c - qcow2 consistency check and repair (in progress). */
+#include "block/block.h"

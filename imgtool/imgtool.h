@@ -1,0 +1,74 @@
+/*
+ * imgtool.h - what every command in cmd/ shares: the command table,
+ * error reporting, opening images from command-line arguments, JSON and
+ * human output, and the progress bar.
+ *
+ * Commands are thin: they parse options, call the block layer, print.
+ * Only cmd/ and imgtool/main.c may exit(); everything below returns.
+ */
+#ifndef IMGTOOL_IMGTOOL_H
+#define IMGTOOL_IMGTOOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "block/block.h"
+
+typedef struct ImgtoolCommand {
+    const char *name;
+    int (*run)(int argc, char **argv);   /* returns the exit code */
+    const char *synopsis;                /* one line for `imgtool help` */
+} ImgtoolCommand;
+
+/* cmd/<name>.c each define one of these. */
+int cmd_create(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_measure(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_dd(int argc, char **argv);
+int cmd_io(int argc, char **argv);
+
+/* "imgtool: <msg>\n" on stderr. */
+void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void imgtool_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Reports err (one line) prefixed by "imgtool: ". */
+void imgtool_report(const Error *err);
+
+/* Set from main for the duration of a command. */
+extern const char *imgtool_cmd_name;
+
+/* Open an image named on the command line.  With image_opts, `name` is
+ * a "driver=qcow2,file.filename=x,..." option string; otherwise a
+ * filename opened with `fmt` (NULL probes).  extra_opts (may be NULL) are
+ * merged in.  Prints nothing; fills err. */
+BlockNode *imgtool_open(const char *name, const char *fmt, bool image_opts,
+                        int flags, Error *err);
+/* Cache mode names ("none", "writeback", "unsafe", "directsync",
+ * "writethrough") to BLOCK_O_* flags.  Returns -EINVAL for unknown. */
+int imgtool_parse_cache(const char *mode, int *flags);
+
+/* Output format from --output=human|json. */
+typedef enum { OUTPUT_HUMAN, OUTPUT_JSON } OutputFormat;
+int imgtool_parse_output(const char *s, OutputFormat *out);
+/* Prints j the way qemu-img does (4-space indent, keys in insertion
+ * order) followed by a newline, and frees nothing. */
+void imgtool_print_json(const json_t *j);
+
+/* Progress bar: qemu-img draws "    (12.34/100%)\r" on stderr... we draw on
+ * stdout like qemu-img does; SIGUSR1 prints the current progress even
+ * when the bar is off. */
+typedef struct Progress Progress;
+Progress *progress_start(bool enabled);
+/* done/total in any unit; safe to call from many threads. */
+void progress_update(Progress *p, uint64_t done, uint64_t total);
+void progress_add(Progress *p, uint64_t delta, uint64_t total);
+void progress_finish(Progress *p);
+
+#endif
