@@ -1,0 +1,521 @@
+/*
+ * qcow2.h - internal interface of the qcow2 driver (formats/qcow2/).
+ *
+ * Shared by the driver files (header, cache, refcount, cluster, io,
+ * create ...) and by check.c / measure.c.  Not a public API: only files in
+ * this directory include it.  Signatures here are stable: add, don't
+ * change.
+ *
+ * Invariants the driver keeps:
+ *  - every field of Qcow2State below `lock` is read and written only with
+ *    s->lock held, except the immutable geometry (cluster_bits, sizes,
+ *    feature flags) which is fixed at open;
+ *  - on disk, metadata never points at a cluster whose refcount is 0:
+ *    refcount blocks are written (and flushed) before the L2 tables that
+ *    reference newly allocated clusters, and refcount decrements are
+ *    written only after the L2/L1 entries that dropped the reference;
+ *  - the COPIED flag (bit 63) is set in active L1/L2 entries exactly when
+ *    the referenced cluster has refcount 1; a cluster without it is never
+ *    written in place.
+ */
+#ifndef IMGTOOL_QCOW2_H
+#define IMGTOOL_QCOW2_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "block/block.h"
+
+/* ------------------------------------------------------------------ */
+/* On-disk constants                                                   */
+
+#define QCOW2_MAGIC              0x514649fbu   /* "QFI\xfb" */
+#define QCOW2_V2_HEADER_SIZE     72
+#define QCOW2_V3_HEADER_MIN      104
+#define QCOW2_V3_HEADER_SIZE     112           /* with compression_type */
+
+#define QCOW2_MIN_CLUSTER_BITS   9
+#define QCOW2_MAX_CLUSTER_BITS   21
+#define QCOW2_EXTL2_MIN_CLUSTER_BITS 14
+#define QCOW2_MAX_REFCOUNT_ORDER 6
+
+/* Limits that bound memory for hostile headers (same as QEMU's). */
+#define QCOW2_MAX_L1_BYTES        (32u * 1024 * 1024)
+#define QCOW2_MAX_REFTABLE_BYTES  (8u * 1024 * 1024)
+#define QCOW2_MAX_BACKING_NAME    1023
+#define QCOW2_MAX_SNAPSHOTS       65536
+
+/* Header field offsets (big endian on disk). */
+enum {
+    QCOW2_HDR_MAGIC = 0,
+    QCOW2_HDR_VERSION = 4,
+    QCOW2_HDR_BACKING_OFFSET = 8,
+    QCOW2_HDR_BACKING_SIZE = 16,
+    QCOW2_HDR_CLUSTER_BITS = 20,
+    QCOW2_HDR_SIZE = 24,
+    QCOW2_HDR_CRYPT_METHOD = 32,
+    QCOW2_HDR_L1_SIZE = 36,
+    QCOW2_HDR_L1_OFFSET = 40,
+    QCOW2_HDR_REFTABLE_OFFSET = 48,
+    QCOW2_HDR_REFTABLE_CLUSTERS = 56,
+    QCOW2_HDR_NB_SNAPSHOTS = 60,
+    QCOW2_HDR_SNAPSHOTS_OFFSET = 64,
+    QCOW2_HDR_INCOMPAT = 72,
+    QCOW2_HDR_COMPAT = 80,
+    QCOW2_HDR_AUTOCLEAR = 88,
+    QCOW2_HDR_REFCOUNT_ORDER = 96,
+    QCOW2_HDR_HEADER_LENGTH = 100,
+    QCOW2_HDR_COMPRESSION_TYPE = 104,
+};
+
+/* incompatible_features */
+#define QCOW2_INCOMPAT_DIRTY        (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT      (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE    (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION  (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2        (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN        0x1full
+/* compatible_features */
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+#define QCOW2_COMPAT_KNOWN          0x1ull
+/* autoclear_features */
+#define QCOW2_AUTOCLEAR_BITMAPS     (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+/* Bits we maintain; others are cleared when opening for writing.  The
+ * bitmaps bit is cleared too: we do not keep bitmaps up to date. */
+#define QCOW2_AUTOCLEAR_KNOWN       QCOW2_AUTOCLEAR_DATA_FILE_RAW
+
+/* crypt_method */
+#define QCOW2_CRYPT_NONE 0
+#define QCOW2_CRYPT_AES  1
+#define QCOW2_CRYPT_LUKS 2
+
+/* compression_type */
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* Header extension types. */
+#define QCOW2_EXT_END            0x00000000u
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE  0x6803f857u
+#define QCOW2_EXT_BITMAPS        0x23852875u
+#define QCOW2_EXT_CRYPTO         0x0537be77u
+#define QCOW2_EXT_DATA_FILE      0x44415441u
+
+/* Feature name table entry: type(1) bit(1) name(46). */
+#define QCOW2_FEATURE_NAME_LEN   46
+#define QCOW2_FEATURE_ENTRY_SIZE 48
+enum { QCOW2_FEAT_INCOMPAT = 0, QCOW2_FEAT_COMPAT = 1,
+       QCOW2_FEAT_AUTOCLEAR = 2 };
+
+/* L1 / L2 / refcount table entry bits. */
+#define QCOW2_OFLAG_COPIED      (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED  (1ull << 62)
+#define QCOW2_OFLAG_ZERO        (1ull << 0)
+#define QCOW2_L1E_OFFSET_MASK   0x00fffffffffffe00ull
+#define QCOW2_L1E_RESERVED_MASK 0x7f000000000001ffull
+#define QCOW2_L2E_OFFSET_MASK   0x00fffffffffffe00ull
+/* Reserved bits of a standard L2 entry (bits 1-8, 56-61). */
+#define QCOW2_L2E_STD_RESERVED_MASK 0x3f000000000001feull
+#define QCOW2_REFT_OFFSET_MASK  0xfffffffffffffe00ull
+#define QCOW2_REFT_RESERVED_MASK 0x1ffull
+
+/* Extended L2: second 64-bit word. */
+#define QCOW2_SUBCLUSTERS       32
+#define QCOW2_L2B_ALLOC_MASK    0x00000000ffffffffull
+#define QCOW2_L2B_ZERO_MASK     0xffffffff00000000ull
+#define QCOW2_L2B_ALL_ZERO      QCOW2_L2B_ZERO_MASK
+
+/* Snapshot table entry fixed part. */
+#define QCOW2_SNAPSHOT_FIXED    40
+#define QCOW2_SNAPSHOT_EXTRA_V3 16
+
+/* ------------------------------------------------------------------ */
+/* In-memory state                                                     */
+
+/* A header extension we do not interpret; kept verbatim and written back
+ * when the header is rewritten. */
+typedef struct Qcow2Extension {
+    uint32_t type;
+    uint32_t len;
+    uint8_t *data;
+} Qcow2Extension;
+
+typedef struct Qcow2FeatureName {
+    uint8_t type;   /* QCOW2_FEAT_* */
+    uint8_t bit;
+    char name[QCOW2_FEATURE_NAME_LEN + 1];
+} Qcow2FeatureName;
+
+typedef struct Qcow2Snapshot {
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+    char *id_str;
+    char *name;
+    uint64_t vm_state_size;
+    uint64_t disk_size;     /* from extra data, or the image size */
+} Qcow2Snapshot;
+
+/* A small write-back cache of cluster-sized metadata tables (L2 tables or
+ * refcount blocks).  Entries are pinned while in use (ref > 0) and never
+ * evicted while pinned.  All calls need s->lock. */
+typedef struct Qcow2CacheEntry {
+    uint64_t offset;        /* host offset, 0 = empty slot */
+    uint8_t *data;          /* cluster_size bytes, big-endian as on disk */
+    int ref;
+    bool dirty;
+    uint64_t lru;
+} Qcow2CacheEntry;
+
+typedef struct Qcow2State Qcow2State;
+
+typedef struct Qcow2Cache {
+    Qcow2State *s;
+    Qcow2CacheEntry *entries;
+    int size;
+    uint64_t lru_counter;
+    bool is_refcount;       /* refcount blocks (else L2 tables) */
+} Qcow2Cache;
+
+/* A guest range being allocated by a writer that dropped s->lock for its
+ * data I/O; overlapping allocating requests wait for it. */
+typedef struct Qcow2InFlight {
+    uint64_t start, end;    /* guest bytes, cluster aligned */
+    struct Qcow2InFlight *next;
+} Qcow2InFlight;
+
+/* A refcount decrement postponed until the L2/L1 change that dropped the
+ * reference is on disk. */
+typedef struct Qcow2PendingFree {
+    uint64_t offset;        /* host offset, cluster aligned */
+    uint64_t nb_clusters;
+} Qcow2PendingFree;
+
+struct Qcow2State {
+    BlockNode *node;
+
+    /* Header (host byte order). */
+    uint32_t version;          /* 2 or 3 */
+    uint32_t cluster_bits;
+    uint64_t cluster_size;
+    uint64_t size;             /* virtual size */
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint32_t refcount_order;   /* refcount_bits = 1 << refcount_order */
+    uint32_t header_length;
+    uint8_t compression_type;
+    /* Bytes of the header beyond the fields we know (header_length >
+     * 112); preserved on rewrite. */
+    uint8_t *header_tail;
+    uint32_t header_tail_len;
+
+    /* Derived geometry. */
+    uint32_t refcount_bits;
+    uint64_t refcount_max;     /* (1 << refcount_bits) - 1 */
+    uint32_t refblock_bits;    /* log2(entries per refcount block) */
+    uint64_t refblock_entries;
+    bool extended_l2;
+    uint32_t l2_entry_size;    /* 8 or 16 */
+    uint32_t l2_bits;          /* log2(entries per L2 table) */
+    uint64_t l2_entries;
+    uint64_t subcluster_size;  /* == cluster_size without extended_l2 */
+    uint32_t subcluster_bits;
+    uint32_t subclusters_per_cluster; /* 1 or 32 */
+    uint32_t csize_shift;      /* compressed descriptor: x = 62 - (cb - 8) */
+    uint64_t csize_mask;
+    uint64_t coffset_mask;
+    bool lazy_refcounts;
+    bool has_data_file;
+    bool data_file_raw;
+
+    /* Header extensions. */
+    char *backing_file;        /* NULL when none */
+    char *backing_format;      /* NULL when absent */
+    char *data_file_name;      /* from the extension, or NULL */
+    Qcow2FeatureName *features;
+    int nb_features;
+    Qcow2Extension *unknown_exts;  /* incl. bitmaps and crypto */
+    int nb_unknown_exts;
+    Qcow2Snapshot *snapshots;
+    int nb_snapshots_loaded;
+    uint64_t snapshots_size;   /* bytes of the snapshot table */
+
+    bool read_only;
+    int open_flags;
+
+    /* Everything below needs s->lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t inflight_cond;
+    Qcow2InFlight *inflight;
+
+    uint64_t *l1_table;        /* host byte order, l1_size entries */
+    uint64_t *refcount_table;  /* host byte order */
+    uint64_t refcount_table_size;  /* entries */
+
+    Qcow2Cache l2_cache;
+    Qcow2Cache refcount_cache;
+    /* Set when the refcount cache holds increments not yet on disk: L2
+     * tables must not be written before those. */
+    bool refcount_unflushed;
+
+    Qcow2PendingFree *pending_frees;
+    size_t nb_pending_frees, cap_pending_frees;
+
+    uint64_t free_cluster_index;   /* allocation hint */
+    /* One past the last host cluster we know to be in use or allocated
+     * (>= file length at open). */
+    uint64_t alloc_end;
+    bool dirty_set;            /* we set the dirty bit (lazy refcounts) */
+};
+
+static inline Qcow2State *qcow2_state(BlockNode *n)
+{
+    return (Qcow2State *)n->opaque;
+}
+
+/* ------------------------------------------------------------------ */
+/* Big-endian helpers                                                  */
+
+static inline uint16_t qcow2_be16(const uint8_t *p)
+{
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+static inline uint32_t qcow2_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+           ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t qcow2_be64(const uint8_t *p)
+{
+    return ((uint64_t)qcow2_be32(p) << 32) | qcow2_be32(p + 4);
+}
+static inline void qcow2_put_be16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+static inline void qcow2_put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+static inline void qcow2_put_be64(uint8_t *p, uint64_t v)
+{
+    qcow2_put_be32(p, (uint32_t)(v >> 32));
+    qcow2_put_be32(p + 4, (uint32_t)v);
+}
+
+static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+/* The node holding guest data clusters (data file or the image file). */
+static inline BlockNode *qcow2_data_node(Qcow2State *s)
+{
+    return s->has_data_file ? s->node->data_file : s->node->file;
+}
+
+/* ------------------------------------------------------------------ */
+/* L2 entry decoding                                                   */
+
+typedef enum {
+    QCOW2_CLUSTER_UNALLOCATED,   /* reads from backing (or zeroes) */
+    QCOW2_CLUSTER_ZERO_PLAIN,    /* zero flag, no host cluster */
+    QCOW2_CLUSTER_ZERO_ALLOC,    /* zero flag with a preallocated cluster */
+    QCOW2_CLUSTER_NORMAL,        /* data at host_offset */
+    QCOW2_CLUSTER_COMPRESSED,
+} Qcow2ClusterType;
+
+typedef enum {
+    QCOW2_SUBCLUSTER_UNALLOCATED,     /* backing / zeroes */
+    QCOW2_SUBCLUSTER_ZERO,            /* reads as zero */
+    QCOW2_SUBCLUSTER_DATA,            /* data at host offset */
+    QCOW2_SUBCLUSTER_COMPRESSED,
+    QCOW2_SUBCLUSTER_INVALID,         /* bitmap says alloc+zero, or alloc
+                                         without host offset */
+} Qcow2SubclusterType;
+
+typedef struct Qcow2L2Entry {
+    uint64_t entry;          /* raw first word */
+    uint64_t bitmap;         /* raw second word (extended L2), else 0 */
+    Qcow2ClusterType type;
+    uint64_t host_offset;    /* cluster offset (normal/zero_alloc), or the
+                                compressed data's byte offset */
+    uint64_t compressed_size;/* bytes to read for a compressed cluster
+                                (sector-rounded upper bound) */
+    bool copied;             /* bit 63 */
+} Qcow2L2Entry;
+
+/* Decodes a raw entry (entry, bitmap) into *out. */
+void qcow2_decode_l2_entry(const Qcow2State *s, uint64_t entry,
+                           uint64_t bitmap, Qcow2L2Entry *out);
+/* Type of subcluster sc (0..31; always 0 without extended L2). */
+Qcow2SubclusterType qcow2_subcluster_type(const Qcow2State *s,
+                                          const Qcow2L2Entry *e, int sc);
+/* Raw words of entry idx in an L2 table buffer (on-disk byte order). */
+uint64_t qcow2_l2_get_entry(const Qcow2State *s, const uint8_t *table,
+                            uint64_t idx);
+uint64_t qcow2_l2_get_bitmap(const Qcow2State *s, const uint8_t *table,
+                             uint64_t idx);
+void qcow2_l2_set(const Qcow2State *s, uint8_t *table, uint64_t idx,
+                  uint64_t entry, uint64_t bitmap);
+
+/* ------------------------------------------------------------------ */
+/* Metadata cache (cache.c); all need s->lock                          */
+
+int qcow2_cache_init(Qcow2State *s, Qcow2Cache *c, int size,
+                     bool is_refcount);
+void qcow2_cache_destroy(Qcow2Cache *c);
+/* Pins the table at host offset `offset`, reading it from the image
+ * file.  *table stays valid until qcow2_cache_put. */
+int qcow2_cache_get(Qcow2Cache *c, uint64_t offset, uint8_t **table);
+/* Like get but does not read: the table is zero-filled (for a table
+ * that is being created). */
+int qcow2_cache_get_empty(Qcow2Cache *c, uint64_t offset, uint8_t **table);
+void qcow2_cache_put(Qcow2Cache *c, uint8_t **table);
+void qcow2_cache_mark_dirty(Qcow2Cache *c, const uint8_t *table);
+/* Writes back every dirty entry (honouring the refcount-before-L2
+ * order); does not flush the file. */
+int qcow2_cache_writeback(Qcow2Cache *c);
+/* Drops the entry for `offset` if cached (the cluster was freed). */
+void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
+/* Drops every entry without writing (after check rebuilt metadata). */
+void qcow2_cache_invalidate(Qcow2Cache *c);
+
+/* ------------------------------------------------------------------ */
+/* Refcounts (refcount.c); all need s->lock                            */
+
+/* Refcount of host cluster `cluster_index` (offset >> cluster_bits);
+ * clusters beyond the refcount table read as 0. */
+int qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index,
+                       uint64_t *refcount);
+/* Sets the refcount of one host cluster, allocating a refcount block (and
+ * growing the refcount table) if needed.  For check's repairs. */
+int qcow2_set_refcount(Qcow2State *s, uint64_t cluster_index,
+                       uint64_t refcount);
+/* Adds `delta` (may be negative) to the refcount of every cluster in
+ * [offset, offset + len).  -ERANGE on overflow/underflow. */
+int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t len,
+                          int64_t delta);
+/* Allocates nb contiguous host clusters with refcount 1; returns the host
+ * offset (> 0) or a negative errno. */
+int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t nb);
+/* Allocates exactly the clusters at [offset, offset + nb clusters) (they
+ * must be free); for data_file_raw / preallocation. */
+int qcow2_alloc_clusters_at(Qcow2State *s, uint64_t offset, uint64_t nb);
+/* Drops one reference to [offset, offset + nb clusters) once the metadata
+ * that referenced it is on disk (see qcow2_apply_pending_frees). */
+int qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset,
+                                 uint64_t nb);
+/* Writes back L2 tables so that the deferred frees are safe, then applies
+ * them. */
+int qcow2_apply_pending_frees(Qcow2State *s);
+/* Frees the clusters of a compressed cluster descriptor (deferred). */
+int qcow2_free_compressed_deferred(Qcow2State *s, const Qcow2L2Entry *e);
+
+/* Refcount table geometry: index in the table and in the block. */
+static inline uint64_t qcow2_reftable_index(const Qcow2State *s,
+                                            uint64_t cluster_index)
+{
+    return cluster_index >> s->refblock_bits;
+}
+static inline uint64_t qcow2_refblock_index(const Qcow2State *s,
+                                            uint64_t cluster_index)
+{
+    return cluster_index & (s->refblock_entries - 1);
+}
+/* Entry i of a refcount block buffer (on-disk layout). */
+uint64_t qcow2_refblock_get(const Qcow2State *s, const uint8_t *block,
+                            uint64_t i);
+void qcow2_refblock_set(const Qcow2State *s, uint8_t *block, uint64_t i,
+                        uint64_t value);
+/* Writes the in-memory refcount table entries [first, first + n) to
+ * disk. */
+int qcow2_write_reftable(Qcow2State *s, uint64_t first, uint64_t n);
+/* Replaces the refcount table with a new one of `entries` entries placed
+ * at `offset` (already allocated/refcounted by the caller) and points the
+ * header at it.  table is host byte order and is taken over. */
+int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
+                           uint64_t offset);
+
+/* Number of clusters needed for refcount metadata (table + blocks) to
+ * cover `clusters` data/metadata clusters including themselves. */
+uint64_t qcow2_refcount_metadata_clusters(uint64_t clusters,
+                                          uint32_t cluster_bits,
+                                          uint32_t refcount_order);
+
+/* ------------------------------------------------------------------ */
+/* Cluster mapping (cluster.c); all need s->lock                       */
+
+/* Entry of guest cluster containing guest_offset (unallocated when its
+ * L2 table is not allocated). */
+int qcow2_get_l2_entry(Qcow2State *s, uint64_t guest_offset,
+                       Qcow2L2Entry *out);
+/* Pins the L2 table for guest_offset; allocates it when `allocate` (else
+ * *table = NULL when there is none).  *index = entry index in it. */
+int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
+                       uint8_t **table, uint64_t *index);
+/* Writes L1 entries [first, first + n) from s->l1_table to disk. */
+int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n);
+/* Reads an L1 table (active or snapshot) of l1_size entries at offset into
+ * a malloc'd host-order array. */
+int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,
+                  uint64_t **l1);
+/* Reads an L2 table cluster directly (bypassing the cache; check). */
+int qcow2_read_l2_table(Qcow2State *s, uint64_t offset, uint8_t *buf);
+/* Writes an L2 table cluster directly (repair), dropping any cached
+ * copy. */
+int qcow2_write_l2_table(Qcow2State *s, uint64_t offset, const uint8_t *buf);
+
+/* ------------------------------------------------------------------ */
+/* Header (header.c)                                                   */
+
+/* Parses and validates the header of n->file into s.  */
+int qcow2_read_header(Qcow2State *s, Error *err);
+/* Rewrites the header cluster (header + extensions + backing name) from
+ * s, preserving unknown extensions and header bytes. */
+int qcow2_write_header(Qcow2State *s, Error *err);
+/* Sets/clears incompatible feature bits with a single header write. */
+int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear);
+/* Marks the image corrupt (unless opened for check) and logs why. */
+void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void qcow2_free_header(Qcow2State *s);
+
+/* Everything the driver caches written back and the file flushed. */
+int qcow2_flush_caches(Qcow2State *s);
+
+/* ------------------------------------------------------------------ */
+/* Compressed clusters (compress.c)                                    */
+
+/* Decompresses one cluster from src/src_len into dst (cluster_size). */
+int qcow2_decompress(const Qcow2State *s, const uint8_t *src, size_t src_len,
+                     uint8_t *dst);
+
+/* ------------------------------------------------------------------ */
+/* Provided by check.c / measure.c                                     */
+
+/* qcow2_check is called without s->lock; it takes it for its work (the
+ * helpers above all expect it held).  During open with the dirty bit set,
+ * the driver calls it with BLOCK_FIX_ERRORS | BLOCK_FIX_LEAKS before any
+ * other request can arrive. */
+
+int qcow2_check(BlockNode *n, BlockCheckResult *res, int fix, Error *err);
+int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
+                  BlockMeasure *out, Error *err);
+extern const BlockCreateOpt qcow2_create_opts[];
+
+extern const BlockDriver qcow2_driver;
+
+#endif
