@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# scripts/deps.sh - the one list of Debian 12 packages imgtool needs to
+# build, test and run its demo.  README's commands and .ci/run both call
+# this, so a new dependency is added here and nowhere else.
+#
+#   scripts/deps.sh          apt-get update + install (uses sudo when not root)
+#   scripts/deps.sh --list   print the package names, one per line
+set -euo pipefail
+
+packages=(
+    # build
+    build-essential meson ninja-build pkg-config git
+    zlib1g-dev libzstd-dev libssl-dev libjansson-dev
+    # ASan/UBSan with clang, libFuzzer harnesses
+    clang libclang-rt-14-dev
+    # the oracle the tests compare against: qemu-img, qemu-io
+    qemu-utils
+    # test runner
+    python3 python3-pytest python3-pytest-xdist
+    # flock/fallocate and friends used by tests and the demo
+    util-linux coreutils
+    # rendering the man page
+    man-db groff-base
+)
+
+if [ "${1:-}" = "--list" ]; then
+    printf '%s\n' "${packages[@]}"
+    exit 0
+fi
+
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -q
+"${sudo[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}"
