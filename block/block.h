@@ -106,6 +106,7 @@ enum {
     BLOCK_O_CREATE     = 1 << 6,  /* protocol: create/truncate the file */
     BLOCK_O_NO_FLUSH   = 1 << 7,  /* -t unsafe: flushes are no-ops */
     BLOCK_O_BACKING_RO = 1 << 8,  /* internal: opened as someone's backing */
+    BLOCK_O_PROBED     = 1 << 9,  /* the format was guessed, not given */
 };
 
 /* Request flags. */
@@ -193,7 +194,9 @@ int block_discard(BlockNode *n, uint64_t off, uint64_t len);
 int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags);
 /* Status of [off, off+len) in this node alone: returns BLOCK_STATUS_*
  * flags, *pnum = bytes from off with that same status (>= 1 unless len is
- * 0); *map/*file set when OFFSET_VALID.  map/file may be NULL. */
+ * 0); map and file (may be NULL) receive the host offset and the node
+ * holding it when OFFSET_VALID.  Unallocated regions with no backing node
+ * (or past its end) are reported as ZERO without ALLOCATED. */
 int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
                  uint64_t *map, BlockNode **file);
 /* Status through the backing chain from top down to (not including) base
@@ -265,8 +268,8 @@ typedef struct BlockMeasure {
 int block_measure(const char *format, KVList *opts, BlockNode *in,
                   uint64_t size, BlockMeasure *out, Error *err);
 
-/* Format-specific info as a JSON object for `info` ("format-specific"
- * -> {"type": drv, "data": {...}}), or NULL.  Caller owns the result. */
+/* Format-specific info for `info`: the value of "format-specific", i.e.
+ * {"type": drv, "data": {...}}, or NULL.  Caller owns the result. */
 json_t *block_get_format_info(BlockNode *n);
 /* cluster size, dirty flag etc. for `info`; 0/false when not relevant. */
 typedef struct BlockInfoExtra {

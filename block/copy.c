@@ -1,2 +1,602 @@
-/* copy.c - the copy engine (see copy.h); filled in by the convert work. */
-#include "block/block.h"
+/*
+ * copy.c - the copy engine (API and promises in copy.h).
+ *
+ * Shape: every worker thread loops "plan the next chunk (under the job
+ * lock) -> read/scan it (unlocked, in parallel) -> wait for its turn when
+ * writes must stay in order -> write it".  Planning is serialised so
+ * chunks are handed out in ascending order with increasing sequence
+ * numbers; in-order mode lets chunk k write only after chunk k-1 has, so
+ * the target sees a sequential write pattern while reads still overlap.
+ *
+ * Planning asks block_status_above once per status extent (cached), not
+ * once per chunk: a 1 TiB empty image costs a handful of status calls.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "block/copy.h"
+
+/* Zero regions proven by block status are handed out in pieces of at
+ * most this, so progress moves and one worker does not hog a huge
+ * write_zeroes. */
+#define ZERO_CHUNK_MAX (1ULL << 30)
+/* Granule of the zero scan; -S sizes are multiples of it. */
+#define SCAN_GRANULE 512
+
+typedef enum { CHUNK_DATA, CHUNK_ZERO, CHUNK_SKIP } ChunkKind;
+
+typedef struct Chunk {
+    ChunkKind kind;
+    uint64_t pos;        /* offset within the job's range */
+    uint64_t len;
+    int src;             /* index into job->src */
+    uint64_t src_off;    /* offset within that source */
+    uint64_t seq;
+    bool known_zero;     /* DATA only because -S 0 allocates zeroes */
+} Chunk;
+
+typedef struct Copy {
+    const CopyJob *job;
+    uint64_t chunk_size;
+    uint64_t granule;        /* compare_target granule */
+    int64_t *src_start;      /* cumulative start of each source */
+    int64_t *src_len;
+    int base_depth;          /* nodes from src[0] down to src_base */
+
+    pthread_mutex_t lock;
+    pthread_cond_t turn;
+    uint64_t next_pos;       /* next byte of the range to plan */
+    uint64_t next_seq;       /* sequence number of the next chunk */
+    uint64_t write_seq;      /* chunk allowed to write (in-order mode) */
+    uint64_t done;
+
+    /* cached status extent [st_start, st_end) of source st_src */
+    int st_src;
+    uint64_t st_start, st_end;
+    ChunkKind st_kind;
+
+    int ret;
+    Error err;
+
+    struct timespec t0;
+    uint64_t rated_bytes;
+} Copy;
+
+void copy_job_init(CopyJob *job)
+{
+    memset(job, 0, sizeof(*job));
+    job->workers = COPY_DEFAULT_WORKERS;
+    job->chunk_size = COPY_DEFAULT_CHUNK;
+    job->sparse_size = COPY_DEFAULT_SPARSE;
+    job->flush = true;
+}
+
+int64_t copy_sources_length(BlockNode **src, int nsrc)
+{
+    int64_t total = 0;
+    for (int i = 0; i < nsrc; i++) {
+        int64_t l = block_get_length(src[i]);
+        if (l < 0) {
+            return l;
+        }
+        total += l;
+    }
+    return total;
+}
+
+/* Records the first failure; later ones are consequences of stopping. */
+static void copy_fail(Copy *c, int ret, const char *fmt, uint64_t byte)
+{
+    pthread_mutex_lock(&c->lock);
+    if (!c->ret) {
+        c->ret = ret;
+        error_setf(&c->err, -ret, fmt, (unsigned long long)byte,
+                   strerror(-ret));
+    }
+    pthread_cond_broadcast(&c->turn);
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* Classifies the source at [s_off, ...) of source i and caches the
+ * extent.  Called with the lock held. */
+static int copy_status(Copy *c, int i, uint64_t s_off, uint64_t max)
+{
+    const CopyJob *job = c->job;
+    uint64_t pnum = 0;
+    int depth = 0;
+    int st = block_status_above(job->src[i], job->src_base, s_off, max,
+                                &pnum, NULL, NULL, &depth);
+    if (st < 0) {
+        return st;
+    }
+    if (pnum == 0) {
+        return -EIO;   /* a status that makes no progress would spin */
+    }
+    if (pnum > max) {
+        pnum = max;
+    }
+    if (job->src_base && depth >= c->base_depth) {
+        c->st_kind = CHUNK_SKIP;
+    } else if (st & BLOCK_STATUS_ZERO) {
+        c->st_kind = CHUNK_ZERO;
+    } else {
+        /* DATA, or a status that proves nothing: read it. */
+        c->st_kind = CHUNK_DATA;
+    }
+    c->st_src = i;
+    c->st_start = s_off;
+    c->st_end = s_off + pnum;
+    return 0;
+}
+
+/* Hands out the next chunk; returns 1 with *ch filled, 0 when the range
+ * is exhausted, negative on a status error.  Lock held. */
+static int copy_plan(Copy *c, Chunk *ch)
+{
+    const CopyJob *job = c->job;
+    if (c->next_pos >= job->length) {
+        return 0;
+    }
+    uint64_t pos = c->next_pos;
+    uint64_t s = job->src_offset + pos;
+    int i = 0;
+    while (i < job->nsrc - 1 && (uint64_t)c->src_start[i + 1] <= s) {
+        i++;
+    }
+    uint64_t s_off = s - c->src_start[i];
+    uint64_t src_left = c->src_len[i] - s_off;
+    uint64_t left = job->length - pos;
+    if (left > src_left) {
+        left = src_left;
+    }
+    if (left == 0) {
+        return -EIO;   /* range runs past the sources: caller bug */
+    }
+
+    if (!(c->st_src == i && c->st_start <= s_off && s_off < c->st_end)) {
+        int ret = copy_status(c, i, s_off, left);
+        if (ret < 0) {
+            error_setf(&c->err, -ret,
+                       "error while reading block status at byte %llu: %s",
+                       (unsigned long long)s, strerror(-ret));
+            return ret;
+        }
+    }
+    uint64_t len = c->st_end - s_off;
+    if (len > left) {
+        len = left;
+    }
+
+    ChunkKind kind = c->st_kind;
+    ch->known_zero = false;
+    if (kind == CHUNK_ZERO && job->sparse_size == 0 &&
+        !job->compare_target) {
+        /* -S 0: zeroes are written as data so the target is allocated. */
+        kind = CHUNK_DATA;
+        ch->known_zero = true;
+    }
+    if (kind == CHUNK_DATA) {
+        /* end on a chunk boundary of the target so writes stay aligned */
+        uint64_t d = job->dst_offset + pos;
+        uint64_t to_boundary = c->chunk_size - d % c->chunk_size;
+        if (len > to_boundary) {
+            len = to_boundary;
+        }
+    } else if (len > ZERO_CHUNK_MAX) {
+        len = ZERO_CHUNK_MAX;
+    }
+
+    ch->kind = kind;
+    ch->pos = pos;
+    ch->len = len;
+    ch->src = i;
+    ch->src_off = s_off;
+    ch->seq = c->next_seq++;
+    c->next_pos = pos + len;
+    return 1;
+}
+
+static bool buf_is_zero(const uint8_t *p, size_t len)
+{
+    /* compare against itself shifted: len bytes are zero iff the first
+     * is and every byte equals its predecessor */
+    return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
+
+static void copy_throttle(Copy *c, uint64_t bytes)
+{
+    uint64_t rate = c->job->rate_limit;
+    if (!rate) {
+        return;
+    }
+    pthread_mutex_lock(&c->lock);
+    c->rated_bytes += bytes;
+    double due = (double)c->rated_bytes / (double)rate;
+    pthread_mutex_unlock(&c->lock);
+
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double elapsed = (now.tv_sec - c->t0.tv_sec) +
+                     (now.tv_nsec - c->t0.tv_nsec) / 1e9;
+    if (due > elapsed) {
+        double wait = due - elapsed;
+        struct timespec ts = { (time_t)wait,
+                               (long)((wait - (time_t)wait) * 1e9) };
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int zero_flags(const CopyJob *job)
+{
+    return job->no_unmap ? 0 : BLOCK_REQ_MAY_UNMAP;
+}
+
+/* A region the source reads as zero.  Skipped when the target provably
+ * reads zero there already. */
+static int copy_write_zero(Copy *c, uint64_t d_off, uint64_t len)
+{
+    const CopyJob *job = c->job;
+    if (job->dst_is_zero) {
+        return 0;
+    }
+    if (job->compare_target && block_is_zero_fast(job->dst, d_off, len)) {
+        return 0;
+    }
+    return block_write_zeroes(job->dst, d_off, len, zero_flags(job));
+}
+
+/* Writes buf (source data for [d_off, d_off+len)), turning zero runs of
+ * at least sparse_size into zero regions. */
+static int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
+                             uint64_t len)
+{
+    const CopyJob *job = c->job;
+    uint64_t min = job->sparse_size;
+    if (min == 0) {
+        return block_pwrite(job->dst, d_off, len, buf, 0);
+    }
+
+    uint64_t data_start = 0;   /* start of pending data not yet written */
+    uint64_t p = 0;
+    while (p < len) {
+        uint64_t g = len - p < SCAN_GRANULE ? len - p : SCAN_GRANULE;
+        if (!buf_is_zero(buf + p, g)) {
+            p += g;
+            continue;
+        }
+        uint64_t z = p;
+        while (p < len) {
+            g = len - p < SCAN_GRANULE ? len - p : SCAN_GRANULE;
+            if (!buf_is_zero(buf + p, g)) {
+                break;
+            }
+            p += g;
+        }
+        if (p - z < min) {
+            continue;   /* too short to be worth a hole: stays data */
+        }
+        if (z > data_start) {
+            int ret = block_pwrite(job->dst, d_off + data_start,
+                                   z - data_start, buf + data_start, 0);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        int ret = copy_write_zero(c, d_off + z, p - z);
+        if (ret < 0) {
+            return ret;
+        }
+        data_start = p;
+    }
+    if (len > data_start) {
+        return block_pwrite(job->dst, d_off + data_start, len - data_start,
+                            buf + data_start, 0);
+    }
+    return 0;
+}
+
+/* compare_target: write only the granules where the target differs. */
+static int copy_write_diff(Copy *c, uint64_t d_off, const uint8_t *buf,
+                           const uint8_t *cur, uint64_t len)
+{
+    const CopyJob *job = c->job;
+    uint64_t p = 0;
+    while (p < len) {
+        uint64_t g = c->granule - (d_off + p) % c->granule;
+        if (g > len - p) {
+            g = len - p;
+        }
+        if (memcmp(buf + p, cur + p, g) == 0) {
+            p += g;
+            continue;
+        }
+        /* extend over consecutive differing granules: fewer requests */
+        uint64_t start = p;
+        p += g;
+        while (p < len) {
+            g = c->granule - (d_off + p) % c->granule;
+            if (g > len - p) {
+                g = len - p;
+            }
+            if (memcmp(buf + p, cur + p, g) == 0) {
+                break;
+            }
+            p += g;
+        }
+        int ret;
+        if (job->sparse_size && buf_is_zero(buf + start, p - start)) {
+            ret = block_write_zeroes(job->dst, d_off + start, p - start,
+                                     zero_flags(job));
+        } else {
+            ret = block_pwrite(job->dst, d_off + start, p - start,
+                               buf + start, 0);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+typedef struct Worker {
+    Copy *c;
+    uint8_t *buf;
+    uint8_t *cur;   /* target content, compare_target only */
+    pthread_t thread;
+} Worker;
+
+/* Reads what the chunk needs before its write turn; returns 0 or a
+ * negative errno (after recording the error). */
+static int copy_read_chunk(Worker *w, const Chunk *ch)
+{
+    Copy *c = w->c;
+    const CopyJob *job = c->job;
+    if (ch->kind != CHUNK_DATA) {
+        return 0;
+    }
+    if (ch->known_zero) {
+        memset(w->buf, 0, ch->len);
+        return 0;
+    }
+    int ret = block_pread(job->src[ch->src], ch->src_off, ch->len, w->buf);
+    if (ret < 0) {
+        copy_fail(c, ret, "error while reading at byte %llu: %s",
+                  job->src_offset + ch->pos);
+        return ret;
+    }
+    if (job->compare_target) {
+        uint64_t d = job->dst_offset + ch->pos;
+        ret = block_pread(job->dst, d, ch->len, w->cur);
+        if (ret < 0) {
+            copy_fail(c, ret, "error while reading target at byte %llu: %s",
+                      d);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int copy_write_chunk(Worker *w, const Chunk *ch)
+{
+    Copy *c = w->c;
+    const CopyJob *job = c->job;
+    uint64_t d = job->dst_offset + ch->pos;
+    int ret = 0;
+    switch (ch->kind) {
+    case CHUNK_SKIP:
+        return 0;
+    case CHUNK_ZERO:
+        ret = copy_write_zero(c, d, ch->len);
+        break;
+    case CHUNK_DATA:
+        if (job->compare_target) {
+            ret = copy_write_diff(c, d, w->buf, w->cur, ch->len);
+        } else {
+            ret = copy_write_sparse(c, d, w->buf, ch->len);
+        }
+        break;
+    }
+    if (ret < 0) {
+        copy_fail(c, ret, "error while writing at byte %llu: %s", d);
+    }
+    return ret;
+}
+
+static void *copy_worker(void *opaque)
+{
+    Worker *w = opaque;
+    Copy *c = w->c;
+    const CopyJob *job = c->job;
+
+    pthread_mutex_lock(&c->lock);
+    while (!c->ret) {
+        Chunk ch;
+        int r = copy_plan(c, &ch);
+        if (r < 0) {
+            c->ret = r;
+            pthread_cond_broadcast(&c->turn);
+            break;
+        }
+        if (r == 0) {
+            break;
+        }
+        pthread_mutex_unlock(&c->lock);
+
+        if (copy_read_chunk(w, &ch) < 0) {
+            pthread_mutex_lock(&c->lock);
+            break;
+        }
+        if (!job->out_of_order) {
+            pthread_mutex_lock(&c->lock);
+            while (!c->ret && c->write_seq != ch.seq) {
+                pthread_cond_wait(&c->turn, &c->lock);
+            }
+            if (c->ret) {
+                break;
+            }
+            pthread_mutex_unlock(&c->lock);
+        }
+        if (copy_write_chunk(w, &ch) < 0) {
+            pthread_mutex_lock(&c->lock);
+            break;
+        }
+        if (ch.kind == CHUNK_DATA) {
+            copy_throttle(c, ch.len);
+        }
+
+        pthread_mutex_lock(&c->lock);
+        if (!job->out_of_order) {
+            c->write_seq++;
+            pthread_cond_broadcast(&c->turn);
+        }
+        c->done += ch.len;
+        if (job->progress) {
+            job->progress(job->progress_opaque, c->done, job->length);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+/* Nodes from src[0] down to (not including) base, or -1 if base is not
+ * in the chain. */
+static int chain_depth(BlockNode *top, BlockNode *base)
+{
+    int d = 0;
+    for (BlockNode *n = top; n; n = n->backing, d++) {
+        if (n == base) {
+            return d;
+        }
+    }
+    return -1;
+}
+
+int copy_run(const CopyJob *job, Error *err)
+{
+    if (job->nsrc < 1 || !job->dst) {
+        return error_setf(err, EINVAL, "copy: no source or no target");
+    }
+    if (job->src_base && job->nsrc != 1) {
+        return error_setf(err, EINVAL,
+                          "copy: a source base needs exactly one source");
+    }
+
+    Copy c;
+    memset(&c, 0, sizeof(c));
+    c.job = job;
+    c.chunk_size = job->chunk_size ? job->chunk_size : COPY_DEFAULT_CHUNK;
+    c.st_src = -1;
+    c.base_depth = 0;
+    if (job->src_base) {
+        c.base_depth = chain_depth(job->src[0], job->src_base);
+        if (c.base_depth < 0) {
+            return error_setf(err, EINVAL,
+                              "copy: base is not in the source's chain");
+        }
+    }
+
+    BlockInfoExtra extra;
+    block_get_info_extra(job->dst, &extra);
+    c.granule = extra.cluster_size > 4096 ? extra.cluster_size : 4096;
+    if (c.granule > c.chunk_size) {
+        c.granule = c.chunk_size;
+    }
+
+    c.src_start = calloc(job->nsrc, sizeof(int64_t));
+    c.src_len = calloc(job->nsrc, sizeof(int64_t));
+    if (!c.src_start || !c.src_len) {
+        free(c.src_start);
+        free(c.src_len);
+        return error_setf(err, ENOMEM, "copy: out of memory");
+    }
+    int64_t total = 0;
+    for (int i = 0; i < job->nsrc; i++) {
+        c.src_len[i] = block_get_length(job->src[i]);
+        if (c.src_len[i] < 0) {
+            int ret = (int)c.src_len[i];
+            free(c.src_start);
+            free(c.src_len);
+            return error_setf(err, -ret, "could not get size of '%s': %s",
+                              job->src[i]->filename, strerror(-ret));
+        }
+        c.src_start[i] = total;
+        total += c.src_len[i];
+    }
+    if (job->src_offset + job->length > (uint64_t)total) {
+        free(c.src_start);
+        free(c.src_len);
+        return error_setf(err, EINVAL, "copy: range past the end of source");
+    }
+
+    pthread_mutex_init(&c.lock, NULL);
+    pthread_cond_init(&c.turn, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &c.t0);
+
+    int nw = job->workers > 0 ? job->workers : COPY_DEFAULT_WORKERS;
+    if (nw > COPY_MAX_WORKERS) {
+        nw = COPY_MAX_WORKERS;
+    }
+    /* no point in more workers than chunks */
+    uint64_t nchunks = job->length / c.chunk_size + 1;
+    if ((uint64_t)nw > nchunks) {
+        nw = (int)nchunks;
+    }
+
+    Worker *w = calloc(nw, sizeof(Worker));
+    int ret = 0;
+    int started = 0;
+    if (!w) {
+        ret = error_setf(&c.err, ENOMEM, "copy: out of memory");
+        goto out;
+    }
+    for (int i = 0; i < nw; i++) {
+        w[i].c = &c;
+        if (posix_memalign((void **)&w[i].buf, 4096, c.chunk_size) ||
+            (job->compare_target &&
+             posix_memalign((void **)&w[i].cur, 4096, c.chunk_size))) {
+            ret = error_setf(&c.err, ENOMEM, "copy: out of memory");
+            goto out;
+        }
+    }
+    if (job->progress) {
+        job->progress(job->progress_opaque, 0, job->length);
+    }
+    /* the calling thread is worker 0 */
+    for (int i = 1; i < nw; i++) {
+        if (pthread_create(&w[i].thread, NULL, copy_worker, &w[i]) != 0) {
+            break;   /* fewer workers is still correct */
+        }
+        started = i;
+    }
+    copy_worker(&w[0]);
+    for (int i = 1; i <= started; i++) {
+        pthread_join(w[i].thread, NULL);
+    }
+    ret = c.ret;
+    if (!ret && job->flush) {
+        ret = block_flush(job->dst);
+        if (ret < 0) {
+            error_setf(&c.err, -ret, "error while flushing the target: %s",
+                       strerror(-ret));
+        }
+    }
+
+out:
+    if (w) {
+        for (int i = 0; i < nw; i++) {
+            free(w[i].buf);
+            free(w[i].cur);
+        }
+        free(w);
+    }
+    if (ret < 0 && err && !error_is_set(err)) {
+        *err = c.err;
+    }
+    pthread_cond_destroy(&c.turn);
+    pthread_mutex_destroy(&c.lock);
+    free(c.src_start);
+    free(c.src_len);
+    return ret;
+}

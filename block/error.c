@@ -35,7 +35,16 @@ void error_prefixf(Error *err, const char *fmt, ...)
     va_end(ap);
     char old[sizeof(err->msg)];
     memcpy(old, err->msg, sizeof(old));
-    snprintf(err->msg, sizeof(err->msg), "%s: %s", prefix, old);
+    size_t plen = strlen(prefix);
+    if (plen + 2 >= sizeof(err->msg)) {
+        return;
+    }
+    memcpy(err->msg, prefix, plen);
+    memcpy(err->msg + plen, ": ", 2);
+    size_t room = sizeof(err->msg) - plen - 3;
+    size_t olen = strnlen(old, room);
+    memcpy(err->msg + plen + 2, old, olen);
+    err->msg[plen + 2 + olen] = '\0';
 }
 
 bool error_is_set(const Error *err)

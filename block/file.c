@@ -1,0 +1,451 @@
+/*
+ * file.c - the protocol driver for local regular files and block devices.
+ *
+ * Holes are found with SEEK_DATA/SEEK_HOLE, zeroes and discards use
+ * fallocate (BLKZEROOUT/BLKDISCARD on devices), and O_DIRECT is optional.
+ * Reads past the end of a file return zeroes: format drivers allocate by
+ * writing past the end, and a bounced read-modify-write may straddle it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "block/block.h"
+#include "block/lock.h"
+
+typedef struct FileState {
+    int fd;
+    bool is_device;
+    bool direct;
+} FileState;
+
+static int file_fd_length(FileState *s, int64_t *len)
+{
+    if (s->is_device) {
+        uint64_t bytes;
+        if (ioctl(s->fd, BLKGETSIZE64, &bytes) < 0) {
+            return -errno;
+        }
+        *len = (int64_t)bytes;
+        return 0;
+    }
+    struct stat st;
+    if (fstat(s->fd, &st) < 0) {
+        return -errno;
+    }
+    *len = st.st_size;
+    return 0;
+}
+
+/* Smallest O_DIRECT read size the file accepts. */
+static uint32_t probe_direct_alignment(int fd)
+{
+    void *buf;
+    if (posix_memalign(&buf, 4096, 4096) != 0) {
+        return 4096;
+    }
+    uint32_t found = 4096;
+    for (uint32_t a = 512; a <= 4096; a *= 2) {
+        ssize_t r = pread(fd, buf, a, 0);
+        if (r >= 0) {
+            found = a;
+            break;
+        }
+    }
+    free(buf);
+    return found;
+}
+
+static int file_open(BlockNode *n, KVList *opts, int flags, Error *err)
+{
+    FileState *s = n->opaque;
+    s->fd = -1;
+    const char *locking = kvlist_get(opts, "locking");
+    kvlist_get(opts, "aio");           /* accepted: we use threads */
+    bool direct = flags & BLOCK_O_NOCACHE;
+    int ret = kvlist_get_bool(opts, "cache.direct", direct, &direct, err);
+    if (ret < 0) {
+        return ret;
+    }
+    bool no_flush = false;
+    ret = kvlist_get_bool(opts, "cache.no-flush", false, &no_flush, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (no_flush) {
+        n->flags |= BLOCK_O_NO_FLUSH;
+    }
+    if (locking && strcmp(locking, "on") && strcmp(locking, "off") &&
+        strcmp(locking, "auto")) {
+        return error_setf(err, EINVAL, "Parameter 'locking' expects 'on', "
+                          "'off' or 'auto'");
+    }
+
+    int oflags = O_CLOEXEC | ((flags & BLOCK_O_RDWR) ? O_RDWR : O_RDONLY);
+    if (direct) {
+        oflags |= O_DIRECT;
+    }
+    s->fd = open(n->filename, oflags);
+    if (s->fd < 0) {
+        ret = -errno;
+        return error_setf(err, -ret, "Could not open '%s': %s", n->filename,
+                          strerror(-ret));
+    }
+    struct stat st;
+    if (fstat(s->fd, &st) < 0) {
+        ret = -errno;
+        goto fail;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        ret = error_setf(err, EISDIR, "Could not open '%s': Is a directory",
+                         n->filename);
+        goto fail;
+    }
+    s->is_device = S_ISBLK(st.st_mode);
+    s->direct = direct;
+    if (direct) {
+        n->request_alignment = probe_direct_alignment(s->fd);
+    }
+
+    bool want_lock = !(flags & BLOCK_O_NO_LOCK) &&
+                     !(locking && strcmp(locking, "off") == 0);
+    if (want_lock) {
+        ImageLockMode mode = (flags & BLOCK_O_SHARE) ? IMAGE_LOCK_SHARED
+                             : (flags & BLOCK_O_RDWR) ? IMAGE_LOCK_WRITER
+                                                      : IMAGE_LOCK_READER;
+        ret = image_lock(s->fd, mode, n->filename, err);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
+    return 0;
+fail:
+    close(s->fd);
+    s->fd = -1;
+    return ret;
+}
+
+static void file_close(BlockNode *n)
+{
+    FileState *s = n->opaque;
+    if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
+}
+
+static int file_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
+{
+    FileState *s = n->opaque;
+    uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t r = pread(s->fd, p, len, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (r == 0) {
+            memset(p, 0, len);   /* past the end reads as zero */
+            return 0;
+        }
+        p += r;
+        off += (uint64_t)r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+static int file_pwrite(BlockNode *n, uint64_t off, size_t len,
+                       const void *buf, int flags)
+{
+    FileState *s = n->opaque;
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t r = pwrite(s->fd, p, len, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (r == 0) {
+            return -ENOSPC;
+        }
+        p += r;
+        off += (uint64_t)r;
+        len -= (size_t)r;
+    }
+    if ((flags & BLOCK_REQ_FUA) && fdatasync(s->fd) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+static int file_flush(BlockNode *n)
+{
+    FileState *s = n->opaque;
+    return fdatasync(s->fd) < 0 ? -errno : 0;
+}
+
+static int file_discard(BlockNode *n, uint64_t off, uint64_t len)
+{
+    FileState *s = n->opaque;
+    if (s->is_device) {
+        uint64_t range[2] = { off, len };
+        return ioctl(s->fd, BLKDISCARD, range) < 0 ? -errno : 0;
+    }
+    if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)off, (off_t)len) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
+static int file_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
+                             int flags)
+{
+    FileState *s = n->opaque;
+    if (s->is_device) {
+        uint64_t range[2] = { off, len };
+        return ioctl(s->fd, BLKZEROOUT, range) < 0 ? -errno : 0;
+    }
+    int64_t size;
+    int ret = file_fd_length(s, &size);
+    if (ret < 0) {
+        return ret;
+    }
+    if (off >= (uint64_t)size) {
+        /* Extending: the new area of a file reads as zero already. */
+        return ftruncate(s->fd, (off_t)(off + len)) < 0 ? -errno : 0;
+    }
+    if (flags & BLOCK_REQ_MAY_UNMAP) {
+        if (off + len > (uint64_t)size &&
+            ftruncate(s->fd, (off_t)(off + len)) < 0) {
+            return -errno;
+        }
+        if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)off, (off_t)len) == 0) {
+            return 0;
+        }
+    }
+    if (fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) == 0) {
+        return 0;
+    }
+    return -ENOTSUP;
+}
+
+static int file_block_status(BlockNode *n, uint64_t off, uint64_t len,
+                             uint64_t *pnum, uint64_t *map, BlockNode **file)
+{
+    FileState *s = n->opaque;
+    *map = off;
+    *file = n;
+    int data_flags = BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID |
+                     BLOCK_STATUS_ALLOCATED;
+    if (s->is_device) {
+        *pnum = len;
+        return data_flags;
+    }
+    off_t data = lseek(s->fd, (off_t)off, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) {
+            /* No data from here to the end: a trailing hole. */
+            *pnum = len;
+            return BLOCK_STATUS_ZERO | BLOCK_STATUS_OFFSET_VALID |
+                   BLOCK_STATUS_ALLOCATED;
+        }
+        *pnum = len;    /* SEEK_DATA unsupported: assume data */
+        return data_flags;
+    }
+    if ((uint64_t)data > off) {
+        uint64_t hole = (uint64_t)data - off;
+        *pnum = hole < len ? hole : len;
+        return BLOCK_STATUS_ZERO | BLOCK_STATUS_OFFSET_VALID |
+               BLOCK_STATUS_ALLOCATED;
+    }
+    off_t hole = lseek(s->fd, (off_t)off, SEEK_HOLE);
+    if (hole < 0 || (uint64_t)hole <= off) {
+        *pnum = len;
+        return data_flags;
+    }
+    uint64_t run = (uint64_t)hole - off;
+    *pnum = run < len ? run : len;
+    return data_flags;
+}
+
+static int64_t file_get_length(BlockNode *n)
+{
+    FileState *s = n->opaque;
+    int64_t len;
+    int ret = file_fd_length(s, &len);
+    return ret < 0 ? ret : len;
+}
+
+static int64_t file_get_allocated_size(BlockNode *n)
+{
+    FileState *s = n->opaque;
+    struct stat st;
+    if (fstat(s->fd, &st) < 0) {
+        return -errno;
+    }
+    if (s->is_device) {
+        return 0;
+    }
+    return (int64_t)st.st_blocks * 512;
+}
+
+static int write_zero_range(int fd, uint64_t off, uint64_t len)
+{
+    size_t chunk = 1 << 20;
+    uint8_t *zero = calloc(1, chunk);
+    if (!zero) {
+        return -ENOMEM;
+    }
+    int ret = 0;
+    while (len > 0) {
+        size_t now = len < chunk ? (size_t)len : chunk;
+        ssize_t r = pwrite(fd, zero, now, (off_t)off);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            ret = r < 0 ? -errno : -ENOSPC;
+            break;
+        }
+        off += (uint64_t)r;
+        len -= (uint64_t)r;
+    }
+    free(zero);
+    return ret;
+}
+
+/* Grows or shrinks fd to size; the new area is allocated per pm. */
+static int resize_fd(int fd, uint64_t old, uint64_t size, PreallocMode pm,
+                     Error *err, const char *name)
+{
+    if (pm == PREALLOC_METADATA) {
+        return error_setf(err, ENOTSUP, "Preallocation mode 'metadata' is "
+                          "not supported for files");
+    }
+    if (size > old && pm == PREALLOC_FULL) {
+        int ret = write_zero_range(fd, old, size - old);
+        if (ret < 0) {
+            return error_setf(err, -ret, "Could not preallocate '%s': %s",
+                              name, strerror(-ret));
+        }
+        return 0;
+    }
+    if (ftruncate(fd, (off_t)size) < 0) {
+        int e = errno;
+        return error_setf(err, e, "Could not resize '%s': %s", name,
+                          strerror(e));
+    }
+    if (size > old && pm == PREALLOC_FALLOC) {
+        int r = posix_fallocate(fd, (off_t)old, (off_t)(size - old));
+        if (r != 0) {
+            if (ftruncate(fd, (off_t)old) < 0) {
+                /* the error below is what matters */
+            }
+            return error_setf(err, r, "Could not preallocate '%s': %s",
+                              name, strerror(r));
+        }
+    }
+    return 0;
+}
+
+static int file_truncate(BlockNode *n, uint64_t size, bool exact,
+                         PreallocMode pm, Error *err)
+{
+    FileState *s = n->opaque;
+    int64_t old;
+    int ret = file_fd_length(s, &old);
+    if (ret < 0) {
+        return error_setf(err, -ret, "Could not get the size of '%s'",
+                          n->filename);
+    }
+    if (s->is_device) {
+        if ((uint64_t)old == size || (!exact && (uint64_t)old > size)) {
+            return 0;
+        }
+        return error_setf(err, ENOTSUP, "Cannot grow device files");
+    }
+    if (!exact && (uint64_t)old > size) {
+        return 0;
+    }
+    return resize_fd(s->fd, (uint64_t)old, size, pm, err, n->filename);
+}
+
+static int file_create(const char *filename, uint64_t size, KVList *opts,
+                       Error *err)
+{
+    PreallocMode pm = PREALLOC_OFF;
+    const char *p = kvlist_get(opts, "preallocation");
+    if (p && prealloc_parse(p, &pm) < 0) {
+        return error_setf(err, EINVAL, "Invalid preallocation mode: '%s'",
+                          p);
+    }
+    kvlist_get(opts, "nocow");
+    int ret = kvlist_check_unused(opts, "file", err);
+    if (ret < 0) {
+        return ret;
+    }
+    int fd = open(filename, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = errno;
+        return error_setf(err, e, "Could not create '%s': %s", filename,
+                          strerror(e));
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISBLK(st.st_mode)) {
+        close(fd);
+        return 0;   /* a device is created by whoever made it */
+    }
+    /* Refuse to clobber an image someone is using. */
+    ret = image_lock(fd, IMAGE_LOCK_WRITER, filename, err);
+    if (ret == 0 && ftruncate(fd, 0) < 0) {
+        int e = errno;
+        ret = error_setf(err, e, "Could not truncate '%s': %s", filename,
+                         strerror(e));
+    }
+    if (ret == 0) {
+        ret = resize_fd(fd, 0, size, pm, err, filename);
+    }
+    close(fd);
+    return ret;
+}
+
+static const BlockCreateOpt file_create_opts[] = {
+    { "size", OPT_SIZE, "Virtual disk size", NULL },
+    { "preallocation", OPT_STRING,
+      "Preallocation mode (allowed values: off, falloc, full)", "off" },
+    { "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
+      "off" },
+    { NULL, 0, NULL, NULL },
+};
+
+const BlockDriver file_driver = {
+    .name = "file",
+    .instance_size = sizeof(FileState),
+    .is_protocol = true,
+    .open = file_open,
+    .close = file_close,
+    .pread = file_pread,
+    .pwrite = file_pwrite,
+    .flush = file_flush,
+    .discard = file_discard,
+    .write_zeroes = file_write_zeroes,
+    .block_status = file_block_status,
+    .get_length = file_get_length,
+    .get_allocated_size = file_get_allocated_size,
+    .truncate = file_truncate,
+    .create = file_create,
+    .create_opts = file_create_opts,
+};

@@ -1,0 +1,114 @@
+/*
+ * status.c - block status of one node and through a backing chain.
+ *
+ * A region a format node does not allocate falls through to its backing
+ * node; with no backing node, or past the backing node's end, it reads as
+ * zero, and block_status says so (ZERO without ALLOCATED), which is what
+ * lets copies skip it without reading.
+ */
+#include <errno.h>
+
+#include "block/block.h"
+
+int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                 uint64_t *map, BlockNode **file)
+{
+    uint64_t dummy_map;
+    BlockNode *dummy_file;
+    if (!map) {
+        map = &dummy_map;
+    }
+    if (!file) {
+        file = &dummy_file;
+    }
+    *file = NULL;
+    *map = 0;
+    *pnum = 0;
+    int64_t size = block_get_length(n);
+    if (size < 0) {
+        return (int)size;
+    }
+    if (off >= (uint64_t)size || len == 0) {
+        return 0;
+    }
+    if (len > (uint64_t)size - off) {
+        len = (uint64_t)size - off;
+    }
+    int ret;
+    if (!n->drv->block_status) {
+        *pnum = len;
+        ret = BLOCK_STATUS_DATA | BLOCK_STATUS_ALLOCATED;
+    } else {
+        ret = n->drv->block_status(n, off, len, pnum, map, file);
+        if (ret < 0) {
+            return ret;
+        }
+        if (*pnum == 0 || *pnum > len) {
+            *pnum = len;   /* a driver must make progress */
+        }
+    }
+    if (!(ret & (BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_DATA |
+                 BLOCK_STATUS_ZERO))) {
+        if (!n->backing) {
+            ret |= BLOCK_STATUS_ZERO;
+        } else {
+            int64_t blen = block_get_length(n->backing);
+            if (blen >= 0 && off >= (uint64_t)blen) {
+                ret |= BLOCK_STATUS_ZERO;
+            } else if (blen >= 0 && off + *pnum > (uint64_t)blen) {
+                *pnum = (uint64_t)blen - off;
+            }
+        }
+    }
+    return ret;
+}
+
+int block_status_above(BlockNode *top, BlockNode *base, uint64_t off,
+                       uint64_t len, uint64_t *pnum, uint64_t *map,
+                       BlockNode **file, int *depth)
+{
+    int d = 0;
+    BlockNode *n = top;
+    for (;;) {
+        uint64_t num;
+        int ret = block_status(n, off, len, &num, map, file);
+        if (ret < 0) {
+            return ret;
+        }
+        if (num == 0) {
+            /* Past the end of this node: nothing more to say. */
+            *pnum = 0;
+            if (depth) {
+                *depth = d;
+            }
+            return 0;
+        }
+        len = num;
+        if ((ret & (BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_ZERO |
+                    BLOCK_STATUS_DATA)) ||
+            !n->backing || n->backing == base) {
+            *pnum = num;
+            if (depth) {
+                *depth = d;
+            }
+            return ret;
+        }
+        n = n->backing;
+        d++;
+    }
+}
+
+bool block_is_zero_fast(BlockNode *n, uint64_t off, uint64_t len)
+{
+    while (len > 0) {
+        uint64_t num;
+        int ret = block_status_above(n, NULL, off, len, &num, NULL, NULL,
+                                     NULL);
+        if (ret < 0 || num == 0 || !(ret & BLOCK_STATUS_ZERO)) {
+            return false;
+        }
+        off += num;
+        len -= num;
+    }
+    return true;
+}

@@ -1,0 +1,36 @@
+/* report.c - the one-line error and warning format of every command. */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "imgtool/imgtool.h"
+
+const char *imgtool_cmd_name;
+
+void imgtool_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("imgtool: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+void imgtool_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("imgtool: warning: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+void imgtool_report(const Error *err)
+{
+    if (err && err->code) {
+        imgtool_error("%s", err->msg);
+    } else {
+        imgtool_error("unknown error");
+    }
+}
