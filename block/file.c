@@ -121,6 +121,7 @@ static int file_open(BlockNode *n, KVList *opts, int flags, Error *err)
                                                       : IMAGE_LOCK_READER;
         ret = image_lock(s->fd, mode, n->filename, err);
         if (ret < 0) {
+            error_prefixf(err, "Could not open '%s'", n->filename);
             goto fail;
         }
     }

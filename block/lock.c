@@ -86,16 +86,16 @@ int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
         int held = byte_held(fd, SHARED_BASE + perms[i]);
         if (held > 0) {
             return error_setf(err, EAGAIN, "Failed to get \"%s\" lock: is "
-                              "another process using the image [%s]?",
-                              perm_names[perms[i]], filename);
+                              "another process using the image?",
+                              perm_names[perms[i]]);
         }
     }
     for (int i = 0; i < nunshared; i++) {
         int held = byte_held(fd, PERM_BASE + unshared[i]);
         if (held > 0) {
             return error_setf(err, EAGAIN, "Failed to get shared \"%s\" "
-                              "lock: is another process using the image "
-                              "[%s]?", perm_names[unshared[i]], filename);
+                              "lock: is another process using the image?",
+                              perm_names[unshared[i]]);
         }
     }
     return 0;
