@@ -27,7 +27,7 @@ static const char usage_text[] =
 "\n"
 "commands:\n"
 "  read [-P pattern] [-q] offset length\n"
-"  write [-P pattern | -z [-u]] [-f] [-q] offset length\n"
+"  write [-P pattern | -z [-u] | -s file] [-f] [-q] offset length\n"
 "  discard [-q] offset length\n"
 "  flush\n"
 "  map\n"
@@ -65,6 +65,7 @@ typedef struct IoOpts {
     bool fua;
     bool quiet;
     const char *prealloc;
+    const char *src_file;
     uint64_t off;
     uint64_t len;
 } IoOpts;
@@ -81,13 +82,17 @@ static int parse_io_args(int argc, char **argv, const char *allowed,
             imgtool_error("io: %s: unknown option '%s'", argv[0], argv[i]);
             return -EINVAL;
         }
-        if (f == 'P' || f == 'm') {
+        if (f == 'P' || f == 'm' || f == 's') {
             if (++i >= argc) {
                 imgtool_error("io: %s: -%c needs a value", argv[0], f);
                 return -EINVAL;
             }
             if (f == 'm') {
                 o->prealloc = argv[i];
+                continue;
+            }
+            if (f == 's') {
+                o->src_file = argv[i];
                 continue;
             }
             uint64_t p;
@@ -118,8 +123,8 @@ static int parse_io_args(int argc, char **argv, const char *allowed,
             return -EINVAL;
         }
     }
-    if (o->zero && o->have_pattern) {
-        imgtool_error("io: write: -z and -P are mutually exclusive");
+    if (o->zero + o->have_pattern + !!o->src_file > 1) {
+        imgtool_error("io: write: -z, -P and -s are mutually exclusive");
         return -EINVAL;
     }
     if (o->unmap && !o->zero) {
@@ -173,8 +178,17 @@ static int io_read(BlockNode *n, int argc, char **argv)
 static int io_write(BlockNode *n, int argc, char **argv)
 {
     IoOpts o;
-    if (parse_io_args(argc, argv, "Pzufq", 2, &o) < 0) {
+    if (parse_io_args(argc, argv, "Pzufqs", 2, &o) < 0) {
         return -EINVAL;
+    }
+    FILE *src = NULL;
+    if (o.src_file) {
+        src = fopen(o.src_file, "rb");
+        if (!src) {
+            imgtool_error("io: write: cannot open '%s': %s", o.src_file,
+                          strerror(errno));
+            return -errno;
+        }
     }
     int flags = o.fua ? BLOCK_REQ_FUA : 0;
     int ret = 0;
@@ -185,15 +199,30 @@ static int io_write(BlockNode *n, int argc, char **argv)
         size_t chunk = o.len < IO_CHUNK ? (size_t)o.len : IO_CHUNK;
         uint8_t *buf = malloc(chunk ? chunk : 1);
         if (!buf) {
+            if (src) {
+                fclose(src);
+            }
             return -ENOMEM;
         }
         memset(buf, o.have_pattern ? o.pattern : 0xcd, chunk);
         for (uint64_t done = 0; done < o.len && ret == 0;) {
             size_t now = o.len - done < chunk ? (size_t)(o.len - done) : chunk;
+            if (src && fread(buf, 1, now, src) != now) {
+                imgtool_error("io: write: '%s' is shorter than %" PRIu64
+                              " bytes", o.src_file, o.len);
+                ret = -EINVAL;
+                break;
+            }
             ret = block_pwrite(n, o.off + done, now, buf, flags);
             done += now;
         }
         free(buf);
+    }
+    if (src) {
+        fclose(src);
+    }
+    if (ret == -EINVAL && src) {
+        return ret;
     }
     if (ret < 0) {
         imgtool_error("io: write failed: %s", strerror(-ret));
