@@ -117,7 +117,9 @@ static int copy_status(Copy *c, int i, uint64_t s_off, uint64_t max)
     if (pnum > max) {
         pnum = max;
     }
-    if (job->src_base && depth >= c->base_depth) {
+    if (job->src_base && (!(st & BLOCK_STATUS_ALLOCATED) ||
+                          depth >= c->base_depth)) {
+        /* defined by src_base or below: the target has it already */
         c->st_kind = CHUNK_SKIP;
     } else if (st & BLOCK_STATUS_ZERO) {
         c->st_kind = CHUNK_ZERO;

@@ -1,10 +1,375 @@
-/* convert.c - stub until the command lands. */
+/*
+ * convert.c - `imgtool convert`: copy one or more images (concatenated)
+ * into a new or existing image of any format, like qemu-img convert.
+ *
+ * All the copying is the copy engine's (block/copy.h); this file decides
+ * what the engine may assume about the target:
+ *  - a target we just created, or one that block status proves zero, need
+ *    not have zero regions written at all;
+ *  - with -B the target reads its backing file where nothing is written:
+ *    when that backing file is part of the source's chain, only what lies
+ *    above it is copied; otherwise the engine compares with the target
+ *    and writes only differences, so the result is exactly the source
+ *    either way.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "block/copy.h"
+#include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+
+static const char convert_usage[] =
+    "usage: imgtool convert [--object objectdef] [--image-opts]\n"
+    "         [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C]\n"
+    "         [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache]\n"
+    "         [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options]\n"
+    "         [-l snapshot_param] [-S sparse_size] [-r rate_limit]\n"
+    "         [-m num_coroutines] [-W] [--salvage]\n"
+    "         filename [filename2 [...]] output_filename\n"
+    "\n"
+    "  -f fmt              source format (probed when omitted)\n"
+    "  -O fmt              target format (default raw)\n"
+    "  -o options          target creation options (see 'create')\n"
+    "  -B file [-F fmt]    give the target this backing file and copy only\n"
+    "                      what differs from it\n"
+    "  -n                  write into an existing target, do not create it\n"
+    "  --target-is-zero    with -n: the target already reads as zeroes\n"
+    "  -S size             zero runs of this size become holes (default\n"
+    "                      4k; 0 allocates the whole target)\n"
+    "  -m N                requests in flight (1..16, default 8)\n"
+    "  -W                  allow out-of-order writes\n"
+    "  -r rate             limit the copy to rate bytes per second\n"
+    "  -t/-T cache         target/source cache mode\n"
+    "  -p                  show progress; -q: quiet\n"
+    "  -U                  open sources without conflicting locks\n";
+
+enum {
+    OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_TARGET_IMAGE_OPTS,
+    OPT_TARGET_IS_ZERO, OPT_BITMAPS, OPT_SALVAGE,
+};
+
+static const struct option convert_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "object", required_argument, NULL, OPT_OBJECT },
+    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+    { "target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS },
+    { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
+    { "bitmaps", no_argument, NULL, OPT_BITMAPS },
+    { "salvage", no_argument, NULL, OPT_SALVAGE },
+    { "force-share", no_argument, NULL, 'U' },
+    { NULL, 0, NULL, 0 },
+};
+
+typedef struct ConvertOpts {
+    const char *fmt, *out_fmt, *backing, *backing_fmt, *cache, *src_cache;
+    const char *create_opts, *snapshot;
+    bool image_opts, target_image_opts, target_is_zero, bitmaps, salvage;
+    bool share, compress, progress, quiet, no_create, out_of_order;
+    uint64_t sparse, rate;
+    int workers;
+} ConvertOpts;
+
+static void size_hint(void)
+{
+    imgtool_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
+                  "and exabytes.");
+}
+
+/* Returns -1 to continue, else the exit code. */
+static int convert_parse(int argc, char **argv, ConvertOpts *o)
+{
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":hf:O:B:F:Cco:l:S:pt:T:qnm:WUr:",
+                            convert_options, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(convert_usage, stdout);
+            return 0;
+        case 'f': o->fmt = optarg; break;
+        case 'O': o->out_fmt = optarg; break;
+        case 'B': o->backing = optarg; break;
+        case 'F': o->backing_fmt = optarg; break;
+        case 'C': break;   /* offload is an optimisation; plain copy is ok */
+        case 'c': o->compress = true; break;
+        case 'o': o->create_opts = optarg; break;
+        case 'l': o->snapshot = optarg; break;
+        case 'S': {
+            uint64_t v;
+            if (parse_size(optarg, &v) < 0) {
+                imgtool_error("Invalid buffer size for sparse output "
+                              "specified. You may use k, M, G, T, P or E "
+                              "suffixes for");
+                size_hint();
+                return 1;
+            }
+            if (v % 512 || v > 16 * 1024 * 1024) {
+                imgtool_error("Invalid buffer size for sparse output "
+                              "specified. Valid sizes are multiples of 512 "
+                              "up to 16777216. Select 0 to disable sparse "
+                              "detection (fully allocates output).");
+                return 1;
+            }
+            o->sparse = v;
+            break;
+        }
+        case 'p': o->progress = true; break;
+        case 't': o->cache = optarg; break;
+        case 'T': o->src_cache = optarg; break;
+        case 'q': o->quiet = true; break;
+        case 'n': o->no_create = true; break;
+        case 'm': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end || v < 1 || v > COPY_MAX_WORKERS) {
+                imgtool_error("Invalid number of coroutines. Allowed number "
+                              "of coroutines is between 1 and %d",
+                              COPY_MAX_WORKERS);
+                return 1;
+            }
+            o->workers = (int)v;
+            break;
+        }
+        case 'W': o->out_of_order = true; break;
+        case 'U': o->share = true; break;
+        case 'r':
+            if (parse_size(optarg, &o->rate) < 0) {
+                imgtool_error("Invalid rate limit specified. You may use k, "
+                              "M, G, T, P or E suffixes for");
+                size_hint();
+                return 1;
+            }
+            break;
+        case OPT_OBJECT: break;   /* secrets are found by imgtool_open() */
+        case OPT_IMAGE_OPTS: o->image_opts = true; break;
+        case OPT_TARGET_IMAGE_OPTS: o->target_image_opts = true; break;
+        case OPT_TARGET_IS_ZERO: o->target_is_zero = true; break;
+        case OPT_BITMAPS: o->bitmaps = true; break;
+        case OPT_SALVAGE: o->salvage = true; break;
+        default:
+            return usage_bad_option("convert", argv, c);
+        }
+    }
+    if (o->quiet) {
+        o->progress = false;
+    }
+    if (argc - optind < 1) {
+        return usage_error("convert", "Must specify image file name");
+    }
+    if (argc - optind < 2) {
+        imgtool_error("Must specify both input and output files");
+        return 1;
+    }
+    if (o->target_is_zero && !o->no_create) {
+        imgtool_error("--target-is-zero requires use of -n flag");
+        return 1;
+    }
+    if (o->target_image_opts && !o->no_create) {
+        imgtool_error("--target-image-opts requires use of -n flag");
+        return 1;
+    }
+    if (o->no_create && o->create_opts) {
+        imgtool_error("-o has no effect when skipping image creation");
+        return 1;
+    }
+    if (o->no_create && o->backing) {
+        imgtool_error("-B makes no sense when skipping image creation");
+        return 1;
+    }
+    if (o->backing_fmt && !o->backing) {
+        imgtool_error("-F is only valid with -B");
+        return 1;
+    }
+    if (o->compress) {
+        imgtool_error("compressed output (-c) is not supported yet");
+        return 1;
+    }
+    if (o->snapshot) {
+        imgtool_error("converting from a snapshot (-l) is not supported yet");
+        return 1;
+    }
+    if (o->bitmaps) {
+        imgtool_error("copying bitmaps (--bitmaps) is not supported yet");
+        return 1;
+    }
+    if (o->salvage) {
+        imgtool_error("--salvage is not supported yet");
+        return 1;
+    }
+    return -1;
+}
+
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* The node of src's chain that is the same image as the target's backing
+ * file, or NULL. */
+static BlockNode *find_common_base(BlockNode *src, BlockNode *dst)
+{
+    if (!dst->backing || !dst->backing->file) {
+        return NULL;
+    }
+    for (BlockNode *n = src->backing; n; n = n->backing) {
+        if (n->file && strcmp(n->drv->name, dst->backing->drv->name) == 0 &&
+            same_file(n->file->filename, dst->backing->file->filename)) {
+            return n;
+        }
+    }
+    return NULL;
+}
+
+static void convert_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    progress_update(opaque, done, total);
+}
+
+static int create_target(const ConvertOpts *o, const char *out_fmt,
+                         const char *out, uint64_t size)
+{
+    Error err = { 0 };
+    KVList opts = { 0 };
+    if (o->create_opts &&
+        kvlist_parse(&opts, o->create_opts, NULL, &err) < 0) {
+        imgtool_report(&err);
+        kvlist_free(&opts);
+        return 1;
+    }
+    if (o->backing) {
+        kvlist_set(&opts, "backing_file", o->backing);
+        if (o->backing_fmt) {
+            kvlist_set(&opts, "backing_fmt", o->backing_fmt);
+        }
+    }
+    int ret = block_create(out_fmt, out, size, true, &opts,
+                           BLOCK_CREATE_QUIET, &err);
+    kvlist_free(&opts);
+    if (ret < 0) {
+        imgtool_report(&err);
+        return 1;
+    }
+    return 0;
+}
 
 int cmd_convert(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    imgtool_error("convert: not implemented yet");
-    return 1;
+    ConvertOpts o = { .sparse = COPY_DEFAULT_SPARSE,
+                      .workers = COPY_DEFAULT_WORKERS };
+    int rc = convert_parse(argc, argv, &o);
+    if (rc >= 0) {
+        return rc;
+    }
+    const char *out_fmt = o.out_fmt ? o.out_fmt : "raw";
+    if (!block_find_driver(out_fmt)) {
+        imgtool_error("Unknown file format '%s'", out_fmt);
+        return 1;
+    }
+
+    int src_flags = o.share ? BLOCK_O_SHARE : 0;
+    int dst_flags = BLOCK_O_RDWR;
+    if (o.src_cache && imgtool_parse_cache(o.src_cache, &src_flags) < 0) {
+        imgtool_error("Invalid source cache option: %s", o.src_cache);
+        return 1;
+    }
+    if (o.cache && imgtool_parse_cache(o.cache, &dst_flags) < 0) {
+        imgtool_error("Invalid cache option: %s", o.cache);
+        return 1;
+    }
+
+    int nsrc = argc - optind - 1;
+    const char *out = argv[argc - 1];
+    BlockNode **src = calloc(nsrc, sizeof(*src));
+    BlockNode *dst = NULL;
+    Progress *prog = NULL;
+    Error err = { 0 };
+    rc = 1;
+    if (!src) {
+        imgtool_error("out of memory");
+        return 1;
+    }
+    for (int i = 0; i < nsrc; i++) {
+        src[i] = imgtool_open(argv[optind + i], o.fmt, o.image_opts,
+                              src_flags, &err);
+        if (!src[i]) {
+            imgtool_report(&err);
+            goto out;
+        }
+    }
+    int64_t total = copy_sources_length(src, nsrc);
+    if (total < 0) {
+        imgtool_error("Could not get size of the source: %s",
+                      strerror((int)-total));
+        goto out;
+    }
+
+    if (!o.no_create && create_target(&o, out_fmt, out, total)) {
+        goto out;
+    }
+    dst = imgtool_open(out, o.target_image_opts ? NULL : out_fmt,
+                       o.target_image_opts, dst_flags, &err);
+    if (!dst) {
+        imgtool_report(&err);
+        goto out;
+    }
+    int64_t dst_len = block_get_length(dst);
+    if (dst_len < 0) {
+        imgtool_error("Could not get size of '%s': %s", out,
+                      strerror((int)-dst_len));
+        goto out;
+    }
+    if (dst_len < total) {
+        imgtool_error("output file is smaller than input file");
+        goto out;
+    }
+
+    CopyJob job;
+    copy_job_init(&job);
+    job.src = src;
+    job.nsrc = nsrc;
+    job.dst = dst;
+    job.length = total;
+    job.sparse_size = o.sparse;
+    job.workers = o.workers;
+    job.out_of_order = o.out_of_order;
+    job.rate_limit = o.rate;
+    if (dst->backing) {
+        /* zero writes must hide the backing file, not expose it */
+        job.no_unmap = true;
+        job.src_base = nsrc == 1 ? find_common_base(src[0], dst) : NULL;
+        job.compare_target = !job.src_base;
+    } else {
+        job.dst_is_zero = o.target_is_zero ||
+                          block_is_zero_fast(dst, 0, total);
+    }
+
+    prog = progress_start(o.progress);
+    job.progress = convert_progress;
+    job.progress_opaque = prog;
+    if (copy_run(&job, &err) < 0) {
+        progress_finish(prog);
+        prog = NULL;
+        imgtool_report(&err);
+        goto out;
+    }
+    rc = 0;
+
+out:
+    progress_finish(prog);
+    if (dst) {
+        block_close(dst);
+    }
+    for (int i = 0; i < nsrc; i++) {
+        if (src[i]) {
+            block_close(src[i]);
+        }
+    }
+    free(src);
+    return rc;
 }
