@@ -1,10 +1,222 @@
-/* measure.c - stub until the command lands. */
+/*
+ * measure.c - `imgtool measure`: how big a new image of a given format
+ * must be to hold either a given virtual size or the contents of an
+ * existing image, as `qemu-img measure` reports it.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/info-print.h"
+
+static const char measure_usage[] =
+    "usage: imgtool measure [--output=human|json] [-O output_fmt]\n"
+    "                       [-o options] [--size N | [--object objectdef]\n"
+    "                       [--image-opts] [-f fmt] [-l snapshot] [-U]\n"
+    "                       filename]\n"
+    "\n"
+    "  --size N          measure a new empty image of N bytes (k, M, G, T,\n"
+    "                    P, E suffixes)\n"
+    "  filename          measure a copy of this image's contents\n"
+    "  -O output_fmt     format of the image to measure for (default: raw)\n"
+    "  -o options        its creation options, e.g. cluster_size=64k\n"
+    "  -f fmt            format of filename (probed when omitted)\n"
+    "  --output=FMT      'human' (default) or 'json'\n"
+    "  -U, --force-share open filename without conflicting locks\n"
+    "  --image-opts      filename is an option string (driver=...,...)\n";
+
+enum { OPT_OUTPUT = 256, OPT_SIZE_ARG, OPT_IMAGE_OPTS, OPT_OBJECT };
+
+static const struct option measure_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "output", required_argument, NULL, OPT_OUTPUT },
+    { "size", required_argument, NULL, OPT_SIZE_ARG },
+    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+    { "object", required_argument, NULL, OPT_OBJECT },
+    { "force-share", no_argument, NULL, 'U' },
+    { NULL, 0, NULL, 0 },
+};
+
+static void print_result(const BlockMeasure *m, OutputFormat output)
+{
+    if (output == OUTPUT_JSON) {
+        json_t *o = json_object();
+        json_object_set_new(o, "required",
+                            json_integer((json_int_t)m->required));
+        json_object_set_new(o, "fully-allocated",
+                            json_integer((json_int_t)m->fully_allocated));
+        if (m->has_bitmaps) {
+            json_object_set_new(o, "bitmaps",
+                                json_integer((json_int_t)m->bitmaps));
+        }
+        json_t *ordered = qemu_json_order(o);
+        imgtool_print_json(ordered);
+        json_decref(ordered);
+        json_decref(o);
+        return;
+    }
+    printf("required size: %" PRIu64 "\n", m->required);
+    printf("fully allocated size: %" PRIu64 "\n", m->fully_allocated);
+    if (m->has_bitmaps) {
+        printf("bitmaps size: %" PRIu64 "\n", m->bitmaps);
+    }
+}
+
+static int check_target_opts(const BlockDriver *drv, KVList *opts,
+                             Error *err)
+{
+    for (size_t i = 0; i < opts->n; i++) {
+        bool known = false;
+        for (int j = 0; drv->create_opts && drv->create_opts[j].name; j++) {
+            known |= strcmp(drv->create_opts[j].name,
+                            opts->items[i].key) == 0;
+        }
+        if (!known) {
+            return error_setf(err, EINVAL, "Invalid parameter '%s'",
+                              opts->items[i].key);
+        }
+    }
+    return 0;
+}
 
 int cmd_measure(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    imgtool_error("measure: not implemented yet");
-    return 1;
+    const char *out_fmt = "raw", *fmt = NULL, *snapshot = NULL;
+    const char *size_arg = NULL;
+    OutputFormat output = OUTPUT_HUMAN;
+    bool image_opts = false, force_share = false;
+    KVList opts = { 0 };
+    Error err = { 0 };
+    int c, rc = 1;
+
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":hO:o:f:l:U", measure_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(measure_usage, stdout);
+            kvlist_free(&opts);
+            return 0;
+        case 'O':
+            out_fmt = optarg;
+            break;
+        case 'o':
+            if (kvlist_parse(&opts, optarg, NULL, &err) < 0) {
+                imgtool_report(&err);
+                kvlist_free(&opts);
+                return 1;
+            }
+            break;
+        case 'f':
+            fmt = optarg;
+            break;
+        case 'l':
+            snapshot = optarg;
+            break;
+        case 'U':
+            force_share = true;
+            break;
+        case OPT_OUTPUT:
+            if (imgtool_parse_output(optarg, &output) < 0) {
+                imgtool_error("--output must be used with human or json as "
+                              "argument.");
+                kvlist_free(&opts);
+                return 1;
+            }
+            break;
+        case OPT_SIZE_ARG:
+            size_arg = optarg;
+            break;
+        case OPT_IMAGE_OPTS:
+            image_opts = true;
+            break;
+        case OPT_OBJECT:
+            break;   /* secrets are resolved by imgtool_open() */
+        default:
+            kvlist_free(&opts);
+            return usage_bad_option("measure", argv, c);
+        }
+    }
+
+    int npos = argc - optind;
+    const char *filename = npos >= 1 ? argv[optind] : NULL;
+    if (npos > 1) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Unexpected argument: %s",
+                 argv[optind + 1]);
+        kvlist_free(&opts);
+        return usage_error("measure", msg);
+    }
+    if (size_arg && filename) {
+        imgtool_error("--size N cannot be used together with a filename.");
+        goto out;
+    }
+    if (!size_arg && !filename) {
+        imgtool_error("Either --size N or one filename must be specified.");
+        goto out;
+    }
+    if (image_opts && fmt) {
+        imgtool_error("--image-opts and --format are mutually exclusive");
+        goto out;
+    }
+    if (size_arg && (fmt || image_opts || snapshot)) {
+        imgtool_error("--size N cannot be used together with -f, -l or "
+                      "--image-opts.");
+        goto out;
+    }
+
+    uint64_t size = 0;
+    if (size_arg && parse_size(size_arg, &size) < 0) {
+        imgtool_error("Invalid image size specified. You may use k, M, G, "
+                      "T, P or E suffixes for kilobytes, megabytes, "
+                      "gigabytes, terabytes, petabytes and exabytes.");
+        goto out;
+    }
+
+    const BlockDriver *drv = block_find_driver(out_fmt);
+    if (!drv || !drv->is_format) {
+        imgtool_error("Unknown file format '%s'", out_fmt);
+        goto out;
+    }
+    if (!drv->measure) {
+        imgtool_error("Block driver '%s' does not support size measurement",
+                      out_fmt);
+        goto out;
+    }
+    if (check_target_opts(drv, &opts, &err) < 0) {
+        imgtool_report(&err);
+        goto out;
+    }
+    if (snapshot) {
+        imgtool_error("Failed to load snapshot: internal snapshots are not "
+                      "supported");
+        goto out;
+    }
+
+    BlockNode *in = NULL;
+    if (filename) {
+        in = imgtool_open(filename, fmt, image_opts,
+                          force_share ? BLOCK_O_SHARE : 0, &err);
+        if (!in) {
+            imgtool_report(&err);
+            goto out;
+        }
+    }
+    BlockMeasure m;
+    if (block_measure(out_fmt, &opts, in, size, &m, &err) < 0) {
+        imgtool_report(&err);
+    } else {
+        print_result(&m, output);
+        rc = 0;
+    }
+    if (in) {
+        block_close(in);
+    }
+out:
+    kvlist_free(&opts);
+    return rc;
 }
