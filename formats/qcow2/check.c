@@ -1,2 +1,1107 @@
-/* check.c - qcow2 consistency check and repair (in progress). */
-#include "block/block.h"
+/*
+ * check.c - qcow2 consistency check and repair (`imgtool check [-r]`).
+ *
+ * One pass walks every structure that owns host clusters (header, active
+ * and snapshot L1/L2 tables and the data they map, the snapshot table, the
+ * refcount table and blocks, the encryption header, bitmap directory,
+ * tables and data) and counts the references each host cluster should
+ * have.  Those counts are compared with the stored refcounts:
+ * stored < counted is a corruption (the cluster could be handed out twice),
+ * stored > counted a leak (wasted space only).  Finally the COPIED flags of
+ * the active tables are compared with the stored refcounts.  Messages go to
+ * stderr in qemu-img's words, since scripts and people grep for them.
+ *
+ * Memory: the counts live in one array indexed by host cluster, sized by
+ * the clusters actually referenced and never beyond the image file's
+ * length, so a hostile header cannot make us allocate more than the file
+ * could describe.
+ *
+ * Repair keeps the driver's crash-safety rule (metadata never points at a
+ * free cluster): leaks are lowered, too-low counts raised, COPIED flags set
+ * only where the refcount on disk is already 1.  When the refcount
+ * structures themselves are unusable (or a referenced cluster reads as
+ * free, so it may already have been handed out), they are rebuilt from the
+ * counts: new blocks and table are written past the end of the file and
+ * the header is switched to them in one write, so a crash leaves either the
+ * old structures or the new ones.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+/* Reference-count array entries saturate here; real refcounts above it are
+ * reported as overflow like the refcount width's maximum. */
+#define COUNT_MAX UINT32_MAX
+
+/* Metadata we read whole into memory: beyond these sizes an entry is
+ * treated as corrupt instead of trusted. */
+#define MAX_BITMAP_DIR_BYTES   (64u * 1024 * 1024)
+#define MAX_BITMAP_TABLE_BYTES (64u * 1024 * 1024)
+
+enum { RB_NONE = 0, RB_COUNTED = 1, RB_BAD = 2 };
+
+typedef struct Check {
+    BlockNode *n;
+    Qcow2State *s;
+    BlockCheckResult *res;
+    int fix;
+    bool quiet;
+    uint64_t cs;              /* cluster size */
+    uint64_t file_len;
+    uint64_t nb_clusters;     /* clusters of the image file (rounded up) */
+    uint32_t *refs;           /* counted references per host cluster */
+    uint64_t refs_len;
+    uint8_t *rb_state;        /* per refcount table entry: RB_* */
+    bool reftable_counted;
+    bool rebuild;
+    uint64_t next_contig;     /* fragmentation: where the next cluster
+                                 would be if the image were contiguous */
+    uint64_t highest;         /* highest used cluster + 1 */
+    uint8_t *l2buf;
+} Check;
+
+static void say(Check *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void say(Check *c, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (c->quiet) {
+        return;
+    }
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* Reads [off, off + len) of the image file; bytes past its end read as
+ * zero, as a truncated image's missing tail does. */
+static int read_file(Check *c, uint64_t off, uint64_t len, void *buf)
+{
+    uint64_t avail = 0;
+
+    if (off < c->file_len) {
+        avail = c->file_len - off < len ? c->file_len - off : len;
+    }
+    memset((uint8_t *)buf + avail, 0, len - avail);
+    if (avail == 0) {
+        return 0;
+    }
+    int ret = block_pread(c->n->file, off, avail, buf);
+    return ret < 0 ? ret : 0;
+}
+
+static int grow_refs(Check *c, uint64_t need)
+{
+    uint64_t len;
+    uint32_t *p;
+
+    if (need <= c->refs_len) {
+        return 0;
+    }
+    len = c->refs_len ? c->refs_len : 1024;
+    while (len < need) {
+        len = len > UINT64_MAX / 2 ? need : len * 2;
+    }
+    if (len > c->nb_clusters && need <= c->nb_clusters) {
+        len = c->nb_clusters;
+    }
+    if (len > SIZE_MAX / sizeof(uint32_t)) {
+        return -ENOMEM;
+    }
+    p = realloc(c->refs, len * sizeof(uint32_t));
+    if (!p) {
+        return -ENOMEM;
+    }
+    memset(p + c->refs_len, 0, (len - c->refs_len) * sizeof(uint32_t));
+    c->refs = p;
+    c->refs_len = len;
+    return 0;
+}
+
+/* Counts one reference to every cluster of [off, off + size).  A region
+ * reaching a cluster or more past the end of the file cannot be counted
+ * (there is no refcount to compare with): that is a corruption.  Returns
+ * 1 when counted, 0 when not, negative on allocation failure. */
+static int count_region(Check *c, uint64_t off, uint64_t size)
+{
+    uint64_t first, last;
+    uint64_t max = c->s->refcount_max < COUNT_MAX ? c->s->refcount_max
+                                                   : COUNT_MAX;
+    int ret;
+
+    if (size == 0) {
+        return 1;
+    }
+    if (off > UINT64_MAX - size ||
+        off + size >= c->file_len + c->cs) {
+        say(c, "ERROR: counting reference for region exceeding the end of "
+            "the file by one cluster or more: offset 0x%" PRIx64
+            " size 0x%" PRIx64, off, size);
+        c->res->corruptions++;
+        return 0;
+    }
+    first = off / c->cs;
+    last = (off + size - 1) / c->cs;
+    ret = grow_refs(c, last + 1);
+    if (ret < 0) {
+        return ret;
+    }
+    for (uint64_t k = first; k <= last; k++) {
+        if (c->refs[k] >= max) {
+            say(c, "ERROR: overflow cluster offset=0x%" PRIx64,
+                k * c->cs);
+            c->res->corruptions++;
+            continue;
+        }
+        c->refs[k]++;
+    }
+    return 1;
+}
+
+static uint64_t ref_at(const Check *c, uint64_t k)
+{
+    return k < c->refs_len ? c->refs[k] : 0;
+}
+
+/* --------------------------------------------------------------------- */
+/* Counting references                                                   */
+
+static int repair_l2_entry(Check *c, uint64_t l2_off, uint64_t idx,
+                           uint64_t entry, uint64_t bitmap)
+{
+    qcow2_l2_set(c->s, c->l2buf, idx, entry, bitmap);
+    return qcow2_write_l2_table(c->s, l2_off, c->l2buf);
+}
+
+/* One L2 table, already in c->l2buf. */
+static int count_l2(Check *c, uint64_t l2_off, bool active)
+{
+    Qcow2State *s = c->s;
+    BlockCheckResult *res = c->res;
+    int ret;
+
+    for (uint64_t j = 0; j < s->l2_entries; j++) {
+        uint64_t e = qcow2_l2_get_entry(s, c->l2buf, j);
+        uint64_t b = s->extended_l2 ? qcow2_l2_get_bitmap(s, c->l2buf, j) : 0;
+
+        if (e & QCOW2_OFLAG_COMPRESSED) {
+            if (s->has_data_file) {
+                say(c, "ERROR compressed cluster %" PRIu64 " with data "
+                    "file, entry=0x%" PRIx64, j, e);
+                res->corruptions++;
+                continue;
+            }
+            if (s->extended_l2 && b) {
+                say(c, "ERROR compressed cluster %" PRIu64 " with non-zero "
+                    "subcluster allocation bitmap, entry=0x%" PRIx64, j, e);
+                res->corruptions++;
+                continue;
+            }
+            if (active) {
+                /* Compressed clusters share sectors, so reading them is
+                 * never sequential: they count as fragmented. */
+                res->allocated_clusters++;
+                res->compressed_clusters++;
+                res->fragmented_clusters++;
+            }
+            uint64_t coff = e & s->coffset_mask;
+            uint64_t nsect = ((e >> s->csize_shift) & s->csize_mask) + 1;
+            ret = count_region(c, coff & ~511ull, nsect * 512);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
+
+        if (e & QCOW2_L2E_STD_RESERVED_MASK) {
+            say(c, "ERROR found l2 entry with reserved bits set: %" PRIx64,
+                e);
+            res->corruptions++;
+        }
+        uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
+        bool allocated = off != 0 ||
+                         (s->has_data_file && (e & QCOW2_OFLAG_COPIED));
+        if (!allocated) {
+            continue;
+        }
+        if (active) {
+            res->allocated_clusters++;
+            if (c->next_contig && off != c->next_contig) {
+                res->fragmented_clusters++;
+            }
+            c->next_contig = off + c->cs;
+        }
+        if (off % c->cs) {
+            bool has_data = s->extended_l2 ? (b & QCOW2_L2B_ALLOC_MASK) != 0
+                                           : !(e & QCOW2_OFLAG_ZERO);
+            if (!has_data) {
+                bool fixing = c->fix & BLOCK_FIX_ERRORS;
+                say(c, "%s offset=%" PRIx64 ": Preallocated cluster is not "
+                    "properly aligned; L2 entry corrupted.",
+                    fixing ? "Repairing" : "ERROR", off);
+                if (fixing) {
+                    /* Reads as zeroes either way: drop the bad offset. */
+                    ret = s->extended_l2
+                              ? repair_l2_entry(c, l2_off, j, 0, b)
+                              : repair_l2_entry(c, l2_off, j,
+                                                QCOW2_OFLAG_ZERO, 0);
+                    if (ret == 0) {
+                        res->corruptions_fixed++;
+                        continue;
+                    }
+                    say(c, "ERROR: could not repair the L2 entry: %s",
+                        strerror(-ret));
+                    res->check_errors++;
+                }
+                res->corruptions++;
+            } else {
+                say(c, "ERROR offset=%" PRIx64 ": Data cluster is not "
+                    "properly aligned; L2 entry corrupted.", off);
+                res->corruptions++;
+            }
+        }
+        if (s->has_data_file) {
+            continue;   /* data clusters live in the data file */
+        }
+        ret = count_region(c, off, c->cs);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
+{
+    uint64_t bytes = (uint64_t)l1_size * 8;
+    uint8_t *l1;
+    int ret;
+
+    ret = count_region(c, l1_off, bytes);
+    if (ret < 0 || l1_size == 0) {
+        return ret < 0 ? ret : 0;
+    }
+    l1 = malloc(bytes);
+    if (!l1) {
+        return -ENOMEM;
+    }
+    ret = read_file(c, l1_off, bytes, l1);
+    if (ret < 0) {
+        say(c, "ERROR: I/O error in check_refcounts_l1");
+        c->res->check_errors++;
+        free(l1);
+        return 0;
+    }
+    for (uint32_t i = 0; i < l1_size; i++) {
+        uint64_t l2_off = qcow2_be64(l1 + 8 * (uint64_t)i) &
+                          QCOW2_L1E_OFFSET_MASK;
+        if (!l2_off) {
+            continue;
+        }
+        if (l2_off % c->cs) {
+            /* Walking a misplaced table would only invent errors; its
+             * clusters stay counted so nothing it covers is freed. */
+            say(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster "
+                "aligned; L1 entry corrupted", l2_off);
+            c->res->corruptions++;
+            ret = count_region(c, l2_off, c->cs);
+            if (ret < 0) {
+                break;
+            }
+            continue;
+        }
+        ret = count_region(c, l2_off, c->cs);
+        if (ret < 0) {
+            break;
+        }
+        if (l2_off >= c->file_len) {
+            continue;   /* reads as zeroes: nothing mapped */
+        }
+        ret = read_file(c, l2_off, c->cs, c->l2buf);
+        if (ret < 0) {
+            say(c, "ERROR: I/O error in check_refcounts_l2");
+            c->res->check_errors++;
+            continue;
+        }
+        ret = count_l2(c, l2_off, active);
+        if (ret < 0) {
+            break;
+        }
+    }
+    free(l1);
+    return ret < 0 ? ret : 0;
+}
+
+static int count_snapshots(Check *c)
+{
+    Qcow2State *s = c->s;
+    int ret;
+
+    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
+        const Qcow2Snapshot *sn = &s->snapshots[i];
+        const char *id = sn->id_str ? sn->id_str : "";
+        const char *name = sn->name ? sn->name : "";
+
+        if (sn->l1_table_offset % c->cs) {
+            say(c, "ERROR snapshot %s (%s) l1_offset=%#" PRIx64 ": L1 table "
+                "is not cluster aligned; snapshot table entry corrupted",
+                id, name, sn->l1_table_offset);
+            c->res->corruptions++;
+            continue;
+        }
+        if ((uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+            say(c, "ERROR snapshot %s (%s) l1_size=%#" PRIx32 ": L1 table "
+                "is too large; snapshot table entry corrupted",
+                id, name, sn->l1_size);
+            c->res->corruptions++;
+            continue;
+        }
+        ret = count_l1(c, sn->l1_table_offset, sn->l1_size, false);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (s->nb_snapshots) {
+        ret = count_region(c, s->snapshots_offset, s->snapshots_size);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static const Qcow2Extension *find_ext(const Qcow2State *s, uint32_t type)
+{
+    for (int i = 0; i < s->nb_unknown_exts; i++) {
+        if (s->unknown_exts[i].type == type) {
+            return &s->unknown_exts[i];
+        }
+    }
+    return NULL;
+}
+
+static int count_crypto_header(Check *c)
+{
+    const Qcow2Extension *x = find_ext(c->s, QCOW2_EXT_CRYPTO);
+
+    if (!x || x->len < 16) {
+        return 0;
+    }
+    int ret = count_region(c, qcow2_be64(x->data), qcow2_be64(x->data + 8));
+    return ret < 0 ? ret : 0;
+}
+
+static int count_bitmap_table(Check *c, uint64_t off, uint32_t entries)
+{
+    uint64_t bytes = (uint64_t)entries * 8;
+    uint8_t *t;
+    int ret;
+
+    if (off % c->cs) {
+        say(c, "ERROR bitmap table offset 0x%" PRIx64 " is not cluster "
+            "aligned", off);
+        c->res->corruptions++;
+        return 0;
+    }
+    ret = count_region(c, off, bytes);
+    if (ret <= 0 || bytes == 0) {
+        return ret < 0 ? ret : 0;
+    }
+    if (bytes > MAX_BITMAP_TABLE_BYTES) {
+        say(c, "ERROR bitmap table at 0x%" PRIx64 " is too large", off);
+        c->res->corruptions++;
+        return 0;
+    }
+    t = malloc(bytes);
+    if (!t) {
+        return -ENOMEM;
+    }
+    ret = read_file(c, off, bytes, t);
+    if (ret < 0) {
+        say(c, "ERROR: I/O error reading a bitmap table");
+        c->res->check_errors++;
+        free(t);
+        return 0;
+    }
+    for (uint32_t i = 0; i < entries && ret >= 0; i++) {
+        uint64_t d = qcow2_be64(t + 8 * (uint64_t)i) & 0x00fffffffffffe00ull;
+        if (!d) {
+            continue;
+        }
+        if (d % c->cs) {
+            say(c, "ERROR bitmap data offset 0x%" PRIx64 " is not cluster "
+                "aligned", d);
+            c->res->corruptions++;
+        }
+        ret = count_region(c, d, c->cs);
+    }
+    free(t);
+    return ret < 0 ? ret : 0;
+}
+
+/* Bitmap clusters are counted whenever the extension is present, even
+ * with its autoclear bit off: freeing them while the directory still
+ * names them would let two owners share a cluster. */
+static int count_bitmaps(Check *c)
+{
+    const Qcow2Extension *x = find_ext(c->s, QCOW2_EXT_BITMAPS);
+    uint64_t dir_size, dir_off;
+    uint8_t *dir;
+    int ret;
+
+    if (!x || x->len < 24) {
+        return 0;
+    }
+    dir_size = qcow2_be64(x->data + 8);
+    dir_off = qcow2_be64(x->data + 16);
+    if (dir_off % c->cs) {
+        say(c, "ERROR bitmap directory offset 0x%" PRIx64 " is not cluster "
+            "aligned", dir_off);
+        c->res->corruptions++;
+        return 0;
+    }
+    ret = count_region(c, dir_off, dir_size);
+    if (ret <= 0 || dir_size == 0) {
+        return ret < 0 ? ret : 0;
+    }
+    if (dir_size > MAX_BITMAP_DIR_BYTES) {
+        say(c, "ERROR bitmap directory is too large: %" PRIu64 " bytes",
+            dir_size);
+        c->res->corruptions++;
+        return 0;
+    }
+    dir = malloc(dir_size);
+    if (!dir) {
+        return -ENOMEM;
+    }
+    ret = read_file(c, dir_off, dir_size, dir);
+    if (ret < 0) {
+        say(c, "ERROR: I/O error reading the bitmap directory");
+        c->res->check_errors++;
+        free(dir);
+        return 0;
+    }
+    for (uint64_t pos = 0; pos + 24 <= dir_size && ret >= 0;) {
+        const uint8_t *e = dir + pos;
+        uint64_t len = 24 + (uint64_t)qcow2_be32(e + 20) + qcow2_be16(e + 18);
+
+        ret = count_bitmap_table(c, qcow2_be64(e), qcow2_be32(e + 8));
+        pos += qcow2_align_up(len, 8);
+    }
+    free(dir);
+    return ret < 0 ? ret : 0;
+}
+
+/* Refcount blocks: each must be a whole cluster inside the file that
+ * nothing else uses.  Unusable ones force a rebuild. */
+static int count_refblocks(Check *c)
+{
+    Qcow2State *s = c->s;
+
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        uint64_t e = s->refcount_table[i];
+        uint64_t off = e & QCOW2_REFT_OFFSET_MASK;
+        int ret;
+
+        c->rb_state[i] = RB_NONE;
+        if (!off) {
+            continue;
+        }
+        if (off % c->cs || (e & QCOW2_REFT_RESERVED_MASK)) {
+            say(c, "ERROR refcount block %" PRIu64 " is not cluster aligned; "
+                "refcount table entry corrupted", i);
+            c->res->corruptions++;
+            c->rb_state[i] = RB_BAD;
+            c->rebuild = true;
+            continue;
+        }
+        if (off / c->cs >= c->nb_clusters || off + c->cs > c->file_len) {
+            say(c, "ERROR refcount block %" PRIu64 " is outside image", i);
+            c->res->corruptions++;
+            c->rb_state[i] = RB_BAD;
+            c->rebuild = true;
+            continue;
+        }
+        ret = count_region(c, off, c->cs);
+        if (ret < 0) {
+            return ret;
+        }
+        c->rb_state[i] = RB_COUNTED;
+        if (ref_at(c, off / c->cs) != 1) {
+            say(c, "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i,
+                ref_at(c, off / c->cs));
+            c->res->corruptions++;
+            c->rebuild = true;
+        }
+    }
+    return 0;
+}
+
+static int count_all(Check *c)
+{
+    Qcow2State *s = c->s;
+    int ret;
+
+    c->next_contig = 0;
+    ret = count_region(c, 0, c->cs);
+    if (ret >= 0) {
+        ret = count_l1(c, s->l1_table_offset, s->l1_size, true);
+    }
+    if (ret >= 0) {
+        ret = count_snapshots(c);
+    }
+    if (ret >= 0) {
+        ret = count_region(c, s->refcount_table_offset,
+                           (uint64_t)s->refcount_table_clusters * c->cs);
+        c->reftable_counted = ret > 0;
+    }
+    if (ret >= 0) {
+        ret = count_crypto_header(c);
+    }
+    if (ret >= 0) {
+        ret = count_bitmaps(c);
+    }
+    if (ret >= 0) {
+        ret = count_refblocks(c);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* --------------------------------------------------------------------- */
+/* Comparing with the stored refcounts                                   */
+
+/* Stored refcount of one cluster, refusing to read through a refcount
+ * block already known to be unusable. */
+static int stored_refcount(Check *c, uint64_t k, uint64_t *rc)
+{
+    uint64_t rti = qcow2_reftable_index(c->s, k);
+
+    *rc = 0;
+    if (rti < c->s->refcount_table_size && c->rb_state[rti] == RB_BAD) {
+        return -EIO;
+    }
+    return qcow2_get_refcount(c->s, k, rc);
+}
+
+typedef struct Fixup {
+    uint64_t cluster, stored, counted;
+} Fixup;
+
+static void fixup_report(Check *c, const Fixup *f)
+{
+    bool corrupt = f->stored < f->counted;
+
+    say(c, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%" PRIu64,
+        corrupt ? "ERROR" : "Leaked", f->cluster, f->stored, f->counted);
+    if (corrupt) {
+        c->res->corruptions++;
+    } else {
+        c->res->leaks++;
+    }
+}
+
+/* Compares clusters of one refcount block's range [base, end). */
+static int compare_block(Check *c, uint64_t rti, uint64_t base, uint64_t end,
+                         int fix, Fixup *fx)
+{
+    Qcow2State *s = c->s;
+    uint64_t boff = rti < s->refcount_table_size
+                        ? s->refcount_table[rti] & QCOW2_REFT_OFFSET_MASK : 0;
+    uint8_t *block = NULL;
+    size_t nfx = 0;
+    int ret;
+
+    if (rti < s->refcount_table_size && c->rb_state[rti] == RB_BAD) {
+        for (uint64_t k = base; k < end; k++) {
+            say(c, "Can't get refcount for cluster %" PRIu64 ": %s", k,
+                strerror(EIO));
+            c->res->check_errors++;
+            if (ref_at(c, k)) {
+                c->highest = k + 1;
+            }
+        }
+        return 0;
+    }
+    if (boff) {
+        ret = qcow2_cache_get(&s->refcount_cache, boff, &block);
+        if (ret < 0) {
+            for (uint64_t k = base; k < end; k++) {
+                say(c, "Can't get refcount for cluster %" PRIu64 ": %s", k,
+                    strerror(-ret));
+                c->res->check_errors++;
+            }
+            return 0;
+        }
+    }
+    for (uint64_t k = base; k < end; k++) {
+        uint64_t stored = block ? qcow2_refblock_get(s, block, k - base) : 0;
+        uint64_t counted = ref_at(c, k);
+        uint64_t after = stored;
+
+        if (stored != counted) {
+            Fixup f = { k, stored, counted };
+            bool fixable = stored != 0 &&
+                           ((stored > counted && (fix & BLOCK_FIX_LEAKS)) ||
+                            (stored < counted && (fix & BLOCK_FIX_ERRORS)));
+            if (stored == 0) {
+                /* In use but free on disk: it may have been handed out
+                 * again already; only a rebuild settles that. */
+                c->rebuild = true;
+            }
+            if (fixable) {
+                fx[nfx++] = f;
+                after = counted;
+            } else {
+                fixup_report(c, &f);
+            }
+        }
+        if (after || counted) {
+            c->highest = k + 1;
+        }
+    }
+    if (block) {
+        qcow2_cache_put(&s->refcount_cache, &block);
+    }
+
+    for (size_t i = 0; i < nfx; i++) {
+        ret = qcow2_set_refcount(s, fx[i].cluster, fx[i].counted);
+        if (ret < 0) {
+            say(c, "ERROR: could not fix the refcount of cluster %" PRIu64
+                ": %s", fx[i].cluster, strerror(-ret));
+            c->res->check_errors++;
+            fixup_report(c, &fx[i]);
+            continue;
+        }
+        say(c, "Repairing cluster %" PRIu64 " refcount=%" PRIu64
+            " reference=%" PRIu64, fx[i].cluster, fx[i].stored,
+            fx[i].counted);
+        if (fx[i].stored > fx[i].counted) {
+            c->res->leaks_fixed++;
+        } else {
+            c->res->corruptions_fixed++;
+        }
+    }
+    return 0;
+}
+
+static int compare_refcounts(Check *c, int fix)
+{
+    Qcow2State *s = c->s;
+    uint64_t rbe = s->refblock_entries;
+    Fixup *fx = malloc(rbe * sizeof(*fx));
+    int ret = 0;
+
+    if (!fx) {
+        return -ENOMEM;
+    }
+    c->highest = 0;
+    for (uint64_t base = 0; base < c->nb_clusters; base += rbe) {
+        uint64_t rti = base / rbe;
+        uint64_t end = base + rbe < c->nb_clusters ? base + rbe
+                                                   : c->nb_clusters;
+        bool no_block = rti >= s->refcount_table_size ||
+                        !(s->refcount_table[rti] & QCOW2_REFT_OFFSET_MASK);
+
+        /* Past both the counted clusters and the refcount table there is
+         * nothing left to disagree about. */
+        if (no_block && base >= c->refs_len) {
+            if (rti >= s->refcount_table_size) {
+                break;
+            }
+            continue;
+        }
+        ret = compare_block(c, rti, base, end, fix, fx);
+        if (ret < 0) {
+            break;
+        }
+    }
+    free(fx);
+    return ret;
+}
+
+/* --------------------------------------------------------------------- */
+/* Rebuilding the refcount structures                                    */
+
+static int rebuild_refcounts(Check *c)
+{
+    Qcow2State *s = c->s;
+    uint64_t rbe = s->refblock_entries;
+    uint64_t used = 0, start, nb = 0, tc = 0, total, entries;
+    uint64_t *table = NULL;
+    uint8_t *buf = NULL;
+    int ret;
+
+    /* The old table and blocks are dropped by the switch. */
+    if (c->reftable_counted) {
+        uint64_t first = s->refcount_table_offset / c->cs;
+        for (uint64_t k = 0; k < s->refcount_table_clusters; k++) {
+            if (first + k < c->refs_len && c->refs[first + k]) {
+                c->refs[first + k]--;
+            }
+        }
+    }
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        if (c->rb_state[i] == RB_COUNTED) {
+            uint64_t k = (s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK) /
+                         c->cs;
+            if (k < c->refs_len && c->refs[k]) {
+                c->refs[k]--;
+            }
+        }
+    }
+
+    for (uint64_t k = 0; k < c->refs_len; k++) {
+        if (c->refs[k]) {
+            used = k + 1;
+        }
+    }
+    /* New structures go past everything, so nothing in use is touched
+     * until the header switches over. */
+    start = used > c->nb_clusters ? used : c->nb_clusters;
+    for (;;) {
+        uint64_t nnb = 0, ntc;
+
+        total = start + nb + tc;
+        entries = (total + rbe - 1) / rbe;
+        for (uint64_t r = 0; r < entries; r++) {
+            uint64_t lo = r * rbe, hi = lo + rbe;
+            bool need = hi > start && lo < total;
+            for (uint64_t k = lo; !need && k < hi && k < used; k++) {
+                need = c->refs[k] != 0;
+            }
+            nnb += need;
+        }
+        ntc = (entries * 8 + c->cs - 1) / c->cs;
+        if (nnb == nb && ntc == tc) {
+            break;
+        }
+        nb = nnb;
+        tc = ntc;
+    }
+    if (tc * c->cs > QCOW2_MAX_REFTABLE_BYTES) {
+        say(c, "ERROR: the rebuilt refcount table would be too large");
+        return -EFBIG;
+    }
+
+    ret = grow_refs(c, total);
+    if (ret < 0) {
+        return ret;
+    }
+    for (uint64_t k = start; k < total; k++) {
+        c->refs[k] = 1;
+    }
+
+    uint64_t tentries = tc * c->cs / 8;
+    table = calloc(tentries, 8);
+    buf = malloc(c->cs);
+    if (!table || !buf) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    uint64_t next = start;
+    for (uint64_t r = 0; r < entries; r++) {
+        uint64_t lo = r * rbe;
+        bool need = false;
+
+        memset(buf, 0, c->cs);
+        for (uint64_t k = lo; k < lo + rbe && k < c->refs_len; k++) {
+            if (c->refs[k]) {
+                qcow2_refblock_set(s, buf, k - lo, c->refs[k]);
+                need = true;
+            }
+        }
+        if (!need) {
+            continue;
+        }
+        table[r] = next * c->cs;
+        ret = block_pwrite(c->n->file, next * c->cs, c->cs, buf, 0);
+        if (ret < 0) {
+            say(c, "ERROR writing refblock: %s", strerror(-ret));
+            goto out;
+        }
+        next++;
+    }
+    if (next != start + nb) {
+        ret = -EIO;   /* the layout loop and the blocks disagree */
+        goto out;
+    }
+    /* Writes the table, flushes, then switches the header in one write. */
+    ret = qcow2_replace_reftable(s, table, tentries, (start + nb) * c->cs);
+    table = NULL;
+    qcow2_cache_invalidate(&s->refcount_cache);
+    if (ret < 0) {
+        say(c, "ERROR writing the new refcount table: %s", strerror(-ret));
+        goto out;
+    }
+    s->free_cluster_index = 0;
+    if (s->alloc_end < total) {
+        s->alloc_end = total;
+    }
+    c->file_len = total * c->cs > c->file_len ? total * c->cs : c->file_len;
+    c->nb_clusters = total > c->nb_clusters ? total : c->nb_clusters;
+    free(c->rb_state);
+    c->rb_state = calloc(s->refcount_table_size ? s->refcount_table_size : 1,
+                         1);
+    if (!c->rb_state) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    c->highest = total;
+    ret = 0;
+out:
+    free(table);
+    free(buf);
+    return ret;
+}
+
+/* --------------------------------------------------------------------- */
+/* COPIED flags of the active tables                                     */
+
+static int check_copied(Check *c)
+{
+    Qcow2State *s = c->s;
+    bool fixing = c->fix & BLOCK_FIX_ERRORS;
+    int ret;
+
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t e = s->l1_table[i];
+        uint64_t l2_off = e & QCOW2_L1E_OFFSET_MASK;
+        uint64_t rc;
+        bool changed = false;
+
+        if (!l2_off || l2_off % c->cs) {
+            continue;
+        }
+        ret = stored_refcount(c, l2_off / c->cs, &rc);
+        if (ret < 0) {
+            c->res->check_errors++;
+            continue;
+        }
+        if ((rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
+            say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
+                " l1_entry=%" PRIx64 " refcount=%" PRIu64,
+                fixing ? "Repairing" : "ERROR", i, e, rc);
+            if (fixing) {
+                s->l1_table[i] = rc == 1 ? e | QCOW2_OFLAG_COPIED
+                                         : e & ~QCOW2_OFLAG_COPIED;
+                ret = qcow2_write_l1(s, i, 1);
+                if (ret < 0) {
+                    s->l1_table[i] = e;
+                    c->res->check_errors++;
+                    c->res->corruptions++;
+                } else {
+                    c->res->corruptions_fixed++;
+                }
+            } else {
+                c->res->corruptions++;
+            }
+        }
+        if (l2_off >= c->file_len) {
+            continue;
+        }
+        ret = read_file(c, l2_off, c->cs, c->l2buf);
+        if (ret < 0) {
+            c->res->check_errors++;
+            continue;
+        }
+        for (uint64_t j = 0; j < s->l2_entries; j++) {
+            uint64_t e2 = qcow2_l2_get_entry(s, c->l2buf, j);
+            uint64_t off = e2 & QCOW2_L2E_OFFSET_MASK;
+
+            if ((e2 & QCOW2_OFLAG_COMPRESSED) ||
+                !(off || (s->has_data_file && (e2 & QCOW2_OFLAG_COPIED)))) {
+                continue;
+            }
+            if (s->has_data_file) {
+                rc = 1;   /* external data clusters are never shared */
+            } else if (stored_refcount(c, off / c->cs, &rc) < 0) {
+                c->res->check_errors++;
+                continue;
+            }
+            if ((rc == 1) == !!(e2 & QCOW2_OFLAG_COPIED)) {
+                continue;
+            }
+            say(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                " refcount=%" PRIu64, fixing ? "Repairing" : "ERROR", e2, rc);
+            if (fixing) {
+                uint64_t b = s->extended_l2 ?
+                             qcow2_l2_get_bitmap(s, c->l2buf, j) : 0;
+                qcow2_l2_set(s, c->l2buf, j,
+                             rc == 1 ? e2 | QCOW2_OFLAG_COPIED
+                                     : e2 & ~QCOW2_OFLAG_COPIED, b);
+                changed = true;
+                c->res->corruptions_fixed++;
+            } else {
+                c->res->corruptions++;
+            }
+        }
+        if (changed) {
+            ret = qcow2_write_l2_table(s, l2_off, c->l2buf);
+            if (ret < 0) {
+                say(c, "ERROR: could not write the L2 table at 0x%" PRIx64
+                    ": %s", l2_off, strerror(-ret));
+                c->res->check_errors++;
+            }
+        }
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------------- */
+
+static void check_free(Check *c)
+{
+    free(c->refs);
+    free(c->rb_state);
+    free(c->l2buf);
+}
+
+/* One full check (and repair, per c->fix) into c->res. */
+static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
+                      bool quiet, Error *err)
+{
+    Qcow2State *s = qcow2_state(n);
+    Check c = { .n = n, .s = s, .res = res, .fix = fix, .quiet = quiet };
+    BlockCheckResult before;
+    int64_t len;
+    int ret;
+
+    memset(res, 0, sizeof(*res));
+    c.cs = s->cluster_size;
+    len = block_get_length(n->file);
+    if (len < 0) {
+        return error_setf(err, (int)-len, "Could not get the image file "
+                          "length: %s", strerror((int)-len));
+    }
+    c.file_len = (uint64_t)len;
+    c.nb_clusters = (c.file_len + c.cs - 1) / c.cs;
+    res->total_clusters = (s->size + c.cs - 1) / c.cs;
+
+    c.l2buf = malloc(c.cs);
+    c.rb_state = calloc(s->refcount_table_size ? s->refcount_table_size : 1,
+                        1);
+    if (!c.l2buf || !c.rb_state) {
+        check_free(&c);
+        return error_setf(err, ENOMEM, "Out of memory for the check");
+    }
+
+    ret = count_all(&c);
+    if (ret < 0) {
+        check_free(&c);
+        return error_setf(err, -ret, "Cannot count the references of %"
+                          PRIu64 " clusters: %s", c.nb_clusters,
+                          strerror(-ret));
+    }
+
+    /* A dry comparison first: whether a rebuild is needed decides how the
+     * differences are repaired. */
+    before = *res;
+    ret = compare_refcounts(&c, 0);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (c.rebuild && (fix & BLOCK_FIX_ERRORS)) {
+        say(&c, "Rebuilding refcount structure");
+        ret = rebuild_refcounts(&c);
+        if (ret < 0) {
+            goto fail;
+        }
+        /* Every refcount difference found is settled by the rebuild. */
+        res->corruptions_fixed += res->corruptions;
+        res->corruptions = 0;
+        res->leaks_fixed += res->leaks;
+        res->leaks = 0;
+    } else if (fix) {
+        if (c.rebuild) {
+            say(&c, "ERROR need to rebuild refcount structures");
+            res->check_errors++;
+            check_free(&c);
+            return error_setf(err, EIO, "the refcount "
+                              "structures need a rebuild (use -r all)");
+        }
+        if (res->leaks != before.leaks ||
+            res->corruptions != before.corruptions) {
+            *res = before;
+            ret = compare_refcounts(&c, fix);
+            if (ret < 0) {
+                goto fail;
+            }
+            ret = qcow2_flush_caches(s);
+            if (ret < 0) {
+                goto fail;
+            }
+        }
+    }
+
+    ret = check_copied(&c);
+    if (ret < 0) {
+        goto fail;
+    }
+    res->image_end_offset = (int64_t)(c.highest * c.cs);
+    res->bfi_valid = true;
+    check_free(&c);
+    return 0;
+
+fail:
+    check_free(&c);
+    return error_setf(err, -ret, "%s", strerror(-ret));
+}
+
+int qcow2_check(BlockNode *n, BlockCheckResult *res, int fix, Error *err)
+{
+    Qcow2State *s = qcow2_state(n);
+    int ret;
+
+    if (fix && s->read_only) {
+        return error_setf(err, EROFS, "Cannot repair a read-only image");
+    }
+    pthread_mutex_lock(&s->lock);
+    /* The walk reads tables from the file: it must see what the caches
+     * hold. */
+    if (!s->read_only) {
+        ret = qcow2_flush_caches(s);
+        if (ret < 0) {
+            pthread_mutex_unlock(&s->lock);
+            return error_setf(err, -ret, "Could not flush the image "
+                              "before checking it: %s", strerror(-ret));
+        }
+    }
+
+    ret = check_pass(n, res, fix, false, err);
+    if (ret == 0 && fix && (res->leaks_fixed || res->corruptions_fixed)) {
+        BlockCheckResult again;
+
+        ret = qcow2_flush_caches(s);
+        if (ret < 0) {
+            error_setf(err, -ret, "Could not flush the repaired image: %s",
+                       strerror(-ret));
+        } else {
+            /* Report what is left, as the repaired image now stands. */
+            ret = check_pass(n, &again, 0, true, err);
+        }
+        if (ret == 0) {
+            again.leaks_fixed = res->leaks_fixed;
+            again.corruptions_fixed = res->corruptions_fixed;
+            *res = again;
+        }
+    }
+    if (ret == 0 && fix && res->check_errors == 0 && res->corruptions == 0) {
+        ret = qcow2_update_incompat(s, 0, QCOW2_INCOMPAT_DIRTY |
+                                          QCOW2_INCOMPAT_CORRUPT);
+        if (ret < 0) {
+            error_setf(err, -ret, "Could not mark the image clean: %s",
+                       strerror(-ret));
+        } else {
+            s->dirty_set = false;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
