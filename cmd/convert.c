@@ -248,6 +248,8 @@ static int create_target(const ConvertOpts *o, const char *out_fmt,
             kvlist_set(&opts, "backing_fmt", o->backing_fmt);
         }
     }
+    /* qemu-img creates images in whole 512-byte sectors */
+    size = (size + 511) & ~(uint64_t)511;
     int ret = block_create(out_fmt, out, size, true, &opts,
                            BLOCK_CREATE_QUIET, &err);
     kvlist_free(&opts);

@@ -161,8 +161,10 @@ int cmd_dd(int argc, char **argv)
         }
     }
 
+    /* qemu-img creates images in whole 512-byte sectors */
+    uint64_t out_size = (end - start + 511) & ~(uint64_t)511;
     KVList opts = { 0 };
-    int ret = block_create(out_fmt, a.out, end - start, true, &opts,
+    int ret = block_create(out_fmt, a.out, out_size, true, &opts,
                            BLOCK_CREATE_QUIET, &err);
     kvlist_free(&opts);
     if (ret < 0) {
