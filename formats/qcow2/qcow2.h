@@ -212,6 +212,7 @@ struct Qcow2State {
     uint32_t refcount_order;   /* refcount_bits = 1 << refcount_order */
     uint32_t header_length;
     uint8_t compression_type;
+    uint64_t backing_file_offset_raw;  /* where the name sits in cluster 0 */
     /* Bytes of the header beyond the fields we know (header_length >
      * 112); preserved on rewrite. */
     uint8_t *header_tail;

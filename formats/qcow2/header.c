@@ -1,0 +1,671 @@
+/*
+ * header.c - parsing, validating and rewriting the qcow2 header cluster.
+ *
+ * Everything read from the header is checked against the file size and
+ * sane limits before any allocation depends on it, so a hostile image
+ * yields a one-line error rather than a crash or a huge allocation.
+ * Rewrites keep header bytes and extensions we do not understand.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+/* Names QEMU writes in its feature name table, in its order. */
+static const struct {
+    uint8_t type, bit;
+    const char *name;
+} known_features[] = {
+    { QCOW2_FEAT_INCOMPAT, 0, "dirty bit" },
+    { QCOW2_FEAT_INCOMPAT, 1, "corrupt bit" },
+    { QCOW2_FEAT_INCOMPAT, 2, "external data file" },
+    { QCOW2_FEAT_INCOMPAT, 3, "compression type" },
+    { QCOW2_FEAT_INCOMPAT, 4, "extended L2 entries" },
+    { QCOW2_FEAT_COMPAT, 0, "lazy refcounts" },
+    { QCOW2_FEAT_AUTOCLEAR, 0, "bitmaps" },
+    { QCOW2_FEAT_AUTOCLEAR, 1, "raw external data" },
+};
+
+static char *dup_bytes(const uint8_t *p, size_t len)
+{
+    char *s = malloc(len + 1);
+    if (!s) {
+        return NULL;
+    }
+    memcpy(s, p, len);
+    s[len] = '\0';
+    return s;
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
+                           uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+static int add_unknown_ext(Qcow2State *s, uint32_t type, const uint8_t *p,
+                           uint32_t len)
+{
+    Qcow2Extension *n = realloc(s->unknown_exts,
+                                (s->nb_unknown_exts + 1) * sizeof(*n));
+    if (!n) {
+        return -ENOMEM;
+    }
+    s->unknown_exts = n;
+    n[s->nb_unknown_exts].type = type;
+    n[s->nb_unknown_exts].len = len;
+    n[s->nb_unknown_exts].data = malloc(len ? len : 1);
+    if (!n[s->nb_unknown_exts].data) {
+        return -ENOMEM;
+    }
+    memcpy(n[s->nb_unknown_exts].data, p, len);
+    s->nb_unknown_exts++;
+    return 0;
+}
+
+static int parse_extensions(Qcow2State *s, const uint8_t *buf, size_t buflen,
+                            uint64_t end, Error *err)
+{
+    uint64_t off = s->header_length;
+
+    /* Extensions may not run into the backing file name. */
+    if (s->backing_file && end > s->backing_file_offset_raw) {
+        end = s->backing_file_offset_raw;
+    }
+    if (end > buflen) {
+        end = buflen;
+    }
+    while (off + 8 <= end) {
+        uint32_t type = qcow2_be32(buf + off);
+        uint32_t len = qcow2_be32(buf + off + 4);
+        const uint8_t *p = buf + off + 8;
+        off += 8;
+        if (type == QCOW2_EXT_END) {
+            return 0;
+        }
+        if (len > end - off) {
+            return error_setf(err, EINVAL,
+                              "header extension 0x%08x is too large", type);
+        }
+        switch (type) {
+        case QCOW2_EXT_BACKING_FORMAT:
+            free(s->backing_format);
+            s->backing_format = dup_bytes(p, len);
+            if (!s->backing_format) {
+                return -ENOMEM;
+            }
+            break;
+        case QCOW2_EXT_DATA_FILE:
+            free(s->data_file_name);
+            s->data_file_name = dup_bytes(p, len);
+            if (!s->data_file_name) {
+                return -ENOMEM;
+            }
+            break;
+        case QCOW2_EXT_FEATURE_TABLE: {
+            uint32_t n = len / QCOW2_FEATURE_ENTRY_SIZE;
+            free(s->features);
+            s->features = calloc(n ? n : 1, sizeof(*s->features));
+            if (!s->features) {
+                return -ENOMEM;
+            }
+            for (uint32_t i = 0; i < n; i++) {
+                const uint8_t *e = p + i * QCOW2_FEATURE_ENTRY_SIZE;
+                s->features[i].type = e[0];
+                s->features[i].bit = e[1];
+                memcpy(s->features[i].name, e + 2, QCOW2_FEATURE_NAME_LEN);
+                s->features[i].name[QCOW2_FEATURE_NAME_LEN] = '\0';
+            }
+            s->nb_features = (int)n;
+            break;
+        }
+        default: {
+            int ret = add_unknown_ext(s, type, p, len);
+            if (ret < 0) {
+                return ret;
+            }
+            break;
+        }
+        }
+        off += qcow2_align_up(len, 8);
+    }
+    return 0;
+}
+
+static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
+{
+    char list[768] = "";
+    size_t used = 0;
+
+    for (int bit = 0; bit < 64; bit++) {
+        if (!(bits & (1ull << bit))) {
+            continue;
+        }
+        const char *name = NULL;
+        for (int i = 0; i < s->nb_features; i++) {
+            if (s->features[i].type == QCOW2_FEAT_INCOMPAT &&
+                s->features[i].bit == bit) {
+                name = s->features[i].name;
+                break;
+            }
+        }
+        int w;
+        if (name) {
+            w = snprintf(list + used, sizeof(list) - used, "%s%s",
+                         used ? ", " : "", name);
+        } else {
+            w = snprintf(list + used, sizeof(list) - used,
+                         "%sUnknown incompatible feature: %llx",
+                         used ? ", " : "", 1ull << bit);
+        }
+        if (w < 0 || (size_t)w >= sizeof(list) - used) {
+            break;
+        }
+        used += (size_t)w;
+    }
+    return error_setf(err, ENOTSUP, "Unsupported qcow2 feature(s): %s", list);
+}
+
+static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
+{
+    if (!s->nb_snapshots) {
+        return 0;
+    }
+    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
+        return error_setf(err, EINVAL, "too many snapshots (%u)",
+                          s->nb_snapshots);
+    }
+    if (s->snapshots_offset % s->cluster_size || !s->snapshots_offset ||
+        s->snapshots_offset >= flen) {
+        return error_setf(err, EINVAL,
+                          "snapshot table offset invalid (0x%llx)",
+                          (unsigned long long)s->snapshots_offset);
+    }
+    s->snapshots = calloc(s->nb_snapshots, sizeof(*s->snapshots));
+    if (!s->snapshots) {
+        return -ENOMEM;
+    }
+    uint64_t off = s->snapshots_offset;
+    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+        uint8_t h[QCOW2_SNAPSHOT_FIXED];
+        Qcow2Snapshot *sn = &s->snapshots[i];
+        if (off + sizeof(h) > flen) {
+            return error_setf(err, EINVAL, "snapshot table is truncated");
+        }
+        int ret = block_pread(s->node->file, off, sizeof(h), h);
+        if (ret < 0) {
+            return error_setf(err, -ret, "cannot read snapshot table");
+        }
+        sn->l1_table_offset = qcow2_be64(h);
+        sn->l1_size = qcow2_be32(h + 8);
+        uint16_t id_len = qcow2_be16(h + 12);
+        uint16_t name_len = qcow2_be16(h + 14);
+        sn->vm_state_size = qcow2_be32(h + 32);
+        uint32_t extra = qcow2_be32(h + 36);
+        sn->disk_size = s->size;
+        if (extra > 1024) {
+            return error_setf(err, EINVAL, "snapshot extra data too large");
+        }
+        uint64_t entry_len = sizeof(h) + extra + id_len + name_len;
+        if (off + entry_len > flen) {
+            return error_setf(err, EINVAL, "snapshot table is truncated");
+        }
+        uint8_t *rest = malloc(extra + id_len + name_len + 1);
+        if (!rest) {
+            return -ENOMEM;
+        }
+        ret = block_pread(s->node->file, off + sizeof(h),
+                          extra + id_len + name_len, rest);
+        if (ret < 0) {
+            free(rest);
+            return error_setf(err, -ret, "cannot read snapshot table");
+        }
+        if (extra >= 8) {
+            sn->vm_state_size = qcow2_be64(rest);
+        }
+        if (extra >= 16) {
+            sn->disk_size = qcow2_be64(rest + 8);
+        }
+        sn->id_str = dup_bytes(rest + extra, id_len);
+        sn->name = dup_bytes(rest + extra + id_len, name_len);
+        free(rest);
+        if (!sn->id_str || !sn->name) {
+            return -ENOMEM;
+        }
+        if (sn->l1_table_offset % s->cluster_size ||
+            (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+            return error_setf(err, EINVAL,
+                              "snapshot %u has an invalid L1 table", i);
+        }
+        s->nb_snapshots_loaded = (int)i + 1;
+        off += qcow2_align_up(entry_len, 8);
+        if (off - s->snapshots_offset > 64ull * 1024 * 1024) {
+            return error_setf(err, EINVAL, "snapshot table too large");
+        }
+    }
+    s->snapshots_size = off - s->snapshots_offset;
+    return 0;
+}
+
+static void derive_geometry(Qcow2State *s)
+{
+    s->cluster_size = 1ull << s->cluster_bits;
+    s->refcount_bits = 1u << s->refcount_order;
+    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
+                                             : (1ull << s->refcount_bits) - 1;
+    s->refblock_bits = s->cluster_bits + 3 - s->refcount_order;
+    s->refblock_entries = 1ull << s->refblock_bits;
+    s->extended_l2 = s->incompatible_features & QCOW2_INCOMPAT_EXTL2;
+    s->l2_entry_size = s->extended_l2 ? 16 : 8;
+    s->l2_bits = s->cluster_bits - (s->extended_l2 ? 4 : 3);
+    s->l2_entries = 1ull << s->l2_bits;
+    s->subclusters_per_cluster = s->extended_l2 ? QCOW2_SUBCLUSTERS : 1;
+    s->subcluster_bits = s->cluster_bits - (s->extended_l2 ? 5 : 0);
+    s->subcluster_size = 1ull << s->subcluster_bits;
+    s->csize_shift = 62 - (s->cluster_bits - 8);
+    s->csize_mask = (1ull << (s->cluster_bits - 8)) - 1;
+    s->coffset_mask = (1ull << s->csize_shift) - 1;
+    s->lazy_refcounts = s->compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS;
+    s->has_data_file = s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+    s->data_file_raw = s->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    s->refcount_table_size =
+        (uint64_t)s->refcount_table_clusters * s->cluster_size / 8;
+}
+
+int qcow2_read_header(Qcow2State *s, Error *err)
+{
+    BlockNode *file = s->node->file;
+    int64_t flen = block_get_length(file);
+    uint8_t h[QCOW2_V3_HEADER_SIZE];
+    int ret;
+
+    if (flen < 0) {
+        return error_setf(err, (int)-flen, "cannot get file length");
+    }
+    if (flen < QCOW2_V2_HEADER_SIZE) {
+        return error_setf(err, EINVAL, "file too short for a qcow2 header");
+    }
+    memset(h, 0, sizeof(h));
+    ret = block_pread(file, 0,
+                      flen < (int64_t)sizeof(h) ? (size_t)flen : sizeof(h), h);
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot read qcow2 header");
+    }
+    if (qcow2_be32(h) != QCOW2_MAGIC) {
+        return error_setf(err, EINVAL, "Image is not in qcow2 format");
+    }
+    s->version = qcow2_be32(h + QCOW2_HDR_VERSION);
+    if (s->version != 2 && s->version != 3) {
+        return error_setf(err, ENOTSUP, "Unsupported qcow2 version %u",
+                          s->version);
+    }
+    s->cluster_bits = qcow2_be32(h + QCOW2_HDR_CLUSTER_BITS);
+    if (s->cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
+        s->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+        return error_setf(err, EINVAL, "Unsupported cluster size: 2^%u",
+                          s->cluster_bits);
+    }
+    s->cluster_size = 1ull << s->cluster_bits;
+    uint64_t backing_off = qcow2_be64(h + QCOW2_HDR_BACKING_OFFSET);
+    uint32_t backing_len = qcow2_be32(h + QCOW2_HDR_BACKING_SIZE);
+    s->size = qcow2_be64(h + QCOW2_HDR_SIZE);
+    s->crypt_method = qcow2_be32(h + QCOW2_HDR_CRYPT_METHOD);
+    s->l1_size = qcow2_be32(h + QCOW2_HDR_L1_SIZE);
+    s->l1_table_offset = qcow2_be64(h + QCOW2_HDR_L1_OFFSET);
+    s->refcount_table_offset = qcow2_be64(h + QCOW2_HDR_REFTABLE_OFFSET);
+    s->refcount_table_clusters = qcow2_be32(h + QCOW2_HDR_REFTABLE_CLUSTERS);
+    s->nb_snapshots = qcow2_be32(h + QCOW2_HDR_NB_SNAPSHOTS);
+    s->snapshots_offset = qcow2_be64(h + QCOW2_HDR_SNAPSHOTS_OFFSET);
+    if (s->version == 2) {
+        s->incompatible_features = 0;
+        s->compatible_features = 0;
+        s->autoclear_features = 0;
+        s->refcount_order = 4;
+        s->header_length = QCOW2_V2_HEADER_SIZE;
+        s->compression_type = QCOW2_COMPRESSION_ZLIB;
+    } else {
+        s->incompatible_features = qcow2_be64(h + QCOW2_HDR_INCOMPAT);
+        s->compatible_features = qcow2_be64(h + QCOW2_HDR_COMPAT);
+        s->autoclear_features = qcow2_be64(h + QCOW2_HDR_AUTOCLEAR);
+        s->refcount_order = qcow2_be32(h + QCOW2_HDR_REFCOUNT_ORDER);
+        s->header_length = qcow2_be32(h + QCOW2_HDR_HEADER_LENGTH);
+        if (s->header_length < QCOW2_V3_HEADER_MIN ||
+            s->header_length % 8 || s->header_length > s->cluster_size ||
+            s->header_length > (uint64_t)flen) {
+            return error_setf(err, EINVAL, "invalid qcow2 header length %u",
+                              s->header_length);
+        }
+        s->compression_type = s->header_length > QCOW2_HDR_COMPRESSION_TYPE
+                              ? h[QCOW2_HDR_COMPRESSION_TYPE] : 0;
+    }
+    if (s->refcount_order > QCOW2_MAX_REFCOUNT_ORDER) {
+        return error_setf(err, EINVAL, "Refcount width %u is too large",
+                          s->refcount_order);
+    }
+
+    /* The whole first cluster: header, extensions, backing file name. */
+    size_t hlen = (uint64_t)flen < s->cluster_size ? (size_t)flen
+                                                   : (size_t)s->cluster_size;
+    uint8_t *buf = calloc(1, s->cluster_size);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    ret = block_pread(file, 0, hlen, buf);
+    if (ret < 0) {
+        free(buf);
+        return error_setf(err, -ret, "cannot read qcow2 header");
+    }
+    if (s->header_length > QCOW2_V3_HEADER_SIZE) {
+        s->header_tail_len = s->header_length - QCOW2_V3_HEADER_SIZE;
+        s->header_tail = malloc(s->header_tail_len);
+        if (!s->header_tail) {
+            free(buf);
+            return -ENOMEM;
+        }
+        memcpy(s->header_tail, buf + QCOW2_V3_HEADER_SIZE, s->header_tail_len);
+    }
+    if (backing_off) {
+        if (backing_len > QCOW2_MAX_BACKING_NAME || backing_len == 0 ||
+            backing_off > s->cluster_size ||
+            backing_off + backing_len > hlen) {
+            free(buf);
+            return error_setf(err, EINVAL, "backing file name is invalid");
+        }
+        s->backing_file = dup_bytes(buf + backing_off, backing_len);
+        if (!s->backing_file) {
+            free(buf);
+            return -ENOMEM;
+        }
+        s->backing_file_offset_raw = backing_off;
+    }
+    ret = parse_extensions(s, buf, hlen, s->cluster_size, err);
+    free(buf);
+    if (ret < 0) {
+        return error_is_set(err) ? ret
+                                 : error_setf(err, -ret, "header extensions");
+    }
+
+    uint64_t unknown = s->incompatible_features & ~QCOW2_INCOMPAT_KNOWN;
+    if (unknown) {
+        return report_unknown_incompat(s, unknown, err);
+    }
+    if (s->crypt_method != QCOW2_CRYPT_NONE) {
+        return error_setf(err, ENOTSUP,
+                          "encrypted qcow2 images are not supported");
+    }
+    if (s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) {
+        if (s->header_length <= QCOW2_HDR_COMPRESSION_TYPE ||
+            s->compression_type == QCOW2_COMPRESSION_ZLIB) {
+            return error_setf(err, EINVAL, "compression type bit set but "
+                              "no compression type in the header");
+        }
+        if (s->compression_type != QCOW2_COMPRESSION_ZSTD) {
+            return error_setf(err, ENOTSUP, "unknown compression type %u",
+                              s->compression_type);
+        }
+    } else if (s->compression_type != QCOW2_COMPRESSION_ZLIB) {
+        return error_setf(err, EINVAL, "compression type %u without the "
+                          "compression type feature bit", s->compression_type);
+    }
+    if ((s->incompatible_features & QCOW2_INCOMPAT_EXTL2) &&
+        s->cluster_bits < QCOW2_EXTL2_MIN_CLUSTER_BITS) {
+        return error_setf(err, EINVAL, "extended L2 entries need a cluster "
+                          "size of at least 16k");
+    }
+    if ((s->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW) &&
+        !(s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE)) {
+        /* Meaningless without a data file; treat as an unknown bit. */
+        s->autoclear_features &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    }
+
+    derive_geometry(s);
+
+    /* Tables: aligned, in the file, bounded, and not overlapping. */
+    uint64_t fsize = (uint64_t)flen;
+    if (s->size > (1ull << 62)) {
+        return error_setf(err, EFBIG, "virtual size too large");
+    }
+    uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
+    if (l1_bytes > QCOW2_MAX_L1_BYTES) {
+        return error_setf(err, EFBIG, "Active L1 table too large");
+    }
+    uint64_t per_l1 = s->cluster_size * s->l2_entries;
+    uint64_t need_l1 = (s->size + per_l1 - 1) / per_l1;
+    if (s->l1_size < need_l1) {
+        return error_setf(err, EINVAL, "L1 table is too small");
+    }
+    if (s->l1_size && (s->l1_table_offset % s->cluster_size ||
+                       s->l1_table_offset == 0 ||
+                       s->l1_table_offset > fsize ||
+                       l1_bytes > fsize - s->l1_table_offset)) {
+        return error_setf(err, EINVAL, "Invalid L1 table offset");
+    }
+    uint64_t rt_bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
+    if (rt_bytes > QCOW2_MAX_REFTABLE_BYTES) {
+        return error_setf(err, EFBIG, "Reference count table too large");
+    }
+    if (s->refcount_table_clusters == 0 ||
+        s->refcount_table_offset % s->cluster_size ||
+        s->refcount_table_offset == 0 ||
+        s->refcount_table_offset > fsize ||
+        fsize - s->refcount_table_offset <
+            (rt_bytes < s->cluster_size ? rt_bytes : 8)) {
+        return error_setf(err, EINVAL, "Invalid reference count table offset");
+    }
+    if (ranges_overlap(s->l1_table_offset, l1_bytes, s->refcount_table_offset,
+                       rt_bytes)) {
+        return error_setf(err, EINVAL,
+                          "L1 table overlaps the reference count table");
+    }
+    return read_snapshot_table(s, fsize, err);
+}
+
+/* Builds the header cluster image from s into buf (cluster_size bytes). */
+static int build_header(Qcow2State *s, uint8_t *buf, Error *err)
+{
+    uint64_t cs = s->cluster_size;
+    uint32_t hl = s->version == 2 ? QCOW2_V2_HEADER_SIZE : s->header_length;
+    uint64_t off;
+
+    memset(buf, 0, cs);
+    qcow2_put_be32(buf + QCOW2_HDR_MAGIC, QCOW2_MAGIC);
+    qcow2_put_be32(buf + QCOW2_HDR_VERSION, s->version);
+    qcow2_put_be32(buf + QCOW2_HDR_CLUSTER_BITS, s->cluster_bits);
+    qcow2_put_be64(buf + QCOW2_HDR_SIZE, s->size);
+    qcow2_put_be32(buf + QCOW2_HDR_CRYPT_METHOD, s->crypt_method);
+    qcow2_put_be32(buf + QCOW2_HDR_L1_SIZE, s->l1_size);
+    qcow2_put_be64(buf + QCOW2_HDR_L1_OFFSET, s->l1_table_offset);
+    qcow2_put_be64(buf + QCOW2_HDR_REFTABLE_OFFSET, s->refcount_table_offset);
+    qcow2_put_be32(buf + QCOW2_HDR_REFTABLE_CLUSTERS,
+                   s->refcount_table_clusters);
+    qcow2_put_be32(buf + QCOW2_HDR_NB_SNAPSHOTS, s->nb_snapshots);
+    qcow2_put_be64(buf + QCOW2_HDR_SNAPSHOTS_OFFSET, s->snapshots_offset);
+    if (s->version >= 3) {
+        qcow2_put_be64(buf + QCOW2_HDR_INCOMPAT, s->incompatible_features);
+        qcow2_put_be64(buf + QCOW2_HDR_COMPAT, s->compatible_features);
+        qcow2_put_be64(buf + QCOW2_HDR_AUTOCLEAR, s->autoclear_features);
+        qcow2_put_be32(buf + QCOW2_HDR_REFCOUNT_ORDER, s->refcount_order);
+        qcow2_put_be32(buf + QCOW2_HDR_HEADER_LENGTH, hl);
+        if (hl > QCOW2_HDR_COMPRESSION_TYPE) {
+            buf[QCOW2_HDR_COMPRESSION_TYPE] = s->compression_type;
+        }
+        if (s->header_tail_len) {
+            memcpy(buf + QCOW2_V3_HEADER_SIZE, s->header_tail,
+                   s->header_tail_len);
+        }
+    }
+    off = hl;
+
+#define PUT_EXT(type_, data_, len_)                                     \
+    do {                                                                \
+        uint64_t l_ = (len_);                                           \
+        if (off + 8 + qcow2_align_up(l_, 8) + 8 > cs) {                 \
+            goto too_big;                                               \
+        }                                                               \
+        qcow2_put_be32(buf + off, (type_));                             \
+        qcow2_put_be32(buf + off + 4, (uint32_t)l_);                    \
+        if (l_) {                                                       \
+            memcpy(buf + off + 8, (data_), l_);                         \
+        }                                                               \
+        off += 8 + qcow2_align_up(l_, 8);                               \
+    } while (0)
+
+    /* Crypto header pointer first, as QEMU orders them. */
+    for (int i = 0; i < s->nb_unknown_exts; i++) {
+        if (s->unknown_exts[i].type == QCOW2_EXT_CRYPTO) {
+            PUT_EXT(QCOW2_EXT_CRYPTO, s->unknown_exts[i].data,
+                    s->unknown_exts[i].len);
+        }
+    }
+    if (s->backing_file && s->backing_format) {
+        PUT_EXT(QCOW2_EXT_BACKING_FORMAT, s->backing_format,
+                strlen(s->backing_format));
+    }
+    if (s->data_file_name) {
+        PUT_EXT(QCOW2_EXT_DATA_FILE, s->data_file_name,
+                strlen(s->data_file_name));
+    }
+    if (s->version >= 3) {
+        size_t n = sizeof(known_features) / sizeof(known_features[0]);
+        uint8_t table[sizeof(known_features) / sizeof(known_features[0]) *
+                      QCOW2_FEATURE_ENTRY_SIZE];
+        memset(table, 0, sizeof(table));
+        for (size_t i = 0; i < n; i++) {
+            uint8_t *e = table + i * QCOW2_FEATURE_ENTRY_SIZE;
+            e[0] = known_features[i].type;
+            e[1] = known_features[i].bit;
+            memcpy(e + 2, known_features[i].name,
+                   strlen(known_features[i].name));
+        }
+        PUT_EXT(QCOW2_EXT_FEATURE_TABLE, table, sizeof(table));
+    }
+    for (int i = 0; i < s->nb_unknown_exts; i++) {
+        if (s->unknown_exts[i].type != QCOW2_EXT_CRYPTO) {
+            PUT_EXT(s->unknown_exts[i].type, s->unknown_exts[i].data,
+                    s->unknown_exts[i].len);
+        }
+    }
+#undef PUT_EXT
+    /* End marker (8 zero bytes; buf is zeroed). */
+    off += 8;
+    if (s->backing_file) {
+        size_t bl = strlen(s->backing_file);
+        if (off + bl > cs) {
+            goto too_big;
+        }
+        memcpy(buf + off, s->backing_file, bl);
+        qcow2_put_be64(buf + QCOW2_HDR_BACKING_OFFSET, off);
+        qcow2_put_be32(buf + QCOW2_HDR_BACKING_SIZE, (uint32_t)bl);
+        s->backing_file_offset_raw = off;
+        off += bl;
+    }
+    return (int)off;
+
+too_big:
+    return error_setf(err, ENOSPC, "header extensions do not fit in the "
+                      "first cluster");
+}
+
+int qcow2_write_header(Qcow2State *s, Error *err)
+{
+    uint8_t *buf = malloc(s->cluster_size);
+    int ret;
+
+    if (!buf) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    ret = build_header(s, buf, err);
+    if (ret >= 0) {
+        /* One write of the used part of the first cluster: a crash sees
+         * the old or the new header as long as the sector writes land
+         * whole, and we never touch anything beyond it. */
+        size_t len = (size_t)qcow2_align_up((uint64_t)ret, 512);
+        if (len > s->cluster_size) {
+            len = s->cluster_size;
+        }
+        ret = block_pwrite(s->node->file, 0, len, buf, 0);
+        if (ret < 0) {
+            error_setf(err, -ret, "cannot write qcow2 header");
+        } else {
+            ret = block_flush(s->node->file);
+            if (ret < 0) {
+                error_setf(err, -ret, "cannot flush qcow2 header");
+            }
+        }
+    }
+    free(buf);
+    return ret < 0 ? ret : 0;
+}
+
+int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear)
+{
+    uint8_t b[8];
+    uint64_t v = (s->incompatible_features | set) & ~clear;
+    int ret;
+
+    if (s->version < 3) {
+        return set ? -ENOTSUP : 0;
+    }
+    if (v == s->incompatible_features) {
+        return 0;
+    }
+    qcow2_put_be64(b, v);
+    ret = block_pwrite(s->node->file, QCOW2_HDR_INCOMPAT, 8, b, 0);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = block_flush(s->node->file);
+    if (ret < 0) {
+        return ret;
+    }
+    s->incompatible_features = v;
+    return 0;
+}
+
+void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (s->read_only || (s->open_flags & BLOCK_O_CHECK)) {
+        fprintf(stderr, "imgtool: qcow2: image is corrupt: %s\n", msg);
+        return;
+    }
+    fprintf(stderr, "imgtool: qcow2: marking image as corrupt: %s; further "
+            "corruption events will be suppressed\n", msg);
+    if (!(s->incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
+        qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
+    }
+    s->read_only = true;
+}
+
+void qcow2_free_header(Qcow2State *s)
+{
+    free(s->header_tail);
+    s->header_tail = NULL;
+    free(s->backing_file);
+    free(s->backing_format);
+    free(s->data_file_name);
+    s->backing_file = s->backing_format = s->data_file_name = NULL;
+    free(s->features);
+    s->features = NULL;
+    for (int i = 0; i < s->nb_unknown_exts; i++) {
+        free(s->unknown_exts[i].data);
+    }
+    free(s->unknown_exts);
+    s->unknown_exts = NULL;
+    s->nb_unknown_exts = 0;
+    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
+        free(s->snapshots[i].id_str);
+        free(s->snapshots[i].name);
+    }
+    free(s->snapshots);
+    s->snapshots = NULL;
+    s->nb_snapshots_loaded = 0;
+}

@@ -1,0 +1,703 @@
+/*
+ * refcount.c - qcow2 host cluster reference counts and allocation.
+ *
+ * A two-level structure: the refcount table (contiguous, in memory) points
+ * at refcount blocks (one cluster each, through the metadata cache).  New
+ * refcount blocks and a grown table are self-describing: they are placed
+ * in clusters they (or existing blocks) count, and are on disk before
+ * anything points at them.  Decrements are deferred until the metadata
+ * that dropped the reference is on disk, so a crash can leak a cluster but
+ * never leave a reference to a free one.  All functions need s->lock.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+uint64_t qcow2_refblock_get(const Qcow2State *s, const uint8_t *block,
+                            uint64_t i)
+{
+    switch (s->refcount_order) {
+    case 0: case 1: case 2: {
+        uint32_t bits = 1u << s->refcount_order;
+        uint64_t bit = i * bits;
+        return (block[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
+    }
+    case 3:
+        return block[i];
+    case 4:
+        return qcow2_be16(block + 2 * i);
+    case 5:
+        return qcow2_be32(block + 4 * i);
+    default:
+        return qcow2_be64(block + 8 * i);
+    }
+}
+
+void qcow2_refblock_set(const Qcow2State *s, uint8_t *block, uint64_t i,
+                        uint64_t value)
+{
+    switch (s->refcount_order) {
+    case 0: case 1: case 2: {
+        uint32_t bits = 1u << s->refcount_order;
+        uint64_t bit = i * bits;
+        uint8_t mask = (uint8_t)(((1u << bits) - 1) << (bit % 8));
+        block[bit / 8] = (uint8_t)((block[bit / 8] & ~mask) |
+                                   ((value << (bit % 8)) & mask));
+        break;
+    }
+    case 3:
+        block[i] = (uint8_t)value;
+        break;
+    case 4:
+        qcow2_put_be16(block + 2 * i, (uint16_t)value);
+        break;
+    case 5:
+        qcow2_put_be32(block + 4 * i, (uint32_t)value);
+        break;
+    default:
+        qcow2_put_be64(block + 8 * i, value);
+        break;
+    }
+}
+
+/* Host offset of the refcount block for table index rti, 0 when none;
+ * -EIO (after flagging corruption) when the entry is bad. */
+static int64_t refblock_offset(Qcow2State *s, uint64_t rti)
+{
+    if (rti >= s->refcount_table_size) {
+        return 0;
+    }
+    uint64_t e = s->refcount_table[rti];
+    uint64_t off = e & QCOW2_REFT_OFFSET_MASK;
+    if (!off) {
+        return 0;
+    }
+    if ((e & QCOW2_REFT_RESERVED_MASK) || off % s->cluster_size) {
+        qcow2_signal_corruption(s, "refblock offset 0x%llx unaligned "
+                                "(reftable index 0x%llx)",
+                                (unsigned long long)off,
+                                (unsigned long long)rti);
+        return -EIO;
+    }
+    return (int64_t)off;
+}
+
+int qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index,
+                       uint64_t *refcount)
+{
+    int64_t off = refblock_offset(s, qcow2_reftable_index(s, cluster_index));
+    uint8_t *block;
+    int ret;
+
+    *refcount = 0;
+    if (off <= 0) {
+        return (int)off;
+    }
+    ret = qcow2_cache_get(&s->refcount_cache, (uint64_t)off, &block);
+    if (ret < 0) {
+        return ret;
+    }
+    *refcount = qcow2_refblock_get(s, block,
+                                   qcow2_refblock_index(s, cluster_index));
+    qcow2_cache_put(&s->refcount_cache, &block);
+    return 0;
+}
+
+int qcow2_write_reftable(Qcow2State *s, uint64_t first, uint64_t n)
+{
+    uint8_t *buf;
+    int ret;
+
+    if (n == 0) {
+        return 0;
+    }
+    buf = malloc(n * 8);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        qcow2_put_be64(buf + 8 * i, s->refcount_table[first + i]);
+    }
+    ret = block_pwrite(s->node->file, s->refcount_table_offset + first * 8,
+                       n * 8, buf, 0);
+    free(buf);
+    return ret < 0 ? ret : 0;
+}
+
+/* First run of nb clusters with refcount 0, at or after the hint. */
+static int find_free_run(Qcow2State *s, uint64_t nb, uint64_t *start)
+{
+    uint64_t i = s->free_cluster_index;
+    uint64_t run_start = i, run = 0;
+
+    if (i == 0) {
+        i = run_start = 1;
+    }
+    for (;;) {
+        uint64_t rti = qcow2_reftable_index(s, i);
+        int64_t boff = refblock_offset(s, rti);
+        if (boff < 0) {
+            return (int)boff;
+        }
+        if (boff == 0) {
+            /* A whole uncovered range is free. */
+            uint64_t range_end = (rti + 1) << s->refblock_bits;
+            run += range_end - i;
+            i = range_end;
+        } else {
+            uint64_t rc;
+            int ret = qcow2_get_refcount(s, i, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rc) {
+                run = 0;
+                run_start = ++i;
+                continue;
+            }
+            run++;
+            i++;
+        }
+        if (run >= nb) {
+            *start = run_start;
+            return 0;
+        }
+        if (run_start > (1ull << 48)) {
+            return -ENOSPC;
+        }
+    }
+}
+
+static int update_one(Qcow2State *s, uint64_t ci, int64_t delta,
+                      bool absolute, uint64_t value)
+{
+    int64_t boff = refblock_offset(s, qcow2_reftable_index(s, ci));
+    uint8_t *block;
+    int ret;
+
+    if (boff < 0) {
+        return (int)boff;
+    }
+    if (boff == 0) {
+        qcow2_signal_corruption(s, "refcount block missing for cluster "
+                                "0x%llx", (unsigned long long)ci);
+        return -EIO;
+    }
+    ret = qcow2_cache_get(&s->refcount_cache, (uint64_t)boff, &block);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t idx = qcow2_refblock_index(s, ci);
+    uint64_t rc = qcow2_refblock_get(s, block, idx);
+    uint64_t nrc;
+    if (absolute) {
+        nrc = value;
+    } else if (delta < 0) {
+        if (rc < (uint64_t)-delta) {
+            qcow2_cache_put(&s->refcount_cache, &block);
+            qcow2_signal_corruption(s, "refcount of cluster 0x%llx would "
+                                    "drop below zero",
+                                    (unsigned long long)ci);
+            return -EIO;
+        }
+        nrc = rc - (uint64_t)-delta;
+    } else {
+        if (s->refcount_max - rc < (uint64_t)delta) {
+            qcow2_cache_put(&s->refcount_cache, &block);
+            return -ERANGE;
+        }
+        nrc = rc + (uint64_t)delta;
+    }
+    if (nrc > s->refcount_max) {
+        qcow2_cache_put(&s->refcount_cache, &block);
+        return -ERANGE;
+    }
+    qcow2_refblock_set(s, block, idx, nrc);
+    qcow2_cache_mark_dirty(&s->refcount_cache, block);
+    qcow2_cache_put(&s->refcount_cache, &block);
+    if (nrc == 0) {
+        if (ci < s->free_cluster_index) {
+            s->free_cluster_index = ci;
+        }
+        uint64_t off = ci << s->cluster_bits;
+        qcow2_cache_discard(&s->l2_cache, off);
+        qcow2_cache_discard(&s->refcount_cache, off);
+    } else if (ci + 1 > s->alloc_end) {
+        s->alloc_end = ci + 1;
+    }
+    return 0;
+}
+
+static int count_uncovered(Qcow2State *s, uint64_t start, uint64_t end,
+                           uint64_t *count)
+{
+    uint64_t n = 0;
+    for (uint64_t r = start >> s->refblock_bits;
+         r <= (end - 1) >> s->refblock_bits; r++) {
+        int64_t b = refblock_offset(s, r);
+        if (b < 0) {
+            return (int)b;
+        }
+        n += b == 0;
+    }
+    *count = n;
+    return 0;
+}
+
+/* Moves the refcount table to the end of the image, big enough for
+ * min_entries, with new refcount blocks for whatever the new area needs
+ * and the old table does not cover. */
+static int grow_reftable(Qcow2State *s, uint64_t min_entries)
+{
+    uint64_t per_cluster = s->cluster_size / 8;
+    uint64_t S = s->alloc_end;
+    uint64_t entries, tc, nb = 0;
+    int ret;
+
+    if (S < 1) {
+        S = 1;
+    }
+    entries = s->refcount_table_size + s->refcount_table_size / 2 + 1;
+    if (entries < min_entries) {
+        entries = min_entries;
+    }
+    for (;;) {
+        entries = qcow2_align_up(entries, per_cluster);
+        tc = entries / per_cluster;
+        nb = 0;
+        for (;;) {
+            uint64_t need = 0;
+            ret = count_uncovered(s, S, S + tc + nb, &need);
+            if (ret < 0) {
+                return ret;
+            }
+            if (need <= nb) {
+                break;
+            }
+            nb = need;
+        }
+        uint64_t last_r = (S + tc + nb - 1) >> s->refblock_bits;
+        if (last_r < entries) {
+            /* Check the area is really free (leaks past the end). */
+            bool busy = false;
+            for (uint64_t c = S; c < S + tc + nb; c++) {
+                uint64_t rc;
+                ret = qcow2_get_refcount(s, c, &rc);
+                if (ret < 0) {
+                    return ret;
+                }
+                if (rc) {
+                    S = c + 1;
+                    busy = true;
+                    break;
+                }
+            }
+            if (!busy) {
+                break;
+            }
+            continue;
+        }
+        entries = last_r + 1;
+    }
+    if (entries * 8 > QCOW2_MAX_REFTABLE_BYTES) {
+        return -EFBIG;
+    }
+
+    uint64_t *nt = calloc(entries, 8);
+    uint8_t *buf = calloc(1, s->cluster_size);
+    if (!nt || !buf) {
+        free(nt);
+        free(buf);
+        return -ENOMEM;
+    }
+    memcpy(nt, s->refcount_table, s->refcount_table_size * 8);
+    /* Assign the new blocks to the uncovered ranges in order. */
+    uint64_t next_block = S + tc;
+    uint64_t first_r = S >> s->refblock_bits;
+    uint64_t last_r = (S + tc + nb - 1) >> s->refblock_bits;
+    for (uint64_t r = first_r; r <= last_r; r++) {
+        if (!(nt[r] & QCOW2_REFT_OFFSET_MASK)) {
+            nt[r] = next_block++ << s->cluster_bits;
+        }
+    }
+    /* New blocks on disk, counting the new area's clusters they cover. */
+    for (uint64_t r = first_r; r <= last_r; r++) {
+        int64_t old = refblock_offset(s, r);
+        if (old < 0) {
+            ret = (int)old;
+            goto out;
+        }
+        if (old) {
+            continue;
+        }
+        memset(buf, 0, s->cluster_size);
+        for (uint64_t c = S; c < S + tc + nb; c++) {
+            if ((c >> s->refblock_bits) == r) {
+                qcow2_refblock_set(s, buf, qcow2_refblock_index(s, c), 1);
+            }
+        }
+        ret = block_pwrite(s->node->file, nt[r], s->cluster_size, buf, 0);
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    /* Area clusters covered by existing blocks. */
+    for (uint64_t c = S; c < S + tc + nb; c++) {
+        int64_t old = refblock_offset(s, c >> s->refblock_bits);
+        if (old > 0) {
+            ret = update_one(s, c, 1, false, 0);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+    }
+    ret = qcow2_cache_writeback(&s->refcount_cache);
+    if (ret < 0) {
+        goto out;
+    }
+    free(buf);
+    buf = NULL;
+    uint64_t old_off = s->refcount_table_offset;
+    uint64_t old_clusters = s->refcount_table_clusters;
+    if (s->alloc_end < S + tc + nb) {
+        s->alloc_end = S + tc + nb;
+    }
+    ret = qcow2_replace_reftable(s, nt, entries, S << s->cluster_bits);
+    nt = NULL;
+    if (ret < 0) {
+        goto out;
+    }
+    ret = qcow2_update_refcount(s, old_off, old_clusters * s->cluster_size,
+                                -1);
+out:
+    free(nt);
+    free(buf);
+    return ret;
+}
+
+int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
+                           uint64_t offset)
+{
+    uint64_t clusters = entries * 8 / s->cluster_size;
+    uint8_t *buf = calloc(clusters ? clusters : 1, s->cluster_size);
+    uint8_t hdr[12];
+    int ret;
+
+    if (!buf) {
+        free(table);
+        return -ENOMEM;
+    }
+    for (uint64_t i = 0; i < entries; i++) {
+        qcow2_put_be64(buf + 8 * i, table[i]);
+    }
+    ret = block_pwrite(s->node->file, offset, clusters * s->cluster_size,
+                       buf, 0);
+    free(buf);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (ret < 0) {
+        free(table);
+        return ret;
+    }
+    /* Offset and cluster count are adjacent: one write switches both. */
+    qcow2_put_be64(hdr, offset);
+    qcow2_put_be32(hdr + 8, (uint32_t)clusters);
+    ret = block_pwrite(s->node->file, QCOW2_HDR_REFTABLE_OFFSET, 12, hdr, 0);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (ret < 0) {
+        free(table);
+        return ret;
+    }
+    free(s->refcount_table);
+    s->refcount_table = table;
+    s->refcount_table_size = entries;
+    s->refcount_table_offset = offset;
+    s->refcount_table_clusters = (uint32_t)clusters;
+    s->refcount_unflushed = false;
+    return 0;
+}
+
+/* Puts a refcount block in place for range rti, or for whichever range the
+ * cluster chosen to hold it falls in (the caller retries either way). */
+static int alloc_refblock(Qcow2State *s, uint64_t rti)
+{
+    uint64_t b;
+    int ret;
+
+    if (rti >= s->refcount_table_size) {
+        return grow_reftable(s, rti + 1);
+    }
+    ret = find_free_run(s, 1, &b);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t brti = qcow2_reftable_index(s, b);
+    if (brti >= s->refcount_table_size) {
+        return grow_reftable(s, brti + 1);
+    }
+    int64_t boff = refblock_offset(s, brti);
+    if (boff < 0) {
+        return (int)boff;
+    }
+    uint8_t *block;
+    uint64_t target = boff ? rti : brti;
+    if (boff) {
+        ret = update_one(s, b, 1, false, 0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    ret = qcow2_cache_get_empty(&s->refcount_cache, b << s->cluster_bits,
+                                &block);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!boff) {
+        /* Self-describing: the block counts its own cluster. */
+        qcow2_refblock_set(s, block, qcow2_refblock_index(s, b), 1);
+    }
+    qcow2_cache_mark_dirty(&s->refcount_cache, block);
+    qcow2_cache_put(&s->refcount_cache, &block);
+    ret = qcow2_cache_writeback(&s->refcount_cache);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    s->refcount_unflushed = false;
+    s->refcount_table[target] = b << s->cluster_bits;
+    ret = qcow2_write_reftable(s, target, 1);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (b + 1 > s->alloc_end) {
+        s->alloc_end = b + 1;
+    }
+    return ret;
+}
+
+/* 1 when it had to allocate refcount metadata (the caller retries). */
+static int ensure_refblocks(Qcow2State *s, uint64_t start, uint64_t nb)
+{
+    for (uint64_t r = start >> s->refblock_bits;
+         r <= (start + nb - 1) >> s->refblock_bits; r++) {
+        int64_t b = refblock_offset(s, r);
+        if (b < 0) {
+            return (int)b;
+        }
+        if (b == 0) {
+            int ret = alloc_refblock(s, r);
+            return ret < 0 ? ret : 1;
+        }
+    }
+    return 0;
+}
+
+int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t len,
+                          int64_t delta)
+{
+    if (len == 0) {
+        return 0;
+    }
+    uint64_t first = offset >> s->cluster_bits;
+    uint64_t last = (offset + len - 1) >> s->cluster_bits;
+
+    if (delta > 0) {
+        int ret;
+        while ((ret = ensure_refblocks(s, first, last - first + 1)) > 0) {
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    for (uint64_t c = first; c <= last; c++) {
+        int ret = update_one(s, c, delta, false, 0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+int qcow2_set_refcount(Qcow2State *s, uint64_t cluster_index,
+                       uint64_t refcount)
+{
+    int ret;
+    while ((ret = ensure_refblocks(s, cluster_index, 1)) > 0) {
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    return update_one(s, cluster_index, 0, true, refcount);
+}
+
+int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t nb)
+{
+    uint64_t start;
+    int ret;
+
+    if (nb == 0) {
+        return -EINVAL;
+    }
+    for (;;) {
+        ret = find_free_run(s, nb, &start);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = ensure_refblocks(s, start, nb);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret == 0) {
+            break;
+        }
+    }
+    for (uint64_t c = start; c < start + nb; c++) {
+        ret = update_one(s, c, 1, false, 0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (nb == 1 || start == s->free_cluster_index) {
+        s->free_cluster_index = start + nb;
+    }
+    if (start + nb > s->alloc_end) {
+        s->alloc_end = start + nb;
+    }
+    return (int64_t)(start << s->cluster_bits);
+}
+
+int qcow2_alloc_clusters_at(Qcow2State *s, uint64_t offset, uint64_t nb)
+{
+    uint64_t first = offset >> s->cluster_bits;
+    int ret;
+
+    for (;;) {
+        for (uint64_t c = first; c < first + nb; c++) {
+            uint64_t rc;
+            ret = qcow2_get_refcount(s, c, &rc);
+            if (ret < 0) {
+                return ret;
+            }
+            if (rc) {
+                return -EEXIST;
+            }
+        }
+        ret = ensure_refblocks(s, first, nb);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret == 0) {
+            break;
+        }
+    }
+    for (uint64_t c = first; c < first + nb; c++) {
+        ret = update_one(s, c, 1, false, 0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (first + nb > s->alloc_end) {
+        s->alloc_end = first + nb;
+    }
+    return 0;
+}
+
+int qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t nb)
+{
+    if (nb == 0) {
+        return 0;
+    }
+    if (s->dirty_set) {
+        /* Refcounts get rebuilt after a crash anyway. */
+        return qcow2_update_refcount(s, offset, nb << s->cluster_bits, -1);
+    }
+    if (s->nb_pending_frees) {
+        Qcow2PendingFree *last = &s->pending_frees[s->nb_pending_frees - 1];
+        if (last->offset + (last->nb_clusters << s->cluster_bits) == offset) {
+            last->nb_clusters += nb;
+            return 0;
+        }
+    }
+    if (s->nb_pending_frees == s->cap_pending_frees) {
+        size_t cap = s->cap_pending_frees ? s->cap_pending_frees * 2 : 64;
+        Qcow2PendingFree *n = realloc(s->pending_frees, cap * sizeof(*n));
+        if (!n) {
+            return -ENOMEM;
+        }
+        s->pending_frees = n;
+        s->cap_pending_frees = cap;
+    }
+    s->pending_frees[s->nb_pending_frees].offset = offset;
+    s->pending_frees[s->nb_pending_frees].nb_clusters = nb;
+    s->nb_pending_frees++;
+    if (s->nb_pending_frees >= 4096) {
+        return qcow2_apply_pending_frees(s);
+    }
+    return 0;
+}
+
+int qcow2_free_compressed_deferred(Qcow2State *s, const Qcow2L2Entry *e)
+{
+    uint64_t first = e->host_offset & ~(s->cluster_size - 1);
+    uint64_t last = (e->host_offset + e->compressed_size - 1) &
+                    ~(s->cluster_size - 1);
+    return qcow2_free_clusters_deferred(s, first,
+                                        ((last - first) >> s->cluster_bits)
+                                        + 1);
+}
+
+int qcow2_apply_pending_frees(Qcow2State *s)
+{
+    int ret;
+
+    if (!s->nb_pending_frees) {
+        return 0;
+    }
+    ret = qcow2_cache_writeback(&s->l2_cache);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    s->refcount_unflushed = false;
+    for (size_t i = 0; i < s->nb_pending_frees; i++) {
+        Qcow2PendingFree *p = &s->pending_frees[i];
+        ret = qcow2_update_refcount(s, p->offset,
+                                    p->nb_clusters << s->cluster_bits, -1);
+        if (ret < 0) {
+            s->nb_pending_frees = 0;
+            return ret;
+        }
+    }
+    s->nb_pending_frees = 0;
+    return 0;
+}
+
+uint64_t qcow2_refcount_metadata_clusters(uint64_t clusters,
+                                          uint32_t cluster_bits,
+                                          uint32_t refcount_order)
+{
+    uint64_t per_block = 1ull << (cluster_bits + 3 - refcount_order);
+    uint64_t per_table_cluster = (1ull << cluster_bits) / 8;
+    uint64_t blocks = 0, tables = 0;
+
+    for (;;) {
+        uint64_t total = clusters + blocks + tables;
+        uint64_t nblocks = (total + per_block - 1) / per_block;
+        uint64_t ntables = (nblocks + per_table_cluster - 1) /
+                           per_table_cluster;
+        if (nblocks == blocks && ntables == tables) {
+            return blocks + tables;
+        }
+        blocks = nblocks;
+        tables = ntables;
+    }
+}

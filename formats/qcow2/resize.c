@@ -1,0 +1,357 @@
+/*
+ * resize.c - growing (with optional preallocation) and shrinking qcow2
+ * images.
+ *
+ * Growing may need a larger L1 table: the new table is written and
+ * flushed before one header write switches to it, then the old one is
+ * freed.  Shrinking frees the clusters beyond the new end first, then
+ * writes the smaller size; a crash in between leaves only leaks.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+static int grow_l1(Qcow2State *s, uint64_t new_size)
+{
+    uint64_t bytes = new_size * 8;
+    uint64_t clusters = (bytes + s->cluster_size - 1) >> s->cluster_bits;
+    uint64_t *nt;
+    uint8_t *buf, hdr[12];
+    int ret;
+
+    if (bytes > QCOW2_MAX_L1_BYTES) {
+        return -EFBIG;
+    }
+    int64_t off = qcow2_alloc_clusters(s, clusters);
+    if (off < 0) {
+        return (int)off;
+    }
+    nt = calloc(new_size, 8);
+    buf = calloc(1, bytes);
+    if (!nt || !buf) {
+        free(nt);
+        free(buf);
+        return -ENOMEM;
+    }
+    memcpy(nt, s->l1_table, (size_t)s->l1_size * 8);
+    for (uint64_t i = 0; i < new_size; i++) {
+        qcow2_put_be64(buf + 8 * i, nt[i]);
+    }
+    /* Refcounts for the new table first, then the table, then the
+     * header switches to it. */
+    ret = qcow2_cache_writeback(&s->refcount_cache);
+    if (ret >= 0) {
+        ret = block_pwrite(s->node->file, (uint64_t)off, bytes, buf, 0);
+    }
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    free(buf);
+    if (ret < 0) {
+        free(nt);
+        return ret;
+    }
+    s->refcount_unflushed = false;
+    qcow2_put_be32(hdr, (uint32_t)new_size);
+    qcow2_put_be64(hdr + 4, (uint64_t)off);
+    ret = block_pwrite(s->node->file, QCOW2_HDR_L1_SIZE, 12, hdr, 0);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (ret < 0) {
+        free(nt);
+        return ret;
+    }
+    uint64_t old_off = s->l1_table_offset;
+    uint64_t old_clusters = ((uint64_t)s->l1_size * 8 + s->cluster_size - 1)
+                            >> s->cluster_bits;
+    free(s->l1_table);
+    s->l1_table = nt;
+    s->l1_size = (uint32_t)new_size;
+    s->l1_table_offset = (uint64_t)off;
+    if (old_clusters && old_off) {
+        ret = qcow2_update_refcount(s, old_off,
+                                    old_clusters << s->cluster_bits, -1);
+    }
+    return ret;
+}
+
+static int write_size(Qcow2State *s, uint64_t size)
+{
+    uint8_t b[8];
+    qcow2_put_be64(b, size);
+    int ret = block_pwrite(s->node->file, QCOW2_HDR_SIZE, 8, b, 0);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (ret >= 0) {
+        s->size = size;
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* Maps every unallocated cluster of [start, end) to a new host cluster
+ * (contiguous runs, L2 table first as QEMU lays them out). */
+static int preallocate(Qcow2State *s, uint64_t start, uint64_t end,
+                       uint64_t old_file_len)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t pos = start & ~(cs - 1);
+    int ret = 0;
+
+    while (pos < end) {
+        uint64_t table_end = ((pos >> (s->cluster_bits + s->l2_bits)) + 1)
+                             << (s->cluster_bits + s->l2_bits);
+        uint64_t stop = end < table_end ? qcow2_align_up(end, cs) : table_end;
+        uint8_t *t;
+        uint64_t idx;
+        ret = qcow2_get_l2_table(s, pos, true, &t, &idx);
+        if (ret < 0) {
+            return ret;
+        }
+        /* Count the unallocated clusters in this table's part. */
+        uint64_t need = 0;
+        for (uint64_t c = pos, i = idx; c < stop; c += cs, i++) {
+            Qcow2L2Entry e;
+            qcow2_decode_l2_entry(s, qcow2_l2_get_entry(s, t, i),
+                                  qcow2_l2_get_bitmap(s, t, i), &e);
+            need += e.type == QCOW2_CLUSTER_UNALLOCATED ||
+                    e.type == QCOW2_CLUSTER_ZERO_PLAIN;
+        }
+        uint64_t host = 0;
+        if (need && !s->has_data_file) {
+            int64_t h = qcow2_alloc_clusters(s, need);
+            if (h < 0) {
+                qcow2_cache_put(&s->l2_cache, &t);
+                return (int)h;
+            }
+            host = (uint64_t)h;
+            if (host < old_file_len) {
+                /* Reused clusters may hold old data. */
+                uint64_t zl = need * cs;
+                if (host + zl > old_file_len) {
+                    zl = old_file_len - host;
+                }
+                ret = block_write_zeroes(s->node->file, host, zl, 0);
+                if (ret < 0) {
+                    qcow2_cache_put(&s->l2_cache, &t);
+                    return ret;
+                }
+            }
+        }
+        for (uint64_t c = pos, i = idx; c < stop && need; c += cs, i++) {
+            Qcow2L2Entry e;
+            qcow2_decode_l2_entry(s, qcow2_l2_get_entry(s, t, i),
+                                  qcow2_l2_get_bitmap(s, t, i), &e);
+            if (e.type != QCOW2_CLUSTER_UNALLOCATED &&
+                e.type != QCOW2_CLUSTER_ZERO_PLAIN) {
+                continue;
+            }
+            uint64_t h = s->has_data_file ? c : host;
+            qcow2_l2_set(s, t, i, h | QCOW2_OFLAG_COPIED,
+                         s->extended_l2 ? QCOW2_L2B_ALLOC_MASK : 0);
+            host += cs;
+        }
+        qcow2_cache_mark_dirty(&s->l2_cache, t);
+        qcow2_cache_put(&s->l2_cache, &t);
+        pos = stop;
+    }
+    return 0;
+}
+
+static int shrink(Qcow2State *s, uint64_t size, Error *err)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t l2_span = cs << s->l2_bits;
+    uint64_t a = qcow2_align_up(size, cs);
+    int ret;
+
+    for (uint64_t pos = a; pos < s->size;) {
+        uint64_t table_end = (pos / l2_span + 1) * l2_span;
+        uint64_t stop = s->size < table_end ? qcow2_align_up(s->size, cs)
+                                            : table_end;
+        uint8_t *t;
+        uint64_t idx;
+        ret = qcow2_get_l2_table(s, pos, false, &t, &idx);
+        if (ret < 0) {
+            return error_setf(err, -ret, "cannot read an L2 table");
+        }
+        if (t) {
+            qcow2_cache_put(&s->l2_cache, &t);
+            ret = qcow2_get_l2_table(s, pos, true, &t, &idx);
+            if (ret < 0) {
+                return error_setf(err, -ret, "cannot update an L2 table");
+            }
+            for (uint64_t c = pos, i = idx; c < stop; c += cs, i++) {
+                Qcow2L2Entry e;
+                qcow2_decode_l2_entry(s, qcow2_l2_get_entry(s, t, i),
+                                      qcow2_l2_get_bitmap(s, t, i), &e);
+                qcow2_l2_set(s, t, i, 0, 0);
+                if (s->has_data_file) {
+                    continue;
+                }
+                if (e.type == QCOW2_CLUSTER_COMPRESSED) {
+                    ret = qcow2_free_compressed_deferred(s, &e);
+                } else if (e.type == QCOW2_CLUSTER_NORMAL ||
+                           e.type == QCOW2_CLUSTER_ZERO_ALLOC) {
+                    ret = qcow2_free_clusters_deferred(s, e.host_offset, 1);
+                }
+                if (ret < 0) {
+                    qcow2_cache_put(&s->l2_cache, &t);
+                    return error_setf(err, -ret, "cannot free clusters");
+                }
+            }
+            qcow2_cache_mark_dirty(&s->l2_cache, t);
+            qcow2_cache_put(&s->l2_cache, &t);
+        }
+        pos = stop;
+    }
+    /* L2 tables wholly beyond the new end. */
+    uint64_t first_l1 = (size + l2_span - 1) / l2_span;
+    for (uint64_t i = first_l1; i < s->l1_size; i++) {
+        uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+        if (!l2) {
+            continue;
+        }
+        ret = qcow2_cache_writeback(&s->l2_cache);
+        if (ret >= 0) {
+            ret = block_flush(s->node->file);
+        }
+        s->l1_table[i] = 0;
+        if (ret >= 0) {
+            ret = qcow2_write_l1(s, i, 1);
+        }
+        if (ret >= 0) {
+            qcow2_cache_discard(&s->l2_cache, l2);
+            ret = qcow2_free_clusters_deferred(s, l2, 1);
+        }
+        if (ret < 0) {
+            return error_setf(err, -ret, "cannot free an L2 table");
+        }
+    }
+    ret = write_size(s, size);
+    if (ret >= 0) {
+        ret = qcow2_flush_caches(s);
+    }
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot shrink the image");
+    }
+    /* Give the space back: cut the file after the last used cluster. */
+    uint64_t last = s->alloc_end;
+    while (last > 1) {
+        uint64_t rc;
+        ret = qcow2_get_refcount(s, last - 1, &rc);
+        if (ret < 0 || rc) {
+            break;
+        }
+        last--;
+    }
+    int64_t flen = block_get_length(s->node->file);
+    if (ret >= 0 && flen > 0 && (uint64_t)flen > last * cs) {
+        Error terr = { 0 };
+        if (block_truncate(s->node->file, last * cs, false, PREALLOC_OFF,
+                           &terr) >= 0) {
+            s->alloc_end = last;
+            if (s->free_cluster_index > last) {
+                s->free_cluster_index = last;
+            }
+        }
+    }
+    return 0;
+}
+
+int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
+                   Error *err)
+{
+    Qcow2State *s = qcow2_state(n);
+    int ret = 0;
+
+    if (size % 512) {
+        return error_setf(err, EINVAL, "The new size must be a multiple of "
+                          "512");
+    }
+    if (s->read_only) {
+        return error_setf(err, EACCES, "image is read-only");
+    }
+    pthread_mutex_lock(&s->lock);
+    while (s->inflight) {
+        pthread_cond_wait(&s->inflight_cond, &s->lock);
+    }
+    if (size < s->size) {
+        if (s->nb_snapshots) {
+            ret = error_setf(err, ENOTSUP, "Can't resize an image which has "
+                             "snapshots");
+        } else if (pm != PREALLOC_OFF) {
+            ret = error_setf(err, ENOTSUP, "Preallocation can't be used for "
+                             "shrinking an image");
+        } else {
+            ret = shrink(s, size, err);
+        }
+        pthread_mutex_unlock(&s->lock);
+        return ret;
+    }
+    if (size == s->size && pm == PREALLOC_OFF) {
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
+    if (s->nb_snapshots && s->version < 3) {
+        pthread_mutex_unlock(&s->lock);
+        return error_setf(err, ENOTSUP, "Can't resize a v2 image which has "
+                          "snapshots");
+    }
+    uint64_t l2_span = s->cluster_size << s->l2_bits;
+    uint64_t need_l1 = (size + l2_span - 1) / l2_span;
+    if (need_l1 > s->l1_size) {
+        ret = grow_l1(s, need_l1);
+        if (ret < 0) {
+            pthread_mutex_unlock(&s->lock);
+            return error_setf(err, -ret, ret == -EFBIG ? "Image size too "
+                              "large for this cluster size" :
+                              "cannot grow the L1 table");
+        }
+    }
+    uint64_t old_size = s->size;
+    if (s->has_data_file) {
+        int64_t dlen = block_get_length(n->data_file);
+        if (dlen >= 0 && (uint64_t)dlen < size) {
+            ret = block_truncate(n->data_file, size, false,
+                                 pm == PREALLOC_METADATA ? PREALLOC_OFF : pm,
+                                 err);
+            if (ret < 0) {
+                pthread_mutex_unlock(&s->lock);
+                return ret;
+            }
+        }
+    }
+    if (pm != PREALLOC_OFF) {
+        int64_t flen = block_get_length(n->file);
+        ret = preallocate(s, old_size, size, flen < 0 ? 0 : (uint64_t)flen);
+        if (ret >= 0) {
+            ret = qcow2_flush_caches(s);
+        }
+        if (ret >= 0 && !s->has_data_file) {
+            /* Reads of preallocated clusters must stay inside the file. */
+            uint64_t want = s->alloc_end << s->cluster_bits;
+            int64_t cur = block_get_length(n->file);
+            if (cur >= 0 && (uint64_t)cur < want) {
+                ret = block_truncate(n->file, want, false,
+                                     pm == PREALLOC_METADATA ? PREALLOC_OFF
+                                                             : pm, err);
+            }
+        }
+        if (ret < 0) {
+            pthread_mutex_unlock(&s->lock);
+            return error_is_set(err) ? ret
+                   : error_setf(err, -ret, "preallocation failed");
+        }
+    }
+    ret = write_size(s, size);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot write the new size");
+    }
+    (void)exact;
+    return 0;
+}

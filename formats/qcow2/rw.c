@@ -1,0 +1,992 @@
+/*
+ * rw.c - qcow2 guest I/O: read, write (with allocation and copy-on-write),
+ * zero writes, discard and block status.
+ *
+ * Concurrency: metadata is touched only under s->lock.  Guest data moves
+ * without the lock: a write that changes metadata for a guest range first
+ * registers that (cluster-aligned) range as in flight, so overlapping
+ * allocating writers, zero writes and discards wait for it; then it drops
+ * the lock, does its copy-on-write reads and data writes, and retakes the
+ * lock to link the new clusters into the L2 table.  Writes into clusters
+ * that are already allocated with refcount 1 (COPIED) need no metadata and
+ * go straight to the host offset.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+/* ------------------------------------------------------------------ */
+/* In-flight ranges                                                    */
+
+static bool inflight_overlaps(Qcow2State *s, uint64_t start, uint64_t end)
+{
+    for (Qcow2InFlight *f = s->inflight; f; f = f->next) {
+        if (f->start < end && start < f->end) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void wait_inflight(Qcow2State *s, uint64_t start, uint64_t end)
+{
+    while (inflight_overlaps(s, start, end)) {
+        pthread_cond_wait(&s->inflight_cond, &s->lock);
+    }
+}
+
+static void inflight_add(Qcow2State *s, Qcow2InFlight *f, uint64_t start,
+                         uint64_t end)
+{
+    f->start = start;
+    f->end = end;
+    f->next = s->inflight;
+    s->inflight = f;
+}
+
+static void inflight_remove(Qcow2State *s, Qcow2InFlight *f)
+{
+    for (Qcow2InFlight **p = &s->inflight; *p; p = &(*p)->next) {
+        if (*p == f) {
+            *p = f->next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&s->inflight_cond);
+}
+
+/* ------------------------------------------------------------------ */
+/* Mapping lookup                                                      */
+
+typedef struct Qcow2Extent {
+    Qcow2SubclusterType type;
+    bool has_host;         /* host valid (data, or preallocated zero) */
+    uint64_t host;         /* host byte offset of the extent start */
+    Qcow2L2Entry entry;    /* entry of the first cluster */
+} Qcow2Extent;
+
+static bool entry_has_host(const Qcow2L2Entry *e)
+{
+    return e->type == QCOW2_CLUSTER_NORMAL ||
+           e->type == QCOW2_CLUSTER_ZERO_ALLOC;
+}
+
+/* Maps [off, off + len) from off as far as the status stays the same
+ * (and host offsets stay contiguous), within one L2 table.  Needs
+ * s->lock.  Returns bytes covered (> 0) or a negative errno. */
+static int64_t map_extent(Qcow2State *s, uint64_t off, uint64_t len,
+                          Qcow2Extent *x)
+{
+    uint8_t *t;
+    uint64_t idx;
+    int ret = qcow2_get_l2_table(s, off, false, &t, &idx);
+    uint64_t cs = s->cluster_size;
+    uint64_t table_end = ((off >> (s->cluster_bits + s->l2_bits)) + 1)
+                         << (s->cluster_bits + s->l2_bits);
+    uint64_t limit = off + len < table_end ? off + len : table_end;
+
+    if (ret < 0) {
+        return ret;
+    }
+    memset(x, 0, sizeof(*x));
+    if (!t) {
+        x->type = QCOW2_SUBCLUSTER_UNALLOCATED;
+        qcow2_decode_l2_entry(s, 0, 0, &x->entry);
+        return (int64_t)(limit - off);
+    }
+
+    uint64_t pos = off;
+    bool first = true;
+    uint64_t expect_host = 0;
+    while (pos < limit) {
+        Qcow2L2Entry e;
+        uint64_t cstart = pos & ~(cs - 1);
+        qcow2_decode_l2_entry(s, qcow2_l2_get_entry(s, t, idx),
+                              qcow2_l2_get_bitmap(s, t, idx), &e);
+        if (first) {
+            x->entry = e;
+        }
+        if (e.type == QCOW2_CLUSTER_COMPRESSED) {
+            if (first) {
+                x->type = QCOW2_SUBCLUSTER_COMPRESSED;
+                pos = cstart + cs;
+            }
+            break;
+        }
+        bool host_ok = entry_has_host(&e);
+        if (host_ok && (e.host_offset & (cs - 1))) {
+            qcow2_cache_put(&s->l2_cache, &t);
+            qcow2_signal_corruption(s, "cluster allocation offset 0x%llx "
+                                    "unaligned (L2 index 0x%llx)",
+                                    (unsigned long long)e.host_offset,
+                                    (unsigned long long)idx);
+            return -EIO;
+        }
+        /* Walk subclusters of this cluster. */
+        while (pos < limit && pos < cstart + cs) {
+            int sc = (int)((pos - cstart) >> s->subcluster_bits);
+            Qcow2SubclusterType st = qcow2_subcluster_type(s, &e, sc);
+            bool hh = host_ok && (st == QCOW2_SUBCLUSTER_DATA ||
+                                  st == QCOW2_SUBCLUSTER_ZERO);
+            uint64_t h = hh ? e.host_offset + (pos - cstart) : 0;
+            if (first) {
+                x->type = st;
+                x->has_host = hh;
+                x->host = h;
+                first = false;
+            } else if (st != x->type || hh != x->has_host ||
+                       (hh && h != expect_host)) {
+                goto done;
+            }
+            if (st == QCOW2_SUBCLUSTER_INVALID) {
+                pos += s->subcluster_size - ((pos - cstart) &
+                                             (s->subcluster_size - 1));
+                goto done;
+            }
+            uint64_t step = s->subcluster_size -
+                            ((pos - cstart) & (s->subcluster_size - 1));
+            pos += step;
+            expect_host = h + step;
+        }
+        idx++;
+    }
+done:
+    qcow2_cache_put(&s->l2_cache, &t);
+    if (pos > limit) {
+        pos = limit;
+    }
+    return (int64_t)(pos - off);
+}
+
+/* ------------------------------------------------------------------ */
+/* Reads                                                               */
+
+static int read_compressed(Qcow2State *s, const Qcow2L2Entry *e,
+                           uint64_t in_cluster, size_t len, uint8_t *buf)
+{
+    uint8_t *cbuf = malloc(e->compressed_size ? e->compressed_size : 1);
+    uint8_t *out = malloc(s->cluster_size);
+    int ret = -ENOMEM;
+
+    if (cbuf && out) {
+        ret = block_pread_zero_tail(s->node->file, e->host_offset,
+                                    e->compressed_size, cbuf);
+        if (ret >= 0) {
+            ret = qcow2_decompress(s, cbuf, e->compressed_size, out);
+        }
+        if (ret >= 0) {
+            memcpy(buf, out + in_cluster, len);
+            ret = 0;
+        }
+    }
+    free(cbuf);
+    free(out);
+    return ret;
+}
+
+static int read_backing(Qcow2State *s, uint64_t off, size_t len, uint8_t *buf)
+{
+    if (!s->node->backing) {
+        memset(buf, 0, len);
+        return 0;
+    }
+    return block_pread_zero_tail(s->node->backing, off, len, buf);
+}
+
+int qcow2_pread(BlockNode *n, uint64_t off, size_t len, void *vbuf)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint8_t *buf = vbuf;
+    int ret;
+
+    while (len > 0) {
+        Qcow2Extent x;
+        pthread_mutex_lock(&s->lock);
+        int64_t got = map_extent(s, off, len, &x);
+        pthread_mutex_unlock(&s->lock);
+        if (got < 0) {
+            return (int)got;
+        }
+        size_t chunk = (size_t)got;
+        switch (x.type) {
+        case QCOW2_SUBCLUSTER_UNALLOCATED:
+            ret = read_backing(s, off, chunk, buf);
+            break;
+        case QCOW2_SUBCLUSTER_ZERO:
+            memset(buf, 0, chunk);
+            ret = 0;
+            break;
+        case QCOW2_SUBCLUSTER_DATA:
+            ret = block_pread(qcow2_data_node(s), x.host, chunk, buf);
+            break;
+        case QCOW2_SUBCLUSTER_COMPRESSED:
+            ret = read_compressed(s, &x.entry, off & (s->cluster_size - 1),
+                                  chunk, buf);
+            break;
+        default:
+            pthread_mutex_lock(&s->lock);
+            qcow2_signal_corruption(s, "invalid subcluster state at guest "
+                                    "offset 0x%llx",
+                                    (unsigned long long)off);
+            pthread_mutex_unlock(&s->lock);
+            ret = -EIO;
+            break;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        off += chunk;
+        buf += chunk;
+        len -= chunk;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writes                                                              */
+
+/* Whether the cluster can be written in place (it is ours alone). */
+static bool cluster_in_place(Qcow2State *s, const Qcow2L2Entry *e)
+{
+    if (e->type != QCOW2_CLUSTER_NORMAL &&
+        e->type != QCOW2_CLUSTER_ZERO_ALLOC) {
+        return false;
+    }
+    return e->copied || s->has_data_file;
+}
+
+/* Bitmap bits of the subclusters [a, b) touches within its cluster. */
+static uint64_t sc_mask(Qcow2State *s, uint64_t a, uint64_t b)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t cstart = a & ~(cs - 1);
+    int first = (int)((a - cstart) >> s->subcluster_bits);
+    int last = (int)((b - 1 - cstart) >> s->subcluster_bits);
+    uint64_t m = 0;
+    for (int i = first; i <= last; i++) {
+        m |= 1ull << i;
+    }
+    return m;
+}
+
+/* Does the write [a, b) within one cluster touch only data subclusters? */
+static bool touches_only_data(Qcow2State *s, const Qcow2L2Entry *e,
+                              uint64_t a, uint64_t b)
+{
+    if (!s->extended_l2) {
+        return e->type == QCOW2_CLUSTER_NORMAL;
+    }
+    if (e->type != QCOW2_CLUSTER_NORMAL) {
+        return false;
+    }
+    uint64_t m = sc_mask(s, a, b);
+    return (e->bitmap & m) == m && !(e->bitmap & (m << 32));
+}
+
+static void entry_in_table(Qcow2State *s, uint8_t *t, uint64_t idx,
+                           Qcow2L2Entry *e)
+{
+    qcow2_decode_l2_entry(s, qcow2_l2_get_entry(s, t, idx),
+                          qcow2_l2_get_bitmap(s, t, idx), e);
+}
+
+static int free_old_host(Qcow2State *s, const Qcow2L2Entry *e)
+{
+    if (s->has_data_file) {
+        return 0;   /* data clusters are not refcounted */
+    }
+    if (e->type == QCOW2_CLUSTER_COMPRESSED) {
+        return qcow2_free_compressed_deferred(s, e);
+    }
+    if (entry_has_host(e)) {
+        return qcow2_free_clusters_deferred(s, e->host_offset, 1);
+    }
+    return 0;
+}
+
+/* Lazy refcounts: the first metadata change marks the image dirty. */
+static int mark_dirty(Qcow2State *s)
+{
+    if (!s->lazy_refcounts || s->dirty_set || s->version < 3) {
+        return 0;
+    }
+    int ret = qcow2_update_incompat(s, QCOW2_INCOMPAT_DIRTY, 0);
+    if (ret == 0) {
+        s->dirty_set = true;
+    }
+    return ret;
+}
+
+/* Reads the current guest content for copy-on-write (lock not held; the
+ * range is covered by our in-flight entry so it cannot change). */
+static int cow_read(BlockNode *n, uint64_t off, uint64_t len, uint8_t **out)
+{
+    *out = NULL;
+    if (len == 0) {
+        return 0;
+    }
+    *out = malloc(len);
+    if (!*out) {
+        return -ENOMEM;
+    }
+    return qcow2_pread(n, off, len, *out);
+}
+
+/* Writes the pieces [head][data][tail] contiguously at host. */
+static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
+                        uint64_t hlen, const uint8_t *data, uint64_t dlen,
+                        const uint8_t *tail, uint64_t tlen)
+{
+    BlockNode *dn = qcow2_data_node(s);
+    int ret = 0;
+
+    if (hlen + dlen + tlen <= 4 * s->cluster_size && (hlen || tlen)) {
+        uint8_t *b = malloc(hlen + dlen + tlen);
+        if (!b) {
+            return -ENOMEM;
+        }
+        if (hlen) {
+            memcpy(b, head, hlen);
+        }
+        memcpy(b + hlen, data, dlen);
+        if (tlen) {
+            memcpy(b + hlen + dlen, tail, tlen);
+        }
+        ret = block_pwrite(dn, host, hlen + dlen + tlen, b, 0);
+        free(b);
+        return ret < 0 ? ret : 0;
+    }
+    if (hlen) {
+        ret = block_pwrite(dn, host, hlen, head, 0);
+    }
+    if (ret >= 0) {
+        ret = block_pwrite(dn, host + hlen, dlen, data, 0);
+    }
+    if (ret >= 0 && tlen) {
+        ret = block_pwrite(dn, host + hlen + dlen, tlen, tail, 0);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* Copy-on-write span for the cluster [cstart, cstart+cs) when the write
+ * covers [a, b) of it: the bytes that must be written around the data. */
+static void cow_span(Qcow2State *s, const Qcow2L2Entry *old, uint64_t cstart,
+                     uint64_t a, uint64_t b, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t cs = s->cluster_size;
+    if (!s->extended_l2 || old->type == QCOW2_CLUSTER_NORMAL ||
+        old->type == QCOW2_CLUSTER_COMPRESSED) {
+        *lo = cstart;
+        *hi = cstart + cs;
+        return;
+    }
+    uint64_t scs = s->subcluster_size;
+    *lo = a & ~(scs - 1);
+    *hi = qcow2_align_up(b, scs);
+}
+
+/* New bitmap for a cluster freshly written over [lo, hi) (extended L2). */
+static uint64_t new_bitmap(Qcow2State *s, const Qcow2L2Entry *old,
+                           uint64_t lo, uint64_t hi)
+{
+    if (!s->extended_l2) {
+        return 0;
+    }
+    uint64_t m = sc_mask(s, lo, hi);
+    uint64_t zero = 0;
+    if (old->type != QCOW2_CLUSTER_NORMAL &&
+        old->type != QCOW2_CLUSTER_COMPRESSED) {
+        zero = old->bitmap & QCOW2_L2B_ZERO_MASK;
+    } else if (old->type == QCOW2_CLUSTER_NORMAL) {
+        m |= old->bitmap & QCOW2_L2B_ALLOC_MASK;
+        zero = old->bitmap & QCOW2_L2B_ZERO_MASK;
+    }
+    return m | (zero & ~(m << 32));
+}
+
+/* One write step starting at off; returns bytes done or -errno.  Called
+ * with s->lock held; returns with it held. */
+static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
+                          const uint8_t *buf)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    uint64_t cstart = off & ~(cs - 1);
+    uint64_t end = off + len;
+    uint8_t *t;
+    uint64_t idx;
+    Qcow2L2Entry e;
+    int ret;
+
+    wait_inflight(s, cstart, qcow2_align_up(end, cs));
+    ret = qcow2_get_l2_table(s, off, false, &t, &idx);
+    if (ret < 0) {
+        return ret;
+    }
+    if (t) {
+        entry_in_table(s, t, idx, &e);
+    } else {
+        qcow2_decode_l2_entry(s, 0, 0, &e);
+    }
+    uint64_t table_end = ((cstart >> (s->cluster_bits + s->l2_bits)) + 1)
+                         << (s->cluster_bits + s->l2_bits);
+    uint64_t limit = end < table_end ? end : table_end;
+
+    /* 1. Pure overwrite of clusters that are ours: no metadata. */
+    uint64_t first_end = cstart + cs < limit ? cstart + cs : limit;
+    if (cluster_in_place(s, &e) && touches_only_data(s, &e, off, first_end)) {
+        uint64_t host = e.host_offset + (off - cstart);
+        uint64_t pos = first_end;
+        uint64_t i = idx + 1;
+        while (t && pos < limit) {
+            Qcow2L2Entry ne;
+            entry_in_table(s, t, i, &ne);
+            uint64_t ce = pos + cs < limit ? pos + cs : limit;
+            if (!cluster_in_place(s, &ne) ||
+                !touches_only_data(s, &ne, pos, ce) ||
+                ne.host_offset != host + (pos - off)) {
+                break;
+            }
+            pos = ce;
+            i++;
+        }
+        qcow2_cache_put(&s->l2_cache, &t);
+        pthread_mutex_unlock(&s->lock);
+        ret = block_pwrite(qcow2_data_node(s), host, pos - off, buf, 0);
+        pthread_mutex_lock(&s->lock);
+        return ret < 0 ? ret : (int64_t)(pos - off);
+    }
+
+    ret = mark_dirty(s);
+    if (ret < 0) {
+        qcow2_cache_put(&s->l2_cache, &t);
+        return ret;
+    }
+
+    /* 2. In place but the entry changes (preallocated zero cluster, or
+     * subclusters that are not yet allocated). */
+    if (cluster_in_place(s, &e)) {
+        qcow2_cache_put(&s->l2_cache, &t);
+        uint64_t a = off, b = first_end;
+        uint64_t lo, hi;
+        if (s->extended_l2) {
+            lo = a & ~(s->subcluster_size - 1);
+            hi = qcow2_align_up(b, s->subcluster_size);
+        } else {
+            lo = cstart;
+            hi = cstart + cs;
+        }
+        Qcow2InFlight f;
+        inflight_add(s, &f, cstart, cstart + cs);
+        pthread_mutex_unlock(&s->lock);
+        uint8_t *head = NULL, *tail = NULL;
+        ret = cow_read(n, lo, a - lo, &head);
+        if (ret >= 0) {
+            ret = cow_read(n, b, hi - b, &tail);
+        }
+        if (ret >= 0) {
+            ret = write_pieces(s, e.host_offset + (lo - cstart), head, a - lo,
+                               buf, b - a, tail, hi - b);
+        }
+        free(head);
+        free(tail);
+        pthread_mutex_lock(&s->lock);
+        if (ret >= 0) {
+            ret = qcow2_get_l2_table(s, cstart, true, &t, &idx);
+        }
+        if (ret >= 0) {
+            Qcow2L2Entry cur;
+            entry_in_table(s, t, idx, &cur);
+            uint64_t ne = (cur.entry & ~QCOW2_OFLAG_ZERO) |
+                          (s->has_data_file ? QCOW2_OFLAG_COPIED : 0);
+            uint64_t nb = 0;
+            if (s->extended_l2) {
+                uint64_t m = sc_mask(s, lo, hi);
+                nb = (cur.bitmap | m) & ~(m << 32);
+            }
+            qcow2_l2_set(s, t, idx, ne, nb);
+            qcow2_cache_mark_dirty(&s->l2_cache, t);
+            qcow2_cache_put(&s->l2_cache, &t);
+        }
+        inflight_remove(s, &f);
+        return ret < 0 ? ret : (int64_t)(b - a);
+    }
+
+    /* 3. Allocate a run of new clusters (copy-on-write at the edges). */
+    uint64_t pos = first_end;
+    uint64_t i = idx + 1;
+    uint64_t nclusters = 1;
+    Qcow2L2Entry last = e;
+    while (pos < limit) {
+        Qcow2L2Entry ne;
+        if (t) {
+            entry_in_table(s, t, i, &ne);
+        } else {
+            qcow2_decode_l2_entry(s, 0, 0, &ne);
+        }
+        if (cluster_in_place(s, &ne)) {
+            break;
+        }
+        last = ne;
+        pos = pos + cs < limit ? pos + cs : limit;
+        i++;
+        nclusters++;
+    }
+    qcow2_cache_put(&s->l2_cache, &t);
+    uint64_t run_end = pos;   /* end of the data written in this step */
+    uint64_t last_cstart = (run_end - 1) & ~(cs - 1);
+
+    /* The L2 table before the data clusters, as QEMU lays them out. */
+    ret = qcow2_get_l2_table(s, cstart, true, &t, &idx);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_cache_put(&s->l2_cache, &t);
+
+    uint64_t host;
+    if (s->has_data_file) {
+        host = cstart;
+    } else {
+        int64_t h = qcow2_alloc_clusters(s, nclusters);
+        if (h < 0) {
+            return h;
+        }
+        host = (uint64_t)h;
+    }
+
+    /* Edges: what must be copied around the data in the first and last
+     * cluster of the run (the same cluster when the run has one). */
+    uint64_t lo, hi, unused;
+    cow_span(s, &e, cstart, off, nclusters == 1 ? run_end : cstart + cs,
+             &lo, &unused);
+    cow_span(s, &last, last_cstart, nclusters == 1 ? off : last_cstart,
+             run_end, &unused, &hi);
+
+    Qcow2InFlight f;
+    inflight_add(s, &f, cstart, last_cstart + cs);
+    pthread_mutex_unlock(&s->lock);
+    uint8_t *head = NULL, *tail = NULL;
+    ret = cow_read(n, lo, off - lo, &head);
+    if (ret >= 0) {
+        ret = cow_read(n, run_end, hi - run_end, &tail);
+    }
+    if (ret >= 0) {
+        ret = write_pieces(s, host + (lo - cstart), head, off - lo, buf,
+                           run_end - off, tail, hi - run_end);
+    }
+    free(head);
+    free(tail);
+    pthread_mutex_lock(&s->lock);
+
+    if (ret >= 0) {
+        ret = qcow2_get_l2_table(s, cstart, true, &t, &idx);
+    }
+    if (ret < 0) {
+        if (!s->has_data_file) {
+            /* Nothing points at the new clusters: give them back. */
+            qcow2_update_refcount(s, host, nclusters * cs, -1);
+        }
+        inflight_remove(s, &f);
+        return ret;
+    }
+    for (uint64_t c = 0; c < nclusters; c++) {
+        Qcow2L2Entry old;
+        uint64_t cst = cstart + c * cs;
+        entry_in_table(s, t, idx + c, &old);
+        uint64_t wlo = c == 0 ? lo : cst;
+        uint64_t whi = c == nclusters - 1 ? hi : cst + cs;
+        uint64_t bm = new_bitmap(s, &old, wlo, whi);
+        qcow2_l2_set(s, t, idx + c, (host + c * cs) | QCOW2_OFLAG_COPIED, bm);
+        if (ret >= 0) {
+            ret = free_old_host(s, &old);
+        }
+    }
+    qcow2_cache_mark_dirty(&s->l2_cache, t);
+    qcow2_cache_put(&s->l2_cache, &t);
+    inflight_remove(s, &f);
+    return ret < 0 ? ret : (int64_t)(run_end - off);
+}
+
+int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
+                 int flags)
+{
+    Qcow2State *s = qcow2_state(n);
+    const uint8_t *buf = vbuf;
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    while (len > 0) {
+        if (s->read_only) {
+            ret = -EACCES;
+            break;
+        }
+        int64_t done = write_step(n, off, len, buf);
+        if (done < 0) {
+            ret = (int)done;
+            break;
+        }
+        off += (uint64_t)done;
+        buf += done;
+        len -= (size_t)done;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (ret == 0 && (flags & BLOCK_REQ_FUA)) {
+        ret = block_flush(n);
+    }
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Zero writes and discard                                             */
+
+static int write_zero_buffer(BlockNode *n, uint64_t off, uint64_t len)
+{
+    uint64_t chunk = len < (1u << 20) ? len : (1u << 20);
+    uint8_t *z = calloc(1, chunk ? chunk : 1);
+    int ret = 0;
+
+    if (!z) {
+        return -ENOMEM;
+    }
+    while (len > 0 && ret >= 0) {
+        uint64_t l = len < chunk ? len : chunk;
+        ret = qcow2_pwrite(n, off, l, z, 0);
+        off += l;
+        len -= l;
+    }
+    free(z);
+    return ret < 0 ? ret : 0;
+}
+
+/* Does [off, off+len) already read as zero from this layer? */
+static int reads_zero(BlockNode *n, uint64_t off, uint64_t len, bool *zero)
+{
+    Qcow2State *s = qcow2_state(n);
+    *zero = true;
+    while (len > 0) {
+        Qcow2Extent x;
+        int64_t got = map_extent(s, off, len, &x);
+        if (got < 0) {
+            return (int)got;
+        }
+        if (x.type == QCOW2_SUBCLUSTER_ZERO ||
+            (x.type == QCOW2_SUBCLUSTER_UNALLOCATED && !n->backing)) {
+            off += (uint64_t)got;
+            len -= (uint64_t)got;
+            continue;
+        }
+        *zero = false;
+        return 0;
+    }
+    return 0;
+}
+
+enum { OP_ZERO, OP_ZERO_UNMAP, OP_DISCARD, OP_DEALLOC };
+
+/* Applies op to whole clusters [start, end), under s->lock. */
+static int cluster_op(Qcow2State *s, uint64_t start, uint64_t end, int op)
+{
+    uint64_t cs = s->cluster_size;
+    BlockNode *n = s->node;
+    int ret = 0;
+
+    wait_inflight(s, start, end);
+    ret = mark_dirty(s);
+    while (ret >= 0 && start < end) {
+        uint64_t table_end = ((start >> (s->cluster_bits + s->l2_bits)) + 1)
+                             << (s->cluster_bits + s->l2_bits);
+        uint64_t stop = end < table_end ? end : table_end;
+        uint8_t *t;
+        uint64_t idx;
+        bool need_table = op == OP_ZERO || op == OP_ZERO_UNMAP ||
+                          (op == OP_DISCARD && n->backing &&
+                           s->version >= 3);
+        ret = qcow2_get_l2_table(s, start, false, &t, &idx);
+        if (ret < 0) {
+            break;
+        }
+        if (!t && !need_table) {
+            start = stop;
+            continue;
+        }
+        if (!t || !(s->l1_table[start >> (s->cluster_bits + s->l2_bits)] &
+                    QCOW2_OFLAG_COPIED)) {
+            qcow2_cache_put(&s->l2_cache, &t);
+            ret = qcow2_get_l2_table(s, start, true, &t, &idx);
+            if (ret < 0) {
+                break;
+            }
+        }
+        for (uint64_t c = start; c < stop; c += cs, idx++) {
+            Qcow2L2Entry old;
+            uint64_t ne = 0, nb = 0;
+            bool free_it = false;
+            entry_in_table(s, t, idx, &old);
+            bool allocated = old.type != QCOW2_CLUSTER_UNALLOCATED &&
+                             old.type != QCOW2_CLUSTER_ZERO_PLAIN;
+            switch (op) {
+            case OP_ZERO:
+            case OP_ZERO_UNMAP: {
+                bool keep = op == OP_ZERO && cluster_in_place(s, &old);
+                if (keep) {
+                    ne = old.entry & (QCOW2_L2E_OFFSET_MASK |
+                                      QCOW2_OFLAG_COPIED);
+                } else {
+                    free_it = true;
+                }
+                if (s->extended_l2) {
+                    nb = QCOW2_L2B_ALL_ZERO;
+                } else {
+                    ne |= QCOW2_OFLAG_ZERO;
+                }
+                break;
+            }
+            case OP_DISCARD:
+                free_it = true;
+                if (n->backing || allocated) {
+                    if (s->extended_l2) {
+                        nb = QCOW2_L2B_ALL_ZERO;
+                    } else if (s->version >= 3) {
+                        ne = QCOW2_OFLAG_ZERO;
+                    }
+                }
+                break;
+            default: /* OP_DEALLOC */
+                free_it = true;
+                break;
+            }
+            if (ne == old.entry && nb == old.bitmap) {
+                continue;
+            }
+            qcow2_l2_set(s, t, idx, ne, nb);
+            if (free_it) {
+                ret = free_old_host(s, &old);
+                if (ret < 0) {
+                    break;
+                }
+            }
+        }
+        qcow2_cache_mark_dirty(&s->l2_cache, t);
+        qcow2_cache_put(&s->l2_cache, &t);
+        start = stop;
+    }
+    return ret;
+}
+
+/* Zero flags for whole subclusters [a, b) of one cluster (extended L2);
+ * returns false (nothing done) when the cluster is not ours to change. */
+static int subcluster_zero(Qcow2State *s, uint64_t a, uint64_t b, bool *done)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t cstart = a & ~(cs - 1);
+    uint8_t *t;
+    uint64_t idx;
+    Qcow2L2Entry e;
+    int ret;
+
+    *done = false;
+    wait_inflight(s, cstart, cstart + cs);
+    ret = qcow2_get_l2_entry(s, cstart, &e);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!(e.type == QCOW2_CLUSTER_UNALLOCATED || cluster_in_place(s, &e))) {
+        return 0;
+    }
+    ret = mark_dirty(s);
+    if (ret >= 0) {
+        ret = qcow2_get_l2_table(s, cstart, true, &t, &idx);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    entry_in_table(s, t, idx, &e);
+    uint64_t m = sc_mask(s, a, b);
+    qcow2_l2_set(s, t, idx, e.entry, (e.bitmap & ~m) | (m << 32));
+    qcow2_cache_mark_dirty(&s->l2_cache, t);
+    qcow2_cache_put(&s->l2_cache, &t);
+    *done = true;
+    return 0;
+}
+
+/* Zeroes part of one cluster [a, b). */
+static int zero_partial(BlockNode *n, uint64_t a, uint64_t b)
+{
+    Qcow2State *s = qcow2_state(n);
+    bool zero;
+    int ret;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->extended_l2) {
+        uint64_t scs = s->subcluster_size;
+        uint64_t sa = qcow2_align_up(a, scs), sb = b & ~(scs - 1);
+        if (sa < sb) {
+            bool done;
+            ret = subcluster_zero(s, sa, sb, &done);
+            if (ret < 0) {
+                pthread_mutex_unlock(&s->lock);
+                return ret;
+            }
+            if (done) {
+                pthread_mutex_unlock(&s->lock);
+                if (a < sa) {
+                    ret = zero_partial(n, a, sa);
+                    if (ret < 0) {
+                        return ret;
+                    }
+                }
+                return sb < b ? zero_partial(n, sb, b) : 0;
+            }
+        }
+    }
+    wait_inflight(s, a & ~(s->cluster_size - 1),
+                  qcow2_align_up(b, s->cluster_size));
+    ret = reads_zero(n, a, b - a, &zero);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0 || zero) {
+        return ret;
+    }
+    return write_zero_buffer(n, a, b - a);
+}
+
+int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    uint64_t end = off + len;
+    int ret = 0;
+
+    if (s->read_only) {
+        return -EACCES;
+    }
+    if (s->data_file_raw || (s->version < 3 && n->backing)) {
+        /* The raw data file must hold the zeroes itself; v2 has no zero
+         * flag to hide backing data. */
+        if (flags & BLOCK_REQ_NO_FALLBACK) {
+            return -ENOTSUP;
+        }
+        return write_zero_buffer(n, off, len);
+    }
+    uint64_t a = qcow2_align_up(off, cs);
+    uint64_t b = end & ~(cs - 1);
+    if (a >= b) {
+        /* Within one or two clusters, no whole cluster. */
+        uint64_t mid = a < end ? a : end;
+        ret = zero_partial(n, off, mid);
+        if (ret >= 0 && mid < end) {
+            ret = zero_partial(n, mid, end);
+        }
+        return ret;
+    }
+    if (off < a) {
+        ret = zero_partial(n, off, a);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    pthread_mutex_lock(&s->lock);
+    int op = s->version < 3 ? OP_DEALLOC
+             : (flags & BLOCK_REQ_MAY_UNMAP) ? OP_ZERO_UNMAP : OP_ZERO;
+    ret = cluster_op(s, a, b, op);
+    pthread_mutex_unlock(&s->lock);
+    if (ret >= 0 && b < end) {
+        ret = zero_partial(n, b, end);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+int qcow2_discard(BlockNode *n, uint64_t off, uint64_t len)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    uint64_t a = qcow2_align_up(off, cs);
+    uint64_t end = off + len;
+    uint64_t b = end & ~(cs - 1);
+    int ret;
+
+    if (s->read_only) {
+        return -EACCES;
+    }
+    /* A tail cluster cut by the end of the image counts as whole. */
+    if (end == s->size) {
+        b = qcow2_align_up(end, cs);
+    }
+    if (a >= b || s->data_file_raw) {
+        return 0;
+    }
+    pthread_mutex_lock(&s->lock);
+    ret = cluster_op(s, a, b, OP_DISCARD);
+    pthread_mutex_unlock(&s->lock);
+    return ret < 0 ? ret : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Block status                                                        */
+
+int qcow2_block_status(BlockNode *n, uint64_t off, uint64_t len,
+                       uint64_t *pnum, uint64_t *map, BlockNode **file)
+{
+    Qcow2State *s = qcow2_state(n);
+    Qcow2Extent x;
+    uint64_t total = 0;
+    int flags = -1;
+    uint64_t first_host = 0;
+    bool first_has_host = false;
+
+    pthread_mutex_lock(&s->lock);
+    while (total < len) {
+        int64_t got = map_extent(s, off + total, len - total, &x);
+        if (got < 0) {
+            pthread_mutex_unlock(&s->lock);
+            return (int)got;
+        }
+        int f;
+        switch (x.type) {
+        case QCOW2_SUBCLUSTER_UNALLOCATED:
+            f = 0;
+            break;
+        case QCOW2_SUBCLUSTER_ZERO:
+            f = BLOCK_STATUS_ZERO | BLOCK_STATUS_ALLOCATED;
+            break;
+        case QCOW2_SUBCLUSTER_DATA:
+            f = BLOCK_STATUS_DATA | BLOCK_STATUS_ALLOCATED;
+            break;
+        case QCOW2_SUBCLUSTER_COMPRESSED:
+            f = BLOCK_STATUS_DATA | BLOCK_STATUS_ALLOCATED |
+                BLOCK_STATUS_COMPRESSED;
+            break;
+        default:
+            pthread_mutex_unlock(&s->lock);
+            return -EIO;
+        }
+        if (x.has_host) {
+            f |= BLOCK_STATUS_OFFSET_VALID;
+        }
+        if (flags < 0) {
+            flags = f;
+            first_host = x.host;
+            first_has_host = x.has_host;
+        } else if (f != flags ||
+                   (first_has_host && x.host != first_host + total) ||
+                   (f & BLOCK_STATUS_COMPRESSED)) {
+            break;
+        }
+        total += (uint64_t)got;
+        if (f & BLOCK_STATUS_COMPRESSED) {
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    *pnum = total;
+    if (flags & BLOCK_STATUS_OFFSET_VALID) {
+        if (map) {
+            *map = first_host;
+        }
+        if (file) {
+            *file = qcow2_data_node(s);
+        }
+    }
+    return flags;
+}
