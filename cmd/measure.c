@@ -164,8 +164,8 @@ int cmd_measure(int argc, char **argv)
         goto out;
     }
     if (size_arg && (fmt || image_opts || snapshot)) {
-        imgtool_error("--size N cannot be used together with -f, -l or "
-                      "--image-opts.");
+        imgtool_error("--image-opts, -f, and -l require a filename "
+                      "argument.");
         goto out;
     }
 
@@ -176,6 +176,9 @@ int cmd_measure(int argc, char **argv)
                       "gigabytes, terabytes, petabytes and exabytes.");
         goto out;
     }
+
+    /* qemu-img measures whole sectors, as create makes them. */
+    size = (size + 511) & ~(uint64_t)511;
 
     const BlockDriver *drv = block_find_driver(out_fmt);
     if (!drv || !drv->is_format) {

@@ -91,14 +91,8 @@ int cmd_resize(int argc, char **argv)
         size_arg = argv[optind + 1];
         npos--;
     }
-    if (npos < 1 || !size_arg) {
-        return usage_error("resize", "Not enough arguments");
-    }
-    if (npos > 1) {
-        char msg[300];
-        snprintf(msg, sizeof(msg), "Unexpected argument: %s",
-                 argv[optind + 1]);
-        return usage_error("resize", msg);
+    if (npos != 1 || !size_arg) {
+        return usage_error("resize", "Expecting image file name and size");
     }
     if (image_opts && fmt) {
         imgtool_error("--image-opts and --format are mutually exclusive");

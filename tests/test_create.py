@@ -16,6 +16,7 @@ def info_wo_size(path, tool="qemu"):
     else:
         j = json.loads(imgtool("info", "--output=json", path).stdout)
     j.pop("actual-size", None)
+    j.pop("filename", None)
     return j
 
 
@@ -95,7 +96,6 @@ def test_qcow2_data_file(tmp):
     a, b = info_wo_size(ours), info_wo_size(theirs)
     a["format-specific"]["data"].pop("data-file")
     b["format-specific"]["data"].pop("data-file")
-    a.pop("filename"), b.pop("filename")
     assert a == b
     qemu_check_clean(ours)
 
@@ -118,7 +118,6 @@ def test_backing_file_size_defaults_to_backing(tmp):
     assert out == qout
     assert "size=10485760" in out
     a, b = info_wo_size(ours), info_wo_size(theirs)
-    a.pop("filename"), b.pop("filename")
     assert a == b
     qemu_check_clean(ours)
 
@@ -240,7 +239,7 @@ def test_options_after_filename(tmp):
     ("cluster_size=abc", "cluster_size"),
     ("lazy_refcounts=1", "lazy_refcounts"),
     ("refcount_bits=x", "refcount_bits"),
-    ("nocow=on", "Invalid parameter 'nocow'"),
+    ("size=abc", "size"),
 ])
 def test_bad_options_refused(tmp, opts, what):
     p = imgtool("create", "-f", "qcow2", "-o", opts, tmp / "x.qcow2", "1M",
@@ -309,6 +308,9 @@ def test_o_help_qcow2_layout(tmp):
     p = imgtool("create", "-f", "qcow2", "-o", "help")
     q = qemu_img("create", "-f", "qcow2", "-o", "help")
     ours, theirs = parse_help(p.stdout), parse_help(q.stdout)
+    # Protocol options (nocow...) show up in qemu-img's merged listing.
+    merged = qemu_img("create", "-f", "qcow2", "-o", "help", tmp / "x")
+    theirs = parse_help(merged.stdout) | theirs
     assert p.stdout.startswith("Supported qcow2 options:\n")
     assert p.stdout.endswith("\nThe protocol level may support further "
                              "options.\nSpecify the target filename to "
