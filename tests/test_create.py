@@ -339,3 +339,19 @@ def test_o_help_with_filename(tmp):
     assert "  size=<size>            - Virtual disk size\n" in p.stdout
     assert "protocol level" not in p.stdout
     assert not (tmp / "x").exists()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_o_help_identical_to_qemu(fmt):
+    """Without a filename the listing is the format's own options."""
+    assert imgtool("create", "-f", fmt, "-o", "help").stdout == \
+        qemu_img("create", "-f", fmt, "-o", "help").stdout
+
+
+def test_o_help_with_filename_lists_protocol_options(tmp):
+    p = imgtool("create", "-f", "raw", "-o", "help", tmp / "x")
+    q = qemu_img("create", "-f", "raw", "-o", "help", tmp / "x")
+    ours = set(p.stdout.splitlines())
+    assert ours <= set(q.stdout.splitlines())
+    assert "  nocow=<bool (on/off)>  - Turn off copy-on-write (valid only " \
+        "on btrfs)" in ours
