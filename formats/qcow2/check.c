@@ -43,7 +43,9 @@
 #define MAX_BITMAP_DIR_BYTES   (64u * 1024 * 1024)
 #define MAX_BITMAP_TABLE_BYTES (64u * 1024 * 1024)
 
-enum { RB_NONE = 0, RB_COUNTED = 1, RB_BAD = 2 };
+/* Per refcount table entry.  A block past the end of the file reads as
+ * zeroes (like any missing tail); a misaligned one cannot be read at all. */
+enum { RB_NONE = 0, RB_COUNTED = 1, RB_BAD = 2, RB_OUTSIDE = 3 };
 
 typedef struct Check {
     BlockNode *n;
@@ -187,6 +189,9 @@ static int count_l2(Check *c, uint64_t l2_off, bool active)
     BlockCheckResult *res = c->res;
     int ret;
 
+    /* Contiguity is judged within one L2 table, as qemu-img does: the
+     * tables interleaved with the data they map are not fragmentation. */
+    c->next_contig = 0;
     for (uint64_t j = 0; j < s->l2_entries; j++) {
         uint64_t e = qcow2_l2_get_entry(s, c->l2buf, j);
         uint64_t b = s->extended_l2 ? qcow2_l2_get_bitmap(s, c->l2buf, j) : 0;
@@ -300,8 +305,14 @@ static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
         return 0;
     }
     for (uint32_t i = 0; i < l1_size; i++) {
-        uint64_t l2_off = qcow2_be64(l1 + 8 * (uint64_t)i) &
-                          QCOW2_L1E_OFFSET_MASK;
+        uint64_t e = qcow2_be64(l1 + 8 * (uint64_t)i);
+        uint64_t l2_off = e & QCOW2_L1E_OFFSET_MASK;
+
+        if (e & QCOW2_L1E_RESERVED_MASK) {
+            say(c, "ERROR found L1 entry with reserved bits set: %" PRIx64,
+                e);
+            c->res->corruptions++;
+        }
         if (!l2_off) {
             continue;
         }
@@ -522,10 +533,10 @@ static int count_refblocks(Check *c)
             c->rebuild = true;
             continue;
         }
-        if (off / c->cs >= c->nb_clusters || off + c->cs > c->file_len) {
+        if (off / c->cs >= c->nb_clusters) {
             say(c, "ERROR refcount block %" PRIu64 " is outside image", i);
             c->res->corruptions++;
-            c->rb_state[i] = RB_BAD;
+            c->rb_state[i] = RB_OUTSIDE;
             c->rebuild = true;
             continue;
         }
@@ -584,8 +595,13 @@ static int stored_refcount(Check *c, uint64_t k, uint64_t *rc)
     uint64_t rti = qcow2_reftable_index(c->s, k);
 
     *rc = 0;
-    if (rti < c->s->refcount_table_size && c->rb_state[rti] == RB_BAD) {
-        return -EIO;
+    if (rti < c->s->refcount_table_size) {
+        if (c->rb_state[rti] == RB_BAD) {
+            return -EIO;
+        }
+        if (c->rb_state[rti] == RB_OUTSIDE) {
+            return 0;
+        }
     }
     return qcow2_get_refcount(c->s, k, rc);
 }
@@ -612,7 +628,8 @@ static int compare_block(Check *c, uint64_t rti, uint64_t base, uint64_t end,
                          int fix, Fixup *fx)
 {
     Qcow2State *s = c->s;
-    uint64_t boff = rti < s->refcount_table_size
+    uint64_t boff = rti < s->refcount_table_size &&
+                    c->rb_state[rti] != RB_OUTSIDE
                         ? s->refcount_table[rti] & QCOW2_REFT_OFFSET_MASK : 0;
     uint8_t *block = NULL;
     size_t nfx = 0;
@@ -729,16 +746,138 @@ static int compare_refcounts(Check *c, int fix)
 /* --------------------------------------------------------------------- */
 /* Rebuilding the refcount structures                                    */
 
+/* First run of n clusters that nothing references (the old refcount
+ * structures included, so they stay intact until the switch). */
+static int alloc_free_run(Check *c, uint64_t *hint, uint64_t n,
+                          uint64_t *start)
+{
+    uint64_t k = *hint, run = 0;
+    int ret;
+
+    while (run < n) {
+        if (k < c->refs_len && c->refs[k]) {
+            run = 0;
+        } else {
+            run++;
+        }
+        k++;
+    }
+    ret = grow_refs(c, k);
+    if (ret < 0) {
+        return ret;
+    }
+    *start = k - n;
+    for (uint64_t i = *start; i < k; i++) {
+        c->refs[i] = 1;
+    }
+    if (n == 1 && *start == *hint) {
+        *hint = k;
+    }
+    return 0;
+}
+
+static bool range_used(const Check *c, uint64_t lo, uint64_t hi)
+{
+    for (uint64_t k = lo; k < hi && k < c->refs_len; k++) {
+        if (c->refs[k]) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static uint64_t used_end(const Check *c)
+{
+    uint64_t k = c->refs_len;
+
+    while (k > 0 && !c->refs[k - 1]) {
+        k--;
+    }
+    return k;
+}
+
+/* Places refcount blocks (one per range that holds a used cluster) and a
+ * table big enough for them, first fit, until placing them needs nothing
+ * more.  blocks[r] = cluster of the block for range r, 0 when none. */
+static int place_refcount_structures(Check *c, uint64_t **pblocks,
+                                     uint64_t *pentries, uint64_t *ptable,
+                                     uint64_t *ptc)
+{
+    uint64_t rbe = c->s->refblock_entries;
+    uint64_t hint = 0, table = 0, tc = 0, cap = 0, entries = 0;
+    uint64_t *blocks = NULL;
+    bool changed = true;
+    int ret = 0;
+
+    while (changed) {
+        changed = false;
+        entries = (used_end(c) + rbe - 1) / rbe;
+        if (entries > cap) {
+            uint64_t ncap = entries * 2;
+            uint64_t *nb = realloc(blocks, ncap * sizeof(*nb));
+            if (!nb) {
+                ret = -ENOMEM;
+                break;
+            }
+            memset(nb + cap, 0, (ncap - cap) * sizeof(*nb));
+            blocks = nb;
+            cap = ncap;
+        }
+        for (uint64_t r = 0; r < entries; r++) {
+            if (blocks[r] || !range_used(c, r * rbe, (r + 1) * rbe)) {
+                continue;
+            }
+            ret = alloc_free_run(c, &hint, 1, &blocks[r]);
+            if (ret < 0) {
+                goto out;
+            }
+            changed = true;
+        }
+        uint64_t need = (entries * 8 + c->cs - 1) / c->cs;
+        if (need > tc) {
+            for (uint64_t k = table; k < table + tc; k++) {
+                c->refs[k] = 0;
+            }
+            ret = alloc_free_run(c, &hint, need, &table);
+            if (ret < 0) {
+                goto out;
+            }
+            tc = need;
+            changed = true;
+        }
+    }
+out:
+    if (ret < 0) {
+        free(blocks);
+        return ret;
+    }
+    *pblocks = blocks;
+    *pentries = entries;
+    *ptable = table;
+    *ptc = tc;
+    return 0;
+}
+
 static int rebuild_refcounts(Check *c)
 {
     Qcow2State *s = c->s;
     uint64_t rbe = s->refblock_entries;
-    uint64_t used = 0, start, nb = 0, tc = 0, total, entries;
-    uint64_t *table = NULL;
+    uint64_t *blocks = NULL, *table = NULL;
+    uint64_t entries, table_start, tc, tentries;
     uint8_t *buf = NULL;
     int ret;
 
-    /* The old table and blocks are dropped by the switch. */
+    ret = place_refcount_structures(c, &blocks, &entries, &table_start, &tc);
+    if (ret < 0) {
+        return ret;
+    }
+    if (tc * c->cs > QCOW2_MAX_REFTABLE_BYTES) {
+        say(c, "ERROR: the rebuilt refcount table would be too large");
+        ret = -EFBIG;
+        goto out;
+    }
+
+    /* The old table and blocks are free once the header has switched. */
     if (c->reftable_counted) {
         uint64_t first = s->refcount_table_offset / c->cs;
         for (uint64_t k = 0; k < s->refcount_table_clusters; k++) {
@@ -757,83 +896,33 @@ static int rebuild_refcounts(Check *c)
         }
     }
 
-    for (uint64_t k = 0; k < c->refs_len; k++) {
-        if (c->refs[k]) {
-            used = k + 1;
-        }
-    }
-    /* New structures go past everything, so nothing in use is touched
-     * until the header switches over. */
-    start = used > c->nb_clusters ? used : c->nb_clusters;
-    for (;;) {
-        uint64_t nnb = 0, ntc;
-
-        total = start + nb + tc;
-        entries = (total + rbe - 1) / rbe;
-        for (uint64_t r = 0; r < entries; r++) {
-            uint64_t lo = r * rbe, hi = lo + rbe;
-            bool need = hi > start && lo < total;
-            for (uint64_t k = lo; !need && k < hi && k < used; k++) {
-                need = c->refs[k] != 0;
-            }
-            nnb += need;
-        }
-        ntc = (entries * 8 + c->cs - 1) / c->cs;
-        if (nnb == nb && ntc == tc) {
-            break;
-        }
-        nb = nnb;
-        tc = ntc;
-    }
-    if (tc * c->cs > QCOW2_MAX_REFTABLE_BYTES) {
-        say(c, "ERROR: the rebuilt refcount table would be too large");
-        return -EFBIG;
-    }
-
-    ret = grow_refs(c, total);
-    if (ret < 0) {
-        return ret;
-    }
-    for (uint64_t k = start; k < total; k++) {
-        c->refs[k] = 1;
-    }
-
-    uint64_t tentries = tc * c->cs / 8;
-    table = calloc(tentries, 8);
+    tentries = tc * c->cs / 8;
+    table = calloc(tentries ? tentries : 1, 8);
     buf = malloc(c->cs);
     if (!table || !buf) {
         ret = -ENOMEM;
         goto out;
     }
-    uint64_t next = start;
     for (uint64_t r = 0; r < entries; r++) {
-        uint64_t lo = r * rbe;
-        bool need = false;
-
-        memset(buf, 0, c->cs);
-        for (uint64_t k = lo; k < lo + rbe && k < c->refs_len; k++) {
-            if (c->refs[k]) {
-                qcow2_refblock_set(s, buf, k - lo, c->refs[k]);
-                need = true;
-            }
-        }
-        if (!need) {
+        if (!blocks[r]) {
             continue;
         }
-        table[r] = next * c->cs;
-        ret = block_pwrite(c->n->file, next * c->cs, c->cs, buf, 0);
+        memset(buf, 0, c->cs);
+        for (uint64_t k = r * rbe; k < (r + 1) * rbe && k < c->refs_len; k++) {
+            if (c->refs[k]) {
+                qcow2_refblock_set(s, buf, k - r * rbe, c->refs[k]);
+            }
+        }
+        table[r] = blocks[r] * c->cs;
+        ret = block_pwrite(c->n->file, blocks[r] * c->cs, c->cs, buf, 0);
         if (ret < 0) {
             say(c, "ERROR writing refblock: %s", strerror(-ret));
             goto out;
         }
-        next++;
     }
-    if (next != start + nb) {
-        ret = -EIO;   /* the layout loop and the blocks disagree */
-        goto out;
-    }
-    /* Writes the table, flushes, then switches the header in one write. */
-    ret = qcow2_replace_reftable(s, table, tentries, (start + nb) * c->cs);
+    /* Writes the table and flushes (so the blocks are on disk too), then
+     * switches the header over in one write. */
+    ret = qcow2_replace_reftable(s, table, tentries, table_start * c->cs);
     table = NULL;
     qcow2_cache_invalidate(&s->refcount_cache);
     if (ret < 0) {
@@ -841,11 +930,14 @@ static int rebuild_refcounts(Check *c)
         goto out;
     }
     s->free_cluster_index = 0;
-    if (s->alloc_end < total) {
-        s->alloc_end = total;
+    uint64_t end = used_end(c);
+    if (s->alloc_end < end) {
+        s->alloc_end = end;
     }
-    c->file_len = total * c->cs > c->file_len ? total * c->cs : c->file_len;
-    c->nb_clusters = total > c->nb_clusters ? total : c->nb_clusters;
+    if (end * c->cs > c->file_len) {
+        c->file_len = end * c->cs;
+        c->nb_clusters = end;
+    }
     free(c->rb_state);
     c->rb_state = calloc(s->refcount_table_size ? s->refcount_table_size : 1,
                          1);
@@ -853,9 +945,10 @@ static int rebuild_refcounts(Check *c)
         ret = -ENOMEM;
         goto out;
     }
-    c->highest = total;
+    c->highest = end;
     ret = 0;
 out:
+    free(blocks);
     free(table);
     free(buf);
     return ret;
@@ -867,7 +960,12 @@ out:
 static int check_copied(Check *c)
 {
     Qcow2State *s = c->s;
-    bool fixing = c->fix & BLOCK_FIX_ERRORS;
+    BlockCheckResult *r = c->res;
+    /* Flags follow the refcounts; when only leaks may be repaired that is
+     * safe only if the refcounts themselves are right by now. */
+    bool fixing = (c->fix & BLOCK_FIX_ERRORS) ||
+                  ((c->fix & BLOCK_FIX_LEAKS) && !r->check_errors &&
+                   !r->corruptions && !r->leaks);
     int ret;
 
     for (uint32_t i = 0; i < s->l1_size; i++) {
