@@ -95,9 +95,7 @@ def test_strict(tmp, images):
     p = assert_same("-s", a, r)
     assert p.returncode == 1
     assert "block status mismatch" in p.stdout
-    copy = tmp / "copy.qcow2"
-    run(["cp", str(a), str(copy)])
-    p = assert_same("-s", a, copy)
+    p = assert_same("-s", a, a)
     assert p.returncode == 0
 
 

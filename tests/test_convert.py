@@ -73,7 +73,7 @@ def test_convert_mostly_empty_1g_stays_sparse(tmp, dst_fmt):
     qemu_img("create", "-q", "-f", "qcow2", src, "1G")
     qemu_io("-c", "write -P 7 100M 1M", "-c", "write -z 200M 64M",
             "-c", "write -P 0 300M 8M", "-c", "write -P 9 1023M 1M", src)
-    dst = tmp / f"big.{dst_fmt}"
+    dst = tmp / f"out.{dst_fmt}"
     imgtool("convert", "-O", dst_fmt, src, dst)
     assert same_content(src, dst, "qcow2", dst_fmt)
     # 2 MiB of data; zero writes and zero-filled data must not allocate
@@ -159,6 +159,9 @@ def test_convert_B_common_backing(tmp):
     qemu_img("convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2",
              top, ref)
     assert allocated(out) <= allocated(ref) + MiB
+    # same decisions as qemu-img: what lies above base, zero clusters too
+    assert (imgtool("map", "--output=json", out).stdout ==
+            qemu_img("map", "--output=json", ref).stdout)
 
 
 def test_convert_B_unrelated_backing_is_still_exact(tmp):
