@@ -724,8 +724,9 @@ static int cluster_op(Qcow2State *s, uint64_t start, uint64_t end, int op)
             uint64_t ne = 0, nb = 0;
             bool free_it = false;
             entry_in_table(s, t, idx, &old);
-            bool allocated = old.type != QCOW2_CLUSTER_UNALLOCATED &&
-                             old.type != QCOW2_CLUSTER_ZERO_PLAIN;
+            /* Anything but a plain unallocated entry (even a zero one)
+             * keeps reading as zero after a discard, as in QEMU. */
+            bool allocated = old.entry || old.bitmap;
             switch (op) {
             case OP_ZERO:
             case OP_ZERO_UNMAP: {
@@ -811,36 +812,15 @@ static int subcluster_zero(Qcow2State *s, uint64_t a, uint64_t b, bool *done)
     return 0;
 }
 
-/* Zeroes part of one cluster [a, b). */
-static int zero_partial(BlockNode *n, uint64_t a, uint64_t b)
+/* v2 images: part of one cluster [a, b) is zeroed by writing zeroes,
+ * unless it already reads as zero. */
+static int zero_partial_v2(BlockNode *n, uint64_t a, uint64_t b)
 {
     Qcow2State *s = qcow2_state(n);
     bool zero;
     int ret;
 
     pthread_mutex_lock(&s->lock);
-    if (s->extended_l2) {
-        uint64_t scs = s->subcluster_size;
-        uint64_t sa = qcow2_align_up(a, scs), sb = b & ~(scs - 1);
-        if (sa < sb) {
-            bool done;
-            ret = subcluster_zero(s, sa, sb, &done);
-            if (ret < 0) {
-                pthread_mutex_unlock(&s->lock);
-                return ret;
-            }
-            if (done) {
-                pthread_mutex_unlock(&s->lock);
-                if (a < sa) {
-                    ret = zero_partial(n, a, sa);
-                    if (ret < 0) {
-                        return ret;
-                    }
-                }
-                return sb < b ? zero_partial(n, sb, b) : 0;
-            }
-        }
-    }
     wait_inflight(s, a & ~(s->cluster_size - 1),
                   qcow2_align_up(b, s->cluster_size));
     ret = reads_zero(n, a, b - a, &zero);
@@ -851,10 +831,76 @@ static int zero_partial(BlockNode *n, uint64_t a, uint64_t b)
     return write_zero_buffer(n, a, b - a);
 }
 
-int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
+static int write_zeroes_v2(BlockNode *n, uint64_t off, uint64_t end)
 {
     Qcow2State *s = qcow2_state(n);
     uint64_t cs = s->cluster_size;
+    uint64_t a = qcow2_align_up(off, cs);
+    uint64_t b = end == s->size ? qcow2_align_up(end, cs) : end & ~(cs - 1);
+    int ret = 0;
+
+    if (a >= b) {
+        uint64_t mid = a < end ? a : end;
+        ret = zero_partial_v2(n, off, mid);
+        if (ret >= 0 && mid < end) {
+            ret = zero_partial_v2(n, mid, end);
+        }
+        return ret;
+    }
+    if (off < a) {
+        ret = zero_partial_v2(n, off, a);
+    }
+    if (ret >= 0) {
+        /* No zero flag: without a backing file, unallocated reads zero. */
+        pthread_mutex_lock(&s->lock);
+        ret = cluster_op(s, a, b, OP_DEALLOC);
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (ret >= 0 && b < end) {
+        ret = zero_partial_v2(n, b, end);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* Zero flags for the unit-aligned range [a, b) (v3). */
+static int zero_aligned(BlockNode *n, uint64_t a, uint64_t b, int op)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    int ret = 0;
+
+    while (ret >= 0 && a < b) {
+        uint64_t cstart = a & ~(cs - 1);
+        uint64_t cend = cstart + cs;
+        if (a == cstart && (b >= cend || b == s->size)) {
+            /* Whole clusters. */
+            uint64_t stop = b >= cend ? (b & ~(cs - 1)) : cend;
+            if (b == s->size) {
+                stop = qcow2_align_up(b, cs);
+            }
+            pthread_mutex_lock(&s->lock);
+            ret = cluster_op(s, a, stop, op);
+            pthread_mutex_unlock(&s->lock);
+            a = stop;
+            continue;
+        }
+        /* Whole subclusters inside one cluster (extended L2 only). */
+        uint64_t stop = b < cend ? b : cend;
+        bool done = false;
+        pthread_mutex_lock(&s->lock);
+        ret = subcluster_zero(s, a, stop, &done);
+        pthread_mutex_unlock(&s->lock);
+        if (ret >= 0 && !done) {
+            ret = write_zero_buffer(n, a, stop - a);
+        }
+        a = stop;
+    }
+    return ret;
+}
+
+int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
+{
+    Qcow2State *s = qcow2_state(n);
     uint64_t end = off + len;
     int ret = 0;
 
@@ -869,30 +915,47 @@ int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
         }
         return write_zero_buffer(n, off, len);
     }
-    uint64_t a = qcow2_align_up(off, cs);
-    uint64_t b = end & ~(cs - 1);
-    if (a >= b) {
-        /* Within one or two clusters, no whole cluster. */
-        uint64_t mid = a < end ? a : end;
-        ret = zero_partial(n, off, mid);
-        if (ret >= 0 && mid < end) {
-            ret = zero_partial(n, mid, end);
-        }
-        return ret;
+    if (s->version < 3) {
+        return write_zeroes_v2(n, off, end);
     }
-    if (off < a) {
-        ret = zero_partial(n, off, a);
-        if (ret < 0) {
-            return ret;
+    int op = (flags & BLOCK_REQ_MAY_UNMAP) ? OP_ZERO_UNMAP : OP_ZERO;
+    uint64_t unit = s->subcluster_size;
+
+    /* Unaligned edges: a unit that already reads as zero is zeroed whole
+     * (as QEMU does); otherwise its part is written as zeroes. */
+    if (off % unit) {
+        uint64_t us = off - off % unit;
+        uint64_t ue = us + unit < s->size ? us + unit : s->size;
+        if (block_is_zero_fast(n, us, ue - us)) {
+            off = us;
+            if (end < ue) {
+                end = ue;
+            }
+        } else {
+            uint64_t stop = end < ue ? end : ue;
+            ret = write_zero_buffer(n, off, stop - off);
+            if (ret < 0) {
+                return ret;
+            }
+            off = stop;
         }
     }
-    pthread_mutex_lock(&s->lock);
-    int op = s->version < 3 ? OP_DEALLOC
-             : (flags & BLOCK_REQ_MAY_UNMAP) ? OP_ZERO_UNMAP : OP_ZERO;
-    ret = cluster_op(s, a, b, op);
-    pthread_mutex_unlock(&s->lock);
-    if (ret >= 0 && b < end) {
-        ret = zero_partial(n, b, end);
+    if (off < end && end % unit && end != s->size) {
+        uint64_t us = end - end % unit;
+        uint64_t ue = us + unit < s->size ? us + unit : s->size;
+        if (block_is_zero_fast(n, us, ue - us)) {
+            end = ue;
+        } else {
+            uint64_t from = off > us ? off : us;
+            ret = write_zero_buffer(n, from, end - from);
+            if (ret < 0) {
+                return ret;
+            }
+            end = from;
+        }
+    }
+    if (off < end) {
+        ret = zero_aligned(n, off, end, op);
     }
     return ret < 0 ? ret : 0;
 }
