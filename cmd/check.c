@@ -198,6 +198,12 @@ int cmd_check(int argc, char **argv)
         return 1;
     }
 
+    if (fix && force_share) {
+        imgtool_error("Could not open '%s': force-share=on can only be used "
+                      "with read-only images", argv[optind]);
+        return 1;
+    }
+
     int flags = BLOCK_O_CHECK, cache_flags = 0;
     if (cache && imgtool_parse_cache(cache, &cache_flags) < 0) {
         imgtool_error("Invalid source cache option: %s", cache);

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "imgtool/info-print.h"
 
@@ -214,6 +215,50 @@ static const char *get_str(const json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
+/* One row of qemu-img's snapshot table (also used for its header). */
+static void snapshot_row(FILE *f, const char *id, const char *tag,
+                         const char *vmsize, const char *date,
+                         const char *clock, const char *icount)
+{
+    fprintf(f, "%-9s %-17s %7s%20s%13s %10s\n", id, tag, vmsize, date,
+            clock, icount);
+}
+
+static void print_snapshots(FILE *f, const json_t *list)
+{
+    size_t i;
+    json_t *sn;
+    fprintf(f, "Snapshot list:\n");
+    snapshot_row(f, "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT");
+    json_array_foreach(list, i, sn) {
+        char size[32], date[32] = "", clock[48], icount[32] = "";
+        format_size((uint64_t)json_integer_value(
+                        json_object_get(sn, "vm-state-size")),
+                    size, sizeof(size));
+        time_t t = (time_t)json_integer_value(json_object_get(sn,
+                                                              "date-sec"));
+        struct tm tm;
+        if (localtime_r(&t, &tm)) {
+            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        }
+        uint64_t secs = (uint64_t)json_integer_value(
+            json_object_get(sn, "vm-clock-sec"));
+        uint64_t nsecs = (uint64_t)json_integer_value(
+            json_object_get(sn, "vm-clock-nsec"));
+        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02" PRIu64 ":%02"
+                 PRIu64 ".%03" PRIu64, secs / 3600, secs / 60 % 60,
+                 secs % 60, nsecs / 1000000);
+        json_t *ic = json_object_get(sn, "icount");
+        if (ic) {
+            snprintf(icount, sizeof(icount), "%" JSON_INTEGER_FORMAT,
+                     json_integer_value(ic));
+        }
+        snapshot_row(f, json_string_value(json_object_get(sn, "id")),
+                     json_string_value(json_object_get(sn, "name")), size,
+                     date, clock, icount);
+    }
+}
+
 void info_print_human(FILE *f, const json_t *info)
 {
     char buf[64];
@@ -254,6 +299,10 @@ void info_print_human(FILE *f, const json_t *info)
         if (bfmt) {
             fprintf(f, "backing file format: %s\n", bfmt);
         }
+    }
+    json_t *snaps = json_object_get(info, "snapshots");
+    if (json_array_size(snaps) > 0) {
+        print_snapshots(f, snaps);
     }
     json_t *spec = json_object_get(info, "format-specific");
     json_t *data = json_object_get(spec, "data");

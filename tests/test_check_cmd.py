@@ -184,6 +184,15 @@ def test_option_errors(tmp):
     assert "Expecting one image file name" in q.stderr
 
 
+def test_repair_refuses_force_share(tmp):
+    p = image(tmp)
+    set_refcount(p, 10, 1)
+    q = imgtool("check", "-U", "-r", "leaks", p, rc=1)
+    assert "force-share=on can only be used with read-only images" in q.stderr
+    qemu_img("check", "-U", "-r", "leaks", p, rc=1)
+    imgtool("check", p, rc=3)
+
+
 def test_cache_modes(tmp):
     p = image(tmp)
     for mode in ["none", "writeback", "unsafe", "directsync",
