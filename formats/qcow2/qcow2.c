@@ -402,13 +402,6 @@ static int qcow2_change_backing_file(BlockNode *n, const char *file,
     return ret;
 }
 
-/* check.c / measure.c are written in parallel; until they define these,
- * the weak references keep the driver linkable. */
-extern int qcow2_check(BlockNode *n, BlockCheckResult *res, int fix,
-                       Error *err) __attribute__((weak));
-extern int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
-                         BlockMeasure *out, Error *err) __attribute__((weak));
-
 const BlockDriver qcow2_driver = {
     .name = "qcow2",
     .instance_size = sizeof(Qcow2State),
