@@ -349,6 +349,44 @@ typedef struct Worker {
     pthread_t thread;
 } Worker;
 
+/* The chunk could not be read as a whole: read it sector by sector and
+ * let the sectors that fail read as zeroes. */
+static void copy_warn(Copy *c, uint64_t off, uint64_t len, int err)
+{
+    const CopyJob *job = c->job;
+    if (len && job->warn) {
+        pthread_mutex_lock(&c->lock);
+        job->warn(job->warn_opaque, off, len, err);
+        pthread_mutex_unlock(&c->lock);
+    }
+}
+
+static int copy_salvage(Copy *c, const Chunk *ch, uint8_t *buf)
+{
+    const CopyJob *job = c->job;
+    uint64_t base = job->src_offset + ch->pos;
+    uint64_t bad_start = 0, bad_len = 0;
+    int bad_err = 0;
+    for (uint64_t p = 0; p < ch->len; p += SCAN_GRANULE) {
+        uint64_t n = ch->len - p < SCAN_GRANULE ? ch->len - p : SCAN_GRANULE;
+        int ret = block_pread(job->src[ch->src], ch->src_off + p, n, buf + p);
+        if (ret >= 0) {
+            continue;
+        }
+        memset(buf + p, 0, n);
+        if (bad_len && bad_start + bad_len == p && bad_err == ret) {
+            bad_len += n;
+            continue;
+        }
+        copy_warn(c, base + bad_start, bad_len, bad_err);
+        bad_start = p;
+        bad_len = n;
+        bad_err = ret;
+    }
+    copy_warn(c, base + bad_start, bad_len, bad_err);
+    return 0;
+}
+
 /* Reads what the chunk needs before its write turn; returns 0 or a
  * negative errno (after recording the error). */
 static int copy_read_chunk(Worker *w, const Chunk *ch)
@@ -363,6 +401,9 @@ static int copy_read_chunk(Worker *w, const Chunk *ch)
         return 0;
     }
     int ret = block_pread(job->src[ch->src], ch->src_off, ch->len, w->buf);
+    if (ret < 0 && job->salvage) {
+        ret = copy_salvage(c, ch, w->buf);
+    }
     if (ret < 0) {
         copy_fail(c, ret, "error while reading at byte %llu: %s",
                   job->src_offset + ch->pos);

@@ -39,6 +39,9 @@
 
 /* done and total are bytes of the job's range (skipped bytes count). */
 typedef void CopyProgressFn(void *opaque, uint64_t done, uint64_t total);
+/* A read error salvaged at byte off (of the concatenated source); may be
+ * called from any worker, never concurrently. */
+typedef void CopyWarnFn(void *opaque, uint64_t off, uint64_t len, int err);
 
 typedef struct CopyJob {
     BlockNode **src;         /* concatenated sources, in order */
@@ -62,6 +65,12 @@ typedef struct CopyJob {
     uint64_t chunk_size;     /* 0: COPY_DEFAULT_CHUNK */
     uint64_t rate_limit;     /* bytes per second, 0 = unlimited */
     bool flush;              /* flush the target when done */
+
+    /* --salvage: a source range that cannot be read is copied as
+     * zeroes (at 512-byte granularity) and reported through warn. */
+    bool salvage;
+    CopyWarnFn *warn;
+    void *warn_opaque;
 
     CopyProgressFn *progress;
     void *progress_opaque;

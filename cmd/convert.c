@@ -45,7 +45,8 @@ static const char convert_usage[] =
     "  -r rate             limit the copy to rate bytes per second\n"
     "  -t/-T cache         target/source cache mode\n"
     "  -p                  show progress; -q: quiet\n"
-    "  -U                  open sources without conflicting locks\n";
+    "  -U                  open sources without conflicting locks\n"
+    "  --salvage           copy unreadable source sectors as zeroes\n";
 
 enum {
     OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_TARGET_IMAGE_OPTS,
@@ -196,10 +197,6 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         imgtool_error("copying bitmaps (--bitmaps) is not supported yet");
         return 1;
     }
-    if (o->salvage) {
-        imgtool_error("--salvage is not supported yet");
-        return 1;
-    }
     return -1;
 }
 
@@ -229,6 +226,17 @@ static BlockNode *find_common_base(BlockNode *src, BlockNode *dst)
 static void convert_progress(void *opaque, uint64_t done, uint64_t total)
 {
     progress_update(opaque, done, total);
+}
+
+static void convert_salvage_warn(void *opaque, uint64_t off, uint64_t len,
+                                 int err)
+{
+    const ConvertOpts *o = opaque;
+    if (!o->quiet) {
+        imgtool_warn("error while reading %llu bytes at byte %llu: %s; "
+                     "copied as zeroes", (unsigned long long)len,
+                     (unsigned long long)off, strerror(-err));
+    }
 }
 
 static int create_target(const ConvertOpts *o, const char *out_fmt,
@@ -341,6 +349,9 @@ int cmd_convert(int argc, char **argv)
     job.workers = o.workers;
     job.out_of_order = o.out_of_order;
     job.rate_limit = o.rate;
+    job.salvage = o.salvage;
+    job.warn = convert_salvage_warn;
+    job.warn_opaque = &o;
     if (dst->backing) {
         /* zero writes must hide the backing file, not expose it */
         job.no_unmap = true;
