@@ -355,3 +355,22 @@ def test_o_help_with_filename_lists_protocol_options(tmp):
     assert ours <= set(q.stdout.splitlines())
     assert "  nocow=<bool (on/off)>  - Turn off copy-on-write (valid only " \
         "on btrfs)" in ours
+
+
+@pytest.mark.parametrize("opts", [
+    "cluster_size=1000", "compat=0.10,lazy_refcounts=on", "compat=0.9",
+    "refcount_bits=3", "compression_type=lzo", "extended_l2=on,cluster_size=8k",
+    "data_file_raw=on", "preallocation=bogus", "compat=0.10,extended_l2=on",
+])
+def test_driver_refusals_match_qemu(tmp, opts):
+    """Options qemu-img accepts syntactically but the driver refuses: the
+    same Formatting line, then the same one-line error."""
+    ours = imgtool("create", "-f", "qcow2", "-o", opts, tmp / "i", "1M",
+                   rc=1)
+    theirs = qemu_img("create", "-f", "qcow2", "-o", opts, tmp / "q", "1M",
+                      rc=1)
+    assert ours.stdout.replace(str(tmp / "i"), "X") == \
+        theirs.stdout.replace(str(tmp / "q"), "X")
+    assert ours.stderr.replace(str(tmp / "i"), "X").replace(
+        "imgtool:", "qemu-img:") == \
+        theirs.stderr.replace(str(tmp / "q"), "X")
