@@ -210,3 +210,17 @@ def test_force_share_and_image_opts(tmp):
 def test_help():
     assert imgtool("check", "--help").stdout.startswith(
         "usage: imgtool check")
+
+
+def test_repair_leaks_cannot_fix_corruption(tmp):
+    """-r leaks on an image whose refcounts need a rebuild cannot
+    complete: exit 1 with "Check failed", as qemu-img."""
+    p = image(tmp)
+    set_refcount(p, 5, 0)
+    copy = tmp / "q.qcow2"
+    shutil.copy(p, copy)
+    q = imgtool("check", "-r", "leaks", p, rc=1)
+    assert q.stdout == ""
+    assert "imgtool: Check failed: " in q.stderr
+    qemu_img("check", "-r", "leaks", copy, rc=1)
+    imgtool("check", p, rc=2)
