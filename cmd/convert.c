@@ -177,12 +177,9 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         imgtool_error("-o has no effect when skipping image creation");
         return 1;
     }
-    if (o->no_create && o->backing) {
-        imgtool_error("-B makes no sense when skipping image creation");
-        return 1;
-    }
-    if (o->backing_fmt && !o->backing) {
-        imgtool_error("-F is only valid with -B");
+    if (o->backing && !o->backing_fmt && !o->no_create) {
+        /* qemu-img 7.2 refuses to guess a backing file's format */
+        imgtool_error("Use of backing file requires explicit backing format");
         return 1;
     }
     if (o->compress) {
@@ -252,9 +249,9 @@ static int create_target(const ConvertOpts *o, const char *out_fmt,
     }
     if (o->backing) {
         kvlist_set(&opts, "backing_file", o->backing);
-        if (o->backing_fmt) {
-            kvlist_set(&opts, "backing_fmt", o->backing_fmt);
-        }
+    }
+    if (o->backing_fmt) {
+        kvlist_set(&opts, "backing_fmt", o->backing_fmt);
     }
     /* qemu-img creates images in whole 512-byte sectors */
     size = (size + 511) & ~(uint64_t)511;

@@ -229,6 +229,9 @@ def test_convert_progress_bar(tmp):
     (["-l", "snap"], "not supported yet"),
     (["--target-is-zero"], "--target-is-zero requires use of -n flag"),
     (["-O", "nosuchfmt"], "Unknown file format 'nosuchfmt'"),
+    (["-O", "qcow2", "-B", "base.qcow2"],
+     "Use of backing file requires explicit backing format"),
+    (["-n", "-o", "size=1M"], "-o has no effect when skipping image creation"),
 ])
 def test_convert_option_errors(tmp, args, msg):
     src = tmp / "src.raw"
@@ -284,3 +287,16 @@ def test_convert_salvage_matches_qemu(tmp):
         assert a.read() == b.read()
     q = imgtool("convert", "-q", "--salvage", comp, tmp / "quiet.raw")
     assert q.stderr == ""
+
+
+def test_convert_n_onto_overlay_is_exact(tmp):
+    """-n into an existing overlay whose backing file holds other data:
+    the target must read exactly as the source afterwards."""
+    src = make_image(tmp / "src.qcow2", "qcow2", 8 * MiB, seed=19)
+    base = make_image(tmp / "base.qcow2", "qcow2", 8 * MiB, seed=20)
+    dst = tmp / "dst.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+             dst)
+    imgtool("convert", "-n", "-O", "qcow2", src, dst)
+    assert same_content(src, dst, "qcow2", "qcow2")
+    qemu_check_clean(dst)
