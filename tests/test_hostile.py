@@ -209,9 +209,9 @@ def test_hostile_check_reports_damage(base, tmp, name):
 
 
 def test_check_refuses_image_file_too_big_for_memory(tmp):
-    """A sparse image file of 8 TiB with 512-byte clusters would need a
-    huge counting array if references were spread over it: a reference far
-    out must end in a clear error, not an allocation crash."""
+    """A sparse image file of 8 TiB with 512-byte clusters (2^34 clusters,
+    more than qemu-img will check) with a reference at its far end: a clear
+    error, not an allocation crash."""
     p = tmp / "sparse.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", p,
              "1M")

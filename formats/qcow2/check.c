@@ -56,8 +56,12 @@ typedef struct Check {
     uint64_t cs;              /* cluster size */
     uint64_t file_len;
     uint64_t nb_clusters;     /* clusters of the image file (rounded up) */
-    uint32_t *refs;           /* counted references per host cluster */
-    uint64_t refs_len;
+    /* Counted references per host cluster, in chunks allocated when first
+     * touched: memory follows what the metadata references, not the
+     * (possibly sparse, possibly hostile) extent of the file. */
+    uint32_t **chunks;
+    uint64_t nchunks;
+    uint64_t refs_len;        /* clusters covered by chunks[] */
     uint8_t *rb_state;        /* per refcount table entry: RB_* */
     bool reftable_counted;
     bool rebuild;
@@ -99,32 +103,97 @@ static int read_file(Check *c, uint64_t off, uint64_t len, void *buf)
     return ret < 0 ? ret : 0;
 }
 
+#define CHUNK_BITS 12
+#define CHUNK_SIZE (1u << CHUNK_BITS)
+
 static int grow_refs(Check *c, uint64_t need)
 {
-    uint64_t len;
-    uint32_t *p;
+    uint64_t n = (need + CHUNK_SIZE - 1) >> CHUNK_BITS;
+    uint32_t **p;
 
-    if (need <= c->refs_len) {
+    if (n > c->nchunks) {
+        if (n > SIZE_MAX / sizeof(*p)) {
+            return -ENOMEM;
+        }
+        p = realloc(c->chunks, n * sizeof(*p));
+        if (!p) {
+            return -ENOMEM;
+        }
+        memset(p + c->nchunks, 0, (n - c->nchunks) * sizeof(*p));
+        c->chunks = p;
+        c->nchunks = n;
+    }
+    if (need > c->refs_len) {
+        c->refs_len = need;
+    }
+    return 0;
+}
+
+static uint64_t ref_at(const Check *c, uint64_t k)
+{
+    const uint32_t *ch;
+
+    if (k >= c->refs_len) {
         return 0;
     }
-    len = c->refs_len ? c->refs_len : 1024;
-    while (len < need) {
-        len = len > UINT64_MAX / 2 ? need : len * 2;
+    ch = c->chunks[k >> CHUNK_BITS];
+    return ch ? ch[k & (CHUNK_SIZE - 1)] : 0;
+}
+
+/* The counter of cluster k (< refs_len), allocating its chunk; NULL when
+ * out of memory. */
+static uint32_t *ref_slot(Check *c, uint64_t k)
+{
+    uint32_t **ch = &c->chunks[k >> CHUNK_BITS];
+
+    if (!*ch) {
+        *ch = calloc(CHUNK_SIZE, sizeof(uint32_t));
+        if (!*ch) {
+            return NULL;
+        }
     }
-    if (len > c->nb_clusters && need <= c->nb_clusters) {
-        len = c->nb_clusters;
+    return &(*ch)[k & (CHUNK_SIZE - 1)];
+}
+
+static void ref_set(Check *c, uint64_t k, uint32_t v)
+{
+    if (v || ref_at(c, k)) {
+        uint32_t *p = ref_slot(c, k);
+        if (p) {
+            *p = v;
+        }
     }
-    if (len > SIZE_MAX / sizeof(uint32_t)) {
-        return -ENOMEM;
+}
+
+static bool range_used(const Check *c, uint64_t lo, uint64_t hi)
+{
+    for (uint64_t k = lo; k < hi && k < c->refs_len; k++) {
+        if (!c->chunks[k >> CHUNK_BITS]) {
+            k |= CHUNK_SIZE - 1;   /* skip the untouched chunk */
+            continue;
+        }
+        if (ref_at(c, k)) {
+            return true;
+        }
     }
-    p = realloc(c->refs, len * sizeof(uint32_t));
-    if (!p) {
-        return -ENOMEM;
+    return false;
+}
+
+static uint64_t used_end(const Check *c)
+{
+    uint64_t k = c->refs_len;
+
+    while (k > 0) {
+        if (!c->chunks[(k - 1) >> CHUNK_BITS]) {
+            k = ((k - 1) >> CHUNK_BITS) << CHUNK_BITS;
+            continue;
+        }
+        if (ref_at(c, k - 1)) {
+            break;
+        }
+        k--;
     }
-    memset(p + c->refs_len, 0, (len - c->refs_len) * sizeof(uint32_t));
-    c->refs = p;
-    c->refs_len = len;
-    return 0;
+    return k;
 }
 
 /* Counts one reference to every cluster of [off, off + size).  A region
@@ -156,20 +225,20 @@ static int count_region(Check *c, uint64_t off, uint64_t size)
         return ret;
     }
     for (uint64_t k = first; k <= last; k++) {
-        if (c->refs[k] >= max) {
+        uint32_t *slot = ref_slot(c, k);
+
+        if (!slot) {
+            return -ENOMEM;
+        }
+        if (*slot >= max) {
             say(c, "ERROR: overflow cluster offset=0x%" PRIx64,
                 k * c->cs);
             c->res->corruptions++;
             continue;
         }
-        c->refs[k]++;
+        (*slot)++;
     }
     return 1;
-}
-
-static uint64_t ref_at(const Check *c, uint64_t k)
-{
-    return k < c->refs_len ? c->refs[k] : 0;
 }
 
 /* --------------------------------------------------------------------- */
@@ -728,8 +797,8 @@ static int compare_refcounts(Check *c, int fix)
 
         /* Past both the counted clusters and the refcount table there is
          * nothing left to disagree about. */
-        if (no_block && base >= c->refs_len) {
-            if (rti >= s->refcount_table_size) {
+        if (no_block && !range_used(c, base, end)) {
+            if (rti >= s->refcount_table_size && base >= c->refs_len) {
                 break;
             }
             continue;
@@ -755,7 +824,7 @@ static int alloc_free_run(Check *c, uint64_t *hint, uint64_t n,
     int ret;
 
     while (run < n) {
-        if (k < c->refs_len && c->refs[k]) {
+        if (ref_at(c, k)) {
             run = 0;
         } else {
             run++;
@@ -768,32 +837,15 @@ static int alloc_free_run(Check *c, uint64_t *hint, uint64_t n,
     }
     *start = k - n;
     for (uint64_t i = *start; i < k; i++) {
-        c->refs[i] = 1;
+        if (!ref_slot(c, i)) {
+            return -ENOMEM;
+        }
+        ref_set(c, i, 1);
     }
     if (n == 1 && *start == *hint) {
         *hint = k;
     }
     return 0;
-}
-
-static bool range_used(const Check *c, uint64_t lo, uint64_t hi)
-{
-    for (uint64_t k = lo; k < hi && k < c->refs_len; k++) {
-        if (c->refs[k]) {
-            return true;
-        }
-    }
-    return false;
-}
-
-static uint64_t used_end(const Check *c)
-{
-    uint64_t k = c->refs_len;
-
-    while (k > 0 && !c->refs[k - 1]) {
-        k--;
-    }
-    return k;
 }
 
 /* Places refcount blocks (one per range that holds a used cluster) and a
@@ -836,7 +888,7 @@ static int place_refcount_structures(Check *c, uint64_t **pblocks,
         uint64_t need = (entries * 8 + c->cs - 1) / c->cs;
         if (need > tc) {
             for (uint64_t k = table; k < table + tc; k++) {
-                c->refs[k] = 0;
+                ref_set(c, k, 0);
             }
             ret = alloc_free_run(c, &hint, need, &table);
             if (ret < 0) {
@@ -881,8 +933,8 @@ static int rebuild_refcounts(Check *c)
     if (c->reftable_counted) {
         uint64_t first = s->refcount_table_offset / c->cs;
         for (uint64_t k = 0; k < s->refcount_table_clusters; k++) {
-            if (first + k < c->refs_len && c->refs[first + k]) {
-                c->refs[first + k]--;
+            if (ref_at(c, first + k)) {
+                ref_set(c, first + k, (uint32_t)ref_at(c, first + k) - 1);
             }
         }
     }
@@ -890,8 +942,8 @@ static int rebuild_refcounts(Check *c)
         if (c->rb_state[i] == RB_COUNTED) {
             uint64_t k = (s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK) /
                          c->cs;
-            if (k < c->refs_len && c->refs[k]) {
-                c->refs[k]--;
+            if (ref_at(c, k)) {
+                ref_set(c, k, (uint32_t)ref_at(c, k) - 1);
             }
         }
     }
@@ -909,8 +961,8 @@ static int rebuild_refcounts(Check *c)
         }
         memset(buf, 0, c->cs);
         for (uint64_t k = r * rbe; k < (r + 1) * rbe && k < c->refs_len; k++) {
-            if (c->refs[k]) {
-                qcow2_refblock_set(s, buf, k - r * rbe, c->refs[k]);
+            if (ref_at(c, k)) {
+                qcow2_refblock_set(s, buf, k - r * rbe, ref_at(c, k));
             }
         }
         table[r] = blocks[r] * c->cs;
@@ -1056,7 +1108,10 @@ static int check_copied(Check *c)
 
 static void check_free(Check *c)
 {
-    free(c->refs);
+    for (uint64_t i = 0; i < c->nchunks; i++) {
+        free(c->chunks[i]);
+    }
+    free(c->chunks);
     free(c->rb_state);
     free(c->l2buf);
 }
@@ -1080,6 +1135,12 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
     }
     c.file_len = (uint64_t)len;
     c.nb_clusters = (c.file_len + c.cs - 1) / c.cs;
+    if (c.nb_clusters > INT32_MAX) {
+        /* Same limit as qemu-img; it also bounds the work per pass. */
+        return error_setf(err, EFBIG, "Image file of %" PRIu64 " clusters "
+                          "is too large to check: File too large",
+                          c.nb_clusters);
+    }
     res->total_clusters = (s->size + c.cs - 1) / c.cs;
 
     c.l2buf = malloc(c.cs);
