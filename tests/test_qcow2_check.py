@@ -156,6 +156,13 @@ def _mk_prealloc(p):
              p, "8M")
 
 
+def _mk_bitmaps(p):
+    _mk_data(p)
+    qemu_img("bitmap", "--add", p, "b1")
+    qemu_img("bitmap", "--add", "-g", "512", p, "b2")
+    qemu_io("-c", "write -q -P 3 20M 1M", p)
+
+
 CLEAN = {
     "empty": _mk_plain,
     "data": _mk_data,
@@ -169,6 +176,7 @@ CLEAN = {
     "extl2": _mk_opts("extended_l2=on,cluster_size=128k"),
     "lazy": _mk_opts("lazy_refcounts=on"),
     "prealloc": _mk_prealloc,
+    "bitmaps": _mk_bitmaps,
 }
 
 

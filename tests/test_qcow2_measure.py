@@ -119,6 +119,14 @@ def inputs(tmp_path_factory):
     qemu_io("-c", "write -q -P 9 995328 4096", p)
     imgs["odd"] = p
 
+    p = d / "bitmaps.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", p, "300M")
+    qemu_io("-c", "write -q -P 1 0 1M", p)
+    qemu_img("bitmap", "--add", p, "b1")
+    qemu_img("bitmap", "--add", "-g", "512", p, "a-much-longer-bitmap-name")
+    qemu_img("bitmap", "--add", "-g", "2M", "--disable", p, "b3")
+    imgs["bitmaps"] = p
+
     p = d / "empty.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", p, "1G")
     imgs["empty"] = p
@@ -132,12 +140,17 @@ INPUT_OPTS = [None, "cluster_size=512", "cluster_size=2M",
 
 
 @pytest.mark.parametrize("name", ["data", "compressed", "base", "overlay",
-                                  "v2", "raw", "odd", "empty"])
+                                  "v2", "raw", "odd", "empty", "bitmaps"])
 def test_from_input(inputs, name):
     for opts in INPUT_OPTS:
         args = ["-o", opts] if opts else []
         q = same(*args, inputs[name])
         assert q[0] == 0
+
+
+def test_bitmaps_size_counted(inputs):
+    j = same(inputs["bitmaps"])[1]
+    assert j["bitmaps"] > 0
 
 
 def test_bitmaps_key_only_for_v3_qcow2_input(inputs):

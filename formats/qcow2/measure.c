@@ -13,6 +13,7 @@
  * share anything with the input, so then every cluster is assumed needed.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "formats/qcow2/qcow2.h"
@@ -202,6 +203,73 @@ static int count_data_clusters(BlockNode *in, uint64_t len,
     return 0;
 }
 
+/* Room for copying the input's persistent bitmaps into the target: each
+ * bitmap's data fully allocated, its table, and the directory. */
+static int bitmaps_bytes(BlockNode *in, uint64_t size, uint64_t cluster_size,
+                         uint64_t *out, Error *err)
+{
+    Qcow2State *s = qcow2_state(in);
+    const Qcow2Extension *x = NULL;
+    uint64_t dir_size, dir_off, total = 0, dir_bytes = 0;
+    uint8_t *dir;
+    int ret;
+
+    *out = 0;
+    for (int i = 0; i < s->nb_unknown_exts; i++) {
+        if (s->unknown_exts[i].type == QCOW2_EXT_BITMAPS) {
+            x = &s->unknown_exts[i];
+        }
+    }
+    /* Without the autoclear bit the bitmaps are stale and not carried
+     * over. */
+    if (!x || x->len < 24 ||
+        !(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+        return 0;
+    }
+    dir_size = qcow2_be64(x->data + 8);
+    dir_off = qcow2_be64(x->data + 16);
+    if (dir_size == 0) {
+        return 0;
+    }
+    if (dir_size > 64u * 1024 * 1024) {
+        return error_setf(err, EINVAL, "bitmap directory of the input is "
+                          "too large");
+    }
+    dir = malloc(dir_size);
+    if (!dir) {
+        return error_setf(err, ENOMEM, "Out of memory");
+    }
+    ret = block_pread(in->file, dir_off, dir_size, dir);
+    if (ret < 0) {
+        free(dir);
+        return error_setf(err, -ret, "Could not read the input's bitmap "
+                          "directory: %s", strerror(-ret));
+    }
+    for (uint64_t pos = 0; pos + 24 <= dir_size;) {
+        const uint8_t *e = dir + pos;
+        uint32_t gbits = e[17];
+        uint64_t name_len = qcow2_be16(e + 18);
+        uint64_t entry = qcow2_align_up(24 + (uint64_t)qcow2_be32(e + 20) +
+                                        name_len, 8);
+        uint64_t bits, bytes, clusters;
+
+        if (gbits > 63) {
+            break;
+        }
+        bits = div_round_up(size, 1ull << gbits);
+        bytes = div_round_up(bits, 8);
+        clusters = div_round_up(bytes, cluster_size);
+        total += clusters * cluster_size;
+        total += qcow2_align_up(clusters * 8, cluster_size);
+        /* The target's entry has no extra data. */
+        dir_bytes += qcow2_align_up(24 + name_len, 8);
+        pos += entry;
+    }
+    free(dir);
+    *out = total + qcow2_align_up(dir_bytes, cluster_size);
+    return 0;
+}
+
 int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
                   BlockMeasure *out, Error *err)
 {
@@ -266,9 +334,14 @@ int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
     out->required = out->fully_allocated - virtual_size + required;
 
     /* Bitmaps can be carried over only from a v3 qcow2 input into a v3
-     * target; none are copied yet, so their size is 0. */
+     * target. */
     out->has_bitmaps = mo.v3 && in && in->drv == &qcow2_driver &&
                        qcow2_state(in)->version >= 3;
-    out->bitmaps = 0;
+    if (out->has_bitmaps) {
+        ret = bitmaps_bytes(in, size, mo.cluster_size, &out->bitmaps, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     return 0;
 }
