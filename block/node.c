@@ -168,7 +168,11 @@ static int open_backing(BlockNode *n, KVList *backing_opts, int flags,
                               backing_opts, bflags, cs, err);
     cs->depth--;
     if (!b) {
-        error_prefixf(err, "Could not open backing file");
+        /* Name the innermost failure once, not once per chain level. */
+        if (err && strncmp(err->msg, "Could not open backing file",
+                           strlen("Could not open backing file")) != 0) {
+            error_prefixf(err, "Could not open backing file");
+        }
         return -(err && err->code ? err->code : EIO);
     }
     n->backing = b;

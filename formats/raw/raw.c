@@ -62,7 +62,12 @@ static int64_t raw_get_length(BlockNode *n)
         return (int64_t)s->size;
     }
     int64_t len = block_get_length(n->file);
-    return len < 0 ? len : len - (int64_t)s->offset;
+    if (len < 0) {
+        return len;
+    }
+    /* Disks are made of 512-byte sectors: like QEMU, a file whose length
+     * is not a multiple shows a last sector padded with zeroes. */
+    return (int64_t)(((uint64_t)len - s->offset + 511) & ~(uint64_t)511);
 }
 
 static int raw_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
