@@ -300,3 +300,49 @@ def test_convert_n_onto_overlay_is_exact(tmp):
     imgtool("convert", "-n", "-O", "qcow2", src, dst)
     assert same_content(src, dst, "qcow2", "qcow2")
     qemu_check_clean(dst)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_convert_random_chains(tmp, seed):
+    """Random chains (cluster sizes, growing layers, zero writes,
+    discards) converted with random options: always exactly the source,
+    and a clean qcow2."""
+    r = random.Random(seed)
+    size = r.choice([1, 3, 8]) * MiB + r.choice([0, 512, 4096])
+    chain = []
+    for d in range(r.randrange(1, 4)):
+        p = tmp / f"l{d}.qcow2"
+        args = ["create", "-q", "-f", "qcow2", "-o",
+                f"cluster_size={r.choice(['4k', '64k', '512k'])}"]
+        if chain:
+            args += ["-b", chain[-1].name, "-F", "qcow2"]
+        qemu_img(*args, p, str(size + d * r.choice([0, MiB])))
+        io = []
+        for c in random_ops(size, seed * 10 + d, r.randrange(0, 20)):
+            io += ["-c", c]
+        if io:
+            qemu_io(*io, p)
+        chain.append(p)
+    top = chain[-1]
+    fmt = r.choice(["raw", "qcow2"])
+    opts = r.choice([[], ["-m", "1"], ["-m", "16", "-W"], ["-S", "0"],
+                     ["-S", "8k"], ["-W"]])
+    out = tmp / f"out.{fmt}"
+    if r.random() < 0.3:
+        vsize = qemu_img_vsize(top)
+        garbage = tmp / "garbage.raw"
+        write_random_file(garbage, vsize, seed)
+        qemu_img("convert", "-f", "raw", "-O", fmt, garbage, out)
+        opts = opts + ["-n"]
+    elif len(chain) > 1 and fmt == "qcow2":
+        opts = opts + ["-B", chain[-2].name, "-F", "qcow2"]
+    imgtool("convert", *opts, "-O", fmt, top, out)
+    assert same_content(top, out, "qcow2", fmt)
+    if fmt == "qcow2":
+        qemu_check_clean(out)
+
+
+def qemu_img_vsize(path):
+    import json
+    return json.loads(qemu_img("info", "--output=json", path).stdout)[
+        "virtual-size"]

@@ -93,3 +93,30 @@ def test_map_errors(tmp):
     assert "--output must be used with human or json" in p.stderr
     imgtool("map", tmp / "missing", rc=1)
     imgtool("map", rc=1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_map_random_chains(tmp, seed):
+    import random
+    r = random.Random(seed)
+    size = r.choice([1, 3, 8]) * MiB + r.choice([0, 512, 4096])
+    prev = None
+    for d in range(r.randrange(1, 4)):
+        p = tmp / f"l{d}.qcow2"
+        args = ["create", "-q", "-f", "qcow2", "-o",
+                f"cluster_size={r.choice(['4k', '64k', '512k'])}"]
+        if prev:
+            args += ["-b", prev.name, "-F", "qcow2"]
+        qemu_img(*args, p, str(size + d * r.choice([0, MiB])))
+        io = []
+        for _ in range(r.randrange(0, 25)):
+            off = r.randrange(0, size) // 512 * 512
+            ln = min(r.choice([512, 4096, 65536, 300 * 1024, MiB]),
+                     size - off)
+            io += ["-c", r.choice([f"write -P {r.randrange(1, 256)} {off} {ln}",
+                                   f"write -z {off} {ln}",
+                                   f"discard {off} {ln}"])]
+        if io:
+            qemu_io(*io, p)
+        prev = p
+    both_outputs(prev)
