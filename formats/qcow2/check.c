@@ -1187,6 +1187,12 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
         }
         if (res->leaks != before.leaks ||
             res->corruptions != before.corruptions) {
+            /* L2 entries cleared while counting must be on disk before
+             * the refcounts of what they pointed at can drop. */
+            ret = block_flush(n->file);
+            if (ret < 0) {
+                goto fail;
+            }
             *res = before;
             ret = compare_refcounts(&c, fix);
             if (ret < 0) {
