@@ -528,7 +528,8 @@ static int build_header(Qcow2State *s, uint8_t *buf, Error *err)
         PUT_EXT(QCOW2_EXT_DATA_FILE, s->data_file_name,
                 strlen(s->data_file_name));
     }
-    if (s->version >= 3) {
+    /* QEMU leaves the feature table out of clusters of 4k and less. */
+    if (s->version >= 3 && cs > 4096) {
         size_t n = sizeof(known_features) / sizeof(known_features[0]);
         uint8_t table[sizeof(known_features) / sizeof(known_features[0]) *
                       QCOW2_FEATURE_ENTRY_SIZE];

@@ -126,10 +126,12 @@ int qcow2_write_reftable(Qcow2State *s, uint64_t first, uint64_t n)
     return ret < 0 ? ret : 0;
 }
 
-/* First run of nb clusters with refcount 0, at or after the hint. */
-static int find_free_run(Qcow2State *s, uint64_t nb, uint64_t *start)
+/* First run of nb clusters with refcount 0, at or after `from` (and the
+ * allocation hint). */
+static int find_free_run_from(Qcow2State *s, uint64_t nb, uint64_t from,
+                              uint64_t *start)
 {
-    uint64_t i = s->free_cluster_index;
+    uint64_t i = from > s->free_cluster_index ? from : s->free_cluster_index;
     uint64_t run_start = i, run = 0;
 
     if (i == 0) {
@@ -168,6 +170,11 @@ static int find_free_run(Qcow2State *s, uint64_t nb, uint64_t *start)
             return -ENOSPC;
         }
     }
+}
+
+static int find_free_run(Qcow2State *s, uint64_t nb, uint64_t *start)
+{
+    return find_free_run_from(s, nb, 0, start);
 }
 
 static int update_one(Qcow2State *s, uint64_t ci, int64_t delta,
@@ -249,10 +256,10 @@ static int count_uncovered(Qcow2State *s, uint64_t start, uint64_t end,
 /* Moves the refcount table to the end of the image, big enough for
  * min_entries, with new refcount blocks for whatever the new area needs
  * and the old table does not cover. */
-static int grow_reftable(Qcow2State *s, uint64_t min_entries)
+static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
 {
     uint64_t per_cluster = s->cluster_size / 8;
-    uint64_t S = s->alloc_end;
+    uint64_t S = s->alloc_end > from ? s->alloc_end : from;
     uint64_t entries, tc, nb = 0;
     int ret;
 
@@ -422,30 +429,42 @@ int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
     return 0;
 }
 
-/* Puts a refcount block in place for range rti, or for whichever range the
- * cluster chosen to hold it falls in (the caller retries either way). */
-static int alloc_refblock(Qcow2State *s, uint64_t rti)
+/* Puts a refcount block for range rti in the first free cluster at or
+ * after `from` (past the run being allocated, as QEMU places them).  When
+ * that cluster's own range has no block either, that range gets one
+ * first, in the next free cluster. */
+static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
 {
     uint64_t b;
     int ret;
 
     if (rti >= s->refcount_table_size) {
-        return grow_reftable(s, rti + 1);
+        return grow_reftable(s, rti + 1, from);
     }
-    ret = find_free_run(s, 1, &b);
+    ret = find_free_run_from(s, 1, from, &b);
     if (ret < 0) {
         return ret;
     }
     uint64_t brti = qcow2_reftable_index(s, b);
     if (brti >= s->refcount_table_size) {
-        return grow_reftable(s, brti + 1);
+        return grow_reftable(s, brti + 1, from);
     }
     int64_t boff = refblock_offset(s, brti);
     if (boff < 0) {
         return (int)boff;
     }
+    if (!boff && brti != rti) {
+        ret = alloc_refblock(s, brti, b + 1);
+        if (ret < 0) {
+            return ret;
+        }
+        boff = refblock_offset(s, brti);
+        if (boff <= 0) {
+            /* The table moved instead; let the caller retry. */
+            return boff < 0 ? (int)boff : 0;
+        }
+    }
     uint8_t *block;
-    uint64_t target = boff ? rti : brti;
     if (boff) {
         ret = update_one(s, b, 1, false, 0);
         if (ret < 0) {
@@ -471,8 +490,8 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti)
         return ret;
     }
     s->refcount_unflushed = false;
-    s->refcount_table[target] = b << s->cluster_bits;
-    ret = qcow2_write_reftable(s, target, 1);
+    s->refcount_table[rti] = b << s->cluster_bits;
+    ret = qcow2_write_reftable(s, rti, 1);
     if (ret >= 0) {
         ret = block_flush(s->node->file);
     }
@@ -485,6 +504,7 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti)
 /* 1 when it had to allocate refcount metadata (the caller retries). */
 static int ensure_refblocks(Qcow2State *s, uint64_t start, uint64_t nb)
 {
+    uint64_t from = start + nb;
     for (uint64_t r = start >> s->refblock_bits;
          r <= (start + nb - 1) >> s->refblock_bits; r++) {
         int64_t b = refblock_offset(s, r);
@@ -492,7 +512,7 @@ static int ensure_refblocks(Qcow2State *s, uint64_t start, uint64_t nb)
             return (int)b;
         }
         if (b == 0) {
-            int ret = alloc_refblock(s, r);
+            int ret = alloc_refblock(s, r, from);
             return ret < 0 ? ret : 1;
         }
     }

@@ -92,10 +92,55 @@ static int write_size(Qcow2State *s, uint64_t size)
     return ret < 0 ? ret : 0;
 }
 
+/* Makes a freshly allocated host run read as zeroes and, for falloc/full,
+ * really reserves it.  Part of it may already be inside the file (reused
+ * clusters, or metadata placed after it extended the file). */
+static int reserve_run(Qcow2State *s, uint64_t host, uint64_t len,
+                       uint64_t old_file_len, PreallocMode pm)
+{
+    BlockNode *f = s->node->file;
+    int64_t cur = block_get_length(f);
+    int ret = 0;
+
+    if (cur < 0) {
+        return (int)cur;
+    }
+    uint64_t inside = (uint64_t)cur > host ? (uint64_t)cur - host : 0;
+    if (inside > len) {
+        inside = len;
+    }
+    if (inside) {
+        if (pm == PREALLOC_FULL) {
+            uint64_t chunk = inside < (1u << 20) ? inside : (1u << 20);
+            uint8_t *z = calloc(1, chunk);
+            if (!z) {
+                return -ENOMEM;
+            }
+            for (uint64_t o = 0; o < inside && ret >= 0; o += chunk) {
+                uint64_t l = inside - o < chunk ? inside - o : chunk;
+                ret = block_pwrite(f, host + o, l, z, 0);
+            }
+            free(z);
+        } else if (pm == PREALLOC_FALLOC || host < old_file_len) {
+            ret = block_write_zeroes(f, host, inside, 0);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (inside < len) {
+        Error terr = { 0 };
+        ret = block_truncate(f, host + len, false,
+                             pm == PREALLOC_METADATA ? PREALLOC_OFF : pm,
+                             &terr);
+    }
+    return ret < 0 ? ret : 0;
+}
+
 /* Maps every unallocated cluster of [start, end) to a new host cluster
  * (contiguous runs, L2 table first as QEMU lays them out). */
 static int preallocate(Qcow2State *s, uint64_t start, uint64_t end,
-                       uint64_t old_file_len)
+                       uint64_t old_file_len, PreallocMode pm)
 {
     uint64_t cs = s->cluster_size;
     uint64_t pos = start & ~(cs - 1);
@@ -128,17 +173,10 @@ static int preallocate(Qcow2State *s, uint64_t start, uint64_t end,
                 return (int)h;
             }
             host = (uint64_t)h;
-            if (host < old_file_len) {
-                /* Reused clusters may hold old data. */
-                uint64_t zl = need * cs;
-                if (host + zl > old_file_len) {
-                    zl = old_file_len - host;
-                }
-                ret = block_write_zeroes(s->node->file, host, zl, 0);
-                if (ret < 0) {
-                    qcow2_cache_put(&s->l2_cache, &t);
-                    return ret;
-                }
+            ret = reserve_run(s, host, need * cs, old_file_len, pm);
+            if (ret < 0) {
+                qcow2_cache_put(&s->l2_cache, &t);
+                return ret;
             }
         }
         for (uint64_t c = pos, i = idx; c < stop && need; c += cs, i++) {
@@ -327,7 +365,8 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
     }
     if (pm != PREALLOC_OFF) {
         int64_t flen = block_get_length(n->file);
-        ret = preallocate(s, old_size, size, flen < 0 ? 0 : (uint64_t)flen);
+        ret = preallocate(s, old_size, size, flen < 0 ? 0 : (uint64_t)flen,
+                          pm);
         if (ret >= 0) {
             ret = qcow2_flush_caches(s);
         }
