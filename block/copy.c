@@ -542,6 +542,12 @@ int copy_run(const CopyJob *job, Error *err)
 
     BlockInfoExtra extra;
     block_get_info_extra(job->dst, &extra);
+    /* Whole target clusters per chunk: two workers never fill halves of
+     * one cluster, and no chunk pays a partial-cluster write. */
+    if (extra.cluster_size > c.chunk_size &&
+        extra.cluster_size <= 64 * COPY_DEFAULT_CHUNK) {
+        c.chunk_size = extra.cluster_size;
+    }
     c.granule = extra.cluster_size > 4096 ? extra.cluster_size : 4096;
     if (c.granule > c.chunk_size) {
         c.granule = c.chunk_size;
