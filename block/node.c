@@ -264,6 +264,9 @@ static BlockNode *open_image(const char *filename, const char *format,
     n->request_alignment = 1;
     ret = drv->open(n, opts, flags, err);
     if (ret < 0) {
+        if (err && err->code && strncmp(err->msg, "Could not open", 14)) {
+            error_prefixf(err, "Could not open '%s'", filename);
+        }
         error_setf(err, -ret, "Could not open '%s': %s", filename,
                    strerror(-ret));
         n->file = NULL;
