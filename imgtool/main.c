@@ -19,6 +19,7 @@ static const ImgtoolCommand commands[] = {
     { "resize", cmd_resize, "change an image's virtual size" },
     { "dd", cmd_dd, "copy like dd(1) between images" },
     { "io", cmd_io, "run qemu-io-style I/O commands on an image" },
+    { "bench", cmd_bench, "benchmark I/O through the block layer" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
