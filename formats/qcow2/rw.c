@@ -660,7 +660,9 @@ static int write_zero_buffer(BlockNode *n, uint64_t off, uint64_t len)
     return ret < 0 ? ret : 0;
 }
 
-/* Does [off, off+len) already read as zero from this layer? */
+/* Does [off, off+len) already read as zero (this layer, and the backing
+ * chain where this layer is unallocated)?  Needs s->lock; the backing
+ * nodes have their own locks and never call back into us. */
 static int reads_zero(BlockNode *n, uint64_t off, uint64_t len, bool *zero)
 {
     Qcow2State *s = qcow2_state(n);
@@ -671,14 +673,28 @@ static int reads_zero(BlockNode *n, uint64_t off, uint64_t len, bool *zero)
         if (got < 0) {
             return (int)got;
         }
-        if (x.type == QCOW2_SUBCLUSTER_ZERO ||
-            (x.type == QCOW2_SUBCLUSTER_UNALLOCATED && !n->backing)) {
-            off += (uint64_t)got;
-            len -= (uint64_t)got;
-            continue;
+        if (x.type == QCOW2_SUBCLUSTER_UNALLOCATED && n->backing) {
+            int64_t blen = block_get_length(n->backing);
+            if (blen < 0) {
+                return (int)blen;
+            }
+            if (off < (uint64_t)blen) {
+                uint64_t l = (uint64_t)got;
+                if (off + l > (uint64_t)blen) {
+                    l = (uint64_t)blen - off;
+                }
+                if (!block_is_zero_fast(n->backing, off, l)) {
+                    *zero = false;
+                    return 0;
+                }
+            }
+        } else if (x.type != QCOW2_SUBCLUSTER_ZERO &&
+                   x.type != QCOW2_SUBCLUSTER_UNALLOCATED) {
+            *zero = false;
+            return 0;
         }
-        *zero = false;
-        return 0;
+        off += (uint64_t)got;
+        len -= (uint64_t)got;
     }
     return 0;
 }
@@ -898,6 +914,36 @@ static int zero_aligned(BlockNode *n, uint64_t a, uint64_t b, int op)
     return ret;
 }
 
+/* Zeroes the whole unit [us, ue) (a cluster, or a subcluster with
+ * extended L2) if it already reads as zero; *done says whether it did.
+ * The check and the metadata change happen under one hold of s->lock
+ * after in-flight allocations of the cluster finished, so a concurrent
+ * write into another part of the unit cannot be lost. */
+static int zero_edge(BlockNode *n, uint64_t us, uint64_t ue, int op,
+                     bool *done)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    uint64_t cstart = us & ~(cs - 1);
+    bool zero;
+    int ret;
+
+    *done = false;
+    pthread_mutex_lock(&s->lock);
+    wait_inflight(s, cstart, cstart + cs);
+    ret = reads_zero(n, us, ue - us, &zero);
+    if (ret >= 0 && zero) {
+        if (us == cstart && (ue == cstart + cs || ue == s->size)) {
+            ret = cluster_op(s, cstart, cstart + cs, op);
+            *done = ret >= 0;
+        } else {
+            ret = subcluster_zero(s, us, ue, done);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
 {
     Qcow2State *s = qcow2_state(n);
@@ -926,33 +972,39 @@ int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
     if (off % unit) {
         uint64_t us = off - off % unit;
         uint64_t ue = us + unit < s->size ? us + unit : s->size;
-        if (block_is_zero_fast(n, us, ue - us)) {
-            off = us;
-            if (end < ue) {
-                end = ue;
-            }
-        } else {
-            uint64_t stop = end < ue ? end : ue;
+        uint64_t stop = end < ue ? end : ue;
+        bool done;
+        ret = zero_edge(n, us, ue, op, &done);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!done) {
             ret = write_zero_buffer(n, off, stop - off);
             if (ret < 0) {
                 return ret;
             }
-            off = stop;
+        }
+        off = done ? ue : stop;
+        if (end < off) {
+            end = off;
         }
     }
     if (off < end && end % unit && end != s->size) {
         uint64_t us = end - end % unit;
         uint64_t ue = us + unit < s->size ? us + unit : s->size;
-        if (block_is_zero_fast(n, us, ue - us)) {
-            end = ue;
-        } else {
-            uint64_t from = off > us ? off : us;
+        uint64_t from = off > us ? off : us;
+        bool done;
+        ret = zero_edge(n, us, ue, op, &done);
+        if (ret < 0) {
+            return ret;
+        }
+        if (!done) {
             ret = write_zero_buffer(n, from, end - from);
             if (ret < 0) {
                 return ret;
             }
-            end = from;
         }
+        end = from;
     }
     if (off < end) {
         ret = zero_aligned(n, off, end, op);
