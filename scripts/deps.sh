@@ -17,6 +17,8 @@ packages=(
     qemu-utils
     # test runner
     python3 python3-pytest python3-pytest-xdist
+    # cryptsetup luksDump checks the LUKS volumes imgtool writes
+    cryptsetup-bin
     # flock/fallocate and friends used by tests and the demo
     util-linux coreutils
     # rendering the man page
