@@ -6,6 +6,7 @@
 extern const BlockDriver file_driver;
 extern const BlockDriver raw_driver;
 extern const BlockDriver qcow2_driver;
+extern const BlockDriver faulty_driver;
 
 /* Probe order matters only for ties; raw is the fallback and never
  * claims a file by content. */
@@ -13,6 +14,7 @@ const BlockDriver *const block_driver_list[] = {
     &qcow2_driver,
     &raw_driver,
     &file_driver,
+    &faulty_driver,
     NULL,
 };
 
