@@ -42,8 +42,11 @@ def test_create_with_backing_identical(tmp):
 
 def test_create_data_file_identical(tmp):
     a, b = tmp / "a.qcow2", tmp / "b.qcow2"
-    imgtool("create", "-q", "-f", "qcow2", "-o", "data_file=a.raw", a, "1G")
-    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=a.raw", b, "1G")
+    # (A relative data file name is relative to the current directory, as
+    # in QEMU; use an absolute one to stay inside tmp.)
+    o = f"data_file={tmp / 'a.raw'}"
+    imgtool("create", "-q", "-f", "qcow2", "-o", o, a, "1G")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", o, b, "1G")
     assert a.read_bytes() == b.read_bytes()
     assert os.path.getsize(tmp / "a.raw") == 1 << 30
 
@@ -111,12 +114,13 @@ def test_resize_grows_refcount_table_small_clusters(tmp):
 
 
 @pytest.mark.parametrize("opts", [
-    "compat=0.10", "compat=1.1", "data_file=d.raw",
-    "data_file=d.raw,data_file_raw=on",
+    "compat=0.10", "compat=1.1", "data_file={tmp}/d.raw",
+    "data_file={tmp}/d.raw,data_file_raw=on",
     "extended_l2=on,lazy_refcounts=on,compression_type=zstd,refcount_bits=1",
 ])
 def test_format_specific_info(tmp, opts):
     img = tmp / "i.qcow2"
+    opts = opts.replace("{tmp}", str(tmp))
     imgtool("create", "-q", "-f", "qcow2", "-o", opts, img, "1M")
     ours = json.loads(imgtool("info", "--output=json", img).stdout)
     theirs = json.loads(qemu_img("info", "--output=json", img).stdout)

@@ -311,14 +311,11 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
     size = qcow2_align_up(size, 512);
 
     if (p.data_file) {
-        char *full = block_resolve_backing(filename, p.data_file);
-        if (!full) {
-            return error_setf(err, ENOMEM, "out of memory");
-        }
-        ret = block_create_file(full, size,
+        /* As QEMU: the name is used as given (relative to the current
+         * directory) and stored as given. */
+        ret = block_create_file(p.data_file, size,
                                 p.data_file_raw ? p.prealloc : PREALLOC_OFF,
                                 NULL, err);
-        free(full);
         if (ret < 0) {
             return ret;
         }

@@ -1028,7 +1028,9 @@ int qcow2_discard(BlockNode *n, uint64_t off, uint64_t len)
     if (end == s->size) {
         b = qcow2_align_up(end, cs);
     }
-    if (a >= b || s->data_file_raw) {
+    /* v2 cannot hide backing data behind a discarded cluster: QEMU leaves
+     * the data in place, and so do we. */
+    if (a >= b || s->data_file_raw || (s->version < 3 && n->backing)) {
         return 0;
     }
     pthread_mutex_lock(&s->lock);
