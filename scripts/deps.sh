@@ -16,7 +16,7 @@ packages=(
     # the oracle the tests compare against: qemu-img, qemu-io
     qemu-utils
     # test runner
-    python3 python3-pytest python3-pytest-xdist
+    python3 python3-pytest python3-pytest-xdist python3-pytest-timeout
     # cryptsetup luksDump checks the LUKS volumes imgtool writes
     cryptsetup-bin
     # flock/fallocate and friends used by tests and the demo

@@ -28,7 +28,7 @@ from conftest import IMGTOOL, qemu_img, run
 K = 1024
 M = 1024 * 1024
 
-DEFAULT_OPS = 600        # per case; 7 cases -> 4200 ops per run
+DEFAULT_OPS = 2000       # per case; 7 cases -> 14000 ops per run
 BATCH = 50               # operations per imgtool io process
 
 
