@@ -45,16 +45,30 @@ static int write_entry(Qcow2Cache *c, Qcow2CacheEntry *e)
     if (!e->dirty) {
         return 0;
     }
-    if (!c->is_refcount && s->refcount_unflushed && !s->dirty_set) {
-        ret = qcow2_cache_writeback(&s->refcount_cache);
-        if (ret < 0) {
-            return ret;
+    if (!c->is_refcount && ((s->refcount_unflushed && !s->dirty_set) ||
+                            s->data_unflushed)) {
+        /* Refcounts of new clusters, and the data written into them, go
+         * to disk before a table that points at them. */
+        if (s->refcount_unflushed && !s->dirty_set) {
+            ret = qcow2_cache_writeback(&s->refcount_cache);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (s->data_unflushed && s->has_data_file) {
+            ret = block_flush(s->node->data_file);
+            if (ret < 0) {
+                return ret;
+            }
         }
         ret = block_flush(s->node->file);
         if (ret < 0) {
             return ret;
         }
-        s->refcount_unflushed = false;
+        if (!s->dirty_set) {
+            s->refcount_unflushed = false;
+        }
+        s->data_unflushed = false;
     }
     ret = block_pwrite(s->node->file, e->offset, s->cluster_size, e->data, 0);
     if (ret < 0) {

@@ -222,15 +222,28 @@ static int parse_params(KVList *opts, CreateParams *p, Error *err)
 }
 
 /* Header cluster, refcount table and one refcount block counting the
- * first three clusters. */
+ * first three clusters.  When one refcount block can also count the L1
+ * table, the L1 table for `size` is laid out right behind them and the
+ * whole image goes out in one write (so a killed create leaves either an
+ * empty file or a complete image); *complete says whether it did. */
 static int write_initial(BlockNode *file, const CreateParams *p,
-                         uint64_t size, Error *err)
+                         uint64_t size, bool *complete, Error *err)
 {
     Qcow2State st;
     uint64_t cs = 1ull << p->cluster_bits;
-    uint8_t *buf = calloc(3, cs);
+    uint32_t order = p->version < 3 ? 4 : p->refcount_order;
+    uint64_t l2_span = cs << (p->cluster_bits - (p->extended_l2 ? 4 : 3));
+    uint64_t l1_size = (size + l2_span - 1) / l2_span;
+    uint64_t l1_clusters = (l1_size * 8 + cs - 1) / cs;
+    uint64_t per_block = 1ull << (p->cluster_bits + 3 - order);
     int ret;
 
+    *complete = l1_size * 8 <= QCOW2_MAX_L1_BYTES &&
+                3 + l1_clusters <= per_block;
+    if (!*complete) {
+        l1_size = l1_clusters = 0;
+    }
+    uint8_t *buf = calloc(3 + l1_clusters, cs);
     if (!buf) {
         return error_setf(err, ENOMEM, "out of memory");
     }
@@ -238,7 +251,9 @@ static int write_initial(BlockNode *file, const CreateParams *p,
     st.version = p->version;
     st.cluster_bits = p->cluster_bits;
     st.cluster_size = cs;
-    st.size = 0;
+    st.size = *complete ? size : 0;
+    st.l1_size = (uint32_t)l1_size;
+    st.l1_table_offset = l1_size ? 3 * cs : 0;
     st.refcount_table_offset = cs;
     st.refcount_table_clusters = 1;
     st.refcount_order = p->version < 3 ? 4 : p->refcount_order;
@@ -264,22 +279,19 @@ static int write_initial(BlockNode *file, const CreateParams *p,
     st.backing_format = (char *)p->backing_fmt;
     st.refcount_bits = 1u << st.refcount_order;
 
-    /* Reuse the header writer through a throwaway state (no node). */
-    BlockNode fake;
-    memset(&fake, 0, sizeof(fake));
-    fake.file = file;
-    st.node = &fake;
-    ret = qcow2_write_header(&st, err);
+    ret = qcow2_build_header(&st, buf, err);
     if (ret < 0) {
         free(buf);
         return ret;
     }
-    /* Refcount table entry 0 -> block at cluster 2; block counts 0..2. */
+    /* Refcount table entry 0 -> block at cluster 2, which counts the
+     * header, itself, the table and the L1 table. */
     qcow2_put_be64(buf + cs, 2 * cs);
-    for (uint64_t i = 0; i < 3; i++) {
+    for (uint64_t i = 0; i < 3 + l1_clusters; i++) {
         qcow2_refblock_set(&st, buf + 2 * cs, i, 1);
     }
-    ret = block_pwrite(file, cs, 2 * cs, buf + cs, 0);
+    /* The file ends right after the L1 entries, as QEMU's does. */
+    ret = block_pwrite(file, 0, 3 * cs + l1_size * 8, buf, 0);
     free(buf);
     if (ret >= 0) {
         ret = block_flush(file);
@@ -287,7 +299,6 @@ static int write_initial(BlockNode *file, const CreateParams *p,
     if (ret < 0) {
         return error_setf(err, -ret, "cannot write the qcow2 metadata");
     }
-    (void)size;
     return 0;
 }
 
@@ -329,7 +340,8 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
     if (!file) {
         return -(err && err->code ? err->code : EIO);
     }
-    ret = write_initial(file, &p, size, err);
+    bool complete;
+    ret = write_initial(file, &p, size, &complete, err);
     block_close(file);
     if (ret < 0) {
         return ret;
@@ -341,12 +353,12 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
     if (!n) {
         return -(err && err->code ? err->code : EIO);
     }
-    if (size > 0) {
-        PreallocMode pm = p.prealloc;
-        if (p.data_file_raw && pm == PREALLOC_OFF) {
-            /* A raw data file must be readable standalone: map it all. */
-            pm = PREALLOC_METADATA;
-        }
+    PreallocMode pm = p.prealloc;
+    if (p.data_file_raw && pm == PREALLOC_OFF) {
+        /* A raw data file must be readable standalone: map it all. */
+        pm = PREALLOC_METADATA;
+    }
+    if (size > 0 && (!complete || pm != PREALLOC_OFF)) {
         ret = qcow2_truncate(n, size, true, pm, err);
     }
     if (ret >= 0) {

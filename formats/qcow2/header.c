@@ -463,8 +463,7 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     return read_snapshot_table(s, fsize, err);
 }
 
-/* Builds the header cluster image from s into buf (cluster_size bytes). */
-static int build_header(Qcow2State *s, uint8_t *buf, Error *err)
+int qcow2_build_header(Qcow2State *s, uint8_t *buf, Error *err)
 {
     uint64_t cs = s->cluster_size;
     uint32_t hl = s->version == 2 ? QCOW2_V2_HEADER_SIZE : s->header_length;
@@ -578,7 +577,7 @@ int qcow2_write_header(Qcow2State *s, Error *err)
     if (!buf) {
         return error_setf(err, ENOMEM, "out of memory");
     }
-    ret = build_header(s, buf, err);
+    ret = qcow2_build_header(s, buf, err);
     if (ret >= 0) {
         /* One write of the used part of the first cluster: a crash sees
          * the old or the new header as long as the sector writes land

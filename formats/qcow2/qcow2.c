@@ -52,6 +52,7 @@ int qcow2_flush_caches(Qcow2State *s)
         ret = block_flush(s->node->file);
         if (ret >= 0) {
             s->refcount_unflushed = false;
+            s->data_unflushed = false;
         }
     }
     return ret < 0 ? ret : 0;

@@ -275,6 +275,9 @@ struct Qcow2State {
      * (>= file length at open). */
     uint64_t alloc_end;
     bool dirty_set;            /* we set the dirty bit (lazy refcounts) */
+    /* Guest data written into newly allocated clusters since the last
+     * flush: it must be on disk before an L2 table pointing at it. */
+    bool data_unflushed;
 };
 
 static inline Qcow2State *qcow2_state(BlockNode *n)
@@ -487,6 +490,9 @@ int qcow2_read_header(Qcow2State *s, Error *err);
 /* Rewrites the header cluster (header + extensions + backing name) from
  * s, preserving unknown extensions and header bytes. */
 int qcow2_write_header(Qcow2State *s, Error *err);
+/* Builds the header cluster (cluster_size bytes) from s into buf;
+ * returns the bytes used or a negative errno. */
+int qcow2_build_header(Qcow2State *s, uint8_t *buf, Error *err);
 /* Sets/clears incompatible feature bits with a single header write. */
 int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear);
 /* Marks the image corrupt (unless opened for check) and logs why. */

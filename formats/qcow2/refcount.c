@@ -425,7 +425,6 @@ int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
     s->refcount_table_size = entries;
     s->refcount_table_offset = offset;
     s->refcount_table_clusters = (uint32_t)clusters;
-    s->refcount_unflushed = false;
     return 0;
 }
 

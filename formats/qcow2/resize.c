@@ -350,7 +350,8 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
                               "cannot grow the L1 table");
         }
     }
-    uint64_t old_size = s->size;
+    /* Same size with preallocation (create): preallocate all of it. */
+    uint64_t old_size = size == s->size ? 0 : s->size;
     if (s->has_data_file) {
         int64_t dlen = block_get_length(n->data_file);
         if (dlen >= 0 && (uint64_t)dlen < size) {

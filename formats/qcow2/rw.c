@@ -509,6 +509,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
             qcow2_l2_set(s, t, idx, ne, nb);
             qcow2_cache_mark_dirty(&s->l2_cache, t);
             qcow2_cache_put(&s->l2_cache, &t);
+            s->data_unflushed = true;
         }
         inflight_remove(s, &f);
         return ret < 0 ? ret : (int64_t)(b - a);
@@ -605,6 +606,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     }
     qcow2_cache_mark_dirty(&s->l2_cache, t);
     qcow2_cache_put(&s->l2_cache, &t);
+    s->data_unflushed = true;
     inflight_remove(s, &f);
     return ret < 0 ? ret : (int64_t)(run_end - off);
 }
