@@ -6,12 +6,14 @@
 extern const BlockDriver file_driver;
 extern const BlockDriver raw_driver;
 extern const BlockDriver qcow2_driver;
+extern const BlockDriver luks_driver;
 extern const BlockDriver faulty_driver;
 
 /* Probe order matters only for ties; raw is the fallback and never
  * claims a file by content. */
 const BlockDriver *const block_driver_list[] = {
     &qcow2_driver,
+    &luks_driver,
     &raw_driver,
     &file_driver,
     &faulty_driver,

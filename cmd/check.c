@@ -15,6 +15,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 #include "imgtool/info-print.h"
 
 static const char check_usage[] =
@@ -185,7 +186,10 @@ int cmd_check(int argc, char **argv)
             image_opts = true;
             break;
         case OPT_OBJECT:
-            break;   /* secrets are resolved by imgtool_open() */
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
+            break;
         default:
             return usage_bad_option("check", argv, c);
         }

@@ -15,6 +15,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 #define CMP_BUF (1024 * 1024)
 #define CMP_SECTOR 512
@@ -251,7 +252,11 @@ int cmd_compare(int argc, char **argv)
         case 'q': c.quiet = true; break;
         case 's': c.strict = true; break;
         case 'U': share = true; break;
-        case OPT_OBJECT: break;   /* secrets are found by imgtool_open() */
+        case OPT_OBJECT:
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
+            break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         default:
             return usage_bad_option("compare", argv, opt);

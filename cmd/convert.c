@@ -21,6 +21,7 @@
 #include "block/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 static const char convert_usage[] =
     "usage: imgtool convert [--object objectdef] [--image-opts]\n"
@@ -145,7 +146,11 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
                 return 1;
             }
             break;
-        case OPT_OBJECT: break;   /* secrets are found by imgtool_open() */
+        case OPT_OBJECT:
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
+            break;
         case OPT_IMAGE_OPTS: o->image_opts = true; break;
         case OPT_TARGET_IMAGE_OPTS: o->target_image_opts = true; break;
         case OPT_TARGET_IS_ZERO: o->target_is_zero = true; break;

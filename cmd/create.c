@@ -15,6 +15,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 static const char create_usage[] =
     "usage: imgtool create [--object objectdef] [-q] [-f fmt]\n"
@@ -522,7 +523,11 @@ int cmd_create(int argc, char **argv)
             ostrs[nostrs++] = optarg;
             break;
         case OPT_OBJECT:
-            break;   /* secrets are resolved where they are used */
+            if (imgtool_object_add(optarg) < 0) {
+                free(ostrs);
+                return 1;
+            }
+            break;
         default:
             free(ostrs);
             return usage_bad_option("create", argv, c);

@@ -18,6 +18,7 @@
 #include "block/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 static const char dd_usage[] =
     "usage: imgtool dd [--image-opts] [-U] [-f fmt] [-O output_fmt]\n"
@@ -112,7 +113,11 @@ int cmd_dd(int argc, char **argv)
         case 'O': out_fmt = optarg; break;
         case 'U': share = true; break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT: break;   /* secrets are found by imgtool_open() */
+        case OPT_OBJECT:
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
+            break;
         default:
             return usage_bad_option("dd", argv, c);
         }

@@ -12,6 +12,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 #include "imgtool/info-print.h"
 
 static const char info_usage[] =
@@ -130,8 +131,9 @@ int cmd_info(int argc, char **argv)
             image_opts = true;
             break;
         case OPT_OBJECT:
-            /* Secrets are looked up by imgtool_open(); nothing to define
-             * for info itself, which never decrypts data. */
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
             break;
         default:
             return usage_bad_option("info", argv, c);

@@ -17,12 +17,14 @@
 #include <string.h>
 
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 #define IO_CHUNK (4u << 20)
 #define MAX_ARGS 32
 
 static const char usage_text[] =
-"usage: imgtool io [-f fmt] [-r] [-U] [-t cache] [-n] [--image-opts]\n"
+"usage: imgtool io [--object objectdef] [-f fmt] [-r] [-U] [-t cache] [-n]\n"
+"                  [--image-opts]\n"
 "                  [-c command]... filename\n"
 "\n"
 "commands:\n"
@@ -357,10 +359,11 @@ static int run_line(BlockNode *n, const char *line)
 
 int cmd_io(int argc, char **argv)
 {
-    enum { OPT_IMAGE_OPTS = 256 };
+    enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+        { "object", required_argument, NULL, OPT_OBJECT },
         { "read-only", no_argument, NULL, 'r' },
         { "force-share", no_argument, NULL, 'U' },
         { "cmd", required_argument, NULL, 'c' },
@@ -406,6 +409,11 @@ int cmd_io(int argc, char **argv)
             break;
         case OPT_IMAGE_OPTS:
             image_opts = true;
+            break;
+        case OPT_OBJECT:
+            if (imgtool_object_add(optarg) < 0) {
+                goto out;
+            }
             break;
         default:
             fputs(usage_text, stderr);

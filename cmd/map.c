@@ -17,6 +17,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 /* One status query covers at most this much; entries merge anyway. */
 #define MAP_STEP (1ULL << 30)
@@ -230,7 +231,11 @@ int cmd_map(int argc, char **argv)
                 return bad_size("max length");
             }
             break;
-        case OPT_OBJECT: break;   /* secrets are found by imgtool_open() */
+        case OPT_OBJECT:
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
+            break;
         case OPT_IMAGE_OPTS: image_opts = true; break;
         default:
             return usage_bad_option("map", argv, c);

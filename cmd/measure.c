@@ -11,6 +11,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 #include "imgtool/info-print.h"
 
 static const char measure_usage[] =
@@ -135,7 +136,11 @@ int cmd_measure(int argc, char **argv)
             image_opts = true;
             break;
         case OPT_OBJECT:
-            break;   /* secrets are resolved by imgtool_open() */
+            if (imgtool_object_add(optarg) < 0) {
+                kvlist_free(&opts);
+                return 1;
+            }
+            break;
         default:
             kvlist_free(&opts);
             return usage_bad_option("measure", argv, c);

@@ -14,6 +14,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 static const char resize_usage[] =
     "usage: imgtool resize [--object objectdef] [--image-opts] [-f fmt]\n"
@@ -80,7 +81,10 @@ int cmd_resize(int argc, char **argv)
             image_opts = true;
             break;
         case OPT_OBJECT:
-            break;   /* secrets are resolved by imgtool_open() */
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
+            break;
         default:
             return usage_bad_option("resize", argv, c);
         }

@@ -1,0 +1,14 @@
+/*
+ * object.h - `--object` on the command line: every command that takes it
+ * calls imgtool_object_add() from its option loop.
+ */
+#ifndef IMGTOOL_OBJECT_H
+#define IMGTOOL_OBJECT_H
+
+/* Defines the object described by `arg` (only secrets exist).  Prints
+ * one error line and returns -1 on failure, 0 on success.  Warns when a
+ * secret is given inline with data=, and overwrites that value in `arg`
+ * (argv memory) so it no longer shows in /proc/PID/cmdline. */
+int imgtool_object_add(char *arg);
+
+#endif
