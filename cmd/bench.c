@@ -32,6 +32,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/object.h"
 
 /* Threads are cheap but not free: beyond this many, more in-flight
  * requests cannot add parallelism on any host this runs on, so deeper
@@ -431,7 +432,10 @@ int cmd_bench(int argc, char **argv)
             image_opts = true;
             break;
         case OPT_OBJECT:
-            break;   /* secrets are found by imgtool_open() */
+            if (imgtool_object_add(optarg) < 0) {
+                return 1;
+            }
+            break;
         default:
             return usage_bad_option("bench", argv, c);
         }
