@@ -1,0 +1,112 @@
+"""Short libFuzzer runs of the qcow2 harnesses (fuzz/, docs/reliability.md).
+
+fuzz/build.sh builds the harnesses with clang, ASan and UBSan into
+build-fuzz/ (or $IMGTOOL_FUZZ_BUILD).  Each harness then:
+  - runs every saved crasher in fuzz/crashers/ and every seed: none may
+    crash, leak or trip a sanitizer any more;
+  - fuzzes from the committed seeds plus the larger generated ones for
+    IMGTOOL_FUZZ_SECONDS (default 15) with a fixed seed; any crash fails
+    the test and names the input libFuzzer saved.
+Skipped when clang or its libFuzzer runtime is missing.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("IMGTOOL_FUZZ_BUILD", os.path.join(ROOT, "build-fuzz"))
+SECONDS = int(os.environ.get("IMGTOOL_FUZZ_SECONDS", "15"))
+HARNESSES = ["qcow2_read", "qcow2_write"]
+CRASHERS = os.path.join(ROOT, "fuzz", "crashers")
+LIBFUZZER_ARGS = ["-timeout=10", "-rss_limit_mb=2048", "-max_len=65536",
+                  "-print_final_stats=1"]
+
+
+def _have_libfuzzer():
+    if not shutil.which("clang"):
+        return False
+    p = subprocess.run(["clang", "-print-file-name=libclang_rt.fuzzer-x86_64.a"],
+                       capture_output=True, text=True)
+    path = p.stdout.strip()
+    if os.path.isabs(path) and os.path.exists(path):
+        return True
+    # Newer layouts put it under a target triple directory.
+    p = subprocess.run(["clang", "-print-runtime-dir"], capture_output=True,
+                       text=True)
+    d = p.stdout.strip()
+    return os.path.exists(os.path.join(d, "libclang_rt.fuzzer.a"))
+
+
+pytestmark = pytest.mark.skipif(not _have_libfuzzer(),
+                                reason="clang with libFuzzer is required")
+
+
+@pytest.fixture(scope="module")
+def harnesses():
+    p = subprocess.run([os.path.join(ROOT, "fuzz", "build.sh"), BUILD],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, f"fuzz/build.sh failed:\n{p.stdout}{p.stderr}"
+    return {h: os.path.join(BUILD, f"fuzz_{h}") for h in HARNESSES}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seeds")
+    subprocess.run([sys.executable, os.path.join(ROOT, "fuzz",
+                                                 "make_corpus.py"), str(d)],
+                   check=True, timeout=300)
+    for f in os.listdir(os.path.join(ROOT, "fuzz", "corpus", "qcow2")):
+        shutil.copy(os.path.join(ROOT, "fuzz", "corpus", "qcow2", f), d)
+    return d
+
+
+def _crash_summary(out):
+    lines = [l for l in out.splitlines()
+             if "ERROR:" in l or "SUMMARY:" in l or "Test unit written" in l
+             or l.lstrip().startswith("#") and " in " in l]
+    return "\n".join(lines[:40])
+
+
+def _saved_crashers():
+    if not os.path.isdir(CRASHERS):
+        return []
+    return sorted(f for f in os.listdir(CRASHERS) if not f.startswith("."))
+
+
+@pytest.mark.parametrize("harness", HARNESSES)
+def test_seeds_and_saved_crashers(harnesses, corpus, harness, tmp_path):
+    """Each input once: earlier crashers stay fixed."""
+    inputs = [os.path.join(CRASHERS, f) for f in _saved_crashers()]
+    inputs += [os.path.join(corpus, f) for f in sorted(os.listdir(corpus))]
+    failed = []
+    for path in inputs:
+        p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, path],
+                           capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path)
+        if p.returncode != 0:
+            failed.append(f"{path}:\n{_crash_summary(p.stdout + p.stderr)}")
+    assert not failed, f"{harness}: {len(failed)} input(s) crash:\n" + \
+        "\n\n".join(failed)
+
+
+@pytest.mark.parametrize("harness", HARNESSES)
+def test_fuzz_briefly(harnesses, corpus, harness, tmp_path):
+    work = tmp_path / "corpus"
+    shutil.copytree(corpus, work)
+    art = tmp_path / "artifacts"
+    art.mkdir()
+    p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, "-seed=1",
+                        f"-max_total_time={SECONDS}",
+                        f"-artifact_prefix={art}/", str(work)],
+                       capture_output=True, text=True,
+                       timeout=SECONDS + 300, cwd=tmp_path)
+    saved = sorted(os.listdir(art))
+    assert p.returncode == 0 and not saved, (
+        f"{harness} crashed; input saved as {[str(art / s) for s in saved]} "
+        f"(copy it to fuzz/crashers/ and report it):\n"
+        f"{_crash_summary(p.stdout + p.stderr)}")
+    stats = [l for l in p.stderr.splitlines() if l.startswith("stat::")]
+    print(f"{harness}: " + ", ".join(stats))
