@@ -137,7 +137,7 @@ int luks_pbkdf2_rate(const EVP_MD *md, size_t outlen, uint64_t *per_sec,
             return error_setf(err, EIO, "PBKDF2 failed");
         }
         uint64_t ns = cpu_ns() - start;
-        if (ns >= 100000000u) {
+        if (ns >= 50000000u) {
             *per_sec = (uint64_t)iters * 1000000000u / ns;
             return 0;
         }

@@ -91,6 +91,8 @@ typedef struct LuksCipher {
     LuksSpec spec;
     const EVP_CIPHER *cipher;
     const EVP_CIPHER *essiv_cipher;
+    const EVP_CIPHER *tweak_cipher;  /* manual XTS: ECB for the tweak */
+    bool manual_xts;
     uint8_t key[LUKS_MAX_KEY_BYTES];
     uint8_t essiv_key[EVP_MAX_MD_SIZE];
 } LuksCipher;

@@ -465,7 +465,7 @@ json_t *luks_info(const LuksVolume *v)
                         json_string(luks_mode_name(s->mode)));
     json_object_set_new(o, "ivgen-alg",
                         json_string(luks_ivgen_name(s->ivgen)));
-    if (s->ivgen_hash) {
+    if (s->ivgen == LUKS_IV_ESSIV) {
         json_object_set_new(o, "ivgen-hash-alg", json_string(s->ivgen_hash));
     }
     json_object_set_new(o, "hash-alg", json_string(s->hash));
