@@ -335,7 +335,7 @@ const BlockDriver *block_find_driver(const char *name);
 /* NULL-terminated list of every driver. */
 extern const BlockDriver *const block_driver_list[];
 
-/* Common option list shared by every protocol create (size only). */
+/* Creation options of the file protocol, shared by the raw format. */
 extern const BlockCreateOpt block_protocol_create_opts[];
 
 /* Creates (or truncates) a protocol-level file of `size` bytes with the

@@ -10,8 +10,14 @@
 
 #include "block/block.h"
 
+/* Raw images are files: the raw format and the file protocol take the
+ * same creation options. */
 const BlockCreateOpt block_protocol_create_opts[] = {
     { "size", OPT_SIZE, "Virtual disk size", NULL },
+    { "preallocation", OPT_STRING,
+      "Preallocation mode (allowed values: off, falloc, full)", "off" },
+    { "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
+      "off" },
     { NULL, 0, NULL, NULL },
 };
 

@@ -423,15 +423,6 @@ static int file_create(const char *filename, uint64_t size, KVList *opts,
     return ret;
 }
 
-static const BlockCreateOpt file_create_opts[] = {
-    { "size", OPT_SIZE, "Virtual disk size", NULL },
-    { "preallocation", OPT_STRING,
-      "Preallocation mode (allowed values: off, falloc, full)", "off" },
-    { "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
-      "off" },
-    { NULL, 0, NULL, NULL },
-};
-
 const BlockDriver file_driver = {
     .name = "file",
     .instance_size = sizeof(FileState),
@@ -448,5 +439,5 @@ const BlockDriver file_driver = {
     .get_allocated_size = file_get_allocated_size,
     .truncate = file_truncate,
     .create = file_create,
-    .create_opts = file_create_opts,
+    .create_opts = block_protocol_create_opts,
 };

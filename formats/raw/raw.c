@@ -179,15 +179,6 @@ static int raw_measure(KVList *opts, BlockNode *in, uint64_t size,
     return 0;
 }
 
-static const BlockCreateOpt raw_create_opts[] = {
-    { "size", OPT_SIZE, "Virtual disk size", NULL },
-    { "preallocation", OPT_STRING,
-      "Preallocation mode (allowed values: off, falloc, full)", "off" },
-    { "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
-      "off" },
-    { NULL, 0, NULL, NULL },
-};
-
 const BlockDriver raw_driver = {
     .name = "raw",
     .instance_size = sizeof(RawState),
@@ -202,6 +193,6 @@ const BlockDriver raw_driver = {
     .get_length = raw_get_length,
     .truncate = raw_truncate,
     .create = raw_create,
-    .create_opts = raw_create_opts,
+    .create_opts = block_protocol_create_opts,
     .measure = raw_measure,
 };
