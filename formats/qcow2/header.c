@@ -232,6 +232,7 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         sn->id_str = dup_bytes(rest + extra, id_len);
         sn->name = dup_bytes(rest + extra + id_len, name_len);
         free(rest);
+        s->nb_snapshots_loaded = (int)i + 1;
         if (!sn->id_str || !sn->name) {
             return -ENOMEM;
         }
@@ -240,7 +241,6 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
             return error_setf(err, EINVAL,
                               "snapshot %u has an invalid L1 table", i);
         }
-        s->nb_snapshots_loaded = (int)i + 1;
         off += qcow2_align_up(entry_len, 8);
         if (off - s->snapshots_offset > 64ull * 1024 * 1024) {
             return error_setf(err, EINVAL, "snapshot table too large");
