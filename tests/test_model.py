@@ -54,9 +54,9 @@ CASES = [
     Case("c64k-extl2-refcount64-backing",
          "cluster_size=65536,extended_l2=on,refcount_bits=64",
          32 * M, 64 * K, backing=True),
-    Case("c2M-extl2-backing", "cluster_size=2M,extended_l2=on", 64 * M, 2 * M,
+    Case("c2M-extl2-backing", "cluster_size=2M,extended_l2=on", 32 * M, 2 * M,
          backing=True),
-    Case("c2M-lazy", "cluster_size=2M,lazy_refcounts=on", 64 * M, 2 * M),
+    Case("c2M-lazy", "cluster_size=2M,lazy_refcounts=on", 32 * M, 2 * M),
 ]
 
 
@@ -117,6 +117,9 @@ class Model:
         self.max_size = case.size * 3 // 2
         self.backing_size = 0
         self.shadow = bytearray(case.size)
+        # Ranges changed since the shadow file was last written: rewriting
+        # only those keeps big images cheap to verify after every batch.
+        self.dirty = [(0, case.size)]
         if case.backing:
             self._make_backing(tmp)
         tool.create(self.img, case.opts, case.size,
@@ -172,10 +175,12 @@ class Model:
             off, ln = self._range(max_len)
             pat = self.rng.choice([0, *range(1, 256)])
             self.shadow[off:off + ln] = bytes([pat]) * ln
+            self.dirty.append((off, ln))
             return f"write -P {pat:#x} {off} {ln}"
         if r < 0.70:
             off, ln = self._range(max_len)
             self.shadow[off:off + ln] = bytes(ln)
+            self.dirty.append((off, ln))
             if self.rng.random() < 0.5:
                 return f"write -z -u {off} {ln}"
             return f"write -z {off} {ln}"
@@ -191,6 +196,7 @@ class Model:
             off, ln = first * c, n * c
             if not (self.case.v2 and self.case.backing):
                 self.shadow[off:off + ln] = bytes(ln)
+                self.dirty.append((off, ln))
             return f"discard {off} {ln}"
         if r < 0.93:
             # Read back, inside the same process, a range whose content is a
@@ -211,13 +217,21 @@ class Model:
             del self.shadow[new:]
         else:
             self.shadow.extend(bytes(new - old))
+            self.dirty.append((old, new - old))
         return self.tool.resize_argv(self.img, new, new < old)
 
     # --- checking -------------------------------------------------------------
 
     def verify(self, what):
-        with open(self.shadow_path, "wb") as f:
-            f.write(self.shadow)
+        mode = "r+b" if os.path.exists(self.shadow_path) else "wb"
+        with open(self.shadow_path, mode) as f:
+            view = memoryview(self.shadow)
+            for off, ln in self.dirty:
+                if off < len(self.shadow):
+                    f.seek(off)
+                    f.write(view[off:off + ln])
+            f.truncate(len(self.shadow))
+        self.dirty = []
         p = qemu_img("compare", "-f", "qcow2", "-F", "raw", self.img,
                      self.shadow_path, check=False)
         if p.returncode != 0:
