@@ -10,6 +10,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 B=${1:-$ROOT/build-fuzz}
 CC=${CC:-clang}
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+# Parallel test workers may all ask for the build at once.
+mkdir -p "$B"
+exec 9>"$B/.fuzz-build.lock"
+flock 9
 if [ ! -f "$B/build.ninja" ]; then
     CC=$CC meson setup "$B" "$ROOT" --buildtype=debugoptimized \
         -Db_sanitize=address,undefined -Db_lundef=false -Dwerror=false \
