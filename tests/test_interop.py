@@ -136,9 +136,12 @@ FEATURES = [
     ("zstd", "compression_type=zstd", 8 * M, 64 * K),
     ("prealloc-metadata", "preallocation=metadata", 8 * M, 64 * K),
     ("prealloc-falloc", "preallocation=falloc,cluster_size=4k", 4 * M, 4 * K),
-    ("data-file", "data_file=ext.data", 8 * M, 64 * K),
-    ("data-file-raw", "data_file=ext.data,data_file_raw=on", 8 * M, 64 * K),
-    ("data-file-extl2", "data_file=ext.data,extended_l2=on", 8 * M, 64 * K),
+    # QEMU resolves a relative data_file name against the current
+    # directory (not the image's), so name it absolutely: {tmp} is the
+    # test's directory.
+    ("data-file", "data_file={tmp}/ext.data", 8 * M, 64 * K),
+    ("data-file-raw", "data_file={tmp}/ext.data,data_file_raw=on", 8 * M, 64 * K),
+    ("data-file-extl2", "data_file={tmp}/ext.data,extended_l2=on", 8 * M, 64 * K),
 ]
 
 
@@ -146,7 +149,7 @@ FEATURES = [
                          ids=[f[0] for f in FEATURES])
 def test_qemu_written_image_reads_same(tmp, opts, size, cluster):
     img = str(tmp / "img.qcow2")
-    qemu_img("create", "-q", "-f", "qcow2", "-o", opts, img, str(size))
+    qemu_img("create", "-q", "-f", "qcow2", "-o", opts.format(tmp=tmp), img, str(size))
     qemu_write(img, workload(size, cluster))
     assert_reads_same(img, str(tmp))
     assert_info_same(img)
@@ -339,7 +342,7 @@ def test_info_json_key_order_matches(tmp):
     empty: keys come out in qemu-img's order."""
     base, top = str(tmp / "base.qcow2"), str(tmp / "top.qcow2")
     qemu_img("create", "-q", "-f", "qcow2", base, "4M")
-    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=top.data",
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={tmp}/top.data",
              "-b", "base.qcow2", "-F", "qcow2", top)
     q = qemu_img("info", "--output=json", "--backing-chain", top).stdout
     i = imgtool("info", "--output=json", "--backing-chain", top).stdout
