@@ -586,13 +586,16 @@ static int faulty_modify(BlockNode *n, uint64_t off, uint64_t len,
         goto out;
     }
     if (!s->volatile_cache || (flags & BLOCK_REQ_FUA)) {
-        if (s->volatile_cache) {
+        if (s->volatile_cache && s->shrunk) {
+            /* A cached shrink would hide the new bytes from reads. */
+            ret = ov_writeback(s);
+        } else if (s->volatile_cache) {
             /* Write-through: older cached bytes of the range are stale. */
             size_t pos;
             ret = ov_punch(s, off, off + len, &pos);
-            if (ret < 0) {
-                goto out;
-            }
+        }
+        if (ret < 0) {
+            goto out;
         }
         if (kind == K_WRITE) {
             ret = block_pwrite(s->child, off, (size_t)len, data, flags);

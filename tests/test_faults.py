@@ -193,6 +193,15 @@ def test_overlay_reads_grow_and_shrink_before_flush(tmp):
     assert open(img, "rb").read() == bytes([3]) * SIZE
 
 
+def test_fua_write_after_cached_shrink(tmp):
+    img = raw_image(tmp, fill=3)
+    io(faulty_opts(img, volatile_cache="on"), "truncate 512k", "truncate 1M",
+       "write -f -P 4 768k 4k", "read -P 4 768k 4k", "read -P 0 772k 4k",
+       rc=0)
+    assert sectors(img, 768 * 1024, 8192) == [bytes([4]) * 512] * 8 + \
+        [bytes(512)] * 8
+
+
 def test_big_overlay_is_written_back_under_max_dirty(tmp):
     img = raw_image(tmp)
     io(faulty_opts(img, powerfail_after_writes=4, max_dirty="64k"),
