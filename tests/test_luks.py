@@ -541,3 +541,23 @@ def test_probe_and_raw_guard(tmp_path, volume, pwfile):
                 check=False)
     assert p.returncode != 0
     assert open(r, "rb").read(4) == b"\0\0\0\0"
+
+
+def test_inline_secret_hidden_from_process_list(volume):
+    """The data= value is overwritten in argv once parsed, so it does not
+    stay readable in /proc/PID/cmdline while the command runs."""
+    p = subprocess.Popen([IMGTOOL, "io", "--object",
+                          f"secret,id=sec0,data={PASS}",
+                          "--image-opts", image_opts(volume)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        # The warning comes once the definition has been parsed; io then
+        # waits for commands on stdin.
+        assert b"warning" in p.stderr.readline()
+        cmdline = open(f"/proc/{p.pid}/cmdline", "rb").read()
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+    assert b"data=" in cmdline
+    assert PASS.encode() not in cmdline
