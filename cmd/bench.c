@@ -449,7 +449,7 @@ int cmd_bench(int argc, char **argv)
         imgtool_error("--flush-interval is only available in write tests");
         return 1;
     }
-    if (b.flush_interval && !b.drain && b.flush_interval < (uint64_t)depth) {
+    if (b.flush_interval && b.flush_interval < (uint64_t)depth) {
         imgtool_error("Flush interval can't be smaller than depth");
         return 1;
     }
