@@ -347,6 +347,8 @@ CORRUPTIONS = {
                        "stripes 4294967295 != 4000"),
     "slot-iterations-absurd": (208 + 4, struct.pack(">I", 0xFFFFFFFF),
                                "iteration count 4294967295 is out of range"),
+    "slot-iterations-2^26+1": (208 + 4, struct.pack(">I", (1 << 26) + 1),
+                               "iteration count 67108865 is out of range"),
     "slot-iterations-zero": (208 + 4, struct.pack(">I", 0),
                              "iteration count 0 is out of range"),
     "mk-iterations-absurd": (164, struct.pack(">I", 0x7FFFFFFF),
@@ -384,6 +386,24 @@ def test_corrupt_header(volume, pwfile, name):
     assert why in one_error_line(p)
     assert time.monotonic() - t < 10
     assert digest(volume) == before
+
+
+def test_pbkdf2_work_is_bounded(volume, pwfile):
+    """Each slot within the per-slot ceiling (2^26), but two of them
+    together ask for more PBKDF2 work than a header may (2^28 blocks)."""
+    for slot in (0, 1):
+        patch(volume, 208 + 48 * slot, struct.pack(">II", 0x00AC71F3,
+                                                   1 << 26))
+    t = time.monotonic()
+    p = imgtool("io", "--object", secret(pwfile), "-c", "read 0 512",
+                "--image-opts", image_opts(volume), check=False)
+    assert "PBKDF2 blocks of work, more than" in one_error_line(p)
+    assert time.monotonic() - t < 5
+    patch(volume, 208 + 48, struct.pack(">II", 0x0000DEAD, 0))
+    p = imgtool("info", "-f", "luks", volume)
+    slots = json.loads(imgtool("info", "--output=json", volume).stdout)[
+        "format-specific"]["data"]["slots"]
+    assert slots[0]["iters"] == 1 << 26
 
 
 def test_truncated_key_material(tmp_path, volume, pwfile):

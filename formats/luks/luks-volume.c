@@ -283,6 +283,8 @@ static int validate_header(const LuksHeader *h, const LuksSpec *s,
     }
     uint64_t mlen = luks_material_len(s->key_bytes, LUKS_STRIPES);
     uint64_t payload = (uint64_t)h->payload_offset * LUKS_SECTOR_SIZE;
+    uint64_t dlen = (uint64_t)EVP_MD_get_size(s->md);
+    uint64_t blocks = (s->key_bytes + dlen - 1) / dlen, work = 0;
     for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
         const LuksSlot *ks = &h->slots[i];
         if (ks->active != LUKS_SLOT_ENABLED &&
@@ -300,6 +302,9 @@ static int validate_header(const LuksHeader *h, const LuksSpec *s,
             return error_setf(err, EINVAL, "LUKS key slot %d iteration "
                               "count %u is out of range (1..%u)", i,
                               ks->iterations, LUKS_MAX_ITERATIONS);
+        }
+        if (ks->active == LUKS_SLOT_ENABLED) {
+            work += ks->iterations * blocks + h->mk_iterations;
         }
         uint64_t start = (uint64_t)ks->key_offset * LUKS_SECTOR_SIZE;
         uint64_t end = start + mlen;
@@ -323,6 +328,11 @@ static int validate_header(const LuksHeader *h, const LuksSpec *s,
                                   "overlap", j, i);
             }
         }
+    }
+    if (work > LUKS_MAX_WORK) {
+        return error_setf(err, EINVAL, "LUKS key slots ask for %" PRIu64
+                          " PBKDF2 blocks of work, more than the %llu "
+                          "allowed", work, LUKS_MAX_WORK);
     }
     return 0;
 }

@@ -30,13 +30,17 @@
 
 #define LUKS_SECTOR_SIZE 512
 
-/* A per-slot or master-key PBKDF2 iteration count above this is refused
- * when opening and never written.  QEMU's and cryptsetup's default
- * (iter-time 2000 ms) give 10^6..10^7 on current hardware; 2^28 leaves
- * room for much faster machines and much longer iter-times while
- * capping what a hostile header can make us spend at roughly a minute of
- * CPU per key slot. */
-#define LUKS_MAX_ITERATIONS (1u << 28)
+/* Bounds on the PBKDF2 work a header may ask for, so that a hostile
+ * header costs at most about a minute of CPU.  QEMU's and cryptsetup's
+ * default (iter-time 2000 ms) give a few million iterations per slot on
+ * current hardware (2.1M for sha256 with a 64-byte key here).
+ * LUKS_MAX_ITERATIONS caps one slot or the master key digest (16x that
+ * default); LUKS_MAX_WORK caps the sum, over every active slot, of
+ * slot iterations times PBKDF2 output blocks plus the master key digest
+ * iterations (each slot tried costs both): 2^28 HMAC blocks, about 60 s
+ * here, enough for eight default slots made on a 2x faster machine. */
+#define LUKS_MAX_ITERATIONS (1u << 26)
+#define LUKS_MAX_WORK (1ull << 28)
 
 /* What `qemu-img create -f luks -o ...` takes (qcow2 uses the same
  * names after "encrypt.").  Empty strings mean "the default". */
