@@ -581,3 +581,21 @@ def test_inline_secret_hidden_from_process_list(volume):
         p.wait(timeout=30)
     assert b"data=" in cmdline
     assert PASS.encode() not in cmdline
+
+
+def test_create_help_and_formatting_line(tmp_path, pwfile):
+    assert (imgtool("create", "-f", "luks", "-o", "help").stdout ==
+            qemu_img("create", "-f", "luks", "-o", "help").stdout)
+    v = tmp_path / "v.luks"
+    opts = ("preallocation=off,iter-time=10,hash-alg=sha1,"
+            "ivgen-hash-alg=sha256,ivgen-alg=essiv,cipher-mode=cbc,"
+            "cipher-alg=aes-128,key-secret=sec0")
+    p = imgtool("create", "-f", "luks", "--object", secret(pwfile), "-o",
+                opts, v, "1M")
+    # As qemu-img 7.2 prints it for the same command.
+    assert p.stdout == (
+        f"Formatting '{v}', fmt=luks size=1048576 key-secret=sec0 "
+        "cipher-alg=aes-128 cipher-mode=cbc ivgen-alg=essiv "
+        "ivgen-hash-alg=sha256 hash-alg=sha1 iter-time=10 "
+        "preallocation=off\n")
+    assert os.path.getsize(v) == 528384 + 1048576
