@@ -126,49 +126,65 @@ int qcow2_write_reftable(Qcow2State *s, uint64_t first, uint64_t n)
     return ret < 0 ? ret : 0;
 }
 
+/* Clusters past the end of the image that may still be in use (leaks
+ * from a crash) before we call the refcounts insane. */
+#define QCOW2_MAX_USED_PAST_END (1ull << 20)
+
 /* First run of nb clusters with refcount 0, at or after `from` (and the
- * allocation hint). */
+ * allocation hint).  Scans whole refcount blocks at a time. */
 static int find_free_run_from(Qcow2State *s, uint64_t nb, uint64_t from,
                               uint64_t *start)
 {
     uint64_t i = from > s->free_cluster_index ? from : s->free_cluster_index;
-    uint64_t run_start = i, run = 0;
+    uint64_t run_start, run = 0;
 
     if (i == 0) {
-        i = run_start = 1;
+        i = 1;
     }
+    run_start = i;
     for (;;) {
         uint64_t rti = qcow2_reftable_index(s, i);
+        uint64_t range_end = (rti + 1) << s->refblock_bits;
         int64_t boff = refblock_offset(s, rti);
         if (boff < 0) {
             return (int)boff;
         }
         if (boff == 0) {
             /* A whole uncovered range is free. */
-            uint64_t range_end = (rti + 1) << s->refblock_bits;
             run += range_end - i;
             i = range_end;
-        } else {
-            uint64_t rc;
-            int ret = qcow2_get_refcount(s, i, &rc);
-            if (ret < 0) {
-                return ret;
+            if (run >= nb) {
+                *start = run_start;
+                return 0;
             }
-            if (rc) {
+            continue;
+        }
+        uint8_t *block;
+        int ret = qcow2_cache_get(&s->refcount_cache, (uint64_t)boff, &block);
+        if (ret < 0) {
+            return ret;
+        }
+        for (; i < range_end; i++) {
+            if (qcow2_refblock_get(s, block, qcow2_refblock_index(s, i))) {
                 run = 0;
-                run_start = ++i;
+                run_start = i + 1;
+                if (i > s->alloc_end + QCOW2_MAX_USED_PAST_END) {
+                    qcow2_cache_put(&s->refcount_cache, &block);
+                    qcow2_signal_corruption(s, "refcounts claim clusters "
+                                            "far beyond the end of the "
+                                            "image (0x%llx)",
+                                            (unsigned long long)i);
+                    return -EIO;
+                }
                 continue;
             }
-            run++;
-            i++;
+            if (++run >= nb) {
+                qcow2_cache_put(&s->refcount_cache, &block);
+                *start = run_start;
+                return 0;
+            }
         }
-        if (run >= nb) {
-            *start = run_start;
-            return 0;
-        }
-        if (run_start > (1ull << 48)) {
-            return -ENOSPC;
-        }
+        qcow2_cache_put(&s->refcount_cache, &block);
     }
 }
 
@@ -272,6 +288,9 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
     }
     for (;;) {
         entries = qcow2_align_up(entries, per_cluster);
+        if (entries > QCOW2_MAX_REFTABLE_BYTES / 8) {
+            return -EFBIG;
+        }
         tc = entries / per_cluster;
         nb = 0;
         for (;;) {
@@ -308,10 +327,6 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
         }
         entries = last_r + 1;
     }
-    if (entries * 8 > QCOW2_MAX_REFTABLE_BYTES) {
-        return -EFBIG;
-    }
-
     uint64_t *nt = calloc(entries, 8);
     uint8_t *buf = calloc(1, s->cluster_size);
     if (!nt || !buf) {
@@ -500,6 +515,20 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
     return ret;
 }
 
+/* Retries of ensure_refblocks that a sane image can need for nb clusters:
+ * one block per range plus a few table moves.  More means the refcount
+ * structures do not describe themselves (a hostile or broken image). */
+static uint64_t retry_budget(const Qcow2State *s, uint64_t nb)
+{
+    return (nb >> s->refblock_bits) + 64;
+}
+
+static int too_many_retries(Qcow2State *s)
+{
+    qcow2_signal_corruption(s, "refcount structures cannot be extended");
+    return -EIO;
+}
+
 /* 1 when it had to allocate refcount metadata (the caller retries). */
 static int ensure_refblocks(Qcow2State *s, uint64_t start, uint64_t nb)
 {
@@ -529,7 +558,11 @@ int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t len,
 
     if (delta > 0) {
         int ret;
+        uint64_t budget = retry_budget(s, last - first + 1);
         while ((ret = ensure_refblocks(s, first, last - first + 1)) > 0) {
+            if (!budget--) {
+                return too_many_retries(s);
+            }
         }
         if (ret < 0) {
             return ret;
@@ -548,7 +581,11 @@ int qcow2_set_refcount(Qcow2State *s, uint64_t cluster_index,
                        uint64_t refcount)
 {
     int ret;
+    uint64_t budget = retry_budget(s, 1);
     while ((ret = ensure_refblocks(s, cluster_index, 1)) > 0) {
+        if (!budget--) {
+            return too_many_retries(s);
+        }
     }
     if (ret < 0) {
         return ret;
@@ -564,7 +601,11 @@ int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t nb)
     if (nb == 0) {
         return -EINVAL;
     }
+    uint64_t budget = retry_budget(s, nb);
     for (;;) {
+        if (!budget--) {
+            return too_many_retries(s);
+        }
         ret = find_free_run(s, nb, &start);
         if (ret < 0) {
             return ret;
@@ -597,7 +638,11 @@ int qcow2_alloc_clusters_at(Qcow2State *s, uint64_t offset, uint64_t nb)
     uint64_t first = offset >> s->cluster_bits;
     int ret;
 
+    uint64_t budget = retry_budget(s, nb);
     for (;;) {
+        if (!budget--) {
+            return too_many_retries(s);
+        }
         for (uint64_t c = first; c < first + nb; c++) {
             uint64_t rc;
             ret = qcow2_get_refcount(s, c, &rc);
