@@ -15,7 +15,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 #include "imgtool/info-print.h"
 
 static const char check_usage[] =
@@ -37,17 +37,13 @@ static const char check_usage[] =
     "Exit codes: 0 no errors, 1 check could not be completed, 2 corruptions,\n"
     "3 leaked clusters only, 63 the format does not support checks.\n";
 
-enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT };
-
 static const struct option check_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "format", required_argument, NULL, 'f' },
     { "repair", required_argument, NULL, 'r' },
-    { "output", required_argument, NULL, OPT_OUTPUT },
-    { "force-share", no_argument, NULL, 'U' },
     { "quiet", no_argument, NULL, 'q' },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "object", required_argument, NULL, OPT_OBJECT },
+    IMAGE_ARGS_LONG_OPTIONS,
+    FORCE_SHARE_LONG_OPTION,
+    OUTPUT_LONG_OPTION,
     { NULL, 0, NULL, 0 },
 };
 
@@ -139,10 +135,9 @@ static int run_check(BlockNode *n, BlockCheckResult *res, int fix)
 
 int cmd_check(int argc, char **argv)
 {
-    const char *fmt = NULL, *cache = NULL;
-    OutputFormat output = OUTPUT_HUMAN;
-    bool image_opts = false, force_share = false, quiet = false;
-    int fix = 0, c;
+    const char *cache = NULL;
+    ImageArgs a = { 0 };
+    int fix = 0, c, r;
 
     optind = 0;
     while ((c = getopt_long(argc, argv, ":hf:r:T:Uq", check_options,
@@ -151,9 +146,6 @@ int cmd_check(int argc, char **argv)
         case 'h':
             fputs(check_usage, stdout);
             return 0;
-        case 'f':
-            fmt = optarg;
-            break;
         case 'r':
             if (strcmp(optarg, "leaks") == 0) {
                 fix = BLOCK_FIX_LEAKS;
@@ -169,40 +161,24 @@ int cmd_check(int argc, char **argv)
         case 'T':
             cache = optarg;
             break;
-        case 'U':
-            force_share = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case OPT_OUTPUT:
-            if (imgtool_parse_output(optarg, &output) < 0) {
-                imgtool_error("--output must be used with human or json as "
-                              "argument.");
-                return 1;
-            }
-            break;
-        case OPT_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                return 1;
-            }
-            break;
         default:
-            return usage_bad_option("check", argv, c);
+            r = image_args_parse(&a, c, optarg);
+            if (r < 0) {
+                return 1;
+            }
+            if (r == 0) {
+                return usage_bad_option("check", argv, c);
+            }
         }
     }
     if (argc - optind != 1) {
         return usage_error("check", "Expecting one image file name");
     }
-    if (image_opts && fmt) {
-        imgtool_error("--image-opts and --format are mutually exclusive");
+    if (image_args_check(&a) < 0) {
         return 1;
     }
 
-    if (fix && force_share) {
+    if (fix && a.force_share) {
         imgtool_error("Could not open '%s': force-share=on can only be used "
                       "with read-only images", argv[optind]);
         return 1;
@@ -217,13 +193,11 @@ int cmd_check(int argc, char **argv)
     if (fix) {
         flags |= BLOCK_O_RDWR;
     }
-    if (force_share) {
-        flags |= BLOCK_O_SHARE;
-    }
+    flags |= image_args_flags(&a);
 
     const char *name = argv[optind];
     Error err = { 0 };
-    BlockNode *n = imgtool_open(name, fmt, image_opts, flags, &err);
+    BlockNode *n = imgtool_open(name, a.fmt, a.image_opts, flags, &err);
     if (!n) {
         imgtool_report(&err);
         return 1;
@@ -234,7 +208,7 @@ int cmd_check(int argc, char **argv)
     if (rc == 0 && (res.leaks_fixed || res.corruptions_fixed)) {
         int leaks_fixed = res.leaks_fixed;
         int corruptions_fixed = res.corruptions_fixed;
-        if (output == OUTPUT_HUMAN && !quiet) {
+        if (a.output == OUTPUT_HUMAN && !a.quiet) {
             printf("The following inconsistencies were found and repaired:"
                    "\n\n"
                    "    %d leaked clusters\n"
@@ -247,8 +221,8 @@ int cmd_check(int argc, char **argv)
         res.corruptions_fixed = corruptions_fixed;
     }
     if (rc == 0) {
-        if (!quiet) {
-            if (output == OUTPUT_JSON) {
+        if (!a.quiet) {
+            if (a.output == OUTPUT_JSON) {
                 print_json(&res, n);
             } else {
                 print_human(&res);

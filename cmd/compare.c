@@ -15,7 +15,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 
 #define CMP_BUF (1024 * 1024)
 #define CMP_SECTOR 512
@@ -36,13 +36,10 @@ static const char compare_usage[] =
     "Exit code: 0 identical, 1 different, 2 open error, 3 block status\n"
     "error, 4 read error.\n";
 
-enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS };
-
 static const struct option compare_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "force-share", no_argument, NULL, 'U' },
+    IMAGE_ARGS_LONG_OPTIONS,
+    FORCE_SHARE_LONG_OPTION,
     { NULL, 0, NULL, 0 },
 };
 
@@ -233,10 +230,11 @@ static int cmp_run(Compare *c)
 
 int cmd_compare(int argc, char **argv)
 {
-    const char *fmt1 = NULL, *fmt2 = NULL, *cache = NULL;
-    bool image_opts = false, share = false, progress = false;
+    const char *fmt2 = NULL, *cache = NULL;
+    ImageArgs a = { 0 };
+    bool progress = false;
     Compare c = { 0 };
-    int opt;
+    int opt, r;
 
     optind = 0;
     while ((opt = getopt_long(argc, argv, ":hf:F:T:pqsU", compare_options,
@@ -245,41 +243,39 @@ int cmd_compare(int argc, char **argv)
         case 'h':
             fputs(compare_usage, stdout);
             return 0;
-        case 'f': fmt1 = optarg; break;
         case 'F': fmt2 = optarg; break;
         case 'T': cache = optarg; break;
         case 'p': progress = true; break;
-        case 'q': c.quiet = true; break;
         case 's': c.strict = true; break;
-        case 'U': share = true; break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                return 1;
-            }
-            break;
-        case OPT_IMAGE_OPTS: image_opts = true; break;
         default:
-            return usage_bad_option("compare", argv, opt);
+            r = image_args_parse(&a, opt, optarg);
+            if (r <= 0) {
+                return r < 0 ? 1 : usage_bad_option("compare", argv, opt);
+            }
         }
     }
+    c.quiet = a.quiet;
     if (c.quiet) {
         progress = false;
     }
     if (argc - optind != 2) {
         return usage_error("compare", "Expecting two image file names");
     }
-    int flags = share ? BLOCK_O_SHARE : 0;
+    if (image_args_check(&a) < 0) {
+        return CMP_EOPEN;
+    }
+    int flags = image_args_flags(&a);
     if (cache && imgtool_parse_cache(cache, &flags) < 0) {
         imgtool_error("Invalid source cache option: %s", cache);
         return CMP_EOPEN;
     }
 
     int ret = CMP_EOPEN;
-    const char *fmts[2] = { fmt1, fmt2 };
+    const char *fmts[2] = { a.fmt, fmt2 };
     for (int i = 0; i < 2; i++) {
         Error err = { 0 };
         c.s[i].name = argv[optind + i];
-        c.s[i].n = imgtool_open(c.s[i].name, fmts[i], image_opts, flags,
+        c.s[i].n = imgtool_open(c.s[i].name, fmts[i], a.image_opts, flags,
                                 &err);
         if (!c.s[i].n) {
             imgtool_report(&err);

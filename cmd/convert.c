@@ -21,7 +21,7 @@
 #include "block/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 
 static const char convert_usage[] =
     "usage: imgtool convert [--object objectdef] [--image-opts]\n"
@@ -50,27 +50,27 @@ static const char convert_usage[] =
     "  --salvage           copy unreadable source sectors as zeroes\n";
 
 enum {
-    OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_TARGET_IMAGE_OPTS,
-    OPT_TARGET_IS_ZERO, OPT_BITMAPS, OPT_SALVAGE,
+    OPT_TARGET_IMAGE_OPTS = 256, OPT_TARGET_IS_ZERO, OPT_BITMAPS,
+    OPT_SALVAGE,
 };
 
 static const struct option convert_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+    IMAGE_ARGS_LONG_OPTIONS,
+    FORCE_SHARE_LONG_OPTION,
     { "target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS },
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "bitmaps", no_argument, NULL, OPT_BITMAPS },
     { "salvage", no_argument, NULL, OPT_SALVAGE },
-    { "force-share", no_argument, NULL, 'U' },
     { NULL, 0, NULL, 0 },
 };
 
 typedef struct ConvertOpts {
-    const char *fmt, *out_fmt, *backing, *backing_fmt, *cache, *src_cache;
+    ImageArgs src;    /* -f -U -q --image-opts --object */
+    const char *out_fmt, *backing, *backing_fmt, *cache, *src_cache;
     const char *create_opts, *snapshot;
-    bool image_opts, target_image_opts, target_is_zero, bitmaps, salvage;
-    bool share, compress, progress, quiet, no_create, out_of_order;
+    bool target_image_opts, target_is_zero, bitmaps, salvage;
+    bool compress, progress, no_create, out_of_order;
     uint64_t sparse, rate;
     int workers;
 } ConvertOpts;
@@ -92,7 +92,6 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         case 'h':
             fputs(convert_usage, stdout);
             return 0;
-        case 'f': o->fmt = optarg; break;
         case 'O': o->out_fmt = optarg; break;
         case 'B': o->backing = optarg; break;
         case 'F': o->backing_fmt = optarg; break;
@@ -122,7 +121,6 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         case 'p': o->progress = true; break;
         case 't': o->cache = optarg; break;
         case 'T': o->src_cache = optarg; break;
-        case 'q': o->quiet = true; break;
         case 'n': o->no_create = true; break;
         case 'm': {
             char *end;
@@ -137,7 +135,6 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
             break;
         }
         case 'W': o->out_of_order = true; break;
-        case 'U': o->share = true; break;
         case 'r':
             if (parse_size(optarg, &o->rate) < 0) {
                 imgtool_error("Invalid rate limit specified. You may use k, "
@@ -146,22 +143,23 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
                 return 1;
             }
             break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                return 1;
-            }
-            break;
-        case OPT_IMAGE_OPTS: o->image_opts = true; break;
         case OPT_TARGET_IMAGE_OPTS: o->target_image_opts = true; break;
         case OPT_TARGET_IS_ZERO: o->target_is_zero = true; break;
         case OPT_BITMAPS: o->bitmaps = true; break;
         case OPT_SALVAGE: o->salvage = true; break;
-        default:
-            return usage_bad_option("convert", argv, c);
+        default: {
+            int r = image_args_parse(&o->src, c, optarg);
+            if (r <= 0) {
+                return r < 0 ? 1 : usage_bad_option("convert", argv, c);
+            }
+        }
         }
     }
-    if (o->quiet) {
+    if (o->src.quiet) {
         o->progress = false;
+    }
+    if (image_args_check(&o->src) < 0) {
+        return 1;
     }
     if (argc - optind < 1) {
         return usage_error("convert", "Must specify image file name");
@@ -234,7 +232,7 @@ static void convert_salvage_warn(void *opaque, uint64_t off, uint64_t len,
                                  int err)
 {
     const ConvertOpts *o = opaque;
-    if (!o->quiet) {
+    if (!o->src.quiet) {
         imgtool_warn("error while reading %llu bytes at byte %llu: %s; "
                      "copied as zeroes", (unsigned long long)len,
                      (unsigned long long)off, strerror(-err));
@@ -284,7 +282,7 @@ int cmd_convert(int argc, char **argv)
         return 1;
     }
 
-    int src_flags = o.share ? BLOCK_O_SHARE : 0;
+    int src_flags = image_args_flags(&o.src);
     int dst_flags = BLOCK_O_RDWR;
     if (o.src_cache && imgtool_parse_cache(o.src_cache, &src_flags) < 0) {
         imgtool_error("Invalid source cache option: %s", o.src_cache);
@@ -307,7 +305,7 @@ int cmd_convert(int argc, char **argv)
         return 1;
     }
     for (int i = 0; i < nsrc; i++) {
-        src[i] = imgtool_open(argv[optind + i], o.fmt, o.image_opts,
+        src[i] = imgtool_open(argv[optind + i], o.src.fmt, o.src.image_opts,
                               src_flags, &err);
         if (!src[i]) {
             imgtool_report(&err);

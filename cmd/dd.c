@@ -18,7 +18,7 @@
 #include "block/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 
 static const char dd_usage[] =
     "usage: imgtool dd [--image-opts] [-U] [-f fmt] [-O output_fmt]\n"
@@ -31,13 +31,10 @@ static const char dd_usage[] =
     "  if=FILE      input image; of=FILE output image (created)\n"
     "  -f / -O fmt  input / output format (output default raw)\n";
 
-enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT };
-
 static const struct option dd_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { "force-share", no_argument, NULL, 'U' },
+    IMAGE_ARGS_LONG_OPTIONS,
+    FORCE_SHARE_LONG_OPTION,
     { NULL, 0, NULL, 0 },
 };
 
@@ -98,10 +95,10 @@ static int dd_operand(DdArgs *a, const char *arg)
 
 int cmd_dd(int argc, char **argv)
 {
-    const char *fmt = NULL, *out_fmt = "raw";
-    bool image_opts = false, share = false;
+    const char *out_fmt = "raw";
+    ImageArgs ia = { 0 };
     DdArgs a = { .bs = 512 };
-    int c;
+    int c, r;
 
     optind = 0;
     while ((c = getopt_long(argc, argv, ":hf:O:U", dd_options, NULL)) != -1) {
@@ -109,17 +106,12 @@ int cmd_dd(int argc, char **argv)
         case 'h':
             fputs(dd_usage, stdout);
             return 0;
-        case 'f': fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
-        case 'U': share = true; break;
-        case OPT_IMAGE_OPTS: image_opts = true; break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                return 1;
-            }
-            break;
         default:
-            return usage_bad_option("dd", argv, c);
+            r = image_args_parse(&ia, c, optarg);
+            if (r <= 0) {
+                return r < 0 ? 1 : usage_bad_option("dd", argv, c);
+            }
         }
     }
     for (int i = optind; i < argc; i++) {
@@ -127,6 +119,9 @@ int cmd_dd(int argc, char **argv)
         if (rc >= 0) {
             return rc;
         }
+    }
+    if (image_args_check(&ia) < 0) {
+        return 1;
     }
     if (!a.in || !a.out) {
         imgtool_error("Must specify both input and output files");
@@ -138,8 +133,8 @@ int cmd_dd(int argc, char **argv)
     }
 
     Error err = { 0 };
-    BlockNode *in = imgtool_open(a.in, fmt, image_opts,
-                                 share ? BLOCK_O_SHARE : 0, &err);
+    BlockNode *in = imgtool_open(a.in, ia.fmt, ia.image_opts,
+                                 image_args_flags(&ia), &err);
     if (!in) {
         imgtool_report(&err);
         return 1;

@@ -12,7 +12,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 #include "imgtool/info-print.h"
 
 static const char info_usage[] =
@@ -27,16 +27,14 @@ static const char info_usage[] =
     "  --image-opts      filename is an option string (driver=...,...)\n"
     "  --object DEF      define an object, e.g. secret,id=...,file=...\n";
 
-enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN, OPT_IMAGE_OPTS, OPT_OBJECT };
+enum { OPT_BACKING_CHAIN = 256 };
 
 static const struct option info_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "format", required_argument, NULL, 'f' },
-    { "output", required_argument, NULL, OPT_OUTPUT },
     { "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
-    { "force-share", no_argument, NULL, 'U' },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "object", required_argument, NULL, OPT_OBJECT },
+    IMAGE_ARGS_LONG_OPTIONS,
+    FORCE_SHARE_LONG_OPTION,
+    OUTPUT_LONG_OPTION,
     { NULL, 0, NULL, 0 },
 };
 
@@ -100,10 +98,9 @@ static int collect_chain(json_t *chain, const char *name, const char *fmt,
 
 int cmd_info(int argc, char **argv)
 {
-    const char *fmt = NULL;
-    OutputFormat output = OUTPUT_HUMAN;
-    bool chain = false, image_opts = false, force_share = false;
-    int c;
+    ImageArgs a = { 0 };
+    bool chain = false;
+    int c, r;
 
     optind = 0;
     while ((c = getopt_long(argc, argv, ":hf:U", info_options, NULL)) != -1) {
@@ -111,48 +108,32 @@ int cmd_info(int argc, char **argv)
         case 'h':
             fputs(info_usage, stdout);
             return 0;
-        case 'f':
-            fmt = optarg;
-            break;
-        case OPT_OUTPUT:
-            if (imgtool_parse_output(optarg, &output) < 0) {
-                imgtool_error("--output must be used with human or json as "
-                              "argument.");
-                return 1;
-            }
-            break;
         case OPT_BACKING_CHAIN:
             chain = true;
             break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPT_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
+        default:
+            r = image_args_parse(&a, c, optarg);
+            if (r < 0) {
                 return 1;
             }
-            break;
-        default:
-            return usage_bad_option("info", argv, c);
+            if (r == 0) {
+                return usage_bad_option("info", argv, c);
+            }
         }
     }
     if (argc - optind != 1) {
         return usage_error("info", "Expecting one image file name");
     }
-    if (image_opts && fmt) {
-        imgtool_error("--image-opts and --format are mutually exclusive");
+    if (image_args_check(&a) < 0) {
         return 1;
     }
 
-    int flags = BLOCK_O_NO_BACKING | (force_share ? BLOCK_O_SHARE : 0);
+    int flags = BLOCK_O_NO_BACKING | image_args_flags(&a);
     json_t *list = json_array();
-    int ret = collect_chain(list, argv[optind], fmt, image_opts, chain,
+    int ret = collect_chain(list, argv[optind], a.fmt, a.image_opts, chain,
                             flags);
     if (ret == 0) {
-        if (output == OUTPUT_JSON) {
+        if (a.output == OUTPUT_JSON) {
             imgtool_print_json(chain ? list : json_array_get(list, 0));
         } else {
             size_t i;

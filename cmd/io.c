@@ -17,7 +17,7 @@
 #include <string.h>
 
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 
 #define IO_CHUNK (4u << 20)
 #define MAX_ARGS 32
@@ -359,24 +359,20 @@ static int run_line(BlockNode *n, const char *line)
 
 int cmd_io(int argc, char **argv)
 {
-    enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
-        { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-        { "object", required_argument, NULL, OPT_OBJECT },
         { "read-only", no_argument, NULL, 'r' },
-        { "force-share", no_argument, NULL, 'U' },
         { "cmd", required_argument, NULL, 'c' },
-        { "format", required_argument, NULL, 'f' },
         { "cache", required_argument, NULL, 't' },
+        IMAGE_ARGS_LONG_OPTIONS,
+        FORCE_SHARE_LONG_OPTION,
         { "nocache", no_argument, NULL, 'n' },
         { NULL, 0, NULL, 0 },
     };
-    const char *fmt = NULL;
-    bool image_opts = false;
+    ImageArgs a = { 0 };
     int flags = BLOCK_O_RDWR;
     char **cmds = calloc((size_t)argc + 1, sizeof(*cmds));
-    int ncmds = 0, c, rc = 1;
+    int ncmds = 0, c, r, rc = 1;
     if (!cmds) {
         return 1;
     }
@@ -389,14 +385,8 @@ int cmd_io(int argc, char **argv)
         case 'r':
             flags &= ~BLOCK_O_RDWR;
             break;
-        case 'U':
-            flags |= BLOCK_O_SHARE;
-            break;
         case 'c':
             cmds[ncmds++] = optarg;
-            break;
-        case 'f':
-            fmt = optarg;
             break;
         case 't':
             if (imgtool_parse_cache(optarg, &flags) < 0) {
@@ -407,18 +397,20 @@ int cmd_io(int argc, char **argv)
         case 'n':
             flags |= BLOCK_O_NOCACHE;
             break;
-        case OPT_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
+        default:
+            r = image_args_parse(&a, c, optarg);
+            if (r < 0) {
                 goto out;
             }
-            break;
-        default:
-            fputs(usage_text, stderr);
-            goto out;
+            if (r == 0) {
+                fputs(usage_text, stderr);
+                goto out;
+            }
         }
+    }
+    flags |= image_args_flags(&a);
+    if (image_args_check(&a) < 0) {
+        goto out;
     }
     if (optind != argc - 1) {
         imgtool_error("io: expecting one image file name");
@@ -429,7 +421,7 @@ int cmd_io(int argc, char **argv)
         goto out;
     }
     Error err = { 0 };
-    BlockNode *n = imgtool_open(argv[optind], fmt, image_opts, flags, &err);
+    BlockNode *n = imgtool_open(argv[optind], a.fmt, a.image_opts, flags, &err);
     if (!n) {
         imgtool_report(&err);
         goto out;

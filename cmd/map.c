@@ -17,7 +17,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 
 /* One status query covers at most this much; entries merge anyway. */
 #define MAP_STEP (1ULL << 30)
@@ -33,17 +33,15 @@ static const char map_usage[] =
     "  --output=FMT        'human' (default) or 'json'\n"
     "  -U, --force-share   open without conflicting locks\n";
 
-enum { OPT_OUTPUT = 256, OPT_START, OPT_MAXLEN, OPT_OBJECT, OPT_IMAGE_OPTS };
+enum { OPT_START = 256, OPT_MAXLEN };
 
 static const struct option map_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "format", required_argument, NULL, 'f' },
-    { "output", required_argument, NULL, OPT_OUTPUT },
     { "start-offset", required_argument, NULL, OPT_START },
     { "max-length", required_argument, NULL, OPT_MAXLEN },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "force-share", no_argument, NULL, 'U' },
+    IMAGE_ARGS_LONG_OPTIONS,
+    FORCE_SHARE_LONG_OPTION,
+    OUTPUT_LONG_OPTION,
     { NULL, 0, NULL, 0 },
 };
 
@@ -200,11 +198,9 @@ static int bad_size(const char *what)
 
 int cmd_map(int argc, char **argv)
 {
-    const char *fmt = NULL;
-    OutputFormat output = OUTPUT_HUMAN;
-    bool image_opts = false, share = false;
+    ImageArgs a = { 0 };
     uint64_t start = 0, max_len = UINT64_MAX;
-    int c;
+    int c, r;
 
     optind = 0;
     while ((c = getopt_long(argc, argv, ":hf:U", map_options, NULL)) != -1) {
@@ -212,15 +208,6 @@ int cmd_map(int argc, char **argv)
         case 'h':
             fputs(map_usage, stdout);
             return 0;
-        case 'f': fmt = optarg; break;
-        case 'U': share = true; break;
-        case OPT_OUTPUT:
-            if (imgtool_parse_output(optarg, &output) < 0) {
-                imgtool_error("--output must be used with human or json as "
-                              "argument.");
-                return 1;
-            }
-            break;
         case OPT_START:
             if (parse_size(optarg, &start) < 0 || start > INT64_MAX) {
                 return bad_size("start offset");
@@ -231,23 +218,26 @@ int cmd_map(int argc, char **argv)
                 return bad_size("max length");
             }
             break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
+        default:
+            r = image_args_parse(&a, c, optarg);
+            if (r < 0) {
                 return 1;
             }
-            break;
-        case OPT_IMAGE_OPTS: image_opts = true; break;
-        default:
-            return usage_bad_option("map", argv, c);
+            if (r == 0) {
+                return usage_bad_option("map", argv, c);
+            }
         }
     }
     if (argc - optind != 1) {
         return usage_error("map", "Expecting one image file name");
     }
+    if (image_args_check(&a) < 0) {
+        return 1;
+    }
 
     Error err = { 0 };
-    BlockNode *n = imgtool_open(argv[optind], fmt, image_opts,
-                                share ? BLOCK_O_SHARE : 0, &err);
+    BlockNode *n = imgtool_open(argv[optind], a.fmt, a.image_opts,
+                                image_args_flags(&a), &err);
     if (!n) {
         imgtool_report(&err);
         return 1;
@@ -263,7 +253,7 @@ int cmd_map(int argc, char **argv)
     if (max_len < end && start + max_len < end) {
         end = start + max_len;
     }
-    int rc = map_run(n, start, end, output);
+    int rc = map_run(n, start, end, a.output);
     block_close(n);
     return rc;
 }

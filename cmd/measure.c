@@ -11,7 +11,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 #include "imgtool/info-print.h"
 
 static const char measure_usage[] =
@@ -30,15 +30,14 @@ static const char measure_usage[] =
     "  -U, --force-share open filename without conflicting locks\n"
     "  --image-opts      filename is an option string (driver=...,...)\n";
 
-enum { OPT_OUTPUT = 256, OPT_SIZE_ARG, OPT_IMAGE_OPTS, OPT_OBJECT };
+enum { OPT_SIZE_ARG = 256 };
 
 static const struct option measure_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "output", required_argument, NULL, OPT_OUTPUT },
     { "size", required_argument, NULL, OPT_SIZE_ARG },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { "force-share", no_argument, NULL, 'U' },
+    IMAGE_ARGS_LONG_OPTIONS,
+    FORCE_SHARE_LONG_OPTION,
+    OUTPUT_LONG_OPTION,
     { NULL, 0, NULL, 0 },
 };
 
@@ -86,13 +85,12 @@ static int check_target_opts(const BlockDriver *drv, KVList *opts,
 
 int cmd_measure(int argc, char **argv)
 {
-    const char *out_fmt = "raw", *fmt = NULL, *snapshot = NULL;
+    const char *out_fmt = "raw", *snapshot = NULL;
     const char *size_arg = NULL;
-    OutputFormat output = OUTPUT_HUMAN;
-    bool image_opts = false, force_share = false;
+    ImageArgs a = { 0 };
     KVList opts = { 0 };
     Error err = { 0 };
-    int c, rc = 1;
+    int c, r, rc = 1;
 
     optind = 0;
     while ((c = getopt_long(argc, argv, ":hO:o:f:l:U", measure_options,
@@ -112,38 +110,18 @@ int cmd_measure(int argc, char **argv)
                 return 1;
             }
             break;
-        case 'f':
-            fmt = optarg;
-            break;
         case 'l':
             snapshot = optarg;
-            break;
-        case 'U':
-            force_share = true;
-            break;
-        case OPT_OUTPUT:
-            if (imgtool_parse_output(optarg, &output) < 0) {
-                imgtool_error("--output must be used with human or json as "
-                              "argument.");
-                kvlist_free(&opts);
-                return 1;
-            }
             break;
         case OPT_SIZE_ARG:
             size_arg = optarg;
             break;
-        case OPT_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                kvlist_free(&opts);
-                return 1;
-            }
-            break;
         default:
-            kvlist_free(&opts);
-            return usage_bad_option("measure", argv, c);
+            r = image_args_parse(&a, c, optarg);
+            if (r <= 0) {
+                kvlist_free(&opts);
+                return r < 0 ? 1 : usage_bad_option("measure", argv, c);
+            }
         }
     }
 
@@ -164,11 +142,10 @@ int cmd_measure(int argc, char **argv)
         imgtool_error("Either --size N or one filename must be specified.");
         goto out;
     }
-    if (image_opts && fmt) {
-        imgtool_error("--image-opts and --format are mutually exclusive");
+    if (image_args_check(&a) < 0) {
         goto out;
     }
-    if (size_arg && (fmt || image_opts || snapshot)) {
+    if (size_arg && (a.fmt || a.image_opts || snapshot)) {
         imgtool_error("--image-opts, -f, and -l require a filename "
                       "argument.");
         goto out;
@@ -207,8 +184,8 @@ int cmd_measure(int argc, char **argv)
 
     BlockNode *in = NULL;
     if (filename) {
-        in = imgtool_open(filename, fmt, image_opts,
-                          force_share ? BLOCK_O_SHARE : 0, &err);
+        in = imgtool_open(filename, a.fmt, a.image_opts,
+                          image_args_flags(&a), &err);
         if (!in) {
             imgtool_report(&err);
             goto out;
@@ -218,7 +195,7 @@ int cmd_measure(int argc, char **argv)
     if (block_measure(out_fmt, &opts, in, size, &m, &err) < 0) {
         imgtool_report(&err);
     } else {
-        print_result(&m, output);
+        print_result(&m, a.output);
         rc = 0;
     }
     if (in) {

@@ -14,7 +14,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/cmdline.h"
 
 static const char resize_usage[] =
     "usage: imgtool resize [--object objectdef] [--image-opts] [-f fmt]\n"
@@ -30,25 +30,24 @@ static const char resize_usage[] =
     "  -q, --quiet       do not print 'Image resized.'\n"
     "  --image-opts      filename is an option string (driver=...,...)\n";
 
-enum { OPT_PREALLOC = 256, OPT_SHRINK, OPT_IMAGE_OPTS, OPT_OBJECT };
+enum { OPT_PREALLOC = 256, OPT_SHRINK };
 
 static const struct option resize_options[] = {
     { "help", no_argument, NULL, 'h' },
-    { "format", required_argument, NULL, 'f' },
     { "quiet", no_argument, NULL, 'q' },
     { "preallocation", required_argument, NULL, OPT_PREALLOC },
     { "shrink", no_argument, NULL, OPT_SHRINK },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "object", required_argument, NULL, OPT_OBJECT },
+    IMAGE_ARGS_LONG_OPTIONS,
     { NULL, 0, NULL, 0 },
 };
 
 int cmd_resize(int argc, char **argv)
 {
-    const char *fmt = NULL, *size_arg = NULL;
-    bool quiet = false, shrink = false, image_opts = false;
+    const char *size_arg = NULL;
+    ImageArgs a = { 0 };
+    bool shrink = false;
     PreallocMode pm = PREALLOC_OFF;
-    int c;
+    int c, r;
 
     if (argc > 2 && argv[argc - 1][0] == '-' &&
         isdigit((unsigned char)argv[argc - 1][1])) {
@@ -62,12 +61,6 @@ int cmd_resize(int argc, char **argv)
         case 'h':
             fputs(resize_usage, stdout);
             return 0;
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
         case OPT_PREALLOC:
             if (prealloc_parse(optarg, &pm) < 0) {
                 imgtool_error("Invalid preallocation mode '%s'", optarg);
@@ -77,16 +70,11 @@ int cmd_resize(int argc, char **argv)
         case OPT_SHRINK:
             shrink = true;
             break;
-        case OPT_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                return 1;
-            }
-            break;
         default:
-            return usage_bad_option("resize", argv, c);
+            r = image_args_parse(&a, c, optarg);
+            if (r <= 0) {
+                return r < 0 ? 1 : usage_bad_option("resize", argv, c);
+            }
         }
     }
 
@@ -98,8 +86,7 @@ int cmd_resize(int argc, char **argv)
     if (npos != 1 || !size_arg) {
         return usage_error("resize", "Expecting image file name and size");
     }
-    if (image_opts && fmt) {
-        imgtool_error("--image-opts and --format are mutually exclusive");
+    if (image_args_check(&a) < 0) {
         return 1;
     }
     const char *filename = argv[optind];
@@ -119,7 +106,7 @@ int cmd_resize(int argc, char **argv)
     }
 
     Error err = { 0 };
-    BlockNode *n = imgtool_open(filename, fmt, image_opts, BLOCK_O_RDWR,
+    BlockNode *n = imgtool_open(filename, a.fmt, a.image_opts, BLOCK_O_RDWR,
                                 &err);
     if (!n) {
         imgtool_report(&err);
@@ -170,7 +157,7 @@ int cmd_resize(int argc, char **argv)
         imgtool_error("%s: flush failed: %s", filename, strerror(-fret));
         goto out;
     }
-    if (!quiet) {
+    if (!a.quiet) {
         printf("Image resized.\n");
     }
     rc = 0;
