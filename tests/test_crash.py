@@ -240,18 +240,6 @@ def run_io(img, script, **faulty):
                           timeout=120)
 
 
-# Lazy refcounts free a cluster at once (refcounts are rebuilt after a
-# crash anyway), so it can be reused and written while the L2 entry that
-# dropped it is not yet on disk: after a crash two guest offsets share it
-# and one reads data never written there (test_lazy_refcounts_reuse).
-LAZY_REUSE = ("known issue: lazy refcounts reuse a freed cluster before the "
-              "L2 update that freed it is on disk")
-
-
-class KnownIssue(Exception):
-    pass
-
-
 def check_after_crash(img, work, ops, model_args, describe):
     """Everything the module docstring promises of a crashed image."""
     nflush_cmds = sum(op[0] == "flush" for op in ops)
@@ -307,15 +295,13 @@ def check_after_crash(img, work, ops, model_args, describe):
     mine = read_raw(IMGTOOL, img, str(img) + ".i.raw")
     assert data == mine, describe("imgtool and qemu-img read different data")
     bad = model.verify(data, vsize)
-    if bad and dirty:
-        raise KnownIssue(describe(LAZY_REUSE + ":\n" + "\n".join(bad)))
     assert not bad, describe("lost or invented data:\n" + "\n".join(bad))
     return dirty
 
 
 def crash_config(tmp, name, opts, backing, npoints, seed):
     rng = random.Random(f"{seed}-{name}")
-    stats = {"points": 0, "dirty": 0, "modes": {}, "known": []}
+    stats = {"points": 0, "dirty": 0, "modes": {}}
     nwork = max(1, -(-npoints // CUTS_PER_WORKLOAD))
     for w in range(nwork):
         base, initial, back_vals = make_base(tmp, f"w{w}", opts, backing, rng)
@@ -357,12 +343,8 @@ def crash_config(tmp, name, opts, backing, npoints, seed):
                         f"io stderr:\n{p.stderr}")
 
             assert "Sanitizer" not in p.stderr, describe("sanitizer report")
-            try:
-                dirty = check_after_crash(img, {"proc": p}, ops, model_args,
-                                          describe)
-            except KnownIssue as e:
-                stats["known"].append(str(e))
-                dirty = True
+            dirty = check_after_crash(img, {"proc": p}, ops, model_args,
+                                      describe)
             stats["points"] += 1
             stats["dirty"] += dirty
             stats["modes"][mode] = stats["modes"].get(mode, 0) + 1
@@ -377,16 +359,12 @@ def test_power_loss(tmp_path, name, opts, backing):
     npoints = max(1, POINTS // len(CONFIGS))
     stats = crash_config(tmp_path, name, opts, backing, npoints, SEED)
     assert stats["points"] == npoints
-    known = stats.pop("known")
-    print(f"{name}: {stats}, known issues: {len(known)}")
-    if known:
-        pytest.xfail(f"{len(known)} of {npoints} points hit a known issue; "
-                     f"first:{known[0]}")
+    print(f"{name}: {stats}")
 
 
-@pytest.mark.xfail(reason=LAZY_REUSE, strict=False)
 def test_lazy_refcounts_reuse(tmp_path):
-    """The smallest case of LAZY_REUSE: cluster X holds guest offset 0 and
+    """Lazy refcounts must not reuse a freed cluster before the L2 update
+    that freed it is on disk.  Cluster X holds guest offset 0 and
     is flushed; a discard frees it, a write to 1M reuses it, and the power
     goes after that data write reached the disk but before any L2 update
     did.  Guest offset 0 must read its old data or zeroes, never 1M's."""

@@ -678,10 +678,10 @@ int qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t nb)
     if (nb == 0) {
         return 0;
     }
-    if (s->dirty_set) {
-        /* Refcounts get rebuilt after a crash anyway. */
-        return qcow2_update_refcount(s, offset, nb << s->cluster_bits, -1);
-    }
+    /* Deferred even with lazy refcounts: the refcounts are rebuilt after a
+     * crash, but a cluster freed at once could be reallocated and
+     * overwritten while the on-disk L2 table still maps it to its old
+     * guest offset, exposing new data there. */
     if (s->nb_pending_frees) {
         Qcow2PendingFree *last = &s->pending_frees[s->nb_pending_frees - 1];
         if (last->offset + (last->nb_clusters << s->cluster_bits) == offset) {
