@@ -35,6 +35,9 @@ int cmd_resize(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
 int cmd_io(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
 
 /* "imgtool: <msg>\n" on stderr. */
 void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

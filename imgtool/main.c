@@ -20,6 +20,9 @@ static const ImgtoolCommand commands[] = {
     { "dd", cmd_dd, "copy like dd(1) between images" },
     { "io", cmd_io, "run qemu-io-style I/O commands on an image" },
     { "bench", cmd_bench, "benchmark I/O through the block layer" },
+    { "snapshot", cmd_snapshot, "create, list, apply or delete snapshots" },
+    { "commit", cmd_commit, "merge an overlay into its backing file" },
+    { "rebase", cmd_rebase, "change an image's backing file" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
