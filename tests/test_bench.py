@@ -246,7 +246,7 @@ def test_bench_run_tiny_scale(tmp):
         line = next((l for l in out.splitlines() if l.startswith(row)), None)
         assert line, f"row {row!r} missing:\n{out}"
         # the reference tool always runs
-        cols = line[44:].split()
+        cols = line[46:].split()
         assert re.match(r"\d+\.\d{3}$", cols[1]), line
     assert re.search(r"^convert raw->qcow2 .* \d+\.\d{3} +\d+\.\d{3} +"
                      r"\d+\.\d\d ", out, re.M)
