@@ -283,6 +283,31 @@ void block_get_info_extra(BlockNode *n, BlockInfoExtra *out);
 int block_change_backing_file(BlockNode *n, const char *file,
                               const char *fmt, Error *err);
 
+/* One internal snapshot, as `info` and `snapshot -l` show it
+ * (block/snapshot.c). */
+typedef struct BlockSnapshotInfo {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_sec, vm_clock_nsec;
+    uint64_t icount;
+    bool has_icount;
+} BlockSnapshotInfo;
+
+/* Snapshots of n (count 0 and *out NULL-or-empty for formats without
+ * any); free with block_snapshot_list_free. */
+int block_snapshot_list(BlockNode *n, BlockSnapshotInfo **out, int *count);
+void block_snapshot_list_free(BlockSnapshotInfo *v, int count);
+/* -ENOTSUP (err set) when the format has no internal snapshots. */
+int block_snapshot_create(BlockNode *n, const char *name, Error *err);
+int block_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err);
+int block_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err);
+/* Makes a read-only node read the snapshot instead of the active state
+ * until it is closed (qemu-img convert -l).  param is an id or name, or
+ * "snapshot.id=I[,snapshot.name=N]" as qemu-img accepts it. */
+int block_snapshot_load_tmp(BlockNode *n, const char *param, Error *err);
+
 /* ------------------------------------------------------------------ */
 /* The driver contract                                                 */
 
@@ -322,6 +347,17 @@ struct BlockDriver {
     const BlockCreateOpt *create_opts;   /* NULL-name terminated */
 
     int (*check)(BlockNode *n, BlockCheckResult *res, int fix, Error *err);
+    /* Internal snapshots (NULL: the format has none).  id_or_name is
+     * matched against ids first, then names, as QEMU does. */
+    int (*snapshot_create)(BlockNode *n, const char *name, Error *err);
+    int (*snapshot_apply)(BlockNode *n, const char *id_or_name, Error *err);
+    int (*snapshot_delete)(BlockNode *n, const char *id_or_name,
+                           Error *err);
+    int (*list_snapshots)(BlockNode *n, BlockSnapshotInfo **out,
+                          int *count);
+    /* id or name may be NULL (not both); both given must both match. */
+    int (*snapshot_load_tmp)(BlockNode *n, const char *id, const char *name,
+                             Error *err);
     int (*measure)(KVList *opts, BlockNode *in, uint64_t size,
                    BlockMeasure *out, Error *err);
     json_t *(*get_format_info)(BlockNode *n);

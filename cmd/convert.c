@@ -189,10 +189,6 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         imgtool_error("compressed output (-c) is not supported yet");
         return 1;
     }
-    if (o->snapshot) {
-        imgtool_error("converting from a snapshot (-l) is not supported yet");
-        return 1;
-    }
     if (o->bitmaps) {
         imgtool_error("copying bitmaps (--bitmaps) is not supported yet");
         return 1;
@@ -308,6 +304,16 @@ int cmd_convert(int argc, char **argv)
         src[i] = imgtool_open(argv[optind + i], o.src.fmt, o.src.image_opts,
                               src_flags, &err);
         if (!src[i]) {
+            imgtool_report(&err);
+            goto out;
+        }
+    }
+    if (o.snapshot) {
+        if (nsrc != 1) {
+            imgtool_error("No support for concatenating multiple snapshot");
+            goto out;
+        }
+        if (block_snapshot_load_tmp(src[0], o.snapshot, &err) < 0) {
             imgtool_report(&err);
             goto out;
         }

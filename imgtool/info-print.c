@@ -92,6 +92,36 @@ json_t *qemu_json_order(const json_t *j)
     return out;
 }
 
+json_t *info_snapshots(BlockNode *n)
+{
+    BlockSnapshotInfo *v;
+    int count;
+    if (block_snapshot_list(n, &v, &count) < 0 || count == 0) {
+        return NULL;
+    }
+    json_t *a = json_array();
+    for (int i = 0; i < count; i++) {
+        json_t *o = json_object();
+        if (v[i].has_icount) {
+            json_object_set_new(o, "icount",
+                                json_integer((json_int_t)v[i].icount));
+        }
+        json_object_set_new(o, "vm-clock-nsec",
+                            json_integer((json_int_t)v[i].vm_clock_nsec));
+        json_object_set_new(o, "name", json_string(v[i].name));
+        json_object_set_new(o, "date-sec", json_integer(v[i].date_sec));
+        json_object_set_new(o, "date-nsec", json_integer(v[i].date_nsec));
+        json_object_set_new(o, "vm-clock-sec",
+                            json_integer((json_int_t)v[i].vm_clock_sec));
+        json_object_set_new(o, "id", json_string(v[i].id));
+        json_object_set_new(o, "vm-state-size",
+                            json_integer((json_int_t)v[i].vm_state_size));
+        json_array_append_new(a, o);
+    }
+    block_snapshot_list_free(v, count);
+    return a;
+}
+
 json_t *info_build(BlockNode *n)
 {
     json_t *o = json_object();
@@ -112,6 +142,10 @@ json_t *info_build(BlockNode *n)
     }
     if (extra.encrypted) {
         json_object_set_new(o, "encrypted", json_true());
+    }
+    json_t *snaps = info_snapshots(n);
+    if (snaps) {
+        json_object_set_new(o, "snapshots", snaps);
     }
     json_t *spec = block_get_format_info(n);
     if (spec) {
@@ -224,7 +258,7 @@ static void snapshot_row(FILE *f, const char *id, const char *tag,
             clock, icount);
 }
 
-static void print_snapshots(FILE *f, const json_t *list)
+void info_print_snapshots(FILE *f, const json_t *list)
 {
     size_t i;
     json_t *sn;
@@ -302,7 +336,7 @@ void info_print_human(FILE *f, const json_t *info)
     }
     json_t *snaps = json_object_get(info, "snapshots");
     if (json_array_size(snaps) > 0) {
-        print_snapshots(f, snaps);
+        info_print_snapshots(f, snaps);
     }
     json_t *spec = json_object_get(info, "format-specific");
     json_t *data = json_object_get(spec, "data");

@@ -21,6 +21,13 @@ json_t *qemu_json_order(const json_t *j);
  * --output=json` prints it (already in qemu-img's key order). */
 json_t *info_build(BlockNode *n);
 
+/* The "snapshots" array of n (qemu-img's SnapshotInfo objects, in its
+ * key order), or NULL when there are none or they cannot be read. */
+json_t *info_snapshots(BlockNode *n);
+
+/* "Snapshot list:" and its table, as `info` and `snapshot -l` print it. */
+void info_print_snapshots(FILE *f, const json_t *list);
+
 /* The human layout of one ImageInfo ("image: x\nfile format: ..."). */
 void info_print_human(FILE *f, const json_t *info);
 

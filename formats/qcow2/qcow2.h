@@ -511,6 +511,16 @@ int qcow2_decompress(const Qcow2State *s, const uint8_t *src, size_t src_len,
                      uint8_t *dst);
 
 /* ------------------------------------------------------------------ */
+/* Internal snapshots (snapshot.c); called without s->lock             */
+
+int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err);
+int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err);
+int qcow2_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err);
+int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count);
+int qcow2_snapshot_load_tmp(BlockNode *n, const char *id, const char *name,
+                            Error *err);
+
+/* ------------------------------------------------------------------ */
 /* Provided by check.c / measure.c                                     */
 
 /* qcow2_check is called without s->lock; it takes it for its work (the
