@@ -96,7 +96,11 @@ json_t *info_snapshots(BlockNode *n)
 {
     BlockSnapshotInfo *v;
     int count;
-    if (block_snapshot_list(n, &v, &count) < 0 || count == 0) {
+    if (block_snapshot_list(n, &v, &count) < 0) {
+        return NULL;
+    }
+    if (count == 0) {
+        block_snapshot_list_free(v, 0);
         return NULL;
     }
     json_t *a = json_array();

@@ -319,3 +319,81 @@ def test_convert_from_snapshot(tmp):
     # The source is untouched.
     both_checks_clean(img)
     qemu_io("-c", "read -P 4 0 64k", "-c", "read -P 3 5M 64k", img)
+
+
+# ------------------------------------------------------------ power loss
+
+def faulty_opts(img, **kw):
+    opts = ["driver=qcow2", "file.driver=faulty", f"file.filename={img}"]
+    opts += [f"file.{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    return ",".join(opts)
+
+
+def raw_of(img, out, snap=None):
+    if out.exists():
+        out.unlink()
+    args = ["convert", "-O", "raw"] + (["-l", snap] if snap else [])
+    qemu_img(*args, img, out)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("op", [["-c", "new"], ["-a", "s1"], ["-d", "s1"],
+                                ["-d", "s2"]])
+def test_power_loss_leaves_old_or_new_state(tmp, op):
+    """Power goes after every write of a snapshot operation in turn (with
+    the unflushed writes dropped or torn): the image is exactly the state
+    before or after, qemu-img check finds at most leaks (and COPIED flags
+    off by a leaked reference), and imgtool check -r all makes it clean
+    without changing the content."""
+    base = tmp / "base.qcow2"
+    mk(base, "2M", "cluster_size=4096")
+    qemu_io("-c", "write -P 1 0 256k", "-c", "write -c -P 2 1M 4k",
+            "-c", "write -c -P 3 1028k 4k", base)
+    qemu_img("snapshot", "-c", "s1", base)
+    qemu_io("-c", "write -P 4 64k 64k", "-c", "write -z 1M 4k", base)
+    imgtool("snapshot", "-c", "s2", base)
+    qemu_io("-c", "write -P 5 128k 8k", base)
+
+    def state(img, work):
+        names = [e[1] for e in snapshot_entries(img)]
+        return (names, raw_of(img, work / "a.raw"),
+                {n: raw_of(img, work / "s.raw", n) for n in names})
+
+    before = state(base, tmp)
+    dry = tmp / "dry.qcow2"
+    shutil.copy(base, dry)
+    st = tmp / "stats"
+    imgtool("snapshot", *op, "--image-opts",
+            faulty_opts(dry, stats_file=st))
+    after = state(dry, tmp)
+    assert after != before
+    counts = dict(line.split("=") for line in st.read_text().split())
+    writes = int(counts["writes"])
+    assert writes > 0
+    seen = set()
+    for cut in range(1, writes + 1):
+        for mode, seed in [("drop", 1), ("random-part", cut)]:
+            img = tmp / "cut.qcow2"
+            shutil.copy(base, img)
+            imgtool("snapshot", *op, "--image-opts",
+                    faulty_opts(img, powerfail_after_writes=cut,
+                                powerfail_mode=mode, seed=seed), check=False)
+            p = qemu_img("check", img, check=False)
+            errors = [line for line in (p.stdout + p.stderr).splitlines()
+                      if line.startswith("ERROR")]
+            # Leaks, and COPIED flags that disagree with a refcount only
+            # because of such a leaked reference (in place writes are
+            # still safe; QEMU's own snapshot code leaves the same), but
+            # nothing else.
+            assert p.returncode in (0, 3) or (
+                p.returncode == 2 and errors and
+                all(e.startswith("ERROR OFLAG_COPIED") for e in errors)), \
+                (cut, mode, p.stdout, p.stderr)
+            got = state(img, tmp)
+            assert got in (before, after), (cut, mode)
+            seen.add(got == after)
+            if p.returncode:
+                imgtool("check", "-r", "all", img, check=False)
+                qemu_check_clean(str(img))
+                assert state(img, tmp) == got, (cut, mode)
+    assert seen == {False, True}
