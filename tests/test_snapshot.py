@@ -397,3 +397,34 @@ def test_power_loss_leaves_old_or_new_state(tmp, op):
                 qemu_check_clean(str(img))
                 assert state(img, tmp) == got, (cut, mode)
     assert seen == {False, True}
+
+
+def test_refcount_limit_refuses_cleanly(tmp):
+    """With 2-bit refcounts a cluster shared by the active state and two
+    snapshots is at its maximum: a third snapshot is refused, and the
+    references already added for other clusters are taken back (qemu-img
+    leaks them; we leave the image clean)."""
+    img = tmp / "r.qcow2"
+    mk(img, "4M", "refcount_bits=2")
+    qemu_io("-c", "write -P 1 1M 64k", img)
+    imgtool("snapshot", "-c", "s1", img)
+    imgtool("snapshot", "-c", "s2", img)
+    qemu_io("-c", "write -P 2 0 64k", img)
+    p = imgtool("snapshot", "-c", "s3", img, rc=1)
+    assert p.stderr == ("imgtool: Could not create snapshot 's3': -34 "
+                        "(Numerical result out of range)\n")
+    both_checks_clean(img)
+    assert [e[1] for e in snapshot_entries(img)] == ["s1", "s2"]
+    qemu_io("-c", "read -P 2 0 64k", "-c", "read -P 1 1M 64k", img)
+    # The active clusters kept COPIED: a rewrite stays in place.
+    end = qemu_check_clean(str(img))["image-end-offset"]
+    qemu_io("-c", "write -P 3 0 64k", img)
+    assert qemu_check_clean(str(img))["image-end-offset"] == end
+    p = imgtool("snapshot", "-a", "s1", img, rc=1)
+    assert "Could not apply snapshot 's1'" in p.stderr
+    both_checks_clean(img)
+    qemu_io("-c", "read -P 3 0 64k", "-c", "read -P 1 1M 64k", img)
+    imgtool("snapshot", "-d", "s2", img)
+    imgtool("snapshot", "-a", "s1", img)
+    both_checks_clean(img)
+    qemu_io("-c", "read -P 0 0 64k", "-c", "read -P 1 1M 64k", img)

@@ -180,10 +180,12 @@ static uint64_t l1_clusters(Qcow2State *s, uint32_t n)
  * referenced cluster's refcount is (now) 1.  Shared L2 tables never gain
  * COPIED entries that way, since every cluster they map has refcount > 1.
  */
-static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
-                   int addend, bool fix_copied)
+static int walk_l1_limited(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
+                           int addend, bool fix_copied, uint64_t *done,
+                           uint64_t limit)
 {
     uint8_t *t = NULL;
+    bool dirty_t = false;
     int ret;
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t l2off = l1[i] & QCOW2_L1E_OFFSET_MASK;
@@ -194,7 +196,7 @@ static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
         if (ret < 0) {
             return ret;
         }
-        bool dirty = false;
+        dirty_t = false;
         for (uint64_t j = 0; j < s->l2_entries; j++) {
             uint64_t raw = qcow2_l2_get_entry(s, t, j);
             uint64_t bm = qcow2_l2_get_bitmap(s, t, j);
@@ -203,6 +205,9 @@ static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
             uint64_t rc = 0;
             if (e.type == QCOW2_CLUSTER_COMPRESSED) {
                 if (addend) {
+                    if (*done >= limit) {
+                        goto out;
+                    }
                     uint64_t first = e.host_offset & ~(s->cluster_size - 1);
                     uint64_t last = (e.host_offset + e.compressed_size - 1) &
                                     ~(s->cluster_size - 1);
@@ -212,6 +217,7 @@ static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
                     if (ret < 0) {
                         goto fail;
                     }
+                    (*done)++;
                 }
                 continue;   /* compressed entries never carry COPIED */
             }
@@ -219,11 +225,15 @@ static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
                  e.type == QCOW2_CLUSTER_ZERO_ALLOC) && e.host_offset &&
                 !s->has_data_file) {
                 if (addend) {
+                    if (*done >= limit) {
+                        goto out;
+                    }
                     ret = qcow2_update_refcount(s, e.host_offset,
                                                 s->cluster_size, addend);
                     if (ret < 0) {
                         goto fail;
                     }
+                    (*done)++;
                 }
                 ret = qcow2_get_refcount(s, e.host_offset >> s->cluster_bits,
                                          &rc);
@@ -238,19 +248,23 @@ static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
                                         : raw & ~QCOW2_OFLAG_COPIED;
                 if (nraw != raw) {
                     qcow2_l2_set(s, t, j, nraw, bm);
-                    dirty = true;
+                    dirty_t = true;
                 }
             }
         }
-        if (dirty) {
+        if (dirty_t) {
             qcow2_cache_mark_dirty(&s->l2_cache, t);
         }
         qcow2_cache_put(&s->l2_cache, &t);
         if (addend) {
+            if (*done >= limit) {
+                return 0;
+            }
             ret = qcow2_update_refcount(s, l2off, s->cluster_size, addend);
             if (ret < 0) {
                 return ret;
             }
+            (*done)++;
         }
         if (fix_copied) {
             uint64_t rc;
@@ -263,8 +277,39 @@ static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
         }
     }
     return 0;
+out:
+    ret = 0;
 fail:
+    if (dirty_t) {
+        qcow2_cache_mark_dirty(&s->l2_cache, t);
+    }
     qcow2_cache_put(&s->l2_cache, &t);
+    return ret;
+}
+
+static int walk_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
+                   int addend, bool fix_copied)
+{
+    uint64_t done = 0;
+    return walk_l1_limited(s, l1, l1_size, addend, fix_copied, &done,
+                           UINT64_MAX);
+}
+
+/* Adds one reference to everything l1 reaches; on failure (a refcount at
+ * its maximum) takes back the ones already added, so that nothing leaks
+ * and the refcounts stay exact. */
+static int walk_l1_inc(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
+                       bool fix_copied)
+{
+    uint64_t done = 0, undone = 0;
+    int ret = walk_l1_limited(s, l1, l1_size, 1, fix_copied, &done,
+                              UINT64_MAX);
+    if (ret < 0) {
+        walk_l1_limited(s, l1, l1_size, -1, false, &undone, done);
+        if (fix_copied) {
+            walk_l1(s, l1, l1_size, 0, true);
+        }
+    }
     return ret;
 }
 
@@ -401,7 +446,7 @@ static int do_create(Qcow2State *s, const char *name, Error *err)
 
     /* Every cluster the active state reaches gains the snapshot's
      * reference; the active tables lose COPIED accordingly. */
-    ret = walk_l1(s, s->l1_table, s->l1_size, 1, true);
+    ret = walk_l1_inc(s, s->l1_table, s->l1_size, true);
     if (ret < 0) {
         error_setf(err, -ret, "cannot update refcounts: %s", strerror(-ret));
         goto out;
@@ -519,7 +564,7 @@ static int do_apply(Qcow2State *s, int idx, Error *err)
         nl1[i] &= ~QCOW2_OFLAG_COPIED;
     }
     /* The new active state's references, durable before it is visible. */
-    ret = walk_l1(s, nl1, nsize, 1, false);
+    ret = walk_l1_inc(s, nl1, nsize, false);
     int64_t l1off = -ENOMEM;
     if (ret >= 0) {
         l1off = qcow2_alloc_clusters(s, l1_clusters(s, nsize ? nsize : 1));
