@@ -283,6 +283,16 @@ void block_get_info_extra(BlockNode *n, BlockInfoExtra *out);
 int block_change_backing_file(BlockNode *n, const char *file,
                               const char *fmt, Error *err);
 
+/* Chains (block/chain.c), for commit and rebase. */
+/* Every cluster of n becomes unallocated (not zero): n reads through to
+ * its backing file again.  -ENOTSUP when the format cannot. */
+int block_make_empty(BlockNode *n, Error *err);
+/* Replaces parent->backing by the same image opened read-write (with its
+ * own backing chain), so data can be committed into it.  flags are extra
+ * BLOCK_O_* (cache modes).  On failure parent->backing is reopened
+ * read-only when possible. */
+int block_reopen_backing_rw(BlockNode *parent, int flags, Error *err);
+
 /* One internal snapshot, as `info` and `snapshot -l` show it
  * (block/snapshot.c). */
 typedef struct BlockSnapshotInfo {
@@ -364,6 +374,9 @@ struct BlockDriver {
     void (*get_info_extra)(BlockNode *n, BlockInfoExtra *out);
     int (*change_backing_file)(BlockNode *n, const char *file,
                                const char *fmt, Error *err);
+    /* Deallocate everything so reads fall through to the backing file
+     * again (commit); crash-safe: at worst clusters leak. */
+    int (*make_empty)(BlockNode *n);
 };
 
 /* The registry (block/drivers.c). */

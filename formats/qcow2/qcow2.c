@@ -23,6 +23,7 @@ int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
                  int flags);
 int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags);
 int qcow2_discard(BlockNode *n, uint64_t off, uint64_t len);
+int qcow2_make_empty(BlockNode *n);
 int qcow2_block_status(BlockNode *n, uint64_t off, uint64_t len,
                        uint64_t *pnum, uint64_t *map, BlockNode **file);
 int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
@@ -506,4 +507,5 @@ const BlockDriver qcow2_driver = {
     .get_format_info = qcow2_get_format_info,
     .get_info_extra = qcow2_get_info_extra,
     .change_backing_file = qcow2_change_backing_file,
+    .make_empty = qcow2_make_empty,
 };

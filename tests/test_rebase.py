@@ -1,0 +1,194 @@
+"""imgtool rebase against qemu-img rebase.
+
+Chains are built twice from the same seed; qemu-img rebases one copy and
+imgtool the other.  The top must read as it did before (safe mode), as
+qemu-img's result does, check clean, and name the same backing chain.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import (IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_io,
+                      same_content)
+from test_commit import build_chain, chain_summary
+
+MiB = 1024 * 1024
+
+
+def make_other(d, size_mb, seed):
+    """An unrelated image with random content, to rebase onto."""
+    r = random.Random(seed)
+    p = d / "other.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", p, f"{size_mb}M")
+    cmds = []
+    for _ in range(10):
+        off = r.randrange(0, size_mb * MiB // 65536) * 65536
+        cmds += ["-c", f"write -P {r.randrange(0, 255)} {off} 65536"]
+    qemu_io("-f", "qcow2", *cmds, p)
+    return p
+
+
+def rebase_both(tmp, sizes, seed, args, other_mb=None):
+    res = {}
+    for tool in ("q", "i"):
+        d = tmp / tool
+        d.mkdir(exist_ok=True)
+        paths = build_chain(d, sizes, seed)
+        if other_mb:
+            make_other(d, other_mb, seed + 100)
+        before = d / "before.raw"
+        qemu_img("convert", "-O", "raw", paths[-1], before)
+        prog = ["qemu-img"] if tool == "q" else [IMGTOOL]
+        p = subprocess.run(prog + ["rebase", *args, paths[-1].name], cwd=d,
+                           capture_output=True, text=True)
+        assert p.returncode == 0, f"{tool}: {p.stderr}"
+        res[tool] = (paths, before, p)
+    return res
+
+
+def assert_rebased(res):
+    qp, _, _ = res["q"]
+    ip, before, _ = res["i"]
+    assert same_content(before, ip[-1], "raw", "qcow2"), "view changed"
+    assert same_content(qp[-1], ip[-1])
+    for p in ip:
+        qemu_check_clean(p)
+    assert chain_summary(ip[-1]) == chain_summary(qp[-1])
+
+
+@pytest.mark.parametrize("sizes,seed", [
+    ([4, 4, 4], 1),
+    ([4, 3, 8], 2),       # the dropped middle layer is shorter
+    ([2, 5, 5, 7], 3),
+])
+def test_rebase_onto_chain_base(tmp, sizes, seed):
+    res = rebase_both(tmp, sizes, seed, ["-b", "l0.qcow2", "-F", "qcow2"])
+    assert_rebased(res)
+    assert res["i"][2].stdout == ""
+
+
+@pytest.mark.parametrize("other_mb", [2, 6, 12])
+def test_rebase_onto_unrelated(tmp, other_mb):
+    res = rebase_both(tmp, [3, 4, 6], 4 + other_mb,
+                      ["-b", "other.qcow2", "-F", "qcow2"], other_mb)
+    assert_rebased(res)
+
+
+@pytest.mark.parametrize("sizes", [[4, 6], [6, 4, 5]])
+def test_rebase_flatten(tmp, sizes):
+    res = rebase_both(tmp, sizes, 20, ["-b", ""])
+    assert_rebased(res)
+    assert "backing-filename" not in qemu_img(
+        "info", "--output=json", res["i"][0][-1]).stdout
+
+
+def test_rebase_raw_backing(tmp):
+    for tool in ("q", "i"):
+        d = tmp / tool
+        d.mkdir()
+        raw = d / "new.raw"
+        with open(raw, "wb") as f:
+            f.write(random.Random(5).randbytes(3 * MiB))
+    res = rebase_both(tmp, [4, 4], 6, ["-b", "new.raw", "-F", "raw"])
+    assert_rebased(res)
+
+
+def test_rebase_unsafe_header_only(tmp):
+    res = {}
+    for tool in ("q", "i"):
+        d = tmp / tool
+        d.mkdir()
+        paths = build_chain(d, [2, 2, 2], 7)
+        prog = ["qemu-img"] if tool == "q" else [IMGTOOL]
+        subprocess.run(prog + ["rebase", "-u", "-b", "l0.qcow2", "-F",
+                               "qcow2", paths[-1].name], cwd=d, check=True)
+        res[tool] = paths
+    # no data moved: the top's own allocation is unchanged
+    def own(p):
+        m = json.loads(qemu_img("map", "--output=json", p).stdout)
+        return [(e["start"], e["length"], e["zero"], e["data"])
+                for e in m if e["depth"] == 0]
+    assert own(res["i"][-1]) == own(res["q"][-1])
+    assert same_content(res["q"][-1], res["i"][-1])
+    assert chain_summary(res["i"][-1]) == chain_summary(res["q"][-1])
+    qemu_check_clean(res["i"][-1])
+
+
+def test_rebase_relative_name_from_other_dir(tmp):
+    paths = build_chain(tmp, [2, 2, 2], 8)
+    before = tmp / "before.raw"
+    qemu_img("convert", "-O", "raw", paths[-1], before)
+    p = subprocess.run([IMGTOOL, "rebase", "-b", "l0.qcow2", "-F", "qcow2",
+                        str(paths[-1])], cwd="/", capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    info = json.loads(qemu_img("info", "--output=json", paths[-1]).stdout)
+    assert info["backing-filename"] == "l0.qcow2"
+    assert info["full-backing-filename"] == str(tmp / "l0.qcow2")
+    assert same_content(before, paths[-1], "raw", "qcow2")
+
+
+def test_rebase_errors(tmp):
+    paths = build_chain(tmp, [2, 2], 9)
+    top = paths[-1]
+    p = imgtool("rebase", "-b", "missing.qcow2", "-F", "qcow2", top, rc=1)
+    assert p.stderr.startswith(
+        "imgtool: Could not open new backing file 'missing.qcow2': ")
+    assert "No such file or directory" in p.stderr
+    assert qemu_img("info", "--output=json", top).stdout.count("l0.qcow2")
+    # unsafe mode may name a file that does not exist (yet)
+    imgtool("rebase", "-u", "-b", "missing.qcow2", "-F", "qcow2", top)
+    out = qemu_img("info", "--output=json", "--force-share",
+                   "--backing-chain", top, check=False)
+    assert out.returncode != 0 and "missing.qcow2" in out.stderr
+    # and back again, without being able to open the missing one
+    imgtool("rebase", "-u", "-b", "l0.qcow2", "-F", "qcow2", top)
+    qemu_check_clean(top)
+    p = imgtool("rebase", "-b", "l0.qcow2", top, rc=1)
+    assert p.stderr == ("imgtool: Could not change the backing file to "
+                        "'l0.qcow2': backing format must be specified\n")
+    p = imgtool("rebase", top, rc=1)
+    assert "Must specify backing file (-b) or use unsafe mode (-u)" in \
+        p.stderr
+
+
+def test_rebase_progress(tmp):
+    paths = build_chain(tmp, [2, 2], 10)
+    p = imgtool("rebase", "-p", "-b", "", paths[-1])
+    assert "(100.00/100%)" in p.stdout
+
+
+def test_rebase_killed(tmp):
+    """kill -9 during a flattening rebase: the image checks consistent,
+    still reads what it read before, and still names its old backing."""
+    r = random.Random(11)
+    data = tmp / "d.raw"
+    with open(data, "wb") as f:
+        for _ in range(192):
+            f.write(r.randbytes(MiB))
+    base0 = tmp / "b0.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", data, base0)
+    for delay in [0.05, r.uniform(0.1, 0.5)]:
+        base, top = tmp / "b.qcow2", tmp / "t.qcow2"
+        subprocess.run(["cp", base0, base], check=True)
+        qemu_img("create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
+                 "qcow2", top)
+        qemu_io("-c", "write -P 3 1M 1M", top)
+        proc = subprocess.Popen([IMGTOOL, "rebase", "-b", "", top])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        rc = proc.wait()
+        c = qemu_img("check", top, check=False)
+        assert c.returncode in (0, 3), c.stdout + c.stderr
+        info = json.loads(qemu_img("info", "--output=json", top).stdout)
+        if rc == -signal.SIGKILL:
+            assert info.get("backing-filename") == "b.qcow2"
+        qemu_io("-c", "read -P 3 1M 1M", top)
+        subprocess.run([IMGTOOL, "rebase", "-b", "", str(top)], check=True)
+        qemu_io("-c", "write -P 3 1M 1M", base)
+        assert same_content(base, top)
