@@ -176,18 +176,17 @@ int cmd_measure(int argc, char **argv)
         imgtool_report(&err);
         goto out;
     }
-    if (snapshot) {
-        imgtool_error("Failed to load snapshot: internal snapshots are not "
-                      "supported");
-        goto out;
-    }
-
     BlockNode *in = NULL;
     if (filename) {
         in = imgtool_open(filename, a.fmt, a.image_opts,
                           image_args_flags(&a), &err);
         if (!in) {
             imgtool_report(&err);
+            goto out;
+        }
+        if (snapshot && block_snapshot_load_tmp(in, snapshot, &err) < 0) {
+            imgtool_report(&err);
+            block_close(in);
             goto out;
         }
     }

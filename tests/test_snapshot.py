@@ -7,6 +7,7 @@ copy taken when it was made (read back through `qemu-img convert -l`), and
 snapshots made by either tool are applied and deleted by the other.
 """
 import filecmp
+import json
 import random
 import shutil
 import struct
@@ -428,3 +429,24 @@ def test_refcount_limit_refuses_cleanly(tmp):
     imgtool("snapshot", "-a", "s1", img)
     both_checks_clean(img)
     qemu_io("-c", "read -P 0 0 64k", "-c", "read -P 1 1M 64k", img)
+
+
+def test_measure_from_snapshot(tmp):
+    img = tmp / "m.qcow2"
+    mk(img, "8M")
+    qemu_io("-c", "write -P 1 0 1M", img)
+    imgtool("snapshot", "-c", "small", img)
+    qemu_io("-c", "write -P 2 2M 4M", img)
+    for param in ["small", "1", "snapshot.name=small"]:
+        for fmt in ["qcow2", "raw"]:
+            args = ["measure", "--output=json", "-l", param, "-O", fmt, img]
+            assert json.loads(imgtool(*args).stdout) == \
+                json.loads(qemu_img(*args).stdout), (param, fmt)
+    mine = json.loads(imgtool("measure", "--output=json", "-l", "small",
+                              "-O", "qcow2", img).stdout)
+    whole = json.loads(imgtool("measure", "--output=json", "-O", "qcow2",
+                               img).stdout)
+    assert mine["required"] < whole["required"]
+    p = imgtool("measure", "-l", "nope", "-O", "qcow2", img, rc=1)
+    assert p.stderr == ("imgtool: Failed to load snapshot: Can't find "
+                        "snapshot\n")
