@@ -275,3 +275,47 @@ def test_commit_compat(tmp, compat):
         res[tool] = (base, top)
     for a, b in zip(res["q"], res["i"]):
         assert same_content(a, b)
+
+
+@pytest.mark.parametrize("base_opts,top_opts", [
+    ("cluster_size=4k", "cluster_size=64k"),
+    ("cluster_size=2M", "cluster_size=4k"),
+    ("cluster_size=64k", "extended_l2=on,cluster_size=128k"),
+])
+def test_commit_mixed_cluster_sizes(tmp, base_opts, top_opts):
+    res = {}
+    for tool in ("q", "i"):
+        d = tmp / tool
+        d.mkdir()
+        base, top = d / "b.qcow2", d / "t.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", "-o", base_opts, base, "6M")
+        qemu_io(*sum((["-c", c] for c in random_ops(random.Random(40),
+                                                     6 * MiB, 15)), []),
+                base)
+        qemu_img("create", "-q", "-f", "qcow2", "-o", top_opts, "-b",
+                 "b.qcow2", "-F", "qcow2", top, "7M")
+        qemu_io(*sum((["-c", c] for c in random_ops(random.Random(41),
+                                                     7 * MiB, 25)), []),
+                top)
+        before = d / "before.raw"
+        qemu_img("convert", "-O", "raw", top, before)
+        prog = ["qemu-img"] if tool == "q" else [IMGTOOL]
+        subprocess.run(prog + ["commit", "-q", "-t", "none", top],
+                       check=True)
+        assert same_content(before, top, "raw", "qcow2")
+        assert same_content(before, base, "raw", "qcow2")
+        qemu_check_clean(top)
+        qemu_check_clean(base)
+        res[tool] = (base, top)
+    for a, b in zip(res["q"], res["i"]):
+        assert same_content(a, b)
+
+
+def test_commit_image_opts(tmp):
+    paths = build_chain(tmp, [2, 2], 42)
+    before = tmp / "before.raw"
+    qemu_img("convert", "-O", "raw", paths[-1], before)
+    imgtool("commit", "-q", "--image-opts",
+            f"driver=qcow2,file.filename={paths[-1]}")
+    assert same_content(before, paths[0], "raw", "qcow2")
+    assert same_content(before, paths[-1], "raw", "qcow2")

@@ -192,3 +192,16 @@ def test_rebase_killed(tmp):
         subprocess.run([IMGTOOL, "rebase", "-b", "", str(top)], check=True)
         qemu_io("-c", "write -P 3 1M 1M", base)
         assert same_content(base, top)
+
+
+def test_rebase_image_opts_and_caches(tmp):
+    paths = build_chain(tmp, [3, 3, 3], 43)
+    before = tmp / "before.raw"
+    qemu_img("convert", "-O", "raw", paths[-1], before)
+    imgtool("rebase", "-t", "none", "-T", "none", "-b", "l0.qcow2",
+            "-F", "qcow2", "--image-opts",
+            f"driver=qcow2,file.filename={paths[-1]}")
+    assert same_content(before, paths[-1], "raw", "qcow2")
+    assert qemu_img("info", "--output=json", paths[-1]).stdout.count(
+        '"backing-filename": "l0.qcow2"') == 1
+    qemu_check_clean(paths[-1])
