@@ -450,3 +450,20 @@ def test_measure_from_snapshot(tmp):
     p = imgtool("measure", "-l", "nope", "-O", "qcow2", img, rc=1)
     assert p.stderr == ("imgtool: Failed to load snapshot: Can't find "
                         "snapshot\n")
+
+
+def test_external_data_file_refused(tmp):
+    img = tmp / "d.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o",
+             f"data_file={tmp / 'd.raw'}", img, "1M")
+    for op, msg in [("-c", "Could not create snapshot 'a': -95 (Operation "
+                           "not supported)"),
+                    ("-a", "Could not apply snapshot 'a': Failed to load "
+                           "snapshot: Operation not supported"),
+                    ("-d", "Could not delete snapshot 'a': snapshot not "
+                           "found")]:
+        p = imgtool("snapshot", op, "a", img, rc=1)
+        assert p.stderr == f"imgtool: {msg}\n"
+        q = qemu_img("snapshot", op, "a", img, rc=1)
+        assert q.stderr == f"qemu-img: {msg}\n"
+    qemu_check_clean(str(img))

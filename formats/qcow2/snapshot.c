@@ -721,6 +721,10 @@ int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err)
 int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err)
 {
     Qcow2State *s = qcow2_state(n);
+    if (s->has_data_file) {
+        return error_setf(err, ENOTSUP, "Failed to load snapshot: %s",
+                          strerror(ENOTSUP));
+    }
     int ret = check_usable(s, err);
     if (ret < 0) {
         return ret;
