@@ -110,6 +110,7 @@ typedef struct Bench {
     uint64_t seed;
     uint64_t slots;       /* --random: offsets to choose from */
     int pattern;
+    int write_flags;      /* FUA for writethrough/directsync */
 
     atomic_uint_fast64_t next;   /* next request number (no flushes) */
     atomic_int failed;           /* first error, as a negative errno */
@@ -156,7 +157,7 @@ static int bench_request(Bench *b, uint8_t *buf, uint64_t i)
         return -EIO;   /* qemu-img's answer to a request past the end */
     }
     if (b->write) {
-        return block_pwrite(b->node, off, b->bufsize, buf, 0);
+        return block_pwrite(b->node, off, b->bufsize, buf, b->write_flags);
     }
     return block_pread(b->node, off, b->bufsize, buf);
 }
@@ -461,6 +462,12 @@ int cmd_bench(int argc, char **argv)
     if (cache && imgtool_parse_cache(cache, &flags) < 0) {
         imgtool_error("Invalid cache mode");
         return 1;
+    }
+    /* these modes complete a write only once it is on stable storage,
+     * which is what a benchmark of them has to pay for */
+    if (cache && (!strcmp(cache, "writethrough") ||
+                  !strcmp(cache, "directsync"))) {
+        b.write_flags = BLOCK_REQ_FUA;
     }
     if (share) {
         if (b.write) {

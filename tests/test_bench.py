@@ -58,6 +58,8 @@ OPTION_CASES = [
     ["-c", "50", "-t", "writeback"],
     ["-c", "50", "-t", "unsafe", "-w"],
     ["-c", "50", "-t", "directsync"],
+    ["-c", "20", "-w", "-t", "writethrough"],
+    ["-c", "20", "-w", "-t", "directsync"],
     ["-c", "50", "-U"],
     ["-c", "0"],
     ["-c", "5000", "-S", "3M"],     # wraps around the 16 MiB image
