@@ -18,6 +18,8 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,7 +53,43 @@ typedef struct RebaseProgress {
     Progress *p;
     uint64_t base;    /* bytes of the image before the current job */
     uint64_t total;
+    /* The new backing file's twin in the old chain, or NULL; below
+     * `split` (the shortest layer above it) only what the old chain
+     * allocates above it can differ, so nothing else is read. */
+    BlockNode *prefix;
+    uint64_t split;
 } RebaseProgress;
+
+static bool same_image(BlockNode *a, BlockNode *b)
+{
+    char ra[PATH_MAX], rb[PATH_MAX];
+    if (a->drv != b->drv || !realpath(a->filename, ra) ||
+        !realpath(b->filename, rb)) {
+        return false;
+    }
+    return strcmp(ra, rb) == 0;
+}
+
+/* Finds nb in old's chain (as qemu-img does, to read less when rebasing
+ * onto an image further down the same chain). */
+static void find_prefix(BlockNode *old, BlockNode *nb, RebaseProgress *rp)
+{
+    rp->prefix = NULL;
+    rp->split = UINT64_MAX;
+    if (!nb) {
+        return;
+    }
+    for (BlockNode *m = old; m; m = m->backing) {
+        if (same_image(m, nb)) {
+            rp->prefix = m;
+            return;
+        }
+        int64_t ml = block_get_length(m);
+        if (ml >= 0 && (uint64_t)ml < rp->split) {
+            rp->split = (uint64_t)ml;
+        }
+    }
+}
 
 static void rebase_progress(void *opaque, uint64_t done, uint64_t total)
 {
@@ -72,15 +110,26 @@ static int rebase_range(BlockNode *top, BlockNode *old, BlockNode *nb,
         return error_setf(err, EIO, "Could not get the backing file size");
     }
     uint64_t mid = e < (uint64_t)old_len ? e : (uint64_t)old_len;
-    if (s < mid) {
+    /* [s, cut) may skip what the prefix defines; past a shorter layer
+     * above it the old chain reads zeroes that src_base would skip. */
+    uint64_t cut = rp->prefix ? (mid < rp->split ? mid : rp->split) : s;
+    if (cut < s) {
+        cut = s;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t a = pass ? cut : s, b = pass ? mid : cut;
+        if (a >= b) {
+            continue;
+        }
         CopyJob job;
         copy_job_init(&job);
         job.src = &old;
         job.nsrc = 1;
+        job.src_base = pass ? NULL : rp->prefix;
         job.dst = top;
-        job.src_offset = s;
-        job.dst_offset = s;
-        job.length = mid - s;
+        job.src_offset = a;
+        job.dst_offset = a;
+        job.length = b - a;
         if (nb) {
             job.compare_target = true;
             job.no_unmap = true;   /* unmapping would expose nb */
@@ -89,7 +138,7 @@ static int rebase_range(BlockNode *top, BlockNode *old, BlockNode *nb,
         }
         job.progress = rebase_progress;
         job.progress_opaque = rp;
-        rp->base = s;
+        rp->base = a;
         int ret = copy_run(&job, err);
         if (ret < 0) {
             return ret;
@@ -116,6 +165,7 @@ static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
         return error_setf(err, (int)-len, "Could not get the image size");
     }
     RebaseProgress rp = { .p = prog, .total = (uint64_t)len };
+    find_prefix(old, nb, &rp);
     uint64_t off = 0;
     while (off < (uint64_t)len) {
         uint64_t pnum = 0;

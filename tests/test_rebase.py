@@ -7,6 +7,8 @@ qemu-img's result does, check clean, and name the same backing chain.
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -205,3 +207,60 @@ def test_rebase_image_opts_and_caches(tmp):
     assert qemu_img("info", "--output=json", paths[-1]).stdout.count(
         '"backing-filename": "l0.qcow2"') == 1
     qemu_check_clean(paths[-1])
+
+
+@pytest.mark.parametrize("target,sizes", [
+    ("l1.qcow2", [3, 5, 2, 7]),     # shorter layer above the new base
+    ("l2.qcow2", [3, 5, 4, 7]),     # the current backing: nothing moves
+    ("l1.qcow2", [6, 3, 8, 4]),
+])
+def test_rebase_within_chain(tmp, target, sizes):
+    res = rebase_both(tmp, sizes, 50 + len(target),
+                      ["-b", target, "-F", "qcow2"])
+    assert_rebased(res)
+
+
+def bytes_read(argv, tmp):
+    """Bytes the command reads from files (strace), or None without
+    strace."""
+    if not shutil.which("strace"):
+        return None
+    log = tmp / "strace.log"
+    env = dict(os.environ)
+    # LeakSanitizer cannot run under ptrace
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") +
+                           ":detect_leaks=0").lstrip(":")
+    subprocess.run(["strace", "-f", "-qq", "-o", log, "-e",
+                    "trace=pread64,preadv,preadv2,read", *map(str, argv)],
+                   check=True, capture_output=True, env=env)
+    total = 0
+    for line in open(log):
+        m = re.search(r"= (\d+)$", line.strip())
+        if m:
+            total += int(m.group(1))
+    return total
+
+
+def test_rebase_within_chain_reads_less(tmp):
+    """Rebasing onto a layer of the old chain reads only what lies above
+    it (as qemu-img does): a big, fully allocated base is not read."""
+    base = tmp / "l0.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "64M")
+    qemu_io("-c", "write -P 7 0 64M", base)
+    mid = tmp / "l1.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "l0.qcow2", "-F", "qcow2",
+             mid)
+    qemu_io("-c", "write -P 8 1M 1M", mid)
+    top = tmp / "l2.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "l1.qcow2", "-F", "qcow2",
+             top)
+    before = tmp / "before.raw"
+    qemu_img("convert", "-O", "raw", top, before)
+    n = bytes_read([IMGTOOL, "rebase", "-b", "l0.qcow2", "-F", "qcow2", top],
+                   tmp)
+    assert same_content(before, top, "raw", "qcow2")
+    m = json.loads(qemu_img("map", "--output=json", top).stdout)
+    own = [(e["start"], e["length"]) for e in m if e["depth"] == 0]
+    assert own == [(MiB, MiB)]
+    if n is not None:
+        assert n < 16 * MiB, n
