@@ -192,6 +192,15 @@ static int walk_l1_limited(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
         if (!l2off) {
             continue;
         }
+        if (l2off & (s->cluster_size - 1)) {
+            /* A damaged entry: refcounts reached through it cannot be
+             * trusted.  Dropping references skips it (what it pointed
+             * at leaks, which check -r leaks repairs); adding fails. */
+            if (addend < 0) {
+                continue;
+            }
+            return -EIO;
+        }
         ret = qcow2_cache_get(&s->l2_cache, l2off, &t);
         if (ret < 0) {
             return ret;
