@@ -84,6 +84,34 @@ static int empty_one_table(Qcow2State *s, uint64_t l1i)
     return ret;
 }
 
+/* Gives the freed space back like QEMU's emptied images do: the file is
+ * cut after the last cluster still in use.  Runs after the refcounts are
+ * on disk, so only free clusters are cut. */
+static void cut_tail(Qcow2State *s)
+{
+    uint64_t last = s->alloc_end;
+    int ret = 0;
+    while (last > 1) {
+        uint64_t rc;
+        ret = qcow2_get_refcount(s, last - 1, &rc);
+        if (ret < 0 || rc) {
+            break;
+        }
+        last--;
+    }
+    int64_t flen = block_get_length(s->node->file);
+    if (ret >= 0 && flen > 0 && (uint64_t)flen > last << s->cluster_bits) {
+        Error err = { 0 };
+        if (block_truncate(s->node->file, last << s->cluster_bits, true,
+                           PREALLOC_OFF, &err) >= 0) {
+            s->alloc_end = last;
+            if (s->free_cluster_index > last) {
+                s->free_cluster_index = last;
+            }
+        }
+    }
+}
+
 int qcow2_make_empty(BlockNode *n)
 {
     Qcow2State *s = qcow2_state(n);
@@ -98,6 +126,9 @@ int qcow2_make_empty(BlockNode *n)
     }
     if (ret >= 0) {
         ret = qcow2_flush_caches(s);
+    }
+    if (ret >= 0) {
+        cut_tail(s);
     }
     pthread_mutex_unlock(&s->lock);
     return ret < 0 ? ret : 0;
