@@ -115,6 +115,10 @@ enum {
     BLOCK_REQ_MAY_UNMAP   = 1 << 1,  /* write_zeroes may deallocate */
     BLOCK_REQ_NO_FALLBACK = 1 << 2,  /* write_zeroes: fail with -ENOTSUP
                                         rather than writing zero buffers */
+    BLOCK_REQ_COMPRESSED  = 1 << 3,  /* pwrite: store whole clusters
+                                        compressed (drivers with
+                                        supports_compressed only; others
+                                        fail with -ENOTSUP) */
 };
 
 /* block_status flags (non-negative return value of block_status). */
@@ -327,6 +331,7 @@ struct BlockDriver {
     bool is_protocol;      /* leaf node over a host resource */
     bool is_format;
     bool supports_backing;
+    bool supports_compressed;  /* pwrite honours BLOCK_REQ_COMPRESSED */
 
     /* Format probing: score 0..100 for the first bytes of a file. */
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);

@@ -41,6 +41,8 @@ typedef struct Copy {
     const CopyJob *job;
     uint64_t chunk_size;
     uint64_t granule;        /* compare_target granule */
+    uint64_t cluster;        /* target cluster size (compress), else 0 */
+    uint64_t dst_len;        /* target length (compress) */
     int64_t *src_start;      /* cumulative start of each source */
     int64_t *src_len;
     int base_depth;          /* nodes from src[0] down to src_base */
@@ -140,6 +142,26 @@ static int copy_status(Copy *c, int i, uint64_t s_off, uint64_t max)
     return 0;
 }
 
+/* Compression works on whole target clusters: a region that would start
+ * or end inside one becomes data up to the cluster boundary (zeroes are
+ * read and found zero again when written). */
+static void compress_align(Copy *c, uint64_t pos, uint64_t left,
+                           ChunkKind *kind, uint64_t *len, Chunk *ch)
+{
+    uint64_t cl = c->cluster;
+    uint64_t d = c->job->dst_offset + pos;
+    if (*kind != CHUNK_DATA && (d % cl || (*len < cl && *len < left))) {
+        *kind = CHUNK_DATA;
+        ch->known_zero = false;
+    }
+    if (*kind == CHUNK_DATA) {
+        uint64_t e = (d + *len + cl - 1) / cl * cl - d;
+        *len = e < left ? e : left;
+    } else if (*len < left) {
+        *len = (d + *len) / cl * cl - d;
+    }
+}
+
 /* Hands out the next chunk; returns 1 with *ch filled, 0 when the range
  * is exhausted, negative on a status error.  Lock held. */
 static int copy_plan(Copy *c, Chunk *ch)
@@ -185,6 +207,9 @@ static int copy_plan(Copy *c, Chunk *ch)
         /* -S 0: zeroes are written as data so the target is allocated. */
         kind = CHUNK_DATA;
         ch->known_zero = true;
+    }
+    if (job->compress && c->cluster > 1) {
+        compress_align(c, pos, left, &kind, &len, ch);
     }
     if (kind == CHUNK_DATA) {
         /* end on a chunk boundary of the target so writes stay aligned */
@@ -256,6 +281,63 @@ static int copy_write_zero(Copy *c, uint64_t d_off, uint64_t len)
     return block_write_zeroes(job->dst, d_off, len, zero_flags(job));
 }
 
+/* Writes data: whole target clusters compressed when the job compresses
+ * (the driver compresses in this worker's thread), the rest plainly. */
+static int copy_pwrite(Copy *c, uint64_t d_off, uint64_t len,
+                       const uint8_t *buf)
+{
+    const CopyJob *job = c->job;
+    uint64_t cl = c->cluster;
+    if (!job->compress || cl <= 1) {
+        return block_pwrite(job->dst, d_off, len, buf, 0);
+    }
+    while (len > 0) {
+        uint64_t piece = cl - d_off % cl;
+        if (piece > len) {
+            piece = len;
+        }
+        bool whole = d_off % cl == 0 &&
+                     (piece == cl || d_off + piece == c->dst_len);
+        int ret = block_pwrite(job->dst, d_off, piece, buf,
+                               whole ? BLOCK_REQ_COMPRESSED : 0);
+        if (ret < 0) {
+            return ret;
+        }
+        d_off += piece;
+        buf += piece;
+        len -= piece;
+    }
+    return 0;
+}
+
+/* Compressing: each target cluster is either all zero (a zero region,
+ * unless sparse_size is 0) or compressed data. */
+static int copy_write_compressed(Copy *c, uint64_t d_off, const uint8_t *buf,
+                                 uint64_t len)
+{
+    const CopyJob *job = c->job;
+    uint64_t cl = c->cluster;
+    while (len > 0) {
+        uint64_t piece = cl - d_off % cl;
+        if (piece > len) {
+            piece = len;
+        }
+        int ret;
+        if (job->sparse_size && buf_is_zero(buf, piece)) {
+            ret = copy_write_zero(c, d_off, piece);
+        } else {
+            ret = copy_pwrite(c, d_off, piece, buf);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        d_off += piece;
+        buf += piece;
+        len -= piece;
+    }
+    return 0;
+}
+
 /* Writes buf (source data for [d_off, d_off+len)), turning zero runs of
  * at least sparse_size into zero regions. */
 static int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
@@ -263,6 +345,9 @@ static int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
 {
     const CopyJob *job = c->job;
     uint64_t min = job->sparse_size;
+    if (job->compress && c->cluster > 1) {
+        return copy_write_compressed(c, d_off, buf, len);
+    }
     if (min == 0) {
         return block_pwrite(job->dst, d_off, len, buf, 0);
     }
@@ -339,8 +424,7 @@ static int copy_write_diff(Copy *c, uint64_t d_off, const uint8_t *buf,
             ret = block_write_zeroes(job->dst, d_off + start, p - start,
                                      zero_flags(job));
         } else {
-            ret = block_pwrite(job->dst, d_off + start, p - start,
-                               buf + start, 0);
+            ret = copy_pwrite(c, d_off + start, p - start, buf + start);
         }
         if (ret < 0) {
             return ret;
@@ -601,6 +685,11 @@ int copy_run(const CopyJob *job, Error *err)
     if (extra.cluster_size > c.chunk_size &&
         extra.cluster_size <= 64 * COPY_DEFAULT_CHUNK) {
         c.chunk_size = extra.cluster_size;
+    }
+    if (job->compress) {
+        c.cluster = extra.cluster_size;
+        int64_t dl = block_get_length(job->dst);
+        c.dst_len = dl > 0 ? (uint64_t)dl : 0;
     }
     c.granule = extra.cluster_size > 4096 ? extra.cluster_size : 4096;
     if (c.granule > c.chunk_size) {

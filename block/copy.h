@@ -59,6 +59,12 @@ typedef struct CopyJob {
     bool compare_target;     /* write only what differs from the target */
     bool no_unmap;           /* zero writes must stay allocated */
     uint64_t sparse_size;    /* min zero run turned into a hole; 0 = off */
+    /* Store data compressed (BLOCK_REQ_COMPRESSED): work is planned in
+     * whole target clusters, all-zero clusters become zero regions (when
+     * sparse_size != 0), and each worker compresses its own clusters, so
+     * compression runs in parallel.  Pieces that are not whole clusters
+     * (only at odd source boundaries) are written plainly. */
+    bool compress;
 
     int workers;             /* 0: COPY_DEFAULT_WORKERS */
     bool out_of_order;       /* -W: writes may land in any order */

@@ -146,6 +146,9 @@ int block_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
     if (len == 0) {
         return 0;
     }
+    if ((flags & BLOCK_REQ_COMPRESSED) && !n->drv->supports_compressed) {
+        return -ENOTSUP;
+    }
     if (is_aligned(n, off, len, buf)) {
         return drv_pwrite(n, off, len, buf, flags);
     }

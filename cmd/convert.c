@@ -185,10 +185,6 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         imgtool_error("Use of backing file requires explicit backing format");
         return 1;
     }
-    if (o->compress) {
-        imgtool_error("compressed output (-c) is not supported yet");
-        return 1;
-    }
     if (o->bitmaps) {
         imgtool_error("copying bitmaps (--bitmaps) is not supported yet");
         return 1;
@@ -264,6 +260,30 @@ static int create_target(const ConvertOpts *o, const char *out_fmt,
     return 0;
 }
 
+/* The target we create encrypted must be opened with the same secret:
+ * every "*key-secret" creation option (key-secret for luks,
+ * encrypt.key-secret for qcow2) becomes an open option.  Returns whether
+ * there was any. */
+static bool target_secret_opts(const ConvertOpts *o, KVList *out)
+{
+    KVList opts = { 0 };
+    Error err = { 0 };
+    bool any = false;
+    if (o->create_opts && !o->no_create &&
+        kvlist_parse(&opts, o->create_opts, NULL, &err) == 0) {
+        for (size_t i = 0; i < opts.n; i++) {
+            const char *k = opts.items[i].key;
+            size_t kl = strlen(k), sl = strlen("key-secret");
+            if (kl >= sl && !strcmp(k + kl - sl, "key-secret")) {
+                kvlist_set(out, k, opts.items[i].value);
+                any = true;
+            }
+        }
+    }
+    kvlist_free(&opts);
+    return any;
+}
+
 int cmd_convert(int argc, char **argv)
 {
     ConvertOpts o = { .sparse = COPY_DEFAULT_SPARSE,
@@ -273,8 +293,19 @@ int cmd_convert(int argc, char **argv)
         return rc;
     }
     const char *out_fmt = o.out_fmt ? o.out_fmt : "raw";
-    if (!block_find_driver(out_fmt)) {
+    const BlockDriver *out_drv = block_find_driver(out_fmt);
+    if (!out_drv) {
         imgtool_error("Unknown file format '%s'", out_fmt);
+        return 1;
+    }
+    if (o.compress && !out_drv->supports_compressed) {
+        imgtool_error("Compression not supported for this file format");
+        return 1;
+    }
+    if (o.compress && o.create_opts && strstr(o.create_opts, "encrypt")) {
+        /* QEMU cannot write compressed clusters into encrypted images */
+        imgtool_error("Compression and encryption not supported at the "
+                      "same time");
         return 1;
     }
 
@@ -293,6 +324,7 @@ int cmd_convert(int argc, char **argv)
     const char *out = argv[argc - 1];
     BlockNode **src = calloc(nsrc, sizeof(*src));
     BlockNode *dst = NULL;
+    KVList dst_opts = { 0 };
     Progress *prog = NULL;
     Error err = { 0 };
     rc = 1;
@@ -328,8 +360,13 @@ int cmd_convert(int argc, char **argv)
     if (!o.no_create && create_target(&o, out_fmt, out, total)) {
         goto out;
     }
-    dst = imgtool_open(out, o.target_image_opts ? NULL : out_fmt,
-                       o.target_image_opts, dst_flags, &err);
+    if (o.target_image_opts || !target_secret_opts(&o, &dst_opts)) {
+        dst = imgtool_open(out, o.target_image_opts ? NULL : out_fmt,
+                           o.target_image_opts, dst_flags, &err);
+    } else {
+        dst = block_open(out, out_fmt, &dst_opts, dst_flags, &err);
+    }
+    kvlist_free(&dst_opts);
     if (!dst) {
         imgtool_report(&err);
         goto out;
@@ -345,6 +382,16 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
 
+    if (o.compress) {
+        BlockInfoExtra extra;
+        block_get_info_extra(dst, &extra);
+        if (extra.encrypted) {
+            imgtool_error("Compression and encryption not supported at the "
+                          "same time");
+            goto out;
+        }
+    }
+
     CopyJob job;
     copy_job_init(&job);
     job.src = src;
@@ -352,6 +399,7 @@ int cmd_convert(int argc, char **argv)
     job.dst = dst;
     job.length = total;
     job.sparse_size = o.sparse;
+    job.compress = o.compress;
     job.workers = o.workers;
     job.out_of_order = o.out_of_order;
     job.rate_limit = o.rate;

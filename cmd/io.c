@@ -29,7 +29,7 @@ static const char usage_text[] =
 "\n"
 "commands:\n"
 "  read [-P pattern] [-q] offset length\n"
-"  write [-P pattern | -z [-u] | -s file] [-f] [-q] offset length\n"
+"  write [-P pattern | -z [-u] | -s file] [-c] [-f] [-q] offset length\n"
 "  discard [-q] offset length\n"
 "  flush\n"
 "  map\n"
@@ -66,6 +66,7 @@ typedef struct IoOpts {
     bool unmap;
     bool fua;
     bool quiet;
+    bool compress;
     const char *prealloc;
     const char *src_file;
     uint64_t off;
@@ -112,6 +113,8 @@ static int parse_io_args(int argc, char **argv, const char *allowed,
             o->fua = true;
         } else if (f == 'q') {
             o->quiet = true;
+        } else if (f == 'c') {
+            o->compress = true;
         }
     }
     if (argc - i != nnums) {
@@ -127,6 +130,10 @@ static int parse_io_args(int argc, char **argv, const char *allowed,
     }
     if (o->zero + o->have_pattern + !!o->src_file > 1) {
         imgtool_error("io: write: -z, -P and -s are mutually exclusive");
+        return -EINVAL;
+    }
+    if (o->compress && o->zero) {
+        imgtool_error("io: write: -c cannot be combined with -z");
         return -EINVAL;
     }
     if (o->unmap && !o->zero) {
@@ -180,7 +187,7 @@ static int io_read(BlockNode *n, int argc, char **argv)
 static int io_write(BlockNode *n, int argc, char **argv)
 {
     IoOpts o;
-    if (parse_io_args(argc, argv, "Pzufqs", 2, &o) < 0) {
+    if (parse_io_args(argc, argv, "Pzufqsc", 2, &o) < 0) {
         return -EINVAL;
     }
     FILE *src = NULL;
@@ -192,13 +199,18 @@ static int io_write(BlockNode *n, int argc, char **argv)
             return -errno;
         }
     }
-    int flags = o.fua ? BLOCK_REQ_FUA : 0;
+    int flags = (o.fua ? BLOCK_REQ_FUA : 0) |
+                (o.compress ? BLOCK_REQ_COMPRESSED : 0);
     int ret = 0;
     if (o.zero) {
         ret = block_write_zeroes(n, o.off, o.len,
                                  flags | (o.unmap ? BLOCK_REQ_MAY_UNMAP : 0));
     } else {
         size_t chunk = o.len < IO_CHUNK ? (size_t)o.len : IO_CHUNK;
+        if (o.compress) {
+            /* one request: chunks could split a cluster */
+            chunk = (size_t)o.len;
+        }
         uint8_t *buf = malloc(chunk ? chunk : 1);
         if (!buf) {
             if (src) {

@@ -47,8 +47,8 @@ imgtool io -c 'read -P 0xaa 0 1M' -c 'read -P 0x55 1M 1M' -c 'read -P 0xaa 2M 1M
     overlay.qcow2
 
 echo
-echo "== flatten the chain into a standalone image and a raw file"
-imgtool convert -p -O qcow2 overlay.qcow2 flat.qcow2
+echo "== flatten the chain into a standalone compressed image and a raw file"
+imgtool convert -p -c -O qcow2 overlay.qcow2 flat.qcow2
 imgtool convert -O raw overlay.qcow2 overlay.raw
 imgtool compare overlay.qcow2 flat.qcow2
 imgtool compare -F raw flat.qcow2 overlay.raw

@@ -225,7 +225,7 @@ def test_convert_progress_bar(tmp):
     (["-m", "0"], "Invalid number of coroutines"),
     (["-m", "17"], "Invalid number of coroutines"),
     (["-S", "1000"], "Invalid buffer size for sparse output"),
-    (["-c"], "not supported yet"),
+    (["-c"], "Compression not supported for this file format"),
     (["-l", "snap"],
      "does not support temporarily loading internal snapshots"),
     (["--target-is-zero"], "--target-is-zero requires use of -n flag"),

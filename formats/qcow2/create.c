@@ -71,6 +71,7 @@ typedef struct CreateParams {
     const char *backing_file;
     const char *backing_fmt;
     const char *data_file;
+    bool encrypt_luks;
 } CreateParams;
 
 static int parse_params(KVList *opts, CreateParams *p, Error *err)
@@ -139,8 +140,14 @@ static int parse_params(KVList *opts, CreateParams *p, Error *err)
     for (size_t i = 0; i < sizeof(enc_keys) / sizeof(enc_keys[0]); i++) {
         kvlist_get(opts, enc_keys[i]);
     }
-    if (enc || (ef && *ef)) {
-        return error_setf(err, ENOTSUP, "encrypted qcow2 images are not "
+    if (ef && !strcmp(ef, "luks") && !enc) {
+        p->encrypt_luks = true;
+        ret = qcow2_crypto_check_opts(opts, err);
+        if (ret < 0) {
+            return ret;
+        }
+    } else if (enc || (ef && *ef)) {
+        return error_setf(err, ENOTSUP, "qcow2 AES encryption is not "
                           "supported");
     }
     v = kvlist_get(opts, "compression_type");
@@ -352,6 +359,13 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
                               BLOCK_O_RDWR | BLOCK_O_NO_BACKING, err);
     if (!n) {
         return -(err && err->code ? err->code : EIO);
+    }
+    if (p.encrypt_luks) {
+        ret = qcow2_crypto_create(n, opts, err);
+        if (ret < 0) {
+            block_close(n);
+            return ret;
+        }
     }
     PreallocMode pm = p.prealloc;
     if (p.data_file_raw && pm == PREALLOC_OFF) {

@@ -392,9 +392,9 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     if (unknown) {
         return report_unknown_incompat(s, unknown, err);
     }
-    if (s->crypt_method != QCOW2_CRYPT_NONE) {
-        return error_setf(err, ENOTSUP,
-                          "encrypted qcow2 images are not supported");
+    if (s->crypt_method > QCOW2_CRYPT_LUKS) {
+        return error_setf(err, ENOTSUP, "Unsupported encryption method %u",
+                          s->crypt_method);
     }
     if (s->incompatible_features & QCOW2_INCOMPAT_COMPRESSION) {
         if (s->header_length <= QCOW2_HDR_COMPRESSION_TYPE ||

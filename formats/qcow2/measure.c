@@ -85,6 +85,7 @@ typedef struct MeasureOpts {
     bool v3;
     bool has_backing;
     PreallocMode prealloc;
+    uint64_t crypto_header;   /* LUKS header bytes (encrypt.format=luks) */
 } MeasureOpts;
 
 static int parse_opts(KVList *opts, MeasureOpts *mo, Error *err)
@@ -154,7 +155,13 @@ static int parse_opts(KVList *opts, MeasureOpts *mo, Error *err)
     mo->has_backing = s && *s;
 
     s = kvlist_get(opts, "encrypt.format");
-    if (s && *s) {
+    mo->crypto_header = 0;
+    if (s && !strcmp(s, "luks")) {
+        int ret = qcow2_crypto_header_size(opts, &mo->crypto_header, err);
+        if (ret < 0) {
+            return ret;
+        }
+    } else if (s && *s) {
         return error_setf(err, ENOTSUP,
                           "measuring encrypted qcow2 targets is not supported");
     }
@@ -332,6 +339,9 @@ int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
                                             mo.refcount_order,
                                             mo.extended_l2);
     out->required = out->fully_allocated - virtual_size + required;
+    /* The LUKS header takes whole clusters of its own. */
+    out->fully_allocated += qcow2_align_up(mo.crypto_header, mo.cluster_size);
+    out->required += qcow2_align_up(mo.crypto_header, mo.cluster_size);
 
     /* Bitmaps can be carried over only from a v3 qcow2 input into a v3
      * target. */

@@ -75,6 +75,7 @@ static int qcow2_flush(BlockNode *n)
 
 static void free_state(Qcow2State *s)
 {
+    qcow2_crypto_close(s);
     qcow2_cache_destroy(&s->l2_cache);
     qcow2_cache_destroy(&s->refcount_cache);
     free(s->l1_table);
@@ -216,6 +217,12 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
     ret = qcow2_read_header(s, err);
     if (ret < 0) {
         goto fail;
+    }
+    if (s->crypt_method != QCOW2_CRYPT_NONE) {
+        ret = qcow2_crypto_open(s, opts, flags, err);
+        if (ret < 0) {
+            goto fail;
+        }
     }
     if (!n->read_only && (s->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
         && !(flags & BLOCK_O_CHECK)) {
@@ -399,6 +406,9 @@ static json_t *qcow2_get_format_info(BlockNode *n)
         json_object_set_new(d, "compression-type", json_string("zlib"));
         json_object_set_new(d, "refcount-bits",
                             json_integer(s->refcount_bits));
+        if (s->crypto || s->aes) {
+            json_object_set_new(d, "encrypt", qcow2_crypto_info(s));
+        }
     } else {
         json_object_set_new(d, "compat", json_string("1.1"));
         json_object_set_new(d, "compression-type",
@@ -420,6 +430,9 @@ static json_t *qcow2_get_format_info(BlockNode *n)
             }
             json_object_set_new(d, "data-file-raw",
                                 json_boolean(s->data_file_raw));
+        }
+        if (s->crypto || s->aes) {
+            json_object_set_new(d, "encrypt", qcow2_crypto_info(s));
         }
         json_object_set_new(d, "corrupt", json_boolean(
             s->incompatible_features & QCOW2_INCOMPAT_CORRUPT));
@@ -483,6 +496,7 @@ const BlockDriver qcow2_driver = {
     .instance_size = sizeof(Qcow2State),
     .is_format = true,
     .supports_backing = true,
+    .supports_compressed = true,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,

@@ -23,6 +23,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "block/block.h"
 
@@ -278,6 +279,19 @@ struct Qcow2State {
     /* Guest data written into newly allocated clusters since the last
      * flush: it must be on disk before an L2 table pointing at it. */
     bool data_unflushed;
+    /* Host byte where the next compressed cluster may be packed (inside
+     * the last cluster allocated for compressed data); 0 = none. */
+    uint64_t compressed_next;
+    /* encrypt.format=luks (crypto.c): the unlocked volume (NULL when not
+     * encrypted; opened without a key for header-only opens) and where
+     * its header lives. */
+    struct LuksVolume *crypto;
+    uint64_t crypto_offset, crypto_length;
+    /* Legacy encrypt.format=aes (read-only): AES-128-CBC, plain64 IVs
+     * from the guest offset, key = the passphrase's first 16 bytes. */
+    bool aes;
+    bool aes_keyed;
+    uint8_t aes_key[16];
 };
 
 static inline Qcow2State *qcow2_state(BlockNode *n)
@@ -509,6 +523,10 @@ int qcow2_flush_caches(Qcow2State *s);
 /* Decompresses one cluster from src/src_len into dst (cluster_size). */
 int qcow2_decompress(const Qcow2State *s, const uint8_t *src, size_t src_len,
                      uint8_t *dst);
+/* Compresses one cluster (cluster_size bytes at src) into dst; returns the
+ * compressed length, -ENOSPC when it does not fit in dst_len bytes. */
+ssize_t qcow2_compress(const Qcow2State *s, const uint8_t *src, uint8_t *dst,
+                       size_t dst_len);
 
 /* ------------------------------------------------------------------ */
 /* Internal snapshots (snapshot.c); called without s->lock             */
@@ -519,6 +537,37 @@ int qcow2_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err);
 int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count);
 int qcow2_snapshot_load_tmp(BlockNode *n, const char *id, const char *name,
                             Error *err);
+
+/* ------------------------------------------------------------------ */
+/* LUKS encryption (crypto.c)                                          */
+
+/* Opens the LUKS volume named by the crypto header extension with the
+ * passphrase of opts' encrypt.key-secret. */
+int qcow2_crypto_open(Qcow2State *s, KVList *opts, int flags, Error *err);
+void qcow2_crypto_close(Qcow2State *s);
+/* Create: the encrypt.* options can make a volume and the secret exists
+ * (checked before anything is written). */
+int qcow2_crypto_check_opts(KVList *opts, Error *err);
+/* Measure: bytes of the LUKS header the encrypt.* options make (needs
+ * the secret, as qemu-img does). */
+int qcow2_crypto_header_size(KVList *opts, uint64_t *len, Error *err);
+/* Create: allocates and writes a LUKS header (opts' encrypt.*) into the
+ * freshly created, still empty image n and marks it encrypted. */
+int qcow2_crypto_create(BlockNode *n, KVList *opts, Error *err);
+/* Whether data clusters need decrypting (LUKS or legacy AES). */
+static inline bool qcow2_encrypted(const Qcow2State *s)
+{
+    return s->crypto || s->aes;
+}
+/* Decrypts len bytes (whole sectors) of guest offset `guest` read from
+ * host offset `host`. */
+int qcow2_crypto_decrypt(Qcow2State *s, uint64_t host, uint64_t guest,
+                         void *buf, size_t len);
+/* Encrypts a copy of buf and writes it at host offset `host`. */
+int qcow2_crypto_write(Qcow2State *s, uint64_t host, const void *buf,
+                       size_t len);
+/* The "encrypt" object of the format-specific info. */
+json_t *qcow2_crypto_info(Qcow2State *s);
 
 /* ------------------------------------------------------------------ */
 /* Provided by check.c / measure.c                                     */

@@ -237,6 +237,12 @@ static int update_one(Qcow2State *s, uint64_t ci, int64_t delta,
         qcow2_cache_put(&s->refcount_cache, &block);
         return -ERANGE;
     }
+    if (nrc == 0 && s->compressed_next &&
+        (s->compressed_next >> s->cluster_bits) == ci) {
+        /* The cluster compressed data was being packed into is free
+         * again: it may be reused for anything, so stop packing there. */
+        s->compressed_next = 0;
+    }
     qcow2_refblock_set(s, block, idx, nrc);
     qcow2_cache_mark_dirty(&s->refcount_cache, block);
     qcow2_cache_put(&s->refcount_cache, &block);

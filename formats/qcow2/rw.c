@@ -220,6 +220,9 @@ int qcow2_pread(BlockNode *n, uint64_t off, size_t len, void *vbuf)
             break;
         case QCOW2_SUBCLUSTER_DATA:
             ret = block_pread(qcow2_data_node(s), x.host, chunk, buf);
+            if (ret >= 0 && qcow2_encrypted(s)) {
+                ret = qcow2_crypto_decrypt(s, x.host, off, buf, chunk);
+            }
             break;
         case QCOW2_SUBCLUSTER_COMPRESSED:
             ret = read_compressed(s, &x.entry, off & (s->cluster_size - 1),
@@ -342,7 +345,8 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
     BlockNode *dn = qcow2_data_node(s);
     int ret = 0;
 
-    if (hlen + dlen + tlen <= 4 * s->cluster_size && (hlen || tlen)) {
+    if (s->crypto || (hlen + dlen + tlen <= 4 * s->cluster_size &&
+                      (hlen || tlen))) {
         uint8_t *b = malloc(hlen + dlen + tlen);
         if (!b) {
             return -ENOMEM;
@@ -354,7 +358,12 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
         if (tlen) {
             memcpy(b + hlen + dlen, tail, tlen);
         }
-        ret = block_pwrite(dn, host, hlen + dlen + tlen, b, 0);
+        if (s->crypto) {
+            /* one buffer: the cipher needs whole sectors */
+            ret = qcow2_crypto_write(s, host, b, hlen + dlen + tlen);
+        } else {
+            ret = block_pwrite(dn, host, hlen + dlen + tlen, b, 0);
+        }
         free(b);
         return ret < 0 ? ret : 0;
     }
@@ -454,7 +463,11 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         }
         qcow2_cache_put(&s->l2_cache, &t);
         pthread_mutex_unlock(&s->lock);
-        ret = block_pwrite(qcow2_data_node(s), host, pos - off, buf, 0);
+        if (s->crypto) {
+            ret = qcow2_crypto_write(s, host, buf, pos - off);
+        } else {
+            ret = block_pwrite(qcow2_data_node(s), host, pos - off, buf, 0);
+        }
         pthread_mutex_lock(&s->lock);
         return ret < 0 ? ret : (int64_t)(pos - off);
     }
@@ -611,12 +624,175 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     return ret < 0 ? ret : (int64_t)(run_end - off);
 }
 
+/* ------------------------------------------------------------------ */
+/* Compressed writes                                                   */
+
+int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
+                 int flags);
+
+/* Host bytes for clen bytes of compressed data, packed after the previous
+ * compressed cluster when its host cluster has room (as QEMU packs them);
+ * the span in whole sectors never crosses a host cluster, so each host
+ * cluster it touches is the one it holds a reference to.  Needs s->lock. */
+static int64_t alloc_compressed_bytes(Qcow2State *s, uint64_t clen)
+{
+    uint64_t cs = s->cluster_size;
+    uint64_t coff = s->compressed_next;
+
+    if (coff && (coff & (cs - 1)) &&
+        (qcow2_align_up(coff + clen, 512) - 1) / cs == coff / cs) {
+        int ret = qcow2_update_refcount(s, coff & ~(cs - 1), 1, 1);
+        if (ret == 0) {
+            s->compressed_next = coff + clen;
+            return (int64_t)coff;
+        }
+        if (ret != -ERANGE) {
+            return ret;
+        }
+        /* refcount_max references already: start a fresh cluster */
+    }
+    int64_t h = qcow2_alloc_clusters(s, 1);
+    if (h < 0) {
+        return h;
+    }
+    s->compressed_next = (uint64_t)h + clen;
+    return h;
+}
+
+/* Stores the guest cluster at cstart (data: cluster_size bytes, zero
+ * padded past the image end) compressed, or plainly when it does not
+ * compress.  Compression runs without s->lock, in the calling thread;
+ * only the allocation and the L2 update hold it. */
+static int write_compressed_cluster(BlockNode *n, uint64_t cstart,
+                                    const uint8_t *data)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    uint64_t valid = s->size - cstart < cs ? s->size - cstart : cs;
+    uint8_t *out = malloc(cs);
+    int ret;
+
+    if (!out) {
+        return -ENOMEM;
+    }
+    /* Stored compressed only when it saves space (QEMU's rule). */
+    ssize_t clen = qcow2_compress(s, data, out, cs - 1);
+    if (clen == -ENOSPC) {
+        free(out);
+        return qcow2_pwrite(n, cstart, valid, data, 0);
+    }
+    if (clen < 0) {
+        free(out);
+        return (int)clen;
+    }
+
+    pthread_mutex_lock(&s->lock);
+    if (s->read_only) {
+        ret = -EACCES;
+        goto out_unlock;
+    }
+    wait_inflight(s, cstart, cstart + cs);
+    uint8_t *t;
+    uint64_t idx;
+    ret = mark_dirty(s);
+    if (ret >= 0) {
+        /* The L2 table before the data, as for plain writes. */
+        ret = qcow2_get_l2_table(s, cstart, true, &t, &idx);
+    }
+    if (ret < 0) {
+        goto out_unlock;
+    }
+    qcow2_cache_put(&s->l2_cache, &t);
+    int64_t coff = alloc_compressed_bytes(s, (uint64_t)clen);
+    if (coff < 0) {
+        ret = (int)coff;
+        goto out_unlock;
+    }
+    Qcow2InFlight f;
+    inflight_add(s, &f, cstart, cstart + cs);
+    pthread_mutex_unlock(&s->lock);
+
+    ret = block_pwrite(s->node->file, (uint64_t)coff, (size_t)clen, out, 0);
+
+    pthread_mutex_lock(&s->lock);
+    if (ret >= 0) {
+        ret = qcow2_get_l2_table(s, cstart, true, &t, &idx);
+    }
+    if (ret < 0) {
+        qcow2_update_refcount(s, (uint64_t)coff & ~(cs - 1), 1, -1);
+        inflight_remove(s, &f);
+        goto out_unlock;
+    }
+    Qcow2L2Entry old;
+    entry_in_table(s, t, idx, &old);
+    uint64_t extra = ((uint64_t)coff + (uint64_t)clen - 1) / 512 -
+                     (uint64_t)coff / 512;
+    qcow2_l2_set(s, t, idx, QCOW2_OFLAG_COMPRESSED |
+                 (extra << s->csize_shift) | (uint64_t)coff, 0);
+    ret = free_old_host(s, &old);
+    qcow2_cache_mark_dirty(&s->l2_cache, t);
+    qcow2_cache_put(&s->l2_cache, &t);
+    s->data_unflushed = true;
+    inflight_remove(s, &f);
+out_unlock:
+    pthread_mutex_unlock(&s->lock);
+    free(out);
+    return ret < 0 ? ret : 0;
+}
+
+/* BLOCK_REQ_COMPRESSED: whole clusters only (the last one may end at the
+ * end of the image), like QEMU. */
+static int qcow2_pwrite_compressed(BlockNode *n, uint64_t off, size_t len,
+                                   const uint8_t *buf)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    uint8_t *pad = NULL;
+    int ret = 0;
+
+    if (s->has_data_file || s->crypt_method != QCOW2_CRYPT_NONE) {
+        return -ENOTSUP;
+    }
+    if (s->read_only) {
+        return -EACCES;
+    }
+    if ((off & (cs - 1)) || ((len & (cs - 1)) && off + len != s->size)) {
+        return -EINVAL;
+    }
+    while (len > 0 && ret >= 0) {
+        const uint8_t *data = buf;
+        size_t now = len < cs ? len : cs;
+        if (now < cs) {
+            pad = calloc(1, cs);
+            if (!pad) {
+                return -ENOMEM;
+            }
+            memcpy(pad, buf, now);
+            data = pad;
+        }
+        ret = write_compressed_cluster(n, off, data);
+        off += now;
+        buf += now;
+        len -= now;
+    }
+    free(pad);
+    return ret;
+}
+
 int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
                  int flags)
 {
     Qcow2State *s = qcow2_state(n);
     const uint8_t *buf = vbuf;
     int ret = 0;
+
+    if (flags & BLOCK_REQ_COMPRESSED) {
+        ret = qcow2_pwrite_compressed(n, off, len, buf);
+        if (ret == 0 && (flags & BLOCK_REQ_FUA)) {
+            ret = block_flush(n);
+        }
+        return ret;
+    }
 
     pthread_mutex_lock(&s->lock);
     while (len > 0) {
@@ -1080,7 +1256,8 @@ int qcow2_block_status(BlockNode *n, uint64_t off, uint64_t len,
             pthread_mutex_unlock(&s->lock);
             return -EIO;
         }
-        if (x.has_host) {
+        if (x.has_host && !qcow2_encrypted(s)) {
+            /* encrypted data is no use to a reader of the host file */
             f |= BLOCK_STATUS_OFFSET_VALID;
         }
         if (flags < 0) {
