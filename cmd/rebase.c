@@ -30,13 +30,14 @@
 
 static const char rebase_usage[] =
     "usage: imgtool rebase [--object objectdef] [--image-opts] [-U] [-q]\n"
-    "                      [-f fmt] [-t cache] [-T src_cache] [-p] [-u]\n"
+    "                      [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-c]\n"
     "                      -b backing_file [-F backing_fmt] filename\n"
     "\n"
     "  -b file       the new backing file (relative names are relative to\n"
     "                the image's directory); \"\" removes the backing file\n"
     "  -F fmt        format of the new backing file\n"
     "  -u            unsafe: change the header only, copy nothing\n"
+    "  -c            store the clusters written compressed\n"
     "  -t cache      cache mode of the image; -T: of the backing files\n"
     "  -U            open the backing files without conflicting locks\n"
     "  -p            show progress; -q: quiet\n";
@@ -58,6 +59,7 @@ typedef struct RebaseProgress {
      * allocates above it can differ, so nothing else is read. */
     BlockNode *prefix;
     uint64_t split;
+    bool compress;    /* -c: clusters written are stored compressed */
 } RebaseProgress;
 
 static bool same_image(BlockNode *a, BlockNode *b)
@@ -136,6 +138,7 @@ static int rebase_range(BlockNode *top, BlockNode *old, BlockNode *nb,
         } else {
             job.dst_is_zero = true;
         }
+        job.compress = rp->compress;
         job.progress = rebase_progress;
         job.progress_opaque = rp;
         rp->base = a;
@@ -158,7 +161,7 @@ static int rebase_range(BlockNode *top, BlockNode *old, BlockNode *nb,
 }
 
 static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
-                       Progress *prog, Error *err)
+                       bool compress, Progress *prog, Error *err)
 {
     int64_t len = block_get_length(top);
     if (len < 0) {
@@ -166,6 +169,7 @@ static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
     }
     RebaseProgress rp = { .p = prog, .total = (uint64_t)len };
     find_prefix(old, nb, &rp);
+    rp.compress = compress;
     uint64_t off = 0;
     while (off < (uint64_t)len) {
         uint64_t pnum = 0;
@@ -252,10 +256,6 @@ int cmd_rebase(int argc, char **argv)
     if (image_args_check(&a) < 0) {
         return 1;
     }
-    if (compress) {
-        imgtool_error("rebase: -c (compressed writes) is not supported yet");
-        return 1;
-    }
     if (!backing) {
         backing = "";
     }
@@ -291,6 +291,10 @@ int cmd_rebase(int argc, char **argv)
         imgtool_report(&err);
         return 1;
     }
+    if (compress && !unsafe && !top->drv->supports_compressed) {
+        imgtool_error("Compression not supported for this file format");
+        goto out;
+    }
     if (*backing && !top->drv->supports_backing) {
         imgtool_error("Could not change the backing file to '%s': Operation "
                       "not supported", backing);
@@ -314,7 +318,7 @@ int cmd_rebase(int argc, char **argv)
         old = top->backing;
         top->backing = nb;
         prog = progress_start(show_progress);
-        int ret = rebase_data(top, old, nb, prog, &err);
+        int ret = rebase_data(top, old, nb, compress, prog, &err);
         if (ret < 0) {
             top->backing = old;
             old = NULL;
