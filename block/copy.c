@@ -126,9 +126,12 @@ static int copy_status(Copy *c, int i, uint64_t s_off, uint64_t max)
     if (pnum > max) {
         pnum = max;
     }
-    if (job->src_base && (!(st & BLOCK_STATUS_ALLOCATED) ||
-                          depth >= c->base_depth)) {
-        /* defined by src_base or below: the target has it already */
+    if (job->src_base &&
+        (!(st & (BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_ZERO)) ||
+         depth >= c->base_depth)) {
+        /* Defined by src_base or below: the target has it already.  A
+         * region that reads as zero above the base (past the end of a
+         * shorter middle layer) is not, and is written as zeroes. */
         c->st_kind = CHUNK_SKIP;
     } else if (st & BLOCK_STATUS_ZERO) {
         c->st_kind = CHUNK_ZERO;

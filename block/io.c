@@ -316,5 +316,21 @@ int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         return error_setf(err, ENOTSUP, "Image format '%s' does not support "
                           "resizing", n->drv->name);
     }
-    return n->drv->truncate(n, size, exact, pm, err);
+    int64_t old = block_get_length(n);
+    int ret = n->drv->truncate(n, size, exact, pm, err);
+    if (ret < 0 || old < 0 || !n->backing || size <= (uint64_t)old) {
+        return ret;
+    }
+    /* The grown area must read as zeroes, not as whatever a longer
+     * backing file holds there (QEMU zeroes it the same way). */
+    int64_t blen = block_get_length(n->backing);
+    if (blen > old) {
+        uint64_t end = (uint64_t)blen < size ? (uint64_t)blen : size;
+        ret = block_write_zeroes(n, (uint64_t)old, end - (uint64_t)old, 0);
+        if (ret < 0) {
+            return error_setf(err, -ret, "Could not zero the new area of "
+                              "'%s': %s", n->filename, strerror(-ret));
+        }
+    }
+    return 0;
 }

@@ -3,7 +3,7 @@ the backing format is honoured, loops and chains deeper than 64 are
 refused with one clear line."""
 import os
 
-from conftest import imgtool, qemu_img, qemu_io, run
+from conftest import imgtool, qemu_img, qemu_io, run, same_content
 
 
 def test_relative_backing_resolved_against_overlay_dir(tmp):
@@ -81,3 +81,35 @@ def test_missing_backing_file(tmp):
     assert p.returncode == 1
     assert "gone.qcow2" in p.stderr and "No such file" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_resize_overlay_grown_area_reads_zero(tmp):
+    """Growing an overlay over a longer backing file must not expose the
+    backing file's bytes in the new area (as qemu-img resize)."""
+    base, top, ref = tmp / "b.qcow2", tmp / "t.qcow2", tmp / "ref.qcow2"
+    qemu_img("create", "-f", "qcow2", base, "4M")
+    qemu_io("-c", "write -P 7 0 4M", base)
+    qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", top, "2M")
+    run(["cp", top, ref])
+    imgtool("resize", top, "4M")
+    qemu_img("resize", ref, "4M")
+    imgtool("io", "-r", "-c", "read -P 7 0 2M", "-c", "read -P 0 2M 2M", top)
+    assert qemu_img("compare", top, ref).returncode == 0
+    qemu_img("check", top)
+
+
+def test_convert_B_over_short_middle_layer(tmp):
+    """convert -B base of a chain whose middle layer is shorter than the
+    base: the part past the middle layer's end reads as zero in the
+    source and must be written as zeroes, not left to the base."""
+    base, mid, top = tmp / "b.qcow2", tmp / "m.qcow2", tmp / "t.qcow2"
+    out = tmp / "out.qcow2"
+    qemu_img("create", "-f", "qcow2", base, "4M")
+    qemu_io("-c", "write -P 0x11 0 4M", base)
+    qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", mid, "2M")
+    qemu_img("create", "-f", "qcow2", "-b", mid, "-F", "qcow2", top, "4M")
+    qemu_io("-c", "write -P 0x22 0 64k", top)
+    imgtool("convert", "-O", "qcow2", "-B", base, "-F", "qcow2", top, out)
+    imgtool("io", "-r", "-c", "read -P 0x22 0 64k",
+            "-c", "read -P 0x11 64k 1984k", "-c", "read -P 0 2M 2M", out)
+    assert same_content(top, out)
