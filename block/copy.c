@@ -590,6 +590,10 @@ static void *copy_worker(void *opaque)
     Worker *w = opaque;
     Copy *c = w->c;
     const CopyJob *job = c->job;
+    /* Compression runs inside the target's write: waiting for our turn
+     * around it would compress one chunk at a time.  Compressed clusters
+     * are packed wherever they land, so their order buys no layout. */
+    bool in_order = !job->out_of_order && !job->compress;
 
     pthread_mutex_lock(&c->lock);
     while (!c->ret) {
@@ -609,7 +613,7 @@ static void *copy_worker(void *opaque)
             pthread_mutex_lock(&c->lock);
             break;
         }
-        if (!job->out_of_order) {
+        if (in_order) {
             pthread_mutex_lock(&c->lock);
             while (!c->ret && c->write_seq != ch.seq) {
                 pthread_cond_wait(&c->turn, &c->lock);
@@ -628,7 +632,7 @@ static void *copy_worker(void *opaque)
         }
 
         pthread_mutex_lock(&c->lock);
-        if (!job->out_of_order) {
+        if (in_order) {
             c->write_seq++;
             pthread_cond_broadcast(&c->turn);
         }
