@@ -162,12 +162,9 @@ int cmd_check(int argc, char **argv)
             cache = optarg;
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r < 0) {
-                return 1;
-            }
-            if (r == 0) {
-                return usage_bad_option("check", argv, c);
+            r = image_args_option(&a, c, optarg, "check", argv);
+            if (r) {
+                return r;
             }
         }
     }

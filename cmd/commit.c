@@ -126,12 +126,9 @@ int cmd_commit(int argc, char **argv)
             show_progress = true;
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r < 0) {
-                return 1;
-            }
-            if (r == 0) {
-                return usage_bad_option("commit", argv, c);
+            r = image_args_option(&a, c, optarg, "commit", argv);
+            if (r) {
+                return r;
             }
         }
     }

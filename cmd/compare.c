@@ -248,9 +248,9 @@ int cmd_compare(int argc, char **argv)
         case 'p': progress = true; break;
         case 's': c.strict = true; break;
         default:
-            r = image_args_parse(&a, opt, optarg);
-            if (r <= 0) {
-                return r < 0 ? 1 : usage_bad_option("compare", argv, opt);
+            r = image_args_option(&a, opt, optarg, "compare", argv);
+            if (r) {
+                return r;
             }
         }
     }

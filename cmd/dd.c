@@ -108,9 +108,9 @@ int cmd_dd(int argc, char **argv)
             return 0;
         case 'O': out_fmt = optarg; break;
         default:
-            r = image_args_parse(&ia, c, optarg);
-            if (r <= 0) {
-                return r < 0 ? 1 : usage_bad_option("dd", argv, c);
+            r = image_args_option(&ia, c, optarg, "dd", argv);
+            if (r) {
+                return r;
             }
         }
     }

@@ -112,12 +112,9 @@ int cmd_info(int argc, char **argv)
             chain = true;
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r < 0) {
-                return 1;
-            }
-            if (r == 0) {
-                return usage_bad_option("info", argv, c);
+            r = image_args_option(&a, c, optarg, "info", argv);
+            if (r) {
+                return r;
             }
         }
     }

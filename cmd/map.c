@@ -219,12 +219,9 @@ int cmd_map(int argc, char **argv)
             }
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r < 0) {
-                return 1;
-            }
-            if (r == 0) {
-                return usage_bad_option("map", argv, c);
+            r = image_args_option(&a, c, optarg, "map", argv);
+            if (r) {
+                return r;
             }
         }
     }

@@ -117,10 +117,10 @@ int cmd_measure(int argc, char **argv)
             size_arg = optarg;
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r <= 0) {
+            r = image_args_option(&a, c, optarg, "measure", argv);
+            if (r) {
                 kvlist_free(&opts);
-                return r < 0 ? 1 : usage_bad_option("measure", argv, c);
+                return r;
             }
         }
     }

@@ -237,12 +237,9 @@ int cmd_rebase(int argc, char **argv)
             compress = true;
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r < 0) {
-                return 1;
-            }
-            if (r == 0) {
-                return usage_bad_option("rebase", argv, c);
+            r = image_args_option(&a, c, optarg, "rebase", argv);
+            if (r) {
+                return r;
             }
         }
     }

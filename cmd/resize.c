@@ -71,9 +71,9 @@ int cmd_resize(int argc, char **argv)
             shrink = true;
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r <= 0) {
-                return r < 0 ? 1 : usage_bad_option("resize", argv, c);
+            r = image_args_option(&a, c, optarg, "resize", argv);
+            if (r) {
+                return r;
             }
         }
     }

@@ -70,12 +70,9 @@ int cmd_snapshot(int argc, char **argv)
             name = c == 'l' ? NULL : optarg;
             break;
         default:
-            r = image_args_parse(&a, c, optarg);
-            if (r < 0) {
-                return 1;
-            }
-            if (r == 0) {
-                return usage_bad_option("snapshot", argv, c);
+            r = image_args_option(&a, c, optarg, "snapshot", argv);
+            if (r) {
+                return r;
             }
         }
     }

@@ -45,6 +45,12 @@ enum {
  * option; -1: a bad value, already reported (exit with 1). */
 int image_args_parse(ImageArgs *a, int c, char *arg);
 
+/* For a command's `default:` case: records a shared option and returns
+ * 0, or reports a bad value or an unknown option (with the hint to run
+ * `imgtool CMD --help`) and returns the exit code, 1. */
+int image_args_option(ImageArgs *a, int c, char *arg, const char *cmd,
+                      char **argv);
+
 /* Refuses combinations no command accepts (--image-opts with -f);
  * returns 0, or -1 after reporting. */
 int image_args_check(const ImageArgs *a);
