@@ -94,7 +94,10 @@ void qcow2_l2_set(const Qcow2State *s, uint8_t *table, uint64_t idx,
     }
 }
 
-int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n)
+/* Writes entries [first, first + n) of an in-memory table of big-endian
+ * 64-bit entries (L1, refcount table) that lives at table_offset. */
+int qcow2_write_table64(Qcow2State *s, const uint64_t *table,
+                        uint64_t table_offset, uint64_t first, uint64_t n)
 {
     uint8_t *buf;
     int ret;
@@ -107,12 +110,17 @@ int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n)
         return -ENOMEM;
     }
     for (uint64_t i = 0; i < n; i++) {
-        qcow2_put_be64(buf + 8 * i, s->l1_table[first + i]);
+        qcow2_put_be64(buf + 8 * i, table[first + i]);
     }
-    ret = block_pwrite(s->node->file, s->l1_table_offset + first * 8, n * 8,
-                       buf, 0);
+    ret = block_pwrite(s->node->file, table_offset + first * 8, n * 8, buf,
+                       0);
     free(buf);
     return ret < 0 ? ret : 0;
+}
+
+int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n)
+{
+    return qcow2_write_table64(s, s->l1_table, s->l1_table_offset, first, n);
 }
 
 int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,

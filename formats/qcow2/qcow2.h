@@ -485,6 +485,8 @@ int qcow2_get_l2_entry(Qcow2State *s, uint64_t guest_offset,
 int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
                        uint8_t **table, uint64_t *index);
 /* Writes L1 entries [first, first + n) from s->l1_table to disk. */
+int qcow2_write_table64(Qcow2State *s, const uint64_t *table,
+                        uint64_t table_offset, uint64_t first, uint64_t n);
 int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n);
 /* Reads an L1 table (active or snapshot) of l1_size entries at offset into
  * a malloc'd host-order array. */

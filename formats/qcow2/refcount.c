@@ -107,23 +107,8 @@ int qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index,
 
 int qcow2_write_reftable(Qcow2State *s, uint64_t first, uint64_t n)
 {
-    uint8_t *buf;
-    int ret;
-
-    if (n == 0) {
-        return 0;
-    }
-    buf = malloc(n * 8);
-    if (!buf) {
-        return -ENOMEM;
-    }
-    for (uint64_t i = 0; i < n; i++) {
-        qcow2_put_be64(buf + 8 * i, s->refcount_table[first + i]);
-    }
-    ret = block_pwrite(s->node->file, s->refcount_table_offset + first * 8,
-                       n * 8, buf, 0);
-    free(buf);
-    return ret < 0 ? ret : 0;
+    return qcow2_write_table64(s, s->refcount_table, s->refcount_table_offset,
+                               first, n);
 }
 
 /* Clusters past the end of the image that may still be in use (leaks
