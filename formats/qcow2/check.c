@@ -842,7 +842,11 @@ static int alloc_free_run(Check *c, uint64_t *hint, uint64_t n,
         }
         ref_set(c, i, 1);
     }
-    if (n == 1 && *start == *hint) {
+    /* hint: every cluster below it is in use.  A single cluster is the
+     * first free one at or after hint, so everything up to it is in use
+     * now (rescanning that prefix for every block made rebuilding a
+     * hostile image's refcounts quadratic). */
+    if (n == 1) {
         *hint = k;
     }
     return 0;
@@ -889,6 +893,9 @@ static int place_refcount_structures(Check *c, uint64_t **pblocks,
         if (need > tc) {
             for (uint64_t k = table; k < table + tc; k++) {
                 ref_set(c, k, 0);
+            }
+            if (tc && table < hint) {
+                hint = table;
             }
             ret = alloc_free_run(c, &hint, need, &table);
             if (ret < 0) {
