@@ -163,6 +163,11 @@ struct BlockNode {
     uint64_t max_transfer;        /* 0 = unlimited */
 
     pthread_mutex_t rmw_lock;     /* serialises bounced unaligned writes */
+
+    /* In-memory dirty bitmaps of this node (block/bitmap.c), NULL when
+     * it has none; every successful write, zero and discard that reaches
+     * this node marks the enabled ones. */
+    struct BlockBitmaps *bitmaps;
 };
 
 /* Open `filename` with `format` (NULL probes the content; probing that
@@ -297,6 +302,17 @@ int block_make_empty(BlockNode *n, Error *err);
  * read-only when possible. */
 int block_reopen_backing_rw(BlockNode *parent, int flags, Error *err);
 
+/* Progress of a long operation (amend, ...): done out of total units. */
+typedef void BlockProgressFn(void *opaque, uint64_t done, uint64_t total);
+
+/* Changes options of an existing image in place (qemu-img amend); opts
+ * are the format's -o options.  Keys the format cannot change are an
+ * error naming them; nothing is changed then.  force allows what loses
+ * something (erasing the last key slot).  progress may be NULL
+ * (block/amend.c). */
+int block_amend(BlockNode *n, KVList *opts, bool force,
+                BlockProgressFn *progress, void *opaque, Error *err);
+
 /* One internal snapshot, as `info` and `snapshot -l` show it
  * (block/snapshot.c). */
 typedef struct BlockSnapshotInfo {
@@ -382,6 +398,11 @@ struct BlockDriver {
     /* Deallocate everything so reads fall through to the backing file
      * again (commit); crash-safe: at worst clusters leak. */
     int (*make_empty)(BlockNode *n);
+    /* block_amend(); opts unknown to the driver must be refused. */
+    int (*amend)(BlockNode *n, KVList *opts, bool force,
+                 BlockProgressFn *progress, void *opaque, Error *err);
+    const BlockCreateOpt *amend_opts;   /* for amend -o help; NULL-name
+                                           terminated, NULL: create_opts */
 };
 
 /* The registry (block/drivers.c). */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block/bitmap.h"
 #include "block/block.h"
 
 #define ZERO_CHUNK (1u << 20)
@@ -136,8 +137,8 @@ static int drv_pwrite(BlockNode *n, uint64_t off, size_t len,
     return n->drv->pwrite(n, off, len, buf, flags);
 }
 
-int block_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
-                 int flags)
+static int pwrite_unmarked(BlockNode *n, uint64_t off, size_t len,
+                           const void *buf, int flags)
 {
     int ret = check_range(n, off, len, true);
     if (ret < 0) {
@@ -206,7 +207,7 @@ int block_flush(BlockNode *n)
     return ret;
 }
 
-int block_discard(BlockNode *n, uint64_t off, uint64_t len)
+static int discard_unmarked(BlockNode *n, uint64_t off, uint64_t len)
 {
     int ret = check_range(n, off, len, true);
     if (ret < 0) {
@@ -237,7 +238,7 @@ static int write_zero_buffers(BlockNode *n, uint64_t off, uint64_t len,
     int ret = 0;
     while (len > 0 && ret >= 0) {
         size_t now = len < chunk ? (size_t)len : chunk;
-        ret = block_pwrite(n, off, now, zero, flags & BLOCK_REQ_FUA);
+        ret = pwrite_unmarked(n, off, now, zero, flags & BLOCK_REQ_FUA);
         off += now;
         len -= now;
     }
@@ -245,7 +246,8 @@ static int write_zero_buffers(BlockNode *n, uint64_t off, uint64_t len,
     return ret < 0 ? ret : 0;
 }
 
-int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
+static int write_zeroes_unmarked(BlockNode *n, uint64_t off, uint64_t len,
+                                 int flags)
 {
     int ret = check_range(n, off, len, true);
     if (ret < 0 || len == 0) {
@@ -333,4 +335,34 @@ int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         }
     }
     return 0;
+}
+
+/* Dirty bitmaps see every change that reached this node, whichever path
+ * (aligned, bounced, zero fallback) carried it. */
+int block_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
+                 int flags)
+{
+    int ret = pwrite_unmarked(n, off, len, buf, flags);
+    if (ret >= 0 && n->bitmaps) {
+        block_bitmaps_mark(n, off, len);
+    }
+    return ret;
+}
+
+int block_discard(BlockNode *n, uint64_t off, uint64_t len)
+{
+    int ret = discard_unmarked(n, off, len);
+    if (ret >= 0 && n->bitmaps) {
+        block_bitmaps_mark(n, off, len);
+    }
+    return ret;
+}
+
+int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
+{
+    int ret = write_zeroes_unmarked(n, off, len, flags);
+    if (ret >= 0 && n->bitmaps) {
+        block_bitmaps_mark(n, off, len);
+    }
+    return ret;
 }

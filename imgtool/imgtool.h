@@ -38,6 +38,8 @@ int cmd_bench(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 
 /* "imgtool: <msg>\n" on stderr. */
 void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -23,6 +23,8 @@ static const ImgtoolCommand commands[] = {
     { "snapshot", cmd_snapshot, "create, list, apply or delete snapshots" },
     { "commit", cmd_commit, "merge an overlay into its backing file" },
     { "rebase", cmd_rebase, "change an image's backing file" },
+    { "amend", cmd_amend, "change an image's format options in place" },
+    { "bitmap", cmd_bitmap, "add, remove or change persistent dirty bitmaps" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
