@@ -535,6 +535,38 @@ out:
     return ret < 0 ? ret : 0;
 }
 
+/* After a snapshot table switch has committed: drops every reference
+ * the L1 table l1 (stored at l1_off) held, then sets OFLAG_COPIED again
+ * on the active state's clusters that are back to refcount 1, so they
+ * may be written in place.  Refcounts only go down before the active
+ * L2/L1 flags change, so a crash in here at worst leaks clusters. */
+static int release_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
+                      uint64_t l1_off)
+{
+    int ret = walk_l1(s, l1, l1_size, -1, false);
+    if (ret >= 0 && l1_size) {
+        ret = qcow2_update_refcount(s, l1_off,
+                                    l1_clusters(s, l1_size) << s->cluster_bits,
+                                    -1);
+    }
+    if (ret >= 0) {
+        ret = write_meta(s);
+    }
+    if (ret >= 0) {
+        ret = walk_l1(s, s->l1_table, s->l1_size, 0, true);
+    }
+    if (ret >= 0) {
+        ret = write_meta(s);
+    }
+    if (ret >= 0) {
+        ret = qcow2_write_l1(s, 0, s->l1_size);
+    }
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    return ret;
+}
+
 static int do_apply(Qcow2State *s, int idx, Error *err)
 {
     Qcow2Snapshot *sn = &s->snapshots[idx];
@@ -607,28 +639,8 @@ static int do_apply(Qcow2State *s, int idx, Error *err)
     s->l1_table = nl1;
 
     /* Committed: drop what the old active state referenced. */
-    ret = walk_l1(s, old_l1, ol1size, -1, false);
-    if (ret >= 0 && ol1size) {
-        ret = qcow2_update_refcount(s, oofs,
-                                    l1_clusters(s, ol1size) << s->cluster_bits,
-                                    -1);
-    }
+    ret = release_l1(s, old_l1, ol1size, oofs);
     free(old_l1);
-    if (ret >= 0) {
-        ret = write_meta(s);
-    }
-    if (ret >= 0) {
-        ret = walk_l1(s, s->l1_table, s->l1_size, 0, true);
-    }
-    if (ret >= 0) {
-        ret = write_meta(s);
-    }
-    if (ret >= 0) {
-        ret = qcow2_write_l1(s, 0, s->l1_size);
-    }
-    if (ret >= 0) {
-        ret = block_flush(s->node->file);
-    }
     if (ret < 0) {
         return error_setf(err, -ret, "%s", strerror(-ret));
     }
@@ -680,28 +692,7 @@ static int do_delete(Qcow2State *s, int idx, Error *err)
         goto out;
     }
     /* Committed: the snapshot's references go. */
-    ret = walk_l1(s, sl1, sn.l1_size, -1, false);
-    if (ret >= 0 && sn.l1_size) {
-        ret = qcow2_update_refcount(
-            s, sn.l1_table_offset,
-            l1_clusters(s, sn.l1_size) << s->cluster_bits, -1);
-    }
-    if (ret >= 0) {
-        ret = write_meta(s);
-    }
-    /* Clusters back to refcount 1 may be written in place again. */
-    if (ret >= 0) {
-        ret = walk_l1(s, s->l1_table, s->l1_size, 0, true);
-    }
-    if (ret >= 0) {
-        ret = write_meta(s);
-    }
-    if (ret >= 0) {
-        ret = qcow2_write_l1(s, 0, s->l1_size);
-    }
-    if (ret >= 0) {
-        ret = block_flush(s->node->file);
-    }
+    ret = release_l1(s, sl1, sn.l1_size, sn.l1_table_offset);
     if (ret < 0) {
         error_setf(err, -ret, "%s", strerror(-ret));
     }
