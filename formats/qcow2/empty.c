@@ -87,7 +87,7 @@ static int empty_one_table(Qcow2State *s, uint64_t l1i)
 /* Gives the freed space back like QEMU's emptied images do: the file is
  * cut after the last cluster still in use.  Runs after the refcounts are
  * on disk, so only free clusters are cut. */
-static void cut_tail(Qcow2State *s)
+void qcow2_cut_free_tail(Qcow2State *s)
 {
     uint64_t last = s->alloc_end;
     int ret = 0;
@@ -128,7 +128,7 @@ int qcow2_make_empty(BlockNode *n)
         ret = qcow2_flush_caches(s);
     }
     if (ret >= 0) {
-        cut_tail(s);
+        qcow2_cut_free_tail(s);
     }
     pthread_mutex_unlock(&s->lock);
     return ret < 0 ? ret : 0;

@@ -441,6 +441,9 @@ int qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset,
 int qcow2_apply_pending_frees(Qcow2State *s);
 /* Frees the clusters of a compressed cluster descriptor (deferred). */
 int qcow2_free_compressed_deferred(Qcow2State *s, const Qcow2L2Entry *e);
+/* Cuts the file after the last cluster still in use (make_empty, shrink);
+ * call only once the refcounts are on disk.  Best effort. */
+void qcow2_cut_free_tail(Qcow2State *s);
 
 /* Refcount table geometry: index in the table and in the block. */
 static inline uint64_t qcow2_reftable_index(const Qcow2State *s,

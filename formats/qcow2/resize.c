@@ -276,27 +276,7 @@ static int shrink(Qcow2State *s, uint64_t size, Error *err)
     if (ret < 0) {
         return error_setf(err, -ret, "cannot shrink the image");
     }
-    /* Give the space back: cut the file after the last used cluster. */
-    uint64_t last = s->alloc_end;
-    while (last > 1) {
-        uint64_t rc;
-        ret = qcow2_get_refcount(s, last - 1, &rc);
-        if (ret < 0 || rc) {
-            break;
-        }
-        last--;
-    }
-    int64_t flen = block_get_length(s->node->file);
-    if (ret >= 0 && flen > 0 && (uint64_t)flen > last * cs) {
-        Error terr = { 0 };
-        if (block_truncate(s->node->file, last * cs, false, PREALLOC_OFF,
-                           &terr) >= 0) {
-            s->alloc_end = last;
-            if (s->free_cluster_index > last) {
-                s->free_cluster_index = last;
-            }
-        }
-    }
+    qcow2_cut_free_tail(s);
     return 0;
 }
 
