@@ -1,7 +1,7 @@
 """Power-loss and kill -9 crash tests of the qcow2 driver.
 
-A random guest workload (writes, zero writes, discards, flushes, FUA
-writes, growing truncates) runs through `imgtool io` on a qcow2 image
+A random guest workload (writes, compressed writes, zero writes,
+discards, flushes, FUA writes, truncates that grow or shrink) runs through `imgtool io` on a qcow2 image
 whose file sits under the `faulty` filter (block/faulty.c).  The filter
 keeps every write in a volatile cache until a flush completes and cuts
 the power at a chosen point: after the Nth write the driver makes to the
@@ -17,7 +17,9 @@ After each cut the image must:
   - hold, for every sector, a value the guest could see: everything
     written before the last completed flush reads back as written; a
     sector changed after it holds its old value or any value written to
-    it since (a discard may also leave zeroes or the backing data).  The
+    it since (a discard may also leave zeroes or the backing data; a
+    shrink discards the whole clusters past the new end, and growing
+    again zeroes them, and in an overlay the whole new area).  The
     virtual size is the one before the last completed flush or one set
     after it.  qemu-img and imgtool must read the same bytes.
 
@@ -93,20 +95,42 @@ def uniform_sectors(data):
 class Model:
     """Possible values of every sector and possible virtual sizes."""
 
-    def __init__(self, initial, backing, nsec):
+    def __init__(self, initial, backing, nsec, cs=65536, has_backing=False):
         self.cand = [{v} for v in initial] + [{0}] * (nsec - len(initial))
         self.back = list(backing) + [0] * (nsec - len(backing))
         self.size = len(initial) * SECTOR
         self.sizes = {self.size}
+        self.cs = cs
+        self.has_backing = has_backing
+
+    def _set(self, s, values, durable):
+        self.cand[s] = set(values) if durable else self.cand[s] | set(values)
+
+    def truncate(self, new, durable):
+        cur, self.size = self.size, new
+        if durable:
+            self.sizes = {new}
+        else:
+            self.sizes.add(new)
+        if new < cur:
+            # Whole clusters past the new end are freed (they read as
+            # zero or, in an overlay, as the backing file); the rest of
+            # the last cluster keeps its data, as in QEMU.
+            first = -(-new // self.cs) * self.cs // SECTOR
+            for s in range(first, cur // SECTOR):
+                self._set(s, {0, self.back[s]}, durable)
+            return
+        # Growing an overlay zeroes the new area (the backing file must
+        # not show through); a plain image exposes what the last cluster
+        # still holds and zeroes past it.
+        first = cur if self.has_backing else -(-cur // self.cs) * self.cs
+        for s in range(first // SECTOR, new // SECTOR):
+            self._set(s, {0}, durable)
 
     def apply(self, op, durable):
         kind = op[0]
         if kind == "truncate":
-            new = op[1]
-            if durable:
-                self.sizes = {new}
-            else:
-                self.sizes.add(new)
+            self.truncate(op[1], durable)
             return
         if kind == "flush":
             return
@@ -115,8 +139,8 @@ class Model:
             if kind == "discard":
                 self.cand[s] = self.cand[s] | {0, self.back[s]}
             else:
-                v = op[3]
-                self.cand[s] = {v} if durable else self.cand[s] | {v}
+                # write, zero and compressed write ("cwrite")
+                self._set(s, {op[3]}, durable)
 
     def verify(self, data, vsize):
         assert vsize in self.sizes, f"virtual size {vsize} not in {self.sizes}"
@@ -133,16 +157,31 @@ class Model:
         return bad
 
 
-def gen_workload(rng, nops=28):
+def gen_workload(rng, cs=65536, nops=28):
+    """Random guest requests; sizes stay multiples of 512, compressed
+    writes cover whole clusters inside the current size, shrinks never go
+    below 1 MiB and may leave a partial last cluster."""
     ops, size, pattern = [], VSIZE, 1
     for _ in range(nops):
         r = rng.random()
         if r < 0.2:
             ops.append(("flush",))
             continue
-        if r < 0.24 and size < 8 << 20:
-            size += rng.choice([64 << 10, 512 << 10, 1 << 20])
+        if r < 0.25:
+            if size < 8 << 20 and rng.random() < 0.6:
+                size += rng.choice([64 << 10, 512 << 10, 1 << 20])
+            else:
+                size -= rng.choice([64 << 10, 512 << 10, 1 << 20])
+                size -= rng.choice([0, 0, rng.randrange(1, 128) * SECTOR])
+                size = max(size, 1 << 20)
             ops.append(("truncate", size))
+            continue
+        if r < 0.31 and size >= cs:
+            nclu = rng.choice([1, 1, 2, 4, max(1, (64 << 10) // cs)])
+            nclu = min(nclu, size // cs)
+            off = rng.randrange(0, size // cs - nclu + 1) * cs
+            ops.append(("cwrite", off, nclu * cs, pattern))
+            pattern = pattern % 0xA0 + 1
             continue
         nsec = size // SECTOR
         length = rng.choice([1, 3, 8, 64, 128, 129, 256, 512])
@@ -151,9 +190,9 @@ def gen_workload(rng, nops=28):
             off -= off % 128   # cluster-aligned for 64k clusters
         length = min(length, nsec - off)
         o, l = off * SECTOR, length * SECTOR
-        if r < 0.32:
+        if r < 0.38:
             ops.append(("discard", o, l))
-        elif r < 0.42:
+        elif r < 0.47:
             ops.append(("zero", o, l, 0, rng.random() < 0.5))
         else:
             ops.append(("write", o, l, pattern, rng.random() < 0.1))
@@ -171,7 +210,17 @@ def script_line(op):
         return f"discard {op[1]} {op[2]}"
     if kind == "zero":
         return f"write -z{' -u' if op[4] else ''} {op[1]} {op[2]}"
+    if kind == "cwrite":
+        return f"write -c -P {op[3]} {op[1]} {op[2]}"
     return f"write{' -f' if op[4] else ''} -P {op[3]} {op[1]} {op[2]}"
+
+
+def cluster_size(opts):
+    for o in opts.split(","):
+        if o.startswith("cluster_size="):
+            v = o.split("=")[1]
+            return int(v[:-1]) << 10 if v.endswith("k") else int(v)
+    return 65536
 
 
 # ------------------------------------------------------------------ images
@@ -305,11 +354,12 @@ def crash_config(tmp, name, opts, backing, npoints, seed):
     nwork = max(1, -(-npoints // CUTS_PER_WORKLOAD))
     for w in range(nwork):
         base, initial, back_vals = make_base(tmp, f"w{w}", opts, backing, rng)
-        ops = gen_workload(rng)
+        cs = cluster_size(opts)
+        ops = gen_workload(rng, cs)
         script = "".join(script_line(op) + "\n" for op in ops)
         nsec = (max([VSIZE] + [op[1] for op in ops if op[0] == "truncate"])
                 // SECTOR)
-        model_args = (initial, back_vals, nsec)
+        model_args = (initial, back_vals, nsec, cs, backing)
 
         dry = base.parent / "dry.qcow2"
         shutil.copy(base, dry)
