@@ -18,6 +18,8 @@ const BlockCreateOpt block_protocol_create_opts[] = {
       "Preallocation mode (allowed values: off, falloc, full)", "off" },
     { "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
       "off" },
+    { "extent_size_hint", OPT_SIZE,
+      "Extent size hint for the image file, 0 to disable", NULL },
     { NULL, 0, NULL, NULL },
 };
 
@@ -128,6 +130,14 @@ int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
     }
     if (pm != PREALLOC_OFF) {
         kvlist_set(&popts, "preallocation", prealloc_name(pm));
+    }
+    /* Host file hints a format takes among its own options. */
+    static const char *const hints[] = { "nocow", "extent_size_hint" };
+    for (size_t i = 0; opts && i < sizeof(hints) / sizeof(hints[0]); i++) {
+        const char *v = kvlist_get(opts, hints[i]);
+        if (v) {
+            kvlist_set(&popts, hints[i], v);
+        }
     }
     int ret = drv->create(filename, size, &popts, err);
     kvlist_free(&popts);

@@ -384,6 +384,29 @@ static int file_truncate(BlockNode *n, uint64_t size, bool exact,
     return resize_fd(s->fd, (uint64_t)old, size, pm, err, n->filename);
 }
 
+/* Allocation hints for a new, still empty file: the file system may
+ * ignore them (only btrfs knows NOCOW, only XFS honours an extent size
+ * hint), so failures are not errors, as in QEMU.  Both must be set
+ * while the file holds no data. */
+static void set_file_hints(int fd, bool nocow, uint32_t extent_size_hint)
+{
+    if (nocow) {
+        int attr = 0;
+        if (ioctl(fd, FS_IOC_GETFLAGS, &attr) == 0) {
+            attr |= FS_NOCOW_FL;
+            (void)ioctl(fd, FS_IOC_SETFLAGS, &attr);
+        }
+    }
+    if (extent_size_hint) {
+        struct fsxattr attr;
+        if (ioctl(fd, FS_IOC_FSGETXATTR, &attr) == 0) {
+            attr.fsx_xflags |= FS_XFLAG_EXTSIZE;
+            attr.fsx_extsize = extent_size_hint;
+            (void)ioctl(fd, FS_IOC_FSSETXATTR, &attr);
+        }
+    }
+}
+
 static int file_create(const char *filename, uint64_t size, KVList *opts,
                        Error *err)
 {
@@ -393,8 +416,18 @@ static int file_create(const char *filename, uint64_t size, KVList *opts,
         return error_setf(err, EINVAL, "Invalid preallocation mode: '%s'",
                           p);
     }
-    kvlist_get(opts, "nocow");
-    int ret = kvlist_check_unused(opts, "file", err);
+    bool nocow = false;
+    uint64_t hint = 1024 * 1024;   /* QEMU's default */
+    int ret = kvlist_get_bool(opts, "nocow", false, &nocow, err);
+    if (ret >= 0) {
+        ret = kvlist_get_size(opts, "extent_size_hint", hint, &hint, err);
+    }
+    if (ret >= 0 && hint > UINT32_MAX) {
+        ret = error_setf(err, EINVAL, "Extent size hint is too large");
+    }
+    if (ret >= 0) {
+        ret = kvlist_check_unused(opts, "file", err);
+    }
     if (ret < 0) {
         return ret;
     }
@@ -417,6 +450,7 @@ static int file_create(const char *filename, uint64_t size, KVList *opts,
                          strerror(e));
     }
     if (ret == 0) {
+        set_file_hints(fd, nocow, (uint32_t)hint);
         ret = resize_fd(fd, 0, size, pm, err, filename);
     }
     close(fd);

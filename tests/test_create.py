@@ -42,7 +42,9 @@ def test_raw_formatting_line_and_size(tmp, size):
 
 
 @pytest.mark.parametrize("opts", ["preallocation=off", "preallocation=falloc",
-                                  "preallocation=full", "size=2M"])
+                                  "preallocation=full", "size=2M",
+                                  "extent_size_hint=2M",
+                                  "nocow=on,extent_size_hint=0"])
 def test_raw_options(tmp, opts):
     size = None if opts.startswith("size=") else "2M"
     ours, theirs, out, qout = both_create(tmp, ["-f", "raw", "-o", opts],
@@ -71,6 +73,7 @@ QCOW2_OPTS = [
     "cluster_size=64k,lazy_refcounts=on,refcount_bits=32",
     "cluster_size=4k,cluster_size=8k",
     "compat=0.10,refcount_bits=16",
+    "extent_size_hint=4M,nocow=on",
 ]
 
 
@@ -240,6 +243,7 @@ def test_options_after_filename(tmp):
     ("lazy_refcounts=1", "lazy_refcounts"),
     ("refcount_bits=x", "refcount_bits"),
     ("size=abc", "size"),
+    ("extent_size_hint=x", "extent_size_hint"),
 ])
 def test_bad_options_refused(tmp, opts, what):
     p = imgtool("create", "-f", "qcow2", "-o", opts, tmp / "x.qcow2", "1M",
@@ -249,6 +253,19 @@ def test_bad_options_refused(tmp, opts, what):
     assert not (tmp / "x.qcow2").exists()
     qemu_img("create", "-f", "qcow2", "-o", opts, tmp / "y.qcow2", "1M",
              rc=1)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_extent_size_hint_too_large(tmp, fmt):
+    # Checked by the file layer, after the Formatting line, as in QEMU.
+    p = imgtool("create", "-f", fmt, "-o", "extent_size_hint=8G",
+                tmp / "x", "1M", rc=1)
+    assert err_line(p) == f"imgtool: {tmp / 'x'}: Extent size hint is too large"
+    assert not (tmp / "x").exists()
+    q = qemu_img("create", "-f", fmt, "-o", "extent_size_hint=8G",
+                 tmp / "y", "1M", rc=1)
+    assert p.stdout.replace("'" + str(tmp / "x"), "'" + str(tmp / "y")) == \
+        q.stdout
 
 
 def test_invalid_cluster_size_refused(tmp):

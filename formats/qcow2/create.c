@@ -53,6 +53,8 @@ const BlockCreateOpt qcow2_create_opts[] = {
     { "extended_l2", OPT_BOOL, "Extended L2 tables", "off" },
     { "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
       "off" },
+    { "extent_size_hint", OPT_SIZE,
+      "Extent size hint for the image file, 0 to disable", NULL },
     { NULL, 0, NULL, NULL },
 };
 

@@ -160,8 +160,7 @@ static int raw_create(const char *filename, uint64_t size, KVList *opts,
                           p);
     }
     kvlist_get(opts, "size");
-    kvlist_get(opts, "nocow");
-    return block_create_file(filename, size, pm, NULL, err);
+    return block_create_file(filename, size, pm, opts, err);
 }
 
 static int raw_measure(KVList *opts, BlockNode *in, uint64_t size,
