@@ -53,6 +53,16 @@ static int file_write(void *opaque, uint64_t off, const void *buf,
     return 0;
 }
 
+static int file_flush(void *opaque, Error *err)
+{
+    int ret = block_flush(opaque);
+    if (ret < 0) {
+        return error_setf(err, -ret, "Could not flush the LUKS header: %s",
+                          strerror(-ret));
+    }
+    return 0;
+}
+
 static int luks_fmt_open(BlockNode *n, KVList *opts, int flags, Error *err)
 {
     LuksFormatState *s = n->opaque;
@@ -278,6 +288,37 @@ static int luks_fmt_measure(KVList *opts, BlockNode *in, uint64_t size,
     return 0;
 }
 
+static int luks_fmt_amend(BlockNode *n, KVList *opts, bool force,
+                          BlockProgressFn *progress, void *opaque,
+                          Error *err)
+{
+    LuksFormatState *s = n->opaque;
+    LuksIO io = { file_read, file_write, file_flush, n->file };
+    if (progress) {
+        progress(opaque, 0, 1);
+    }
+    int ret = luks_amend(s->vol, opts, "", force, &io, err);
+    if (ret == 0 && progress) {
+        progress(opaque, 1, 1);
+    }
+    return ret;
+}
+
+/* qemu-img's texts, in its (alphabetical) order. */
+static const BlockCreateOpt luks_amend_opts[] = {
+    { "iter-time", OPT_NUMBER, "Time to spend in PBKDF in milliseconds",
+      NULL },
+    { "keyslot", OPT_NUMBER,
+      "Select a single keyslot to modify explicitly", NULL },
+    { "new-secret", OPT_STRING, "New secret to set in the matching "
+      "keyslots. Empty string to erase", NULL },
+    { "old-secret", OPT_STRING,
+      "Select all keyslots that match this password", NULL },
+    { "state", OPT_STRING,
+      "Select new state of affected keyslots (active/inactive)", NULL },
+    { NULL, 0, NULL, NULL },
+};
+
 static const BlockCreateOpt luks_create_opts[] = {
     { "size", OPT_SIZE, "Virtual disk size", NULL },
     { "key-secret", OPT_STRING,
@@ -316,4 +357,6 @@ const BlockDriver luks_driver = {
     .measure = luks_fmt_measure,
     .get_format_info = luks_fmt_get_format_info,
     .get_info_extra = luks_fmt_get_info_extra,
+    .amend = luks_fmt_amend,
+    .amend_opts = luks_amend_opts,
 };

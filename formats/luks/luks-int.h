@@ -117,4 +117,32 @@ int luks_pbkdf2(const EVP_MD *md, const uint8_t *pass, size_t passlen,
 int luks_pbkdf2_rate(const EVP_MD *md, size_t outlen, uint64_t *per_sec,
                      Error *err);
 
+/* A volume: its header as last written, and the sector cipher keyed
+ * with the master key once a slot has been unlocked. */
+struct LuksVolume {
+    LuksHeader hdr;
+    LuksSpec spec;
+    bool unlocked;
+    LuksCipher cipher;        /* cipher.key is the master key */
+};
+
+/* PBKDF2 blocks of work opening every active slot of h costs (slot
+ * derivation plus the master key digest each): at most LUKS_MAX_WORK in
+ * a header we accept or write. */
+uint64_t luks_header_work(const LuksHeader *h, const LuksSpec *s);
+
+/* Makes slot i (inactive) hold master key mk under pass, PBKDF2 sized to
+ * ms of CPU: writes its key material through write_fn and updates
+ * v->hdr.slots[i] in memory only (active, iterations, salt); the caller
+ * writes the header.  On failure v->hdr.slots[i] may hold a new salt and
+ * count but is still inactive. */
+int luks_slot_write(LuksVolume *v, int i, const uint8_t *mk,
+                    const uint8_t *pass, size_t passlen, uint64_t ms,
+                    LuksWriteFn write_fn, void *opaque, Error *err);
+/* Tries pass on active slot i: 1 if it opens it (mk receives the master
+ * key), 0 if not, negative on error. */
+int luks_slot_try(const LuksVolume *v, int i, const uint8_t *pass,
+                  size_t passlen, LuksReadFn read_fn, void *opaque,
+                  uint8_t *mk, Error *err);
+
 #endif

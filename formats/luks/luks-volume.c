@@ -19,13 +19,6 @@
 #include "block/secret.h"
 #include "formats/luks/luks-int.h"
 
-struct LuksVolume {
-    LuksHeader hdr;
-    LuksSpec spec;
-    bool unlocked;
-    LuksCipher cipher;        /* keyed with the master key when unlocked */
-};
-
 static size_t slot_area_len(size_t key_bytes)
 {
     size_t len = key_bytes * LUKS_STRIPES;
@@ -149,10 +142,40 @@ void luks_close(LuksVolume *v)
     }
 }
 
-/* Encrypts key into slot `i`'s material with a key derived from pass. */
-static int write_slot(LuksVolume *v, int i, const uint8_t *mk,
-                      const uint8_t *pass, size_t passlen, uint64_t ms,
-                      LuksWriteFn write_fn, void *opaque, Error *err)
+uint64_t luks_header_work(const LuksHeader *h, const LuksSpec *s)
+{
+    uint64_t dlen = (uint64_t)EVP_MD_get_size(s->md);
+    uint64_t blocks = (s->key_bytes + dlen - 1) / dlen, work = 0;
+    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+        if (h->slots[i].active == LUKS_SLOT_ENABLED) {
+            work += h->slots[i].iterations * blocks + h->mk_iterations;
+        }
+    }
+    return work;
+}
+
+/* The iteration count sized for a new slot i must leave the header
+ * openable: luks_open refuses headers asking for more than
+ * LUKS_MAX_WORK in all. */
+static int check_slot_work(const LuksVolume *v, int i, uint32_t iters,
+                           uint64_t ms, Error *err)
+{
+    LuksHeader h = v->hdr;
+    h.slots[i].active = LUKS_SLOT_ENABLED;
+    h.slots[i].iterations = iters;
+    uint64_t work = luks_header_work(&h, &v->spec);
+    if (work > LUKS_MAX_WORK) {
+        return error_setf(err, ERANGE, "iter-time %" PRIu64 " ms makes the "
+                          "key slots ask for %" PRIu64 " PBKDF2 blocks of "
+                          "work, more than the %llu allowed", ms, work,
+                          LUKS_MAX_WORK);
+    }
+    return 0;
+}
+
+int luks_slot_write(LuksVolume *v, int i, const uint8_t *mk,
+                    const uint8_t *pass, size_t passlen, uint64_t ms,
+                    LuksWriteFn write_fn, void *opaque, Error *err)
 {
     LuksSlot *ks = &v->hdr.slots[i];
     size_t klen = v->spec.key_bytes;
@@ -163,6 +186,9 @@ static int write_slot(LuksVolume *v, int i, const uint8_t *mk,
     int ret = material ? 0 : error_setf(err, ENOMEM, "out of memory");
     if (ret == 0) {
         ret = size_iterations(&v->spec, klen, ms, 1, &ks->iterations, err);
+    }
+    if (ret == 0) {
+        ret = check_slot_work(v, i, ks->iterations, ms, err);
     }
     if (ret == 0) {
         ret = random_bytes(ks->salt, LUKS_SALT_LEN, err);
@@ -251,8 +277,8 @@ int luks_create(const LuksCreateParams *p, const uint8_t *pass,
         ret = error_setf(err, EIO, "PBKDF2 failed");
     }
     if (ret == 0) {
-        ret = write_slot(v, 0, mk, pass, passlen, p->iter_time_ms, write_fn,
-                         opaque, err);
+        ret = luks_slot_write(v, 0, mk, pass, passlen, p->iter_time_ms,
+                              write_fn, opaque, err);
     }
     /* The header last: it never names key material not yet written. */
     if (ret == 0) {
@@ -283,8 +309,6 @@ static int validate_header(const LuksHeader *h, const LuksSpec *s,
     }
     uint64_t mlen = luks_material_len(s->key_bytes, LUKS_STRIPES);
     uint64_t payload = (uint64_t)h->payload_offset * LUKS_SECTOR_SIZE;
-    uint64_t dlen = (uint64_t)EVP_MD_get_size(s->md);
-    uint64_t blocks = (s->key_bytes + dlen - 1) / dlen, work = 0;
     for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
         const LuksSlot *ks = &h->slots[i];
         if (ks->active != LUKS_SLOT_ENABLED &&
@@ -302,9 +326,6 @@ static int validate_header(const LuksHeader *h, const LuksSpec *s,
             return error_setf(err, EINVAL, "LUKS key slot %d iteration "
                               "count %u is out of range (1..%u)", i,
                               ks->iterations, LUKS_MAX_ITERATIONS);
-        }
-        if (ks->active == LUKS_SLOT_ENABLED) {
-            work += ks->iterations * blocks + h->mk_iterations;
         }
         uint64_t start = (uint64_t)ks->key_offset * LUKS_SECTOR_SIZE;
         uint64_t end = start + mlen;
@@ -329,6 +350,7 @@ static int validate_header(const LuksHeader *h, const LuksSpec *s,
             }
         }
     }
+    uint64_t work = luks_header_work(h, s);
     if (work > LUKS_MAX_WORK) {
         return error_setf(err, EINVAL, "LUKS key slots ask for %" PRIu64
                           " PBKDF2 blocks of work, more than the %llu "
@@ -337,10 +359,9 @@ static int validate_header(const LuksHeader *h, const LuksSpec *s,
     return 0;
 }
 
-/* Tries one slot: 1 if pass opens it (mk filled), 0 if not. */
-static int try_slot(LuksVolume *v, int i, const uint8_t *pass,
-                    size_t passlen, LuksReadFn read_fn, void *opaque,
-                    uint8_t *mk, Error *err)
+int luks_slot_try(const LuksVolume *v, int i, const uint8_t *pass,
+                  size_t passlen, LuksReadFn read_fn, void *opaque,
+                  uint8_t *mk, Error *err)
 {
     const LuksSlot *ks = &v->hdr.slots[i];
     size_t klen = v->spec.key_bytes;
@@ -412,8 +433,8 @@ int luks_open(LuksReadFn read_fn, void *opaque, uint64_t area_len,
         int found = 0;
         for (int i = 0; i < LUKS_NUM_SLOTS && found == 0; i++) {
             if (v->hdr.slots[i].active == LUKS_SLOT_ENABLED) {
-                found = try_slot(v, i, pass, passlen, read_fn, opaque, mk,
-                                 err);
+                found = luks_slot_try(v, i, pass, passlen, read_fn, opaque,
+                                      mk, err);
             }
         }
         if (found < 0) {

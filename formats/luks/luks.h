@@ -115,6 +115,33 @@ int luks_encrypt(const LuksVolume *v, uint64_t first_sector, void *buf,
 int luks_decrypt(const LuksVolume *v, uint64_t first_sector, void *buf,
                  size_t len);
 
+/* Key slot management (qemu-img amend), luks-keyslot.c.  The callbacks
+ * reach the header area of an open volume; flush makes what was written
+ * durable. */
+typedef int (*LuksFlushFn)(void *opaque, Error *err);
+typedef struct LuksIO {
+    LuksReadFn read;
+    LuksWriteFn write;
+    LuksFlushFn flush;
+    void *opaque;
+} LuksIO;
+
+/* Applies qemu-img amend's key slot options "<prefix>state" (active or
+ * inactive, required), "<prefix>keyslot", "<prefix>new-secret",
+ * "<prefix>old-secret" and "<prefix>iter-time" from opts to an unlocked
+ * volume, with QEMU's checks and messages.  Activating fills the given
+ * or the first free slot with the passphrase of new-secret; erasing
+ * clears the given slot or every slot old-secret opens, and refuses to
+ * leave no active slot unless force.  Any other "<prefix>..." key is
+ * refused; keys outside the prefix are left to the caller.  On error
+ * nothing on disk or in v has changed that a reader would see.
+ * Crash-safe: a new slot's material is durable before the header names
+ * it; an erased slot is inactive on disk before its material is wiped.
+ * The master key and the cipher stay as they are, so encrypt/decrypt
+ * may run meanwhile; luks_info must not. */
+int luks_amend(LuksVolume *v, KVList *opts, const char *prefix, bool force,
+               const LuksIO *io, Error *err);
+
 /* The format-specific description qemu-img prints for LUKS ("data" of
  * the luks format, "encrypt" of qcow2 without the "format" key):
  * cipher-alg, cipher-mode, ivgen-alg, [ivgen-hash-alg,] hash-alg,

@@ -54,6 +54,17 @@ static int area_write(void *opaque, uint64_t off, const void *buf, size_t len,
     return 0;
 }
 
+static int area_flush(void *opaque, Error *err)
+{
+    HdrArea *a = opaque;
+    int ret = block_flush(a->file);
+    if (ret < 0) {
+        return error_setf(err, -ret, "Could not flush the LUKS header: %s",
+                          strerror(-ret));
+    }
+    return 0;
+}
+
 static const Qcow2Extension *crypto_ext(const Qcow2State *s)
 {
     for (int i = 0; i < s->nb_unknown_exts; i++) {
@@ -256,6 +267,24 @@ int qcow2_crypto_create(BlockNode *n, KVList *opts, Error *err)
         error_setf(err, -ret, "Could not write the qcow2 header");
     }
     return ret;
+}
+
+int qcow2_crypto_amend(BlockNode *n, KVList *opts, bool force, Error *err)
+{
+    Qcow2State *s = qcow2_state(n);
+    if (s->aes) {
+        return error_setf(err, ENOTSUP, "Only LUKS encryption options can "
+                          "be amended");
+    }
+    if (!s->crypto) {
+        return error_setf(err, ENOTSUP, "Can't amend encryption options - "
+                          "encryption not present");
+    }
+    /* The LUKS header clusters are not qcow2 metadata: nothing of ours
+     * caches them, so they are written straight to the file. */
+    HdrArea a = { n->file, s->crypto_offset, s->crypto_length };
+    LuksIO io = { area_read, area_write, area_flush, &a };
+    return luks_amend(s->crypto, opts, "encrypt.", force, &io, err);
 }
 
 /* Legacy AES: each 512-byte sector is CBC with IV = its guest sector
