@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "block/bitmap.h"
 #include "formats/qcow2/qcow2.h"
 
 int qcow2_pread(BlockNode *n, uint64_t off, size_t len, void *buf);
@@ -68,9 +69,10 @@ static int qcow2_flush(BlockNode *n)
         return 0;
     }
     pthread_mutex_lock(&s->lock);
-    ret = qcow2_flush_caches(s);
+    ret = qcow2_cache_flush_all(s);
     pthread_mutex_unlock(&s->lock);
-    return ret;
+    /* 1: the image and data files are flushed already */
+    return ret < 0 ? ret : 1;
 }
 
 static void free_state(Qcow2State *s)
@@ -96,6 +98,10 @@ static void qcow2_close(BlockNode *n)
     if (!s || !s->node) {
         return;
     }
+    /* Bitmaps first: storing them allocates clusters. */
+    pthread_mutex_lock(&s->lock);
+    qcow2_bitmaps_close(n);
+    pthread_mutex_unlock(&s->lock);
     if (!n->read_only) {
         pthread_mutex_lock(&s->lock);
         int ret = s->read_only ? 0 : qcow2_flush_caches(s);
@@ -307,6 +313,12 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
             }
         }
     }
+    /* Last: bitmaps are flagged in use on disk only once the open can no
+     * longer fail for another reason. */
+    ret = qcow2_bitmaps_open(n, err);
+    if (ret < 0) {
+        goto fail;
+    }
     return 0;
 
 fail:
@@ -320,6 +332,17 @@ fail:
     free_state(s);
     s->node = NULL;
     return ret < 0 ? ret : -EINVAL;
+}
+
+/* Dirty bitmaps follow the new size (QEMU resizes them too). */
+static int qcow2_truncate_bitmaps(BlockNode *n, uint64_t size, bool exact,
+                                  PreallocMode pm, Error *err)
+{
+    int ret = qcow2_truncate(n, size, exact, pm, err);
+    if (ret >= 0 && block_bitmaps_resize(n, size) < 0) {
+        return error_setf(err, ENOMEM, "cannot resize the dirty bitmaps");
+    }
+    return ret;
 }
 
 static int64_t qcow2_get_length(BlockNode *n)
@@ -508,7 +531,7 @@ const BlockDriver qcow2_driver = {
     .block_status = qcow2_block_status,
     .get_length = qcow2_get_length,
     .get_allocated_size = qcow2_get_allocated_size,
-    .truncate = qcow2_truncate,
+    .truncate = qcow2_truncate_bitmaps,
     .create = qcow2_create,
     .create_opts = qcow2_create_opts,
     .check = qcow2_check,

@@ -83,8 +83,9 @@ enum {
 #define QCOW2_AUTOCLEAR_BITMAPS     (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
 /* Bits we maintain; others are cleared when opening for writing.  The
- * bitmaps bit is cleared too: we do not keep bitmaps up to date. */
-#define QCOW2_AUTOCLEAR_KNOWN       QCOW2_AUTOCLEAR_DATA_FILE_RAW
+ * bitmaps bit survives: bitmap.c keeps the bitmaps up to date. */
+#define QCOW2_AUTOCLEAR_KNOWN       (QCOW2_AUTOCLEAR_DATA_FILE_RAW | \
+                                     QCOW2_AUTOCLEAR_BITMAPS)
 
 /* crypt_method */
 #define QCOW2_CRYPT_NONE 0
@@ -279,6 +280,10 @@ struct Qcow2State {
     /* Guest data written into newly allocated clusters since the last
      * flush: it must be on disk before an L2 table pointing at it. */
     bool data_unflushed;
+    /* Bumped when refcounts are dirtied or an in-flight write finishes:
+     * a flush that ran without s->lock may clear the two flags above
+     * only if it did not move meanwhile. */
+    uint64_t unflushed_gen;
     /* Host byte where the next compressed cluster may be packed (inside
      * the last cluster allocated for compressed data); 0 = none. */
     uint64_t compressed_next;
@@ -292,6 +297,9 @@ struct Qcow2State {
     bool aes;
     bool aes_keyed;
     uint8_t aes_key[16];
+    /* Persistent dirty bitmaps (bitmap.c): what the image holds on disk;
+     * NULL when no bitmaps were loaded. */
+    struct Qcow2Bitmaps *bitmaps;
 };
 
 static inline Qcow2State *qcow2_state(BlockNode *n)
@@ -439,6 +447,13 @@ int qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset,
 /* Writes back L2 tables so that the deferred frees are safe, then applies
  * them. */
 int qcow2_apply_pending_frees(Qcow2State *s);
+/* Takes the pending frees out of s (their L2/L1 changes must be written
+ * back already) to apply them with qcow2_apply_frees once the file is
+ * flushed; frees deferred meanwhile stay pending. */
+void qcow2_take_pending_frees(Qcow2State *s, Qcow2PendingFree **list,
+                              size_t *n);
+/* Applies and frees a list from qcow2_take_pending_frees. */
+int qcow2_apply_frees(Qcow2State *s, Qcow2PendingFree *list, size_t n);
 /* Frees the clusters of a compressed cluster descriptor (deferred). */
 int qcow2_free_compressed_deferred(Qcow2State *s, const Qcow2L2Entry *e);
 /* Cuts the file after the last cluster still in use (make_empty, shrink);
@@ -521,6 +536,10 @@ void qcow2_free_header(Qcow2State *s);
 
 /* Everything the driver caches written back and the file flushed. */
 int qcow2_flush_caches(Qcow2State *s);
+/* The same for a guest flush (cache.c): s->lock is dropped while the
+ * files are synced, so guest I/O goes on; the image file and data file
+ * are flushed (once in the common case). */
+int qcow2_cache_flush_all(Qcow2State *s);
 
 /* ------------------------------------------------------------------ */
 /* Compressed clusters (compress.c)                                    */
@@ -579,6 +598,57 @@ int qcow2_crypto_write(Qcow2State *s, uint64_t host, const void *buf,
                        size_t len);
 /* The "encrypt" object of the format-specific info. */
 json_t *qcow2_crypto_info(Qcow2State *s);
+
+/* ------------------------------------------------------------------ */
+/* Persistent dirty bitmaps (bitmap.c)                                 */
+
+/* Bitmaps extension and directory limits (as QEMU's). */
+#define QCOW2_BITMAP_EXT_SIZE      24
+#define QCOW2_MAX_BITMAPS          65535
+#define QCOW2_MAX_BITMAP_DIR_SIZE  (1024u * QCOW2_MAX_BITMAPS)
+#define QCOW2_BITMAP_ENTRY_FIXED   24
+/* Directory entry flags. */
+#define QCOW2_BME_IN_USE           (1u << 0)
+#define QCOW2_BME_AUTO             (1u << 1)
+#define QCOW2_BME_EXTRA_COMPAT     (1u << 2)
+#define QCOW2_BME_KNOWN_FLAGS      0x7u
+#define QCOW2_BT_DIRTY_TRACKING    1
+
+/* One bitmap directory entry. */
+typedef struct Qcow2BitmapEntry {
+    uint64_t table_offset;
+    uint32_t table_size;       /* entries */
+    uint32_t flags;            /* QCOW2_BME_* */
+    uint8_t gran_bits;
+    char *name;                /* NUL-free, 1..1023 bytes */
+} Qcow2BitmapEntry;
+
+/* What a directory is checked against. */
+typedef struct Qcow2BitmapGeometry {
+    uint32_t cluster_bits;
+    uint64_t file_size;        /* bytes of the image file */
+    uint64_t virtual_size;
+} Qcow2BitmapGeometry;
+
+/* Parses and validates a whole bitmap directory of nb entries held in
+ * dir[0, dir_size): field ranges, names (unique), flags, table offsets
+ * and sizes (in the file, not in the header cluster, not overlapping
+ * each other), with memory bounded by dir_size.  Pure: callable on any
+ * buffer (fuzzing).  *out gets nb entries; free with
+ * qcow2_bitmap_entries_free. */
+int qcow2_bitmaps_parse(const uint8_t *dir, uint64_t dir_size, uint32_t nb,
+                        const Qcow2BitmapGeometry *g, Qcow2BitmapEntry **out,
+                        Error *err);
+void qcow2_bitmap_entries_free(Qcow2BitmapEntry *v, uint32_t nb);
+/* At the end of open: loads the bitmaps into n->bitmaps and, when
+ * writable, marks them in use on disk before any write.  Without s->lock. */
+int qcow2_bitmaps_open(BlockNode *n, Error *err);
+/* At close: stores the bitmaps (a failure is reported on stderr: the
+ * bitmaps stay marked in use, i.e. inconsistent) and frees them.
+ * Needs s->lock. */
+void qcow2_bitmaps_close(BlockNode *n);
+/* The image holds persistent bitmaps (on disk or about to be stored). */
+bool qcow2_has_bitmaps(Qcow2State *s);
 
 /* ------------------------------------------------------------------ */
 /* Provided by check.c / measure.c                                     */
