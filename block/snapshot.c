@@ -41,6 +41,24 @@ int block_snapshot_create(BlockNode *n, const char *name, Error *err)
     if (!n->drv->snapshot_create) {
         return not_supported(err);
     }
+    /* qemu-img happily stores a second snapshot under a taken name, and
+     * every later lookup by that name then silently picks the first:
+     * a user reverting "before-upgrade" could get the wrong one. */
+    BlockSnapshotInfo *v;
+    int count;
+    int ret = block_snapshot_list(n, &v, &count);
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot read the snapshot table");
+    }
+    bool taken = false;
+    for (int i = 0; i < count && !taken; i++) {
+        taken = strcmp(v[i].name, name) == 0;
+    }
+    block_snapshot_list_free(v, count);
+    if (taken) {
+        return error_setf(err, EEXIST, "a snapshot named '%s' already "
+                          "exists", name);
+    }
     return n->drv->snapshot_create(n, name, err);
 }
 

@@ -127,7 +127,7 @@ int cmd_snapshot(int argc, char **argv)
         break;
     }
     if (ret < 0) {
-        if (action == 'c') {
+        if (action == 'c' && ret != -EEXIST) {
             /* qemu-img prints the errno alone for any create failure. */
             imgtool_error("Could not create snapshot '%s': %d (%s)", name,
                           ret, strerror(-ret));

@@ -98,7 +98,8 @@ def test_ids_follow_qemu_and_lookup_prefers_ids(tmp):
     qemu_io("-c", "write -P 2 0 64k", img)
     imgtool("snapshot", "-c", "1", img)          # id 2, named "1"
     qemu_io("-c", "write -P 3 0 64k", img)
-    imgtool("snapshot", "-c", "x", img)          # duplicate names allowed
+    # qemu-img allows a taken name again; its lookups then pick the first.
+    qemu_img("snapshot", "-c", "x", img)         # id 3
     imgtool("snapshot", "-d", "2", img)          # by id
     imgtool("snapshot", "-c", "y", img)          # next id is max + 1 = 4
     ids = [e[:2] for e in snapshot_entries(img)]
@@ -124,6 +125,11 @@ def test_errors(tmp):
     p = imgtool("snapshot", "-d", "nope", img, rc=1)
     assert p.stderr == ("imgtool: Could not delete snapshot 'nope': "
                         "snapshot not found\n")
+    # Unlike qemu-img, a taken name is refused: lookups by name would
+    # silently pick the older snapshot.
+    p = imgtool("snapshot", "-c", "s", img, rc=1)
+    assert p.stderr == ("imgtool: Could not create snapshot 's': a snapshot "
+                        "named 's' already exists\n")
     p = imgtool("snapshot", "-l", "-c", "x", img, rc=1)
     assert "Cannot mix '-l', '-a', '-c', '-d'" in p.stderr
     p = imgtool("snapshot", "-l", rc=1)
