@@ -8,6 +8,7 @@
  * operations are qemu-img 7.2's.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -398,8 +399,11 @@ int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
         return ret;
     }
     if (d->length != s->length) {
-        return error_setf(err, EINVAL, "Bitmaps are incompatible and can't "
-                          "be merged");
+        return error_setf(err, EINVAL, "Bitmaps are of different sizes "
+                          "(destination size is %llu, source size is %llu) "
+                          "and can't be merged",
+                          (unsigned long long)d->length,
+                          (unsigned long long)s->length);
     }
     if (d == s) {
         return 0;
@@ -487,4 +491,64 @@ int block_bitmaps_store(BlockNode *n, Error *err)
         return 0;
     }
     return n->bitmaps->fmt->store(n, err);
+}
+
+bool block_bitmaps_persistent(BlockNode *n)
+{
+    if (!n->bitmaps) {
+        return false;
+    }
+    const BlockBitmapsFormat *f = n->bitmaps->fmt;
+    return !f || !f->can_add ||
+           f->can_add(n, "x", BLOCK_BITMAP_MIN_GRAN_BITS, NULL) == 0;
+}
+
+int block_bitmaps_check_copy(BlockNode *src, bool skip_broken, Error *err)
+{
+    if (!src->bitmaps) {
+        return error_setf(err, ENOTSUP, "Source lacks bitmap support");
+    }
+    for (int i = 0; i < src->bitmaps->n && !skip_broken; i++) {
+        if (src->bitmaps->v[i]->inconsistent) {
+            return error_setf(err, EBUSY, "Cannot copy inconsistent bitmap "
+                              "'%s'; try --skip-broken-bitmaps, or use "
+                              "'imgtool bitmap --remove' to delete it",
+                              src->bitmaps->v[i]->name);
+        }
+    }
+    return 0;
+}
+
+int block_bitmaps_copy(BlockNode *dst, BlockNode *src, bool skip_broken,
+                       Error *err)
+{
+    int ret = block_bitmaps_check_copy(src, skip_broken, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!block_bitmaps_persistent(dst)) {
+        return error_setf(err, ENOTSUP, "Format driver '%s' does not "
+                          "support bitmaps", dst->drv->name);
+    }
+    for (int i = 0; i < src->bitmaps->n; i++) {
+        const BlockBitmap *bm = src->bitmaps->v[i];
+        Error e = { 0 };
+        if (bm->inconsistent) {
+            fprintf(stderr, "imgtool: warning: Skipping inconsistent bitmap "
+                    "'%s'\n", bm->name);
+            continue;
+        }
+        ret = block_bitmap_add(dst, bm->name, 1ull << bm->gran_bits,
+                               bm->enabled, &e);
+        if (ret < 0) {
+            return error_setf(err, -ret, "Failed to create bitmap %s: %s",
+                              bm->name, e.msg);
+        }
+        ret = block_bitmap_merge(dst, bm->name, src, bm->name, &e);
+        if (ret < 0) {
+            return error_setf(err, -ret, "Failed to populate bitmap %s: %s",
+                              bm->name, e.msg);
+        }
+    }
+    return block_bitmaps_store(dst, err);
 }

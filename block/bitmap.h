@@ -128,6 +128,16 @@ int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
 /* New length (truncate): bits past it are dropped, new bits are clear. */
 int block_bitmaps_resize(BlockNode *n, uint64_t length);
 
+/* n can hold persistent bitmaps (qcow2 v3, writable). */
+bool block_bitmaps_persistent(BlockNode *n);
+/* convert --bitmaps: src has bitmaps support and, unless skip_broken,
+ * no inconsistent bitmap (checked before the target is created). */
+int block_bitmaps_check_copy(BlockNode *src, bool skip_broken, Error *err);
+/* Adds every (consistent) bitmap of src to dst with the same name,
+ * granularity, state and bits, then stores them; qemu-img's messages. */
+int block_bitmaps_copy(BlockNode *dst, BlockNode *src, bool skip_broken,
+                       Error *err);
+
 /* Persists n's bitmaps now (the format's store): what close would do,
  * with the error reported.  No-op without bitmaps support. */
 int block_bitmaps_store(BlockNode *n, Error *err);

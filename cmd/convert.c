@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "block/bitmap.h"
 #include "block/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
@@ -29,7 +30,7 @@ static const char convert_usage[] =
     "         [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache]\n"
     "         [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options]\n"
     "         [-l snapshot_param] [-S sparse_size] [-r rate_limit]\n"
-    "         [-m num_coroutines] [-W] [--salvage]\n"
+    "         [-m num_coroutines] [-W] [--salvage] [--skip-broken-bitmaps]\n"
     "         filename [filename2 [...]] output_filename\n"
     "\n"
     "  -f fmt              source format (probed when omitted)\n"
@@ -47,11 +48,14 @@ static const char convert_usage[] =
     "  -t/-T cache         target/source cache mode\n"
     "  -p                  show progress; -q: quiet\n"
     "  -U                  open sources without conflicting locks\n"
-    "  --salvage           copy unreadable source sectors as zeroes\n";
+    "  --salvage           copy unreadable source sectors as zeroes\n"
+    "  --bitmaps           copy the persistent dirty bitmaps too (qcow2)\n"
+    "  --skip-broken-bitmaps  with --bitmaps: leave inconsistent bitmaps\n"
+    "                      out instead of failing\n";
 
 enum {
     OPT_TARGET_IMAGE_OPTS = 256, OPT_TARGET_IS_ZERO, OPT_BITMAPS,
-    OPT_SALVAGE,
+    OPT_SALVAGE, OPT_SKIP_BROKEN,
 };
 
 static const struct option convert_options[] = {
@@ -62,6 +66,7 @@ static const struct option convert_options[] = {
     { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
     { "bitmaps", no_argument, NULL, OPT_BITMAPS },
     { "salvage", no_argument, NULL, OPT_SALVAGE },
+    { "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN },
     { NULL, 0, NULL, 0 },
 };
 
@@ -69,7 +74,7 @@ typedef struct ConvertOpts {
     ImageArgs src;    /* -f -U -q --image-opts --object */
     const char *out_fmt, *backing, *backing_fmt, *cache, *src_cache;
     const char *create_opts, *snapshot;
-    bool target_image_opts, target_is_zero, bitmaps, salvage;
+    bool target_image_opts, target_is_zero, bitmaps, salvage, skip_broken;
     bool compress, progress, no_create, out_of_order;
     uint64_t sparse, rate;
     int workers;
@@ -147,6 +152,7 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         case OPT_TARGET_IS_ZERO: o->target_is_zero = true; break;
         case OPT_BITMAPS: o->bitmaps = true; break;
         case OPT_SALVAGE: o->salvage = true; break;
+        case OPT_SKIP_BROKEN: o->skip_broken = true; break;
         default: {
             int r = image_args_parse(&o->src, c, optarg);
             if (r <= 0) {
@@ -185,8 +191,12 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         imgtool_error("Use of backing file requires explicit backing format");
         return 1;
     }
-    if (o->bitmaps) {
-        imgtool_error("copying bitmaps (--bitmaps) is not supported yet");
+    if (o->skip_broken && !o->bitmaps) {
+        imgtool_error("Use of --skip-broken-bitmaps requires --bitmaps");
+        return 1;
+    }
+    if (o->bitmaps && argc - optind > 2) {
+        imgtool_error("Copying bitmaps only possible with single source");
         return 1;
     }
     return -1;
@@ -340,6 +350,12 @@ int cmd_convert(int argc, char **argv)
             goto out;
         }
     }
+    /* Refused before the target is created, as qemu-img does. */
+    if (o.bitmaps &&
+        block_bitmaps_check_copy(src[0], o.skip_broken, &err) < 0) {
+        imgtool_report(&err);
+        goto out;
+    }
     if (o.snapshot) {
         if (nsrc != 1) {
             imgtool_error("No support for concatenating multiple snapshot");
@@ -379,6 +395,11 @@ int cmd_convert(int argc, char **argv)
     }
     if (dst_len < total) {
         imgtool_error("output file is smaller than input file");
+        goto out;
+    }
+    if (o.bitmaps && !block_bitmaps_persistent(dst)) {
+        imgtool_error("Format driver '%s' does not support bitmaps",
+                      dst->drv->name);
         goto out;
     }
 
@@ -422,6 +443,12 @@ int cmd_convert(int argc, char **argv)
     if (copy_run(&job, &err) < 0) {
         progress_finish(prog);
         prog = NULL;
+        imgtool_report(&err);
+        goto out;
+    }
+    /* After the copy, so that the copy's own writes do not mark them. */
+    if (o.bitmaps && block_bitmaps_copy(dst, src[0], o.skip_broken,
+                                        &err) < 0) {
         imgtool_report(&err);
         goto out;
     }
