@@ -22,15 +22,24 @@ if [ ! -f "$B/build.ninja" ]; then
 fi
 ninja -C "$B" libimgtool.a >/dev/null
 LIBS=$(pkg-config --libs jansson zlib libzstd libcrypto)
-for h in qcow2_read qcow2_write; do
+# Every fuzz/fuzz_*.c is a harness; the table harnesses find their
+# template images in fuzz/templates/.
+for src in "$ROOT"/fuzz/fuzz_*.c; do
+    h=$(basename "$src" .c); h=${h#fuzz_}
     out="$B/fuzz_$h"
     if [ ! -f "$out" ] || [ "$B/libimgtool.a" -nt "$out" ] ||
        [ "$ROOT/fuzz/fuzz_$h.c" -nt "$out" ] ||
-       [ "$ROOT/fuzz/fuzz_common.h" -nt "$out" ]; then
+       [ "$ROOT/fuzz/fuzz_common.h" -nt "$out" ] ||
+       [ "$ROOT/fuzz/fuzz_splice.h" -nt "$out" ]; then
         $CC -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer $SAN \
             -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I"$ROOT" \
+            -DFUZZ_TEMPLATE_DIR="\"$ROOT/fuzz/templates\"" \
             "$ROOT/fuzz/fuzz_$h.c" "$B/libimgtool.a" $LIBS -lpthread -lm \
             -o "$out"
     fi
 done
-echo "$B/fuzz_qcow2_read $B/fuzz_qcow2_write"
+for src in "$ROOT"/fuzz/fuzz_*.c; do
+    h=$(basename "$src" .c)
+    printf '%s ' "$B/$h"
+done
+echo

@@ -19,7 +19,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("IMGTOOL_FUZZ_BUILD", os.path.join(ROOT, "build-fuzz"))
 SECONDS = int(os.environ.get("IMGTOOL_FUZZ_SECONDS", "15"))
-HARNESSES = ["qcow2_read", "qcow2_write"]
+HARNESSES = ["qcow2_read", "qcow2_write", "qcow2_snapshot", "qcow2_bitmap"]
+# Harnesses whose inputs are not whole images have their own committed
+# corpus (fuzz/corpus/NAME); the others share the qcow2 seeds.
+OWN_CORPUS = {"qcow2_snapshot": "qcow2-snapshot",
+              "qcow2_bitmap": "qcow2-bitmap"}
 CRASHERS = os.path.join(ROOT, "fuzz", "crashers")
 LIBFUZZER_ARGS = ["-timeout=10", "-rss_limit_mb=2048", "-max_len=65536",
                   "-print_final_stats=1"]
@@ -63,6 +67,12 @@ def corpus(tmp_path_factory):
     return d
 
 
+def _seeds(harness, corpus):
+    if harness in OWN_CORPUS:
+        return os.path.join(ROOT, "fuzz", "corpus", OWN_CORPUS[harness])
+    return corpus
+
+
 def _crash_summary(out):
     lines = [l for l in out.splitlines()
              if "ERROR:" in l or "SUMMARY:" in l or "Test unit written" in l
@@ -80,7 +90,8 @@ def _saved_crashers():
 def test_seeds_and_saved_crashers(harnesses, corpus, harness, tmp_path):
     """Each input once: earlier crashers stay fixed."""
     inputs = [os.path.join(CRASHERS, f) for f in _saved_crashers()]
-    inputs += [os.path.join(corpus, f) for f in sorted(os.listdir(corpus))]
+    seeds = _seeds(harness, corpus)
+    inputs += [os.path.join(seeds, f) for f in sorted(os.listdir(seeds))]
     failed = []
     for path in inputs:
         p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, path],
@@ -95,7 +106,7 @@ def test_seeds_and_saved_crashers(harnesses, corpus, harness, tmp_path):
 @pytest.mark.parametrize("harness", HARNESSES)
 def test_fuzz_briefly(harnesses, corpus, harness, tmp_path):
     work = tmp_path / "corpus"
-    shutil.copytree(corpus, work)
+    shutil.copytree(_seeds(harness, corpus), work)
     art = tmp_path / "artifacts"
     art.mkdir()
     p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, "-seed=1",

@@ -1,0 +1,134 @@
+/*
+ * fuzz_qcow2_snapshot.c - libFuzzer harness for the qcow2 snapshot table.
+ * The input is spliced into fuzz/templates/snapshot.qcow2 (a 512-byte
+ * cluster image with two qemu-img snapshots) as its snapshot table, with
+ * nb_snapshots and snapshots_offset from the input (fuzz_splice.h).
+ *
+ * Then everything a user can do with the table: check without repair;
+ * list; load each snapshot as `convert -l` does and read it; open for
+ * writing, write over shared clusters, create, apply and delete
+ * snapshots; repair with `check -r all`; check and read again.  A refused
+ * image is fine, a crash, leak or sanitizer report is a bug.
+ */
+#include <unistd.h>
+
+#include "fuzz/fuzz_splice.h"
+
+#define MAX_LOADS 3
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static FuzzTemplate tpl;
+
+static void load_and_read(const char *path, const char *param)
+{
+    Error err = { 0 };
+    BlockNode *n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS, &err);
+    if (!n) {
+        return;
+    }
+    if (block_snapshot_load_tmp(n, param, &err) == 0) {
+        fuzz_describe(n);
+        fuzz_read_all(n);
+    }
+    block_close(n);
+}
+
+static void list_and_load(const char *path)
+{
+    Error err = { 0 };
+    BlockNode *n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS, &err);
+    if (!n) {
+        return;
+    }
+    fuzz_describe(n);
+    BlockSnapshotInfo *v = NULL;
+    int count = 0;
+    int ret = block_snapshot_list(n, &v, &count);
+    block_close(n);
+    if (ret < 0) {
+        return;
+    }
+    for (int i = 0; i < count && i < MAX_LOADS; i++) {
+        char param[2200];
+        load_and_read(path, v[i].id);
+        snprintf(param, sizeof(param), "snapshot.id=%s,snapshot.name=%s",
+                 v[i].id, v[i].name);
+        load_and_read(path, param);
+    }
+    block_snapshot_list_free(v, count);
+}
+
+static void modify(const char *path)
+{
+    Error err = { 0 };
+    BlockNode *n = block_open(path, "qcow2", NULL,
+                              FUZZ_OPEN_FLAGS | BLOCK_O_RDWR, &err);
+    if (!n) {
+        return;
+    }
+    static uint8_t buf[8192];
+    memset(buf, 0x5a, sizeof(buf));
+    BlockSnapshotInfo *v = NULL;
+    int count = 0;
+    if (block_snapshot_list(n, &v, &count) < 0) {
+        count = 0;
+    }
+    /* Clusters the snapshots share: copy on write. */
+    block_pwrite(n, 0, sizeof(buf), buf, 0);
+    error_clear(&err);
+    block_snapshot_create(n, "fuzz", &err);
+    if (count > 0) {
+        error_clear(&err);
+        block_snapshot_apply(n, v[0].id, &err);
+        block_pwrite(n, 1024, 3000, buf, 0);
+        error_clear(&err);
+        block_snapshot_delete(n, v[count - 1].id, &err);
+    }
+    error_clear(&err);
+    block_snapshot_delete(n, "fuzz", &err);
+    block_snapshot_list_free(v, count);
+    block_close(n);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    FuzzSplice sp;
+    if (!fuzz_splice_parse(data, size, &sp)) {
+        return 0;
+    }
+    const FuzzTemplate *t = fuzz_template("snapshot.qcow2", &tpl);
+    uint8_t *img;
+    size_t len = fuzz_splice_build(t, &sp, fuzz_be(t->data + 64, 8), &img);
+    if (!img) {
+        return 0;
+    }
+    fuzz_put_be(img + 60, 4, sp.count);
+    fuzz_put_be(img + 64, 8, sp.offset);
+    char path[64];
+    int fd = fuzz_memfd(img, len, path, sizeof(path));
+    free(img);
+    if (fd < 0) {
+        return 0;
+    }
+
+    Error err = { 0 };
+    BlockNode *n = block_open(path, "qcow2", NULL,
+                              FUZZ_OPEN_FLAGS | BLOCK_O_CHECK, &err);
+    if (n) {
+        fuzz_check(n, 0);
+        block_close(n);
+    }
+    list_and_load(path);
+    modify(path);
+    error_clear(&err);
+    n = block_open(path, "qcow2", NULL,
+                   FUZZ_OPEN_FLAGS | BLOCK_O_RDWR | BLOCK_O_CHECK, &err);
+    if (n) {
+        fuzz_check(n, BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS);
+        block_close(n);
+    }
+    list_and_load(path);
+    close(fd);
+    return 0;
+}
