@@ -1,14 +1,275 @@
 /*
- * amend.c - `imgtool amend` (being written).
+ * amend.c - `imgtool amend`: change the options of an existing image in
+ * place, as `qemu-img amend` does (compat level, refcount width, lazy
+ * refcounts, data file, size, LUKS key slots).
+ *
+ * The format driver checks every option before it changes anything, so
+ * a refused amend leaves the image as it was.  Exit codes: 0 success, 1
+ * any failure.  `-o help` lists what the format can amend; with a file
+ * name the image is opened to learn its format.
  */
-#include <stdio.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "imgtool/cmd-usage.h"
+#include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"
+
+static const char amend_usage[] =
+    "usage: imgtool amend [--object objectdef] [--image-opts] [-p] [-q]\n"
+    "                     [-f fmt] [-t cache] [--force] -o options filename\n"
+    "\n"
+    "  -o options        the options to change, e.g. compat=0.10 or\n"
+    "                    refcount_bits=8; '-o help' lists them\n"
+    "  -f fmt            image format (probed when omitted)\n"
+    "  -t cache          cache mode for writing the image (default\n"
+    "                    writeback)\n"
+    "  -p                show progress\n"
+    "  -q, --quiet       print nothing but errors\n"
+    "  --force           allow changes that lose something (erasing the\n"
+    "                    last LUKS key slot)\n"
+    "  --image-opts      filename is an option string (driver=...,...)\n";
+
+enum { OPT_FORCE = 256 };
+
+static const struct option amend_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "quiet", no_argument, NULL, 'q' },
+    { "force", no_argument, NULL, OPT_FORCE },
+    IMAGE_ARGS_LONG_OPTIONS,
+    { NULL, 0, NULL, 0 },
+};
+
+/* True when an -o item is a bare "help" or "?". */
+static bool wants_help(const char *s)
+{
+    const char *p = s;
+    while (*p) {
+        const char *end = p;
+        while (*end && !(*end == ',' && end[1] != ',')) {
+            end += (*end == ',') ? 2 : 1;
+        }
+        size_t len = (size_t)(end - p);
+        if ((len == 4 && strncmp(p, "help", 4) == 0) ||
+            (len == 1 && *p == '?')) {
+            return true;
+        }
+        p = *end ? end + 1 : end;
+    }
+    return false;
+}
+
+static const char *type_label(OptType t)
+{
+    switch (t) {
+    case OPT_SIZE: return "<size>";
+    case OPT_NUMBER: return "<num>";
+    case OPT_BOOL: return "<bool (on/off)>";
+    default: return "<str>";
+    }
+}
+
+static int opt_cmp(const void *a, const void *b)
+{
+    const BlockCreateOpt *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+/* The options a driver can amend, sorted by name as qemu-img lists them. */
+static int print_amend_help(const BlockDriver *drv)
+{
+    if (!drv->amend) {
+        imgtool_error("Format driver '%s' does not support option amendment",
+                      drv->name);
+        return 1;
+    }
+    const BlockCreateOpt *list = drv->amend_opts ? drv->amend_opts
+                                                 : drv->create_opts;
+    size_t n = 0;
+    while (list && list[n].name) {
+        n++;
+    }
+    const BlockCreateOpt **v = calloc(n ? n : 1, sizeof(*v));
+    if (!v) {
+        imgtool_error("out of memory");
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        v[i] = &list[i];
+    }
+    qsort(v, n, sizeof(*v), opt_cmp);
+    printf("Amend options for '%s':\n", drv->name);
+    for (size_t i = 0; i < n; i++) {
+        char left[128];
+        snprintf(left, sizeof(left), "%s=%s", v[i]->name,
+                 type_label(v[i]->type));
+        printf("  %-22s - %s\n", left, v[i]->help ? v[i]->help : "");
+    }
+    free(v);
+    return 0;
+}
+
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    progress_update(opaque, done, total);
+}
+
+/* Joins the -o strings with ',' as qemu-img merges repeated -o. */
+static char *join_opts(char **v, int n)
+{
+    size_t len = 1;
+    for (int i = 0; i < n; i++) {
+        len += strlen(v[i]) + 1;
+    }
+    char *s = malloc(len);
+    if (!s) {
+        return NULL;
+    }
+    s[0] = '\0';
+    for (int i = 0; i < n; i++) {
+        if (i) {
+            strcat(s, ",");
+        }
+        strcat(s, v[i]);
+    }
+    return s;
+}
+
+static int run_amend(const char *filename, const ImageArgs *a, int flags,
+                     const char *optstr, bool help, bool progress, bool force)
+{
+    Error err = { 0 };
+    KVList opts = { 0 };
+    int rc = 1;
+
+    if (!help && kvlist_parse(&opts, optstr, NULL, &err) < 0) {
+        imgtool_error("Invalid option list: %s", optstr);
+        return 1;
+    }
+    BlockNode *n = imgtool_open(filename, a->fmt, a->image_opts,
+                                help ? 0 : BLOCK_O_RDWR | flags, &err);
+    if (!n) {
+        imgtool_report(&err);
+        kvlist_free(&opts);
+        return 1;
+    }
+    if (help) {
+        rc = print_amend_help(n->drv);
+        goto out;
+    }
+    if (!n->drv->amend) {
+        imgtool_error("Format driver '%s' does not support option amendment",
+                      n->drv->name);
+        goto out;
+    }
+    Progress *p = progress_start(progress && !a->quiet);
+    int ret = block_amend(n, &opts, force, on_progress, p, &err);
+    if (ret >= 0) {
+        ret = block_flush(n);
+        if (ret < 0) {
+            error_setf(&err, -ret, "flush failed: %s", strerror(-ret));
+        }
+    }
+    if (ret >= 0) {
+        progress_update(p, 1, 1);
+    }
+    progress_finish(p);
+    if (ret < 0) {
+        if (!error_is_set(&err)) {
+            error_setf(&err, -ret, "Error while amending options: %s",
+                       strerror(-ret));
+        }
+        imgtool_report(&err);
+        goto out;
+    }
+    rc = 0;
+out:
+    block_close(n);
+    kvlist_free(&opts);
+    return rc;
+}
 
 int cmd_amend(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "imgtool: amend: not implemented yet\n");
-    return 1;
+    ImageArgs a = { 0 };
+    const char *cache = NULL;
+    bool progress = false, force = false, help = false;
+    char **ostrs = calloc((size_t)argc + 1, sizeof(*ostrs));
+    int nostrs = 0, c, r, rc = 1;
+
+    if (!ostrs) {
+        imgtool_error("out of memory");
+        return 1;
+    }
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":ho:f:t:pq", amend_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(amend_usage, stdout);
+            rc = 0;
+            goto out;
+        case 'o':
+            if (!*optarg) {
+                imgtool_error("Invalid option list: %s", optarg);
+                goto out;
+            }
+            help |= wants_help(optarg);
+            ostrs[nostrs++] = optarg;
+            break;
+        case 't':
+            cache = optarg;
+            break;
+        case 'p':
+            progress = true;
+            break;
+        case OPT_FORCE:
+            force = true;
+            break;
+        default:
+            r = image_args_option(&a, c, optarg, "amend", argv);
+            if (r) {
+                rc = r;
+                goto out;
+            }
+        }
+    }
+    if (!nostrs) {
+        rc = usage_error("amend", "Must specify options (-o)");
+        goto out;
+    }
+    if (image_args_check(&a) < 0) {
+        goto out;
+    }
+    int npos = argc - optind;
+    if (help && npos == 0 && a.fmt) {
+        const BlockDriver *drv = block_find_driver(a.fmt);
+        if (!drv || !drv->is_format) {
+            imgtool_error("Unknown file format '%s'", a.fmt);
+            goto out;
+        }
+        rc = print_amend_help(drv);
+        goto out;
+    }
+    if (npos != 1) {
+        rc = usage_error("amend", "Expecting one image file name");
+        goto out;
+    }
+    int flags = 0;
+    if (cache && imgtool_parse_cache(cache, &flags) < 0) {
+        imgtool_error("Invalid cache option: %s", cache);
+        goto out;
+    }
+    char *optstr = join_opts(ostrs, nostrs);
+    if (!optstr) {
+        imgtool_error("out of memory");
+        goto out;
+    }
+    rc = run_amend(argv[optind], &a, flags, optstr, help, progress, force);
+    free(optstr);
+out:
+    free(ostrs);
+    return rc;
 }
