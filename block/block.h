@@ -168,6 +168,11 @@ struct BlockNode {
      * it has none; every successful write, zero and discard that reaches
      * this node marks the enabled ones. */
     struct BlockBitmaps *bitmaps;
+
+    /* The driver options this node was opened with ("encrypt.key-secret",
+     * "backing.xxx" ...), so that reopening it (block_reopen_backing_rw)
+     * keeps them. */
+    KVList open_opts;
 };
 
 /* Open `filename` with `format` (NULL probes the content; probing that
@@ -312,6 +317,64 @@ typedef void BlockProgressFn(void *opaque, uint64_t done, uint64_t total);
  * (block/amend.c). */
 int block_amend(BlockNode *n, KVList *opts, bool force,
                 BlockProgressFn *progress, void *opaque, Error *err);
+
+/* ---- Rebase and external snapshots (block/rebase.c, block/extsnap.c) -- */
+
+/* Changes top's backing file to r->backing ("" or NULL: none).  Safe
+ * mode copies into top whatever the new backing reads differently from
+ * the old chain, then switches the header; crash-safe (data first). */
+typedef struct BlockRebase {
+    const char *backing;     /* as it will be stored in top */
+    const char *backing_fmt;
+    int backing_flags;       /* BLOCK_O_* to open it with (-U, -T) */
+    bool unsafe;             /* header only */
+    bool compress;           /* store written clusters compressed */
+    BlockProgressFn *progress;   /* may be NULL */
+    void *progress_opaque;
+} BlockRebase;
+int block_rebase(BlockNode *top, const BlockRebase *r, Error *err);
+
+/* External snapshots of the active image at path `active` (format fmt,
+ * NULL probes): the layers of its backing chain, named after their files
+ * ("<stem>.NAME.qcow2" is NAME, other files their name without
+ * extension).  Each call opens and locks what it needs itself; the
+ * active path names the old or the new image whenever it is killed. */
+typedef struct BlockExtSnapLayer {
+    char *name;
+    char *filename;          /* as the chain names it */
+    char *format;
+    uint64_t virtual_size;
+    int64_t actual_size;     /* bytes on the host, < 0 unknown */
+    int64_t date_sec;        /* the file's mtime: when it was frozen */
+    uint32_t date_nsec;
+    bool active;             /* the top, the image the VM uses */
+} BlockExtSnapLayer;
+
+typedef struct BlockExtSnapList {
+    BlockExtSnapLayer *layers;   /* top first */
+    int n;
+    bool interrupted;        /* a killed run left files to clean up; the
+                                next create/revert/delete removes them */
+} BlockExtSnapList;
+
+/* flags: BLOCK_O_SHARE (-U). */
+int block_extsnap_list(const char *active, const char *fmt, int flags,
+                       BlockExtSnapList *out, Error *err);
+void block_extsnap_list_free(BlockExtSnapList *l);
+/* Freezes the active content as `name` (in `file`, or NULL for
+ * <dir>/<stem>.NAME.qcow2) under a fresh empty overlay. */
+int block_extsnap_create(const char *active, const char *fmt,
+                         const char *name, const char *file, Error *err);
+/* The active image becomes a fresh overlay on layer `name` (a name, file
+ * name or path); the layers above it are deleted. */
+int block_extsnap_revert(const char *active, const char *fmt,
+                         const char *name, Error *err);
+/* Removes layer `name`, keeping every other state: the layer above takes
+ * its data (safe rebase), then its file is deleted. */
+int block_extsnap_delete(const char *active, const char *fmt,
+                         const char *name, BlockProgressFn *progress,
+                         void *opaque, Error *err);
+/* ---- end of rebase and external snapshots ---- */
 
 /* One internal snapshot, as `info` and `snapshot -l` show it
  * (block/snapshot.c). */

@@ -48,20 +48,43 @@ int block_reopen_backing_rw(BlockNode *parent, int flags, Error *err)
     const BlockDriver *drv = old->drv;
     int keep = old->flags & (BLOCK_O_NOCACHE | BLOCK_O_NO_FLUSH |
                              BLOCK_O_NO_LOCK);
+    /* The options it was opened with (an encrypted base's key-secret,
+     * its own backing.* options) must survive the reopen. */
+    KVList opts = old->open_opts, again = { 0 };
+    old->open_opts = (KVList){ 0 };
     if (!name) {
+        kvlist_free(&opts);
         return error_setf(err, ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < opts.n; i++) {
+        if (kvlist_set(&again, opts.items[i].key, opts.items[i].value) < 0) {
+            free(name);
+            kvlist_free(&opts);
+            kvlist_free(&again);
+            return error_setf(err, ENOMEM, "out of memory");
+        }
     }
     parent->backing = NULL;
     block_close(old);
-    BlockNode *nb = block_open(name, drv->name, NULL,
+    BlockNode *nb = block_open(name, drv->name, &opts,
                                BLOCK_O_RDWR | keep | flags, err);
-    free(name);
     if (!nb) {
         int code = err && err->code ? err->code : EIO;
         Error ignored = { 0 };
-        block_open_backing(parent, parent->flags, &ignored);
+        nb = block_open(name, drv->name, &again,
+                        (parent->flags & (BLOCK_O_SHARE | BLOCK_O_NOCACHE |
+                                          BLOCK_O_NO_LOCK |
+                                          BLOCK_O_NO_FLUSH)) |
+                        BLOCK_O_BACKING_RO, &ignored);
+        parent->backing = nb;
+        free(name);
+        kvlist_free(&opts);
+        kvlist_free(&again);
         return -code;
     }
+    free(name);
+    kvlist_free(&opts);
+    kvlist_free(&again);
     parent->backing = nb;
     return 0;
 }

@@ -48,6 +48,7 @@ static void node_free(BlockNode *n)
     free(n->backing_file);
     free(n->backing_format);
     free(n->full_backing_filename);
+    kvlist_free(&n->open_opts);
     free(n->opaque);
     free(n);
 }
@@ -262,6 +263,16 @@ static BlockNode *open_image(const char *filename, const char *format,
     }
     n->file = file;
     n->request_alignment = 1;
+    for (size_t i = 0; i < opts->n; i++) {
+        if (kvlist_set(&n->open_opts, opts->items[i].key,
+                       opts->items[i].value) < 0) {
+            error_setf(err, ENOMEM, "out of memory");
+            n->file = NULL;
+            node_free(n);
+            n = NULL;
+            goto fail;
+        }
+    }
     ret = drv->open(n, opts, flags, err);
     if (ret < 0) {
         if (err && err->code && strncmp(err->msg, "Could not open", 14)) {

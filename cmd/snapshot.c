@@ -2,10 +2,16 @@
  * snapshot.c - `imgtool snapshot`: list, create, apply or delete the
  * internal snapshots of an image, with qemu-img's messages and exit codes
  * (0 success, 1 any failure).  Without an action it lists, as qemu-img.
+ *
+ * With --external the same actions work on external snapshots, the
+ * layers of the image's backing chain (block/extsnap.c): -c freezes the
+ * active content under a new file, -a reverts to a layer (discarding
+ * the later ones), -d drops a layer keeping every other state.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <string.h>
+#include <time.h>
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
@@ -25,13 +31,36 @@ static const char snapshot_usage[] =
     "  -U, --force-share open the image read-only without conflicting locks\n"
     "                    (listing only)\n"
     "  -q, --quiet       print nothing but errors\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n";
+    "  --image-opts      filename is an option string (driver=...,...)\n"
+    "\n"
+    "usage: imgtool snapshot --external [-U] [-q] [-p] [--output=ofmt]\n"
+    "                        [-l | -a name | -c name [--file path] | -d name]\n"
+    "                        [-f fmt] filename\n"
+    "\n"
+    "  External snapshots are the layers of filename's backing chain;\n"
+    "  filename (the active image) stays the image the VM uses.\n"
+    "  -l                list the layers, newest first (the default)\n"
+    "  -c name           freeze the current content as <stem>.name.qcow2 next\n"
+    "                    to filename (or --file path); filename becomes an\n"
+    "                    empty overlay on it\n"
+    "  -a name           revert: filename becomes an empty overlay on layer\n"
+    "                    'name' (a name, file name or path); the layers above\n"
+    "                    it are deleted\n"
+    "  -d name           delete layer 'name', keeping every other state (its\n"
+    "                    data moves into the layer above)\n"
+    "  --output=ofmt     'human' or 'json' (listing)\n"
+    "  -p                show progress (delete)\n";
+
+enum { OPT_EXTERNAL = 0x500, OPT_FILE };
 
 static const struct option snapshot_options[] = {
     { "help", no_argument, NULL, 'h' },
     { "quiet", no_argument, NULL, 'q' },
     IMAGE_ARGS_LONG_OPTIONS,
     FORCE_SHARE_LONG_OPTION,
+    OUTPUT_LONG_OPTION,
+    { "external", no_argument, NULL, OPT_EXTERNAL },
+    { "file", required_argument, NULL, OPT_FILE },
     { NULL, 0, NULL, 0 },
 };
 
@@ -45,19 +74,138 @@ static int list_snapshots(BlockNode *n)
     return 0;
 }
 
+static json_t *layer_json(const BlockExtSnapLayer *l)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "name", json_string(l->name));
+    json_object_set_new(o, "filename", json_string(l->filename));
+    json_object_set_new(o, "format", json_string(l->format));
+    json_object_set_new(o, "virtual-size", json_integer((json_int_t)
+                                                        l->virtual_size));
+    if (l->actual_size >= 0) {
+        json_object_set_new(o, "actual-size",
+                            json_integer((json_int_t)l->actual_size));
+    }
+    json_object_set_new(o, "date-sec", json_integer(l->date_sec));
+    json_object_set_new(o, "date-nsec", json_integer(l->date_nsec));
+    json_object_set_new(o, "active", json_boolean(l->active));
+    return o;
+}
+
+static void print_layers(const BlockExtSnapList *l, OutputFormat out)
+{
+    if (out == OUTPUT_JSON) {
+        json_t *arr = json_array();
+        for (int i = 0; i < l->n; i++) {
+            json_array_append_new(arr, layer_json(&l->layers[i]));
+        }
+        imgtool_print_json(arr);
+        json_decref(arr);
+        return;
+    }
+    printf("%-20s %-6s %12s %12s %-19s  %s\n", "NAME", "FORMAT",
+           "VIRTUAL SIZE", "DISK SIZE", "DATE", "FILE");
+    for (int i = 0; i < l->n; i++) {
+        const BlockExtSnapLayer *y = &l->layers[i];
+        char vs[32], ds[32] = "-", date[32] = "-", name[64];
+        format_size(y->virtual_size, vs, sizeof(vs));
+        if (y->actual_size >= 0) {
+            format_size((uint64_t)y->actual_size, ds, sizeof(ds));
+        }
+        time_t t = (time_t)y->date_sec;
+        struct tm tm;
+        if (localtime_r(&t, &tm)) {
+            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        }
+        snprintf(name, sizeof(name), "%s%s", y->name,
+                 y->active ? " (active)" : "");
+        printf("%-20s %-6s %12s %12s %-19s  %s\n", name, y->format, vs, ds,
+               date, y->filename);
+    }
+}
+
+static void extsnap_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    progress_update(opaque, done, total);
+}
+
+/* --external: the layers of the backing chain. */
+static int external_snapshot(int action, const char *name, const char *file,
+                             const ImageArgs *a, bool show_progress,
+                             const char *filename)
+{
+    Error err = { 0 };
+    int ret = 0;
+    const char *what = "";
+    switch (action) {
+    case 'l': {
+        BlockExtSnapList l;
+        ret = block_extsnap_list(filename, a->fmt, image_args_flags(a), &l,
+                                 &err);
+        if (ret < 0) {
+            imgtool_report(&err);
+            return 1;
+        }
+        print_layers(&l, a->output);
+        if (l.interrupted) {
+            imgtool_warn("an interrupted snapshot operation left files "
+                         "next to '%s'; the next create, revert or delete "
+                         "removes them", filename);
+        }
+        block_extsnap_list_free(&l);
+        return 0;
+    }
+    case 'c':
+        what = "create";
+        ret = block_extsnap_create(filename, a->fmt, name, file, &err);
+        break;
+    case 'a':
+        what = "revert to";
+        ret = block_extsnap_revert(filename, a->fmt, name, &err);
+        break;
+    case 'd': {
+        what = "delete";
+        Progress *p = progress_start(show_progress && !a->quiet);
+        ret = block_extsnap_delete(filename, a->fmt, name, extsnap_progress,
+                                   p, &err);
+        if (ret >= 0) {
+            progress_update(p, 1, 1);
+        }
+        progress_finish(p);
+        break;
+    }
+    }
+    if (ret < 0) {
+        imgtool_error("Could not %s snapshot '%s': %s", what, name,
+                      error_is_set(&err) ? err.msg : strerror(-ret));
+        return 1;
+    }
+    return 0;
+}
+
 int cmd_snapshot(int argc, char **argv)
 {
     ImageArgs a = { 0 };
     int action = 0, c, r;
-    const char *name = NULL;
+    const char *name = NULL, *file = NULL;
+    bool external = false, show_progress = false;
 
     optind = 0;
-    while ((c = getopt_long(argc, argv, ":hla:c:d:f:Uq", snapshot_options,
+    while ((c = getopt_long(argc, argv, ":hla:c:d:f:Uqp", snapshot_options,
                             NULL)) != -1) {
         switch (c) {
         case 'h':
             fputs(snapshot_usage, stdout);
             return 0;
+        case OPT_EXTERNAL:
+            external = true;
+            break;
+        case OPT_FILE:
+            file = optarg;
+            break;
+        case 'p':
+            show_progress = true;
+            break;
         case 'l':
         case 'a':
         case 'c':
@@ -86,6 +234,26 @@ int cmd_snapshot(int argc, char **argv)
         action = 'l';
     }
     const char *filename = argv[optind];
+    if (!external && (file || show_progress || a.output == OUTPUT_JSON)) {
+        return usage_error("snapshot", "--file, -p and --output need "
+                           "--external");
+    }
+    if (external) {
+        if (a.image_opts) {
+            return usage_error("snapshot", "--external takes a file name, "
+                               "not --image-opts");
+        }
+        if (file && action != 'c') {
+            return usage_error("snapshot", "--file goes with -c");
+        }
+        if (action != 'l' && a.force_share) {
+            imgtool_error("Could not open '%s': force-share=on can only be "
+                          "used with read-only images", filename);
+            return 1;
+        }
+        return external_snapshot(action, name, file, &a, show_progress,
+                                 filename);
+    }
     bool writing = action != 'l';
     if (writing && a.force_share) {
         imgtool_error("Could not open '%s': force-share=on can only be used "

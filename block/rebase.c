@@ -1,0 +1,236 @@
+/*
+ * rebase.c - changing an image's backing file (qemu-img rebase, and the
+ * removal of a layer from an external snapshot chain).
+ *
+ * Safe mode keeps the guest-visible content: wherever the top does not
+ * allocate and the old backing chain reads differently from the new
+ * backing file, the old content is written into the top.  The copy
+ * engine does it with compare_target: while it runs, the top's in-memory
+ * backing link already points at the new backing file, so reading the
+ * top there yields the new content and only the differences get written.
+ * An empty new backing name flattens the whole chain into the top.
+ * Unsafe mode only rewrites the header.
+ *
+ * Interrupt safety: the header names the new backing file only after all
+ * data is written and flushed.  A kill before that leaves the old link,
+ * and what was copied equals what the old chain showed, so the image
+ * reads the same as before.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block/block.h"
+#include "block/copy.h"
+
+typedef struct RebaseState {
+    const BlockRebase *r;
+    uint64_t base;    /* bytes of the image before the current job */
+    uint64_t total;
+    /* The new backing file's twin in the old chain, or NULL; below
+     * `split` (the shortest layer above it) only what the old chain
+     * allocates above it can differ, so nothing else is read. */
+    BlockNode *prefix;
+    uint64_t split;
+} RebaseState;
+
+static void report(RebaseState *rs, uint64_t done)
+{
+    if (rs->r->progress) {
+        rs->r->progress(rs->r->progress_opaque, done, rs->total);
+    }
+}
+
+static bool same_image(BlockNode *a, BlockNode *b)
+{
+    char ra[PATH_MAX], rb[PATH_MAX];
+    if (a->drv != b->drv || !realpath(a->filename, ra) ||
+        !realpath(b->filename, rb)) {
+        return false;
+    }
+    return strcmp(ra, rb) == 0;
+}
+
+/* Finds nb in old's chain (as qemu-img does, to read less when rebasing
+ * onto an image further down the same chain). */
+static void find_prefix(BlockNode *old, BlockNode *nb, RebaseState *rs)
+{
+    rs->prefix = NULL;
+    rs->split = UINT64_MAX;
+    if (!nb) {
+        return;
+    }
+    for (BlockNode *m = old; m; m = m->backing) {
+        if (same_image(m, nb)) {
+            rs->prefix = m;
+            return;
+        }
+        int64_t ml = block_get_length(m);
+        if (ml >= 0 && (uint64_t)ml < rs->split) {
+            rs->split = (uint64_t)ml;
+        }
+    }
+}
+
+static void job_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    RebaseState *rs = opaque;
+    (void)total;
+    report(rs, rs->base + done);
+}
+
+/* Makes [s, e) of top (unallocated there; its backing link already the
+ * new one, nb) read what the old chain `old` reads. */
+static int rebase_range(BlockNode *top, BlockNode *old, BlockNode *nb,
+                        uint64_t s, uint64_t e, RebaseState *rs, Error *err)
+{
+    int64_t old_len = old ? block_get_length(old) : 0;
+    int64_t new_len = nb ? block_get_length(nb) : 0;
+    if (old_len < 0 || new_len < 0) {
+        return error_setf(err, EIO, "Could not get the backing file size");
+    }
+    uint64_t mid = e < (uint64_t)old_len ? e : (uint64_t)old_len;
+    /* [s, cut) may skip what the prefix defines; past a shorter layer
+     * above it the old chain reads zeroes that src_base would skip. */
+    uint64_t cut = rs->prefix ? (mid < rs->split ? mid : rs->split) : s;
+    if (cut < s) {
+        cut = s;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t a = pass ? cut : s, b = pass ? mid : cut;
+        if (a >= b) {
+            continue;
+        }
+        CopyJob job;
+        copy_job_init(&job);
+        job.src = &old;
+        job.nsrc = 1;
+        job.src_base = pass ? NULL : rs->prefix;
+        job.dst = top;
+        job.src_offset = a;
+        job.dst_offset = a;
+        job.length = b - a;
+        if (nb) {
+            job.compare_target = true;
+            job.no_unmap = true;   /* unmapping would expose nb */
+        } else {
+            job.dst_is_zero = true;
+        }
+        job.compress = rs->r->compress;
+        job.progress = job_progress;
+        job.progress_opaque = rs;
+        rs->base = a;
+        int ret = copy_run(&job, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    /* Past the old chain's end the old view is zeroes. */
+    uint64_t zs = s > mid ? s : mid;
+    uint64_t ze = e < (uint64_t)new_len ? e : (uint64_t)new_len;
+    if (zs < ze && !block_is_zero_fast(nb, zs, ze - zs)) {
+        int ret = block_write_zeroes(top, zs, ze - zs, 0);
+        if (ret < 0) {
+            return error_setf(err, -ret, "error while writing at byte %llu: "
+                              "%s", (unsigned long long)zs, strerror(-ret));
+        }
+    }
+    return 0;
+}
+
+static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
+                       RebaseState *rs, Error *err)
+{
+    int64_t len = block_get_length(top);
+    if (len < 0) {
+        return error_setf(err, (int)-len, "Could not get the image size");
+    }
+    rs->total = (uint64_t)len;
+    find_prefix(old, nb, rs);
+    report(rs, 0);
+    uint64_t off = 0;
+    while (off < (uint64_t)len) {
+        uint64_t pnum = 0;
+        int st = block_status(top, off, (uint64_t)len - off, &pnum, NULL,
+                              NULL);
+        if (st < 0) {
+            return error_setf(err, -st, "error while reading block status "
+                              "at byte %llu: %s", (unsigned long long)off,
+                              strerror(-st));
+        }
+        if (pnum == 0) {
+            pnum = (uint64_t)len - off;
+        }
+        if (!(st & BLOCK_STATUS_ALLOCATED)) {
+            int ret = rebase_range(top, old, nb, off, off + pnum, rs, err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        off += pnum;
+        report(rs, off);
+    }
+    int ret = block_flush(top);
+    if (ret < 0) {
+        return error_setf(err, -ret, "Could not flush '%s': %s",
+                          top->filename, strerror(-ret));
+    }
+    return 0;
+}
+
+int block_rebase(BlockNode *top, const BlockRebase *r, Error *err)
+{
+    const char *backing = r->backing ? r->backing : "";
+    if (r->compress && !r->unsafe && !top->drv->supports_compressed) {
+        return error_setf(err, ENOTSUP, "Compression not supported for this "
+                          "file format");
+    }
+    if (*backing && !top->drv->supports_backing) {
+        return error_setf(err, ENOTSUP, "Could not change the backing file "
+                          "to '%s': Operation not supported", backing);
+    }
+    if (!r->unsafe) {
+        BlockNode *nb = NULL;
+        if (*backing) {
+            Error berr = { 0 };
+            char *path = block_resolve_backing(top->filename, backing);
+            if (!path) {
+                error_setf(&berr, ENOMEM, "out of memory");
+            } else {
+                nb = block_open(path, r->backing_fmt, NULL, r->backing_flags,
+                                &berr);
+                free(path);
+            }
+            if (!nb) {
+                return error_setf(err, berr.code ? berr.code : EIO,
+                                  "Could not open new backing file '%s': %s",
+                                  backing, berr.msg);
+            }
+        }
+        /* From here on top reads through the new backing file. */
+        BlockNode *old = top->backing;
+        top->backing = nb;
+        RebaseState rs = { .r = r };
+        int ret = rebase_data(top, old, nb, &rs, err);
+        if (ret < 0) {
+            top->backing = old;
+            block_close(nb);
+            return ret;
+        }
+        block_close(old);
+    }
+
+    Error herr = { 0 };
+    int ret = block_change_backing_file(top, *backing ? backing : NULL,
+                                        *backing ? r->backing_fmt : NULL,
+                                        &herr);
+    if (ret < 0) {
+        return error_setf(err, herr.code ? herr.code : -ret,
+                          "Could not change the backing file to '%s': %s",
+                          backing, error_is_set(&herr) ? herr.msg
+                                                       : "unknown error");
+    }
+    return 0;
+}
