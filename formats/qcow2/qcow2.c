@@ -545,4 +545,6 @@ const BlockDriver qcow2_driver = {
     .get_info_extra = qcow2_get_info_extra,
     .change_backing_file = qcow2_change_backing_file,
     .make_empty = qcow2_make_empty,
+    .amend = qcow2_amend,
+    .amend_opts = qcow2_amend_opts,
 };

@@ -663,6 +663,11 @@ int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
                   BlockMeasure *out, Error *err);
 extern const BlockCreateOpt qcow2_create_opts[];
 
+/* amend.c: qemu-img amend for qcow2 (called without s->lock). */
+int qcow2_amend(BlockNode *n, KVList *opts, bool force,
+                BlockProgressFn *progress, void *opaque, Error *err);
+extern const BlockCreateOpt qcow2_amend_opts[];
+
 extern const BlockDriver qcow2_driver;
 
 #endif
