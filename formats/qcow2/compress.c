@@ -1,17 +1,25 @@
 /*
  * compress.c - decompression of qcow2 compressed clusters (zlib raw
- * deflate or zstd, as the header's compression_type says).
+ * deflate or zstd, as the header's compression_type says), and the
+ * compression of whole clusters for BLOCK_REQ_COMPRESSED writes.
  *
  * The stored data may be followed by unrelated bytes (the descriptor
  * rounds up to 512-byte sectors), so decompression stops as soon as a full
  * cluster has been produced.
  *
- * Compression (for BLOCK_REQ_COMPRESSED writes) produces what QEMU writes:
- * a raw deflate stream with a 4k window, or one zstd frame.  It runs
- * without s->lock, in the writing thread, so parallel writers compress in
- * parallel.
+ * Compression produces what QEMU writes: a raw deflate stream with a 4k
+ * window, or one zstd frame.  It runs without s->lock, in the writing
+ * thread, so parallel writers compress in parallel.
+ *
+ * Codec state comes from a process-wide free list (see Codec): a thread
+ * takes one context for one cluster and gives it back, so setting up
+ * zlib's and zstd's state is paid once per context rather than once per
+ * cluster, and the number of contexts is the peak number of clusters
+ * being (de)compressed at once (at most the copy engine's workers).
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <zlib.h>
@@ -20,97 +28,177 @@
 
 #include "formats/qcow2/qcow2.h"
 
-static int inflate_zlib(const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len)
-{
-    z_stream z;
-    int ret;
+/* ------------------------------------------------------------------ */
+/* Codec contexts                                                      */
 
-    memset(&z, 0, sizeof(z));
-    /* Raw deflate with a 4k window, as qcow2 writers use. */
-    if (inflateInit2(&z, -12) != Z_OK) {
+/* Each part is set up on first use, so a reader never pays for the
+ * compressor's state (zlib's deflate state alone is 272 KiB). */
+typedef struct Codec {
+    struct Codec *next;
+    bool inflate_ready, deflate_ready;
+    z_stream inf, def;
+    ZSTD_DCtx *zd;
+    ZSTD_CCtx *zc;
+} Codec;
+
+static pthread_mutex_t codec_lock = PTHREAD_MUTEX_INITIALIZER;
+static Codec *codec_free;
+
+static Codec *codec_get(void)
+{
+    pthread_mutex_lock(&codec_lock);
+    Codec *c = codec_free;
+    if (c) {
+        codec_free = c->next;
+    }
+    pthread_mutex_unlock(&codec_lock);
+    return c ? c : calloc(1, sizeof(Codec));
+}
+
+static void codec_put(Codec *c)
+{
+    pthread_mutex_lock(&codec_lock);
+    c->next = codec_free;
+    codec_free = c;
+    pthread_mutex_unlock(&codec_lock);
+}
+
+static void codec_destroy(Codec *c)
+{
+    if (c->inflate_ready) {
+        inflateEnd(&c->inf);
+    }
+    if (c->deflate_ready) {
+        deflateEnd(&c->def);
+    }
+    ZSTD_freeDCtx(c->zd);
+    ZSTD_freeCCtx(c->zc);
+    free(c);
+}
+
+/* At exit, so leak checkers see every context given back. */
+__attribute__((destructor)) static void codec_free_all(void)
+{
+    pthread_mutex_lock(&codec_lock);
+    while (codec_free) {
+        Codec *c = codec_free;
+        codec_free = c->next;
+        codec_destroy(c);
+    }
+    pthread_mutex_unlock(&codec_lock);
+}
+
+/* ------------------------------------------------------------------ */
+/* Decompression                                                       */
+
+static int inflate_zlib(Codec *c, const uint8_t *src, size_t src_len,
+                        uint8_t *dst, size_t dst_len)
+{
+    if (!c->inflate_ready) {
+        /* Raw deflate with a 4k window, as qcow2 writers use. */
+        if (inflateInit2(&c->inf, -12) != Z_OK) {
+            return -ENOMEM;
+        }
+        c->inflate_ready = true;
+    } else if (inflateReset(&c->inf) != Z_OK) {
         return -EIO;
     }
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)src_len;
-    z.next_out = dst;
-    z.avail_out = (uInt)dst_len;
-    ret = inflate(&z, Z_FINISH);
-    size_t produced = dst_len - z.avail_out;
-    inflateEnd(&z);
+    z_stream *z = &c->inf;
+    z->next_in = (Bytef *)src;
+    z->avail_in = (uInt)src_len;
+    z->next_out = dst;
+    z->avail_out = (uInt)dst_len;
+    int ret = inflate(z, Z_FINISH);
+    size_t produced = dst_len - z->avail_out;
+    /* A stream that goes on past the cluster is cut there, as QEMU
+     * does. */
     if ((ret == Z_STREAM_END || ret == Z_BUF_ERROR) && produced == dst_len) {
         return 0;
     }
     return -EIO;
 }
 
-static int inflate_zstd(const uint8_t *src, size_t src_len, uint8_t *dst,
-                        size_t dst_len)
+
+static int inflate_zstd(Codec *c, const uint8_t *src, size_t src_len,
+                        uint8_t *dst, size_t dst_len)
 {
-    ZSTD_DCtx *dctx = ZSTD_createDCtx();
+    if (!c->zd) {
+        c->zd = ZSTD_createDCtx();
+        if (!c->zd) {
+            return -ENOMEM;
+        }
+    } else {
+        ZSTD_DCtx_reset(c->zd, ZSTD_reset_session_only);
+    }
     ZSTD_inBuffer in = { src, src_len, 0 };
     ZSTD_outBuffer out = { dst, dst_len, 0 };
-    int ret = -EIO;
-
-    if (!dctx) {
-        return -ENOMEM;
-    }
+    /* A frame that states its size and fits is decoded in one pass,
+     * straight into dst. */
     while (out.pos < out.size && in.pos < in.size) {
-        size_t r = ZSTD_decompressStream(dctx, &out, &in);
-        if (ZSTD_isError(r)) {
-            break;
-        }
-        if (r == 0) {
-            /* Frame complete. */
-            break;
+        size_t r = ZSTD_decompressStream(c->zd, &out, &in);
+        if (ZSTD_isError(r) || r == 0) {
+            break;   /* error, or the frame is complete */
         }
     }
-    if (out.pos == out.size) {
-        ret = 0;
-    }
-    ZSTD_freeDCtx(dctx);
-    return ret;
+    return out.pos == out.size ? 0 : -EIO;
 }
 
 int qcow2_decompress(const Qcow2State *s, const uint8_t *src, size_t src_len,
                      uint8_t *dst)
 {
-    switch (s->compression_type) {
-    case QCOW2_COMPRESSION_ZLIB:
-        return inflate_zlib(src, src_len, dst, s->cluster_size);
-    case QCOW2_COMPRESSION_ZSTD:
-        return inflate_zstd(src, src_len, dst, s->cluster_size);
-    default:
+    if (s->compression_type != QCOW2_COMPRESSION_ZLIB &&
+        s->compression_type != QCOW2_COMPRESSION_ZSTD) {
         return -ENOTSUP;
     }
-}
-
-static ssize_t deflate_zlib(const uint8_t *src, size_t src_len, uint8_t *dst,
-                            size_t dst_len)
-{
-    z_stream z;
-    ssize_t ret;
-
-    memset(&z, 0, sizeof(z));
-    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-                     Z_DEFAULT_STRATEGY) != Z_OK) {
+    Codec *c = codec_get();
+    if (!c) {
         return -ENOMEM;
     }
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)src_len;
-    z.next_out = dst;
-    z.avail_out = (uInt)dst_len;
-    int r = deflate(&z, Z_FINISH);
-    /* Anything but a finished stream means it did not fit. */
-    ret = r == Z_STREAM_END ? (ssize_t)(dst_len - z.avail_out) : -ENOSPC;
-    deflateEnd(&z);
+    int ret = s->compression_type == QCOW2_COMPRESSION_ZLIB
+              ? inflate_zlib(c, src, src_len, dst, s->cluster_size)
+              : inflate_zstd(c, src, src_len, dst, s->cluster_size);
+    codec_put(c);
     return ret;
 }
 
-static ssize_t compress_zstd(const uint8_t *src, size_t src_len, uint8_t *dst,
-                             size_t dst_len)
+/* ------------------------------------------------------------------ */
+/* Compression                                                         */
+
+static ssize_t deflate_zlib(Codec *c, const uint8_t *src, size_t src_len,
+                            uint8_t *dst, size_t dst_len)
 {
-    size_t r = ZSTD_compress(dst, dst_len, src, src_len, ZSTD_CLEVEL_DEFAULT);
+    if (!c->deflate_ready) {
+        if (deflateInit2(&c->def, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                         Z_DEFAULT_STRATEGY) != Z_OK) {
+            return -ENOMEM;
+        }
+        c->deflate_ready = true;
+    } else if (deflateReset(&c->def) != Z_OK) {
+        return -EIO;
+    }
+    z_stream *z = &c->def;
+    z->next_in = (Bytef *)src;
+    z->avail_in = (uInt)src_len;
+    z->next_out = dst;
+    z->avail_out = (uInt)dst_len;
+    int r = deflate(z, Z_FINISH);
+    /* Anything but a finished stream means it did not fit. */
+    return r == Z_STREAM_END ? (ssize_t)(dst_len - z->avail_out) : -ENOSPC;
+}
+
+static ssize_t compress_zstd(Codec *c, const uint8_t *src, size_t src_len,
+                             uint8_t *dst, size_t dst_len)
+{
+    if (!c->zc) {
+        c->zc = ZSTD_createCCtx();
+        if (!c->zc) {
+            return -ENOMEM;
+        }
+    }
+    /* Sets every parameter afresh: the frame is what ZSTD_compress
+     * would make. */
+    size_t r = ZSTD_compressCCtx(c->zc, dst, dst_len, src, src_len,
+                                 ZSTD_CLEVEL_DEFAULT);
     if (ZSTD_isError(r)) {
         return ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall
                ? -ENOSPC : -EIO;
@@ -121,12 +209,17 @@ static ssize_t compress_zstd(const uint8_t *src, size_t src_len, uint8_t *dst,
 ssize_t qcow2_compress(const Qcow2State *s, const uint8_t *src, uint8_t *dst,
                        size_t dst_len)
 {
-    switch (s->compression_type) {
-    case QCOW2_COMPRESSION_ZLIB:
-        return deflate_zlib(src, s->cluster_size, dst, dst_len);
-    case QCOW2_COMPRESSION_ZSTD:
-        return compress_zstd(src, s->cluster_size, dst, dst_len);
-    default:
+    if (s->compression_type != QCOW2_COMPRESSION_ZLIB &&
+        s->compression_type != QCOW2_COMPRESSION_ZSTD) {
         return -ENOTSUP;
     }
+    Codec *c = codec_get();
+    if (!c) {
+        return -ENOMEM;
+    }
+    ssize_t ret = s->compression_type == QCOW2_COMPRESSION_ZLIB
+                  ? deflate_zlib(c, src, s->cluster_size, dst, dst_len)
+                  : compress_zstd(c, src, s->cluster_size, dst, dst_len);
+    codec_put(c);
+    return ret;
 }

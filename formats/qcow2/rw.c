@@ -163,11 +163,14 @@ done:
 /* ------------------------------------------------------------------ */
 /* Reads                                                               */
 
+/* A whole cluster is decompressed straight into buf; only a part of one
+ * goes through a bounce buffer. */
 static int read_compressed(Qcow2State *s, const Qcow2L2Entry *e,
                            uint64_t in_cluster, size_t len, uint8_t *buf)
 {
+    bool whole = in_cluster == 0 && len == s->cluster_size;
     uint8_t *cbuf = malloc(e->compressed_size ? e->compressed_size : 1);
-    uint8_t *out = malloc(s->cluster_size);
+    uint8_t *out = whole ? buf : malloc(s->cluster_size);
     int ret = -ENOMEM;
 
     if (cbuf && out) {
@@ -176,13 +179,15 @@ static int read_compressed(Qcow2State *s, const Qcow2L2Entry *e,
         if (ret >= 0) {
             ret = qcow2_decompress(s, cbuf, e->compressed_size, out);
         }
-        if (ret >= 0) {
+        if (ret >= 0 && !whole) {
             memcpy(buf, out + in_cluster, len);
-            ret = 0;
         }
+        ret = ret < 0 ? ret : 0;
     }
     free(cbuf);
-    free(out);
+    if (!whole) {
+        free(out);
+    }
     return ret;
 }
 
