@@ -33,11 +33,6 @@
 
 #include "formats/qcow2/qcow2.h"
 
-/* Written by the LUKS engineer in crypto.c; weak so that amend builds
- * (and refuses encrypt.* with a clear error) until it exists. */
-extern int qcow2_crypto_amend(BlockNode *n, KVList *opts, bool force,
-                              Error *err) __attribute__((weak));
-
 const BlockCreateOpt qcow2_amend_opts[] = {
     { "size", OPT_SIZE, "Virtual disk size", NULL },
     { "compat", OPT_STRING,
@@ -352,19 +347,9 @@ static int check_plan(BlockNode *n, AmendPlan *p, Error *err)
         return error_setf(err, EINVAL, "data-file-raw cannot be set on "
                           "existing images");
     }
-    if (p->crypto.n) {
-        if (s->crypt_method == QCOW2_CRYPT_NONE) {
-            return error_setf(err, EINVAL, "Can't amend encryption options - "
-                              "encryption not present");
-        }
-        if (s->crypt_method != QCOW2_CRYPT_LUKS) {
-            return error_setf(err, ENOTSUP, "Amending encryption options is "
-                              "only supported for LUKS encryption");
-        }
-        if (!qcow2_crypto_amend) {
-            return error_setf(err, ENOTSUP, "amending LUKS key slots is not "
-                              "available in this build yet");
-        }
+    if (p->crypto.n && s->crypt_method == QCOW2_CRYPT_NONE) {
+        return error_setf(err, EINVAL, "Can't amend encryption options - "
+                          "encryption not present");
     }
     if (p->size && p->size % 512) {
         return error_setf(err, EINVAL, "The new size must be a multiple of "
