@@ -349,3 +349,399 @@ def test_many_bitmaps(tmp):
     assert [b["name"] for b in bl] == [f"bm{k}" for k in range(40)]
     assert dirty_ranges(p, "bm39") == [(4 << 20, 4096)]
     assert dirty_ranges(p, "bm11") == [(4 << 20, 1 << 20)]
+
+
+# --------------------------------------------------------------------------
+# errors: qemu-img's exit code and text, one line
+
+ERRORS = [
+    (["--add"], "b0", "Operation add on bitmap b0 failed: Bitmap already "
+                      "exists: b0"),
+    (["--remove"], "nope", "Operation remove on bitmap nope failed: Dirty "
+                           "bitmap 'nope' not found"),
+    (["--clear"], "nope", "Dirty bitmap 'nope' not found"),
+    (["--enable"], "nope", "Dirty bitmap 'nope' not found"),
+    (["--merge", "nope"], "b0", "Operation merge on bitmap b0 failed: Dirty "
+                                "bitmap 'nope' not found"),
+    (["--add", "-g", "1000"], "x", "Granularity must be power of 2 and at "
+                                   "least 512"),
+    (["--add", "-g", "256"], "x", "Granularity must be power of 2"),
+    (["--add", "-g", "4G"], "x", "Granularity must be power of 2"),
+    (["--add"], "", "Bitmap name cannot be empty"),
+    (["--add"], "a" * 1024, "Name length exceeds maximum (1023 characters)"),
+]
+
+
+@pytest.mark.parametrize("args,name,msg", ERRORS,
+                         ids=[f"{a[0]}-{n[:8]}" for a, n, _ in ERRORS])
+def test_operation_errors(base_img, tmp, args, name, msg):
+    q, i = copies(base_img, tmp, "q.qcow2", "i.qcow2")
+    pq = qemu_img("bitmap", *args, q, name, check=False)
+    pi = imgtool("bitmap", *args, i, name, check=False)
+    assert pq.returncode == pi.returncode == 1
+    assert msg in pq.stderr
+    assert msg in one_line_error(pi)
+    qemu_check_clean(i)
+    assert bitmaps_of(qemu_info(i)) == bitmaps_of(qemu_info(base_img))
+
+
+USAGE = [
+    ([], "Need at least one of --add, --remove, --clear, --enable, "
+         "--disable, or --merge"),
+    (["--add", "ONLYFILE"], "Expecting filename and bitmap name"),
+    (["--enable", "-g", "64k"], "granularity only supported with --add"),
+    (["--add", "-b", "x.qcow2"], "Merge bitmap source file only supported "
+                                 "with --merge"),
+    (["--add", "-F", "qcow2"], "-F only supported with -b"),
+    (["--add", "-f", "qcow2", "--image-opts"],
+     "--image-opts and --format are mutually exclusive"),
+]
+
+
+@pytest.mark.parametrize("args,msg", USAGE, ids=[m[:20] for _, m in USAGE])
+def test_usage_errors(base_img, args, msg):
+    if "ONLYFILE" in args:
+        argv = [args[0], base_img]
+    else:
+        argv = [*args, base_img, "b0"]
+    before = open(base_img, "rb").read()
+    pq = qemu_img("bitmap", *argv, check=False)
+    pi = imgtool("bitmap", *argv, check=False)
+    assert pq.returncode == pi.returncode == 1
+    assert msg in pq.stderr
+    assert pi.stderr.startswith(f"imgtool: {msg}")
+    assert open(base_img, "rb").read() == before
+
+
+def test_errors_on_unsupported_images(tmp):
+    raw = tmp / "r.raw"
+    v2 = tmp / "v2.qcow2"
+    qemu_img("create", "-q", "-f", "raw", raw, "1M")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M")
+    p = imgtool("bitmap", "--add", "-f", "raw", raw, "x", check=False)
+    assert "Can't store persistent bitmaps to" in one_line_error(p)
+    assert "Operation not supported" in p.stderr
+    p = imgtool("bitmap", "--add", v2, "x", check=False)
+    assert "Cannot store dirty bitmaps in qcow2 v2 files" in one_line_error(p)
+    qemu_check_clean(v2)
+    p = imgtool("bitmap", "--add", tmp / "missing.qcow2", "x", check=False)
+    assert "Could not open" in one_line_error(p)
+
+
+def test_earlier_actions_kept_after_a_failure(base_img, tmp):
+    q, i = copies(base_img, tmp, "q.qcow2", "i.qcow2")
+    args = ["--add", "--disable", "--merge", "nope"]
+    assert qemu_img("bitmap", *args, q, "new", check=False).returncode == 1
+    assert imgtool("bitmap", *args, i, "new", check=False).returncode == 1
+    qemu_check_clean(i)
+    assert bitmaps_of(qemu_info(q)) == bitmaps_of(qemu_info(i))
+
+
+# --------------------------------------------------------------------------
+# in use: a bitmap left IN_USE is inconsistent, as in QEMU
+
+def test_in_use_bitmap_is_inconsistent(base_img, tmp):
+    q, i = copies(base_img, tmp, "q.qcow2", "i.qcow2")
+    for p in (q, i):
+        set_flags(p, "b1", 3)
+    assert bitmaps_of(imgtool_info(i)) == bitmaps_of(qemu_info(q))
+    assert "in-use" in bitmaps_of(qemu_info(i))[1]["flags"]
+    table = dict((e["name"], e["table"]) for _, e in directory(i))[b"b1"]
+
+    qemu_io("-c", "write 5M 64k", q)
+    imgtool("io", "-c", "write 5M 64k", i)
+    qemu_check_clean(i)
+    assert bitmaps_of(qemu_info(q)) == bitmaps_of(qemu_info(i))
+    assert all_dirty(q) == all_dirty(i)
+    # carried over verbatim
+    assert dict((e["name"], e["table"]) for _, e in directory(i))[b"b1"] == \
+        table
+
+    for args in (["--clear"], ["--enable"], ["--disable"], ["--merge", "b0"]):
+        pq = qemu_img("bitmap", *args, q, "b1", check=False)
+        pi = imgtool("bitmap", *args, i, "b1", check=False)
+        assert pq.returncode == pi.returncode == 1
+        assert "Bitmap 'b1' is inconsistent and cannot be used" in pq.stderr
+        assert "Bitmap 'b1' is inconsistent and cannot be used" in \
+            one_line_error(pi)
+    pi = imgtool("bitmap", "--merge", "b1", i, "b0", check=False)
+    assert "inconsistent" in one_line_error(pi)
+
+    qemu_img("bitmap", "--remove", q, "b1")
+    imgtool("bitmap", "--remove", i, "b1")
+    qemu_check_clean(i)
+    assert bitmaps_of(qemu_info(q)) == bitmaps_of(qemu_info(i))
+
+
+def test_in_use_while_open_for_writing(base_img, tmp):
+    """Opened for writing, the bitmaps are flagged in use on disk before
+    any write: killed there, qemu finds them inconsistent."""
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    p = subprocess.Popen([IMGTOOL, "io", "-c", f"write -s {fifo} 0 64k",
+                          str(base_img)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            flags = {e["name"]: e["flags"] for _, e in directory(base_img)}
+            if all(f & 1 for f in flags.values()):
+                break
+            time.sleep(0.02)
+        assert all(f & 1 for f in flags.values()), flags
+    finally:
+        p.kill()
+        p.wait()
+    assert all("in-use" in b["flags"] for b in bitmaps_of(qemu_info(base_img)))
+    assert bitmaps_of(imgtool_info(base_img)) == \
+        bitmaps_of(qemu_info(base_img))
+    qemu_check_clean(base_img)
+
+
+def test_read_only_open_does_not_set_in_use(base_img):
+    before = {e["name"]: e["flags"] for _, e in directory(base_img)}
+    imgtool("io", "-r", "-c", "read 0 64k", base_img)
+    imgtool("check", base_img)
+    imgtool("map", base_img)
+    assert {e["name"]: e["flags"] for _, e in directory(base_img)} == before
+
+
+def test_stale_extension_is_ignored_like_qemu(base_img, tmp):
+    """Autoclear bit off: a program without bitmap support wrote the
+    image; the bitmaps are not shown and are dropped on the next write."""
+    q, i = copies(base_img, tmp, "q.qcow2", "i.qcow2")
+    for p in (q, i):
+        with open(p, "r+b") as f:
+            f.seek(88)
+            ac = struct.unpack(">Q", f.read(8))[0]
+            f.seek(88)
+            f.write(struct.pack(">Q", ac & ~1))
+    assert bitmaps_of(imgtool_info(i)) is None
+    assert bitmaps_of(qemu_info(q)) is None
+    imgtool("bitmap", "--add", i, "fresh")
+    qemu_img("bitmap", "--add", q, "fresh")
+    assert bitmaps_of(qemu_info(q)) == bitmaps_of(qemu_info(i))
+    assert qemu_img("check", i, check=False).returncode in (0, 3)
+
+
+# --------------------------------------------------------------------------
+# convert --bitmaps
+
+def test_convert_bitmaps_like_qemu(base_img, tmp):
+    q, i = tmp / "q.qcow2", tmp / "i.qcow2"
+    qemu_img("convert", "--bitmaps", "-O", "qcow2", base_img, q)
+    imgtool("convert", "--bitmaps", "-O", "qcow2", base_img, i)
+    qemu_check_clean(i)
+    assert same_content(q, i)
+    assert bitmaps_of(qemu_info(q)) == bitmaps_of(qemu_info(i))
+    assert all_dirty(i) == all_dirty(base_img) == all_dirty(q)
+    # round trip through imgtool again, other cluster size
+    j = tmp / "j.qcow2"
+    imgtool("convert", "--bitmaps", "-O", "qcow2", "-o", "cluster_size=4k",
+            i, j)
+    qemu_check_clean(j)
+    assert all_dirty(j) == all_dirty(base_img)
+
+
+def test_convert_bitmaps_errors(base_img, tmp):
+    raw = tmp / "r.raw"
+    qemu_img("create", "-q", "-f", "raw", raw, "64M")
+    cases = [
+        (["-O", "raw", base_img, tmp / "o.raw"],
+         "Format driver 'raw' does not support bitmaps"),
+        (["-O", "qcow2", base_img, base_img, tmp / "o1.qcow2"],
+         "Copying bitmaps only possible with single source"),
+        (["-f", "raw", "-O", "qcow2", raw, tmp / "o2.qcow2"],
+         "Source lacks bitmap support"),
+        (["-O", "qcow2", "-o", "compat=0.10", base_img, tmp / "o3.qcow2"],
+         "Format driver 'qcow2' does not support bitmaps"),
+    ]
+    for args, msg in cases:
+        pq = qemu_img("convert", "--bitmaps", *args, check=False)
+        pi = imgtool("convert", "--bitmaps", *args, check=False)
+        assert pq.returncode == pi.returncode == 1, args
+        assert msg in pq.stderr and msg in one_line_error(pi)
+    p = imgtool("convert", "--skip-broken-bitmaps", "-O", "qcow2", base_img,
+                tmp / "o4.qcow2", check=False)
+    assert "requires --bitmaps" in one_line_error(p)
+
+
+def test_convert_inconsistent_bitmap(base_img, tmp):
+    set_flags(base_img, "b1", 3)
+    out = tmp / "o.qcow2"
+    p = imgtool("convert", "--bitmaps", "-O", "qcow2", base_img, out,
+                check=False)
+    assert "Cannot copy inconsistent bitmap 'b1'" in one_line_error(p)
+    assert not out.exists()
+    p = imgtool("convert", "--bitmaps", "--skip-broken-bitmaps", "-O",
+                "qcow2", base_img, out)
+    assert "Skipping inconsistent bitmap 'b1'" in p.stderr
+    q = tmp / "q.qcow2"
+    qemu_img("convert", "--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2",
+             base_img, q)
+    qemu_check_clean(out)
+    assert bitmaps_of(qemu_info(q)) == bitmaps_of(qemu_info(out))
+    assert all_dirty(q) == all_dirty(out)
+
+
+def test_convert_n_bitmaps_existing_and_size(base_img, tmp):
+    same = tmp / "same.qcow2"
+    big = tmp / "big.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", same, "64M")
+    qemu_img("bitmap", "--add", same, "b0")
+    qemu_img("create", "-q", "-f", "qcow2", big, "128M")
+    p = imgtool("convert", "-n", "--bitmaps", "-O", "qcow2", base_img, same,
+                check=False)
+    assert "Failed to create bitmap b0: Bitmap already exists: b0" in \
+        one_line_error(p)
+    p = imgtool("convert", "-n", "--bitmaps", "-O", "qcow2", base_img, big,
+                check=False)
+    assert "Bitmaps are of different sizes (destination size is 134217728, " \
+        "source size is 67108864) and can't be merged" in one_line_error(p)
+    qemu_check_clean(same)
+    qemu_check_clean(big)
+
+
+# --------------------------------------------------------------------------
+# hostile bitmap directories: one line, bounded memory, nothing written
+
+AS_LIMIT = 256 * 1024 * 1024
+
+
+def _sanitized():
+    with open(IMGTOOL, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def _limits():
+    if not _sanitized():
+        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _patch(path, off, fmt, value):
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(fmt, value))
+
+
+def _ext_off(path):
+    with open(path, "rb") as f:
+        return header_ext(f)[0]
+
+
+def _entry(path, k=0):
+    return directory(path)[k]
+
+
+def _h_ext(field, fmt, value):
+    def f(p):
+        _patch(p, _ext_off(p) + field, fmt, value)
+    return f
+
+
+def _h_entry(field, fmt, value, k=0):
+    def f(p):
+        _patch(p, _entry(p, k)[0] + field, fmt, value)
+    return f
+
+
+def _h_table_entry(value):
+    def f(p):
+        _patch(p, _entry(p)[1]["table"], ">Q", value)
+    return f
+
+
+def _h_name_nul(p):
+    _patch(p, _entry(p)[0] + 24, ">B", 0)
+
+
+def _h_dup_name(p):
+    pos = _entry(p, 1)[0]
+    _patch(p, pos + 24, ">2s", b"b0")
+
+
+def _h_shared_table(p):
+    _patch(p, _entry(p, 1)[0], ">Q", _entry(p, 0)[1]["table"])
+
+
+def _h_huge_bitmap(p):
+    """Every field consistent, but 256 GiB of bits: refused before any
+    allocation."""
+    pos, e = _entry(p)
+    cs = 1 << 21
+    nbits = (1 << 50) // 512
+    entries = (nbits // 8 + cs - 1) // cs
+    _patch(p, pos + 17, ">B", 9)
+    _patch(p, pos + 8, ">I", entries)
+    os.truncate(p, e["table"] + entries * 8 + cs)
+
+
+HOSTILE = {
+    "dir-past-eof": _h_ext(16, ">Q", 1 << 40),
+    "dir-unaligned": _h_ext(16, ">Q", 65536 + 8),
+    "dir-huge": _h_ext(8, ">Q", 0xffffffffff),
+    "zero-bitmaps": _h_ext(0, ">I", 0),
+    "too-many-bitmaps": _h_ext(0, ">I", 70000),
+    "more-than-dir": _h_ext(0, ">I", 3),
+    "reserved": _h_ext(4, ">I", 1),
+    "table-past-eof": _h_entry(0, ">Q", 1 << 40),
+    "table-zero": _h_entry(0, ">Q", 0),
+    "table-unaligned": _h_entry(0, ">Q", 65536 + 512),
+    "table-size-huge": _h_entry(8, ">I", 0x7fffffff),
+    "table-size-wrong": _h_entry(8, ">I", 7),
+    "flags-unknown": _h_entry(12, ">I", 0x80000002),
+    "type": _h_entry(16, ">B", 7),
+    "gran-63": _h_entry(17, ">B", 63),
+    "gran-8": _h_entry(17, ">B", 8),
+    "name-empty": _h_entry(18, ">H", 0),
+    "name-huge": _h_entry(18, ">H", 0xffff),
+    "extra-huge": _h_entry(20, ">I", 0xfffffff0),
+    "name-nul": _h_name_nul,
+    "name-dup": _h_dup_name,
+    "table-shared": _h_shared_table,
+    "data-reserved-bits": _h_table_entry((1 << 62) | (3 << 16)),
+    "data-past-eof": _h_table_entry(1 << 45),
+    "data-unaligned": _h_table_entry(65536 + 4096),
+    "data-in-header": _h_table_entry(0 | (1 << 9)),
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    p = d / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", p, "64M")
+    qemu_img("bitmap", "--add", p, "b0")
+    qemu_img("bitmap", "--add", p, "b1")
+    qemu_io("-c", "write 0 64k", p)
+    huge = d / "huge.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", huge,
+             "1P")
+    qemu_img("bitmap", "--add", "-g", "2G", huge, "b0")
+    return p, huge
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE) + ["huge-bitmap"])
+def test_hostile_directory(hostile_base, tmp, case):
+    p = tmp / "h.qcow2"
+    if case == "huge-bitmap":
+        shutil.copy(hostile_base[1], p)
+        _h_huge_bitmap(p)
+    else:
+        shutil.copy(hostile_base[0], p)
+        HOSTILE[case](p)
+    before = open(p, "rb").read()
+    for argv in (["info", p], ["io", "-c", "write 0 4k", p],
+                 ["bitmap", "--add", p, "x"],
+                 ["convert", "--bitmaps", "-O", "qcow2", p, tmp / "o.qcow2"]):
+        r = subprocess.run([IMGTOOL, *map(str, argv)], capture_output=True,
+                           text=True, timeout=10, preexec_fn=_limits)
+        assert r.returncode == 1, (argv, r.returncode, r.stderr)
+        one_line_error(r)
+        assert not (tmp / "o.qcow2").exists()
+    # check does not trust the directory either, and never crashes
+    r = subprocess.run([IMGTOOL, "check", str(p)], capture_output=True,
+                       text=True, timeout=10, preexec_fn=_limits)
+    assert r.returncode in (0, 1, 2, 3), r.stderr
+    assert open(p, "rb").read() == before

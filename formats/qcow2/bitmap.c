@@ -408,8 +408,11 @@ static int can_add(BlockNode *n, const char *name, uint32_t gran_bits,
         }
     }
     if (why) {
-        return error_setf(err, ENOSPC, "Can't make bitmap '%s' persistent "
-                          "in '%s': %s", name, n->filename, why);
+        /* A name too long to store is too long for one error line too. */
+        bool cut = strlen(name) > 64;
+        return error_setf(err, ENOSPC, "Can't make bitmap '%.*s%s' "
+                          "persistent in '%s': %s", cut ? 60 : 64, name,
+                          cut ? "..." : "", n->filename, why);
     }
     return 0;
 }
