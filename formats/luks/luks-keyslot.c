@@ -67,18 +67,18 @@ static bool in_list(const char *const *list, const char *name)
 static int refuse_unknown(const KVList *opts, const char *prefix,
                           Error *err)
 {
-    size_t plen = strlen(prefix);
     for (size_t i = 0; i < opts->n; i++) {
         const char *k = opts->items[i].key;
-        if (strncmp(k, prefix, plen) != 0 || in_list(amend_keys, k + plen)) {
+        if (in_list(amend_keys, k)) {
             continue;
         }
-        if (in_list(create_only_keys, k + plen)) {
-            return error_setf(err, EINVAL, "Invalid parameter '%s': this "
+        if (in_list(create_only_keys, k)) {
+            return error_setf(err, EINVAL, "Invalid parameter '%s%s': This "
                               "option is only supported for image creation",
-                              k);
+                              prefix, k);
         }
-        return error_setf(err, EINVAL, "Invalid parameter '%s'", k);
+        return error_setf(err, EINVAL, "Invalid parameter '%s%s'", prefix,
+                          k);
     }
     return 0;
 }
@@ -87,9 +87,7 @@ static int refuse_unknown(const KVList *opts, const char *prefix,
 static int get_number(KVList *opts, const char *prefix, const char *name,
                       bool *has, uint64_t *out, bool *negative, Error *err)
 {
-    char key[96];
-    snprintf(key, sizeof(key), "%s%s", prefix, name);
-    const char *v = kvlist_get(opts, key);
+    const char *v = kvlist_get(opts, name);
     *has = v != NULL;
     if (!v) {
         return 0;
@@ -102,8 +100,8 @@ static int get_number(KVList *opts, const char *prefix, const char *name,
     errno = 0;
     unsigned long long n = strtoull(p, &end, 0);
     if (!*p || *end || errno) {
-        return error_setf(err, EINVAL, "Parameter '%s' expects a number",
-                          key);
+        return error_setf(err, EINVAL, "Parameter '%s%s' expects a number",
+                          prefix, name);
     }
     *out = n;
     if (negative) {
@@ -115,14 +113,13 @@ static int get_number(KVList *opts, const char *prefix, const char *name,
 static int parse_opts(KVList *opts, const char *prefix, AmendOpts *o,
                       Error *err)
 {
-    char key[96];
     memset(o, 0, sizeof(*o));
     int ret = refuse_unknown(opts, prefix, err);
     if (ret < 0) {
         return ret;
     }
-    snprintf(key, sizeof(key), "%sstate", prefix);
-    const char *state = kvlist_get(opts, key);
+    /* QEMU names these without the prefix. */
+    const char *state = kvlist_get(opts, "state");
     if (!state) {
         return error_setf(err, EINVAL, "Parameter 'state' is missing");
     }
@@ -132,10 +129,8 @@ static int parse_opts(KVList *opts, const char *prefix, AmendOpts *o,
         return error_setf(err, EINVAL, "Parameter 'state' does not accept "
                           "value '%s'", state);
     }
-    snprintf(key, sizeof(key), "%snew-secret", prefix);
-    o->new_secret = kvlist_get(opts, key);
-    snprintf(key, sizeof(key), "%sold-secret", prefix);
-    o->old_secret = kvlist_get(opts, key);
+    o->new_secret = kvlist_get(opts, "new-secret");
+    o->old_secret = kvlist_get(opts, "old-secret");
     ret = get_number(opts, prefix, "keyslot", &o->has_keyslot, &o->keyslot,
                      &o->keyslot_negative, err);
     if (ret == 0) {

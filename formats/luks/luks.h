@@ -126,19 +126,18 @@ typedef struct LuksIO {
     void *opaque;
 } LuksIO;
 
-/* Applies qemu-img amend's key slot options "<prefix>state" (active or
- * inactive, required), "<prefix>keyslot", "<prefix>new-secret",
- * "<prefix>old-secret" and "<prefix>iter-time" from opts to an unlocked
- * volume, with QEMU's checks and messages.  Activating fills the given
- * or the first free slot with the passphrase of new-secret; erasing
- * clears the given slot or every slot old-secret opens, and refuses to
- * leave no active slot unless force.  Any other "<prefix>..." key is
- * refused; keys outside the prefix are left to the caller.  On error
- * nothing on disk or in v has changed that a reader would see.
- * Crash-safe: a new slot's material is durable before the header names
- * it; an erased slot is inactive on disk before its material is wiped.
- * The master key and the cipher stay as they are, so encrypt/decrypt
- * may run meanwhile; luks_info must not. */
+/* Applies qemu-img amend's key slot options "state" (active or
+ * inactive, required), "keyslot", "new-secret", "old-secret" and
+ * "iter-time" from opts to an unlocked volume, with QEMU's checks and
+ * messages; any other key is refused.  prefix is how the user named them
+ * ("encrypt." for qcow2), for messages.  Activating fills the given or
+ * the first free slot with the passphrase of new-secret; erasing clears
+ * the given slot or every slot old-secret opens, and refuses to leave no
+ * active slot unless force.  On error nothing on disk or in v has
+ * changed that a reader would see.  Crash-safe: a new slot's material is
+ * durable before the header names it; an erased slot is inactive on disk
+ * before its material is wiped.  The master key and the cipher stay as
+ * they are, so encrypt/decrypt may run meanwhile; luks_info must not. */
 int luks_amend(LuksVolume *v, KVList *opts, const char *prefix, bool force,
                const LuksIO *io, Error *err);
 

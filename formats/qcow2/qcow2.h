@@ -578,11 +578,10 @@ int qcow2_crypto_header_size(KVList *opts, uint64_t *len, Error *err);
 /* Create: allocates and writes a LUKS header (opts' encrypt.*) into the
  * freshly created, still empty image n and marks it encrypted. */
 int qcow2_crypto_create(BlockNode *n, KVList *opts, Error *err);
-/* qemu-img amend's key slot options, "encrypt.state", "encrypt.keyslot",
- * "encrypt.new-secret", "encrypt.old-secret", "encrypt.iter-time" (keys
- * keep their "encrypt." prefix; any other "encrypt.*" key is refused,
- * keys without the prefix are ignored): adds or erases a LUKS key slot
- * of the open, unlocked image (formats/luks/luks.h luks_amend). */
+/* qemu-img amend's encrypt.* options with the prefix taken off (state,
+ * keyslot, new-secret, old-secret, iter-time; any other key is refused
+ * as "encrypt.<key>"): adds or erases a LUKS key slot of the open,
+ * unlocked image (formats/luks/luks.h luks_amend). */
 int qcow2_crypto_amend(BlockNode *n, KVList *opts, bool force, Error *err);
 /* Whether data clusters need decrypting (LUKS or legacy AES). */
 static inline bool qcow2_encrypted(const Qcow2State *s)
