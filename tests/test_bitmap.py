@@ -843,3 +843,37 @@ def test_power_loss_old_or_new_bitmaps(tmp, op):
     assert "new" in seen and "in-use" in seen, seen
     # the last cut point changed nothing: a clean run from there is clean
     qemu_check_clean(dry)
+
+
+# --------------------------------------------------------------------------
+# other commands that meet bitmaps
+
+def test_snapshot_apply_refused_with_bitmaps(base_img, tmp):
+    q, i = copies(base_img, tmp, "q.qcow2", "i.qcow2")
+    for p in (q, i):
+        qemu_img("snapshot", "-c", "s1", p)
+        qemu_io("-c", "write -P 5 0 64k", p)
+    pq = qemu_img("snapshot", "-a", "s1", q, check=False)
+    pi = imgtool("snapshot", "-a", "s1", i, check=False)
+    assert pq.returncode == pi.returncode == 1
+    msg = "Could not apply snapshot 's1': Device has active dirty bitmaps"
+    assert msg in pq.stderr and msg in one_line_error(pi)
+    qemu_io("-c", "read -P 5 0 64k", i)
+    qemu_check_clean(i)
+    # without bitmaps it applies
+    for name in ("b0", "b1", "fine"):
+        imgtool("bitmap", "--remove", i, name)
+    imgtool("snapshot", "-a", "s1", i)
+    qemu_io("-c", "read -P 0 0 64k", i)
+
+
+def test_measure_bitmaps_size_of_imgtool_bitmaps(base_img, tmp):
+    (i,) = copies(base_img, tmp, "i.qcow2")
+    imgtool("bitmap", "--add", "-g", "4k", i, "more")
+    imgtool("io", "-c", "write 0 8M", i)
+    for fmt in ("qcow2",):
+        q = json.loads(qemu_img("measure", "--output=json", "-O", fmt,
+                                i).stdout)
+        m = json.loads(imgtool("measure", "--output=json", "-O", fmt,
+                               i).stdout)
+        assert q == m and m["bitmaps"] > 0

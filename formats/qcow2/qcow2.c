@@ -345,6 +345,17 @@ static int qcow2_truncate_bitmaps(BlockNode *n, uint64_t size, bool exact,
     return ret;
 }
 
+/* Reverting would change the content behind the bitmaps' back; QEMU
+ * refuses while the image has any. */
+static int qcow2_snapshot_apply_bitmaps(BlockNode *n, const char *id_or_name,
+                                        Error *err)
+{
+    if (n->bitmaps && n->bitmaps->n > 0) {
+        return error_setf(err, EBUSY, "Device has active dirty bitmaps");
+    }
+    return qcow2_snapshot_apply(n, id_or_name, err);
+}
+
 static int64_t qcow2_get_length(BlockNode *n)
 {
     return (int64_t)qcow2_state(n)->size;
@@ -536,7 +547,7 @@ const BlockDriver qcow2_driver = {
     .create_opts = qcow2_create_opts,
     .check = qcow2_check,
     .snapshot_create = qcow2_snapshot_create,
-    .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_apply = qcow2_snapshot_apply_bitmaps,
     .snapshot_delete = qcow2_snapshot_delete,
     .list_snapshots = qcow2_list_snapshots,
     .snapshot_load_tmp = qcow2_snapshot_load_tmp,
