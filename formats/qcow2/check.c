@@ -419,10 +419,52 @@ static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
     return ret < 0 ? ret : 0;
 }
 
+/* The header opened with a snapshot table that cannot be parsed past
+ * entry nb_snapshots_loaded (header.c): reported, and with -r all cut
+ * there by one header write.  The clusters only the dropped entries used
+ * are then leaks, which this same check frees. */
+static int snapshot_table_damage(Check *c)
+{
+    Qcow2State *s = c->s;
+    int keep = s->nb_snapshots_loaded;
+
+    if (!s->snapshot_damage[0]) {
+        return 0;
+    }
+    if (!(c->fix & BLOCK_FIX_ERRORS)) {
+        say(c, "ERROR snapshot table entry %d: %s", keep,
+            s->snapshot_damage);
+        c->res->corruptions++;
+        return 0;
+    }
+    uint32_t onb = s->nb_snapshots;
+    uint64_t ooff = s->snapshots_offset;
+    Error err = { 0 };
+    s->nb_snapshots = (uint32_t)keep;
+    if (!keep) {
+        s->snapshots_offset = 0;
+    }
+    int ret = qcow2_write_header(s, &err);
+    if (ret < 0) {
+        s->nb_snapshots = onb;
+        s->snapshots_offset = ooff;
+        return ret;
+    }
+    say(c, "Repairing snapshot table entry %d: %s; the table now ends "
+        "before it", keep, s->snapshot_damage);
+    s->snapshot_damage[0] = '\0';
+    c->res->corruptions_fixed++;
+    return 0;
+}
+
 static int count_snapshots(Check *c)
 {
     Qcow2State *s = c->s;
-    int ret;
+    int ret = snapshot_table_damage(c);
+
+    if (ret < 0) {
+        return ret;
+    }
 
     for (int i = 0; i < s->nb_snapshots_loaded; i++) {
         const Qcow2Snapshot *sn = &s->snapshots[i];
@@ -448,7 +490,7 @@ static int count_snapshots(Check *c)
             return ret;
         }
     }
-    if (s->nb_snapshots) {
+    if (s->nb_snapshots && s->snapshots_size) {
         ret = count_region(c, s->snapshots_offset, s->snapshots_size);
         if (ret < 0) {
             return ret;
@@ -1166,6 +1208,11 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
                           strerror(-ret));
     }
 
+    if (s->snapshot_damage[0] && !(fix & BLOCK_FIX_ERRORS)) {
+        /* What the unparsed snapshot entries reference looks leaked;
+         * freeing it would break them for a reader that gets further. */
+        fix = 0;
+    }
     /* A dry comparison first: whether a rebuild is needed decides how the
      * differences are repaired. */
     before = *res;

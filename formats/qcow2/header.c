@@ -169,8 +169,31 @@ static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
     return error_setf(err, ENOTSUP, "Unsupported qcow2 feature(s): %s", list);
 }
 
+/* A snapshot table that cannot be parsed from entry nb_snapshots_loaded
+ * on: refused, except when opened for check, which reports it and can
+ * cut the table there (check.c). */
+static int snapshot_table_damaged(Qcow2State *s, Error *err,
+                                  const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int snapshot_table_damaged(Qcow2State *s, Error *err,
+                                  const char *fmt, ...)
+{
+    char why[sizeof(s->snapshot_damage)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (!(s->open_flags & BLOCK_O_CHECK)) {
+        return error_setf(err, EINVAL, "%s", why);
+    }
+    memcpy(s->snapshot_damage, why, sizeof(why));
+    return 0;
+}
+
 static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
 {
+    s->snapshot_damage[0] = '\0';
+    s->snapshots_size = 0;
     if (!s->nb_snapshots) {
         return 0;
     }
@@ -180,9 +203,9 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
     }
     if (s->snapshots_offset % s->cluster_size || !s->snapshots_offset ||
         s->snapshots_offset >= flen) {
-        return error_setf(err, EINVAL,
-                          "snapshot table offset invalid (0x%llx)",
-                          (unsigned long long)s->snapshots_offset);
+        return snapshot_table_damaged(s, err,
+                                      "snapshot table offset invalid (0x%llx)",
+                                      (unsigned long long)s->snapshots_offset);
     }
     s->snapshots = calloc(s->nb_snapshots, sizeof(*s->snapshots));
     if (!s->snapshots) {
@@ -193,25 +216,31 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         uint8_t h[QCOW2_SNAPSHOT_FIXED];
         Qcow2Snapshot *sn = &s->snapshots[i];
         if (off + sizeof(h) > flen) {
-            return error_setf(err, EINVAL, "snapshot table is truncated");
+            return snapshot_table_damaged(s, err,
+                                          "snapshot table is truncated");
         }
         int ret = block_pread(s->node->file, off, sizeof(h), h);
         if (ret < 0) {
             return error_setf(err, -ret, "cannot read snapshot table");
         }
-        sn->l1_table_offset = qcow2_be64(h);
-        sn->l1_size = qcow2_be32(h + 8);
+        uint64_t l1_table_offset = qcow2_be64(h);
+        uint32_t l1_size = qcow2_be32(h + 8);
         uint16_t id_len = qcow2_be16(h + 12);
         uint16_t name_len = qcow2_be16(h + 14);
-        sn->vm_state_size = qcow2_be32(h + 32);
         uint32_t extra = qcow2_be32(h + 36);
-        sn->disk_size = s->size;
         if (extra > 1024) {
-            return error_setf(err, EINVAL, "snapshot extra data too large");
+            return snapshot_table_damaged(s, err,
+                                          "snapshot extra data too large");
         }
         uint64_t entry_len = sizeof(h) + extra + id_len + name_len;
         if (off + entry_len > flen) {
-            return error_setf(err, EINVAL, "snapshot table is truncated");
+            return snapshot_table_damaged(s, err,
+                                          "snapshot table is truncated");
+        }
+        if (off + qcow2_align_up(entry_len, 8) - s->snapshots_offset >
+            64ull * 1024 * 1024) {
+            return snapshot_table_damaged(s, err,
+                                          "snapshot table too large");
         }
         uint8_t *rest = malloc(extra + id_len + name_len + 1);
         if (!rest) {
@@ -223,6 +252,10 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
             free(rest);
             return error_setf(err, -ret, "cannot read snapshot table");
         }
+        sn->l1_table_offset = l1_table_offset;
+        sn->l1_size = l1_size;
+        sn->vm_state_size = qcow2_be32(h + 32);
+        sn->disk_size = s->size;
         if (extra >= 8) {
             sn->vm_state_size = qcow2_be64(rest);
         }
@@ -236,17 +269,17 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         if (!sn->id_str || !sn->name) {
             return -ENOMEM;
         }
-        if (sn->l1_table_offset % s->cluster_size ||
-            (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) {
+        /* check reports (and does not follow) a bad L1 of one entry; the
+         * entries after it still parse. */
+        if ((sn->l1_table_offset % s->cluster_size ||
+             (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) &&
+            !(s->open_flags & BLOCK_O_CHECK)) {
             return error_setf(err, EINVAL,
                               "snapshot %u has an invalid L1 table", i);
         }
         off += qcow2_align_up(entry_len, 8);
-        if (off - s->snapshots_offset > 64ull * 1024 * 1024) {
-            return error_setf(err, EINVAL, "snapshot table too large");
-        }
+        s->snapshots_size = off - s->snapshots_offset;
     }
-    s->snapshots_size = off - s->snapshots_offset;
     return 0;
 }
 

@@ -250,6 +250,11 @@ struct Qcow2State {
     Qcow2Snapshot *snapshots;
     int nb_snapshots_loaded;
     uint64_t snapshots_size;   /* bytes of the snapshot table */
+    /* Opened for check (BLOCK_O_CHECK) with a snapshot table that cannot
+     * be parsed past entry nb_snapshots_loaded: why, else "".  Only the
+     * entries before it are loaded; nb_snapshots keeps the header's
+     * count until `check -r all` cuts the table there. */
+    char snapshot_damage[160];
 
     bool read_only;
     int open_flags;
