@@ -22,6 +22,12 @@ if [ ! -f "$B/build.ninja" ]; then
 fi
 ninja -C "$B" libimgtool.a >/dev/null
 LIBS=$(pkg-config --libs jansson zlib libzstd libcrypto)
+# Optional libraries meson links when it finds them.
+for opt in libdeflate; do
+    if pkg-config --exists $opt; then
+        LIBS="$LIBS $(pkg-config --libs $opt)"
+    fi
+done
 # Every fuzz/fuzz_*.c is a harness; the table harnesses find their
 # template images in fuzz/templates/.
 for src in "$ROOT"/fuzz/fuzz_*.c; do

@@ -49,8 +49,9 @@ static inline int fuzz_memfd(const uint8_t *data, size_t size, char *path,
 }
 
 /* Reads every region block status calls data, and a few fixed spots,
- * within FUZZ_READ_CAP bytes in all. */
-static inline void fuzz_read_all(BlockNode *n)
+ * within read_cap bytes and status_cap status calls in all. */
+static inline void fuzz_read_capped(BlockNode *n, int status_cap,
+                                    uint64_t read_cap)
 {
     int64_t len = block_get_length(n);
     if (len <= 0) {
@@ -61,8 +62,8 @@ static inline void fuzz_read_all(BlockNode *n)
         return;
     }
     uint64_t size = (uint64_t)len, read_bytes = 0, off = 0;
-    for (int calls = 0; off < size && calls < FUZZ_STATUS_CAP &&
-         read_bytes < FUZZ_READ_CAP; calls++) {
+    for (int calls = 0; off < size && calls < status_cap &&
+         read_bytes < read_cap; calls++) {
         uint64_t pnum = 0, map = 0;
         BlockNode *file = NULL;
         int st = block_status_above(n, NULL, off, size - off, &pnum, &map,
@@ -77,7 +78,7 @@ static inline void fuzz_read_all(BlockNode *n)
         }
         if (st & BLOCK_STATUS_DATA) {
             for (uint64_t p = off; p < off + pnum &&
-                 read_bytes < FUZZ_READ_CAP;) {
+                 read_bytes < read_cap;) {
                 size_t l = off + pnum - p < FUZZ_CHUNK
                                ? (size_t)(off + pnum - p) : FUZZ_CHUNK;
                 block_pread(n, p, l, buf);
@@ -97,6 +98,11 @@ static inline void fuzz_read_all(BlockNode *n)
                                          : 4097, buf);
     }
     free(buf);
+}
+
+static inline void fuzz_read_all(BlockNode *n)
+{
+    fuzz_read_capped(n, FUZZ_STATUS_CAP, FUZZ_READ_CAP);
 }
 
 static inline void fuzz_check(BlockNode *n, int fix)

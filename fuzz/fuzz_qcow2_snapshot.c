@@ -29,7 +29,7 @@ static void load_and_read(const char *path, const char *param)
     }
     if (block_snapshot_load_tmp(n, param, &err) == 0) {
         fuzz_describe(n);
-        fuzz_read_all(n);
+        fuzz_read_capped(n, FUZZ_SPLICE_STATUS_CAP, FUZZ_SPLICE_READ_CAP);
     }
     block_close(n);
 }
@@ -59,7 +59,24 @@ static void list_and_load(const char *path)
     block_snapshot_list_free(v, count);
 }
 
-static void modify(const char *path)
+/* Applying a snapshot makes its L1 table, grown to its disk size, the
+ * active one: with 512-byte clusters 16 MiB of L1 for 64 GiB, walked
+ * and written several times, which under ASan takes longer than
+ * libFuzzer's timeout without being a bug.  Whether the first entry
+ * (which list returns first) is small enough to apply. */
+static bool first_entry_small(const uint8_t *img, size_t len, uint64_t at)
+{
+    if (at >= len || len - at < 56) {
+        return true;
+    }
+    const uint8_t *e = img + at;
+    if (fuzz_be(e + 8, 4) > 65536) {
+        return false;
+    }
+    return fuzz_be(e + 36, 4) < 16 || fuzz_be(e + 48, 8) <= (1ull << 30);
+}
+
+static void modify(const char *path, bool may_apply)
 {
     Error err = { 0 };
     BlockNode *n = block_open(path, "qcow2", NULL,
@@ -80,7 +97,9 @@ static void modify(const char *path)
     block_snapshot_create(n, "fuzz", &err);
     if (count > 0) {
         error_clear(&err);
-        block_snapshot_apply(n, v[0].id, &err);
+        if (may_apply) {
+            block_snapshot_apply(n, v[0].id, &err);
+        }
         block_pwrite(n, 1024, 3000, buf, 0);
         error_clear(&err);
         block_snapshot_delete(n, v[count - 1].id, &err);
@@ -105,6 +124,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     fuzz_put_be(img + 60, 4, sp.count);
     fuzz_put_be(img + 64, 8, sp.offset);
+    bool may_apply = first_entry_small(img, len, sp.offset);
     char path[64];
     int fd = fuzz_memfd(img, len, path, sizeof(path));
     free(img);
@@ -120,7 +140,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         block_close(n);
     }
     list_and_load(path);
-    modify(path);
+    modify(path, may_apply);
     error_clear(&err);
     n = block_open(path, "qcow2", NULL,
                    FUZZ_OPEN_FLAGS | BLOCK_O_RDWR | BLOCK_O_CHECK, &err);

@@ -46,6 +46,11 @@ enum {
 /* Tables are never written past this offset: a raw offset beyond it is
  * only stored in the header (the file stays small). */
 #define FUZZ_SPLICE_MAX_FILE (1u << 20)
+/* Each harness reads the disk several times (every snapshot, before and
+ * after repair): smaller read budgets than fuzz_read_all keeps, or one
+ * snapshot claiming a huge disk makes every execution a timeout. */
+#define FUZZ_SPLICE_STATUS_CAP 2048
+#define FUZZ_SPLICE_READ_CAP (4u << 20)
 
 typedef struct FuzzTemplate {
     uint8_t *data;

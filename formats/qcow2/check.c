@@ -910,6 +910,12 @@ static int place_refcount_structures(Check *c, uint64_t **pblocks,
     while (changed) {
         changed = false;
         entries = (used_end(c) + rbe - 1) / rbe;
+        if (entries * 8 > QCOW2_MAX_REFTABLE_BYTES) {
+            /* Known to fail before a single block is placed: placing
+             * millions of them first is what made it slow. */
+            ret = -EFBIG;
+            break;
+        }
         if (entries > cap) {
             uint64_t ncap = entries * 2;
             uint64_t *nb = realloc(blocks, ncap * sizeof(*nb));
@@ -969,6 +975,10 @@ static int rebuild_refcounts(Check *c)
     int ret;
 
     ret = place_refcount_structures(c, &blocks, &entries, &table_start, &tc);
+    if (ret == -EFBIG) {
+        say(c, "ERROR: the rebuilt refcount table would be too large");
+        return ret;
+    }
     if (ret < 0) {
         return ret;
     }
