@@ -995,3 +995,29 @@ bool qcow2_has_bitmaps(Qcow2State *s)
     }
     return (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) && find_ext(s);
 }
+
+json_t *qcow2_bitmaps_info(Qcow2State *s)
+{
+    Qcow2Bitmaps *d = s->bitmaps;
+    if (!d || d->nb == 0) {
+        return NULL;
+    }
+    json_t *list = json_array();
+    for (uint32_t i = 0; i < d->nb; i++) {
+        const Qcow2BitmapEntry *e = &d->entries[i];
+        json_t *fl = json_array();
+        if (e->flags & QCOW2_BME_IN_USE) {
+            json_array_append_new(fl, json_string("in-use"));
+        }
+        if (e->flags & QCOW2_BME_AUTO) {
+            json_array_append_new(fl, json_string("auto"));
+        }
+        json_t *b = json_object();
+        json_object_set_new(b, "flags", fl);
+        json_object_set_new(b, "name", json_string(e->name));
+        json_object_set_new(b, "granularity",
+                            json_integer((json_int_t)1 << e->gran_bits));
+        json_array_append_new(list, b);
+    }
+    return list;
+}

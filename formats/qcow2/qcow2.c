@@ -373,63 +373,6 @@ static int64_t qcow2_get_allocated_size(BlockNode *n)
     return a;
 }
 
-/* The bitmap directory as qemu-img info lists it, or NULL when the image
- * has no (consistent) bitmaps extension. */
-static json_t *bitmaps_info(Qcow2State *s)
-{
-    const Qcow2Extension *ext = NULL;
-
-    for (int i = 0; i < s->nb_unknown_exts; i++) {
-        if (s->unknown_exts[i].type == QCOW2_EXT_BITMAPS) {
-            ext = &s->unknown_exts[i];
-        }
-    }
-    if (!ext || ext->len < 24 ||
-        !(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
-        return NULL;
-    }
-    uint32_t nb = qcow2_be32(ext->data);
-    uint64_t dir_size = qcow2_be64(ext->data + 8);
-    uint64_t dir_off = qcow2_be64(ext->data + 16);
-    if (nb == 0 || nb > 65535 || dir_size > (64u << 20) || dir_size < 24) {
-        return NULL;
-    }
-    uint8_t *dir = malloc(dir_size);
-    if (!dir || block_pread(s->node->file, dir_off, dir_size, dir) < 0) {
-        free(dir);
-        return NULL;
-    }
-    json_t *list = json_array();
-    uint64_t pos = 0;
-    for (uint32_t i = 0; i < nb && pos + 24 <= dir_size; i++) {
-        const uint8_t *e = dir + pos;
-        uint32_t flags = qcow2_be32(e + 12);
-        uint32_t gbits = e[17];
-        uint16_t name_len = qcow2_be16(e + 18);
-        uint32_t extra = qcow2_be32(e + 20);
-        if (pos + 24 + extra + name_len > dir_size || gbits > 63) {
-            break;
-        }
-        json_t *fl = json_array();
-        if (flags & 1) {
-            json_array_append_new(fl, json_string("in-use"));
-        }
-        if (flags & 2) {
-            json_array_append_new(fl, json_string("auto"));
-        }
-        json_t *b = json_object();
-        json_object_set_new(b, "flags", fl);
-        json_object_set_new(b, "name",
-                            json_stringn((const char *)e + 24 + extra,
-                                         name_len));
-        json_object_set_new(b, "granularity", json_integer(1ll << gbits));
-        json_array_append_new(list, b);
-        pos += qcow2_align_up(24 + extra + name_len, 8);
-    }
-    free(dir);
-    return list;
-}
-
 static json_t *qcow2_get_format_info(BlockNode *n)
 {
     Qcow2State *s = qcow2_state(n);
@@ -451,7 +394,7 @@ static json_t *qcow2_get_format_info(BlockNode *n)
                                                                : "zlib"));
         json_object_set_new(d, "lazy-refcounts",
                             json_boolean(s->lazy_refcounts));
-        json_t *bm = bitmaps_info(s);
+        json_t *bm = qcow2_bitmaps_info(s);
         if (bm) {
             json_object_set_new(d, "bitmaps", bm);
         }

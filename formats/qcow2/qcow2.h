@@ -653,6 +653,9 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err);
 void qcow2_bitmaps_close(BlockNode *n);
 /* The image holds persistent bitmaps (on disk or about to be stored). */
 bool qcow2_has_bitmaps(Qcow2State *s);
+/* The "bitmaps" list of the format-specific info as qemu-img shows it
+ * (the directory as on disk: flags "in-use", "auto"), or NULL. */
+json_t *qcow2_bitmaps_info(Qcow2State *s);
 
 /* ------------------------------------------------------------------ */
 /* Provided by check.c / measure.c                                     */
