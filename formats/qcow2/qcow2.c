@@ -69,10 +69,9 @@ static int qcow2_flush(BlockNode *n)
         return 0;
     }
     pthread_mutex_lock(&s->lock);
-    ret = qcow2_cache_flush_all(s);
+    ret = qcow2_flush_caches(s);
     pthread_mutex_unlock(&s->lock);
-    /* 1: the image and data files are flushed already */
-    return ret < 0 ? ret : 1;
+    return ret;
 }
 
 static void free_state(Qcow2State *s)
