@@ -19,11 +19,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("IMGTOOL_FUZZ_BUILD", os.path.join(ROOT, "build-fuzz"))
 SECONDS = int(os.environ.get("IMGTOOL_FUZZ_SECONDS", "15"))
-HARNESSES = ["qcow2_read", "qcow2_write", "qcow2_snapshot", "qcow2_bitmap"]
+HARNESSES = ["qcow2_read", "qcow2_write", "qcow2_snapshot", "qcow2_bitmap",
+             "luks_header"]
 # Harnesses whose inputs are not whole images have their own committed
 # corpus (fuzz/corpus/NAME); the others share the qcow2 seeds.
 OWN_CORPUS = {"qcow2_snapshot": "qcow2-snapshot",
-              "qcow2_bitmap": "qcow2-bitmap"}
+              "qcow2_bitmap": "qcow2-bitmap",
+              "luks_header": "luks"}
 CRASHERS = os.path.join(ROOT, "fuzz", "crashers")
 LIBFUZZER_ARGS = ["-timeout=10", "-rss_limit_mb=2048", "-max_len=65536",
                   "-print_final_stats=1"]
