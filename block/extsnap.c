@@ -504,6 +504,44 @@ static uint64_t cluster_size_of(BlockNode *n)
     return x.cluster_size;
 }
 
+/* A relative backing name only holds in the active image's directory:
+ * before the active image is frozen under another one, its backing name
+ * becomes absolute (one header write: the old or the new name, both
+ * right).  We hold the writer lock, so this open takes none. */
+static int absolute_backing(Ctx *c, const char *frozen, Error *err)
+{
+    BlockNode *top = c->top;
+    const char *b = top->backing_file;
+    if (!b || !*b || b[0] == '/' || strstr(b, "://")) {
+        return 0;
+    }
+    char *same = backing_name_for(c->active, frozen);
+    bool moved = same && strchr(same, '/');
+    free(same);
+    if (!moved) {
+        return 0;
+    }
+    char *abs = abs_name(top->full_backing_filename);
+    if (!abs) {
+        return error_setf(err, ENOMEM, "Could not resolve '%s'",
+                          top->full_backing_filename);
+    }
+    BlockNode *w = block_open(c->active, top->drv->name, NULL,
+                              BLOCK_O_RDWR | BLOCK_O_NO_BACKING |
+                              BLOCK_O_NO_LOCK, err);
+    int ret = w ? block_change_backing_file(w, abs, top->backing_format, err)
+                : -(err && err->code ? err->code : EIO);
+    if (ret >= 0) {
+        ret = block_flush(w);
+        if (ret < 0) {
+            error_setf(err, -ret, "Could not flush '%s'", c->active);
+        }
+    }
+    block_close(w);
+    free(abs);
+    return ret;
+}
+
 /* ------------------------------------------------------------------ */
 /* Operations                                                          */
 
@@ -581,6 +619,10 @@ int block_extsnap_create(const char *active, const char *fmt,
     if (len < 0) {
         ret = error_setf(err, (int)-len, "Could not get the size of '%s'",
                          active);
+        goto out;
+    }
+    ret = absolute_backing(&c, frozen, err);
+    if (ret < 0) {
         goto out;
     }
     /* What the frozen image holds must be on disk before it is frozen. */
