@@ -568,6 +568,39 @@ static int count_bitmap_table(Check *c, uint64_t off, uint32_t entries)
     return ret < 0 ? ret : 0;
 }
 
+/* A bitmaps extension in force (v3, autoclear bit set) whose directory
+ * open would refuse (bitmap.c's parser says why) is a corruption: check
+ * opens it all the same, so it must not call it clean. */
+static void validate_bitmaps(Check *c, const Qcow2Extension *x,
+                             const uint8_t *dir, uint64_t dir_size)
+{
+    Qcow2State *s = c->s;
+    uint32_t nb = qcow2_be32(x->data);
+    Qcow2BitmapEntry *v = NULL;
+    Error err = { 0 };
+
+    if (s->version < 3 || !(s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
+        return;
+    }
+    if (nb == 0 || nb > QCOW2_MAX_BITMAPS || !dir) {
+        say(c, "ERROR bitmaps extension: %u bitmaps in a directory of %"
+            PRIu64 " bytes", nb, dir_size);
+        c->res->corruptions++;
+        return;
+    }
+    Qcow2BitmapGeometry g = {
+        .cluster_bits = s->cluster_bits,
+        .file_size = c->file_len,
+        .virtual_size = s->size,
+    };
+    if (qcow2_bitmaps_parse(dir, dir_size, nb, &g, &v, &err) < 0) {
+        say(c, "ERROR bitmap directory: %s", err.msg);
+        c->res->corruptions++;
+        return;
+    }
+    qcow2_bitmap_entries_free(v, nb);
+}
+
 /* Bitmap clusters are counted whenever the extension is present, even
  * with its autoclear bit off: freeing them while the directory still
  * names them would let two owners share a cluster. */
@@ -591,6 +624,9 @@ static int count_bitmaps(Check *c)
     }
     ret = count_region(c, dir_off, dir_size);
     if (ret <= 0 || dir_size == 0) {
+        if (ret >= 0 && dir_size == 0) {
+            validate_bitmaps(c, x, NULL, 0);
+        }
         return ret < 0 ? ret : 0;
     }
     if (dir_size > MAX_BITMAP_DIR_BYTES) {
@@ -610,6 +646,7 @@ static int count_bitmaps(Check *c)
         free(dir);
         return 0;
     }
+    validate_bitmaps(c, x, dir, dir_size);
     for (uint64_t pos = 0; pos + 24 <= dir_size && ret >= 0;) {
         const uint8_t *e = dir + pos;
         uint64_t len = 24 + (uint64_t)qcow2_be32(e + 20) + qcow2_be16(e + 18);
