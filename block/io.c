@@ -190,9 +190,13 @@ int block_flush(BlockNode *n)
     }
     int ret = 0;
     if (n->drv->flush) {
+        /* A driver that must order its children's flushes against its
+         * own writes (qcow2 metadata) flushes them itself and says so
+         * with a positive return: flushing them again would only cost
+         * another fdatasync. */
         ret = n->drv->flush(n);
-        if (ret < 0) {
-            return ret;
+        if (ret != 0) {
+            return ret < 0 ? ret : 0;
         }
     }
     if (n->data_file) {

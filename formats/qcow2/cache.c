@@ -3,7 +3,8 @@
  *
  * Two instances per image: L2 tables and refcount blocks, each a few dozen
  * cluster-sized buffers kept in on-disk byte order.  All calls need
- * s->lock.  The one ordering rule lives here: before a dirty L2 table is
+ * s->lock; the guest flush (at the end) drops it while the files are
+ * synced.  The one ordering rule lives here: before a dirty L2 table is
  * written, every refcount increment it may depend on is written and the
  * file flushed (unless lazy refcounts have the image marked dirty, in
  * which case refcounts are rebuilt after a crash anyway).
@@ -218,6 +219,7 @@ void qcow2_cache_mark_dirty(Qcow2Cache *c, const uint8_t *table)
         e->dirty = true;
         if (c->is_refcount) {
             c->s->refcount_unflushed = true;
+            c->s->unflushed_gen++;
         }
     }
 }
@@ -239,4 +241,76 @@ void qcow2_cache_invalidate(Qcow2Cache *c)
         c->entries[i].dirty = false;
         c->entries[i].ref = 0;
     }
+}
+
+static bool has_dirty(Qcow2Cache *c)
+{
+    for (int i = 0; i < c->size; i++) {
+        if (c->entries[i].offset && c->entries[i].dirty) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Flushes the data file and the image file without s->lock (held on
+ * entry and on return).  What was written before the call is then on
+ * disk; the unflushed flags are cleared unless something new became
+ * unflushed meanwhile. */
+static int sync_unlocked(Qcow2State *s)
+{
+    uint64_t gen = s->unflushed_gen;
+    int ret;
+
+    pthread_mutex_unlock(&s->lock);
+    ret = block_flush(s->node->data_file);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (ret >= 0 && gen == s->unflushed_gen) {
+        if (!has_dirty(&s->refcount_cache)) {
+            s->refcount_unflushed = false;
+        }
+        s->data_unflushed = false;
+    }
+    return ret;
+}
+
+int qcow2_cache_flush_all(Qcow2State *s)
+{
+    int ret = 0;
+
+    /* Refcounts and data the dirty L2 tables depend on: on disk first, so
+     * that writing the tables below needs no flush under the lock. */
+    if (has_dirty(&s->l2_cache) &&
+        ((s->refcount_unflushed && !s->dirty_set) || s->data_unflushed)) {
+        ret = qcow2_cache_writeback(&s->refcount_cache);
+        if (ret >= 0) {
+            ret = sync_unlocked(s);
+        }
+    }
+    if (ret >= 0) {
+        /* flushes again by itself if new allocations came in meanwhile */
+        ret = qcow2_cache_writeback(&s->l2_cache);
+    }
+    if (ret >= 0) {
+        ret = qcow2_cache_writeback(&s->refcount_cache);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    /* Clusters whose last reference went with the tables just written
+     * are freed once those are on disk; frees deferred while the lock is
+     * dropped wait for the next flush. */
+    Qcow2PendingFree *frees;
+    size_t nfrees;
+    qcow2_take_pending_frees(s, &frees, &nfrees);
+    ret = sync_unlocked(s);
+    if (ret < 0) {
+        /* the tables may not be on disk: drop the frees (leaks) */
+        free(frees);
+        return ret;
+    }
+    return qcow2_apply_frees(s, frees, nfrees);
 }

@@ -708,6 +708,29 @@ int qcow2_free_compressed_deferred(Qcow2State *s, const Qcow2L2Entry *e)
                                         + 1);
 }
 
+void qcow2_take_pending_frees(Qcow2State *s, Qcow2PendingFree **list,
+                              size_t *n)
+{
+    *list = s->pending_frees;
+    *n = s->nb_pending_frees;
+    s->pending_frees = NULL;
+    s->nb_pending_frees = 0;
+    s->cap_pending_frees = 0;
+}
+
+int qcow2_apply_frees(Qcow2State *s, Qcow2PendingFree *list, size_t n)
+{
+    int ret = 0;
+
+    for (size_t i = 0; i < n && ret >= 0; i++) {
+        ret = qcow2_update_refcount(s, list[i].offset,
+                                    list[i].nb_clusters << s->cluster_bits,
+                                    -1);
+    }
+    free(list);
+    return ret;
+}
+
 int qcow2_apply_pending_frees(Qcow2State *s)
 {
     int ret;
@@ -717,23 +740,20 @@ int qcow2_apply_pending_frees(Qcow2State *s)
     }
     ret = qcow2_cache_writeback(&s->l2_cache);
     if (ret >= 0) {
+        /* so that refcount_unflushed may be cleared below */
+        ret = qcow2_cache_writeback(&s->refcount_cache);
+    }
+    if (ret >= 0) {
         ret = block_flush(s->node->file);
     }
     if (ret < 0) {
         return ret;
     }
     s->refcount_unflushed = false;
-    for (size_t i = 0; i < s->nb_pending_frees; i++) {
-        Qcow2PendingFree *p = &s->pending_frees[i];
-        ret = qcow2_update_refcount(s, p->offset,
-                                    p->nb_clusters << s->cluster_bits, -1);
-        if (ret < 0) {
-            s->nb_pending_frees = 0;
-            return ret;
-        }
-    }
-    s->nb_pending_frees = 0;
-    return 0;
+    Qcow2PendingFree *list;
+    size_t n;
+    qcow2_take_pending_frees(s, &list, &n);
+    return qcow2_apply_frees(s, list, n);
 }
 
 uint64_t qcow2_refcount_metadata_clusters(uint64_t clusters,

@@ -54,6 +54,9 @@ static void inflight_remove(Qcow2State *s, Qcow2InFlight *f)
             break;
         }
     }
+    /* its data (and any data_unflushed it set) came after a concurrent
+     * unlocked flush may have started */
+    s->unflushed_gen++;
     pthread_cond_broadcast(&s->inflight_cond);
 }
 
