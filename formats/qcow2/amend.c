@@ -411,12 +411,71 @@ static int header_used(Qcow2State *s, Error *err)
 }
 
 /*
+ * The on-disk header (old_used bytes) without its feature name table,
+ * which is optional: the same image in fewer bytes.  Returns the bytes it
+ * uses, or 0 when it cannot be made to fit in one sector.
+ */
+static int compact_header(Qcow2State *s, int old_used, uint8_t *out)
+{
+    uint8_t *h = calloc(1, s->cluster_size);
+    int ret = 0;
+
+    if (!h || block_pread(s->node->file, 0, (size_t)old_used, h) < 0) {
+        free(h);
+        return 0;
+    }
+    uint64_t hl = qcow2_be32(h + QCOW2_HDR_VERSION) == 2
+                  ? QCOW2_V2_HEADER_SIZE
+                  : qcow2_be32(h + QCOW2_HDR_HEADER_LENGTH);
+    uint64_t name_off = qcow2_be64(h + QCOW2_HDR_BACKING_OFFSET);
+    uint32_t name_len = qcow2_be32(h + QCOW2_HDR_BACKING_SIZE);
+    uint64_t in = hl, o = hl;
+    uint64_t end = name_off ? name_off : (uint64_t)old_used;
+    if (hl > 512 || end > (uint64_t)old_used ||
+        name_off + name_len > (uint64_t)old_used) {
+        goto out;
+    }
+    memset(out, 0, 512);
+    memcpy(out, h, hl);
+    while (in + 8 <= end) {
+        uint32_t type = qcow2_be32(h + in);
+        uint64_t elen = 8 + qcow2_align_up(qcow2_be32(h + in + 4), 8);
+        if (type == QCOW2_EXT_END || in + elen > end) {
+            break;
+        }
+        if (type != QCOW2_EXT_FEATURE_TABLE) {
+            if (o + elen > 512) {
+                goto out;
+            }
+            memcpy(out + o, h + in, elen);
+            o += elen;
+        }
+        in += elen;
+    }
+    o += 8;  /* end marker: zeroes */
+    if (name_off) {
+        if (o + name_len > 512) {
+            goto out;
+        }
+        memcpy(out + o, h + name_off, name_len);
+        qcow2_put_be64(out + QCOW2_HDR_BACKING_OFFSET, o);
+        o += name_len;
+    }
+    ret = o <= 512 ? (int)o : 0;
+out:
+    free(h);
+    return ret;
+}
+
+/*
  * Writes the header built from s over one that used old_used bytes, so
  * that a crash leaves one or the other: a sector is written whole or not
  * at all, so a new header of one sector is one write, and a longer one
  * over a one-sector header gets its tail first (beyond what the old
  * header uses, so the old one stays intact) and its first sector last.
- * Only a long header replacing a long one is a single multi-sector write.
+ * A long old header is first rewritten in one sector without its feature
+ * name table when that fits; only when not is the switch a single
+ * multi-sector write.
  */
 static int write_header_switch(Qcow2State *s, int old_used, Error *err)
 {
@@ -426,14 +485,30 @@ static int write_header_switch(Qcow2State *s, int old_used, Error *err)
     if (!buf) {
         return error_setf(err, ENOMEM, "out of memory");
     }
+    uint64_t len = 0;
     ret = qcow2_build_header(s, buf, err);
+    if (ret >= 0) {
+        len = qcow2_align_up((uint64_t)ret, 512);
+        if (len > s->cluster_size) {
+            len = s->cluster_size;
+        }
+    }
+    if (ret >= 0 && len > 512 && old_used > 512) {
+        uint8_t small[512];
+        int used = compact_header(s, old_used, small);
+        if (used > 0) {
+            ret = block_pwrite(s->node->file, 0, 512, small, 0);
+            if (ret >= 0) {
+                ret = block_flush(s->node->file);
+            }
+            old_used = used;
+        }
+    }
     if (ret < 0) {
         free(buf);
-        return ret;
-    }
-    uint64_t len = qcow2_align_up((uint64_t)ret, 512);
-    if (len > s->cluster_size) {
-        len = s->cluster_size;
+        return error_is_set(err) ? ret : error_setf(err, -ret, "cannot "
+                                                    "write the qcow2 header: "
+                                                    "%s", strerror(-ret));
     }
     if (len > 512 && old_used <= 512) {
         ret = block_pwrite(s->node->file, 512, len - 512, buf + 512, 0);
