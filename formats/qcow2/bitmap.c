@@ -613,10 +613,70 @@ fail:
 /* ------------------------------------------------------------------ */
 /* Storing                                                             */
 
+/* Sets of cluster offsets for freeing the old state.  Past VEC_MAX
+ * entries a set is "overflowed" and nothing is freed (a leak is always
+ * allowed; a wrong free is not). */
+#define VEC_MAX (4u << 20)
+
+typedef struct U64Vec {
+    uint64_t *v;
+    size_t n, cap;
+    bool overflow;
+} U64Vec;
+
+static void vec_push(U64Vec *a, uint64_t x)
+{
+    if (a->overflow) {
+        return;
+    }
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? a->cap * 2 : 256;
+        uint64_t *v = cap > VEC_MAX ? NULL : realloc(a->v, cap * sizeof(*v));
+        if (!v) {
+            a->overflow = true;
+            return;
+        }
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+}
+
+static void vec_push_range(U64Vec *a, uint64_t off, uint64_t bytes,
+                           uint64_t cs)
+{
+    for (uint64_t c = 0; c < div_up(bytes, cs) && !a->overflow; c++) {
+        vec_push(a, off + c * cs);
+    }
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void vec_sort_unique(U64Vec *a)
+{
+    size_t k = 0;
+    qsort(a->v, a->n, sizeof(uint64_t), u64_cmp);
+    for (size_t i = 0; i < a->n; i++) {
+        if (k == 0 || a->v[k - 1] != a->v[i]) {
+            a->v[k++] = a->v[i];
+        }
+    }
+    a->n = k;
+}
+
+static bool vec_has(const U64Vec *a, uint64_t x)
+{
+    return a->n && bsearch(&x, a->v, a->n, sizeof(uint64_t), u64_cmp);
+}
+
 /* Writes bm's bits as new data clusters and a new table; *table_off and
  * *table_size describe them.  Needs s->lock. */
 static int write_bitmap(Qcow2State *s, BlockBitmap *bm, uint64_t *table_off,
-                        uint32_t *table_size)
+                        uint32_t *table_size, U64Vec *fresh)
 {
     uint64_t cs = s->cluster_size;
     uint64_t bytes = block_bitmap_bytes(bm);
@@ -641,6 +701,7 @@ static int write_bitmap(Qcow2State *s, BlockBitmap *bm, uint64_t *table_off,
             ret = (int)data;
             goto out;
         }
+        vec_push_range(fresh, (uint64_t)data, nonzero * cs, cs);
     }
     uint64_t next = (uint64_t)data;
     for (uint64_t i = 0; i < entries && ret >= 0; i++) {
@@ -660,6 +721,8 @@ static int write_bitmap(Qcow2State *s, BlockBitmap *bm, uint64_t *table_off,
         ret = (int)toff;
         goto out;
     }
+    vec_push_range(fresh, (uint64_t)toff, tclusters ? tclusters * cs : cs,
+                   cs);
     memset(buf, 0, tclusters ? tclusters * cs : cs);
     for (uint64_t i = 0; i < entries; i++) {
         qcow2_put_be64(buf + i * 8, t[i]);
@@ -674,26 +737,99 @@ out:
     return ret < 0 ? ret : 0;
 }
 
-/* Drops the image's reference to a table and its data clusters (after
- * the header no longer names them). */
-static int free_table(Qcow2State *s, uint64_t off, uint32_t entries)
+/* Clusters the image uses for other metadata: a hostile bitmap table may
+ * name any of them, and freeing one would corrupt the image. */
+static void collect_metadata(Qcow2State *s, U64Vec *meta)
 {
-    uint64_t *t;
-    int ret = read_table(s, off, entries, &t);
-    if (ret < 0) {
-        return ret;
-    }
-    for (uint32_t i = 0; i < entries && ret >= 0; i++) {
-        uint64_t d = t[i] & BT_OFFSET_MASK;
-        if (d && !(t[i] & BT_RESERVED_MASK) && d % s->cluster_size == 0) {
-            ret = qcow2_free_clusters_deferred(s, d, 1);
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        uint64_t e = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+        if (e) {
+            vec_push(meta, e);
         }
     }
-    free(t);
-    if (ret >= 0) {
-        uint64_t n = div_up((uint64_t)entries * 8, s->cluster_size);
-        ret = qcow2_free_clusters_deferred(s, off, n ? n : 1);
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t e = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+        if (e) {
+            vec_push(meta, e);
+        }
     }
+    vec_push_range(meta, 0, s->cluster_size, s->cluster_size);
+    vec_push_range(meta, s->l1_table_offset, (uint64_t)s->l1_size * 8,
+                   s->cluster_size);
+    vec_push_range(meta, s->refcount_table_offset,
+                   s->refcount_table_size * 8, s->cluster_size);
+    vec_push_range(meta, s->snapshots_offset, s->snapshots_size,
+                   s->cluster_size);
+    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
+        vec_push_range(meta, s->snapshots[i].l1_table_offset,
+                       (uint64_t)s->snapshots[i].l1_size * 8,
+                       s->cluster_size);
+    }
+    if (s->crypto_length) {
+        vec_push_range(meta, s->crypto_offset, s->crypto_length,
+                       s->cluster_size);
+    }
+}
+
+/* Drops the image's references to the old directory and to the tables
+ * and data of old bitmaps the new directory no longer names (after the
+ * header switched).  Each cluster is freed at most once, and only when it
+ * is in use and nothing else the image knows of (fresh: what this store
+ * allocated) sits there. */
+static int free_old(Qcow2State *s, BlockBitmaps *set, Qcow2Bitmaps *old,
+                    U64Vec *fresh)
+{
+    U64Vec kept = { 0 }, meta = { 0 }, out = { 0 };
+    uint64_t cs = s->cluster_size;
+    int64_t flen = block_get_length(s->node->file);
+    int ret = 0;
+
+    for (int j = 0; j < set->n; j++) {
+        vec_push(&kept, set->v[j]->stored_offset);
+    }
+    vec_sort_unique(&kept);
+    collect_metadata(s, &meta);
+    for (size_t i = 0; i < fresh->n; i++) {
+        vec_push(&meta, fresh->v[i]);
+    }
+    vec_sort_unique(&meta);
+    for (uint32_t i = 0; i < old->nb && !out.overflow; i++) {
+        const Qcow2BitmapEntry *e = &old->entries[i];
+        uint64_t *t;
+        if (vec_has(&kept, e->table_offset)) {
+            continue;
+        }
+        vec_push_range(&out, e->table_offset, (uint64_t)e->table_size * 8,
+                       cs);
+        if (read_table(s, e->table_offset, e->table_size, &t) < 0) {
+            continue;   /* its data clusters leak */
+        }
+        for (uint32_t k = 0; k < e->table_size; k++) {
+            uint64_t d = t[k] & BT_OFFSET_MASK;
+            if (d && !(t[k] & BT_RESERVED_MASK) && d % cs == 0) {
+                vec_push(&out, d);
+            }
+        }
+        free(t);
+    }
+    vec_push_range(&out, old->dir_offset, old->dir_size, cs);
+    if (kept.overflow || meta.overflow || out.overflow || fresh->overflow ||
+        flen < 0) {
+        goto done;      /* everything old leaks */
+    }
+    vec_sort_unique(&out);
+    for (size_t i = 0; i < out.n && ret >= 0; i++) {
+        uint64_t c = out.v[i], rc = 0;
+        if (c >= (uint64_t)flen || vec_has(&meta, c) ||
+            qcow2_get_refcount(s, c >> s->cluster_bits, &rc) < 0 || rc == 0) {
+            continue;
+        }
+        ret = qcow2_free_clusters_deferred(s, c, 1);
+    }
+done:
+    free(kept.v);
+    free(meta.v);
+    free(out.v);
     return ret;
 }
 
@@ -824,6 +960,7 @@ static int store_locked(BlockNode *n, Error *err)
     BlockBitmaps *set = n->bitmaps;
     Qcow2Bitmaps *old = s->bitmaps;
     uint64_t *saved = NULL;
+    U64Vec fresh = { 0 };
     uint8_t *dir = NULL;
     uint64_t dir_size = 0;
     int64_t dir_off = 0;
@@ -853,7 +990,8 @@ static int store_locked(BlockNode *n, Error *err)
         if (bm->inconsistent || (!bm->changed && bm->stored_offset)) {
             continue;
         }
-        ret = write_bitmap(s, bm, &bm->stored_offset, &bm->stored_size);
+        ret = write_bitmap(s, bm, &bm->stored_offset, &bm->stored_size,
+                           &fresh);
         if (ret < 0) {
             error_setf(err, -ret, "cannot write bitmap '%s'", bm->name);
         }
@@ -864,6 +1002,10 @@ static int store_locked(BlockNode *n, Error *err)
             dir_off = qcow2_alloc_clusters(s, div_up(dir_size,
                                                      s->cluster_size));
             ret = dir_off < 0 ? (int)dir_off : 0;
+        }
+        if (ret >= 0) {
+            vec_push_range(&fresh, (uint64_t)dir_off, dir_size,
+                           s->cluster_size);
         }
         if (ret >= 0) {
             ret = block_pwrite(s->node->file, (uint64_t)dir_off, dir_size,
@@ -912,29 +1054,15 @@ static int store_locked(BlockNode *n, Error *err)
         }
         free(saved);
         free(dir);
+        free(fresh.v);
         return ret;
     }
     free(saved);
 
     /* The header names the new state: the old one can go.  A failure
      * from here on only leaks clusters. */
-    int fret = 0;
-    if (old) {
-        for (uint32_t i = 0; i < old->nb && fret >= 0; i++) {
-            const Qcow2BitmapEntry *e = &old->entries[i];
-            bool kept = false;
-            for (int j = 0; j < set->n; j++) {
-                kept |= set->v[j]->stored_offset == e->table_offset;
-            }
-            if (!kept) {
-                fret = free_table(s, e->table_offset, e->table_size);
-            }
-        }
-        if (fret >= 0) {
-            fret = qcow2_free_clusters_deferred(
-                s, old->dir_offset, div_up(old->dir_size, s->cluster_size));
-        }
-    }
+    int fret = old ? free_old(s, set, old, &fresh) : 0;
+    free(fresh.v);
     for (int i = 0; i < set->n; i++) {
         set->v[i]->changed = false;
         set->v[i]->stored_flags = flags_of(set->v[i]);
