@@ -330,22 +330,74 @@ static int mark_dirty(Qcow2State *s)
     return ret;
 }
 
+/* Buffers that reach the file node: aligned for O_DIRECT so the core
+ * never bounces them. */
+static void *alloc_io_buf(uint64_t len)
+{
+    void *p = NULL;
+    return posix_memalign(&p, 4096, len ? len : 1) == 0 ? p : NULL;
+}
+
+static bool all_zero(const uint8_t *p, uint64_t len)
+{
+    return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
+
 /* Reads the current guest content for copy-on-write (lock not held; the
- * range is covered by our in-flight entry so it cannot change). */
-static int cow_read(BlockNode *n, uint64_t off, uint64_t len, uint8_t **out)
+ * range is covered by our in-flight entry so it cannot change).  *zero
+ * says the content is all zeroes; then *out is NULL when `old` (the entry
+ * the range had) already proves it without reading. */
+static int cow_read(BlockNode *n, const Qcow2L2Entry *old, uint64_t off,
+                    uint64_t len, uint8_t **out, bool *zero)
 {
     *out = NULL;
-    if (len == 0) {
+    *zero = true;
+    if (len == 0 || old->type == QCOW2_CLUSTER_ZERO_PLAIN ||
+        (old->type == QCOW2_CLUSTER_UNALLOCATED && !n->backing)) {
         return 0;
     }
-    *out = malloc(len);
+    *out = alloc_io_buf(len);
     if (!*out) {
         return -ENOMEM;
     }
-    return qcow2_pread(n, off, len, *out);
+    int ret = qcow2_pread(n, off, len, *out);
+    *zero = ret >= 0 && all_zero(*out, len);
+    return ret;
 }
 
-/* Writes the pieces [head][data][tail] contiguously at host. */
+/* Copies a piece into b, or zeroes when the piece is NULL (zeroes). */
+static void put_piece(uint8_t *b, const uint8_t *piece, uint64_t len)
+{
+    if (piece) {
+        memcpy(b, piece, len);
+    } else {
+        memset(b, 0, len);
+    }
+}
+
+/* Writes len bytes of piece (NULL: zeroes) at host. */
+static int write_piece(BlockNode *dn, uint64_t host, const uint8_t *piece,
+                       uint64_t len)
+{
+    uint8_t *z = NULL;
+    if (len == 0) {
+        return 0;
+    }
+    if (!piece) {
+        z = alloc_io_buf(len);
+        if (!z) {
+            return -ENOMEM;
+        }
+        memset(z, 0, len);
+        piece = z;
+    }
+    int ret = block_pwrite(dn, host, len, piece, 0);
+    free(z);
+    return ret;
+}
+
+/* Writes the pieces [head][data][tail] contiguously at host; a NULL head
+ * or tail is zeroes.  Small ones go out as one write. */
 static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
                         uint64_t hlen, const uint8_t *data, uint64_t dlen,
                         const uint8_t *tail, uint64_t tlen)
@@ -355,17 +407,13 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
 
     if (s->crypto || (hlen + dlen + tlen <= 4 * s->cluster_size &&
                       (hlen || tlen))) {
-        uint8_t *b = malloc(hlen + dlen + tlen);
+        uint8_t *b = alloc_io_buf(hlen + dlen + tlen);
         if (!b) {
             return -ENOMEM;
         }
-        if (hlen) {
-            memcpy(b, head, hlen);
-        }
+        put_piece(b, head, hlen);
         memcpy(b + hlen, data, dlen);
-        if (tlen) {
-            memcpy(b + hlen + dlen, tail, tlen);
-        }
+        put_piece(b + hlen + dlen, tail, tlen);
         if (s->crypto) {
             /* one buffer: the cipher needs whole sectors */
             ret = qcow2_crypto_write(s, host, b, hlen + dlen + tlen);
@@ -375,16 +423,34 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
         free(b);
         return ret < 0 ? ret : 0;
     }
-    if (hlen) {
-        ret = block_pwrite(dn, host, hlen, head, 0);
-    }
+    ret = write_piece(dn, host, head, hlen);
     if (ret >= 0) {
         ret = block_pwrite(dn, host + hlen, dlen, data, 0);
     }
-    if (ret >= 0 && tlen) {
-        ret = block_pwrite(dn, host + hlen + dlen, tlen, tail, 0);
+    if (ret >= 0) {
+        ret = write_piece(dn, host + hlen + dlen, tail, tlen);
     }
     return ret < 0 ? ret : 0;
+}
+
+/* Writes data at host + hlen with its copy-on-write edges.  An edge that
+ * is zero is left out when the host clusters are fresh (never written
+ * since they lay past the end of the file, so they read as zero). */
+static int write_cow(Qcow2State *s, uint64_t host, bool fresh,
+                     const uint8_t *head, bool head_zero, uint64_t hlen,
+                     const uint8_t *data, uint64_t dlen,
+                     const uint8_t *tail, bool tail_zero, uint64_t tlen)
+{
+    if (fresh && head_zero) {
+        host += hlen;
+        head = NULL;
+        hlen = 0;
+    }
+    if (fresh && tail_zero) {
+        tail = NULL;
+        tlen = 0;
+    }
+    return write_pieces(s, host, head, hlen, data, dlen, tail, tlen);
 }
 
 /* Copy-on-write span for the cluster [cstart, cstart+cs) when the write
@@ -503,11 +569,13 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         inflight_add(s, &f, cstart, cstart + cs);
         pthread_mutex_unlock(&s->lock);
         uint8_t *head = NULL, *tail = NULL;
-        ret = cow_read(n, lo, a - lo, &head);
+        bool hz, tz;
+        ret = cow_read(n, &e, lo, a - lo, &head, &hz);
         if (ret >= 0) {
-            ret = cow_read(n, b, hi - b, &tail);
+            ret = cow_read(n, &e, b, hi - b, &tail, &tz);
         }
         if (ret >= 0) {
+            /* the preallocated cluster may hold anything: write it all */
             ret = write_pieces(s, e.host_offset + (lo - cstart), head, a - lo,
                                buf, b - a, tail, hi - b);
         }
@@ -568,14 +636,20 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     qcow2_cache_put(&s->l2_cache, &t);
 
     uint64_t host;
+    bool fresh = false;
     if (s->has_data_file) {
         host = cstart;
     } else {
+        /* Clusters at or past alloc_end were never in use since they lay
+         * past the end of the file: they still read as zeroes. */
+        uint64_t first_unused = s->alloc_end;
         int64_t h = qcow2_alloc_clusters(s, nclusters);
         if (h < 0) {
             return h;
         }
         host = (uint64_t)h;
+        fresh = (host >> s->cluster_bits) >= first_unused &&
+                !qcow2_encrypted(s);
     }
 
     /* Edges: what must be copied around the data in the first and last
@@ -590,13 +664,14 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     inflight_add(s, &f, cstart, last_cstart + cs);
     pthread_mutex_unlock(&s->lock);
     uint8_t *head = NULL, *tail = NULL;
-    ret = cow_read(n, lo, off - lo, &head);
+    bool hz, tz;
+    ret = cow_read(n, &e, lo, off - lo, &head, &hz);
     if (ret >= 0) {
-        ret = cow_read(n, run_end, hi - run_end, &tail);
+        ret = cow_read(n, &last, run_end, hi - run_end, &tail, &tz);
     }
     if (ret >= 0) {
-        ret = write_pieces(s, host + (lo - cstart), head, off - lo, buf,
-                           run_end - off, tail, hi - run_end);
+        ret = write_cow(s, host + (lo - cstart), fresh, head, hz, off - lo,
+                        buf, run_end - off, tail, tz, hi - run_end);
     }
     free(head);
     free(tail);
