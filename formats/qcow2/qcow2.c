@@ -69,9 +69,10 @@ static int qcow2_flush(BlockNode *n)
         return 0;
     }
     pthread_mutex_lock(&s->lock);
-    ret = qcow2_flush_caches(s);
+    ret = qcow2_cache_flush_all(s);
     pthread_mutex_unlock(&s->lock);
-    return ret;
+    /* 1: the image and data files are flushed already */
+    return ret < 0 ? ret : 1;
 }
 
 static void free_state(Qcow2State *s)
@@ -114,19 +115,6 @@ static void qcow2_close(BlockNode *n)
     }
     free_state(s);
     s->node = NULL;
-}
-
-static int cache_entries(uint64_t bytes, uint64_t cluster_size, int min,
-                         int max)
-{
-    uint64_t n = bytes / cluster_size;
-    if (n < (uint64_t)min) {
-        return min;
-    }
-    if (n > (uint64_t)max) {
-        return max;
-    }
-    return (int)n;
 }
 
 static int open_data_file(BlockNode *n, Qcow2State *s, KVList *opts,
@@ -239,18 +227,22 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
     if (ret < 0) {
         goto fail;
     }
-    ret = qcow2_cache_init(s, &s->l2_cache,
-                           cache_entries(4u << 20, s->cluster_size, 8, 512),
-                           false);
+    Qcow2CacheConfig cc;
+    ret = qcow2_cache_config(s, opts, &cc, err);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = qcow2_cache_init(s, &s->l2_cache, cc.l2_entries, false);
     if (ret >= 0) {
-        ret = qcow2_cache_init(s, &s->refcount_cache,
-                               cache_entries(1u << 20, s->cluster_size, 4, 64),
+        ret = qcow2_cache_init(s, &s->refcount_cache, cc.refcount_entries,
                                true);
     }
     if (ret < 0) {
         error_setf(err, -ret, "out of memory");
         goto fail;
     }
+    qcow2_cache_set_clean_interval(&s->l2_cache, cc.clean_interval);
+    qcow2_cache_set_clean_interval(&s->refcount_cache, cc.clean_interval);
     ret = open_data_file(n, s, opts, flags, err);
     if (ret < 0) {
         goto fail;

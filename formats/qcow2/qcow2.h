@@ -177,7 +177,27 @@ typedef struct Qcow2Cache {
     int size;
     uint64_t lru_counter;
     bool is_refcount;       /* refcount blocks (else L2 tables) */
+    /* Entry i's table is tables + i * cluster_size: one reserved mapping
+     * whose pages cost memory only once used. */
+    uint8_t *tables;
+    /* Hash of offset -> entry: heads of chains through `next` (-1 ends). */
+    int *hash_head, *hash_next;
+    uint32_t hash_mask;
+    /* cache-clean-interval (seconds, 0 = never): tables unused for that
+     * long give their memory back. */
+    uint64_t clean_interval;
+    uint64_t clean_time, clean_lru;
 } Qcow2Cache;
+
+/* Cache sizes from the open options (l2-cache-size, refcount-cache-size,
+ * cache-size, l2-cache-entry-size, cache-clean-interval) as QEMU reads
+ * them; entries per cache and the clean interval. */
+typedef struct Qcow2CacheConfig {
+    int l2_entries, refcount_entries;
+    uint64_t clean_interval;
+} Qcow2CacheConfig;
+int qcow2_cache_config(Qcow2State *s, KVList *opts, Qcow2CacheConfig *cfg,
+                       Error *err);
 
 /* A guest range being allocated by a writer that dropped s->lock for its
  * data I/O; overlapping allocating requests wait for it. */
@@ -407,6 +427,7 @@ void qcow2_l2_set(const Qcow2State *s, uint8_t *table, uint64_t idx,
 
 int qcow2_cache_init(Qcow2State *s, Qcow2Cache *c, int size,
                      bool is_refcount);
+void qcow2_cache_set_clean_interval(Qcow2Cache *c, uint64_t seconds);
 void qcow2_cache_destroy(Qcow2Cache *c);
 /* Pins the table at host offset `offset`, reading it from the image
  * file.  *table stays valid until qcow2_cache_put. */
