@@ -1025,6 +1025,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     uint64_t *old_blocks = NULL, nold = 0;
     uint8_t *buf = NULL;
     uint64_t *table = NULL;
+    bool switching = false;    /* the header may point at the new ones */
     int ret;
 
     ret = settle(s, err);
@@ -1055,7 +1056,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
         if (need_tc * cs > QCOW2_MAX_REFTABLE_BYTES) {
             ret = error_setf(err, EFBIG, "the refcount table would be too "
                              "large");
-            goto out;
+            goto release;
         }
         if (nblocks_alloc >= need_blocks && table_clusters >= need_tc) {
             break;
@@ -1084,7 +1085,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
                 uint64_t *nb = realloc(blocks, cap * sizeof(*nb));
                 if (!nb) {
                     ret = error_setf(err, ENOMEM, "out of memory");
-                    goto out;
+                    goto release;
                 }
                 blocks = nb;
             }
@@ -1114,7 +1115,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     table = calloc(table_clusters * cs / 8, 8);
     if (!buf || !table) {
         ret = error_setf(err, ENOMEM, "out of memory");
-        goto out;
+        goto release;
     }
     for (uint64_t b = 0; b < nblocks_alloc; b++) {
         RefFill f = { .order = order, .first = b << nbits, .block = buf };
@@ -1135,7 +1136,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     uint8_t *tbuf = calloc(table_clusters, cs);
     if (!tbuf) {
         ret = error_setf(err, ENOMEM, "out of memory");
-        goto out;
+        goto release;
     }
     for (uint64_t i = 0; i < nblocks_alloc; i++) {
         qcow2_put_be64(tbuf + 8 * i, table[i]);
@@ -1153,7 +1154,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     old_blocks = calloc(s->refcount_table_size + 1, sizeof(*old_blocks));
     if (!old_blocks) {
         ret = error_setf(err, ENOMEM, "out of memory");
-        goto out;
+        goto release;
     }
     for (uint64_t r = 0; r < s->refcount_table_size; r++) {
         uint64_t off = s->refcount_table[r] & QCOW2_REFT_OFFSET_MASK;
@@ -1177,6 +1178,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
                    QCOW2_HDR_REFTABLE_OFFSET, (uint32_t)table_clusters);
     qcow2_put_be32(hdr + QCOW2_HDR_REFCOUNT_ORDER - QCOW2_HDR_REFTABLE_OFFSET,
                    order);
+    switching = true;
     ret = block_pwrite(s->node->file, QCOW2_HDR_REFTABLE_OFFSET, sizeof(hdr),
                        hdr, 0);
     if (ret >= 0) {
@@ -1217,6 +1219,18 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
 io_fail:
     ret = error_setf(err, -ret, "cannot rebuild the refcount structures: %s",
                      strerror(-ret));
+release:
+    if (!switching) {
+        /* The old structures are still the live ones: give back what was
+         * allocated for the new (best effort; failing, it leaks). */
+        if (table_clusters) {
+            qcow2_update_refcount(s, table_off, table_clusters * cs, -1);
+        }
+        for (uint64_t i = 0; i < nblocks_alloc; i++) {
+            qcow2_update_refcount(s, blocks[i], cs, -1);
+        }
+        qcow2_cache_writeback(&s->refcount_cache);
+    }
 out:
     free(blocks);
     free(old_blocks);
