@@ -415,6 +415,16 @@ FILE_CALLS = ["pwrite64", "pwritev", "write", "ftruncate",
               "utimensat"]
 
 
+def traced_env():
+    """LeakSanitizer cannot run under ptrace: off for traced runs (the
+    untraced tests cover leaks)."""
+    env = dict(os.environ)
+    opts = [o for o in env.get("ASAN_OPTIONS", "").split(":")
+            if o and not o.startswith("detect_leaks=")]
+    env["ASAN_OPTIONS"] = ":".join(opts + ["detect_leaks=0"])
+    return env
+
+
 def syscall_counts(argv, cwd):
     """How often each file-changing call runs in an uninterrupted run
     (the run itself is done on a copy and thrown away)."""
@@ -423,7 +433,7 @@ def syscall_counts(argv, cwd):
     log = work / "strace.log"
     subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
                     "trace=" + ",".join(FILE_CALLS), *argv], cwd=work,
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=traced_env())
     counts = {}
     for line in log.read_text().splitlines():
         parts = line.split(None, 1)
@@ -440,7 +450,8 @@ def killed_at(argv, cwd, call, n):
     p = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
                         f"trace={call}", "-e",
                         f"inject={call}:signal=KILL:when={n}", *argv],
-                       cwd=cwd, capture_output=True, text=True, timeout=120)
+                       cwd=cwd, capture_output=True, text=True, timeout=120,
+                       env=traced_env())
     return p.returncode
 
 
