@@ -246,7 +246,7 @@ def test_downgrade_refusals(tmp):
 @pytest.mark.parametrize("maker,cs,widths", [
     ("qemu", "512", (1, 2, 4, 8, 16, 32, 64)),
     ("imgtool", "512", (1, 2, 4, 8, 16, 32, 64)),
-    ("imgtool", "64k", (1, 2, 8, 64)),
+    ("imgtool", "64k", (2, 64)),
 ])
 def test_refcount_bits_every_width(tmp, maker, cs, widths):
     src = tmp / "src.qcow2"
@@ -506,7 +506,7 @@ def faulty_opts(img, **kw):
     return ",".join(opts)
 
 
-def _cuts(writes, limit=24):
+def _cuts(writes, limit=16):
     """Every write when there are few; else the first and last ones (the
     switch and the frees) and an even spread of the rest."""
     if writes <= limit:
