@@ -31,6 +31,13 @@ command that reproduces it; the images stay in pytest's tmp directory.
 The kill -9 test stops a real `imgtool convert -O qcow2` at random
 moments: the target must open and check consistent (leaks allowed) and
 hold, per sector, the source's data or zeroes.
+
+Internal snapshots: a sequence of guest I/O and snapshot create, apply
+and delete is cut at random points of any step
+(IMGTOOL_CRASH_SNAP_POINTS, default 30), and `imgtool snapshot -c/-a/-d`
+on a 64 MiB image with 512-byte clusters is killed at random moments
+(IMGTOOL_KILL_POINTS / 6 per operation): old or new state, at most
+leaks, and check -r all cleans up without changing the content.
 """
 import json
 import os
@@ -43,7 +50,7 @@ import time
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, qemu_io, run
+from conftest import IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_io, run
 
 SECTOR = 512
 VSIZE = 4 << 20
@@ -157,7 +164,7 @@ class Model:
         return bad
 
 
-def gen_workload(rng, cs=65536, nops=28):
+def gen_workload(rng, cs=65536, nops=28, resize=True):
     """Random guest requests; sizes stay multiples of 512, compressed
     writes cover whole clusters inside the current size, shrinks never go
     below 1 MiB and may leave a partial last cluster."""
@@ -167,7 +174,7 @@ def gen_workload(rng, cs=65536, nops=28):
         if r < 0.2:
             ops.append(("flush",))
             continue
-        if r < 0.25:
+        if r < 0.25 and resize:
             if size < 8 << 20 and rng.random() < 0.6:
                 size += rng.choice([64 << 10, 512 << 10, 1 << 20])
             else:
@@ -511,3 +518,248 @@ def test_kill_convert(tmp_path, args):
                 f"{what}: sector at {s:#x} holds neither source nor zeroes"
         outcomes["checked"] += 1
     print(f"kill {args}: {outcomes}, full convert {full:.2f}s")
+
+
+# ------------------------------------------------ snapshots among writes
+#
+# A fixed sequence of steps, random guest writes between internal
+# snapshot operations: io, -c s1, io, -c s2, io, -a s1, io, -d s2, io.
+# The power goes at a random write or flush of one step, every step
+# before it having completed.  A cut inside a snapshot operation leaves
+# the state before or after it (snapshot names, the active layer and
+# every snapshot's content); a cut inside guest I/O leaves the snapshots
+# exactly as they were and the active layer within the shadow model.
+# Either way qemu-img check finds at most leaks (and, inside a snapshot
+# operation, COPIED flags off by such a leaked reference, as in
+# test_snapshot.py), and imgtool check -r all makes the image clean
+# without changing what it holds.
+
+SNAP_POINTS = int(os.environ.get("IMGTOOL_CRASH_SNAP_POINTS",
+                                 "16" if _sanitized() else "30"))
+SNAP_STEPS = [None, ["-c", "s1"], None, ["-c", "s2"], None, ["-a", "s1"],
+              None, ["-d", "s2"], None]
+SNAP_CONFIGS = [
+    ("default", ""),
+    ("c512", "cluster_size=512"),
+    ("compat010-c4k", "compat=0.10,cluster_size=4k"),
+    ("lazy-extl2", "lazy_refcounts=on,extended_l2=on"),
+]
+
+
+def image_state(img, work):
+    """(snapshot names, active content, {name: content}) as qemu-img reads
+    them."""
+    info = json.loads(qemu_img("info", "--output=json", "-f", "qcow2",
+                               img).stdout)
+    names = [s["name"] for s in info.get("snapshots", [])]
+    out = work / "state.raw"
+    snaps = {}
+    for n in names:
+        if out.exists():
+            out.unlink()
+        qemu_img("convert", "-l", n, "-f", "qcow2", "-O", "raw", img, out)
+        snaps[n] = out.read_bytes()
+    return names, read_raw("qemu-img", img, out), snaps
+
+
+def run_snap_step(img, step, script, **faulty):
+    if step is None:
+        return run_io(img, script, **faulty)
+    return subprocess.run([IMGTOOL, "snapshot", *step, "--image-opts",
+                           faulty_opts(img, **faulty)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def snapshot_sequence(tmp, name, opts, npoints, seed):
+    rng = random.Random(f"{seed}-snapseq-{name}")
+    stats = {"points": 0, "in_snapshot_op": 0, "new_state": 0}
+    base, _, _ = make_base(tmp, "seq", opts, False, rng)
+    cs = cluster_size(opts)
+    # Guest I/O without resizes: a snapshot keeps the size it was made at.
+    steps = []
+    for step in SNAP_STEPS:
+        if step is None:
+            ops = gen_workload(rng, cs, nops=12, resize=False)
+            steps.append((None, ops, "".join(script_line(op) + "\n"
+                                             for op in ops)))
+        else:
+            steps.append((step, None, ""))
+    # One pass records the image before each step and each step's writes
+    # and flushes.
+    prefix, counts = [], []
+    cur = base.parent / "cur.qcow2"
+    shutil.copy(base, cur)
+    for k, (step, ops, script) in enumerate(steps):
+        snap = base.parent / f"before{k}.qcow2"
+        shutil.copy(cur, snap)
+        prefix.append(snap)
+        st = base.parent / f"stats{k}"
+        p = run_snap_step(cur, step, script, stats_file=st)
+        assert p.returncode == 0, f"{name} step {k} {step}: {p.stderr}"
+        c = dict(line.split("=") for line in open(st).read().split())
+        counts.append((int(c["writes"]), int(c["flushes"])))
+    after_all = cur
+
+    for point in range(npoints):
+        k = rng.randrange(len(steps))
+        step, ops, script = steps[k]
+        writes, flushes = counts[k]
+        if not writes:
+            continue
+        img = base.parent / "cut.qcow2"
+        shutil.copy(prefix[k], img)
+        mode = rng.choice(["drop", "random-part", "keep"])
+        cutseed = rng.randrange(1, 1 << 30)
+        if rng.random() < 0.75 or not flushes:
+            where = {"powerfail_after_writes": rng.randint(1, writes)}
+        else:
+            where = {"powerfail_at_flush": rng.randint(1, flushes)}
+        p = run_snap_step(img, step, script, powerfail_mode=mode,
+                          seed=cutseed, **where)
+        what = (f"[{name}] step {k} ({step or 'guest I/O'}) cut at {where} "
+                f"mode {mode} seed {cutseed}\nscript:\n{script}"
+                f"stderr: {p.stderr}")
+        assert "Sanitizer" not in p.stderr, what
+        _, corrupt = header_flags(img)
+        assert not corrupt, what
+
+        before = image_state(prefix[k], tmp)
+        got = image_state(img, tmp)
+        if step is not None:
+            after = image_state(prefix[k + 1] if k + 1 < len(steps)
+                                else after_all, tmp)
+            assert got in (before, after), what + "\nneither old nor new state"
+            stats["in_snapshot_op"] += 1
+            stats["new_state"] += got == after
+        else:
+            assert got[0] == before[0] and got[2] == before[2], \
+                what + "\nguest I/O changed the snapshots"
+            nflush = sum(op[0] == "flush" for op in ops)
+            done = nflush - p.stderr.count("io: flush failed")
+            cut, seen = 0, 0
+            for i, op in enumerate(ops):
+                if op[0] == "flush":
+                    seen += 1
+                    if seen == done:
+                        cut = i + 1
+                        break
+            model = Model(uniform_sectors(before[1]), [], VSIZE // SECTOR,
+                          cs, False)
+            for i, op in enumerate(ops):
+                model.apply(op, durable=i < cut)
+            bad = model.verify(got[1], len(got[1]))
+            assert not bad, what + "\n" + "\n".join(bad)
+
+        dirty, _ = header_flags(img)
+        q = qemu_img("check", "-f", "qcow2", img, check=False)
+        errors = [l for l in (q.stdout + q.stderr).splitlines()
+                  if l.startswith("ERROR")]
+        assert q.returncode in (0, 3) or (
+            (dirty or step is not None) and q.returncode == 2 and errors and
+            all(e.startswith("ERROR OFLAG_COPIED") for e in errors)) or (
+            dirty and q.returncode == 2), what + f"\n{q.stdout}{q.stderr}"
+        if q.returncode:
+            r = imgtool("check", "-r", "all", "-f", "qcow2", img,
+                        check=False)
+            assert r.returncode == 0, what + f"\n{r.stdout}{r.stderr}"
+            qemu_check_clean(img)
+            assert image_state(img, tmp) == got, \
+                what + "\ncheck -r all changed the content"
+        stats["points"] += 1
+    return stats
+
+
+@pytest.mark.parametrize("name,opts", SNAP_CONFIGS,
+                         ids=[c[0] for c in SNAP_CONFIGS])
+def test_power_loss_snapshots_among_writes(tmp_path, name, opts):
+    npoints = max(1, SNAP_POINTS // len(SNAP_CONFIGS))
+    stats = snapshot_sequence(tmp_path, name, opts, npoints, SEED)
+    assert stats["points"] >= npoints // 2, stats
+    print(f"{name}: {stats}")
+
+
+# ------------------------------------------------ kill -9 of snapshot ops
+
+def state_digest(img, work):
+    """image_state() hashed: the kill test compares many states of a
+    bigger image."""
+    import hashlib
+    names, active, snaps = image_state(img, work)
+    return (tuple(names), hashlib.sha256(active).hexdigest(),
+            tuple(hashlib.sha256(snaps[n]).hexdigest() for n in names))
+
+
+def make_snapshot_base(path, work, rng):
+    """64 MiB, 512-byte clusters (so the operations have some 60k
+    clusters of metadata to walk), 16 MiB of data, two snapshots and
+    changes after each."""
+    src = work / "src.raw"
+    with open(src, "wb") as f:
+        f.truncate(64 << 20)
+        for off in range(0, 16 << 20, 1 << 20):
+            f.seek(off + rng.randrange(0, 32) * 4096)
+            f.write(bytes([rng.randrange(1, 255)]) * (1 << 20))
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=512",
+             src, path)
+    src.unlink()
+    qemu_img("snapshot", "-c", "s1", path)
+    qemu_io("-c", "write -P 0x71 1M 3M", "-c", "write -z 20M 1M", path)
+    qemu_img("snapshot", "-c", "s2", path)
+    qemu_io("-c", "write -P 0x72 2M 2M", "-c", "discard 40M 2M", path)
+
+
+@pytest.fixture(scope="module")
+def snapshot_base(tmp_path_factory):
+    work = tmp_path_factory.mktemp("killsnap")
+    base = work / "base.qcow2"
+    make_snapshot_base(base, work, random.Random(f"{SEED}-killsnap"))
+    return base, state_digest(base, work)
+
+
+@pytest.mark.parametrize("op", [["-c", "s3"], ["-a", "s1"], ["-d", "s1"],
+                                ["-d", "s2"]],
+                         ids=["create", "apply", "delete-s1", "delete-s2"])
+def test_kill_snapshot(tmp_path, snapshot_base, op):
+    """SIGKILL at random moments of imgtool snapshot -c/-a/-d: the image
+    holds the state before or after (names, active layer, every
+    snapshot), qemu-img check finds at most leaks (and COPIED flags off
+    by a leaked reference), and check -r all cleans it without changing
+    the content."""
+    rng = random.Random(f"{SEED}-killsnap-{op}")
+    base, before = snapshot_base
+    img = tmp_path / "img.qcow2"
+    shutil.copy(base, img)
+    cmd = [IMGTOOL, "snapshot", *op, img]
+    t0 = time.monotonic()
+    run(cmd)
+    full = time.monotonic() - t0
+    after = state_digest(img, tmp_path)
+    assert after != before
+    outcomes = {"before": 0, "after": 0, "repaired": 0}
+    for k in range(max(2, KILL_POINTS // 6)):
+        shutil.copy(base, img)
+        proc = subprocess.Popen([str(a) for a in cmd],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, full))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        what = f"snapshot {op} killed ({k}, op takes {full:.3f}s)"
+        _, corrupt = header_flags(img)
+        assert not corrupt, what
+        q = qemu_img("check", "-f", "qcow2", img, check=False)
+        errors = [l for l in (q.stdout + q.stderr).splitlines()
+                  if l.startswith("ERROR")]
+        assert q.returncode in (0, 3) or (
+            q.returncode == 2 and
+            all(e.startswith("ERROR OFLAG_COPIED") for e in errors)), \
+            f"{what}\n{q.stdout}{q.stderr}"
+        got = state_digest(img, tmp_path)
+        assert got in (before, after), f"{what}: neither old nor new state"
+        outcomes["after" if got == after else "before"] += 1
+        if q.returncode:
+            imgtool("check", "-r", "all", "-f", "qcow2", img)
+            qemu_check_clean(str(img))
+            assert state_digest(img, tmp_path) == got, what
+            outcomes["repaired"] += 1
+    print(f"kill snapshot {op}: {outcomes}, full operation {full:.3f}s")
