@@ -625,3 +625,21 @@ def test_io_error_midway(tmp, opts):
         if "refcount" in opts and n <= 2:
             assert c.returncode == 0, (n, r)   # allocations given back
         assert content(img, tmp) == want, n
+
+
+def test_refcount_bits_keeps_bitmaps(tmp):
+    img = tmp / "a.qcow2"
+    mk(img, opts="cluster_size=4k")
+    qemu_io("-c", "write -P 1 0 1M", img)
+    qemu_img("bitmap", "--add", img, "b0")
+    qemu_io("-c", "write -P 2 0 64k", img)
+    want = qemu_info(img)["format-specific"]["data"]["bitmaps"]
+    ref = amend_both(tmp, img, "refcount_bits=8")
+    qemu_check_clean(str(img))
+    assert fmt_info(img) == fmt_info(ref)
+    assert fmt_info(img)["bitmaps"] == want
+    # The bitmap still loads: convert --bitmaps copies it.
+    out = tmp / "out.qcow2"
+    qemu_img("convert", "--bitmaps", "-O", "qcow2", img, out)
+    qemu_check_clean(str(out))
+    assert fmt_info(out)["bitmaps"] == want

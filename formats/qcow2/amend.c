@@ -232,9 +232,13 @@ static int parse_plan(KVList *opts, AmendPlan *plan, Error *err)
     return 0;
 }
 
-static bool has_bitmaps(const Qcow2State *s)
+/* Bitmaps loaded or on disk, or a bitmaps extension even when the
+ * autoclear bit calls it stale (it would otherwise be carried into a v2
+ * header). */
+static bool has_bitmaps(Qcow2State *s)
 {
-    if (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) {
+    if (qcow2_has_bitmaps(s) ||
+        (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
         return true;
     }
     for (int i = 0; i < s->nb_unknown_exts; i++) {
