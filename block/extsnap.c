@@ -596,6 +596,15 @@ int block_extsnap_create(const char *active, const char *fmt,
             goto out;
         }
     }
+    char *fa = abs_name(frozen), *aa = abs_name(active);
+    bool self = !fa || !aa || strcmp(fa, aa) == 0;
+    free(fa);
+    free(aa);
+    if (self) {
+        ret = error_setf(err, EINVAL, "'%s' cannot be frozen as itself",
+                         active);
+        goto out;
+    }
     /* A name that already exists refuses, unless it is the link an
      * interrupted run of this same command left: that is our frozen
      * image already. */
@@ -862,7 +871,8 @@ int block_extsnap_delete(const char *active, const char *fmt,
     block_close(upper);
     upper = NULL;
     if (ret < 0) {
-        unlink(c.journal);
+        /* The header may or may not have switched: the journal stays and
+         * the next run deletes the layer only if the chain has left it. */
         goto out;
     }
     if (!shared_inode) {
