@@ -137,6 +137,48 @@ static char *join_opts(char **v, int n)
     return s;
 }
 
+/*
+ * Rewrites an -o string the way qemu-img reads it: a bare "key" means
+ * "key=on"; an empty item (",x", "x,") makes the list invalid (NULL).
+ * ",," stays a literal comma inside a value.
+ */
+static char *normalize_opts(const char *in)
+{
+    /* an item of one byte and its comma grow by "=on": 2.5x at most */
+    size_t cap = strlen(in) * 3 + 8, o = 0;
+    char *out = malloc(cap);
+    const char *p = in;
+
+    if (!out) {
+        return NULL;
+    }
+    for (;;) {
+        const char *end = p;
+        bool has_eq = false;
+        while (*end && !(*end == ',' && end[1] != ',')) {
+            has_eq |= *end == '=';
+            end += (*end == ',') ? 2 : 1;
+        }
+        if (end == p) {
+            free(out);
+            return NULL;
+        }
+        memcpy(out + o, p, (size_t)(end - p));
+        o += (size_t)(end - p);
+        if (!has_eq) {
+            memcpy(out + o, "=on", 3);
+            o += 3;
+        }
+        if (!*end) {
+            break;
+        }
+        out[o++] = ',';
+        p = end + 1;
+    }
+    out[o] = '\0';
+    return out;
+}
+
 static int run_amend(const char *filename, const ImageArgs *a, int flags,
                      const char *optstr, bool help, bool progress, bool force)
 {
@@ -144,9 +186,15 @@ static int run_amend(const char *filename, const ImageArgs *a, int flags,
     KVList opts = { 0 };
     int rc = 1;
 
-    if (!help && kvlist_parse(&opts, optstr, NULL, &err) < 0) {
-        imgtool_error("Invalid option list: %s", optstr);
-        return 1;
+    if (!help) {
+        char *norm = normalize_opts(optstr);
+        int ret = norm ? kvlist_parse(&opts, norm, NULL, &err) : -EINVAL;
+        free(norm);
+        if (ret < 0) {
+            imgtool_error("Invalid option list: %s", optstr);
+            kvlist_free(&opts);
+            return 1;
+        }
     }
     BlockNode *n = imgtool_open(filename, a->fmt, a->image_opts,
                                 help ? 0 : BLOCK_O_RDWR | flags, &err);

@@ -105,6 +105,10 @@ def test_help_lists_what_qemu_img_lists(tmp):
     (["-o", "compat=1.1"], "Expecting one image file name"),
     (["-o", "compat=1.1", "IMG", "IMG"], "Expecting one image file name"),
     (["-o", "", "IMG"], "Invalid option list: "),
+    (["-o", "compat=1.1,", "IMG"], "Invalid option list: compat=1.1,"),
+    (["-o", ",compat=1.1", "IMG"], "Invalid option list: ,compat=1.1"),
+    # A bare key means key=on.
+    (["-o", "compat", "IMG"], "Unknown compatibility level on"),
     (["-t", "bogus", "-o", "compat=1.1", "IMG"], "Invalid cache option: "
      "bogus"),
     (["-f", "qcow2", "--image-opts", "-o", "compat=1.1", "IMG"],
@@ -392,6 +396,8 @@ def test_unchanged_values_change_nothing(tmp):
             "data_file_raw=off,size=8M", img)
     imgtool("amend", "-o", "compat=v3", "-o", "size=0", img)
     assert img.read_bytes() == before
+    imgtool("amend", "-o", "lazy_refcounts", img)
+    assert fmt_info(img)["lazy-refcounts"] is True
 
 
 def test_size(tmp):
