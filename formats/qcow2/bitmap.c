@@ -862,9 +862,11 @@ static int clear_in_use(Qcow2State *s, BlockBitmaps *set, Qcow2Bitmaps *d)
     if (!flags) {
         return -ENOMEM;
     }
+    /* Unchanged set: set->v[i] is still the bitmap of entry i. */
     for (uint32_t i = 0; i < d->nb; i++) {
-        BlockBitmap *bm = block_bitmaps_find(set, d->entries[i].name);
-        flags[i] = bm ? flags_of(bm) : d->entries[i].flags;
+        BlockBitmap *bm = i < (uint32_t)set->n ? set->v[i] : NULL;
+        flags[i] = bm && !strcmp(bm->name, d->entries[i].name)
+                       ? flags_of(bm) : d->entries[i].flags;
     }
     int ret = write_flags(s, d, flags);
     free(flags);
