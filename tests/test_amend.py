@@ -333,15 +333,9 @@ def test_downgrade_and_upgrade(tmp, maker, cs, with_backing):
     imgtool("check", img)
 
 
-def test_upgrade_widens_old_snapshot_entries(tmp):
-    """v3 needs 16 bytes of snapshot extra data that old v2 writers did
-    not write: the table is rewritten with them on upgrade."""
-    img = tmp / "a.qcow2"
-    mk(img, opts="compat=0.10,cluster_size=4k")
-    qemu_io("-c", "write -P 1 0 64k", img)
-    qemu_img("snapshot", "-c", "old", img)
-    qemu_io("-c", "write -P 2 0 64k", img)
-    # Strip the extra data from the entry, in place.
+def strip_snapshot_extra(img):
+    """Rewrites the single snapshot table entry without extra data, as
+    old v2 writers left it."""
     with open(img, "r+b") as f:
         d = bytearray(f.read())
         nb, off = struct.unpack(">IQ", d[60:72])
@@ -354,6 +348,17 @@ def test_upgrade_widens_old_snapshot_entries(tmp):
         d[off + 40:end] = names + bytes(end - off - 40 - len(names))
         f.seek(0)
         f.write(d)
+
+
+def test_upgrade_widens_old_snapshot_entries(tmp):
+    """v3 needs 16 bytes of snapshot extra data that old v2 writers did
+    not write: the table is rewritten with them on upgrade."""
+    img = tmp / "a.qcow2"
+    mk(img, opts="compat=0.10,cluster_size=4k")
+    qemu_io("-c", "write -P 1 0 64k", img)
+    qemu_img("snapshot", "-c", "old", img)
+    qemu_io("-c", "write -P 2 0 64k", img)
+    strip_snapshot_extra(img)
     qemu_check_clean(str(img))
     want = content(img, tmp)
     ref = amend_both(tmp, img, "compat=1.1")
@@ -532,6 +537,9 @@ def _cuts(writes, limit=16):
      ("compat", "1.1", "0.10")),
     ("cluster_size=64k,compat=0.10", "compat=1.1,refcount_bits=8",
      ("compat", "0.10", "1.1")),
+    # The snapshot table is rewritten with the extra data v3 needs.
+    ("cluster_size=4k,compat=0.10,STRIP", "compat=1.1",
+     ("compat", "0.10", "1.1")),
     # Both headers are longer than a sector (feature name table): the old
     # one is first rewritten without its table.
     ("cluster_size=64k,data_file=TMP/d.raw", "data_file=TMP/renamed.raw",
@@ -542,6 +550,8 @@ def test_power_loss(tmp, create, opts, setting):
     not yet flushed dropped or torn: the image opens, qemu-img check finds
     at most leaks, the guest data is the same, and the setting is the old
     or the new one."""
+    strip = ",STRIP" in create
+    create = create.replace(",STRIP", "")
     create, opts = (x.replace("TMP", str(tmp)) for x in (create, opts))
     setting = tuple(x.replace("TMP", str(tmp)) if isinstance(x, str) else x
                     for x in setting)
@@ -557,6 +567,8 @@ def test_power_loss(tmp, create, opts, setting):
     elif "refcount_bits=1" not in opts:
         qemu_img("snapshot", "-c", "s1", src)
         qemu_io("-c", "write -z 64k 64k", "-c", "write -P 4 2M 64k", src)
+    if strip:
+        strip_snapshot_extra(src)
     want = content(src, tmp)
 
     dry = tmp / "dry.qcow2"
