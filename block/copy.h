@@ -85,6 +85,8 @@ typedef struct CopyJob {
 #define COPY_DEFAULT_WORKERS 8
 #define COPY_MAX_WORKERS     16
 #define COPY_DEFAULT_CHUNK   (1024 * 1024)
+/* Compressing jobs: chunks of at most this (or one target cluster). */
+#define COPY_COMPRESS_CHUNK  (64 * 1024)
 #define COPY_DEFAULT_SPARSE  4096
 
 /* Fills the defaults above; the caller sets src/nsrc/dst/length. */

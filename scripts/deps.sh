@@ -23,6 +23,8 @@ packages=(
     cryptsetup-bin
     # flock/fallocate and friends used by tests and the demo
     util-linux coreutils
+    # GNU time: peak RSS in bench/run and tests/test_compress_memory.py
+    time
     # rendering the man page
     man-db groff-base
 )
