@@ -734,3 +734,37 @@ def test_rebase_force_share_applies_to_new_backing(tmp, tool):
         assert p.returncode == 0, p.stderr
     finally:
         release(h)
+
+
+def test_leftovers_reported_then_cleaned(tmp):
+    """What a killed run leaves: -l warns, the next change removes the
+    half-made overlay and the journaled files that left the chain, and
+    never a file the chain still names."""
+    disk = setup_chain(tmp)
+    ext("-c", "s1", disk)
+    stray = tmp / "disk.gone.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", stray, "1M")
+    (tmp / ".disk.qcow2.extsnap-tmp").write_bytes(b"half")
+    (tmp / ".disk.qcow2.extsnap-discard").write_text(
+        f"{stray}\n{tmp / 'disk.s1.qcow2'}\n{tmp / 'base.img'}\n"
+        f"{tmp / 'missing.qcow2'}\n")
+    p = ext("-l", disk)
+    assert "interrupted snapshot operation" in err_line(p)
+    assert [ln.split()[0] for ln in p.stdout.splitlines()[1:]] == \
+        ["disk", "s1", "base"]
+    ext("-c", "s2", disk)
+    assert not stray.exists()
+    no_leftovers(tmp)
+    assert (tmp / "disk.s1.qcow2").exists() and (tmp / "base.img").exists()
+    assert ext("-l", disk).stderr == ""
+    assert layer_names(disk) == ["disk", "s2", "s1", "base"]
+    assert_chain_agrees(disk)
+    # a journaled file somebody has open stays
+    qemu_img("create", "-q", "-f", "qcow2", stray, "1M")
+    (tmp / ".disk.qcow2.extsnap-discard").write_text(f"{stray}\n")
+    h = hold(stray, ro=True)
+    try:
+        ext("-c", "s3", disk)
+    finally:
+        release(h)
+    assert stray.exists()
