@@ -9,15 +9,20 @@
  * qemu-img).  It is opened twice without a key: once with the area as
  * long as the input, so key material past the end is refused, and once
  * with the area QEMU's default layout needs, reading zeroes past the
- * input, so the usual layouts validate and the key paths run.
+ * input, so the usual layouts validate and the key paths run.  A volume
+ * that unlocks then has key slots erased through luks_amend (the slot
+ * the input's last byte names, and every slot the passphrase opens),
+ * its writes checked against the area and dropped.
  *
  * Any crash, sanitizer report, leak or timeout is a bug in
  * formats/luks/: every header must be refused or handled in bounded
  * time and memory.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "block/secret.h"
 #include "formats/luks/luks-int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -42,6 +47,7 @@ static const uint8_t fuzz_pass[] = "fuzz";
 typedef struct Area {
     const uint8_t *data;
     size_t size;
+    uint64_t len;       /* the area the volume was opened with */
 } Area;
 
 /* Past the input the area reads as zeroes (a truncated seed). */
@@ -49,12 +55,56 @@ static int area_read(void *opaque, uint64_t off, void *buf, size_t len,
                      Error *err)
 {
     const Area *a = opaque;
+    if (off > a->len || len > a->len - off) {
+        return error_setf(err, EINVAL, "read past the header area");
+    }
     memset(buf, 0, len);
     if (off < a->size) {
         size_t n = a->size - off < len ? (size_t)(a->size - off) : len;
         memcpy(buf, a->data + off, n);
     }
     return 0;
+}
+
+static int area_write(void *opaque, uint64_t off, const void *buf,
+                      size_t len, Error *err)
+{
+    const Area *a = opaque;
+    if (off > a->len || len > a->len - off) {
+        return error_setf(err, EINVAL, "write past the header area");
+    }
+    return 0;
+}
+
+static int area_flush(void *opaque, Error *err)
+{
+    return 0;
+}
+
+/* Only erasing is fuzzed: adding sizes PBKDF2 by measuring the CPU,
+ * which is slow and not about the header.  force lets the last slot go
+ * too. */
+static void erase_slots(LuksVolume *v, Area *a, uint8_t which)
+{
+    static bool defined;
+    if (!defined) {
+        Error e = { 0 };
+        secret_define("secret,id=fuzz,data=fuzz", &e);
+        defined = true;
+    }
+    char opts[2][64];
+    snprintf(opts[0], sizeof(opts[0]), "state=inactive,keyslot=%u",
+             which % (LUKS_NUM_SLOTS + 1));
+    snprintf(opts[1], sizeof(opts[1]), "state=inactive,old-secret=fuzz");
+    LuksIO io = { area_read, area_write, area_flush, a };
+    for (int i = 0; i < 2; i++) {
+        KVList kv = { 0 };
+        Error err = { 0 };
+        if (kvlist_parse(&kv, opts[i], NULL, &err) == 0) {
+            luks_amend(v, &kv, "", i == 0, &io, &err);
+        }
+        kvlist_free(&kv);
+    }
 }
 
 static void use_volume(LuksVolume *v)
@@ -73,19 +123,19 @@ static void use_volume(LuksVolume *v)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    Area a = { data, size };
+    Area a = { data, size, size };
     LuksVolume *v = NULL;
     Error err = { 0 };
 
-    if (luks_open(area_read, &a, size, NULL, 0, LUKS_OPEN_NO_KEY, &v,
+    if (luks_open(area_read, &a, a.len, NULL, 0, LUKS_OPEN_NO_KEY, &v,
                   &err) == 0) {
         use_volume(v);
         luks_close(v);
         v = NULL;
     }
     error_clear(&err);
-    uint64_t area = size > FUZZ_LUKS_AREA ? size : FUZZ_LUKS_AREA;
-    if (luks_open(area_read, &a, area, NULL, 0, LUKS_OPEN_NO_KEY, &v,
+    a.len = size > FUZZ_LUKS_AREA ? size : FUZZ_LUKS_AREA;
+    if (luks_open(area_read, &a, a.len, NULL, 0, LUKS_OPEN_NO_KEY, &v,
                   &err) != 0) {
         return 0;
     }
@@ -97,9 +147,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     error_clear(&err);
-    if (luks_open(area_read, &a, area, fuzz_pass, sizeof(fuzz_pass) - 1, 0,
+    if (luks_open(area_read, &a, a.len, fuzz_pass, sizeof(fuzz_pass) - 1, 0,
                   &v, &err) == 0) {
         use_volume(v);
+        erase_slots(v, &a, size ? data[size - 1] : 0);
         luks_close(v);
     }
     return 0;
