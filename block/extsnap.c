@@ -469,6 +469,21 @@ static int make_overlay(Ctx *c, const char *backing, const char *fmt,
     ret = block_create("qcow2", c->tmp, size, true, &o,
                        BLOCK_CREATE_UNSAFE | BLOCK_CREATE_QUIET, err);
     kvlist_free(&o);
+    if (ret >= 0 && c->n && c->layers[0].has_st) {
+        /* The VM opens the new image as it opened the old one (e.g. a
+         * 0600 file owned by the qemu user). */
+        const struct stat *st = &c->layers[0].st;
+        if (chown(c->tmp, st->st_uid, st->st_gid) < 0 && errno != EPERM) {
+            ret = -errno;
+        }
+        if (ret >= 0 && chmod(c->tmp, st->st_mode & 07777) < 0) {
+            ret = -errno;
+        }
+        if (ret < 0) {
+            error_setf(err, -ret, "Could not set the owner or mode of "
+                       "'%s': %s", c->tmp, strerror(-ret));
+        }
+    }
     if (ret >= 0) {
         ret = sync_path(c->tmp, false);
         if (ret < 0) {

@@ -768,3 +768,16 @@ def test_leftovers_reported_then_cleaned(tmp):
     finally:
         release(h)
     assert stray.exists()
+
+
+def test_new_overlay_keeps_mode(tmp):
+    """The VM must be able to open the new active image as it opened the
+    old one."""
+    disk = setup_chain(tmp)
+    os.chmod(disk, 0o600)
+    ext("-c", "s1", disk)
+    assert os.stat(disk).st_mode & 0o7777 == 0o600
+    os.chmod(disk, 0o640)
+    ext("-a", "s1", disk)
+    assert os.stat(disk).st_mode & 0o7777 == 0o640
+    assert os.stat(disk).st_uid == os.getuid()
