@@ -249,54 +249,132 @@ static bool has_bitmaps(Qcow2State *s)
     return false;
 }
 
-/* Calls fn on every L2 table reachable from the active L1 and from every
- * snapshot's L1 (a shared table once per L1 that reaches it), with the
- * L1 position done/total for progress. */
+/* A set of host offsets (never 0), to visit each table once. */
+typedef struct OffsetSet {
+    uint64_t *slots;
+    size_t cap, n;             /* cap: power of two */
+} OffsetSet;
+
+/* 1 when off was added, 0 when it was there already, or -ENOMEM. */
+static int offset_set_add(OffsetSet *set, uint64_t off)
+{
+    if ((set->n + 1) * 2 > set->cap) {
+        size_t ncap = set->cap ? set->cap * 2 : 1024;
+        uint64_t *ns = calloc(ncap, sizeof(*ns));
+        if (!ns) {
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < set->cap; i++) {
+            if (set->slots[i]) {
+                size_t h = (size_t)(set->slots[i] * 0x9e3779b97f4a7c15ull >>
+                                    17) & (ncap - 1);
+                while (ns[h]) {
+                    h = (h + 1) & (ncap - 1);
+                }
+                ns[h] = set->slots[i];
+            }
+        }
+        free(set->slots);
+        set->slots = ns;
+        set->cap = ncap;
+    }
+    size_t h = (size_t)(off * 0x9e3779b97f4a7c15ull >> 17) & (set->cap - 1);
+    while (set->slots[h]) {
+        if (set->slots[h] == off) {
+            return 0;
+        }
+        h = (h + 1) & (set->cap - 1);
+    }
+    set->slots[h] = off;
+    set->n++;
+    return 1;
+}
+
+/* Calls fn once on every L2 table reachable from the active L1 or from a
+ * snapshot's L1, with the L1 position done/total for progress.  Tables
+ * and L1s shared by several snapshots are visited once, so the work is
+ * bounded by the image's size whatever its snapshot table says. */
 typedef int L2Fn(Qcow2State *s, uint64_t l2_offset, void *opaque);
+
+typedef struct L1Ref {
+    uint64_t offset;
+    uint32_t size;
+} L1Ref;
+
+/* By offset, the largest first: a shorter table at the same offset is a
+ * prefix of it. */
+static int l1ref_cmp(const void *a, const void *b)
+{
+    const L1Ref *x = a, *y = b;
+    if (x->offset != y->offset) {
+        return x->offset < y->offset ? -1 : 1;
+    }
+    return x->size > y->size ? -1 : x->size < y->size;
+}
+
+static int walk_l1(Qcow2State *s, const uint64_t *l1, uint32_t l1_size,
+                   OffsetSet *seen, L2Fn *fn, void *opaque,
+                   AmendProgress *prog, uint64_t *done, uint64_t total)
+{
+    int ret = 0;
+    for (uint32_t i = 0; i < l1_size && ret >= 0; i++) {
+        uint64_t off = l1[i] & QCOW2_L1E_OFFSET_MASK;
+        if (off) {
+            if (off % s->cluster_size) {
+                qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64
+                                        " unaligned", off);
+                return -EIO;
+            }
+            ret = offset_set_add(seen, off);
+            if (ret > 0) {
+                ret = fn(s, off, opaque);
+            }
+        }
+        if (prog && (++*done % 64 == 0 || *done == total)) {
+            progress_report(prog, *done, total);
+        }
+    }
+    return ret < 0 ? ret : 0;
+}
 
 static int walk_all_l2(Qcow2State *s, L2Fn *fn, void *opaque,
                        AmendProgress *prog)
 {
-    uint64_t total = s->l1_size;
-    uint64_t done = 0;
-    int ret = 0;
+    OffsetSet seen = { 0 };
+    int nsn = s->nb_snapshots_loaded;
+    L1Ref *refs = calloc(nsn ? (size_t)nsn : 1, sizeof(*refs));
+    uint64_t total = s->l1_size, done = 0;
+    int ret;
 
-    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
-        total += s->snapshots[i].l1_size;
+    if (!refs) {
+        return -ENOMEM;
     }
-    for (int t = -1; t < s->nb_snapshots_loaded && ret >= 0; t++) {
+    for (int i = 0; i < nsn; i++) {
+        refs[i].offset = s->snapshots[i].l1_table_offset;
+        refs[i].size = s->snapshots[i].l1_size;
+    }
+    qsort(refs, (size_t)nsn, sizeof(*refs), l1ref_cmp);
+    for (int i = 0; i < nsn; i++) {
+        if (!i || refs[i].offset != refs[i - 1].offset) {
+            total += refs[i].size;
+        }
+    }
+    ret = walk_l1(s, s->l1_table, s->l1_size, &seen, fn, opaque, prog,
+                  &done, total);
+    for (int i = 0; i < nsn && ret >= 0; i++) {
+        if ((i && refs[i].offset == refs[i - 1].offset) || !refs[i].size) {
+            continue;
+        }
         uint64_t *l1;
-        uint32_t l1_size;
-        if (t < 0) {
-            l1 = s->l1_table;
-            l1_size = s->l1_size;
-        } else {
-            l1_size = s->snapshots[t].l1_size;
-            ret = qcow2_read_l1(s, s->snapshots[t].l1_table_offset, l1_size,
-                                &l1);
-            if (ret < 0) {
-                return ret;
-            }
-        }
-        for (uint32_t i = 0; i < l1_size && ret >= 0; i++) {
-            uint64_t off = l1[i] & QCOW2_L1E_OFFSET_MASK;
-            if (off) {
-                if (off % s->cluster_size) {
-                    qcow2_signal_corruption(s, "L2 table offset 0x%" PRIx64
-                                            " unaligned", off);
-                    ret = -EIO;
-                    break;
-                }
-                ret = fn(s, off, opaque);
-            }
-            if (prog && (++done % 64 == 0 || done == total)) {
-                progress_report(prog, done, total);
-            }
-        }
-        if (t >= 0) {
+        ret = qcow2_read_l1(s, refs[i].offset, refs[i].size, &l1);
+        if (ret >= 0) {
+            ret = walk_l1(s, l1, refs[i].size, &seen, fn, opaque, prog,
+                          &done, total);
             free(l1);
         }
     }
+    free(refs);
+    free(seen.slots);
     return ret;
 }
 
