@@ -6,6 +6,8 @@
  * writer even in our own process (OFD locks belong to open file
  * descriptions, not processes).  So a backing image is made writable by
  * closing it first and opening it again, never by opening it twice.
+ * The reopen uses the options the node was first opened with (kept in
+ * node->open_opts), so an encrypted base keeps its key-secret.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -34,6 +36,18 @@ int block_make_empty(BlockNode *n, Error *err)
     return 0;
 }
 
+/* A fresh copy of l (every item unused again: block_open consumes it). */
+static int kvlist_copy(const KVList *l, KVList *out)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        if (kvlist_set(out, l->items[i].key, l->items[i].value) < 0) {
+            kvlist_free(out);
+            return -ENOMEM;
+        }
+    }
+    return 0;
+}
+
 int block_reopen_backing_rw(BlockNode *parent, int flags, Error *err)
 {
     BlockNode *old = parent->backing;
@@ -44,47 +58,37 @@ int block_reopen_backing_rw(BlockNode *parent, int flags, Error *err)
     if (!old->read_only) {
         return 0;
     }
+    /* The options it was opened with (an encrypted base's key-secret,
+     * its own backing.* options) must survive the reopen, and the
+     * read-only reopen after a failure. */
+    KVList rw = { 0 }, ro = { 0 };
     char *name = strdup(old->filename);
+    if (!name || kvlist_copy(&old->open_opts, &rw) < 0 ||
+        kvlist_copy(&old->open_opts, &ro) < 0) {
+        free(name);
+        kvlist_free(&rw);
+        return error_setf(err, ENOMEM, "out of memory");
+    }
     const BlockDriver *drv = old->drv;
     int keep = old->flags & (BLOCK_O_NOCACHE | BLOCK_O_NO_FLUSH |
                              BLOCK_O_NO_LOCK);
-    /* The options it was opened with (an encrypted base's key-secret,
-     * its own backing.* options) must survive the reopen. */
-    KVList opts = old->open_opts, again = { 0 };
-    old->open_opts = (KVList){ 0 };
-    if (!name) {
-        kvlist_free(&opts);
-        return error_setf(err, ENOMEM, "out of memory");
-    }
-    for (size_t i = 0; i < opts.n; i++) {
-        if (kvlist_set(&again, opts.items[i].key, opts.items[i].value) < 0) {
-            free(name);
-            kvlist_free(&opts);
-            kvlist_free(&again);
-            return error_setf(err, ENOMEM, "out of memory");
-        }
-    }
     parent->backing = NULL;
     block_close(old);
-    BlockNode *nb = block_open(name, drv->name, &opts,
+    BlockNode *nb = block_open(name, drv->name, &rw,
                                BLOCK_O_RDWR | keep | flags, err);
+    int ret = 0;
     if (!nb) {
-        int code = err && err->code ? err->code : EIO;
+        ret = -(err && err->code ? err->code : EIO);
         Error ignored = { 0 };
-        nb = block_open(name, drv->name, &again,
+        nb = block_open(name, drv->name, &ro,
                         (parent->flags & (BLOCK_O_SHARE | BLOCK_O_NOCACHE |
                                           BLOCK_O_NO_LOCK |
                                           BLOCK_O_NO_FLUSH)) |
                         BLOCK_O_BACKING_RO, &ignored);
-        parent->backing = nb;
-        free(name);
-        kvlist_free(&opts);
-        kvlist_free(&again);
-        return -code;
     }
-    free(name);
-    kvlist_free(&opts);
-    kvlist_free(&again);
     parent->backing = nb;
-    return 0;
+    free(name);
+    kvlist_free(&rw);
+    kvlist_free(&ro);
+    return ret;
 }
