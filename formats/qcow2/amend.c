@@ -480,16 +480,47 @@ static int check_plan(BlockNode *n, AmendPlan *p, Error *err)
 /* ------------------------------------------------------------------ */
 /* Header switches                                                     */
 
-/* Bytes of the header cluster the current state uses. */
+/* Bytes of the header cluster the header on disk uses (fields,
+ * extensions up to the end marker, backing file name wherever it sits):
+ * what a rewrite must not disturb before its switch.  Unparseable means
+ * the whole cluster. */
 static int header_used(Qcow2State *s, Error *err)
 {
-    uint8_t *buf = malloc(s->cluster_size);
-    if (!buf) {
+    uint64_t cs = s->cluster_size;
+    int64_t flen = block_get_length(s->node->file);
+    uint8_t *h = calloc(1, cs);
+    int ret;
+
+    if (!h) {
         return error_setf(err, ENOMEM, "out of memory");
     }
-    int ret = qcow2_build_header(s, buf, err);
-    free(buf);
-    return ret;
+    size_t len = flen > 0 && (uint64_t)flen < cs ? (size_t)flen : cs;
+    ret = block_pread(s->node->file, 0, len, h);
+    if (ret < 0) {
+        free(h);
+        return error_setf(err, -ret, "cannot read the qcow2 header: %s",
+                          strerror(-ret));
+    }
+    uint64_t hl = qcow2_be32(h + QCOW2_HDR_VERSION) == 2
+                  ? QCOW2_V2_HEADER_SIZE
+                  : qcow2_be32(h + QCOW2_HDR_HEADER_LENGTH);
+    uint64_t name_end = qcow2_be64(h + QCOW2_HDR_BACKING_OFFSET) +
+                        qcow2_be32(h + QCOW2_HDR_BACKING_SIZE);
+    uint64_t used = cs, in = hl;
+    while (hl <= cs && in + 8 <= cs) {
+        uint32_t type = qcow2_be32(h + in);
+        uint64_t elen = 8 + qcow2_align_up(qcow2_be32(h + in + 4), 8);
+        if (type == QCOW2_EXT_END) {
+            used = in + 8;
+            break;
+        }
+        in += elen;
+    }
+    if (name_end > used) {
+        used = name_end < cs ? name_end : cs;
+    }
+    free(h);
+    return (int)used;
 }
 
 /*
