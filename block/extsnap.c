@@ -22,9 +22,10 @@
  *    chain;
  *  - every file that must not change under us is locked: the active
  *    image with the writer lock (so QEMU and other imgtool runs refuse
- *    it), files to delete with the writer lock (nobody, not even a reader
- *    using them as a backing file, may have them open), the kept layer
- *    with reader locks.
+ *    it), files to delete with the writer lock until they are gone (or,
+ *    for a layer that -d drops, until the rebase opens it), so nobody, not
+ *    even a reader using one as a backing file, has them open; the kept
+ *    layers with reader locks.
  */
 #include <errno.h>
 #include <fcntl.h>
