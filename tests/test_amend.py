@@ -37,18 +37,24 @@ def mk(path, size="8M", opts=None, tool=qemu_img, backing=None):
     tool(*args)
 
 
-def fill(img, snapshot=True, compressed=True):
+def imgtool_io(*args, **kw):
+    return imgtool("io", *args, **kw)
+
+
+def fill(img, snapshot=True, compressed=True, maker="qemu"):
     """Data, zero clusters (plain and preallocated), compressed clusters,
     a snapshot, then changes on top of it (some that turn the snapshot's
-    clusters into zero clusters of the active layer)."""
-    qemu_io("-c", "write -P 1 0 1M", "-c", "write -z 1M 256k",
-            "-c", f"write {'-c ' if compressed else ''}-P 3 2M 128k",
-            "-c", "write -P 4 3M 64k",
-            "-c", "write -z 3M 32k", "-c", "write -z -u 5M 64k", img)
+    clusters into zero clusters of the active layer), written by qemu-io
+    or imgtool."""
+    io = imgtool_io if maker == "imgtool" else qemu_io
+    io("-c", "write -P 1 0 1M", "-c", "write -z 1M 256k",
+       "-c", f"write {'-c ' if compressed else ''}-P 3 2M 128k",
+       "-c", "write -P 4 3M 64k",
+       "-c", "write -z 3M 32k", "-c", "write -z -u 5M 64k", img)
     if snapshot:
-        qemu_img("snapshot", "-c", "s1", img)
-    qemu_io("-c", "write -P 5 512k 64k", "-c", "write -z 4M 64k",
-            "-c", "discard 0 64k", "-c", "write -z 768k 64k", img)
+        TOOLS[maker]("snapshot", "-c", "s1", img)
+    io("-c", "write -P 5 512k 64k", "-c", "write -z 4M 64k",
+       "-c", "discard 0 64k", "-c", "write -z 768k 64k", img)
 
 
 def raw(img, out, snap=None):
@@ -255,7 +261,7 @@ def test_downgrade_refusals(tmp):
 def test_refcount_bits_every_width(tmp, maker, cs, widths):
     src = tmp / "src.qcow2"
     mk(src, opts=f"cluster_size={cs}", tool=TOOLS[maker])
-    fill(src)
+    fill(src, maker=maker)
     want = content(src, tmp)
     for bits in widths:
         img = tmp / "a.qcow2"
@@ -308,7 +314,7 @@ def test_downgrade_and_upgrade(tmp, maker, cs, with_backing):
     img = tmp / "a.qcow2"
     mk(img, opts=f"cluster_size={cs},lazy_refcounts=on", tool=TOOLS[maker],
        backing=base)
-    fill(img)
+    fill(img, maker=maker)
     want = content(img, tmp)
     ref = amend_both(tmp, img, "compat=0.10")
     qemu_check_clean(str(img))
