@@ -532,14 +532,18 @@ static int count_bitmap_table(Check *c, uint64_t off, uint32_t entries)
         c->res->corruptions++;
         return 0;
     }
-    ret = count_region(c, off, bytes);
-    if (ret <= 0 || bytes == 0) {
-        return ret < 0 ? ret : 0;
-    }
+    /* Sizes first: counting a region claimed by a hostile header costs
+     * memory per cluster of it, so only its start is counted (kept from
+     * the leak repair) when it is too large. */
     if (bytes > MAX_BITMAP_TABLE_BYTES) {
         say(c, "ERROR bitmap table at 0x%" PRIx64 " is too large", off);
         c->res->corruptions++;
-        return 0;
+        ret = count_region(c, off, MAX_BITMAP_TABLE_BYTES);
+        return ret < 0 ? ret : 0;
+    }
+    ret = count_region(c, off, bytes);
+    if (ret <= 0 || bytes == 0) {
+        return ret < 0 ? ret : 0;
     }
     t = malloc(bytes);
     if (!t) {
@@ -622,18 +626,19 @@ static int count_bitmaps(Check *c)
         c->res->corruptions++;
         return 0;
     }
+    if (dir_size > MAX_BITMAP_DIR_BYTES) {
+        say(c, "ERROR bitmap directory is too large: %" PRIu64 " bytes",
+            dir_size);
+        c->res->corruptions++;
+        ret = count_region(c, dir_off, MAX_BITMAP_DIR_BYTES);
+        return ret < 0 ? ret : 0;
+    }
     ret = count_region(c, dir_off, dir_size);
     if (ret <= 0 || dir_size == 0) {
         if (ret >= 0 && dir_size == 0) {
             validate_bitmaps(c, x, NULL, 0);
         }
         return ret < 0 ? ret : 0;
-    }
-    if (dir_size > MAX_BITMAP_DIR_BYTES) {
-        say(c, "ERROR bitmap directory is too large: %" PRIu64 " bytes",
-            dir_size);
-        c->res->corruptions++;
-        return 0;
     }
     dir = malloc(dir_size);
     if (!dir) {
