@@ -5,15 +5,18 @@
  *
  * Every option is parsed and every change checked against the image
  * before the first byte is written, so a refused amend leaves the file
- * as it was.  The changes then run in an order where each one only
- * needs what the earlier ones made possible: upgrade, refcount width,
- * data file, lazy refcounts, encryption, size, and downgrade last.
+ * as it was.  The key slots change first (a wrong secret is the likeliest
+ * failure), then the rest in an order where each step only needs what
+ * the earlier ones made possible: upgrade, refcount width, data file,
+ * lazy refcounts, size, and downgrade last.
  *
  * Crash safety, per change:
  *  - the header is rewritten so that a crash leaves the old or the new
  *    one (write_header_switch): a header that fits in one sector is one
  *    write; a longer one that replaces a one-sector header has its tail
- *    written and flushed before the first sector;
+ *    written and flushed before the first sector, and a long old header
+ *    is first made a one-sector one by dropping its optional feature
+ *    name table;
  *  - a new refcount width is built in clusters the old structures count
  *    as allocated, made durable, switched to by one write of the header
  *    sector, and only then are the old structures freed: a crash at any
