@@ -829,7 +829,6 @@ typedef struct ZeroExpand {
     uint8_t *copy;             /* cluster_size scratch */
     uint64_t *new_entries;     /* l2_entries */
     uint64_t *drop;            /* host clusters to release after */
-    AmendProgress *prog;
 } ZeroExpand;
 
 enum { ZX_KEEP, ZX_UNALLOC, ZX_INPLACE, ZX_NEW };
@@ -969,7 +968,6 @@ static int downgrade(Qcow2State *s, AmendProgress *prog, Error *err)
     zx.copy = malloc(s->cluster_size);
     zx.new_entries = calloc(s->l2_entries, sizeof(uint64_t));
     zx.drop = calloc(s->l2_entries, sizeof(uint64_t));
-    zx.prog = prog;
     if (!zx.copy || !zx.new_entries || !zx.drop) {
         ret = error_setf(err, ENOMEM, "out of memory");
     } else {
