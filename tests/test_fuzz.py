@@ -96,8 +96,10 @@ def test_seeds_and_saved_crashers(harnesses, corpus, harness, tmp_path):
     inputs += [os.path.join(seeds, f) for f in sorted(os.listdir(seeds))]
     failed = []
     for path in inputs:
+        # Check reports echo fuzzed names: not always UTF-8.
         p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, path],
-                           capture_output=True, text=True, timeout=120,
+                           capture_output=True, text=True, errors="replace",
+                           timeout=120,
                            cwd=tmp_path)
         if p.returncode != 0:
             failed.append(f"{path}:\n{_crash_summary(p.stdout + p.stderr)}")
@@ -114,7 +116,7 @@ def test_fuzz_briefly(harnesses, corpus, harness, tmp_path):
     p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, "-seed=1",
                         f"-max_total_time={SECONDS}",
                         f"-artifact_prefix={art}/", str(work)],
-                       capture_output=True, text=True,
+                       capture_output=True, text=True, errors="replace",
                        timeout=SECONDS + 300, cwd=tmp_path)
     saved = sorted(os.listdir(art))
     assert p.returncode == 0 and not saved, (
