@@ -829,7 +829,22 @@ typedef struct ZeroExpand {
     uint8_t *copy;             /* cluster_size scratch */
     uint64_t *new_entries;     /* l2_entries */
     uint64_t *drop;            /* host clusters to release after */
+    uint8_t *zeroes;           /* cluster_size zero bytes */
 } ZeroExpand;
+
+/* Makes host cluster `off` read as zeroes through this image: raw zero
+ * bytes, or encrypted ones for a LUKS image (raw zeroes would decrypt to
+ * noise; qemu-img 7.2 makes that mistake). */
+static int write_zero_cluster(Qcow2State *s, ZeroExpand *zx, uint64_t off)
+{
+    if (s->crypto) {
+        return qcow2_crypto_write(s, off, zx->zeroes, s->cluster_size);
+    }
+    if (s->aes) {
+        return -ENOTSUP;   /* legacy AES is read-only here */
+    }
+    return block_write_zeroes(s->node->file, off, s->cluster_size, 0);
+}
 
 enum { ZX_KEEP, ZX_UNALLOC, ZX_INPLACE, ZX_NEW };
 
@@ -893,8 +908,7 @@ static int expand_zero_l2(Qcow2State *s, uint64_t l2_offset, void *opaque)
         if (action == ZX_UNALLOC) {
             zx->new_entries[i] = 0;
         } else if (action == ZX_INPLACE) {
-            ret = block_write_zeroes(s->node->file, e.host_offset,
-                                     s->cluster_size, 0);
+            ret = write_zero_cluster(s, zx, e.host_offset);
             if (ret < 0) {
                 return ret;
             }
@@ -911,8 +925,7 @@ static int expand_zero_l2(Qcow2State *s, uint64_t l2_offset, void *opaque)
                     return ret;
                 }
             }
-            ret = block_write_zeroes(s->node->file, (uint64_t)a,
-                                     s->cluster_size, 0);
+            ret = write_zero_cluster(s, zx, (uint64_t)a);
             if (ret < 0) {
                 return ret;
             }
@@ -968,7 +981,8 @@ static int downgrade(Qcow2State *s, AmendProgress *prog, Error *err)
     zx.copy = malloc(s->cluster_size);
     zx.new_entries = calloc(s->l2_entries, sizeof(uint64_t));
     zx.drop = calloc(s->l2_entries, sizeof(uint64_t));
-    if (!zx.copy || !zx.new_entries || !zx.drop) {
+    zx.zeroes = calloc(1, s->cluster_size);
+    if (!zx.copy || !zx.new_entries || !zx.drop || !zx.zeroes) {
         ret = error_setf(err, ENOMEM, "out of memory");
     } else {
         ret = walk_all_l2(s, expand_zero_l2, &zx, prog);
@@ -980,6 +994,7 @@ static int downgrade(Qcow2State *s, AmendProgress *prog, Error *err)
     free(zx.copy);
     free(zx.new_entries);
     free(zx.drop);
+    free(zx.zeroes);
     if (ret < 0) {
         return ret;
     }
