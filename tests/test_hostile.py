@@ -1,7 +1,8 @@
 """Crafted qcow2 images: imgtool must refuse or report, never crash.
 
 Every image is a small valid qemu-img image with one field changed.  For
-each, `imgtool info`, `imgtool check` and `imgtool io -c 'read 0 64k'` run
+each, `imgtool info`, `imgtool check`, `imgtool io -c 'read 0 64k'`,
+`imgtool convert` and `imgtool snapshot -l` run
 with a 256 MiB address-space limit and a 2 s timeout and must:
   - exit normally (no signal, no sanitizer report: tests/run's guard
     catches those), within the time limit;
@@ -195,6 +196,17 @@ def test_hostile(base, tmp, name):
         assert io.returncode != 0
     if io.returncode != 0:
         assert_clean_failure(io, "io", exactly_one=qemu_refuses)
+
+    for what, args in [("convert", ["convert", "-f", "qcow2", "-O", "raw", p,
+                                    tmp / "out.raw"]),
+                       ("snapshot -l", ["snapshot", "-l", "-f", "qcow2", p])]:
+        r = run_limited(*args)
+        if qemu_refuses:
+            assert r.returncode != 0, what
+        if r.returncode != 0:
+            # An image that opens may still fail midway: the corruption
+            # notice comes first, as qemu-img prints it.
+            assert_clean_failure(r, what, exactly_one=qemu_refuses)
 
 
 @pytest.mark.parametrize("name", ["l2_table_unaligned", "data_unaligned",
@@ -412,7 +424,7 @@ def test_hostile_tables(table_bases, tmp, name):
     out = tmp / "out.raw"
     runs = {
         "info": run_limited("info", "-f", "qcow2", p),
-        "snapshot -l": run_limited("snapshot", "-l", p),
+        "snapshot -l": run_limited("snapshot", "-l", "-f", "qcow2", p),
         "convert": run_limited("convert", "-f", "qcow2", "-O", "raw", p,
                                out),
     }
