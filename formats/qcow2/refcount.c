@@ -244,6 +244,55 @@ static int update_one(Qcow2State *s, uint64_t ci, int64_t delta,
     return 0;
 }
 
+/* Adds delta > 0 to the refcounts of clusters [first, first + n): one
+ * cache lookup per refcount block, not per cluster.  All blocks must
+ * exist.  -ERANGE (nothing of that block changed) on overflow. */
+static int increment_range(Qcow2State *s, uint64_t first, uint64_t n,
+                           uint64_t delta)
+{
+    while (n > 0) {
+        uint64_t bi = qcow2_refblock_index(s, first);
+        uint64_t cnt = s->refblock_entries - bi;
+        if (cnt > n) {
+            cnt = n;
+        }
+        int64_t boff = refblock_offset(s, qcow2_reftable_index(s, first));
+        if (boff <= 0) {
+            if (boff == 0) {
+                qcow2_signal_corruption(s, "refcount block missing for "
+                                        "cluster 0x%llx",
+                                        (unsigned long long)first);
+            }
+            return boff < 0 ? (int)boff : -EIO;
+        }
+        uint8_t *block;
+        int ret = qcow2_cache_get(&s->refcount_cache, (uint64_t)boff,
+                                  &block);
+        if (ret < 0) {
+            return ret;
+        }
+        for (uint64_t i = 0; i < cnt; i++) {
+            if (s->refcount_max - qcow2_refblock_get(s, block, bi + i) <
+                delta) {
+                qcow2_cache_put(&s->refcount_cache, &block);
+                return -ERANGE;
+            }
+        }
+        for (uint64_t i = 0; i < cnt; i++) {
+            qcow2_refblock_set(s, block, bi + i,
+                               qcow2_refblock_get(s, block, bi + i) + delta);
+        }
+        qcow2_cache_mark_dirty(&s->refcount_cache, block);
+        qcow2_cache_put(&s->refcount_cache, &block);
+        if (first + cnt > s->alloc_end) {
+            s->alloc_end = first + cnt;
+        }
+        first += cnt;
+        n -= cnt;
+    }
+    return 0;
+}
+
 static int count_uncovered(Qcow2State *s, uint64_t start, uint64_t end,
                            uint64_t *count)
 {
@@ -559,6 +608,10 @@ int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t len,
             return ret;
         }
     }
+    if (delta > 0 && (uint64_t)delta <= s->refcount_max) {
+        return increment_range(s, first, last - first + 1,
+                               (uint64_t)delta);
+    }
     for (uint64_t c = first; c <= last; c++) {
         int ret = update_one(s, c, delta, false, 0);
         if (ret < 0) {
@@ -609,11 +662,9 @@ int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t nb)
             break;
         }
     }
-    for (uint64_t c = start; c < start + nb; c++) {
-        ret = update_one(s, c, 1, false, 0);
-        if (ret < 0) {
-            return ret;
-        }
+    ret = increment_range(s, start, nb, 1);
+    if (ret < 0) {
+        return ret;
     }
     if (nb == 1 || start == s->free_cluster_index) {
         s->free_cluster_index = start + nb;
@@ -652,11 +703,9 @@ int qcow2_alloc_clusters_at(Qcow2State *s, uint64_t offset, uint64_t nb)
             break;
         }
     }
-    for (uint64_t c = first; c < first + nb; c++) {
-        ret = update_one(s, c, 1, false, 0);
-        if (ret < 0) {
-            return ret;
-        }
+    ret = increment_range(s, first, nb, 1);
+    if (ret < 0) {
+        return ret;
     }
     if (first + nb > s->alloc_end) {
         s->alloc_end = first + nb;
