@@ -182,6 +182,10 @@ struct BlockNode {
  * unless BLOCK_O_NO_BACKING. */
 BlockNode *block_open(const char *filename, const char *format, KVList *opts,
                       int flags, Error *err);
+/* The format driver probing would pick for filename's content (raw when
+ * nothing else claims it), without opening the format: for questions
+ * that need no key or lock (amend -o help). */
+const BlockDriver *block_probe(const char *filename, Error *err);
 /* Opens a protocol node only ("file" for paths). */
 BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
                                Error *err);

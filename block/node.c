@@ -134,6 +134,19 @@ static const BlockDriver *probe_format(BlockNode *file, Error *err)
     return best;
 }
 
+const BlockDriver *block_probe(const char *filename, Error *err)
+{
+    BlockNode *file = block_open_protocol(filename, NULL,
+                                          BLOCK_O_SHARE | BLOCK_O_NO_LOCK,
+                                          err);
+    if (!file) {
+        return NULL;
+    }
+    const BlockDriver *d = probe_format(file, err);
+    block_close(file);
+    return d;
+}
+
 typedef struct ChainState {
     int depth;
     int n_names;

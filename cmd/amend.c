@@ -16,6 +16,7 @@
 #include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/opthelp.h"
 
 static const char amend_usage[] =
     "usage: imgtool amend [--object objectdef] [--image-opts] [-p] [-q]\n"
@@ -42,41 +43,6 @@ static const struct option amend_options[] = {
     { NULL, 0, NULL, 0 },
 };
 
-/* True when an -o item is a bare "help" or "?". */
-static bool wants_help(const char *s)
-{
-    const char *p = s;
-    while (*p) {
-        const char *end = p;
-        while (*end && !(*end == ',' && end[1] != ',')) {
-            end += (*end == ',') ? 2 : 1;
-        }
-        size_t len = (size_t)(end - p);
-        if ((len == 4 && strncmp(p, "help", 4) == 0) ||
-            (len == 1 && *p == '?')) {
-            return true;
-        }
-        p = *end ? end + 1 : end;
-    }
-    return false;
-}
-
-static const char *type_label(OptType t)
-{
-    switch (t) {
-    case OPT_SIZE: return "<size>";
-    case OPT_NUMBER: return "<num>";
-    case OPT_BOOL: return "<bool (on/off)>";
-    default: return "<str>";
-    }
-}
-
-static int opt_cmp(const void *a, const void *b)
-{
-    const BlockCreateOpt *const *x = a, *const *y = b;
-    return strcmp((*x)->name, (*y)->name);
-}
-
 /* The options a driver can amend, sorted by name as qemu-img lists them. */
 static int print_amend_help(const BlockDriver *drv)
 {
@@ -99,14 +65,9 @@ static int print_amend_help(const BlockDriver *drv)
     for (size_t i = 0; i < n; i++) {
         v[i] = &list[i];
     }
-    qsort(v, n, sizeof(*v), opt_cmp);
-    printf("Amend options for '%s':\n", drv->name);
-    for (size_t i = 0; i < n; i++) {
-        char left[128];
-        snprintf(left, sizeof(left), "%s=%s", v[i]->name,
-                 type_label(v[i]->type));
-        printf("  %-22s - %s\n", left, v[i]->help ? v[i]->help : "");
-    }
+    char title[128];
+    snprintf(title, sizeof(title), "Amend options for '%s':", drv->name);
+    opthelp_print(title, v, n);
     free(v);
     return 0;
 }
@@ -196,6 +157,20 @@ static int run_amend(const char *filename, const ImageArgs *a, int flags,
             return 1;
         }
     }
+    if (help && !a->image_opts) {
+        /* The format alone answers: an encrypted image needs no key. */
+        const BlockDriver *drv = a->fmt ? block_find_driver(a->fmt)
+                                        : block_probe(filename, &err);
+        if (!drv || !drv->is_format) {
+            if (drv || !error_is_set(&err)) {
+                imgtool_error("Unknown file format '%s'", a->fmt);
+            } else {
+                imgtool_report(&err);
+            }
+            return 1;
+        }
+        return print_amend_help(drv);
+    }
     BlockNode *n = imgtool_open(filename, a->fmt, a->image_opts,
                                 help ? 0 : BLOCK_O_RDWR | flags, &err);
     if (!n) {
@@ -264,7 +239,7 @@ int cmd_amend(int argc, char **argv)
                 imgtool_error("Invalid option list: %s", optarg);
                 goto out;
             }
-            help |= wants_help(optarg);
+            help |= opthelp_wanted(optarg);
             ostrs[nostrs++] = optarg;
             break;
         case 't':

@@ -15,6 +15,7 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/opthelp.h"
 #include "imgtool/object.h"
 
 static const char create_usage[] =
@@ -98,41 +99,6 @@ static const BlockCreateOpt *find_opt(const BlockCreateOpt *list,
     return NULL;
 }
 
-/* True when the -o string asks for help: a bare "help" or "?" item. */
-static bool wants_help(const char *s)
-{
-    const char *p = s;
-    while (*p) {
-        const char *end = p;
-        while (*end && !(*end == ',' && end[1] != ',')) {
-            end += (*end == ',') ? 2 : 1;
-        }
-        size_t len = (size_t)(end - p);
-        if ((len == 4 && strncmp(p, "help", 4) == 0) ||
-            (len == 1 && *p == '?')) {
-            return true;
-        }
-        p = *end ? end + 1 : end;
-    }
-    return false;
-}
-
-static const char *type_label(OptType t)
-{
-    switch (t) {
-    case OPT_SIZE: return "<size>";
-    case OPT_NUMBER: return "<num>";
-    case OPT_BOOL: return "<bool (on/off)>";
-    default: return "<str>";
-    }
-}
-
-static int opt_cmp(const void *a, const void *b)
-{
-    const BlockCreateOpt *const *x = a, *const *y = b;
-    return strcmp((*x)->name, (*y)->name);
-}
-
 /* The protocol driver that will hold the file: the one claiming the
  * name (iscsi://...), else the local file driver. */
 static const BlockDriver *protocol_for(const char *filename)
@@ -191,19 +157,13 @@ static void print_create_help(const BlockDriver *drv, const char *filename)
             }
         }
     }
-    qsort(all, n, sizeof(*all), opt_cmp);
-
+    char title[128];
     if (with_protocol) {
-        printf("Supported options:\n");
+        snprintf(title, sizeof(title), "Supported options:");
     } else {
-        printf("Supported %s options:\n", drv->name);
+        snprintf(title, sizeof(title), "Supported %s options:", drv->name);
     }
-    for (size_t i = 0; i < n; i++) {
-        char left[128];
-        snprintf(left, sizeof(left), "%s=%s", all[i]->name,
-                 type_label(all[i]->type));
-        printf("  %-22s - %s\n", left, all[i]->help ? all[i]->help : "");
-    }
+    opthelp_print(title, all, n);
     if (!with_protocol) {
         printf("\nThe protocol level may support further options.\n"
                "Specify the target filename to include those options.\n");
@@ -519,7 +479,7 @@ int cmd_create(int argc, char **argv)
             unsafe = true;
             break;
         case 'o':
-            help |= wants_help(optarg);
+            help |= opthelp_wanted(optarg);
             ostrs[nostrs++] = optarg;
             break;
         case OPT_OBJECT:

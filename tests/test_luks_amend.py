@@ -346,11 +346,6 @@ REFUSALS = [
                          ids=[r[0] + "/" + r[1] for r in REFUSALS])
 def test_refusal_matches_qemu(request, tmp_path, objs, two_slot_images, fmt,
                               opts, key):
-    if fmt == "qcow2" and "keyslot=-1" in opts:
-        # formats/qcow2/amend.c checks encrypt.keyslot as a number before
-        # we see it and refuses "-1", where qemu-img wraps it around.
-        request.node.add_marker(pytest.mark.xfail(
-            reason="qcow2 amend refuses a negative keyslot as not a number"))
     img = tmp_path / f"t.{fmt}"
     shutil.copy(two_slot_images[fmt], img)
     before = sha(img)

@@ -186,7 +186,7 @@ static int parse_plan(KVList *opts, AmendPlan *plan, Error *err)
                                   "%s", v);
             }
         } else if (strcmp(key, "refcount_bits") == 0) {
-            uint64_t bits;
+            uint64_t bits = 0;
             ret = parse_number_opt(key, v, &bits, err);
             if (ret < 0) {
                 return ret;
@@ -219,12 +219,9 @@ static int parse_plan(KVList *opts, AmendPlan *plan, Error *err)
             return error_setf(err, ENOTSUP, "Cannot amend the backing file: "
                               "use 'imgtool rebase' instead");
         } else if (strncmp(key, "encrypt.", 8) == 0) {
-            if (strcmp(key, "encrypt.keyslot") == 0 ||
-                strcmp(key, "encrypt.iter-time") == 0) {
-                uint64_t x;
-                ret = parse_number_opt(key, v, &x, err);
-            }
-            if (ret >= 0 && kvlist_set(&plan->crypto, key + 8, v) < 0) {
+            /* qcow2_crypto_amend checks these values as qemu-img does
+             * (a negative keyslot is shown wrapped to 32 bits). */
+            if (kvlist_set(&plan->crypto, key + 8, v) < 0) {
                 ret = error_setf(err, ENOMEM, "out of memory");
             }
         }

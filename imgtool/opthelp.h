@@ -1,0 +1,22 @@
+/*
+ * opthelp.h - `-o help` for the commands that take format options
+ * (create, amend, convert): spotting the request and printing a sorted
+ * option list in qemu-img's layout.
+ */
+#ifndef IMGTOOL_OPTHELP_H
+#define IMGTOOL_OPTHELP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "block/block.h"
+
+/* True when an -o string holds a bare "help" or "?" item (",," is a
+ * literal comma, not a separator). */
+bool opthelp_wanted(const char *s);
+
+/* Prints title, then one "  name=<type>   - help" line per option,
+ * sorted by name as qemu-img lists them; v is sorted in place. */
+void opthelp_print(const char *title, const BlockCreateOpt **v, size_t n);
+
+#endif
