@@ -146,3 +146,43 @@ def test_qcow2_unaligned_size_refused(tmp):
     q = imgtool("resize", "--shrink", p, "1", rc=1)
     assert q.stderr.startswith("imgtool: ")
     qemu_img("resize", "--shrink", p, "1", rc=1)
+
+
+@pytest.mark.parametrize("cluster", ["512", "64k"])
+def test_shrink_and_grow_keep_snapshots(tmp, cluster):
+    """As qemu-img 7.2 does for v3 images: the active state shrinks and
+    grows while the snapshot keeps its data and its own size (shared L2
+    tables are copied, not cleared)."""
+    ours = tmp / "i.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster}", ours,
+             "8M")
+    qemu_io("-c", "write -P 1 0 8M", ours)
+    imgtool("snapshot", "-c", "before", ours)
+    qemu_io("-c", "write -P 2 1M 1M", ours)
+    theirs = tmp / "q.qcow2"
+    shutil.copy(ours, theirs)
+    for new in ["3M", "6M", "1M"]:
+        imgtool("resize", "--shrink", ours, new)
+        qemu_img("resize", "-q", "--shrink", theirs, new)
+        assert qemu_info(ours)["virtual-size"] == \
+            qemu_info(theirs)["virtual-size"]
+        assert same_content(ours, theirs, "qcow2", "qcow2")
+        qemu_check_clean(ours)
+    imgtool("snapshot", "-a", "before", ours)
+    qemu_check_clean(ours)
+    assert qemu_info(ours)["virtual-size"] == 8 << 20
+    out = qemu_io("-c", "read -P 1 0 8M", ours).stdout
+    assert "verification failed" not in out and "read 8388608/" in out
+
+
+def test_v2_with_snapshots_refused(tmp):
+    img = tmp / "v2.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "compat=0.10", img, "4M")
+    qemu_img("snapshot", "-c", "s", img)
+    before = img.read_bytes()
+    for args in (["--shrink", img, "2M"], [img, "8M"]):
+        p = imgtool("resize", *args, rc=1)
+        assert p.stderr == ("imgtool: Can't resize a v2 image which has "
+                            "snapshots\n")
+        qemu_img("resize", *args, rc=1)
+    assert img.read_bytes() == before

@@ -297,11 +297,17 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
     while (s->inflight) {
         pthread_cond_wait(&s->inflight_cond, &s->lock);
     }
+    if (s->nb_snapshots && s->version < 3 && size != s->size) {
+        /* v2 snapshot entries do not record their own size. */
+        pthread_mutex_unlock(&s->lock);
+        return error_setf(err, ENOTSUP, "Can't resize a v2 image which has "
+                          "snapshots");
+    }
     if (size < s->size) {
-        if (s->nb_snapshots) {
-            ret = error_setf(err, ENOTSUP, "Can't resize an image which has "
-                             "snapshots");
-        } else if (pm != PREALLOC_OFF) {
+        /* Snapshots keep their clusters: shared L2 tables are copied
+         * before entries are cleared, shared data only loses the active
+         * state's reference. */
+        if (pm != PREALLOC_OFF) {
             ret = error_setf(err, ENOTSUP, "Preallocation can't be used for "
                              "shrinking an image");
         } else {
@@ -313,11 +319,6 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
     if (size == s->size && pm == PREALLOC_OFF) {
         pthread_mutex_unlock(&s->lock);
         return 0;
-    }
-    if (s->nb_snapshots && s->version < 3) {
-        pthread_mutex_unlock(&s->lock);
-        return error_setf(err, ENOTSUP, "Can't resize a v2 image which has "
-                          "snapshots");
     }
     uint64_t l2_span = s->cluster_size << s->l2_bits;
     uint64_t need_l1 = (size + l2_span - 1) / l2_span;
