@@ -327,6 +327,34 @@ static int read_table(Qcow2State *s, uint64_t off, uint32_t entries,
     return 0;
 }
 
+/* Opened for writing, new clusters come from the refcounts: a bitmap
+ * cluster counted free would be handed out again and end up shared. */
+static int check_allocated(Qcow2State *s, uint64_t off, uint64_t bytes,
+                           const char *name, Error *err)
+{
+    uint64_t cs = s->cluster_size;
+    int ret = 0;
+
+    if (s->read_only || s->node->read_only) {
+        return 0;
+    }
+    pthread_mutex_lock(&s->lock);
+    for (uint64_t c = off / cs; c < div_up(off + bytes, cs) && !ret; c++) {
+        uint64_t rc = 0;
+        ret = qcow2_get_refcount(s, c, &rc);
+        if (ret < 0) {
+            error_setf(err, -ret, "cannot read the refcount of a cluster of "
+                       "bitmap '%s'", name);
+        } else if (rc == 0) {
+            ret = error_setf(err, EINVAL, "Bitmap '%s': cluster 0x%llx is "
+                             "not allocated; repair the image with check "
+                             "-r all", name, (unsigned long long)(c * cs));
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static int load_data(Qcow2State *s, const Qcow2BitmapEntry *e,
                      BlockBitmap *bm, uint64_t flen, Error *err)
 {
@@ -359,7 +387,7 @@ static int load_data(Qcow2State *s, const Qcow2BitmapEntry *e,
             ret = error_setf(err, EINVAL, "Bitmap '%s': data cluster offset "
                              "0x%llx is invalid", e->name,
                              (unsigned long long)off);
-        } else {
+        } else if ((ret = check_allocated(s, off, cs, e->name, err)) >= 0) {
             ret = block_pread(s->node->file, off, cs, buf);
             if (ret < 0) {
                 error_setf(err, -ret, "cannot read the data of bitmap '%s'",
@@ -567,9 +595,13 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
         const Qcow2BitmapEntry *e = &d->entries[i];
         bool in_use = e->flags & QCOW2_BME_IN_USE;
         BlockBitmap *bm;
-        ret = block_bitmaps_append(n->bitmaps, e->name, e->gran_bits,
-                                   s->size, e->flags & QCOW2_BME_AUTO,
-                                   in_use, &bm, err);
+        ret = check_allocated(s, e->table_offset,
+                              (uint64_t)e->table_size * 8, e->name, err);
+        if (ret >= 0) {
+            ret = block_bitmaps_append(n->bitmaps, e->name, e->gran_bits,
+                                       s->size, e->flags & QCOW2_BME_AUTO,
+                                       in_use, &bm, err);
+        }
         if (ret >= 0 && !in_use) {
             ret = load_data(s, e, bm, (uint64_t)flen, err);
         }
@@ -659,6 +691,9 @@ static int u64_cmp(const void *a, const void *b)
 static void vec_sort_unique(U64Vec *a)
 {
     size_t k = 0;
+    if (!a->n) {
+        return;
+    }
     qsort(a->v, a->n, sizeof(uint64_t), u64_cmp);
     for (size_t i = 0; i < a->n; i++) {
         if (k == 0 || a->v[k - 1] != a->v[i]) {
@@ -791,6 +826,24 @@ static int free_old(Qcow2State *s, BlockBitmaps *set, Qcow2Bitmaps *old,
     collect_metadata(s, &meta);
     for (size_t i = 0; i < fresh->n; i++) {
         vec_push(&meta, fresh->v[i]);
+    }
+    /* What the new directory names stays, even where an old table (of a
+     * damaged in-use bitmap) names it too. */
+    for (int j = 0; j < set->n && !meta.overflow; j++) {
+        const BlockBitmap *bm = set->v[j];
+        uint64_t *t;
+        vec_push_range(&meta, bm->stored_offset,
+                       (uint64_t)bm->stored_size * 8, cs);
+        if (read_table(s, bm->stored_offset, bm->stored_size, &t) < 0) {
+            meta.overflow = true;       /* unknown: free nothing */
+            break;
+        }
+        for (uint32_t k = 0; k < bm->stored_size; k++) {
+            if (t[k] & BT_OFFSET_MASK) {
+                vec_push(&meta, t[k] & BT_OFFSET_MASK);
+            }
+        }
+        free(t);
     }
     vec_sort_unique(&meta);
     for (uint32_t i = 0; i < old->nb && !out.overflow; i++) {
