@@ -355,6 +355,34 @@ static int check_allocated(Qcow2State *s, uint64_t off, uint64_t bytes,
     return ret;
 }
 
+/* An in-use bitmap is not loaded, but removing it frees the data
+ * clusters its table names: each must be allocated now, or the allocator
+ * could give it to someone else first. */
+static int check_in_use_data(Qcow2State *s, const Qcow2BitmapEntry *e,
+                             uint64_t flen, Error *err)
+{
+    uint64_t *t;
+    int ret;
+
+    if (s->read_only || s->node->read_only) {
+        return 0;
+    }
+    ret = read_table(s, e->table_offset, e->table_size, &t);
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot read the bitmap table of "
+                          "'%s'", e->name);
+    }
+    for (uint32_t i = 0; i < e->table_size && ret >= 0; i++) {
+        uint64_t d = t[i] & BT_OFFSET_MASK;
+        if (d && !(t[i] & BT_RESERVED_MASK) && d % s->cluster_size == 0 &&
+            d < flen) {
+            ret = check_allocated(s, d, s->cluster_size, e->name, err);
+        }
+    }
+    free(t);
+    return ret;
+}
+
 static int load_data(Qcow2State *s, const Qcow2BitmapEntry *e,
                      BlockBitmap *bm, uint64_t flen, Error *err)
 {
@@ -604,6 +632,8 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
         }
         if (ret >= 0 && !in_use) {
             ret = load_data(s, e, bm, (uint64_t)flen, err);
+        } else if (ret >= 0) {
+            ret = check_in_use_data(s, e, (uint64_t)flen, err);
         }
         if (ret < 0) {
             goto fail;
