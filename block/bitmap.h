@@ -139,7 +139,9 @@ int block_bitmaps_copy(BlockNode *dst, BlockNode *src, bool skip_broken,
                        Error *err);
 
 /* Persists n's bitmaps now (the format's store): what close would do,
- * with the error reported.  No-op without bitmaps support. */
+ * with the error reported.  The stored bitmaps are no longer flagged in
+ * use, so call it right before block_close, with no write in between.
+ * No-op without bitmaps support or on a read-only node. */
 int block_bitmaps_store(BlockNode *n, Error *err);
 
 #endif
