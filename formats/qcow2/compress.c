@@ -44,6 +44,7 @@ typedef struct Codec {
     ZSTD_CCtx *zc;
 #ifdef HAVE_LIBDEFLATE
     struct libdeflate_decompressor *ld;
+    struct libdeflate_compressor *lc;   /* level 1: the incompressible test */
 #endif
 } Codec;
 
@@ -81,6 +82,7 @@ static void codec_destroy(Codec *c)
     ZSTD_freeCCtx(c->zc);
 #ifdef HAVE_LIBDEFLATE
     libdeflate_free_decompressor(c->ld);
+    libdeflate_free_compressor(c->lc);
 #endif
     free(c);
 }
@@ -199,9 +201,37 @@ int qcow2_decompress(const Qcow2State *s, const uint8_t *src, size_t src_len,
 /* ------------------------------------------------------------------ */
 /* Compression                                                         */
 
+#ifdef HAVE_LIBDEFLATE
+/* Most of what zlib spends on compressing a disk goes into clusters that
+ * do not compress (random or already compressed data): it works through
+ * them at level 6 only to give up.  libdeflate's fastest level tells them
+ * apart in half the time: when even it cannot get the cluster into
+ * dst_len bytes, the cluster is stored plain without asking zlib.  Its
+ * 32k window sees at least the repeats zlib's 4k window does, so the
+ * clusters this turns away would have shrunk, if at all, by a few bytes
+ * of better matching.  dst serves as its scratch space. */
+static bool deflate_hopeless(Codec *c, const uint8_t *src, size_t src_len,
+                             uint8_t *dst, size_t dst_len)
+{
+    if (!c->lc) {
+        c->lc = libdeflate_alloc_compressor(1);
+        if (!c->lc) {
+            return false;
+        }
+    }
+    return libdeflate_deflate_compress(c->lc, src, src_len, dst,
+                                       dst_len) == 0;
+}
+#endif
+
 static ssize_t deflate_zlib(Codec *c, const uint8_t *src, size_t src_len,
                             uint8_t *dst, size_t dst_len)
 {
+#ifdef HAVE_LIBDEFLATE
+    if (deflate_hopeless(c, src, src_len, dst, dst_len)) {
+        return -ENOSPC;
+    }
+#endif
     if (!c->deflate_ready) {
         if (deflateInit2(&c->def, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
                          Z_DEFAULT_STRATEGY) != Z_OK) {
