@@ -558,3 +558,12 @@ int block_bitmaps_copy(BlockNode *dst, BlockNode *src, bool skip_broken,
     }
     return block_bitmaps_store(dst, err);
 }
+
+void block_bitmap_make_inconsistent(BlockBitmaps *set, BlockBitmap *bm)
+{
+    free(bm->words);
+    bm->words = NULL;
+    bm->inconsistent = true;
+    bm->enabled = false;
+    count_enabled(set);
+}

@@ -94,6 +94,9 @@ void block_bitmaps_mark(BlockNode *n, uint64_t off, uint64_t len);
 int block_bitmaps_append(BlockBitmaps *set, const char *name,
                          uint32_t gran_bits, uint64_t length, bool enabled,
                          bool inconsistent, BlockBitmap **out, Error *err);
+/* A bitmap whose stored bits turned out damaged becomes inconsistent
+ * (for the format's open, before any request). */
+void block_bitmap_make_inconsistent(BlockBitmaps *set, BlockBitmap *bm);
 /* The bitmap named name, or NULL. */
 BlockBitmap *block_bitmaps_find(BlockBitmaps *set, const char *name);
 /* Bytes of the on-disk serialisation (bit i = byte i/8, bit i%8). */

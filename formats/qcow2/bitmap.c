@@ -383,8 +383,13 @@ static int check_in_use_data(Qcow2State *s, const Qcow2BitmapEntry *e,
     return ret;
 }
 
+/* Reads a bitmap's bits.  A table entry that cannot be right (reserved
+ * bits, a data offset outside the file or unaligned) makes the bitmap
+ * damaged (*damaged, returns 0): it is then treated as inconsistent, so
+ * the image stays usable and the bitmap can be removed. */
 static int load_data(Qcow2State *s, const Qcow2BitmapEntry *e,
-                     BlockBitmap *bm, uint64_t flen, Error *err)
+                     BlockBitmap *bm, uint64_t flen, bool *damaged,
+                     Error *err)
 {
     uint64_t cs = s->cluster_size;
     uint64_t *t;
@@ -402,19 +407,16 @@ static int load_data(Qcow2State *s, const Qcow2BitmapEntry *e,
     }
     for (uint32_t i = 0; i < e->table_size && ret >= 0; i++) {
         uint64_t off = t[i] & BT_OFFSET_MASK;
-        if ((t[i] & BT_RESERVED_MASK) || (off && (t[i] & BT_ALL_ONES))) {
-            ret = error_setf(err, EINVAL, "Bitmap '%s': invalid bitmap "
-                             "table entry %u", e->name, i);
+        if ((t[i] & BT_RESERVED_MASK) || (off && (t[i] & BT_ALL_ONES)) ||
+            (off && (off % cs || off < cs || off >= flen ||
+                     cs > flen - off))) {
+            *damaged = true;
+            break;
         } else if (!off) {
             if (t[i] & BT_ALL_ONES) {
                 block_bitmap_set_bits(bm, (uint64_t)i * cs * 8,
                                       (uint64_t)(i + 1) * cs * 8);
             }
-        } else if (off % cs || off < cs || off >= flen ||
-                   cs > flen - off) {
-            ret = error_setf(err, EINVAL, "Bitmap '%s': data cluster offset "
-                             "0x%llx is invalid", e->name,
-                             (unsigned long long)off);
         } else if ((ret = check_allocated(s, off, cs, e->name, err)) >= 0) {
             ret = block_pread(s->node->file, off, cs, buf);
             if (ret < 0) {
@@ -630,9 +632,11 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
                                        s->size, e->flags & QCOW2_BME_AUTO,
                                        in_use, &bm, err);
         }
+        bool damaged = false;
         if (ret >= 0 && !in_use) {
-            ret = load_data(s, e, bm, (uint64_t)flen, err);
-        } else if (ret >= 0) {
+            ret = load_data(s, e, bm, (uint64_t)flen, &damaged, err);
+        }
+        if (ret >= 0 && (in_use || damaged)) {
             ret = check_in_use_data(s, e, (uint64_t)flen, err);
         }
         if (ret < 0) {
@@ -641,6 +645,11 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
         bm->stored_offset = e->table_offset;
         bm->stored_size = e->table_size;
         bm->stored_flags = e->flags;
+        if (damaged) {
+            /* Stays flagged in use on disk, where QEMU sees it too. */
+            block_bitmap_make_inconsistent(n->bitmaps, bm);
+            bm->stored_flags |= QCOW2_BME_IN_USE;
+        }
     }
     if (!n->read_only && !s->read_only) {
         uint32_t *flags = calloc(d->nb, sizeof(*flags));
@@ -882,15 +891,26 @@ static int free_old(Qcow2State *s, BlockBitmaps *set, Qcow2Bitmaps *old,
         if (vec_has(&kept, e->table_offset)) {
             continue;
         }
-        vec_push_range(&out, e->table_offset, (uint64_t)e->table_size * 8,
-                       cs);
         if (read_table(s, e->table_offset, e->table_size, &t) < 0) {
-            continue;   /* its data clusters leak */
+            continue;   /* it leaks */
         }
-        for (uint32_t k = 0; k < e->table_size; k++) {
+        /* One impossible entry and the whole table is garbage: what it
+         * names may belong to anyone (guest data is not in meta), so all
+         * of it leaks rather than risk a wrong free. */
+        bool trusted = true;
+        for (uint32_t k = 0; k < e->table_size && trusted; k++) {
             uint64_t d = t[k] & BT_OFFSET_MASK;
-            if (d && !(t[k] & BT_RESERVED_MASK) && d % cs == 0) {
-                vec_push(&out, d);
+            trusted = !(t[k] & BT_RESERVED_MASK) &&
+                      !(d && ((t[k] & BT_ALL_ONES) || d % cs || d < cs ||
+                              d >= (uint64_t)flen));
+        }
+        if (trusted) {
+            vec_push_range(&out, e->table_offset,
+                           (uint64_t)e->table_size * 8, cs);
+            for (uint32_t k = 0; k < e->table_size; k++) {
+                if (t[k] & BT_OFFSET_MASK) {
+                    vec_push(&out, t[k] & BT_OFFSET_MASK);
+                }
             }
         }
         free(t);
