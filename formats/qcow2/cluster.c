@@ -219,15 +219,25 @@ int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
         memcpy(nt, old, s->cluster_size);
         qcow2_cache_put(&s->l2_cache, &old);
     }
-    qcow2_cache_mark_dirty(&s->l2_cache, nt);
-    ret = qcow2_cache_writeback(&s->l2_cache);
+    /* The table and the refcount of its cluster on disk before the L1
+     * entry, with one flush.  Neither depends on unflushed guest data (an
+     * empty table, or a copy of a snapshot's, which is on disk), so the
+     * other dirty tables need not go first. */
+    ret = qcow2_cache_writeback(&s->refcount_cache);
+    if (ret >= 0) {
+        ret = block_pwrite(s->node->file, (uint64_t)noff, s->cluster_size,
+                           nt, 0);
+    }
     if (ret >= 0) {
         ret = block_flush(s->node->file);
     }
     if (ret < 0) {
+        /* not on disk for sure: the cache must write it again */
+        qcow2_cache_mark_dirty(&s->l2_cache, nt);
         qcow2_cache_put(&s->l2_cache, &nt);
         return ret;
     }
+    s->refcount_unflushed = false;
     s->l1_table[l1i] = (uint64_t)noff | QCOW2_OFLAG_COPIED;
     ret = qcow2_write_l1(s, l1i, 1);
     if (ret < 0) {
