@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, qemu_img, qemu_io
+from conftest import IMGTOOL, qemu_check_clean, qemu_img, qemu_io
 
 TB = 1 << 40
 AS_LIMIT = 256 * 1024 * 1024
@@ -336,7 +336,7 @@ TABLE_CASES = {
     "snap_extra_1025": ("snap", lambda i: i.p32(i.snap(1) + 36, 1025), True,
                         True),
     "snap_extra_short": ("snap", lambda i: i.p32(i.snap(1) + 36, 4), False,
-                         False),
+                         True),
     "snap_name_len_huge": ("snap", lambda i: i.p16(i.snap(1) + 14, 0xffff),
                            False, True),
     "snap_id_len_huge": ("snap", lambda i: i.p16(i.snap(1) + 12, 0xffff),
@@ -483,3 +483,46 @@ def _bitmaps_landed():
         return "qcow2_bitmaps_parse" in open(src).read()
     except OSError:
         return False
+
+
+def test_incomplete_snapshot_entry_repaired(table_bases, tmp):
+    """A v3 snapshot entry without its disk size (extra data of 0 bytes,
+    as very old QEMU wrote them) is what qemu-img check calls incomplete:
+    imgtool check reports it the same way, and check -r all rewrites the
+    table with full extra data without changing any snapshot."""
+    p = tmp / "short.qcow2"
+    shutil.copy(table_bases["snap"], p)
+    t = Tables(str(p))
+    last = t.snap(t.nb_snap - 1)
+    with open(p, "r+b") as f:
+        f.seek(last)
+        e = f.read(40)
+        id_len, name_len = struct.unpack(">HH", e[12:16])
+        extra = struct.unpack(">I", e[36:40])[0]
+        f.seek(last + 40 + extra)
+        strings = f.read(id_len + name_len)
+        f.seek(last + 36)
+        f.write(struct.pack(">I", 0) + strings + bytes(extra))
+    q = qemu_img("check", "-f", "qcow2", p, check=False)
+    assert q.returncode == 2 and "is incomplete" in q.stderr, q.stderr
+    chk = run_limited("check", "-f", "qcow2", p)
+    assert chk.returncode == 2, chk.stderr
+    assert f"ERROR snapshot table entry {t.nb_snap - 1} is incomplete" in \
+        chk.stderr, chk.stderr
+    want = {}
+    for name in ("one", "two"):
+        out = tmp / f"{name}.want"
+        qemu_img("convert", "-l", name, "-O", "raw", p, out)
+        want[name] = out.read_bytes()
+    fix = run_limited("check", "-r", "all", "-f", "qcow2", p)
+    assert fix.returncode == 0, fix.stdout + fix.stderr
+    assert "Repairing snapshot table entry 1 is incomplete" in fix.stderr
+    qemu_check_clean(str(p))
+    for name in ("one", "two"):
+        out = tmp / f"{name}.got"
+        qemu_img("convert", "-l", name, "-O", "raw", p, out)
+        assert out.read_bytes() == want[name], name
+    e = Tables(str(p))
+    with open(p, "rb") as f:
+        f.seek(e.snap(1) + 36)
+        assert struct.unpack(">I", f.read(4))[0] >= 16

@@ -65,6 +65,7 @@ typedef struct Check {
     uint8_t *rb_state;        /* per refcount table entry: RB_* */
     bool reftable_counted;
     bool rebuild;
+    bool complete_snapshots;  /* rewrite the snapshot table at the end */
     uint64_t next_contig;     /* fragmentation: where the next cluster
                                  would be if the image were contiguous */
     uint64_t highest;         /* highest used cluster + 1 */
@@ -464,6 +465,21 @@ static int count_snapshots(Check *c)
 
     if (ret < 0) {
         return ret;
+    }
+    /* v3 entries must say their disk size (QEMU's rule); the table is
+     * rewritten once the refcounts are right (check_pass). */
+    for (int i = 0; s->version >= 3 && i < s->nb_snapshots_loaded; i++) {
+        if (s->snapshots[i].extra_size >= 16) {
+            continue;
+        }
+        if (c->fix & BLOCK_FIX_ERRORS) {
+            say(c, "Repairing snapshot table entry %d is incomplete", i);
+            c->res->corruptions_fixed++;
+            c->complete_snapshots = true;
+        } else {
+            say(c, "ERROR snapshot table entry %d is incomplete", i);
+            c->res->corruptions++;
+        }
     }
 
     for (int i = 0; i < s->nb_snapshots_loaded; i++) {
@@ -1311,6 +1327,14 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
         }
     }
 
+    if (c.complete_snapshots) {
+        /* Allocates: only once the refcounts can be trusted. */
+        ret = qcow2_snapshot_complete_extra(s, err);
+        if (ret < 0) {
+            check_free(&c);
+            return ret;
+        }
+    }
     ret = check_copied(&c);
     if (ret < 0) {
         goto fail;

@@ -254,6 +254,7 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         }
         sn->l1_table_offset = l1_table_offset;
         sn->l1_size = l1_size;
+        sn->extra_size = extra;
         sn->vm_state_size = qcow2_be32(h + 32);
         sn->disk_size = s->size;
         if (extra >= 8) {

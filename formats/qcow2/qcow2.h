@@ -156,6 +156,7 @@ typedef struct Qcow2Snapshot {
     char *name;
     uint64_t vm_state_size;
     uint64_t disk_size;     /* from extra data, or the image size */
+    uint32_t extra_size;    /* bytes of extra data in the entry */
 } Qcow2Snapshot;
 
 /* A small write-back cache of cluster-sized metadata tables (L2 tables or
@@ -587,6 +588,10 @@ int qcow2_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err);
 int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count);
 int qcow2_snapshot_load_tmp(BlockNode *n, const char *id, const char *name,
                             Error *err);
+/* check -r all (s->lock held): rewrites the snapshot table with the
+ * extra data a v3 entry must have (VM state size and disk size; the disk
+ * size of an entry without one is the image's), as qemu-img repairs it. */
+int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err);
 
 /* ------------------------------------------------------------------ */
 /* LUKS encryption (crypto.c)                                          */

@@ -107,6 +107,7 @@ static int reload_snapshots(Qcow2State *s, const uint8_t *buf, size_t len,
         uint16_t idl = qcow2_be16(p + 12), nl = qcow2_be16(p + 14);
         sns[i].l1_table_offset = qcow2_be64(p);
         sns[i].l1_size = qcow2_be32(p + 8);
+        sns[i].extra_size = extra;
         sns[i].vm_state_size = qcow2_be32(p + 32);
         sns[i].disk_size = s->size;
         if (extra >= 8) {
@@ -388,6 +389,52 @@ static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
         }
     }
     return reload_snapshots(s, buf, len, nb);
+}
+
+int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err)
+{
+    uint32_t nb = (uint32_t)s->nb_snapshots_loaded;
+    uint8_t *old = NULL, *nbuf = NULL;
+    size_t olen = 0, nlen = 0;
+    size_t *o = NULL, *l = NULL;
+    int ret = read_table(s, &old, &olen);
+
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot read the snapshot table: %s",
+                          strerror(-ret));
+    }
+    o = calloc(nb + 1, sizeof(*o));
+    l = calloc(nb + 1, sizeof(*l));
+    nbuf = calloc(1, olen + (size_t)nb * 16 + 8);
+    ret = o && l && nbuf ? index_table(old, olen, nb, o, l) : -ENOMEM;
+    for (uint32_t i = 0; i < nb && ret >= 0; i++) {
+        const uint8_t *p = old + o[i];
+        uint32_t extra = qcow2_be32(p + 36);
+        if (extra >= 16) {
+            memcpy(nbuf + nlen, p, l[i]);
+            nlen += l[i];
+            continue;
+        }
+        size_t strs = (size_t)qcow2_be16(p + 12) + qcow2_be16(p + 14);
+        uint8_t *q = nbuf + nlen;
+        memcpy(q, p, QCOW2_SNAPSHOT_FIXED);
+        qcow2_put_be32(q + 36, 16);
+        qcow2_put_be64(q + 40, s->snapshots[i].vm_state_size);
+        qcow2_put_be64(q + 48, s->snapshots[i].disk_size);
+        memcpy(q + 56, p + QCOW2_SNAPSHOT_FIXED + extra, strs);
+        nlen += (size_t)qcow2_align_up(56 + strs, 8);
+    }
+    if (ret >= 0) {
+        ret = switch_table(s, nbuf, nlen, nb, err);
+    } else {
+        error_setf(err, -ret, "cannot rewrite the snapshot table: %s",
+                   strerror(-ret));
+    }
+    free(o);
+    free(l);
+    free(old);
+    free(nbuf);
+    return ret;
 }
 
 static int check_usable(Qcow2State *s, Error *err)
