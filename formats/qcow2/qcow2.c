@@ -88,6 +88,7 @@ static void free_state(Qcow2State *s)
     s->pending_frees = NULL;
     qcow2_free_header(s);
     pthread_cond_destroy(&s->inflight_cond);
+    pthread_mutex_destroy(&s->grow_lock);
     pthread_mutex_destroy(&s->lock);
 }
 
@@ -205,6 +206,7 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
     s->read_only = n->read_only;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->inflight_cond, NULL);
+    pthread_mutex_init(&s->grow_lock, NULL);
     n->request_alignment = 1;
 
     ret = qcow2_read_header(s, err);

@@ -280,6 +280,12 @@ struct Qcow2State {
     bool read_only;
     int open_flags;
 
+    /* Serialises the data writes into fresh clusters (rw.c), which grow
+     * the file: the kernel serialises them anyway, and many threads
+     * contending for the inode lock there cost more CPU than waiting
+     * here. */
+    pthread_mutex_t grow_lock;
+
     /* Everything below needs s->lock. */
     pthread_mutex_t lock;
     pthread_cond_t inflight_cond;

@@ -490,9 +490,12 @@ static uint64_t new_bitmap(Qcow2State *s, const Qcow2L2Entry *old,
 }
 
 /* One write step starting at off; returns bytes done or -errno.  Called
- * with s->lock held; returns with it held. */
+ * with s->lock held; returns with it held, except that an overwrite in
+ * place that finishes the request returns without it (*locked = false):
+ * retaking the lock only to drop it again costs contended writers a
+ * futex round trip each. */
 static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
-                          const uint8_t *buf)
+                          const uint8_t *buf, bool *locked)
 {
     Qcow2State *s = qcow2_state(n);
     uint64_t cs = s->cluster_size;
@@ -541,6 +544,10 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
             ret = qcow2_crypto_write(s, host, buf, pos - off);
         } else {
             ret = block_pwrite(qcow2_data_node(s), host, pos - off, buf, 0);
+        }
+        if (ret >= 0 && pos - off == len) {
+            *locked = false;
+            return (int64_t)len;
         }
         pthread_mutex_lock(&s->lock);
         return ret < 0 ? ret : (int64_t)(pos - off);
@@ -670,8 +677,14 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         ret = cow_read(n, &last, run_end, hi - run_end, &tail, &tz);
     }
     if (ret >= 0) {
+        if (fresh) {
+            pthread_mutex_lock(&s->grow_lock);
+        }
         ret = write_cow(s, host + (lo - cstart), fresh, head, hz, off - lo,
                         buf, run_end - off, tail, tz, hi - run_end);
+        if (fresh) {
+            pthread_mutex_unlock(&s->grow_lock);
+        }
     }
     free(head);
     free(tail);
@@ -877,13 +890,14 @@ int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
         return ret;
     }
 
+    bool locked = true;
     pthread_mutex_lock(&s->lock);
-    while (len > 0) {
+    while (len > 0 && locked) {
         if (s->read_only) {
             ret = -EACCES;
             break;
         }
-        int64_t done = write_step(n, off, len, buf);
+        int64_t done = write_step(n, off, len, buf, &locked);
         if (done < 0) {
             ret = (int)done;
             break;
@@ -892,7 +906,9 @@ int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
         buf += done;
         len -= (size_t)done;
     }
-    pthread_mutex_unlock(&s->lock);
+    if (locked) {
+        pthread_mutex_unlock(&s->lock);
+    }
     if (ret == 0 && (flags & BLOCK_REQ_FUA)) {
         ret = block_flush(n);
     }
