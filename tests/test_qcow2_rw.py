@@ -71,7 +71,7 @@ def merged_map(path):
     out = json.loads(qemu_img("map", "--output=json", path).stdout)
     runs = []
     for e in out:
-        k = (e["zero"], e["data"], e["present"])
+        k = (e["zero"] and not e["data"], e["data"], e["present"])
         if runs and runs[-1][2:] == k and sum(runs[-1][:2]) == e["start"]:
             runs[-1] = (runs[-1][0], runs[-1][1] + e["length"]) + k
         else:
