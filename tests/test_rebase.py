@@ -169,7 +169,10 @@ def test_rebase_progress(tmp):
 def test_rebase_killed(tmp, onto):
     """kill -9 during a rebase (flattening, or onto an unrelated image):
     the image checks consistent, still reads what it read before, and
-    still names its old backing."""
+    names either its old backing or, if the kill came after the header
+    was rewritten, the new one with all data already in place (the
+    rerun below then has nothing to copy, so a header written before
+    the data would show as a content mismatch)."""
     r = random.Random(11)
     data = tmp / "d.raw"
     with open(data, "wb") as f:
@@ -181,7 +184,8 @@ def test_rebase_killed(tmp, onto):
     if onto:
         qemu_img("create", "-q", "-f", "qcow2", tmp / onto, "192M")
         qemu_io("-c", "write -P 9 0 64M", tmp / onto)
-    for delay in [0.05, r.uniform(0.1, 0.5)]:
+    # A whole rebase takes ~0.15 s on an idle host: kill early and late.
+    for delay in [0.02, r.uniform(0.05, 0.3)]:
         base, top = tmp / "b.qcow2", tmp / "t.qcow2"
         subprocess.run(["cp", base0, base], check=True)
         qemu_img("create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
@@ -195,7 +199,7 @@ def test_rebase_killed(tmp, onto):
         assert c.returncode in (0, 3), c.stdout + c.stderr
         info = json.loads(qemu_img("info", "--output=json", top).stdout)
         if rc == -signal.SIGKILL:
-            assert info.get("backing-filename") == "b.qcow2"
+            assert info.get("backing-filename") in ("b.qcow2", onto or None)
         qemu_io("-c", "read -P 3 1M 1M", top)
         subprocess.run([IMGTOOL, "rebase", *args, str(top)], check=True)
         qemu_io("-c", "write -P 3 1M 1M", base)
