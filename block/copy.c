@@ -316,37 +316,9 @@ static int copy_write_zero(Copy *c, uint64_t d_off, uint64_t len)
     return block_write_zeroes(job->dst, d_off, len, zero_flags(job));
 }
 
-/* Writes data: whole target clusters compressed when the job compresses
- * (the driver compresses in this worker's thread), the rest plainly. */
-static int copy_pwrite(Copy *c, uint64_t d_off, uint64_t len,
-                       const uint8_t *buf)
-{
-    const CopyJob *job = c->job;
-    uint64_t cl = c->cluster;
-    if (!job->compress || cl <= 1) {
-        return block_pwrite(job->dst, d_off, len, buf, 0);
-    }
-    while (len > 0) {
-        uint64_t piece = cl - d_off % cl;
-        if (piece > len) {
-            piece = len;
-        }
-        bool whole = d_off % cl == 0 &&
-                     (piece == cl || d_off + piece == c->dst_len);
-        int ret = block_pwrite(job->dst, d_off, piece, buf,
-                               whole ? BLOCK_REQ_COMPRESSED : 0);
-        if (ret < 0) {
-            return ret;
-        }
-        d_off += piece;
-        buf += piece;
-        len -= piece;
-    }
-    return 0;
-}
-
 /* Compressing: each target cluster is either all zero (a zero region,
- * unless sparse_size is 0) or compressed data. */
+ * unless sparse_size is 0) or data, compressed by the driver in this
+ * worker's thread when it is a whole cluster. */
 static int copy_write_compressed(Copy *c, uint64_t d_off, const uint8_t *buf,
                                  uint64_t len)
 {
@@ -357,11 +329,14 @@ static int copy_write_compressed(Copy *c, uint64_t d_off, const uint8_t *buf,
         if (piece > len) {
             piece = len;
         }
+        bool whole = d_off % cl == 0 &&
+                     (piece == cl || d_off + piece == c->dst_len);
         int ret;
         if (job->sparse_size && buf_is_zero(buf, piece)) {
             ret = copy_write_zero(c, d_off, piece);
         } else {
-            ret = copy_pwrite(c, d_off, piece, buf);
+            ret = block_pwrite(job->dst, d_off, piece, buf,
+                               whole ? BLOCK_REQ_COMPRESSED : 0);
         }
         if (ret < 0) {
             return ret;
@@ -373,6 +348,16 @@ static int copy_write_compressed(Copy *c, uint64_t d_off, const uint8_t *buf,
     return 0;
 }
 
+/* Writes data, compressed when the job compresses. */
+static int copy_pwrite(Copy *c, uint64_t d_off, uint64_t len,
+                       const uint8_t *buf)
+{
+    if (c->job->compress && c->cluster > 1) {
+        return copy_write_compressed(c, d_off, buf, len);
+    }
+    return block_pwrite(c->job->dst, d_off, len, buf, 0);
+}
+
 /* Writes buf (source data for [d_off, d_off+len)), turning zero runs of
  * at least sparse_size into zero regions. */
 static int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
@@ -380,11 +365,8 @@ static int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
 {
     const CopyJob *job = c->job;
     uint64_t min = job->sparse_size;
-    if (job->compress && c->cluster > 1) {
-        return copy_write_compressed(c, d_off, buf, len);
-    }
-    if (min == 0) {
-        return block_pwrite(job->dst, d_off, len, buf, 0);
+    if (min == 0 || (job->compress && c->cluster > 1)) {
+        return copy_pwrite(c, d_off, len, buf);
     }
 
     uint64_t data_start = 0;   /* start of pending data not yet written */
