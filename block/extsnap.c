@@ -444,6 +444,28 @@ static void ctx_recover(Ctx *c)
     unlink(c->tmp);
 }
 
+/* Revert and delete both act on one layer below the active image: holds
+ * the active image's lock, finishes a killed run's leftovers, and returns
+ * the index (> 0) of the layer `name` names, or a negative errno. */
+static int ctx_open_layer(Ctx *c, const char *active, const char *fmt,
+                          const char *name, Error *err)
+{
+    int ret = ctx_open_locked(c, active, fmt, err);
+    if (ret < 0) {
+        return ret;
+    }
+    ctx_recover(c);
+    int k = ctx_find(c, name, err);
+    if (k < 0) {
+        return -(err && err->code ? err->code : ENOENT);
+    }
+    if (k == 0) {
+        return error_setf(err, EINVAL, "'%s' is the active image",
+                          c->layers[0].node->filename);
+    }
+    return k;
+}
+
 /* ------------------------------------------------------------------ */
 /* Overlays                                                            */
 
@@ -694,19 +716,9 @@ int block_extsnap_revert(const char *active, const char *fmt,
     int ndrop = 0;
     BlockNode *keep = NULL;
     char *bname = NULL;
-    int ret = ctx_open_locked(&c, active, fmt, err);
-    if (ret < 0) {
-        goto out;
-    }
-    ctx_recover(&c);
-    int k = ctx_find(&c, name, err);
+    int k = ctx_open_layer(&c, active, fmt, name, err);
+    int ret = k;
     if (k < 0) {
-        ret = -(err && err->code ? err->code : ENOENT);
-        goto out;
-    }
-    if (k == 0) {
-        ret = error_setf(err, EINVAL, "'%s' is the active image",
-                         c.layers[0].node->filename);
         goto out;
     }
     /* The layers between the active image and the target are dropped:
@@ -791,19 +803,9 @@ int block_extsnap_delete(const char *active, const char *fmt,
     Ctx c = { 0 };
     BlockNode *upper = NULL;
     char *bname = NULL, *bfmt = NULL, *tpath = NULL, *upath = NULL;
-    int ret = ctx_open_locked(&c, active, fmt, err);
-    if (ret < 0) {
-        goto out;
-    }
-    ctx_recover(&c);
-    int k = ctx_find(&c, name, err);
+    int k = ctx_open_layer(&c, active, fmt, name, err);
+    int ret = k;
     if (k < 0) {
-        ret = -(err && err->code ? err->code : ENOENT);
-        goto out;
-    }
-    if (k == 0) {
-        ret = error_setf(err, EINVAL, "'%s' is the active image",
-                         c.layers[0].node->filename);
         goto out;
     }
     BlockNode *t = c.layers[k].node, *u = c.layers[k - 1].node;
