@@ -441,7 +441,17 @@ static int get_cache_size(KVList *opts, const char *key, bool *set,
     const char *v = kvlist_get(opts, key);
     *set = v != NULL;
     *out = 0;
-    if (v && (*v == '-' || parse_size(v, out) < 0)) {
+    if (!v) {
+        return 0;
+    }
+    /* A well-formed size too large for 64 bits ("16E") is named as such,
+     * in qemu-img's words, rather than called malformed. */
+    int ret = *v == '-' ? -EINVAL : parse_size(v, out);
+    if (ret == -ERANGE) {
+        return error_setf(err, EINVAL, "Value '%s' is out of range for "
+                          "parameter '%s'", v, key);
+    }
+    if (ret < 0) {
         return error_setf(err, EINVAL, "Parameter '%s' expects a "
                           "non-negative number below 2^64", key);
     }
