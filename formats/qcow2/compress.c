@@ -102,24 +102,41 @@ __attribute__((destructor)) static void codec_free_all(void)
 /* ------------------------------------------------------------------ */
 /* Decompression                                                       */
 
-static int inflate_zlib(Codec *c, const uint8_t *src, size_t src_len,
-                        uint8_t *dst, size_t dst_len)
+/* Readies the context's inflate (deflate when `compress`) stream for one
+ * cluster: set up on first use, reset after, pointed at the buffers.  Both
+ * directions speak raw deflate with a 4k window, as qcow2 writers use. */
+static int zstream_begin(Codec *c, bool compress, const uint8_t *src,
+                         size_t src_len, uint8_t *dst, size_t dst_len)
 {
-    if (!c->inflate_ready) {
-        /* Raw deflate with a 4k window, as qcow2 writers use. */
-        if (inflateInit2(&c->inf, -12) != Z_OK) {
+    z_stream *z = compress ? &c->def : &c->inf;
+    bool *ready = compress ? &c->deflate_ready : &c->inflate_ready;
+    if (!*ready) {
+        int r = compress ? deflateInit2(z, Z_DEFAULT_COMPRESSION, Z_DEFLATED,
+                                        -12, 9, Z_DEFAULT_STRATEGY)
+                         : inflateInit2(z, -12);
+        if (r != Z_OK) {
             return -ENOMEM;
         }
-        c->inflate_ready = true;
-    } else if (inflateReset(&c->inf) != Z_OK) {
+        *ready = true;
+    } else if ((compress ? deflateReset(z) : inflateReset(z)) != Z_OK) {
         return -EIO;
     }
-    z_stream *z = &c->inf;
     z->next_in = (Bytef *)src;
     z->avail_in = (uInt)src_len;
     z->next_out = dst;
     z->avail_out = (uInt)dst_len;
-    int ret = inflate(z, Z_FINISH);
+    return 0;
+}
+
+static int inflate_zlib(Codec *c, const uint8_t *src, size_t src_len,
+                        uint8_t *dst, size_t dst_len)
+{
+    int ret = zstream_begin(c, false, src, src_len, dst, dst_len);
+    if (ret < 0) {
+        return ret;
+    }
+    z_stream *z = &c->inf;
+    ret = inflate(z, Z_FINISH);
     size_t produced = dst_len - z->avail_out;
     /* A stream that goes on past the cluster is cut there, as QEMU
      * does. */
@@ -180,24 +197,6 @@ static int inflate_zstd(Codec *c, const uint8_t *src, size_t src_len,
     return out.pos == out.size ? 0 : -EIO;
 }
 
-int qcow2_decompress(const Qcow2State *s, const uint8_t *src, size_t src_len,
-                     uint8_t *dst)
-{
-    if (s->compression_type != QCOW2_COMPRESSION_ZLIB &&
-        s->compression_type != QCOW2_COMPRESSION_ZSTD) {
-        return -ENOTSUP;
-    }
-    Codec *c = codec_get();
-    if (!c) {
-        return -ENOMEM;
-    }
-    int ret = s->compression_type == QCOW2_COMPRESSION_ZLIB
-              ? inflate_deflate(c, src, src_len, dst, s->cluster_size)
-              : inflate_zstd(c, src, src_len, dst, s->cluster_size);
-    codec_put(c);
-    return ret;
-}
-
 /* ------------------------------------------------------------------ */
 /* Compression                                                         */
 
@@ -232,21 +231,12 @@ static ssize_t deflate_zlib(Codec *c, const uint8_t *src, size_t src_len,
         return -ENOSPC;
     }
 #endif
-    if (!c->deflate_ready) {
-        if (deflateInit2(&c->def, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
-                         Z_DEFAULT_STRATEGY) != Z_OK) {
-            return -ENOMEM;
-        }
-        c->deflate_ready = true;
-    } else if (deflateReset(&c->def) != Z_OK) {
-        return -EIO;
+    int r = zstream_begin(c, true, src, src_len, dst, dst_len);
+    if (r < 0) {
+        return r;
     }
     z_stream *z = &c->def;
-    z->next_in = (Bytef *)src;
-    z->avail_in = (uInt)src_len;
-    z->next_out = dst;
-    z->avail_out = (uInt)dst_len;
-    int r = deflate(z, Z_FINISH);
+    r = deflate(z, Z_FINISH);
     /* Anything but a finished stream means it did not fit. */
     return r == Z_STREAM_END ? (ssize_t)(dst_len - z->avail_out) : -ENOSPC;
 }
@@ -271,20 +261,43 @@ static ssize_t compress_zstd(Codec *c, const uint8_t *src, size_t src_len,
     return (ssize_t)r;
 }
 
-ssize_t qcow2_compress(const Qcow2State *s, const uint8_t *src, uint8_t *dst,
-                       size_t dst_len)
+/* ------------------------------------------------------------------ */
+/* Entry points                                                        */
+
+/* One cluster through the image's codec, either way, on a context
+ * borrowed for the call. */
+static ssize_t codec_run(const Qcow2State *s, bool compress,
+                         const uint8_t *src, size_t src_len, uint8_t *dst,
+                         size_t dst_len)
 {
-    if (s->compression_type != QCOW2_COMPRESSION_ZLIB &&
-        s->compression_type != QCOW2_COMPRESSION_ZSTD) {
+    bool zlib = s->compression_type == QCOW2_COMPRESSION_ZLIB;
+    if (!zlib && s->compression_type != QCOW2_COMPRESSION_ZSTD) {
         return -ENOTSUP;
     }
     Codec *c = codec_get();
     if (!c) {
         return -ENOMEM;
     }
-    ssize_t ret = s->compression_type == QCOW2_COMPRESSION_ZLIB
-                  ? deflate_zlib(c, src, s->cluster_size, dst, dst_len)
-                  : compress_zstd(c, src, s->cluster_size, dst, dst_len);
+    ssize_t ret;
+    if (compress) {
+        ret = zlib ? deflate_zlib(c, src, src_len, dst, dst_len)
+                   : compress_zstd(c, src, src_len, dst, dst_len);
+    } else {
+        ret = zlib ? inflate_deflate(c, src, src_len, dst, dst_len)
+                   : inflate_zstd(c, src, src_len, dst, dst_len);
+    }
     codec_put(c);
     return ret;
+}
+
+int qcow2_decompress(const Qcow2State *s, const uint8_t *src, size_t src_len,
+                     uint8_t *dst)
+{
+    return (int)codec_run(s, false, src, src_len, dst, s->cluster_size);
+}
+
+ssize_t qcow2_compress(const Qcow2State *s, const uint8_t *src, uint8_t *dst,
+                       size_t dst_len)
+{
+    return codec_run(s, true, src, s->cluster_size, dst, dst_len);
 }
