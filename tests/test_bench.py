@@ -239,10 +239,13 @@ def test_bench_run_tiny_scale(tmp):
              "1", "--dir", tmp / "w", "--imgtool", IMGTOOL], timeout=240)
     out = p.stdout
     assert "ratio" in out and "target" in out
-    for row in ("convert raw->qcow2", "convert qcow2->raw",
-                "convert qcow2->qcow2", "convert raw->raw vs cp",
+    for row in ("convert raw->qcow2 (flushed)", "convert qcow2->raw (unsafe)",
+                "convert qcow2->qcow2 (flushed)",
+                "convert raw->raw vs cp (unsafe)",
                 "convert -c zlib", "convert -c zstd",
-                "read compressed (zlib)", "commit", "4k scattered read",
+                "read compressed (zlib, flushed)",
+                "read compressed (zstd, unsafe)", "commit",
+                "4k scattered read",
                 "4k scattered write", "create 1 TiB qcow2", "info 1 TiB",
                 "map 1 TiB", "check 1 TiB"):
         line = next((l for l in out.splitlines() if l.startswith(row)), None)
@@ -250,7 +253,7 @@ def test_bench_run_tiny_scale(tmp):
         # the reference tool always runs
         cols = line[46:].split()
         assert re.match(r"\d+\.\d{3}$", cols[1]), line
-    assert re.search(r"^convert raw->qcow2 .* \d+\.\d{3} +\d+\.\d{3} +"
+    assert re.search(r"^convert raw->qcow2 \(unsafe\) .* \d+\.\d{3} +\d+\.\d{3} +"
                      r"\d+\.\d\d ", out, re.M)
 
 
