@@ -587,6 +587,70 @@ static int ensure_refblocks(Qcow2State *s, uint64_t start, uint64_t nb)
     return 0;
 }
 
+/* Refblocks for a run that stays where it is, however many it takes to
+ * describe them too. */
+static int cover_run(Qcow2State *s, uint64_t start, uint64_t nb)
+{
+    int ret;
+    uint64_t budget = retry_budget(s, nb);
+    while ((ret = ensure_refblocks(s, start, nb)) > 0) {
+        if (!budget--) {
+            return too_many_retries(s);
+        }
+    }
+    return ret;
+}
+
+/* 0 when no cluster of the run is in use, else -EEXIST (or an error). */
+static int run_is_free(Qcow2State *s, uint64_t first, uint64_t nb)
+{
+    for (uint64_t c = first; c < first + nb; c++) {
+        uint64_t rc;
+        int ret = qcow2_get_refcount(s, c, &rc);
+        if (ret < 0) {
+            return ret;
+        }
+        if (rc) {
+            return -EEXIST;
+        }
+    }
+    return 0;
+}
+
+/* Takes a reference on nb clusters from *start (`fixed`) or from a free
+ * run it finds and stores in *start.  New refblocks may land in the run,
+ * so the run is checked or sought again after each one. */
+static int claim_run(Qcow2State *s, uint64_t nb, bool fixed, uint64_t *start)
+{
+    int ret;
+    uint64_t budget = retry_budget(s, nb);
+    for (;;) {
+        if (!budget--) {
+            return too_many_retries(s);
+        }
+        ret = fixed ? run_is_free(s, *start, nb)
+                    : find_free_run(s, nb, start);
+        if (ret < 0) {
+            return ret;
+        }
+        ret = ensure_refblocks(s, *start, nb);
+        if (ret < 0) {
+            return ret;
+        }
+        if (ret == 0) {
+            break;
+        }
+    }
+    ret = increment_range(s, *start, nb, 1);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*start + nb > s->alloc_end) {
+        s->alloc_end = *start + nb;
+    }
+    return 0;
+}
+
 int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t len,
                           int64_t delta)
 {
@@ -597,13 +661,7 @@ int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t len,
     uint64_t last = (offset + len - 1) >> s->cluster_bits;
 
     if (delta > 0) {
-        int ret;
-        uint64_t budget = retry_budget(s, last - first + 1);
-        while ((ret = ensure_refblocks(s, first, last - first + 1)) > 0) {
-            if (!budget--) {
-                return too_many_retries(s);
-            }
-        }
+        int ret = cover_run(s, first, last - first + 1);
         if (ret < 0) {
             return ret;
         }
@@ -624,13 +682,7 @@ int qcow2_update_refcount(Qcow2State *s, uint64_t offset, uint64_t len,
 int qcow2_set_refcount(Qcow2State *s, uint64_t cluster_index,
                        uint64_t refcount)
 {
-    int ret;
-    uint64_t budget = retry_budget(s, 1);
-    while ((ret = ensure_refblocks(s, cluster_index, 1)) > 0) {
-        if (!budget--) {
-            return too_many_retries(s);
-        }
-    }
+    int ret = cover_run(s, cluster_index, 1);
     if (ret < 0) {
         return ret;
     }
@@ -640,37 +692,16 @@ int qcow2_set_refcount(Qcow2State *s, uint64_t cluster_index,
 int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t nb)
 {
     uint64_t start;
-    int ret;
 
     if (nb == 0) {
         return -EINVAL;
     }
-    uint64_t budget = retry_budget(s, nb);
-    for (;;) {
-        if (!budget--) {
-            return too_many_retries(s);
-        }
-        ret = find_free_run(s, nb, &start);
-        if (ret < 0) {
-            return ret;
-        }
-        ret = ensure_refblocks(s, start, nb);
-        if (ret < 0) {
-            return ret;
-        }
-        if (ret == 0) {
-            break;
-        }
-    }
-    ret = increment_range(s, start, nb, 1);
+    int ret = claim_run(s, nb, false, &start);
     if (ret < 0) {
         return ret;
     }
     if (nb == 1 || start == s->free_cluster_index) {
         s->free_cluster_index = start + nb;
-    }
-    if (start + nb > s->alloc_end) {
-        s->alloc_end = start + nb;
     }
     return (int64_t)(start << s->cluster_bits);
 }
@@ -678,39 +709,7 @@ int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t nb)
 int qcow2_alloc_clusters_at(Qcow2State *s, uint64_t offset, uint64_t nb)
 {
     uint64_t first = offset >> s->cluster_bits;
-    int ret;
-
-    uint64_t budget = retry_budget(s, nb);
-    for (;;) {
-        if (!budget--) {
-            return too_many_retries(s);
-        }
-        for (uint64_t c = first; c < first + nb; c++) {
-            uint64_t rc;
-            ret = qcow2_get_refcount(s, c, &rc);
-            if (ret < 0) {
-                return ret;
-            }
-            if (rc) {
-                return -EEXIST;
-            }
-        }
-        ret = ensure_refblocks(s, first, nb);
-        if (ret < 0) {
-            return ret;
-        }
-        if (ret == 0) {
-            break;
-        }
-    }
-    ret = increment_range(s, first, nb, 1);
-    if (ret < 0) {
-        return ret;
-    }
-    if (first + nb > s->alloc_end) {
-        s->alloc_end = first + nb;
-    }
-    return 0;
+    return claim_run(s, nb, true, &first);
 }
 
 int qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t nb)
