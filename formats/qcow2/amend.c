@@ -655,6 +655,14 @@ static int settle(Qcow2State *s, Error *err)
     return 0;
 }
 
+/* A version switch starts from metadata on disk and needs to know how
+ * much of the header cluster the old header fills (header_used). */
+static int settled_header_used(Qcow2State *s, Error *err)
+{
+    int ret = settle(s, err);
+    return ret < 0 ? ret : header_used(s, err);
+}
+
 /* ------------------------------------------------------------------ */
 /* compat=1.1                                                          */
 
@@ -740,11 +748,7 @@ static int upgrade(Qcow2State *s, Error *err)
     uint64_t new_table = 0, ntc = 0;
     int ret;
 
-    ret = settle(s, err);
-    if (ret < 0) {
-        return ret;
-    }
-    int old_used = header_used(s, err);
+    int old_used = settled_header_used(s, err);
     if (old_used < 0) {
         return old_used;
     }
@@ -784,13 +788,7 @@ static int upgrade(Qcow2State *s, Error *err)
     }
 
     uint64_t old_table = s->snapshots_offset, old_tsize = s->snapshots_size;
-    s->version = 3;
-    s->incompatible_features = 0;
-    s->compatible_features = 0;
-    s->autoclear_features = 0;
-    s->refcount_order = 4;
-    s->header_length = QCOW2_V3_HEADER_SIZE;
-    s->compression_type = QCOW2_COMPRESSION_ZLIB;
+    qcow2_set_plain_header(s, 3);
     if (new_table) {
         s->snapshots_offset = new_table;
         s->snapshots_size = tlen;
@@ -933,14 +931,10 @@ static int expand_zero_l2(Qcow2State *s, uint64_t l2_offset, void *opaque)
     if (!n_change) {
         return 0;
     }
-    ret = qcow2_cache_writeback(&s->refcount_cache);
-    if (ret >= 0) {
-        ret = block_flush(s->node->file);
-    }
+    ret = qcow2_sync_refcounts(s);
     if (ret < 0) {
         return ret;
     }
-    s->refcount_unflushed = false;
 
     /* Then the table, durable before any old reference is dropped. */
     ret = qcow2_cache_get(&s->l2_cache, l2_offset, &t);
@@ -995,11 +989,7 @@ static int downgrade(Qcow2State *s, AmendProgress *prog, Error *err)
     if (ret < 0) {
         return ret;
     }
-    ret = settle(s, err);
-    if (ret < 0) {
-        return ret;
-    }
-    int old_used = header_used(s, err);
+    int old_used = settled_header_used(s, err);
     if (old_used < 0) {
         return old_used;
     }
@@ -1008,12 +998,8 @@ static int downgrade(Qcow2State *s, AmendProgress *prog, Error *err)
     uint64_t o_compat = s->compatible_features;
     uint64_t o_autoclear = s->autoclear_features;
     uint8_t o_ctype = s->compression_type;
-    s->version = 2;
-    s->incompatible_features = 0;
-    s->compatible_features = 0;
-    s->autoclear_features = 0;
-    s->header_length = QCOW2_V2_HEADER_SIZE;
-    s->compression_type = QCOW2_COMPRESSION_ZLIB;
+    /* refcount_order is 4 already: check_plan refuses other widths. */
+    qcow2_set_plain_header(s, 2);
     ret = write_header_switch(s, old_used, err);
     if (ret < 0) {
         s->version = o_version;

@@ -354,12 +354,7 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     s->nb_snapshots = qcow2_be32(h + QCOW2_HDR_NB_SNAPSHOTS);
     s->snapshots_offset = qcow2_be64(h + QCOW2_HDR_SNAPSHOTS_OFFSET);
     if (s->version == 2) {
-        s->incompatible_features = 0;
-        s->compatible_features = 0;
-        s->autoclear_features = 0;
-        s->refcount_order = 4;
-        s->header_length = QCOW2_V2_HEADER_SIZE;
-        s->compression_type = QCOW2_COMPRESSION_ZLIB;
+        qcow2_set_plain_header(s, 2);
     } else {
         s->incompatible_features = qcow2_be64(h + QCOW2_HDR_INCOMPAT);
         s->compatible_features = qcow2_be64(h + QCOW2_HDR_COMPAT);
@@ -632,6 +627,18 @@ int qcow2_write_header(Qcow2State *s, Error *err)
     }
     free(buf);
     return ret < 0 ? ret : 0;
+}
+
+void qcow2_set_plain_header(Qcow2State *s, uint32_t version)
+{
+    s->version = version;
+    s->incompatible_features = 0;
+    s->compatible_features = 0;
+    s->autoclear_features = 0;
+    s->refcount_order = 4;
+    s->header_length = version == 2 ? QCOW2_V2_HEADER_SIZE
+                                    : QCOW2_V3_HEADER_SIZE;
+    s->compression_type = QCOW2_COMPRESSION_ZLIB;
 }
 
 int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear)

@@ -489,6 +489,9 @@ void qcow2_take_pending_frees(Qcow2State *s, Qcow2PendingFree **list,
 int qcow2_apply_frees(Qcow2State *s, Qcow2PendingFree *list, size_t n);
 /* Frees the clusters of a compressed cluster descriptor (deferred). */
 int qcow2_free_compressed_deferred(Qcow2State *s, const Qcow2L2Entry *e);
+/* Writes back the refcount cache and flushes the file: the refcounts
+ * are on disk. */
+int qcow2_sync_refcounts(Qcow2State *s);
 /* Cuts the file after the last cluster still in use (make_empty, shrink);
  * call only once the refcounts are on disk.  Best effort. */
 void qcow2_cut_free_tail(Qcow2State *s);
@@ -560,6 +563,10 @@ int qcow2_write_header(Qcow2State *s, Error *err);
 /* Builds the header cluster (cluster_size bytes) from s into buf;
  * returns the bytes used or a negative errno. */
 int qcow2_build_header(Qcow2State *s, uint8_t *buf, Error *err);
+/* Sets the header fields of a `version` image that uses none of v3's
+ * additions (no feature bits, 16-bit refcounts, zlib, the shortest header
+ * length): what a v2 header implies, and what a compat change writes. */
+void qcow2_set_plain_header(Qcow2State *s, uint32_t version);
 /* Sets/clears incompatible feature bits with a single header write. */
 int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear);
 /* Marks the image corrupt (unless opened for check) and logs why. */

@@ -536,14 +536,10 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
     }
     qcow2_cache_mark_dirty(&s->refcount_cache, block);
     qcow2_cache_put(&s->refcount_cache, &block);
-    ret = qcow2_cache_writeback(&s->refcount_cache);
-    if (ret >= 0) {
-        ret = block_flush(s->node->file);
-    }
+    ret = qcow2_sync_refcounts(s);
     if (ret < 0) {
         return ret;
     }
-    s->refcount_unflushed = false;
     s->refcount_table[rti] = b << s->cluster_bits;
     ret = qcow2_write_reftable(s, rti, 1);
     if (ret >= 0) {
@@ -776,6 +772,18 @@ int qcow2_apply_frees(Qcow2State *s, Qcow2PendingFree *list, size_t n)
                                     -1);
     }
     free(list);
+    return ret;
+}
+
+int qcow2_sync_refcounts(Qcow2State *s)
+{
+    int ret = qcow2_cache_writeback(&s->refcount_cache);
+    if (ret >= 0) {
+        ret = block_flush(s->node->file);
+    }
+    if (ret >= 0) {
+        s->refcount_unflushed = false;
+    }
     return ret;
 }
 
