@@ -1,7 +1,8 @@
 /*
  * fuzz_common.h - what the qcow2 harnesses share: the fuzz input as a
- * file the block layer can open by name, and a bounded read of a whole
- * virtual disk.
+ * file the block layer can open by name, opening it as the commands do,
+ * check with and without repair, and a bounded read of a whole virtual
+ * disk.
  *
  * The input lives in a memfd named through /proc/self/fd, so no harness
  * run touches the real file system and runs cannot see each other.
@@ -27,6 +28,9 @@
 /* Flags every harness opens with: the input's backing file name and
  * locks are not what is being fuzzed. */
 #define FUZZ_OPEN_FLAGS (BLOCK_O_NO_BACKING | BLOCK_O_NO_LOCK)
+
+/* What `check -r all` repairs. */
+#define FUZZ_REPAIR (BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS)
 
 static inline int fuzz_memfd(const uint8_t *data, size_t size, char *path,
                              size_t pathlen)
@@ -111,6 +115,28 @@ static inline void fuzz_check(BlockNode *n, int fix)
     Error err = { 0 };
     memset(&res, 0, sizeof(res));
     block_check(n, &res, fix, &err);
+}
+
+/* Opens path as qcow2 with FUZZ_OPEN_FLAGS and flags; NULL when refused,
+ * which is a fine outcome for any input, so the reason is dropped. */
+static inline BlockNode *fuzz_open(const char *path, int flags)
+{
+    Error err = { 0 };
+    BlockNode *n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS | flags,
+                              &err);
+    error_clear(&err);
+    return n;
+}
+
+/* `check` (fix 0) or `check -r all` (fix FUZZ_REPAIR) as imgtool runs
+ * it: a repair opens for writing. */
+static inline void fuzz_open_and_check(const char *path, int fix)
+{
+    BlockNode *n = fuzz_open(path, BLOCK_O_CHECK | (fix ? BLOCK_O_RDWR : 0));
+    if (n) {
+        fuzz_check(n, fix);
+        block_close(n);
+    }
 }
 
 static inline void fuzz_describe(BlockNode *n)

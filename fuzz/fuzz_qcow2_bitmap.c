@@ -24,20 +24,17 @@ static size_t ext_at;
 
 static void open_and_describe(const char *path)
 {
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS, &err);
+    BlockNode *n = fuzz_open(path, 0);
     if (n) {
-        fuzz_describe(n);
-        fuzz_read_capped(n, FUZZ_SPLICE_STATUS_CAP, FUZZ_SPLICE_READ_CAP);
+        fuzz_splice_read(n);
         block_close(n);
     }
 }
 
-static void write_some(const char *path)
+static void write_some(const char *path, const void *unused)
 {
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL,
-                              FUZZ_OPEN_FLAGS | BLOCK_O_RDWR, &err);
+    (void)unused;
+    BlockNode *n = fuzz_open(path, BLOCK_O_RDWR);
     if (!n) {
         return;
     }
@@ -57,10 +54,6 @@ static void write_some(const char *path)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    FuzzSplice sp;
-    if (!fuzz_splice_parse(data, size, &sp)) {
-        return 0;
-    }
     const FuzzTemplate *t = fuzz_template("bitmap.qcow2", &tpl);
     if (!ext_at) {
         ext_at = fuzz_find_extension(t->data, t->len, BITMAPS_EXT);
@@ -69,8 +62,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         }
     }
+    FuzzSplice sp;
     uint8_t *img;
-    size_t len = fuzz_splice_build(t, &sp, fuzz_be(t->data + ext_at + 16, 8),
+    size_t len = fuzz_splice_image(data, size, t,
+                                   fuzz_be(t->data + ext_at + 16, 8), &sp,
                                    &img);
     if (!img) {
         return 0;
@@ -81,30 +76,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sp.flags & FUZZ_SPLICE_NO_AUTOCLEAR) {
         img[95] &= (uint8_t)~1u;
     }
-    char path[64];
-    int fd = fuzz_memfd(img, len, path, sizeof(path));
-    free(img);
-    if (fd < 0) {
-        return 0;
-    }
-
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL,
-                              FUZZ_OPEN_FLAGS | BLOCK_O_CHECK, &err);
-    if (n) {
-        fuzz_check(n, 0);
-        block_close(n);
-    }
-    open_and_describe(path);
-    write_some(path);
-    error_clear(&err);
-    n = block_open(path, "qcow2", NULL,
-                   FUZZ_OPEN_FLAGS | BLOCK_O_RDWR | BLOCK_O_CHECK, &err);
-    if (n) {
-        fuzz_check(n, BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS);
-        block_close(n);
-    }
-    open_and_describe(path);
-    close(fd);
+    fuzz_splice_exercise(img, len, open_and_describe, write_some, NULL);
     return 0;
 }

@@ -18,15 +18,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (fd < 0) {
         return 0;
     }
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL,
-                              FUZZ_OPEN_FLAGS | BLOCK_O_CHECK, &err);
-    if (n) {
-        fuzz_check(n, 0);
-        block_close(n);
-    }
-    error_clear(&err);
-    n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS, &err);
+    fuzz_open_and_check(path, 0);
+    BlockNode *n = fuzz_open(path, 0);
     if (n) {
         fuzz_describe(n);
         fuzz_read_all(n);

@@ -22,22 +22,20 @@ static FuzzTemplate tpl;
 
 static void load_and_read(const char *path, const char *param)
 {
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS, &err);
+    BlockNode *n = fuzz_open(path, 0);
     if (!n) {
         return;
     }
+    Error err = { 0 };
     if (block_snapshot_load_tmp(n, param, &err) == 0) {
-        fuzz_describe(n);
-        fuzz_read_capped(n, FUZZ_SPLICE_STATUS_CAP, FUZZ_SPLICE_READ_CAP);
+        fuzz_splice_read(n);
     }
     block_close(n);
 }
 
 static void list_and_load(const char *path)
 {
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS, &err);
+    BlockNode *n = fuzz_open(path, 0);
     if (!n) {
         return;
     }
@@ -97,14 +95,15 @@ static void clamp_l1_sizes(uint8_t *img, size_t len, uint64_t at,
     }
 }
 
-static void modify(const char *path, bool may_apply)
+/* *may_apply: whether first_entry_small said the first snapshot may be
+ * applied. */
+static void modify(const char *path, const void *may_apply)
 {
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL,
-                              FUZZ_OPEN_FLAGS | BLOCK_O_RDWR, &err);
+    BlockNode *n = fuzz_open(path, BLOCK_O_RDWR);
     if (!n) {
         return;
     }
+    Error err = { 0 };
     static uint8_t buf[8192];
     memset(buf, 0x5a, sizeof(buf));
     BlockSnapshotInfo *v = NULL;
@@ -114,11 +113,10 @@ static void modify(const char *path, bool may_apply)
     }
     /* Clusters the snapshots share: copy on write. */
     block_pwrite(n, 0, sizeof(buf), buf, 0);
-    error_clear(&err);
     block_snapshot_create(n, "fuzz", &err);
     if (count > 0) {
         error_clear(&err);
-        if (may_apply) {
+        if (*(const bool *)may_apply) {
             block_snapshot_apply(n, v[0].id, &err);
         }
         block_pwrite(n, 1024, 3000, buf, 0);
@@ -133,13 +131,11 @@ static void modify(const char *path, bool may_apply)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    FuzzSplice sp;
-    if (!fuzz_splice_parse(data, size, &sp)) {
-        return 0;
-    }
     const FuzzTemplate *t = fuzz_template("snapshot.qcow2", &tpl);
+    FuzzSplice sp;
     uint8_t *img;
-    size_t len = fuzz_splice_build(t, &sp, fuzz_be(t->data + 64, 8), &img);
+    size_t len = fuzz_splice_image(data, size, t, fuzz_be(t->data + 64, 8),
+                                   &sp, &img);
     if (!img) {
         return 0;
     }
@@ -147,30 +143,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_put_be(img + 64, 8, sp.offset);
     clamp_l1_sizes(img, len, sp.offset, sp.count);
     bool may_apply = first_entry_small(img, len, sp.offset);
-    char path[64];
-    int fd = fuzz_memfd(img, len, path, sizeof(path));
-    free(img);
-    if (fd < 0) {
-        return 0;
-    }
-
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL,
-                              FUZZ_OPEN_FLAGS | BLOCK_O_CHECK, &err);
-    if (n) {
-        fuzz_check(n, 0);
-        block_close(n);
-    }
-    list_and_load(path);
-    modify(path, may_apply);
-    error_clear(&err);
-    n = block_open(path, "qcow2", NULL,
-                   FUZZ_OPEN_FLAGS | BLOCK_O_RDWR | BLOCK_O_CHECK, &err);
-    if (n) {
-        fuzz_check(n, BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS);
-        block_close(n);
-    }
-    list_and_load(path);
-    close(fd);
+    fuzz_splice_exercise(img, len, list_and_load, modify, &may_apply);
     return 0;
 }

@@ -76,23 +76,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (fd < 0) {
         return 0;
     }
-    Error err = { 0 };
-    BlockNode *n = block_open(path, "qcow2", NULL,
-                              FUZZ_OPEN_FLAGS | BLOCK_O_RDWR, &err);
+    BlockNode *n = fuzz_open(path, BLOCK_O_RDWR);
     if (n) {
         workload(n, fnv1a(data, size));
         block_close(n);
     }
-    error_clear(&err);
-    n = block_open(path, "qcow2", NULL,
-                   FUZZ_OPEN_FLAGS | BLOCK_O_RDWR | BLOCK_O_CHECK, &err);
-    if (n) {
-        fuzz_check(n, BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS);
-        block_close(n);
-    }
-    error_clear(&err);
-    n = block_open(path, "qcow2", NULL, FUZZ_OPEN_FLAGS | BLOCK_O_CHECK,
-                   &err);
+    fuzz_open_and_check(path, FUZZ_REPAIR);
+    n = fuzz_open(path, BLOCK_O_CHECK);
     if (n) {
         fuzz_check(n, 0);
         fuzz_read_all(n);

@@ -1,7 +1,8 @@
 /*
  * fuzz_splice.h - builds the image a table harness opens: a fixed, valid
  * qemu-img-made template (fuzz/templates/) with the fuzz input spliced in
- * as one of its tables and the header fields that locate it.
+ * as one of its tables and the header fields that locate it; and runs the
+ * sequence every table harness puts it through (fuzz_splice_exercise).
  *
  * Mutating whole images spends most executions on data clusters; keeping
  * everything but one table valid puts every mutation where the parser of
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fuzz/fuzz_common.h"
 
@@ -164,6 +166,52 @@ static inline size_t fuzz_splice_build(const FuzzTemplate *t,
     }
     *out = img;
     return len;
+}
+
+/* Parses the input and builds the image from it (both above); 0, with
+ * *out NULL, when the input is too short to mean anything or memory ran
+ * out. */
+static inline size_t fuzz_splice_image(const uint8_t *data, size_t size,
+                                       const FuzzTemplate *t,
+                                       uint64_t template_off, FuzzSplice *sp,
+                                       uint8_t **out)
+{
+    *out = NULL;
+    if (!fuzz_splice_parse(data, size, sp)) {
+        return 0;
+    }
+    return fuzz_splice_build(t, sp, template_off, out);
+}
+
+/* What a table harness does with the image it built (img, malloc'd, is
+ * freed): check without repair, inspect, modify, `check -r all`, inspect
+ * again.  inspect and modify open the image themselves, as the commands
+ * they stand for do; arg is modify's. */
+static inline void fuzz_splice_exercise(uint8_t *img, size_t len,
+                                        void (*inspect)(const char *path),
+                                        void (*modify)(const char *path,
+                                                       const void *arg),
+                                        const void *arg)
+{
+    char path[64];
+    int fd = fuzz_memfd(img, len, path, sizeof(path));
+    free(img);
+    if (fd < 0) {
+        return;
+    }
+    fuzz_open_and_check(path, 0);
+    inspect(path);
+    modify(path, arg);
+    fuzz_open_and_check(path, FUZZ_REPAIR);
+    inspect(path);
+    close(fd);
+}
+
+/* Describes n and reads it within the table harnesses' budget. */
+static inline void fuzz_splice_read(BlockNode *n)
+{
+    fuzz_describe(n);
+    fuzz_read_capped(n, FUZZ_SPLICE_STATUS_CAP, FUZZ_SPLICE_READ_CAP);
 }
 
 /* Offset of the data of header extension `type` in a v3 image, or 0. */
