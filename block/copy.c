@@ -64,6 +64,9 @@ typedef struct Copy {
     int st_src;
     uint64_t st_start, st_end;
     ChunkKind st_kind;
+    /* skip_dst_allocated: cached target extent [dt_start, dt_end) */
+    uint64_t dt_start, dt_end;
+    bool dt_alloc;
 
     int ret;
     Error err;
@@ -156,6 +159,31 @@ static int copy_status(Copy *c, int i, uint64_t s_off, uint64_t max)
     c->st_src = i;
     c->st_start = s_off;
     c->st_end = s_off + pnum;
+    return 0;
+}
+
+/* skip_dst_allocated: clips [d, d + *len) of the target to one
+ * allocation extent and says whether the target's own layer allocates
+ * it.  Lock held. */
+static int copy_dst_status(Copy *c, uint64_t d, uint64_t *len, bool *alloc)
+{
+    if (!(c->dt_start <= d && d < c->dt_end)) {
+        uint64_t pnum = 0;
+        int st = block_status(c->job->dst, d, *len, &pnum, NULL, NULL);
+        if (st < 0) {
+            return st;
+        }
+        if (pnum == 0) {
+            return -EIO;   /* a status that makes no progress would spin */
+        }
+        c->dt_start = d;
+        c->dt_end = d + pnum;
+        c->dt_alloc = st & BLOCK_STATUS_ALLOCATED;
+    }
+    if (*len > c->dt_end - d) {
+        *len = c->dt_end - d;
+    }
+    *alloc = c->dt_alloc;
     return 0;
 }
 
@@ -255,6 +283,23 @@ static int copy_plan(Copy *c, Chunk *ch)
         }
     } else if (len > ZERO_CHUNK_MAX) {
         len = ZERO_CHUNK_MAX;
+    }
+
+    if (job->skip_dst_allocated) {
+        /* last, so no alignment above widens a chunk over the target's
+         * own data again */
+        bool alloc;
+        uint64_t d = job->dst_offset + pos;
+        int ret = copy_dst_status(c, d, &len, &alloc);
+        if (ret < 0) {
+            error_setf(&c->err, -ret,
+                       "error while reading block status at byte %llu: %s",
+                       (unsigned long long)d, strerror(-ret));
+            return ret;
+        }
+        if (alloc) {
+            kind = CHUNK_SKIP;
+        }
     }
 
     ch->kind = kind;
@@ -716,6 +761,16 @@ int copy_run(const CopyJob *job, Error *err)
          * convert -c's peak RSS (15-17 MiB against qemu-img's 11-12). */
         uint64_t cc = extra.cluster_size > COPY_COMPRESS_CHUNK
                       ? extra.cluster_size : COPY_COMPRESS_CHUNK;
+        if (c.chunk_size > cc) {
+            c.chunk_size = cc;
+        }
+    }
+    if (job->compare_target) {
+        /* Two buffers per worker (source and target content): 1 MiB
+         * chunks gave rebase a peak RSS of 21 MiB against qemu-img's 13;
+         * 256 KiB chunks cost no measurable time. */
+        uint64_t cc = extra.cluster_size > COPY_COMPARE_CHUNK
+                      ? extra.cluster_size : COPY_COMPARE_CHUNK;
         if (c.chunk_size > cc) {
             c.chunk_size = cc;
         }

@@ -58,6 +58,10 @@ typedef struct CopyJob {
     bool dst_is_zero;        /* the target range reads as zero already */
     bool compare_target;     /* write only what differs from the target */
     bool no_unmap;           /* zero writes must stay allocated */
+    /* Leave alone what the target allocates in its own layer (not
+     * through its backing file): rebase fills only the holes of the top
+     * in one job instead of one job per hole. */
+    bool skip_dst_allocated;
     uint64_t sparse_size;    /* min zero run turned into a hole; 0 = off */
     /* Store data compressed (BLOCK_REQ_COMPRESSED): work is planned in
      * whole target clusters, all-zero clusters become zero regions (when
@@ -87,6 +91,8 @@ typedef struct CopyJob {
 #define COPY_DEFAULT_CHUNK   (1024 * 1024)
 /* Compressing jobs: chunks of at most this (or one target cluster). */
 #define COPY_COMPRESS_CHUNK  (64 * 1024)
+/* Chunk size of compare_target jobs (two buffers per worker). */
+#define COPY_COMPARE_CHUNK   (256 * 1024)
 #define COPY_DEFAULT_SPARSE  4096
 
 /* Fills the defaults above; the caller sets src/nsrc/dst/length. */

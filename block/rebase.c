@@ -81,61 +81,67 @@ static void job_progress(void *opaque, uint64_t done, uint64_t total)
     report(rs, rs->base + done);
 }
 
-/* Makes [s, e) of top (unallocated there; its backing link already the
- * new one, nb) read what the old chain `old` reads. */
-static int rebase_range(BlockNode *top, BlockNode *old, BlockNode *nb,
-                        uint64_t s, uint64_t e, RebaseState *rs, Error *err)
+/* Makes [a, b) of top read what the old chain `old` reads wherever top
+ * does not allocate (its backing link is already the new one, nb): one
+ * copy job that skips top's own clusters.  Below the prefix's split only
+ * what the old chain allocates above the prefix can differ. */
+static int rebase_copy(BlockNode *top, BlockNode *old, BlockNode *nb,
+                       BlockNode *src_base, uint64_t a, uint64_t b,
+                       RebaseState *rs, Error *err)
 {
-    int64_t old_len = old ? block_get_length(old) : 0;
-    int64_t new_len = nb ? block_get_length(nb) : 0;
-    if (old_len < 0 || new_len < 0) {
-        return error_setf(err, EIO, "Could not get the backing file size");
+    if (a >= b) {
+        return 0;
     }
-    uint64_t mid = e < (uint64_t)old_len ? e : (uint64_t)old_len;
-    /* [s, cut) may skip what the prefix defines; past a shorter layer
-     * above it the old chain reads zeroes that src_base would skip. */
-    uint64_t cut = rs->prefix ? (mid < rs->split ? mid : rs->split) : s;
-    if (cut < s) {
-        cut = s;
+    CopyJob job;
+    copy_job_init(&job);
+    job.src = &old;
+    job.nsrc = 1;
+    job.src_base = src_base;
+    job.dst = top;
+    job.src_offset = a;
+    job.dst_offset = a;
+    job.length = b - a;
+    job.skip_dst_allocated = true;
+    job.flush = false;   /* rebase_data flushes once, at the end */
+    if (nb) {
+        job.compare_target = true;
+        job.no_unmap = true;   /* unmapping would expose nb */
+    } else {
+        job.dst_is_zero = true;
     }
-    for (int pass = 0; pass < 2; pass++) {
-        uint64_t a = pass ? cut : s, b = pass ? mid : cut;
-        if (a >= b) {
-            continue;
+    job.compress = rs->r->compress;
+    job.progress = job_progress;
+    job.progress_opaque = rs;
+    rs->base = a;
+    return copy_run(&job, err);
+}
+
+/* Past the old chain's end the old view is zeroes: holes of top over
+ * [s, e) where nb has data get zero writes. */
+static int rebase_zero_tail(BlockNode *top, BlockNode *nb, uint64_t s,
+                            uint64_t e, Error *err)
+{
+    while (s < e) {
+        uint64_t pnum = 0;
+        int st = block_status(top, s, e - s, &pnum, NULL, NULL);
+        if (st < 0) {
+            return error_setf(err, -st, "error while reading block status "
+                              "at byte %llu: %s", (unsigned long long)s,
+                              strerror(-st));
         }
-        CopyJob job;
-        copy_job_init(&job);
-        job.src = &old;
-        job.nsrc = 1;
-        job.src_base = pass ? NULL : rs->prefix;
-        job.dst = top;
-        job.src_offset = a;
-        job.dst_offset = a;
-        job.length = b - a;
-        if (nb) {
-            job.compare_target = true;
-            job.no_unmap = true;   /* unmapping would expose nb */
-        } else {
-            job.dst_is_zero = true;
+        if (pnum == 0) {
+            pnum = e - s;
         }
-        job.compress = rs->r->compress;
-        job.progress = job_progress;
-        job.progress_opaque = rs;
-        rs->base = a;
-        int ret = copy_run(&job, err);
-        if (ret < 0) {
-            return ret;
+        if (!(st & BLOCK_STATUS_ALLOCATED) &&
+            !block_is_zero_fast(nb, s, pnum)) {
+            int ret = block_write_zeroes(top, s, pnum, 0);
+            if (ret < 0) {
+                return error_setf(err, -ret, "error while writing at byte "
+                                  "%llu: %s", (unsigned long long)s,
+                                  strerror(-ret));
+            }
         }
-    }
-    /* Past the old chain's end the old view is zeroes. */
-    uint64_t zs = s > mid ? s : mid;
-    uint64_t ze = e < (uint64_t)new_len ? e : (uint64_t)new_len;
-    if (zs < ze && !block_is_zero_fast(nb, zs, ze - zs)) {
-        int ret = block_write_zeroes(top, zs, ze - zs, 0);
-        if (ret < 0) {
-            return error_setf(err, -ret, "error while writing at byte %llu: "
-                              "%s", (unsigned long long)zs, strerror(-ret));
-        }
+        s += pnum;
     }
     return 0;
 }
@@ -144,35 +150,34 @@ static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
                        RebaseState *rs, Error *err)
 {
     int64_t len = block_get_length(top);
+    int64_t old_len = old ? block_get_length(old) : 0;
+    int64_t new_len = nb ? block_get_length(nb) : 0;
     if (len < 0) {
         return error_setf(err, (int)-len, "Could not get the image size");
+    }
+    if (old_len < 0 || new_len < 0) {
+        return error_setf(err, EIO, "Could not get the backing file size");
     }
     rs->total = (uint64_t)len;
     find_prefix(old, nb, rs);
     report(rs, 0);
-    uint64_t off = 0;
-    while (off < (uint64_t)len) {
-        uint64_t pnum = 0;
-        int st = block_status(top, off, (uint64_t)len - off, &pnum, NULL,
-                              NULL);
-        if (st < 0) {
-            return error_setf(err, -st, "error while reading block status "
-                              "at byte %llu: %s", (unsigned long long)off,
-                              strerror(-st));
-        }
-        if (pnum == 0) {
-            pnum = (uint64_t)len - off;
-        }
-        if (!(st & BLOCK_STATUS_ALLOCATED)) {
-            int ret = rebase_range(top, old, nb, off, off + pnum, rs, err);
-            if (ret < 0) {
-                return ret;
-            }
-        }
-        off += pnum;
-        report(rs, off);
+    uint64_t mid = (uint64_t)(len < old_len ? len : old_len);
+    /* [0, cut) may skip what the prefix defines; past a shorter layer
+     * above it the old chain reads zeroes that src_base would skip. */
+    uint64_t cut = rs->prefix ? (mid < rs->split ? mid : rs->split) : 0;
+    int ret = rebase_copy(top, old, nb, rs->prefix, 0, cut, rs, err);
+    if (ret >= 0) {
+        ret = rebase_copy(top, old, nb, NULL, cut, mid, rs, err);
     }
-    int ret = block_flush(top);
+    if (ret >= 0 && nb) {
+        uint64_t ze = (uint64_t)(len < new_len ? len : new_len);
+        ret = rebase_zero_tail(top, nb, mid, ze, err);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    report(rs, (uint64_t)len);
+    ret = block_flush(top);
     if (ret < 0) {
         return error_setf(err, -ret, "Could not flush '%s': %s",
                           top->filename, strerror(-ret));
