@@ -65,6 +65,17 @@ def same_content(a, b, fa=None, fb=None):
     return p.returncode == 0
 
 
+def sanitized():
+    """Whether $IMGTOOL is built with AddressSanitizer: some three times
+    slower, and its shadow memory reserves terabytes of address space
+    (False when it is not built: _binary_exists says so)."""
+    try:
+        with open(IMGTOOL, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
 def write_random_file(path, size, seed=0):
     r = random.Random(seed)
     with open(path, "wb") as f:

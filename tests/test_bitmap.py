@@ -7,9 +7,9 @@ run once with qemu's tools and once with imgtool on copies of the same
 image, and the bitmaps (info JSON, dirty ranges) must come out the same;
 `qemu-img check` must be clean after every imgtool operation.
 """
+import functools
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+import limits
 from conftest import (IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_info,
                       qemu_io, imgtool_info, same_content)
 
@@ -605,18 +606,7 @@ def test_convert_n_bitmaps_existing_and_size(base_img, tmp):
 # --------------------------------------------------------------------------
 # hostile bitmap directories: one line, bounded memory, nothing written
 
-AS_LIMIT = 256 * 1024 * 1024
-
-
-def _sanitized():
-    with open(IMGTOOL, "rb") as f:
-        return b"__asan_init" in f.read()
-
-
-def _limits():
-    if not _sanitized():
-        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+_run_limited = functools.partial(limits.run_limited, timeout=10)
 
 
 def _patch(path, off, fmt, value):
@@ -742,14 +732,12 @@ def test_hostile_directory(hostile_base, tmp, case):
     for argv in (["info", p], ["io", "-c", "write 0 4k", p],
                  ["bitmap", "--add", p, "x"],
                  ["convert", "--bitmaps", "-O", "qcow2", p, tmp / "o.qcow2"]):
-        r = subprocess.run([IMGTOOL, *map(str, argv)], capture_output=True,
-                           text=True, timeout=10, preexec_fn=_limits)
+        r = _run_limited(*argv)
         assert r.returncode == 1, (argv, r.returncode, r.stderr)
         one_line_error(r)
         assert not (tmp / "o.qcow2").exists()
     # check does not trust the directory either, and never crashes
-    r = subprocess.run([IMGTOOL, "check", str(p)], capture_output=True,
-                       text=True, timeout=10, preexec_fn=_limits)
+    r = _run_limited("check", p)
     assert r.returncode in (0, 1, 2, 3), r.stderr
     assert open(p, "rb").read() == before
 
@@ -1018,11 +1006,6 @@ def test_unallocated_bitmap_cluster_refused_for_writing(base_img, tmp):
         qemu_check_clean(p)
         imgtool("io", "-c", "write 0 4k", p)
         qemu_check_clean(p)
-
-
-def _run_limited(*argv):
-    return subprocess.run([IMGTOOL, *map(str, argv)], capture_output=True,
-                          text=True, timeout=10, preexec_fn=_limits)
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGED))

@@ -9,23 +9,16 @@ import shutil
 
 import pytest
 
-from conftest import IMGTOOL, run
+from conftest import IMGTOOL, run, sanitized
 
 TIME = "/usr/bin/time"
 K = 1024
 M = 1024 * K
 
-
-
-def _sanitized():
-    with open(IMGTOOL, "rb") as f:
-        return b"__asan_init" in f.read()
-
-
 pytestmark = [
     pytest.mark.skipif(not os.access(TIME, os.X_OK),
                        reason="GNU time (package time) is missing"),
-    pytest.mark.skipif(_sanitized(), reason="sanitizers' shadow memory "
+    pytest.mark.skipif(sanitized(), reason="sanitizers' shadow memory "
                        "dwarfs what is measured"),
 ]
 

@@ -46,23 +46,15 @@ import time
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, qemu_io, run
+from conftest import IMGTOOL, imgtool, qemu_img, qemu_io, run, sanitized
 
 SECTOR = 512
 VSIZE = 4 << 20
 
 
-def _sanitized():
-    try:
-        with open(IMGTOOL, "rb") as f:
-            return b"__asan_init" in f.read()
-    except OSError:
-        return False
-
-
 # A sanitizer build is some three times slower: fewer points by default.
 POINTS = int(os.environ.get("IMGTOOL_CRASH_POINTS",
-                            "120" if _sanitized() else "300"))
+                            "120" if sanitized() else "300"))
 SEED = int(os.environ.get("IMGTOOL_CRASH_SEED", "1"))
 CUTS_PER_WORKLOAD = 5
 
@@ -292,13 +284,11 @@ def run_io(img, script, **faulty):
                           timeout=120)
 
 
-def check_after_crash(img, work, ops, model_args, describe):
-    """Everything the module docstring promises of a crashed image."""
-    nflush_cmds = sum(op[0] == "flush" for op in ops)
-    p = work["proc"]
-    failed = p.stderr.count("io: flush failed")
-    done = nflush_cmds - failed
-    # The durable prefix ends at the last guest flush that completed.
+def durable_model(ops, io_stderr, *model_args):
+    """Model(*model_args) after ops, those before the last guest flush
+    that completed durable (imgtool io says which flushes failed)."""
+    done = sum(op[0] == "flush" for op in ops) - \
+        io_stderr.count("io: flush failed")
     cut = 0
     seen = 0
     for i, op in enumerate(ops):
@@ -310,6 +300,12 @@ def check_after_crash(img, work, ops, model_args, describe):
     model = Model(*model_args)
     for i, op in enumerate(ops):
         model.apply(op, durable=i < cut)
+    return model
+
+
+def check_after_crash(img, work, ops, model_args, describe):
+    """Everything the module docstring promises of a crashed image."""
+    model = durable_model(ops, work["proc"].stderr, *model_args)
 
     dirty, corrupt = header_flags(img)
     assert not corrupt, describe("corrupt bit set")
@@ -445,6 +441,23 @@ def test_lazy_refcounts_reuse(tmp_path):
 KILL_POINTS = int(os.environ.get("IMGTOOL_KILL_POINTS", "30"))
 
 
+def timed_run(cmd):
+    """Runs cmd to its end; returns how many seconds it took, the window
+    the kill tests pick their moments in."""
+    t0 = time.monotonic()
+    run(cmd)
+    return time.monotonic() - t0
+
+
+def kill_after(cmd, delay):
+    """Starts cmd and SIGKILLs it after delay seconds (if still running)."""
+    proc = subprocess.Popen([str(a) for a in cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def make_source(path, size, rng):
     """A raw file of random clusters, zero clusters and holes."""
     with open(path, "wb") as f:
@@ -473,19 +486,12 @@ def test_kill_convert(tmp_path, args):
         srcdata = f.read()
     dst = tmp_path / "dst.qcow2"
     cmd = [IMGTOOL, "convert", "-f", "raw", "-O", "qcow2", *args, src, dst]
-    t0 = time.monotonic()
-    run(cmd)
-    full = time.monotonic() - t0
+    full = timed_run(cmd)
     outcomes = {"empty": 0, "size0": 0, "checked": 0}
     for k in range(max(1, KILL_POINTS // 3)):
         if dst.exists():
             dst.unlink()
-        proc = subprocess.Popen([str(a) for a in cmd],
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0, full * 1.1))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_after(cmd, rng.uniform(0, full * 1.1))
         if not dst.exists() or os.path.getsize(dst) < 104:
             outcomes["empty"] += 1
             continue

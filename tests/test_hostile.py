@@ -12,48 +12,21 @@ with a 256 MiB address-space limit and a 2 s timeout and must:
 `check` may also succeed and report the damage (exit 2/3, qemu-img's
 ERROR lines) when the image can be opened for checking.
 """
+import functools
 import os
-import resource
 import shutil
 import struct
-import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, qemu_check_clean, qemu_img, qemu_io
+import limits
+from conftest import qemu_check_clean, qemu_img, qemu_io
 
 TB = 1 << 40
-AS_LIMIT = 256 * 1024 * 1024
 TIMEOUT = 2
 
 
-def _sanitized():
-    """ASan reserves terabytes of shadow address space: an address-space
-    limit only stops it from starting, so such builds run without it."""
-    try:
-        with open(IMGTOOL, "rb") as f:
-            return b"__asan_init" in f.read()
-    except OSError:
-        return False
-
-
-SANITIZED = _sanitized()
-
-
-def _limits():
-    if not SANITIZED:
-        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def run_limited(*args):
-    try:
-        return subprocess.run([IMGTOOL, *map(str, args)], capture_output=True,
-                              text=True, timeout=TIMEOUT,
-                              preexec_fn=_limits)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"imgtool {' '.join(map(str, args))}: still running "
-                    f"after {TIMEOUT} s")
+run_limited = functools.partial(limits.run_limited, timeout=TIMEOUT)
 
 
 class Img:

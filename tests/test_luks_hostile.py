@@ -12,18 +12,15 @@ files, and qcow2 crypto header extensions pointing outside the image.
 256 MiB address-space limit and a time limit, and must exit non-zero
 with exactly one line, "imgtool: ...", without writing a byte.
 """
+import functools
 import hashlib
-import os
-import resource
-import shutil
 import struct
-import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, imgtool
+import limits
+from conftest import imgtool
 
-AS_LIMIT = 256 * 1024 * 1024
 TIMEOUT = 5
 SLOT0 = 208
 SLOT = 48
@@ -31,32 +28,7 @@ ENABLED = 0x00AC71F3
 MAX_ITER = 1 << 26
 
 
-def _sanitized():
-    """ASan reserves terabytes of shadow address space: an address-space
-    limit only stops it from starting, so such builds run without it."""
-    try:
-        with open(IMGTOOL, "rb") as f:
-            return b"__asan_init" in f.read()
-    except OSError:
-        return False
-
-
-SANITIZED = _sanitized()
-
-
-def _limits():
-    if not SANITIZED:
-        resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT, AS_LIMIT))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def run_limited(*args):
-    try:
-        return subprocess.run([IMGTOOL, *map(str, args)], capture_output=True,
-                              text=True, timeout=TIMEOUT, preexec_fn=_limits)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"imgtool {' '.join(map(str, args))}: still running "
-                    f"after {TIMEOUT} s")
+run_limited = functools.partial(limits.run_limited, timeout=TIMEOUT)
 
 
 def be32(v):
