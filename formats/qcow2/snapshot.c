@@ -81,6 +81,23 @@ static int index_table(const uint8_t *buf, size_t len, uint32_t nb,
     return 0;
 }
 
+/* index_table into offset and length arrays it allocates (nb + 1 long, so
+ * nb may be 0); on failure nothing stays allocated. */
+static int index_entries(const uint8_t *buf, size_t len, uint32_t nb,
+                         size_t **offs, size_t **lens)
+{
+    *offs = calloc(nb + 1, sizeof(size_t));
+    *lens = calloc(nb + 1, sizeof(size_t));
+    int ret = *offs && *lens ? index_table(buf, len, nb, *offs, *lens)
+                             : -ENOMEM;
+    if (ret < 0) {
+        free(*offs);
+        free(*lens);
+        *offs = *lens = NULL;
+    }
+    return ret;
+}
+
 static char *dup_bytes(const uint8_t *p, size_t n)
 {
     char *r = malloc(n + 1);
@@ -326,15 +343,8 @@ static int walk_l1_inc(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
 /* Refcounts, then L2 tables, on disk and flushed. */
 static int write_meta(Qcow2State *s)
 {
-    int ret = qcow2_cache_writeback(&s->refcount_cache);
-    if (ret >= 0) {
-        ret = block_flush(s->node->file);
-    }
-    if (ret >= 0) {
-        s->refcount_unflushed = false;
-        ret = qcow2_flush_caches(s);
-    }
-    return ret;
+    int ret = qcow2_sync_refcounts(s);
+    return ret < 0 ? ret : qcow2_flush_caches(s);
 }
 
 /* Writes a new snapshot table (buf/len) to fresh clusters and switches
@@ -403,10 +413,8 @@ int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err)
         return error_setf(err, -ret, "cannot read the snapshot table: %s",
                           strerror(-ret));
     }
-    o = calloc(nb + 1, sizeof(*o));
-    l = calloc(nb + 1, sizeof(*l));
     nbuf = calloc(1, olen + (size_t)nb * 16 + 8);
-    ret = o && l && nbuf ? index_table(old, olen, nb, o, l) : -ENOMEM;
+    ret = nbuf ? index_entries(old, olen, nb, &o, &l) : -ENOMEM;
     for (uint32_t i = 0; i < nb && ret >= 0; i++) {
         const uint8_t *p = old + o[i];
         uint32_t extra = qcow2_be32(p + 36);
@@ -435,6 +443,14 @@ int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err)
     free(old);
     free(nbuf);
     return ret;
+}
+
+/* Every operation starts from metadata on disk, so that what it writes
+ * next cannot land before older changes. */
+static int flush_before(Qcow2State *s, Error *err)
+{
+    int ret = qcow2_flush_caches(s);
+    return ret < 0 ? error_setf(err, -ret, "%s", strerror(-ret)) : 0;
 }
 
 static int check_usable(Qcow2State *s, Error *err)
@@ -475,29 +491,27 @@ static int do_create(Qcow2State *s, const char *name, Error *err)
     char id[32];
     snprintf(id, sizeof(id), "%lu", maxid + 1);
 
-    ret = qcow2_flush_caches(s);
+    ret = flush_before(s, err);
     if (ret < 0) {
-        return error_setf(err, -ret, "%s", strerror(-ret));
+        return ret;
     }
     ret = read_table(s, &old, &olen);
     if (ret < 0) {
         return error_setf(err, -ret, "cannot read the snapshot table");
     }
     {
-        size_t *o = calloc(s->nb_snapshots + 1, sizeof(size_t));
-        size_t *l = calloc(s->nb_snapshots + 1, sizeof(size_t));
-        ret = o && l ? index_table(old, olen, s->nb_snapshots, o, l)
-                     : -ENOMEM;
-        if (ret >= 0 && s->nb_snapshots) {
+        size_t *o, *l;
+        ret = index_entries(old, olen, s->nb_snapshots, &o, &l);
+        if (ret < 0) {
+            free(old);
+            return error_setf(err, -ret, "snapshot table is corrupt");
+        }
+        if (s->nb_snapshots) {
             /* Drop trailing padding we might have read along. */
             olen = o[s->nb_snapshots - 1] + l[s->nb_snapshots - 1];
         }
         free(o);
         free(l);
-        if (ret < 0) {
-            free(old);
-            return error_setf(err, -ret, "snapshot table is corrupt");
-        }
     }
 
     /* Every cluster the active state reaches gains the snapshot's
@@ -620,9 +634,9 @@ static int do_apply(Qcow2State *s, int idx, Error *err)
     uint64_t *nl1 = NULL, *old_l1 = s->l1_table;
     int ret;
 
-    ret = qcow2_flush_caches(s);
+    ret = flush_before(s, err);
     if (ret < 0) {
-        return error_setf(err, -ret, "%s", strerror(-ret));
+        return ret;
     }
     /* The active L1 must cover the snapshot's virtual size. */
     uint64_t per_l1 = s->cluster_size * s->l2_entries;
@@ -703,9 +717,9 @@ static int do_delete(Qcow2State *s, int idx, Error *err)
     uint64_t *sl1 = NULL;
     int ret;
 
-    ret = qcow2_flush_caches(s);
+    ret = flush_before(s, err);
     if (ret < 0) {
-        return error_setf(err, -ret, "%s", strerror(-ret));
+        return ret;
     }
     Qcow2Snapshot sn = s->snapshots[idx];
     ret = qcow2_read_l1(s, sn.l1_table_offset, sn.l1_size, &sl1);
@@ -713,10 +727,8 @@ static int do_delete(Qcow2State *s, int idx, Error *err)
         return error_setf(err, -ret, "cannot read the snapshot L1 table");
     }
     ret = read_table(s, &old, &olen);
-    o = calloc(nb, sizeof(size_t));
-    l = calloc(nb, sizeof(size_t));
     if (ret >= 0) {
-        ret = o && l ? index_table(old, olen, nb, o, l) : -ENOMEM;
+        ret = index_entries(old, olen, nb, &o, &l);
     }
     if (ret < 0) {
         error_setf(err, -ret, "snapshot table is corrupt");
