@@ -321,3 +321,111 @@ def test_bad_file_hint_is_one_line(tmp, fmt, opt):
     want = q.stderr.splitlines()[0].removeprefix("qemu-img: ")
     assert one_line_error(p).removeprefix("imgtool: ").startswith(want)
     assert not img.exists()
+
+
+
+IOCTL = re.compile(r"ioctl\(\d+, (FS_IOC_SETFLAGS|FS_IOC_FSSETXATTR), (.*)\) = ")
+
+
+def file_hints(tool, args, dst):
+    """The copy-on-write and extent size requests made on the new file, as
+    strace shows them (this file system may refuse them: what counts is
+    that they are made, as qemu-img makes them)."""
+    log = dst.parent / "ioctl.log"
+    dst.unlink(missing_ok=True)
+    p = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
+                        "trace=ioctl", tool, *map(str, args)],
+                       capture_output=True, text=True, timeout=120,
+                       env=no_leak_check_env())
+    assert p.returncode == 0, p.stderr
+    hints = set()
+    for line in log.read_text().splitlines():
+        m = IOCTL.search(line)
+        if not m:
+            continue
+        if m.group(1) == "FS_IOC_SETFLAGS" and "FS_NOCOW_FL" in m.group(2):
+            hints.add("nocow")
+        size = re.search(r"fsx_extsize=(\d+)", m.group(2))
+        if (m.group(1) == "FS_IOC_FSSETXATTR" and "FS_XFLAG_EXTSIZE"
+                in m.group(2) and size and int(size.group(1))):
+            # qemu-img sets a hint of 0 for none; imgtool sets none
+            hints.add(("extsize", int(size.group(1))))
+    return hints
+
+
+HINT_CASES = [
+    ("", {("extsize", MiB)}),
+    ("nocow=on", {"nocow", ("extsize", MiB)}),
+    ("nocow=off,extent_size_hint=256k", {("extsize", 256 * KiB)}),
+    ("nocow=on,extent_size_hint=0", {"nocow"}),
+]
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+@pytest.mark.parametrize("cmd", ["create", "convert"])
+def test_file_hints_reach_the_new_file_like_qemu(tmp, fmt, cmd):
+    src, dst = tmp / "src.raw", tmp / f"dst.{fmt}"
+    src.write_bytes(b"\1" * MiB)
+    for opts, want in HINT_CASES:
+        o = ["-o", opts] if opts else []
+        if cmd == "create":
+            args = ["create", "-q", "-f", fmt, *o, dst, MiB]
+        else:
+            args = ["convert", "-f", "raw", "-O", fmt, *o, src, dst]
+        assert file_hints("qemu-img", args, dst) == want, opts
+        assert file_hints(IMGTOOL, args, dst) == want, opts
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+@pytest.mark.xfail(strict=True, reason="the luks format does not pass "
+                   "nocow/extent_size_hint on to its file "
+                   "(formats/luks/luks-format.c creates it without them)")
+def test_luks_file_hints_reach_the_new_file_like_qemu(tmp):
+    key, dst = tmp / "key", tmp / "dst.luks"
+    key.write_text("pw")
+    args = ["create", "-q", "-f", "luks", "--object",
+            f"secret,id=k0,file={key}", "-o",
+            "key-secret=k0,iter-time=10,nocow=on,extent_size_hint=256k",
+            dst, MiB]
+    want = {"nocow", ("extsize", 256 * KiB)}
+    assert file_hints("qemu-img", args, dst) == want
+    assert file_hints(IMGTOOL, args, dst) == want
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+@pytest.mark.xfail(strict=True, reason="qcow2 creates its external data "
+                   "file without nocow/extent_size_hint, QEMU with them "
+                   "(formats/qcow2/create.c)")
+def test_qcow2_data_file_gets_file_hints_like_qemu(tmp):
+    img, data = tmp / "d.qcow2", tmp / "d.data"
+
+    def hints(tool):
+        log = tmp / "ioctl.log"
+        img.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
+        subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
+                        "trace=openat,ioctl", tool, "create", "-q", "-f",
+                        "qcow2", "-o", f"data_file={data},nocow=on,"
+                        "extent_size_hint=256k", str(img), str(MiB)],
+                       check=True, timeout=120, env=no_leak_check_env())
+        # the fd each hint is set on, named by the file opened on it
+        fds, got = {}, set()
+        for line in log.read_text().splitlines():
+            m = re.search(r'openat\(AT_FDCWD, "([^"]*)", .*\) = (\d+)', line)
+            if m:
+                fds[m.group(2)] = os.path.basename(m.group(1))
+            m = re.search(r"ioctl\((\d+), FS_IOC_SETFLAGS, .*FS_NOCOW_FL",
+                          line)
+            if m:
+                got.add(("nocow", fds.get(m.group(1))))
+            m = re.search(r"ioctl\((\d+), FS_IOC_FSSETXATTR, .*"
+                          r"fsx_extsize=262144", line)
+            if m:
+                got.add(("extsize", fds.get(m.group(1))))
+        return got
+
+    want = {(h, f) for h in ("nocow", "extsize")
+            for f in ("d.qcow2", "d.data")}
+    assert hints("qemu-img") == want
+    assert hints(IMGTOOL) == want
