@@ -347,6 +347,23 @@ static int write_meta(Qcow2State *s)
     return ret < 0 ? ret : qcow2_flush_caches(s);
 }
 
+/* The active L1 after its COPIED flags changed: the refcounts and L2
+ * tables that justify the flags go first. */
+static int write_active_l1(Qcow2State *s)
+{
+    int ret = write_meta(s);
+    if (ret >= 0) {
+        ret = qcow2_write_l1(s, 0, s->l1_size);
+    }
+    return ret < 0 ? ret : block_flush(s->node->file);
+}
+
+/* A failure in writing metadata has no better words than its errno. */
+static int errno_error(Error *err, int ret)
+{
+    return ret < 0 ? error_setf(err, -ret, "%s", strerror(-ret)) : ret;
+}
+
 /* Writes a new snapshot table (buf/len) to fresh clusters and switches
  * the header to it; then frees the old table.  The commit point. */
 static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
@@ -449,8 +466,7 @@ int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err)
  * next cannot land before older changes. */
 static int flush_before(Qcow2State *s, Error *err)
 {
-    int ret = qcow2_flush_caches(s);
-    return ret < 0 ? error_setf(err, -ret, "%s", strerror(-ret)) : 0;
+    return errno_error(err, qcow2_flush_caches(s));
 }
 
 static int check_usable(Qcow2State *s, Error *err)
@@ -537,13 +553,7 @@ static int do_create(Qcow2State *s, const char *name, Error *err)
         ret = write_l1_at(s, (uint64_t)l1off, sn_l1, s->l1_size);
     }
     if (ret >= 0) {
-        ret = write_meta(s);
-    }
-    if (ret >= 0) {
-        ret = qcow2_write_l1(s, 0, s->l1_size);
-    }
-    if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = write_active_l1(s);
     }
     if (ret < 0) {
         error_setf(err, -ret, "cannot write snapshot metadata: %s",
@@ -581,10 +591,7 @@ static int do_create(Qcow2State *s, const char *name, Error *err)
     ret = switch_table(s, nbuf, olen + elen, s->nb_snapshots + 1, err);
     if (ret >= 0) {
         l1off = 0;   /* owned by the snapshot now */
-        ret = write_meta(s);
-        if (ret < 0) {
-            error_setf(err, -ret, "%s", strerror(-ret));
-        }
+        ret = errno_error(err, write_meta(s));
     }
 out:
     /* On failure before the switch, the increments (and the snapshot L1
@@ -602,7 +609,7 @@ out:
  * may be written in place.  Refcounts only go down before the active
  * L2/L1 flags change, so a crash in here at worst leaks clusters. */
 static int release_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
-                      uint64_t l1_off)
+                      uint64_t l1_off, Error *err)
 {
     int ret = walk_l1(s, l1, l1_size, -1, false);
     if (ret >= 0 && l1_size) {
@@ -617,19 +624,18 @@ static int release_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
         ret = walk_l1(s, s->l1_table, s->l1_size, 0, true);
     }
     if (ret >= 0) {
-        ret = write_meta(s);
+        ret = write_active_l1(s);
     }
-    if (ret >= 0) {
-        ret = qcow2_write_l1(s, 0, s->l1_size);
-    }
-    if (ret >= 0) {
-        ret = block_flush(s->node->file);
-    }
-    return ret;
+    return errno_error(err, ret);
 }
 
-static int do_apply(Qcow2State *s, int idx, Error *err)
+static int do_apply(Qcow2State *s, const char *id_or_name, Error *err)
 {
+    int idx = find_snapshot(s, id_or_name);
+    if (idx < 0) {
+        return error_setf(err, ENOENT, "Failed to load snapshot: %s",
+                          strerror(ENOENT));
+    }
     Qcow2Snapshot *sn = &s->snapshots[idx];
     uint64_t *nl1 = NULL, *old_l1 = s->l1_table;
     int ret;
@@ -700,16 +706,17 @@ static int do_apply(Qcow2State *s, int idx, Error *err)
     s->l1_table = nl1;
 
     /* Committed: drop what the old active state referenced. */
-    ret = release_l1(s, old_l1, ol1size, oofs);
+    ret = release_l1(s, old_l1, ol1size, oofs, err);
     free(old_l1);
-    if (ret < 0) {
-        return error_setf(err, -ret, "%s", strerror(-ret));
-    }
-    return 0;
+    return ret < 0 ? ret : 0;
 }
 
-static int do_delete(Qcow2State *s, int idx, Error *err)
+static int do_delete(Qcow2State *s, const char *id_or_name, Error *err)
 {
+    int idx = find_snapshot(s, id_or_name);
+    if (idx < 0) {
+        return error_setf(err, ENOENT, "snapshot not found");
+    }
     uint8_t *old = NULL, *nbuf = NULL;
     size_t olen = 0;
     uint32_t nb = s->nb_snapshots;
@@ -751,10 +758,7 @@ static int do_delete(Qcow2State *s, int idx, Error *err)
         goto out;
     }
     /* Committed: the snapshot's references go. */
-    ret = release_l1(s, sl1, sn.l1_size, sn.l1_table_offset);
-    if (ret < 0) {
-        error_setf(err, -ret, "%s", strerror(-ret));
-    }
+    ret = release_l1(s, sl1, sn.l1_size, sn.l1_table_offset, err);
 out:
     free(old);
     free(nbuf);
@@ -764,7 +768,11 @@ out:
     return ret < 0 ? ret : 0;
 }
 
-int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err)
+/* Runs a change of the snapshot table, under s->lock, on an image that
+ * allows one. */
+static int run_locked(BlockNode *n, const char *arg,
+                      int (*op)(Qcow2State *, const char *, Error *),
+                      Error *err)
 {
     Qcow2State *s = qcow2_state(n);
     int ret = check_usable(s, err);
@@ -772,50 +780,28 @@ int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err)
         return ret;
     }
     pthread_mutex_lock(&s->lock);
-    ret = do_create(s, name, err);
+    ret = op(s, arg, err);
     pthread_mutex_unlock(&s->lock);
     return ret;
+}
+
+int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err)
+{
+    return run_locked(n, name, do_create, err);
 }
 
 int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err)
 {
-    Qcow2State *s = qcow2_state(n);
-    if (s->has_data_file) {
+    if (qcow2_state(n)->has_data_file) {
         return error_setf(err, ENOTSUP, "Failed to load snapshot: %s",
                           strerror(ENOTSUP));
     }
-    int ret = check_usable(s, err);
-    if (ret < 0) {
-        return ret;
-    }
-    pthread_mutex_lock(&s->lock);
-    int idx = find_snapshot(s, id_or_name);
-    if (idx < 0) {
-        ret = error_setf(err, ENOENT, "Failed to load snapshot: %s",
-                         strerror(ENOENT));
-    } else {
-        ret = do_apply(s, idx, err);
-    }
-    pthread_mutex_unlock(&s->lock);
-    return ret;
+    return run_locked(n, id_or_name, do_apply, err);
 }
 
 int qcow2_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err)
 {
-    Qcow2State *s = qcow2_state(n);
-    int ret = check_usable(s, err);
-    if (ret < 0) {
-        return ret;
-    }
-    pthread_mutex_lock(&s->lock);
-    int idx = find_snapshot(s, id_or_name);
-    if (idx < 0) {
-        ret = error_setf(err, ENOENT, "snapshot not found");
-    } else {
-        ret = do_delete(s, idx, err);
-    }
-    pthread_mutex_unlock(&s->lock);
-    return ret;
+    return run_locked(n, id_or_name, do_delete, err);
 }
 
 int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count)
