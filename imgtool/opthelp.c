@@ -1,5 +1,8 @@
 /*
- * opthelp.c - `-o help` shared by the option-taking commands.
+ * opthelp.c - `-o help` shared by the option-taking commands: spotting
+ * the request, and the creation option list qemu-img prints for a format
+ * (with the options of the file it would be created in, such as nocow and
+ * extent_size_hint, once the file is named).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,4 +54,83 @@ void opthelp_print(const char *title, const BlockCreateOpt **v, size_t n)
                  type_label(v[i]->type));
         printf("  %-22s - %s\n", left, v[i]->help ? v[i]->help : "");
     }
+}
+
+static const BlockCreateOpt *find_opt(const BlockCreateOpt *list,
+                                      const char *name)
+{
+    for (int i = 0; list && list[i].name; i++) {
+        if (strcmp(list[i].name, name) == 0) {
+            return &list[i];
+        }
+    }
+    return NULL;
+}
+
+/* The protocol driver that would hold the file: the one claiming the
+ * name (iscsi://...), else the local file driver. */
+static const BlockDriver *protocol_for(const char *filename)
+{
+    for (int i = 0; filename && block_driver_list[i]; i++) {
+        const BlockDriver *d = block_driver_list[i];
+        if (d->is_protocol && d->owns_filename &&
+            d->owns_filename(filename)) {
+            return d;
+        }
+    }
+    return block_find_driver("file");
+}
+
+/* An option a format only hands down to its file (the entry is the same
+ * as the protocol's): qemu-img lists it only once the file is named. */
+static bool only_passed_down(const BlockCreateOpt *o,
+                             const BlockDriver *proto)
+{
+    const BlockCreateOpt *p = proto ? find_opt(proto->create_opts, o->name)
+                                    : NULL;
+    return p && strcmp(o->name, "size") != 0 && o->help && p->help &&
+           strcmp(o->help, p->help) == 0;
+}
+
+void opthelp_print_create(const BlockDriver *drv, const char *filename)
+{
+    const BlockDriver *proto = protocol_for(filename);
+    const BlockCreateOpt *lists[2] = {
+        drv->create_opts, filename && proto ? proto->create_opts : NULL,
+    };
+    size_t n = 0, cap = 1;
+    for (int l = 0; l < 2; l++) {
+        for (int i = 0; lists[l] && lists[l][i].name; i++) {
+            cap++;
+        }
+    }
+    const BlockCreateOpt **all = calloc(cap, sizeof(*all));
+    if (!all) {
+        return;
+    }
+    /* the format's entry wins over the protocol's of the same name */
+    for (int l = 0; l < 2; l++) {
+        for (int i = 0; lists[l] && lists[l][i].name; i++) {
+            const BlockCreateOpt *o = &lists[l][i];
+            bool dup = false;
+            for (size_t j = 0; j < n && !dup; j++) {
+                dup = strcmp(all[j]->name, o->name) == 0;
+            }
+            if (!dup && (filename || !only_passed_down(o, proto))) {
+                all[n++] = o;
+            }
+        }
+    }
+    char title[128];
+    if (filename) {
+        snprintf(title, sizeof(title), "Supported options:");
+    } else {
+        snprintf(title, sizeof(title), "Supported %s options:", drv->name);
+    }
+    opthelp_print(title, all, n);
+    if (!filename) {
+        printf("\nThe protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
+    }
+    free(all);
 }

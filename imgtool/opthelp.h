@@ -19,4 +19,10 @@ bool opthelp_wanted(const char *s);
  * sorted by name as qemu-img lists them; v is sorted in place. */
 void opthelp_print(const char *title, const BlockCreateOpt **v, size_t n);
 
+/* Prints the creation options of format drv as qemu-img create and
+ * convert list them: with filename (the image to be created) the options
+ * of the protocol that would hold it are merged in; without, options the
+ * format only passes down to its file are left out and a note says so. */
+void opthelp_print_create(const BlockDriver *drv, const char *filename);
+
 #endif
