@@ -65,6 +65,68 @@ def same_content(a, b, fa=None, fb=None):
     return p.returncode == 0
 
 
+def io_args(cmds):
+    """qemu-io / imgtool io arguments running cmds in order."""
+    return [a for c in cmds for a in ("-c", c)]
+
+
+_IO_KINDS = {"pzero": "write -P 0", "zero": "write -z",
+             "zero-unmap": "write -z -u", "discard": "discard"}
+
+
+def random_io(r, size, n, kinds, lengths):
+    """n qemu-io commands at random 512-byte aligned offsets of a
+    size-byte disk.  Each one's kind is drawn from kinds (name one more
+    than once to make it likelier): "data" (a random pattern), "pzero"
+    (zeroes written as data), "zero", "zero-unmap" or "discard"; its
+    length from lengths (a list, or a function of r), cut at the disk's
+    end."""
+    cmds = []
+    for _ in range(n):
+        off = r.randrange(0, size // 512) * 512
+        ln = r.choice(lengths) if isinstance(lengths, list) else lengths(r)
+        ln = min(ln, size - off)
+        kind = r.choice(kinds)
+        cmd = (f"write -P {r.randrange(1, 256)}" if kind == "data"
+               else _IO_KINDS[kind])
+        cmds.append(f"{cmd} {off} {ln}")
+    return cmds
+
+
+def merged_map(path):
+    """qemu-img map of path with adjacent runs of equal status merged:
+    the allocation status as the guest sees it, blind to host offsets, to
+    how the runs happen to be split, and to holes in the host file under
+    allocated clusters (QEMU reports those as zero data once it takes an
+    image for a metadata-preallocated one)."""
+    out = json.loads(qemu_img("map", "--output=json", path).stdout)
+    runs = []
+    for e in out:
+        k = (e["zero"] and not e["data"], e["data"], e["present"])
+        if runs and runs[-1][2:] == k and sum(runs[-1][:2]) == e["start"]:
+            runs[-1] = (runs[-1][0], runs[-1][1] + e["length"]) + k
+        else:
+            runs.append((e["start"], e["length"]) + k)
+    return runs
+
+
+def read_be(path, off, width):
+    """The big-endian unsigned field of width bytes at off in path."""
+    with open(path, "rb") as f:
+        f.seek(off)
+        return int.from_bytes(f.read(width), "big")
+
+
+def poke_be(path, off, width, value):
+    """Sets the big-endian field of width bytes at off in path to value,
+    or to value(old) when value is a function."""
+    if callable(value):
+        value = value(read_be(path, off, width))
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(value.to_bytes(width, "big"))
+
+
 def sanitized():
     """Whether $IMGTOOL is built with AddressSanitizer: some three times
     slower, and its shadow memory reserves terabytes of address space

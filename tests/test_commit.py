@@ -14,28 +14,16 @@ import time
 
 import pytest
 
-from conftest import (IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_io,
-                      same_content)
+from conftest import (IMGTOOL, imgtool, io_args, qemu_check_clean, qemu_img,
+                      qemu_io, random_io, same_content)
 
 MiB = 1024 * 1024
 
 
 def random_ops(r, size, n):
     """qemu-io commands: random data, zero writes and discards."""
-    cmds = []
-    for _ in range(n):
-        off = r.randrange(0, size // 512) * 512
-        ln = min(r.choice([512, 4096, 65536, 200 * 1024, MiB]), size - off)
-        if ln <= 0:
-            continue
-        kind = r.random()
-        if kind < 0.6:
-            cmds.append(f"write -P {r.randrange(1, 255)} {off} {ln}")
-        elif kind < 0.8:
-            cmds.append(f"write -z {off} {ln}")
-        else:
-            cmds.append(f"discard {off} {ln}")
-    return cmds
+    return random_io(r, size, n, ["data"] * 3 + ["zero", "discard"],
+                     [512, 4096, 65536, 200 * 1024, MiB])
 
 
 def build_chain(d, sizes, seed, tool="qemu", base_fmt="qcow2"):
@@ -58,13 +46,10 @@ def build_chain(d, sizes, seed, tool="qemu", base_fmt="qcow2"):
         cmds = random_ops(r, sz * MiB, 12)
         if fmt == "raw":
             cmds = [c for c in cmds if not c.startswith("discard")]
-        argv = []
-        for c in cmds:
-            argv += ["-c", c]
         if tool == "qemu":
-            qemu_io("-f", fmt, *argv, p)
+            qemu_io("-f", fmt, *io_args(cmds), p)
         else:
-            imgtool("io", "-f", fmt, *argv, p)
+            imgtool("io", "-f", fmt, *io_args(cmds), p)
         paths.append(p)
     return paths
 
@@ -294,14 +279,10 @@ def test_commit_mixed_cluster_sizes(tmp, base_opts, top_opts):
         d.mkdir()
         base, top = d / "b.qcow2", d / "t.qcow2"
         qemu_img("create", "-q", "-f", "qcow2", "-o", base_opts, base, "6M")
-        qemu_io(*sum((["-c", c] for c in random_ops(random.Random(40),
-                                                     6 * MiB, 15)), []),
-                base)
+        qemu_io(*io_args(random_ops(random.Random(40), 6 * MiB, 15)), base)
         qemu_img("create", "-q", "-f", "qcow2", "-o", top_opts, "-b",
                  "b.qcow2", "-F", "qcow2", top, "7M")
-        qemu_io(*sum((["-c", c] for c in random_ops(random.Random(41),
-                                                     7 * MiB, 25)), []),
-                top)
+        qemu_io(*io_args(random_ops(random.Random(41), 7 * MiB, 25)), top)
         before = d / "before.raw"
         qemu_img("convert", "-O", "raw", top, before)
         prog = ["qemu-img"] if tool == "q" else [IMGTOOL]

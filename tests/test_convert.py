@@ -6,33 +6,19 @@ import random
 
 import pytest
 
-from conftest import (IMGTOOL, imgtool, qemu_img, qemu_io, qemu_check_clean,
-                      same_content, write_random_file)
+from conftest import (IMGTOOL, imgtool, io_args, qemu_img, qemu_io,
+                      qemu_check_clean, random_io, same_content,
+                      write_random_file)
 
 MiB = 1024 * 1024
 
 
 def random_ops(size, seed, n=24):
     """qemu-io commands mixing data, zero writes, zero-filled data and
-    discards at 512-byte granularity."""
-    r = random.Random(seed)
-    cmds = []
-    for _ in range(n):
-        off = r.randrange(0, size) // 512 * 512
-        ln = min(r.choice([512, 4096, 65536, 300 * 1024, MiB, 3 * MiB]),
-                 size - off)
-        if ln <= 0:
-            continue
-        kind = r.choice(["data", "data", "data", "zero", "pzero", "discard"])
-        if kind == "data":
-            cmds.append(f"write -P {r.randrange(1, 256)} {off} {ln}")
-        elif kind == "zero":
-            cmds.append(f"write -z {off} {ln}")
-        elif kind == "pzero":
-            cmds.append(f"write -P 0 {off} {ln}")
-        else:
-            cmds.append(f"discard {off} {ln}")
-    return cmds
+    discards."""
+    return random_io(random.Random(seed), size, n,
+                     ["data"] * 3 + ["zero", "pzero", "discard"],
+                     [512, 4096, 65536, 300 * 1024, MiB, 3 * MiB])
 
 
 def make_image(path, fmt, size, seed, backing=None, n=24):
@@ -40,11 +26,8 @@ def make_image(path, fmt, size, seed, backing=None, n=24):
     if backing:
         args += ["-b", str(backing), "-F", "qcow2"]
     qemu_img(*args, path, str(size))
-    io_args = []
-    for c in random_ops(size, seed, n):
-        io_args += ["-c", c]
-    if io_args:
-        qemu_io("-f", fmt, *io_args, path)
+    if n:
+        qemu_io("-f", fmt, *io_args(random_ops(size, seed, n)), path)
     return path
 
 
@@ -318,11 +301,9 @@ def test_convert_random_chains(tmp, seed):
         if chain:
             args += ["-b", chain[-1].name, "-F", "qcow2"]
         qemu_img(*args, p, str(size + d * r.choice([0, MiB])))
-        io = []
-        for c in random_ops(size, seed * 10 + d, r.randrange(0, 20)):
-            io += ["-c", c]
-        if io:
-            qemu_io(*io, p)
+        n = r.randrange(0, 20)
+        if n:
+            qemu_io(*io_args(random_ops(size, seed * 10 + d, n)), p)
         chain.append(p)
     top = chain[-1]
     fmt = r.choice(["raw", "qcow2"])

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from conftest import imgtool, qemu_img, qemu_io
+from conftest import imgtool, io_args, qemu_img, qemu_io
 
 SIZE = 1 << 20
 
@@ -23,10 +23,7 @@ def faulty_opts(path, fmt="raw", **kw):
 
 
 def io(opts, *cmds, rc=None):
-    args = ["io"]
-    for c in cmds:
-        args += ["-c", c]
-    p = imgtool(*args, "--image-opts", opts, check=False)
+    p = imgtool("io", *io_args(cmds), "--image-opts", opts, check=False)
     if rc is not None:
         assert p.returncode == rc, p.stdout + p.stderr
     return p

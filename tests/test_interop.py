@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, qemu_io, run
+from conftest import imgtool, io_args, qemu_img, qemu_io
 
 K = 1024
 M = 1024 * 1024
@@ -46,10 +46,7 @@ def workload(size, cluster):
 
 
 def qemu_write(path, cmds, fmt="qcow2", rc=0):
-    args = ["-f", fmt]
-    for c in cmds:
-        args += ["-c", c]
-    return qemu_io(*args, path, rc=rc)
+    return qemu_io("-f", fmt, *io_args(cmds), path, rc=rc)
 
 
 def first_difference(a, b):

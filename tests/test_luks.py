@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, qemu_io, run
+from conftest import IMGTOOL, imgtool, io_args, qemu_img, qemu_io, run
 
 PASS = "correct horse battery"
 FULL = os.environ.get("IMGTOOL_LUKS_FULL") == "1"
@@ -98,9 +98,7 @@ def qemu_create(path, size, opts, pwfile):
 
 
 def io(path, pwfile, *cmds, tool="imgtool", rc=0):
-    args = ["--object", secret(pwfile)]
-    for c in cmds:
-        args += ["-c", c]
+    args = ["--object", secret(pwfile), *io_args(cmds)]
     if tool == "imgtool":
         p = imgtool("io", *args, "--image-opts", image_opts(path),
                     check=False)

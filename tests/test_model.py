@@ -23,7 +23,7 @@ import zlib
 
 import pytest
 
-from conftest import IMGTOOL, qemu_img, run
+from conftest import IMGTOOL, io_args, qemu_img, run
 
 K = 1024
 M = 1024 * 1024
@@ -91,10 +91,7 @@ class Tool:
 
     def io_argv(self, path, cmds):
         argv = [IMGTOOL, "io"] if self.name == "imgtool" else ["qemu-io"]
-        argv += ["-f", "qcow2"]
-        for c in cmds:
-            argv += ["-c", c]
-        return argv + [path]
+        return argv + ["-f", "qcow2", *io_args(cmds), path]
 
     def resize_argv(self, path, size, shrink):
         argv = [IMGTOOL, "resize"] if self.name == "imgtool" else ["qemu-img", "resize"]

@@ -11,17 +11,15 @@ import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, qemu_io, qemu_check_clean, \
-    same_content
+from conftest import (IMGTOOL, imgtool, io_args, merged_map, qemu_check_clean,
+                      qemu_img, qemu_io, same_content)
 
 KiB = 1024
 MiB = 1024 * KiB
 
 
 def io(path, *cmds, opts=None):
-    args = []
-    for c in cmds:
-        args += ["-c", c]
+    args = io_args(cmds)
     if opts:
         return imgtool("io", *args, "--image-opts",
                        f"driver=qcow2,file.filename={path},{opts}")
@@ -106,10 +104,7 @@ def test_workload_matches_qemu_with_tiny_caches(tmp):
     ops.append("discard 8M 4M")
     io(ours, *ops, opts="l2-cache-size=8k,refcount-cache-size=16k,"
                         "cache-clean-interval=1")
-    args = []
-    for op in ops:
-        args += ["-c", op]
-    qemu_io("-f", "qcow2", *args, ref)
+    qemu_io("-f", "qcow2", *io_args(ops), ref)
     qemu_check_clean(str(ours))
     assert same_content(str(ours), str(ref), "qcow2", "qcow2")
 
@@ -161,11 +156,9 @@ def test_flush_without_metadata_changes_syncs_once(tmp):
     # an overwrite of allocated clusters changes no metadata: the flush is
     # one fdatasync (close adds its own; count the flush by difference)
     def syncs(*cmds):
-        args = []
-        for c in cmds:
-            args += ["-c", c]
         p = subprocess.run(["strace", "-f", "-e", "trace=fdatasync,fsync",
-                            IMGTOOL, "io", "-f", "qcow2", *args, str(img)],
+                            IMGTOOL, "io", "-f", "qcow2", *io_args(cmds),
+                            str(img)],
                            capture_output=True, text=True, timeout=120,
                            env=dict(os.environ, ASAN_OPTIONS=":".join(
                                [o for o in os.environ.get(
@@ -181,21 +174,6 @@ def test_flush_without_metadata_changes_syncs_once(tmp):
     qemu_reads(img, (2, 0, 4096), (1, 4096, MiB - 4096))
 
 
-def allocation_map(path):
-    """qemu-img map with runs merged, blind to holes in the host file
-    under allocated clusters (QEMU reports those as zero data once it
-    takes an image for a metadata-preallocated one)."""
-    out = json.loads(qemu_img("map", "--output=json", path).stdout)
-    runs = []
-    for e in out:
-        k = (e["zero"] and not e["data"], e["data"], e["present"])
-        if runs and runs[-1][2:] == k and sum(runs[-1][:2]) == e["start"]:
-            runs[-1] = (runs[-1][0], runs[-1][1] + e["length"]) + k
-        else:
-            runs.append((e["start"], e["length"]) + k)
-    return runs
-
-
 @pytest.mark.parametrize("opts", ["cluster_size=2M", "compat=1.1",
                                   "cluster_size=512"])
 def test_random_workload_same_allocation_as_qemu(tmp, opts):
@@ -208,4 +186,4 @@ def test_random_workload_same_allocation_as_qemu(tmp, opts):
     ours, ref = run_both(tmp, opts, size, ops)
     qemu_check_clean(str(ours))
     assert same_content(str(ours), str(ref), "qcow2", "qcow2"), ops
-    assert allocation_map(str(ours)) == allocation_map(str(ref))
+    assert merged_map(str(ours)) == merged_map(str(ref))
