@@ -12,12 +12,11 @@ import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, qemu_io
+from conftest import IMGTOOL, imgtool, io_args, qemu_img, qemu_io, read_be
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -166,11 +165,8 @@ def test_misspelt_cache_option_is_refused(small_image):
 
 def l2_offsets(path):
     """Host offsets of the image's L2 tables, from its L1 table."""
-    with open(path, "rb") as f:
-        hdr = f.read(48)
-        l1_size, l1_off = struct.unpack(">IQ", hdr[36:48])
-        f.seek(l1_off)
-        l1 = struct.unpack(f">{l1_size}Q", f.read(8 * l1_size))
+    l1_size, l1_off = read_be(path, 36, 4), read_be(path, 40, 8)
+    l1 = (read_be(path, l1_off + 8 * i, 8) for i in range(l1_size))
     return {e & 0x00fffffffffffe00 for e in l1 if e & 0x00fffffffffffe00}
 
 
@@ -196,10 +192,8 @@ def test_l2_cache_size_sets_how_many_tables_stay_cached(tmp):
     tables = l2_offsets(img)
     assert len(tables) == 3
     rounds = 10
-    cmds = []
-    for _ in range(rounds):
-        for i, off in enumerate((0, 2 * MiB, 4 * MiB)):
-            cmds += ["-c", f"read -P {7 + i} {off} 512"]
+    cmds = io_args(f"read -P {7 + i} {off} 512" for _ in range(rounds)
+                   for i, off in enumerate((0, 2 * MiB, 4 * MiB)))
 
     def table_loads(extra):
         log = tmp / "strace.log"
@@ -231,11 +225,9 @@ def test_l2_cache_size_sets_how_many_tables_stay_cached(tmp):
 def write_cmds(n=60):
     """Writes scattered over many L2 tables and refcount blocks of an
     8 MiB image with 512-byte clusters, some overlapping."""
-    cmds = []
-    for i in range(n):
-        off = (i * 7919 % 128) * 64 * KiB + (i % 3) * 512
-        cmds += ["-c", f"write -P {i % 250 + 1} {off} 1536"]
-    return cmds
+    return io_args(f"write -P {i % 250 + 1} "
+                   f"{(i * 7919 % 128) * 64 * KiB + (i % 3) * 512} 1536"
+                   for i in range(n))
 
 
 def test_tiny_caches_write_and_read_back_like_qemu(tmp):
