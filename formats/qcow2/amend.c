@@ -745,7 +745,7 @@ static int upgrade(Qcow2State *s, Error *err)
 {
     uint8_t *table = NULL;
     size_t tlen = 0;
-    uint64_t new_table = 0, ntc = 0;
+    uint64_t new_table = 0;
     int ret;
 
     int old_used = settled_header_used(s, err);
@@ -760,31 +760,12 @@ static int upgrade(Qcow2State *s, Error *err)
     if (table) {
         /* The widened table goes to new clusters, durable (with their
          * refcounts) before the header that points at it. */
-        ntc = qcow2_align_up(tlen, s->cluster_size) >> s->cluster_bits;
-        int64_t a = qcow2_alloc_clusters(s, ntc);
+        int64_t a = qcow2_store_snapshot_table(s, table, tlen, err);
+        free(table);
         if (a < 0) {
-            free(table);
-            return error_setf(err, (int)-a, "cannot allocate the snapshot "
-                              "table: %s", strerror((int)-a));
+            return (int)a;
         }
         new_table = (uint64_t)a;
-        uint8_t *pad = calloc(ntc, s->cluster_size);
-        if (!pad) {
-            free(table);
-            return error_setf(err, ENOMEM, "out of memory");
-        }
-        memcpy(pad, table, tlen);
-        free(table);
-        ret = block_pwrite(s->node->file, new_table, ntc * s->cluster_size,
-                           pad, 0);
-        free(pad);
-        if (ret >= 0) {
-            ret = qcow2_flush_caches(s);
-        }
-        if (ret < 0) {
-            return error_setf(err, -ret, "cannot write the snapshot table: "
-                              "%s", strerror(-ret));
-        }
     }
 
     uint64_t old_table = s->snapshots_offset, old_tsize = s->snapshots_size;
@@ -802,16 +783,8 @@ static int upgrade(Qcow2State *s, Error *err)
         return ret;
     }
     if (new_table && old_table) {
-        ret = qcow2_update_refcount(s, old_table,
-                                    qcow2_align_up(old_tsize,
-                                                   s->cluster_size), -1);
-        if (ret >= 0) {
-            ret = qcow2_flush_caches(s);
-        }
-        if (ret < 0) {
-            return error_setf(err, -ret, "cannot free the old snapshot "
-                              "table: %s", strerror(-ret));
-        }
+        ret = qcow2_free_snapshot_table(s, old_table, old_tsize, err);
+        return ret < 0 ? ret : settle(s, err);
     }
     return 0;
 }

@@ -605,6 +605,15 @@ int qcow2_snapshot_load_tmp(BlockNode *n, const char *id, const char *name,
  * extra data a v3 entry must have (VM state size and disk size; the disk
  * size of an entry without one is the image's), as qemu-img repairs it. */
 int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err);
+/* (s->lock held) Writes a snapshot table buffer (len > 0) to fresh
+ * clusters, on disk with their refcounts before it returns, for a header
+ * switch to point at; returns their offset or a negative errno. */
+int64_t qcow2_store_snapshot_table(Qcow2State *s, const uint8_t *buf,
+                                   size_t len, Error *err);
+/* (s->lock held) Once the header names another table: drops the old
+ * table's clusters (none when offset or size is 0). */
+int qcow2_free_snapshot_table(Qcow2State *s, uint64_t offset, uint64_t size,
+                              Error *err);
 
 /* ------------------------------------------------------------------ */
 /* LUKS encryption (crypto.c)                                          */

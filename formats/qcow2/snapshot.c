@@ -364,6 +364,48 @@ static int errno_error(Error *err, int ret)
     return ret < 0 ? error_setf(err, -ret, "%s", strerror(-ret)) : ret;
 }
 
+int64_t qcow2_store_snapshot_table(Qcow2State *s, const uint8_t *buf,
+                                   size_t len, Error *err)
+{
+    uint64_t nc = qcow2_align_up(len, s->cluster_size) >> s->cluster_bits;
+    int64_t a = qcow2_alloc_clusters(s, nc);
+    if (a < 0) {
+        return error_setf(err, (int)-a, "cannot allocate the snapshot "
+                          "table: %s", strerror((int)-a));
+    }
+    uint8_t *pad = calloc(1, nc << s->cluster_bits);
+    if (!pad) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    memcpy(pad, buf, len);
+    int ret = block_pwrite(s->node->file, (uint64_t)a, nc << s->cluster_bits,
+                           pad, 0);
+    free(pad);
+    if (ret >= 0) {
+        ret = write_meta(s);
+    }
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot write the snapshot table: %s",
+                          strerror(-ret));
+    }
+    return a;
+}
+
+int qcow2_free_snapshot_table(Qcow2State *s, uint64_t offset, uint64_t size,
+                              Error *err)
+{
+    if (!offset || !size) {
+        return 0;
+    }
+    int ret = qcow2_update_refcount(s, offset,
+                                    qcow2_align_up(size, s->cluster_size), -1);
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot free the old snapshot table: %s",
+                          strerror(-ret));
+    }
+    return 0;
+}
+
 /* Writes a new snapshot table (buf/len) to fresh clusters and switches
  * the header to it; then frees the old table.  The commit point. */
 static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
@@ -372,27 +414,11 @@ static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
     uint64_t noff = 0;
     int ret;
     if (len) {
-        uint64_t nc = qcow2_align_up(len, s->cluster_size) >> s->cluster_bits;
-        int64_t a = qcow2_alloc_clusters(s, nc);
+        int64_t a = qcow2_store_snapshot_table(s, buf, len, err);
         if (a < 0) {
-            return error_setf(err, (int)-a, "cannot allocate the snapshot "
-                              "table: %s", strerror((int)-a));
+            return (int)a;
         }
         noff = (uint64_t)a;
-        uint8_t *pad = calloc(1, nc << s->cluster_bits);
-        if (!pad) {
-            return error_setf(err, ENOMEM, "out of memory");
-        }
-        memcpy(pad, buf, len);
-        ret = block_pwrite(s->node->file, noff, nc << s->cluster_bits, pad, 0);
-        free(pad);
-        if (ret >= 0) {
-            ret = write_meta(s);
-        }
-        if (ret < 0) {
-            return error_setf(err, -ret, "cannot write the snapshot table: "
-                              "%s", strerror(-ret));
-        }
     }
     uint64_t ooff = s->snapshots_offset, osize = s->snapshots_size;
     uint32_t onb = s->nb_snapshots;
@@ -406,16 +432,8 @@ static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
         s->nb_snapshots = onb;
         return ret;
     }
-    if (ooff && osize) {
-        ret = qcow2_update_refcount(s, ooff,
-                                    qcow2_align_up(osize, s->cluster_size),
-                                    -1);
-        if (ret < 0) {
-            return error_setf(err, -ret, "cannot free the old snapshot "
-                              "table: %s", strerror(-ret));
-        }
-    }
-    return reload_snapshots(s, buf, len, nb);
+    ret = qcow2_free_snapshot_table(s, ooff, osize, err);
+    return ret < 0 ? ret : reload_snapshots(s, buf, len, nb);
 }
 
 int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err)
