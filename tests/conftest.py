@@ -110,6 +110,16 @@ def merged_map(path):
     return runs
 
 
+def faulty_opts(path, fmt="qcow2", extra=(), **kw):
+    """--image-opts opening path as fmt (with extra "key=value" options of
+    its own) over the faulty filter, kw being the filter's options
+    (underscores for dashes: powerfail_after_writes=3)."""
+    opts = [f"driver={fmt}", *extra, "file.driver=faulty",
+            f"file.filename={path}"]
+    opts += [f"file.{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    return ",".join(opts)
+
+
 def read_be(path, off, width):
     """The big-endian unsigned field of width bytes at off in path."""
     with open(path, "rb") as f:

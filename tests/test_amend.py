@@ -19,8 +19,8 @@ import struct
 
 import pytest
 
-from conftest import (imgtool, qemu_check_clean, qemu_img, qemu_info,
-                      qemu_io, same_content)
+from conftest import (faulty_opts, imgtool, qemu_check_clean, qemu_img,
+                      qemu_info, qemu_io, same_content)
 
 MiB = 1024 * 1024
 
@@ -516,12 +516,6 @@ def test_image_opts_and_cache_modes(tmp):
 
 
 # ------------------------------------------------------------ power loss
-
-def faulty_opts(img, **kw):
-    opts = ["driver=qcow2", "file.driver=faulty", f"file.filename={img}"]
-    opts += [f"file.{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    return ",".join(opts)
-
 
 def _cuts(writes, limit=16):
     """Every write when there are few; else the first and last ones (the

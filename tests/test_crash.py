@@ -46,7 +46,8 @@ import time
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, qemu_io, run, sanitized
+from conftest import (IMGTOOL, faulty_opts, imgtool, qemu_img, qemu_io, run,
+                      sanitized)
 
 SECTOR = 512
 VSIZE = 4 << 20
@@ -219,12 +220,6 @@ def cluster_size(opts):
 
 
 # ------------------------------------------------------------------ images
-
-def faulty_opts(img, **kw):
-    opts = ["driver=qcow2", "file.driver=faulty", f"file.filename={img}"]
-    opts += [f"file.{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    return ",".join(opts)
-
 
 def read_raw(tool, img, out):
     if os.path.exists(out):

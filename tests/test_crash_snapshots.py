@@ -24,10 +24,10 @@ import subprocess
 
 import pytest
 
-from conftest import (IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_io,
-                      sanitized)
+from conftest import (IMGTOOL, faulty_opts, imgtool, qemu_check_clean,
+                      qemu_img, qemu_io, sanitized)
 from test_crash import (KILL_POINTS, SECTOR, SEED, VSIZE, cluster_size,
-                        durable_model, faulty_opts, gen_workload, header_flags,
+                        durable_model, gen_workload, header_flags,
                         kill_after, make_base, read_raw, run_io, script_line,
                         timed_run, uniform_sectors)
 

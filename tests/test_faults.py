@@ -11,15 +11,15 @@ import os
 
 import pytest
 
+import conftest
 from conftest import imgtool, io_args, qemu_img, qemu_io
 
 SIZE = 1 << 20
 
 
 def faulty_opts(path, fmt="raw", **kw):
-    opts = [f"driver={fmt}", "file.driver=faulty", f"file.filename={path}"]
-    opts += [f"file.{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    return ",".join(opts)
+    """The filter over a raw image unless told."""
+    return conftest.faulty_opts(path, fmt, **kw)
 
 
 def io(opts, *cmds, rc=None):

@@ -14,8 +14,8 @@ import struct
 
 import pytest
 
-from conftest import (imgtool, imgtool_info, qemu_check_clean, qemu_img,
-                      qemu_info, qemu_io, same_content)
+from conftest import (faulty_opts, imgtool, imgtool_info, qemu_check_clean,
+                      qemu_img, qemu_info, qemu_io, same_content)
 
 MiB = 1024 * 1024
 
@@ -329,12 +329,6 @@ def test_convert_from_snapshot(tmp):
 
 
 # ------------------------------------------------------------ power loss
-
-def faulty_opts(img, **kw):
-    opts = ["driver=qcow2", "file.driver=faulty", f"file.filename={img}"]
-    opts += [f"file.{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    return ",".join(opts)
-
 
 def raw_of(img, out, snap=None):
     if out.exists():
