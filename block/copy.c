@@ -168,8 +168,14 @@ static int copy_status(Copy *c, int i, uint64_t s_off, uint64_t max)
 static int copy_dst_status(Copy *c, uint64_t d, uint64_t *len, bool *alloc)
 {
     if (!(c->dt_start <= d && d < c->dt_end)) {
+        /* Asked up to the job's end, never just the chunk: a chunk ending
+         * inside a target cluster allocates all of it (copy-on-write from
+         * the target's backing), so a fresh query there would call the
+         * rest of that cluster the target's own and skip it.  Extents end
+         * on the target's cluster boundaries, which no write crosses. */
+        uint64_t end = c->job->dst_offset + c->job->length;
         uint64_t pnum = 0;
-        int st = block_status(c->job->dst, d, *len, &pnum, NULL, NULL);
+        int st = block_status(c->job->dst, d, end - d, &pnum, NULL, NULL);
         if (st < 0) {
             return st;
         }
@@ -207,28 +213,18 @@ static void compress_align(Copy *c, uint64_t pos, uint64_t left,
     }
 }
 
-/* Hands out the next chunk; returns 1 with *ch filled, 0 when the range
- * is exhausted, negative on a status error.  Lock held. */
-static int copy_plan(Copy *c, Chunk *ch)
+/* Classifies the source from s_off (source i, within its length): the
+ * status extent there, with adjacent data merged up to the chunk
+ * boundary.  Clips *left to the source.  Lock held. */
+static int copy_source_extent(Copy *c, int i, uint64_t s_off, uint64_t pos,
+                              uint64_t *left_io, ChunkKind *kind_out,
+                              uint64_t *len_out)
 {
     const CopyJob *job = c->job;
-    if (c->next_pos >= job->length) {
-        return 0;
-    }
-    uint64_t pos = c->next_pos;
-    uint64_t s = job->src_offset + pos;
-    int i = 0;
-    while (i < job->nsrc - 1 && (uint64_t)c->src_start[i + 1] <= s) {
-        i++;
-    }
-    uint64_t s_off = s - c->src_start[i];
+    uint64_t left = *left_io;
     uint64_t src_left = c->src_len[i] - s_off;
-    uint64_t left = job->length - pos;
     if (left > src_left) {
         left = src_left;
-    }
-    if (left == 0) {
-        return -EIO;   /* range runs past the sources: caller bug */
     }
 
     if (!(c->st_src == i && c->st_start <= s_off && s_off < c->st_end)) {
@@ -236,7 +232,8 @@ static int copy_plan(Copy *c, Chunk *ch)
         if (ret < 0) {
             error_setf(&c->err, -ret,
                        "error while reading block status at byte %llu: %s",
-                       (unsigned long long)s, strerror(-ret));
+                       (unsigned long long)(c->src_start[i] + s_off),
+                       strerror(-ret));
             return ret;
         }
     }
@@ -264,6 +261,44 @@ static int copy_plan(Copy *c, Chunk *ch)
         }
         /* a status error or another kind next is met by the next plan */
     }
+    *left_io = left;
+    *kind_out = kind;
+    *len_out = len;
+    return 0;
+}
+
+/* Hands out the next chunk; returns 1 with *ch filled, 0 when the range
+ * is exhausted, negative on a status error.  Lock held. */
+static int copy_plan(Copy *c, Chunk *ch)
+{
+    const CopyJob *job = c->job;
+    if (c->next_pos >= job->length) {
+        return 0;
+    }
+    uint64_t pos = c->next_pos;
+    uint64_t s = job->src_offset + pos;
+    int i = 0;
+    while (i < job->nsrc - 1 && (uint64_t)c->src_start[i + 1] <= s) {
+        i++;
+    }
+    uint64_t s_off = s - c->src_start[i];
+    uint64_t left = job->length - pos;
+    ChunkKind kind;
+    uint64_t len;
+    /* past the end of the sources: zeroes (src_zero_past_end) */
+    bool past_end = s_off >= (uint64_t)c->src_len[i];
+    if (past_end && !job->src_zero_past_end) {
+        return -EIO;   /* range runs past the sources: caller bug */
+    }
+    if (past_end) {
+        kind = CHUNK_ZERO;
+        len = left;
+    } else {
+        int ret = copy_source_extent(c, i, s_off, pos, &left, &kind, &len);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     ch->known_zero = false;
     if (kind == CHUNK_ZERO && job->sparse_size == 0 &&
         !job->compare_target) {
@@ -271,7 +306,7 @@ static int copy_plan(Copy *c, Chunk *ch)
         kind = CHUNK_DATA;
         ch->known_zero = true;
     }
-    if (job->compress && c->cluster > 1) {
+    if (job->compress && c->cluster > 1 && !past_end) {
         compress_align(c, pos, left, &kind, &len, ch);
     }
     if (kind == CHUNK_DATA) {
@@ -800,7 +835,8 @@ int copy_run(const CopyJob *job, Error *err)
         c.src_start[i] = total;
         total += c.src_len[i];
     }
-    if (job->src_offset + job->length > (uint64_t)total) {
+    if (job->src_offset + job->length > (uint64_t)total &&
+        !job->src_zero_past_end) {
         free(c.src_start);
         free(c.src_len);
         return error_setf(err, EINVAL, "copy: range past the end of source");

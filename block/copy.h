@@ -62,6 +62,9 @@ typedef struct CopyJob {
      * through its backing file): rebase fills only the holes of the top
      * in one job instead of one job per hole. */
     bool skip_dst_allocated;
+    /* The range may run past the end of the (last) source, which reads
+     * as zeroes there, as a backing file shorter than its overlay does. */
+    bool src_zero_past_end;
     uint64_t sparse_size;    /* min zero run turned into a hole; 0 = off */
     /* Store data compressed (BLOCK_REQ_COMPRESSED): work is planned in
      * whole target clusters, all-zero clusters become zero regions (when

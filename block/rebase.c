@@ -102,6 +102,7 @@ static int rebase_copy(BlockNode *top, BlockNode *old, BlockNode *nb,
     job.dst_offset = a;
     job.length = b - a;
     job.skip_dst_allocated = true;
+    job.src_zero_past_end = true;
     job.flush = false;   /* rebase_data flushes once, at the end */
     if (nb) {
         job.compare_target = true;
@@ -116,8 +117,10 @@ static int rebase_copy(BlockNode *top, BlockNode *old, BlockNode *nb,
     return copy_run(&job, err);
 }
 
-/* Past the old chain's end the old view is zeroes: holes of top over
- * [s, e) where nb has data get zero writes. */
+/* Without an old backing file the old view is zeroes: holes of top over
+ * [s, e) where nb has data get zero writes.  Each status query starts
+ * where the previous extent ended, on a cluster boundary of top, so no
+ * earlier write has changed what it reports. */
 static int rebase_zero_tail(BlockNode *top, BlockNode *nb, uint64_t s,
                             uint64_t e, Error *err)
 {
@@ -146,16 +149,16 @@ static int rebase_zero_tail(BlockNode *top, BlockNode *nb, uint64_t s,
     return 0;
 }
 
+
 static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
                        RebaseState *rs, Error *err)
 {
     int64_t len = block_get_length(top);
     int64_t old_len = old ? block_get_length(old) : 0;
-    int64_t new_len = nb ? block_get_length(nb) : 0;
     if (len < 0) {
         return error_setf(err, (int)-len, "Could not get the image size");
     }
-    if (old_len < 0 || new_len < 0) {
+    if (old_len < 0) {
         return error_setf(err, EIO, "Could not get the backing file size");
     }
     rs->total = (uint64_t)len;
@@ -163,15 +166,27 @@ static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
     report(rs, 0);
     uint64_t mid = (uint64_t)(len < old_len ? len : old_len);
     /* [0, cut) may skip what the prefix defines; past a shorter layer
-     * above it the old chain reads zeroes that src_base would skip. */
+     * above it the old chain reads zeroes that src_base would skip.  The
+     * cut lands on a cluster boundary of top: the second job asks which
+     * clusters top allocates, and the first one's last write must not
+     * have allocated the cluster the second starts in (reading more than
+     * the prefix needs there is only slower, never wrong). */
     uint64_t cut = rs->prefix ? (mid < rs->split ? mid : rs->split) : 0;
-    int ret = rebase_copy(top, old, nb, rs->prefix, 0, cut, rs, err);
-    if (ret >= 0) {
-        ret = rebase_copy(top, old, nb, NULL, cut, mid, rs, err);
+    BlockInfoExtra extra;
+    block_get_info_extra(top, &extra);
+    if (extra.cluster_size > 1) {
+        cut -= cut % extra.cluster_size;
     }
-    if (ret >= 0 && nb) {
-        uint64_t ze = (uint64_t)(len < new_len ? len : new_len);
-        ret = rebase_zero_tail(top, nb, mid, ze, err);
+    int ret;
+    if (!old) {
+        ret = nb ? rebase_zero_tail(top, nb, 0, (uint64_t)len, err) : 0;
+    } else {
+        ret = rebase_copy(top, old, nb, rs->prefix, 0, cut, rs, err);
+        if (ret >= 0) {
+            /* past the old chain's end its view is zeroes, to top's end */
+            ret = rebase_copy(top, old, nb, NULL, cut, (uint64_t)len, rs,
+                              err);
+        }
     }
     if (ret < 0) {
         return ret;

@@ -341,3 +341,41 @@ def test_rebase_many_holes_one_job(tmp):
     assert syncs <= 8, p.stderr[-2000:]
     assert same_content(before, top, "raw", "qcow2")
     qemu_check_clean(top)
+
+
+@pytest.mark.parametrize("case", ["unrelated", "prefix"])
+def test_rebase_odd_sizes_small_backing_clusters(tmp, case):
+    """Old backing layers with 4 KiB clusters and lengths that end inside
+    one of the top's 64 KiB clusters: writes into the top end mid-cluster
+    and allocate the whole cluster, so whatever decides what the top
+    allocates must not look again after them (the rest of that cluster
+    would then keep the new backing's bytes)."""
+    odd = 3 * MiB + 4608
+    l0, l1, top = tmp / "l0.qcow2", tmp / "l1.qcow2", tmp / "t.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", l0, "8M")
+    qemu_io("-c", "write -P 9 0 8M", l0)
+    if case == "unrelated":
+        qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096",
+                 l1, str(odd))
+    else:
+        qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096",
+                 "-b", "l0.qcow2", "-F", "qcow2", l1, str(odd))
+    cmds = []
+    for k, off in enumerate(range(4096 * 3, odd - 4096, 4096 * 37)):
+        cmds += ["-c", f"write -P {k % 200 + 20} {off} 4096"]
+    cmds += ["-c", f"write -P 7 {odd - 4608} 4608"]
+    qemu_io(*cmds, l1)
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "l1.qcow2", "-F", "qcow2",
+             top, "8M")
+    qemu_io("-c", "write -P 3 1M 64k", "-c", "write -P 4 5M 64k", top)
+    before = tmp / "before.raw"
+    qemu_img("convert", "-O", "raw", top, before)
+    if case == "unrelated":
+        new = tmp / "n.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", new, "8M")
+        qemu_io("-c", "write -P 11 0 8M", new)
+        imgtool("rebase", "-F", "qcow2", "-b", "n.qcow2", top)
+    else:
+        imgtool("rebase", "-F", "qcow2", "-b", "l0.qcow2", top)
+    assert same_content(before, top, "raw", "qcow2")
+    qemu_check_clean(top)
