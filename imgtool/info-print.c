@@ -207,6 +207,20 @@ static bool is_composite(const json_t *v)
     return json_is_object(v) || json_is_array(v);
 }
 
+/* What follows a key's or index's colon: a nested block on the lines
+ * below, or a scalar on the same line. */
+static void print_member(FILE *f, const json_t *v, int indent)
+{
+    if (is_composite(v)) {
+        fputc('\n', f);
+        info_print_tree(f, v, indent + 4);
+    } else {
+        fputc(' ', f);
+        print_scalar(f, v);
+        fputc('\n', f);
+    }
+}
+
 void info_print_tree(FILE *f, const json_t *j, int indent)
 {
     if (json_is_object(j)) {
@@ -218,28 +232,14 @@ void info_print_tree(FILE *f, const json_t *j, int indent)
                 fputc(*p == '-' ? ' ' : *p, f);
             }
             fputc(':', f);
-            if (is_composite(v)) {
-                fputc('\n', f);
-                info_print_tree(f, v, indent + 4);
-            } else {
-                fputc(' ', f);
-                print_scalar(f, v);
-                fputc('\n', f);
-            }
+            print_member(f, v, indent);
         }
     } else if (json_is_array(j)) {
         size_t i;
         json_t *v;
         json_array_foreach(j, i, v) {
             fprintf(f, "%*s[%zu]:", indent, "", i);
-            if (is_composite(v)) {
-                fputc('\n', f);
-                info_print_tree(f, v, indent + 4);
-            } else {
-                fputc(' ', f);
-                print_scalar(f, v);
-                fputc('\n', f);
-            }
+            print_member(f, v, indent);
         }
     } else {
         fprintf(f, "%*s", indent, "");

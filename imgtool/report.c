@@ -6,13 +6,18 @@
 
 const char *imgtool_cmd_name;
 
+static void vreport(const char *prefix, const char *fmt, va_list ap)
+{
+    fputs(prefix, stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void imgtool_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("imgtool: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vreport("imgtool: ", fmt, ap);
     va_end(ap);
 }
 
@@ -20,9 +25,7 @@ void imgtool_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("imgtool: warning: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vreport("imgtool: warning: ", fmt, ap);
     va_end(ap);
 }
 

@@ -192,28 +192,40 @@ static void luks_fmt_get_info_extra(BlockNode *n, BlockInfoExtra *out)
     out->encrypted = true;
 }
 
-/* Everything create and measure refuse before touching a disk. */
-static int parse_create_opts(KVList *opts, LuksCreateParams *p,
-                             PreallocMode *pm, uint8_t **pass, size_t *plen,
-                             Error *err)
+/* What create and measure take from the options. */
+typedef struct CreatePlan {
+    LuksCreateParams p;
+    PreallocMode pm;
+    uint8_t *pass;
+    size_t plen;
+    uint64_t hlen;      /* header length: where the payload starts */
+} CreatePlan;
+
+/* Everything create and measure refuse before touching a disk.  On
+ * failure pl->pass is NULL; else the caller frees it with secret_free. */
+static int parse_create_opts(KVList *opts, CreatePlan *pl, Error *err)
 {
     const char *pa = kvlist_get(opts, "preallocation");
-    *pm = PREALLOC_OFF;
-    if (pa && (prealloc_parse(pa, pm) < 0 || *pm == PREALLOC_METADATA)) {
+    pl->pm = PREALLOC_OFF;
+    if (pa && (prealloc_parse(pa, &pl->pm) < 0 ||
+               pl->pm == PREALLOC_METADATA)) {
         return error_setf(err, EINVAL, "Invalid preallocation mode: '%s'",
                           pa);
     }
     kvlist_get(opts, "size");
     kvlist_get(opts, "nocow");
     int ret = luks_get_passphrase(kvlist_get(opts, "key-secret"),
-                                  "key-secret", pass, plen, err);
+                                  "key-secret", &pl->pass, &pl->plen, err);
     if (ret < 0) {
         return ret;
     }
-    ret = luks_params_parse(opts, "", p, err);
+    ret = luks_params_parse(opts, "", &pl->p, err);
+    if (ret == 0) {
+        ret = luks_header_length(&pl->p, &pl->hlen, err);
+    }
     if (ret < 0) {
-        secret_free(*pass, *plen);
-        *pass = NULL;
+        secret_free(pl->pass, pl->plen);
+        pl->pass = NULL;
     }
     return ret;
 }
@@ -221,21 +233,16 @@ static int parse_create_opts(KVList *opts, LuksCreateParams *p,
 static int luks_fmt_create(const char *filename, uint64_t size, KVList *opts,
                            Error *err)
 {
-    LuksCreateParams p;
-    PreallocMode pm;
-    uint8_t *pass = NULL;
-    size_t plen = 0;
-    uint64_t hlen;
-    int ret = parse_create_opts(opts, &p, &pm, &pass, &plen, err);
+    CreatePlan pl = { 0 };
+    int ret = parse_create_opts(opts, &pl, err);
     if (ret < 0) {
         return ret;
     }
-    ret = luks_header_length(&p, &hlen, err);
-    if (ret == 0 && size > (uint64_t)INT64_MAX - hlen) {
+    if (size > (uint64_t)INT64_MAX - pl.hlen) {
         ret = error_setf(err, EFBIG, "Image size is too large");
     }
     if (ret == 0) {
-        ret = block_create_file(filename, hlen + size, pm, NULL, err);
+        ret = block_create_file(filename, pl.hlen + size, pl.pm, NULL, err);
     }
     BlockNode *file = NULL;
     if (ret == 0) {
@@ -245,7 +252,8 @@ static int luks_fmt_create(const char *filename, uint64_t size, KVList *opts,
     }
     if (ret == 0) {
         LuksVolume *vol = NULL;
-        ret = luks_create(&p, pass, plen, file_write, file, &vol, err);
+        ret = luks_create(&pl.p, pl.pass, pl.plen, file_write, file, &vol,
+                          err);
         luks_close(vol);
     }
     if (ret == 0) {
@@ -256,23 +264,16 @@ static int luks_fmt_create(const char *filename, uint64_t size, KVList *opts,
         }
     }
     block_close(file);
-    secret_free(pass, plen);
+    secret_free(pl.pass, pl.plen);
     return ret;
 }
 
 static int luks_fmt_measure(KVList *opts, BlockNode *in, uint64_t size,
                             BlockMeasure *out, Error *err)
 {
-    LuksCreateParams p;
-    PreallocMode pm;
-    uint8_t *pass = NULL;
-    size_t plen = 0;
-    uint64_t hlen;
-    int ret = parse_create_opts(opts, &p, &pm, &pass, &plen, err);
-    secret_free(pass, plen);
-    if (ret == 0) {
-        ret = luks_header_length(&p, &hlen, err);
-    }
+    CreatePlan pl = { 0 };
+    int ret = parse_create_opts(opts, &pl, err);
+    secret_free(pl.pass, pl.plen);
     if (ret < 0) {
         return ret;
     }
@@ -283,8 +284,8 @@ static int luks_fmt_measure(KVList *opts, BlockNode *in, uint64_t size,
         }
         size = (uint64_t)len;
     }
-    out->required = hlen + size;
-    out->fully_allocated = hlen + size;
+    out->required = pl.hlen + size;
+    out->fully_allocated = pl.hlen + size;
     return 0;
 }
 
