@@ -23,6 +23,7 @@
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
+#include "imgtool/opthelp.h"
 
 static const char convert_usage[] =
     "usage: imgtool convert [--object objectdef] [--image-opts]\n"
@@ -75,7 +76,7 @@ typedef struct ConvertOpts {
     const char *out_fmt, *backing, *backing_fmt, *cache, *src_cache;
     const char *create_opts, *snapshot;
     bool target_image_opts, target_is_zero, bitmaps, salvage, skip_broken;
-    bool compress, progress, no_create, out_of_order;
+    bool compress, progress, no_create, out_of_order, help;
     uint64_t sparse, rate;
     int workers;
 } ConvertOpts;
@@ -102,7 +103,10 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         case 'F': o->backing_fmt = optarg; break;
         case 'C': break;   /* offload is an optimisation; plain copy is ok */
         case 'c': o->compress = true; break;
-        case 'o': o->create_opts = optarg; break;
+        case 'o':
+            o->help |= opthelp_wanted(optarg);
+            o->create_opts = optarg;
+            break;
         case 'l': o->snapshot = optarg; break;
         case 'S': {
             uint64_t v;
@@ -166,6 +170,18 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
     }
     if (image_args_check(&o->src) < 0) {
         return 1;
+    }
+    if (o->help) {
+        /* as qemu-img: the output format's list, merged with its file's
+         * once the output is named (the last of two or more names) */
+        const char *fmt = o->out_fmt ? o->out_fmt : "raw";
+        const BlockDriver *drv = block_find_driver(fmt);
+        if (!drv || !drv->is_format) {
+            imgtool_error("Unknown file format '%s'", fmt);
+            return 1;
+        }
+        opthelp_print_create(drv, argc - optind >= 2 ? argv[argc - 1] : NULL);
+        return 0;
     }
     if (argc - optind < 1) {
         return usage_error("convert", "Must specify image file name");

@@ -99,78 +99,6 @@ static const BlockCreateOpt *find_opt(const BlockCreateOpt *list,
     return NULL;
 }
 
-/* The protocol driver that will hold the file: the one claiming the
- * name (iscsi://...), else the local file driver. */
-static const BlockDriver *protocol_for(const char *filename)
-{
-    for (int i = 0; filename && block_driver_list[i]; i++) {
-        const BlockDriver *d = block_driver_list[i];
-        if (d->is_protocol && d->owns_filename &&
-            d->owns_filename(filename)) {
-            return d;
-        }
-    }
-    return block_find_driver("file");
-}
-
-/* An option the format only passes down to the protocol (its entry is
- * the protocol's own); qemu-img lists those only at protocol level. */
-static bool is_protocol_passthrough(const BlockCreateOpt *o,
-                                    const BlockDriver *proto)
-{
-    if (strcmp(o->name, "size") == 0 || !proto) {
-        return false;
-    }
-    const BlockCreateOpt *p = find_opt(proto->create_opts, o->name);
-    return p && o->help && p->help && strcmp(o->help, p->help) == 0;
-}
-
-/* Lists the options as qemu-img does: sorted by name; with a filename
- * the protocol's options are merged in (the format's entry wins). */
-static void print_create_help(const BlockDriver *drv, const char *filename)
-{
-    bool with_protocol = filename != NULL;
-    const BlockDriver *proto = protocol_for(filename);
-    const BlockCreateOpt *lists[2] = {
-        drv->create_opts,
-        with_protocol && proto ? proto->create_opts : NULL,
-    };
-    size_t n = 0, cap = 0;
-    for (int l = 0; l < 2; l++) {
-        for (int i = 0; lists[l] && lists[l][i].name; i++) {
-            cap++;
-        }
-    }
-    const BlockCreateOpt **all = calloc(cap ? cap : 1, sizeof(*all));
-    for (int l = 0; l < 2; l++) {
-        for (int i = 0; lists[l] && lists[l][i].name; i++) {
-            bool dup = false;
-            for (size_t j = 0; j < n; j++) {
-                dup |= strcmp(all[j]->name, lists[l][i].name) == 0;
-            }
-            if (!with_protocol && is_protocol_passthrough(&lists[l][i],
-                                                          proto)) {
-                continue;
-            }
-            if (!dup) {
-                all[n++] = &lists[l][i];
-            }
-        }
-    }
-    char title[128];
-    if (with_protocol) {
-        snprintf(title, sizeof(title), "Supported options:");
-    } else {
-        snprintf(title, sizeof(title), "Supported %s options:", drv->name);
-    }
-    opthelp_print(title, all, n);
-    if (!with_protocol) {
-        printf("\nThe protocol level may support further options.\n"
-               "Specify the target filename to include those options.\n");
-    }
-    free(all);
-}
-
 static bool parse_bool_text(const char *v)
 {
     static const char *const ok[] = {
@@ -502,7 +430,7 @@ int cmd_create(int argc, char **argv)
             imgtool_error("Unknown file format '%s'", fmt);
             return 1;
         }
-        print_create_help(drv, npos >= 1 ? argv[optind] : NULL);
+        opthelp_print_create(drv, npos >= 1 ? argv[optind] : NULL);
         return 0;
     }
     if (npos < 1) {

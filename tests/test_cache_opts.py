@@ -426,8 +426,6 @@ def test_qcow2_data_file_gets_file_hints_like_qemu(tmp):
 CONVERT_HELP_CASES = [[], ["a"], ["a", "b"], ["a", "b", "c"]]
 
 
-@pytest.mark.xfail(strict=True, reason="convert does not yet answer -o "
-                   "help (cmd/convert.c: call opthelp_print_create)")
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_convert_help_lists_file_hints_like_qemu(tmp, fmt):
     for names in CONVERT_HELP_CASES:
