@@ -74,7 +74,8 @@ static const struct option convert_options[] = {
 typedef struct ConvertOpts {
     ImageArgs src;    /* -f -U -q --image-opts --object */
     const char *out_fmt, *backing, *backing_fmt, *cache, *src_cache;
-    const char *create_opts, *snapshot;
+    char *create_opts;       /* every -o, joined with ',' (qemu-img merges) */
+    const char *snapshot;
     bool target_image_opts, target_is_zero, bitmaps, salvage, skip_broken;
     bool compress, progress, no_create, out_of_order, help;
     uint64_t sparse, rate;
@@ -88,6 +89,22 @@ static void size_hint(void)
 }
 
 /* Returns -1 to continue, else the exit code. */
+/* Appends one -o list to the ones before it. */
+static int append_opts(char **all, const char *more)
+{
+    size_t have = *all ? strlen(*all) : 0;
+    char *n = realloc(*all, have + strlen(more) + 2);
+    if (!n) {
+        return -ENOMEM;
+    }
+    if (have) {
+        n[have++] = ',';
+    }
+    strcpy(n + have, more);
+    *all = n;
+    return 0;
+}
+
 static int convert_parse(int argc, char **argv, ConvertOpts *o)
 {
     int c;
@@ -105,7 +122,10 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         case 'c': o->compress = true; break;
         case 'o':
             o->help |= opthelp_wanted(optarg);
-            o->create_opts = optarg;
+            if (append_opts(&o->create_opts, optarg) < 0) {
+                imgtool_error("out of memory");
+                return 1;
+            }
             break;
         case 'l': o->snapshot = optarg; break;
         case 'S': {
@@ -310,39 +330,34 @@ static bool target_secret_opts(const ConvertOpts *o, KVList *out)
     return any;
 }
 
-int cmd_convert(int argc, char **argv)
+static int convert_run(ConvertOpts *o, int argc, char **argv)
 {
-    ConvertOpts o = { .sparse = COPY_DEFAULT_SPARSE,
-                      .workers = COPY_DEFAULT_WORKERS };
-    int rc = convert_parse(argc, argv, &o);
-    if (rc >= 0) {
-        return rc;
-    }
-    const char *out_fmt = o.out_fmt ? o.out_fmt : "raw";
+    int rc;
+    const char *out_fmt = o->out_fmt ? o->out_fmt : "raw";
     const BlockDriver *out_drv = block_find_driver(out_fmt);
     if (!out_drv) {
         imgtool_error("Unknown file format '%s'", out_fmt);
         return 1;
     }
-    if (o.compress && !out_drv->supports_compressed) {
+    if (o->compress && !out_drv->supports_compressed) {
         imgtool_error("Compression not supported for this file format");
         return 1;
     }
-    if (o.compress && o.create_opts && strstr(o.create_opts, "encrypt")) {
+    if (o->compress && o->create_opts && strstr(o->create_opts, "encrypt")) {
         /* QEMU cannot write compressed clusters into encrypted images */
         imgtool_error("Compression and encryption not supported at the "
                       "same time");
         return 1;
     }
 
-    int src_flags = image_args_flags(&o.src);
+    int src_flags = image_args_flags(&o->src);
     int dst_flags = BLOCK_O_RDWR;
-    if (o.src_cache && imgtool_parse_cache(o.src_cache, &src_flags) < 0) {
-        imgtool_error("Invalid source cache option: %s", o.src_cache);
+    if (o->src_cache && imgtool_parse_cache(o->src_cache, &src_flags) < 0) {
+        imgtool_error("Invalid source cache option: %s", o->src_cache);
         return 1;
     }
-    if (o.cache && imgtool_parse_cache(o.cache, &dst_flags) < 0) {
-        imgtool_error("Invalid cache option: %s", o.cache);
+    if (o->cache && imgtool_parse_cache(o->cache, &dst_flags) < 0) {
+        imgtool_error("Invalid cache option: %s", o->cache);
         return 1;
     }
 
@@ -359,7 +374,7 @@ int cmd_convert(int argc, char **argv)
         return 1;
     }
     for (int i = 0; i < nsrc; i++) {
-        src[i] = imgtool_open(argv[optind + i], o.src.fmt, o.src.image_opts,
+        src[i] = imgtool_open(argv[optind + i], o->src.fmt, o->src.image_opts,
                               src_flags, &err);
         if (!src[i]) {
             imgtool_report(&err);
@@ -367,17 +382,17 @@ int cmd_convert(int argc, char **argv)
         }
     }
     /* Refused before the target is created, as qemu-img does. */
-    if (o.bitmaps &&
-        block_bitmaps_check_copy(src[0], o.skip_broken, &err) < 0) {
+    if (o->bitmaps &&
+        block_bitmaps_check_copy(src[0], o->skip_broken, &err) < 0) {
         imgtool_report(&err);
         goto out;
     }
-    if (o.snapshot) {
+    if (o->snapshot) {
         if (nsrc != 1) {
             imgtool_error("No support for concatenating multiple snapshot");
             goto out;
         }
-        if (block_snapshot_load_tmp(src[0], o.snapshot, &err) < 0) {
+        if (block_snapshot_load_tmp(src[0], o->snapshot, &err) < 0) {
             imgtool_report(&err);
             goto out;
         }
@@ -389,12 +404,12 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
 
-    if (!o.no_create && create_target(&o, out_fmt, out, total)) {
+    if (!o->no_create && create_target(o, out_fmt, out, total)) {
         goto out;
     }
-    if (o.target_image_opts || !target_secret_opts(&o, &dst_opts)) {
-        dst = imgtool_open(out, o.target_image_opts ? NULL : out_fmt,
-                           o.target_image_opts, dst_flags, &err);
+    if (o->target_image_opts || !target_secret_opts(o, &dst_opts)) {
+        dst = imgtool_open(out, o->target_image_opts ? NULL : out_fmt,
+                           o->target_image_opts, dst_flags, &err);
     } else {
         dst = block_open(out, out_fmt, &dst_opts, dst_flags, &err);
     }
@@ -413,13 +428,13 @@ int cmd_convert(int argc, char **argv)
         imgtool_error("output file is smaller than input file");
         goto out;
     }
-    if (o.bitmaps && !block_bitmaps_persistent(dst)) {
+    if (o->bitmaps && !block_bitmaps_persistent(dst)) {
         imgtool_error("Format driver '%s' does not support bitmaps",
                       dst->drv->name);
         goto out;
     }
 
-    if (o.compress) {
+    if (o->compress) {
         BlockInfoExtra extra;
         block_get_info_extra(dst, &extra);
         if (extra.encrypted) {
@@ -435,25 +450,25 @@ int cmd_convert(int argc, char **argv)
     job.nsrc = nsrc;
     job.dst = dst;
     job.length = total;
-    job.sparse_size = o.sparse;
-    job.compress = o.compress;
-    job.workers = o.workers;
-    job.out_of_order = o.out_of_order;
-    job.rate_limit = o.rate;
-    job.salvage = o.salvage;
+    job.sparse_size = o->sparse;
+    job.compress = o->compress;
+    job.workers = o->workers;
+    job.out_of_order = o->out_of_order;
+    job.rate_limit = o->rate;
+    job.salvage = o->salvage;
     job.warn = convert_salvage_warn;
-    job.warn_opaque = &o;
+    job.warn_opaque = o;
     if (dst->backing) {
         /* zero writes must hide the backing file, not expose it */
         job.no_unmap = true;
         job.src_base = nsrc == 1 ? find_common_base(src[0], dst) : NULL;
         job.compare_target = !job.src_base;
     } else {
-        job.dst_is_zero = o.target_is_zero ||
+        job.dst_is_zero = o->target_is_zero ||
                           block_is_zero_fast(dst, 0, total);
     }
 
-    prog = progress_start(o.progress);
+    prog = progress_start(o->progress);
     job.progress = convert_progress;
     job.progress_opaque = prog;
     if (copy_run(&job, &err) < 0) {
@@ -463,7 +478,7 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
     /* After the copy, so that the copy's own writes do not mark them. */
-    if (o.bitmaps && block_bitmaps_copy(dst, src[0], o.skip_broken,
+    if (o->bitmaps && block_bitmaps_copy(dst, src[0], o->skip_broken,
                                         &err) < 0) {
         imgtool_report(&err);
         goto out;
@@ -481,5 +496,17 @@ out:
         }
     }
     free(src);
+    return rc;
+}
+
+int cmd_convert(int argc, char **argv)
+{
+    ConvertOpts o = { .sparse = COPY_DEFAULT_SPARSE,
+                      .workers = COPY_DEFAULT_WORKERS };
+    int rc = convert_parse(argc, argv, &o);
+    if (rc < 0) {
+        rc = convert_run(&o, argc, argv);
+    }
+    free(o.create_opts);
     return rc;
 }
