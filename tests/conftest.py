@@ -110,6 +110,16 @@ def merged_map(path):
     return runs
 
 
+def one_error_line(p):
+    """p failed with a single "imgtool: ..." line (blank lines aside) on
+    stderr; returns that line."""
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode != 0, p.stdout
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("imgtool: "), p.stderr
+    return lines[0]
+
+
 def faulty_opts(path, fmt="qcow2", extra=(), **kw):
     """--image-opts opening path as fmt (with extra "key=value" options of
     its own) over the faulty filter, kw being the filter's options

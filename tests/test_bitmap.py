@@ -18,8 +18,9 @@ import time
 import pytest
 
 import limits
-from conftest import (IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_info,
-                      qemu_io, imgtool_info, same_content)
+from conftest import (IMGTOOL, imgtool, imgtool_info, one_error_line,
+                      qemu_check_clean, qemu_img, qemu_info, qemu_io,
+                      same_content)
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-nbd"),
                                 reason="qemu-nbd is needed as the oracle")
@@ -109,13 +110,6 @@ def set_flags(path, name, flags):
                 f.write(struct.pack(">I", flags))
             return
     raise KeyError(name)
-
-
-def one_line_error(p):
-    assert p.returncode != 0
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("imgtool: "), p.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -381,7 +375,7 @@ def test_operation_errors(base_img, tmp, args, name, msg):
     pi = imgtool("bitmap", *args, i, name, check=False)
     assert pq.returncode == pi.returncode == 1
     assert msg in pq.stderr
-    assert msg in one_line_error(pi)
+    assert msg in one_error_line(pi)
     qemu_check_clean(i)
     assert bitmaps_of(qemu_info(i)) == bitmaps_of(qemu_info(base_img))
 
@@ -420,13 +414,13 @@ def test_errors_on_unsupported_images(tmp):
     qemu_img("create", "-q", "-f", "raw", raw, "1M")
     qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2, "1M")
     p = imgtool("bitmap", "--add", "-f", "raw", raw, "x", check=False)
-    assert "Can't store persistent bitmaps to" in one_line_error(p)
+    assert "Can't store persistent bitmaps to" in one_error_line(p)
     assert "Operation not supported" in p.stderr
     p = imgtool("bitmap", "--add", v2, "x", check=False)
-    assert "Cannot store dirty bitmaps in qcow2 v2 files" in one_line_error(p)
+    assert "Cannot store dirty bitmaps in qcow2 v2 files" in one_error_line(p)
     qemu_check_clean(v2)
     p = imgtool("bitmap", "--add", tmp / "missing.qcow2", "x", check=False)
-    assert "Could not open" in one_line_error(p)
+    assert "Could not open" in one_error_line(p)
 
 
 def test_earlier_actions_kept_after_a_failure(base_img, tmp):
@@ -464,9 +458,9 @@ def test_in_use_bitmap_is_inconsistent(base_img, tmp):
         assert pq.returncode == pi.returncode == 1
         assert "Bitmap 'b1' is inconsistent and cannot be used" in pq.stderr
         assert "Bitmap 'b1' is inconsistent and cannot be used" in \
-            one_line_error(pi)
+            one_error_line(pi)
     pi = imgtool("bitmap", "--merge", "b1", i, "b0", check=False)
-    assert "inconsistent" in one_line_error(pi)
+    assert "inconsistent" in one_error_line(pi)
 
     qemu_img("bitmap", "--remove", q, "b1")
     imgtool("bitmap", "--remove", i, "b1")
@@ -561,10 +555,10 @@ def test_convert_bitmaps_errors(base_img, tmp):
         pq = qemu_img("convert", "--bitmaps", *args, check=False)
         pi = imgtool("convert", "--bitmaps", *args, check=False)
         assert pq.returncode == pi.returncode == 1, args
-        assert msg in pq.stderr and msg in one_line_error(pi)
+        assert msg in pq.stderr and msg in one_error_line(pi)
     p = imgtool("convert", "--skip-broken-bitmaps", "-O", "qcow2", base_img,
                 tmp / "o4.qcow2", check=False)
-    assert "requires --bitmaps" in one_line_error(p)
+    assert "requires --bitmaps" in one_error_line(p)
 
 
 def test_convert_inconsistent_bitmap(base_img, tmp):
@@ -572,7 +566,7 @@ def test_convert_inconsistent_bitmap(base_img, tmp):
     out = tmp / "o.qcow2"
     p = imgtool("convert", "--bitmaps", "-O", "qcow2", base_img, out,
                 check=False)
-    assert "Cannot copy inconsistent bitmap 'b1'" in one_line_error(p)
+    assert "Cannot copy inconsistent bitmap 'b1'" in one_error_line(p)
     assert not out.exists()
     p = imgtool("convert", "--bitmaps", "--skip-broken-bitmaps", "-O",
                 "qcow2", base_img, out)
@@ -594,11 +588,11 @@ def test_convert_n_bitmaps_existing_and_size(base_img, tmp):
     p = imgtool("convert", "-n", "--bitmaps", "-O", "qcow2", base_img, same,
                 check=False)
     assert "Failed to create bitmap b0: Bitmap already exists: b0" in \
-        one_line_error(p)
+        one_error_line(p)
     p = imgtool("convert", "-n", "--bitmaps", "-O", "qcow2", base_img, big,
                 check=False)
     assert "Bitmaps are of different sizes (destination size is 134217728, " \
-        "source size is 67108864) and can't be merged" in one_line_error(p)
+        "source size is 67108864) and can't be merged" in one_error_line(p)
     qemu_check_clean(same)
     qemu_check_clean(big)
 
@@ -734,7 +728,7 @@ def test_hostile_directory(hostile_base, tmp, case):
                  ["convert", "--bitmaps", "-O", "qcow2", p, tmp / "o.qcow2"]):
         r = _run_limited(*argv)
         assert r.returncode == 1, (argv, r.returncode, r.stderr)
-        one_line_error(r)
+        one_error_line(r)
         assert not (tmp / "o.qcow2").exists()
     # check does not trust the directory either, and never crashes
     r = _run_limited("check", p)
@@ -852,7 +846,7 @@ def test_snapshot_apply_refused_with_bitmaps(base_img, tmp):
     pi = imgtool("snapshot", "-a", "s1", i, check=False)
     assert pq.returncode == pi.returncode == 1
     msg = "Could not apply snapshot 's1': Device has active dirty bitmaps"
-    assert msg in pq.stderr and msg in one_line_error(pi)
+    assert msg in pq.stderr and msg in one_error_line(pi)
     qemu_io("-c", "read -P 5 0 64k", i)
     qemu_check_clean(i)
     # without bitmaps it applies
@@ -998,7 +992,7 @@ def test_unallocated_bitmap_cluster_refused_for_writing(base_img, tmp):
         before = p.read_bytes()
         for argv in (["io", "-c", "write 0 4k", p], ["bitmap", "--add", p, "x"]):
             r = imgtool(*argv, check=False)
-            assert "is not allocated" in one_line_error(r)
+            assert "is not allocated" in one_error_line(r)
         assert p.read_bytes() == before
         assert bitmaps_of(imgtool_info(p)) == bitmaps_of(qemu_info(p))
         # check -r all counts it, then the image is writable again
@@ -1019,9 +1013,9 @@ def test_damaged_bitmap_table(hostile_base, tmp, case):
         {"flags": ["auto"], "name": n, "granularity": 65536}
         for n in ("b0", "b1")]
     r = _run_limited("convert", "--bitmaps", "-O", "qcow2", p, tmp / "o")
-    assert "Cannot copy inconsistent bitmap 'b0'" in one_line_error(r)
+    assert "Cannot copy inconsistent bitmap 'b0'" in one_error_line(r)
     r = _run_limited("bitmap", "--clear", p, "b0")
-    assert "inconsistent" in one_line_error(r)
+    assert "inconsistent" in one_error_line(r)
     r = _run_limited("io", "-c", "write 5M 4k", p)
     assert r.returncode == 0, r.stderr
     flags = {b["name"]: b["flags"] for b in bitmaps_of(qemu_info(p))}

@@ -4,32 +4,17 @@ turns clusters away early when a quick test finds nothing to gain (zlib),
 and that test must not cost clusters QEMU would compress.
 """
 import random
-import struct
 
 from conftest import imgtool, qemu_img, qemu_check_clean, same_content
+from test_compress_read import compressed_extents
 
 CS = 64 * 1024
 
 
 def compressed_clusters(path):
     """Guest cluster indexes whose L2 entry is compressed."""
-    with open(path, "rb") as f:
-        h = f.read(104)
-        cb = struct.unpack(">I", h[20:24])[0]
-        l1n = struct.unpack(">I", h[36:40])[0]
-        l1o = struct.unpack(">Q", h[40:48])[0]
-        cs = 1 << cb
-        f.seek(l1o)
-        out = set()
-        for i, e in enumerate(struct.unpack(">%dQ" % l1n, f.read(8 * l1n))):
-            if not e & 0x00fffffffffffe00:
-                continue
-            f.seek(e & 0x00fffffffffffe00)
-            for j, d in enumerate(struct.unpack(">%dQ" % (cs // 8),
-                                                f.read(cs))):
-                if d & (1 << 62):
-                    out.add(i * (cs // 8) + j)
-    return out
+    cs, extents = compressed_extents(path)
+    return {guest // cs for guest, _, _ in extents}
 
 
 def edge_of_compressibility():

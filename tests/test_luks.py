@@ -26,7 +26,8 @@ import time
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, io_args, qemu_img, qemu_io, run
+from conftest import (IMGTOOL, imgtool, io_args, one_error_line, qemu_img,
+                      qemu_io, run)
 
 PASS = "correct horse battery"
 FULL = os.environ.get("IMGTOOL_LUKS_FULL") == "1"
@@ -267,14 +268,6 @@ def test_qemu_quirk_ivgen_hash_without_essiv(tmp_path, pwfile):
 
 # ---------------------------------------------------------------------
 # Errors: one line, non-zero exit, nothing written
-
-
-def one_error_line(p):
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
-    assert p.returncode != 0
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("imgtool: "), p.stderr
-    return lines[0]
 
 
 def digest(path):

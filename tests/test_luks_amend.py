@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import faulty_opts, imgtool, qemu_img, qemu_io, run
+from conftest import (faulty_opts, imgtool, one_error_line, qemu_img, qemu_io,
+                      run)
 
 HAVE_CRYPTSETUP = shutil.which("cryptsetup") is not None
 PASSES = {"s0": "first pass", "s1": "second pass", "s2": "third pass",
@@ -270,7 +271,7 @@ def test_fills_all_slots(tmp_path, objs):
     before = sha(img)
     p = amend("imgtool", objs, img, "luks",
               "state=active,new-secret=s1,iter-time=1", rc=1)
-    assert one_line(p) == ("imgtool: Can't add a keyslot - all keyslots "
+    assert one_error_line(p) == ("imgtool: Can't add a keyslot - all keyslots "
                            "are in use")
     assert sha(img) == before
 
@@ -287,14 +288,6 @@ def test_iter_time_sizes_the_new_slot(tmp_path, objs):
 
 # ---------------------------------------------------------------------
 # Refusals: qemu-img's message, one line, the file unchanged
-
-
-def one_line(p):
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
-    assert p.returncode != 0
-    assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("imgtool: "), p.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +343,7 @@ def test_refusal_matches_qemu(request, tmp_path, objs, two_slot_images, fmt,
     shutil.copy(two_slot_images[fmt], img)
     before = sha(img)
     p = amend("imgtool", objs, img, fmt, opts, key=key, rc=1)
-    line = one_line(p)
+    line = one_error_line(p)
     assert sha(img) == before
     q = amend("qemu-img", objs, img, fmt, opts, key=key, rc=1)
     assert sha(img) == before
@@ -375,7 +368,7 @@ def test_last_slot_refused(tmp_path, objs, fmt, opts):
     img = fmt_image(tmp_path, objs, "imgtool", fmt)
     before = sha(img)
     p = amend("imgtool", objs, img, fmt, opts, rc=1)
-    line = one_line(p)
+    line = one_error_line(p)
     assert "refusing operation" in line and "irreversibly" in line
     q = amend("qemu-img", objs, img, fmt, opts, rc=1)
     assert line[len("imgtool: "):] == \
@@ -391,7 +384,7 @@ def test_plain_qcow2_has_no_slots(tmp_path, objs):
     p = imgtool("amend", *objs, "-f", "qcow2", "-o",
                 "encrypt.state=active,encrypt.new-secret=s1", img,
                 check=False)
-    assert one_line(p) == ("imgtool: Can't amend encryption options - "
+    assert one_error_line(p) == ("imgtool: Can't amend encryption options - "
                            "encryption not present")
     assert sha(img) == before
 
