@@ -158,6 +158,26 @@ def sanitized():
         return False
 
 
+def guest_bytes(img, out, snap=None):
+    """img's guest content, or that of its internal snapshot snap, as
+    qemu-img converts it to a raw file at out."""
+    if os.path.exists(out):
+        os.unlink(out)
+    qemu_img("convert", *(["-l", snap] if snap else []), "-O", "raw", img, out)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def image_state(img, work):
+    """(snapshot names, active content, {name: content}) of a qcow2 image
+    as qemu-img reads them, work being a directory for the raw copies."""
+    names = [s["name"] for s in qemu_info(img, "-f", "qcow2")
+             .get("snapshots", [])]
+    out = os.path.join(work, "state.raw")
+    return (names, guest_bytes(img, out),
+            {n: guest_bytes(img, out, n) for n in names})
+
+
 def write_random_file(path, size, seed=0):
     r = random.Random(seed)
     with open(path, "wb") as f:

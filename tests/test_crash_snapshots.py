@@ -24,11 +24,11 @@ import subprocess
 
 import pytest
 
-from conftest import (IMGTOOL, faulty_opts, imgtool, qemu_check_clean,
-                      qemu_img, qemu_io, sanitized)
+from conftest import (IMGTOOL, faulty_opts, image_state, imgtool,
+                      qemu_check_clean, qemu_img, qemu_io, sanitized)
 from test_crash import (KILL_POINTS, SECTOR, SEED, VSIZE, cluster_size,
                         durable_model, gen_workload, header_flags,
-                        kill_after, make_base, read_raw, run_io, script_line,
+                        kill_after, make_base, run_io, script_line,
                         timed_run, uniform_sectors)
 
 
@@ -56,22 +56,6 @@ SNAP_CONFIGS = [
     ("compat010-c4k", "compat=0.10,cluster_size=4k"),
     ("lazy-extl2", "lazy_refcounts=on,extended_l2=on"),
 ]
-
-
-def image_state(img, work):
-    """(snapshot names, active content, {name: content}) as qemu-img reads
-    them."""
-    info = json.loads(qemu_img("info", "--output=json", "-f", "qcow2",
-                               img).stdout)
-    names = [s["name"] for s in info.get("snapshots", [])]
-    out = work / "state.raw"
-    snaps = {}
-    for n in names:
-        if out.exists():
-            out.unlink()
-        qemu_img("convert", "-l", n, "-f", "qcow2", "-O", "raw", img, out)
-        snaps[n] = out.read_bytes()
-    return names, read_raw("qemu-img", img, out), snaps
 
 
 def run_snap_step(img, step, script, **faulty):

@@ -14,8 +14,9 @@ import struct
 
 import pytest
 
-from conftest import (faulty_opts, imgtool, imgtool_info, qemu_check_clean,
-                      qemu_img, qemu_info, qemu_io, same_content)
+from conftest import (faulty_opts, image_state, imgtool, imgtool_info,
+                      qemu_check_clean, qemu_img, qemu_info, qemu_io,
+                      same_content)
 
 MiB = 1024 * 1024
 
@@ -330,14 +331,6 @@ def test_convert_from_snapshot(tmp):
 
 # ------------------------------------------------------------ power loss
 
-def raw_of(img, out, snap=None):
-    if out.exists():
-        out.unlink()
-    args = ["convert", "-O", "raw"] + (["-l", snap] if snap else [])
-    qemu_img(*args, img, out)
-    return out.read_bytes()
-
-
 @pytest.mark.parametrize("op", [["-c", "new"], ["-a", "s1"], ["-d", "s1"],
                                 ["-d", "s2"]])
 def test_power_loss_leaves_old_or_new_state(tmp, op):
@@ -358,18 +351,13 @@ def test_power_loss_leaves_old_or_new_state(tmp, op):
     imgtool("snapshot", "-c", "s2", base)
     qemu_io("-c", "write -P 5 128k 8k", base)
 
-    def state(img, work):
-        names = [e[1] for e in snapshot_entries(img)]
-        return (names, raw_of(img, work / "a.raw"),
-                {n: raw_of(img, work / "s.raw", n) for n in names})
-
-    before = state(base, tmp)
+    before = image_state(base, tmp)
     dry = tmp / "dry.qcow2"
     shutil.copy(base, dry)
     st = tmp / "stats"
     imgtool("snapshot", *op, "--image-opts",
             faulty_opts(dry, stats_file=st))
-    after = state(dry, tmp)
+    after = image_state(dry, tmp)
     assert after != before
     counts = dict(line.split("=") for line in st.read_text().split())
     writes = int(counts["writes"])
@@ -393,13 +381,13 @@ def test_power_loss_leaves_old_or_new_state(tmp, op):
                 p.returncode == 2 and errors and
                 all(e.startswith("ERROR OFLAG_COPIED") for e in errors)), \
                 (cut, mode, p.stdout, p.stderr)
-            got = state(img, tmp)
+            got = image_state(img, tmp)
             assert got in (before, after), (cut, mode)
             seen.add(got == after)
             if p.returncode:
                 imgtool("check", "-r", "all", img, check=False)
                 qemu_check_clean(str(img))
-                assert state(img, tmp) == got, (cut, mode)
+                assert image_state(img, tmp) == got, (cut, mode)
     assert seen == {False, True}
 
 
