@@ -88,17 +88,6 @@ static const ShownOpt *shown_table(const char *fmt)
     return default_shown;
 }
 
-static const BlockCreateOpt *find_opt(const BlockCreateOpt *list,
-                                      const char *name)
-{
-    for (int i = 0; list && list[i].name; i++) {
-        if (strcmp(list[i].name, name) == 0) {
-            return &list[i];
-        }
-    }
-    return NULL;
-}
-
 static bool parse_bool_text(const char *v)
 {
     static const char *const ok[] = {
@@ -123,7 +112,7 @@ static int validate_opts(const BlockDriver *drv, KVList *opts, char **shown,
 {
     for (size_t i = 0; i < opts->n; i++) {
         KVPair *p = &opts->items[i];
-        const BlockCreateOpt *o = find_opt(drv->create_opts, p->key);
+        const BlockCreateOpt *o = opthelp_find_opt(drv->create_opts, p->key);
         if (!o) {
             return error_setf(err, EINVAL, "Invalid parameter '%s'", p->key);
         }

@@ -56,8 +56,8 @@ void opthelp_print(const char *title, const BlockCreateOpt **v, size_t n)
     }
 }
 
-static const BlockCreateOpt *find_opt(const BlockCreateOpt *list,
-                                      const char *name)
+const BlockCreateOpt *opthelp_find_opt(const BlockCreateOpt *list,
+                                       const char *name)
 {
     for (int i = 0; list && list[i].name; i++) {
         if (strcmp(list[i].name, name) == 0) {
@@ -86,7 +86,7 @@ static const BlockDriver *protocol_for(const char *filename)
 static bool only_passed_down(const BlockCreateOpt *o,
                              const BlockDriver *proto)
 {
-    const BlockCreateOpt *p = proto ? find_opt(proto->create_opts, o->name)
+    const BlockCreateOpt *p = proto ? opthelp_find_opt(proto->create_opts, o->name)
                                     : NULL;
     return p && strcmp(o->name, "size") != 0 && o->help && p->help &&
            strcmp(o->help, p->help) == 0;

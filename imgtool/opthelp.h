@@ -24,5 +24,8 @@ void opthelp_print(const char *title, const BlockCreateOpt **v, size_t n);
  * of the protocol that would hold it are merged in; without, options the
  * format only passes down to its file are left out and a note says so. */
 void opthelp_print_create(const BlockDriver *drv, const char *filename);
+/* The entry named name in a NULL-terminated option list, or NULL. */
+const BlockCreateOpt *opthelp_find_opt(const BlockCreateOpt *list,
+                                       const char *name);
 
 #endif
