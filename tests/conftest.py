@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -118,6 +119,23 @@ def one_error_line(p):
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("imgtool: "), p.stderr
     return lines[0]
+
+
+_QCOW2_HEADER = ("magic", "version", "backing_file_offset",
+                 "backing_file_size", "cluster_bits", "size", "crypt_method",
+                 "l1_size", "l1_table_offset", "refcount_table_offset",
+                 "refcount_table_clusters", "nb_snapshots",
+                 "snapshots_offset")
+# Bits of an L1 or L2 entry that hold the host offset.
+QCOW2_OFFSET_MASK = 0x00fffffffffffe00
+
+
+def qcow2_header(path):
+    """The version 2 part of path's qcow2 header (the first 72 bytes), by
+    the specification's field names."""
+    with open(path, "rb") as f:
+        fields = struct.unpack(">IIQIIQIIQQIIQ", f.read(72))
+    return dict(zip(_QCOW2_HEADER, fields))
 
 
 def faulty_opts(path, fmt="qcow2", extra=(), **kw):

@@ -18,9 +18,9 @@ import time
 import pytest
 
 import limits
-from conftest import (IMGTOOL, imgtool, imgtool_info, one_error_line,
-                      qemu_check_clean, qemu_img, qemu_info, qemu_io,
-                      same_content)
+from conftest import (IMGTOOL, QCOW2_OFFSET_MASK, imgtool, imgtool_info,
+                      one_error_line, qcow2_header, qemu_check_clean, qemu_img,
+                      qemu_info, qemu_io, read_be, same_content)
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-nbd"),
                                 reason="qemu-nbd is needed as the oracle")
@@ -870,15 +870,10 @@ def test_measure_bitmaps_size_of_imgtool_bitmaps(base_img, tmp):
 
 def _refblock_and_l2(path):
     """Host offsets of the first refcount block and the first L2 table."""
-    with open(path, "rb") as f:
-        h = f.read(104)
-        l1_off = struct.unpack(">Q", h[40:48])[0]
-        rt_off = struct.unpack(">Q", h[48:56])[0]
-        f.seek(rt_off)
-        rb = struct.unpack(">Q", f.read(8))[0]
-        f.seek(l1_off)
-        l2 = struct.unpack(">Q", f.read(8))[0] & 0x00fffffffffffe00
-    return rb, l2, l1_off, rt_off
+    h = qcow2_header(path)
+    l1_off, rt_off = h["l1_table_offset"], h["refcount_table_offset"]
+    return (read_be(path, rt_off, 8),
+            read_be(path, l1_off, 8) & QCOW2_OFFSET_MASK, l1_off, rt_off)
 
 
 def test_removing_hostile_in_use_bitmap_frees_no_metadata(tmp):

@@ -6,40 +6,30 @@ Leaks and corruptions are made by editing a refcount entry directly:
 a refcount on a cluster nobody references is a leak, a zero refcount
 on a cluster in use is a corruption."""
 import json
+import os
 import shutil
-import struct
 
-import pytest
-
-from conftest import imgtool, qemu_check_clean, qemu_img, qemu_io
+from conftest import (imgtool, io_args, poke_be, qcow2_header,
+                      qemu_check_clean, qemu_img, qemu_io, read_be)
 
 
 def set_refcount(path, cluster, value):
     """Sets cluster's 16-bit refcount in the first refcount block, growing
     the file so the cluster lies inside it (qemu-img only counts clusters
     within the file)."""
-    with open(path, "r+b") as f:
-        h = f.read(104)
-        cluster_bits = struct.unpack(">I", h[20:24])[0]
-        rt_off = struct.unpack(">Q", h[48:56])[0]
-        f.seek(rt_off)
-        rb_off = struct.unpack(">Q", f.read(8))[0]
-        f.seek(rb_off + 2 * cluster)
-        f.write(struct.pack(">H", value))
-        f.seek(0, 2)
-        need = (cluster + 1) << cluster_bits
-        if f.tell() < need:
-            f.truncate(need)
+    h = qcow2_header(path)
+    rb_off = read_be(path, h["refcount_table_offset"], 8)
+    poke_be(path, rb_off + 2 * cluster, 2, value)
+    need = (cluster + 1) << h["cluster_bits"]
+    if os.path.getsize(path) < need:
+        os.truncate(path, need)
 
 
 def image(tmp, name="a.qcow2", size="1M", writes=("write -P 1 0 256k",)):
     p = tmp / name
     qemu_img("create", "-f", "qcow2", p, size)
     if writes:
-        args = []
-        for w in writes:
-            args += ["-c", w]
-        qemu_io(*args, p)
+        qemu_io(*io_args(writes), p)
     return p
 
 

@@ -9,7 +9,8 @@ import zlib
 
 import pytest
 
-from conftest import imgtool, qemu_img, qemu_io, same_content
+from conftest import (QCOW2_OFFSET_MASK, imgtool, qcow2_header, qemu_img,
+                      qemu_io, same_content)
 
 K = 1024
 M = 1024 * K
@@ -47,18 +48,16 @@ def mixed(n, cs, seed):
 def compressed_extents(path):
     """(guest offset, host offset, bytes to read) of each compressed
     cluster, from the L2 tables."""
+    h = qcow2_header(path)
+    cb, l1n, l1o = h["cluster_bits"], h["l1_size"], h["l1_table_offset"]
     with open(path, "rb") as f:
-        h = f.read(104)
-        cb = struct.unpack(">I", h[20:24])[0]
-        l1n = struct.unpack(">I", h[36:40])[0]
-        l1o = struct.unpack(">Q", h[40:48])[0]
         cs = 1 << cb
         x = 62 - (cb - 8)
         f.seek(l1o)
         l1 = struct.unpack(">%dQ" % l1n, f.read(8 * l1n))
         out = []
         for i, e in enumerate(l1):
-            l2o = e & 0x00fffffffffffe00
+            l2o = e & QCOW2_OFFSET_MASK
             if not l2o:
                 continue
             f.seek(l2o)
