@@ -20,7 +20,7 @@ import struct
 import pytest
 
 import limits
-from conftest import qemu_check_clean, qemu_img, qemu_io
+from conftest import poke_be, qemu_check_clean, qemu_img, qemu_io, read_be
 
 TB = 1 << 40
 TIMEOUT = 2
@@ -43,15 +43,13 @@ class Img:
             f.write(data)
 
     def u64(self, off):
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            return struct.unpack(">Q", f.read(8))[0]
+        return read_be(self.path, off, 8)
 
     def p64(self, off, v):
-        self.wr(off, struct.pack(">Q", v))
+        poke_be(self.path, off, 8, v)
 
     def p32(self, off, v):
-        self.wr(off, struct.pack(">I", v))
+        poke_be(self.path, off, 4, v)
 
     def l2_off(self):
         return self.u64(self.l1_off) & 0x00fffffffffffe00
@@ -232,12 +230,10 @@ class Tables(Img):
         self.nb_snap, self.snap_off = struct.unpack(">IQ", h[60:72])
 
     def u32(self, off):
-        with open(self.path, "rb") as f:
-            f.seek(off)
-            return struct.unpack(">I", f.read(4))[0]
+        return read_be(self.path, off, 4)
 
     def p16(self, off, v):
-        self.wr(off, struct.pack(">H", v))
+        poke_be(self.path, off, 2, v)
 
     def snap(self, i):
         """Offset of snapshot table entry i."""
