@@ -484,5 +484,9 @@ extern const BlockCreateOpt block_protocol_create_opts[];
  * given preallocation; used by format drivers' create. */
 int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
                       KVList *opts, Error *err);
+/* Copies the host file hints a format takes among its own creation
+ * options (nocow, extent_size_hint) from opts into out: for a file the
+ * format creates besides its own, such as qcow2's external data file. */
+void block_create_file_hints(KVList *opts, KVList *out);
 
 #endif

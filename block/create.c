@@ -110,6 +110,17 @@ int block_create(const char *format, const char *filename, uint64_t size,
     return drv->create(filename, size, opts, err);
 }
 
+void block_create_file_hints(KVList *opts, KVList *out)
+{
+    static const char *const hints[] = { "nocow", "extent_size_hint" };
+    for (size_t i = 0; i < sizeof(hints) / sizeof(hints[0]); i++) {
+        const char *v = kvlist_get(opts, hints[i]);
+        if (v) {
+            kvlist_set(out, hints[i], v);
+        }
+    }
+}
+
 int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
                       KVList *opts, Error *err)
 {
@@ -131,13 +142,8 @@ int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
     if (pm != PREALLOC_OFF) {
         kvlist_set(&popts, "preallocation", prealloc_name(pm));
     }
-    /* Host file hints a format takes among its own options. */
-    static const char *const hints[] = { "nocow", "extent_size_hint" };
-    for (size_t i = 0; opts && i < sizeof(hints) / sizeof(hints[0]); i++) {
-        const char *v = kvlist_get(opts, hints[i]);
-        if (v) {
-            kvlist_set(&popts, hints[i], v);
-        }
+    if (opts) {
+        block_create_file_hints(opts, &popts);
     }
     int ret = drv->create(filename, size, &popts, err);
     kvlist_free(&popts);

@@ -370,9 +370,6 @@ def test_file_hints_reach_the_new_file_like_qemu(tmp, fmt, cmd):
 
 
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
-@pytest.mark.xfail(strict=True, reason="the luks format does not pass "
-                   "nocow/extent_size_hint on to its file "
-                   "(formats/luks/luks-format.c creates it without them)")
 def test_luks_file_hints_reach_the_new_file_like_qemu(tmp):
     key, dst = tmp / "key", tmp / "dst.luks"
     key.write_text("pw")
@@ -386,9 +383,6 @@ def test_luks_file_hints_reach_the_new_file_like_qemu(tmp):
 
 
 @pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
-@pytest.mark.xfail(strict=True, reason="qcow2 creates its external data "
-                   "file without nocow/extent_size_hint, QEMU with them "
-                   "(formats/qcow2/create.c)")
 def test_qcow2_data_file_gets_file_hints_like_qemu(tmp):
     img, data = tmp / "d.qcow2", tmp / "d.data"
 

@@ -214,6 +214,7 @@ static int parse_create_opts(KVList *opts, CreatePlan *pl, Error *err)
     }
     kvlist_get(opts, "size");
     kvlist_get(opts, "nocow");
+    kvlist_get(opts, "extent_size_hint");
     int ret = luks_get_passphrase(kvlist_get(opts, "key-secret"),
                                   "key-secret", &pl->pass, &pl->plen, err);
     if (ret < 0) {
@@ -242,7 +243,8 @@ static int luks_fmt_create(const char *filename, uint64_t size, KVList *opts,
         ret = error_setf(err, EFBIG, "Image size is too large");
     }
     if (ret == 0) {
-        ret = block_create_file(filename, pl.hlen + size, pl.pm, NULL, err);
+        /* opts hold the file's hints (nocow, extent_size_hint) */
+        ret = block_create_file(filename, pl.hlen + size, pl.pm, opts, err);
     }
     BlockNode *file = NULL;
     if (ret == 0) {
@@ -339,6 +341,8 @@ static const BlockCreateOpt luks_create_opts[] = {
       "Preallocation mode (allowed values: off, falloc, full)", "off" },
     { "nocow", OPT_BOOL, "Turn off copy-on-write (valid only on btrfs)",
       "off" },
+    { "extent_size_hint", OPT_SIZE,
+      "Extent size hint for the image file, 0 to disable", NULL },
     { NULL, 0, NULL, NULL },
 };
 

@@ -333,9 +333,13 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
     if (p.data_file) {
         /* As QEMU: the name is used as given (relative to the current
          * directory) and stored as given. */
+        /* as QEMU: the image file's hints apply to the data file too */
+        KVList hints = { 0 };
+        block_create_file_hints(opts, &hints);
         ret = block_create_file(p.data_file, size,
                                 p.data_file_raw ? p.prealloc : PREALLOC_OFF,
-                                NULL, err);
+                                &hints, err);
+        kvlist_free(&hints);
         if (ret < 0) {
             return ret;
         }
