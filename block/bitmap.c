@@ -326,7 +326,7 @@ int block_bitmap_add(BlockNode *n, const char *name, uint64_t granularity,
     if (len < 0) {
         return error_setf(err, (int)-len, "cannot get the image size");
     }
-    BlockBitmap *bm;
+    BlockBitmap *bm = NULL;
     pthread_rwlock_wrlock(&set->lock);
     ret = block_bitmaps_append(set, name, gbits, (uint64_t)len, enabled,
                                false, &bm, err);
@@ -362,7 +362,7 @@ int block_bitmap_remove(BlockNode *n, const char *name, Error *err)
 
 int block_bitmap_clear(BlockNode *n, const char *name, Error *err)
 {
-    BlockBitmap *bm;
+    BlockBitmap *bm = NULL;
     int ret = usable(n, name, &bm, err);
     if (ret < 0) {
         return ret;
@@ -377,7 +377,7 @@ int block_bitmap_clear(BlockNode *n, const char *name, Error *err)
 int block_bitmap_enable(BlockNode *n, const char *name, bool enable,
                         Error *err)
 {
-    BlockBitmap *bm;
+    BlockBitmap *bm = NULL;
     int ret = usable(n, name, &bm, err);
     if (ret < 0) {
         return ret;
@@ -395,7 +395,7 @@ int block_bitmap_enable(BlockNode *n, const char *name, bool enable,
 int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
                        const char *src, Error *err)
 {
-    BlockBitmap *d, *s;
+    BlockBitmap *d = NULL, *s = NULL;
     int ret = usable(n, dst, &d, err);
     if (ret < 0) {
         return ret;
