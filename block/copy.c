@@ -2,11 +2,16 @@
  * copy.c - the copy engine (API and promises in copy.h).
  *
  * Shape: every worker thread loops "plan the next chunk (under the job
- * lock) -> read/scan it (unlocked, in parallel) -> wait for its turn when
- * writes must stay in order -> write it".  Planning is serialised so
- * chunks are handed out in ascending order with increasing sequence
- * numbers; in-order mode lets chunk k write only after chunk k-1 has, so
- * the target sees a sequential write pattern while reads still overlap.
+ * lock) -> read/scan it (unlocked, in parallel) -> write it".  Planning
+ * is serialised so chunks are handed out in ascending order with
+ * increasing sequence numbers.  In-order mode writes chunk k only after
+ * chunk k-1, so the target sees a sequential write pattern while reads
+ * still overlap: a worker whose chunk is read posts it, and whichever
+ * worker holds the write turn writes every posted chunk that is next in
+ * line, with the poster's buffer, before giving the turn up.  Handing
+ * each write to its own thread instead cost a wakeup per chunk on the
+ * critical path (convert raw->qcow2 -t unsafe: 0.44 s in order against
+ * 0.37 s out of order).
  *
  * Planning asks block_status_above once per status extent (cached), not
  * once per chunk: a 1 TiB empty image costs a handful of status calls.
@@ -48,13 +53,15 @@ typedef struct Copy {
     int base_depth;          /* nodes from src[0] down to src_base */
 
     pthread_mutex_t lock;
-    /* In-order writes: the chunk with sequence number q waits on
-     * turn[q % nturn].  Chunks not yet written are all held by workers,
-     * so at most nturn are pending and no two share a slot; waking only
-     * the next writer instead of broadcasting to all of them cut 18% of
-     * convert raw->qcow2's CPU time (futex wakeups, context switches). */
-    pthread_cond_t turn[COPY_MAX_WORKERS];
-    int nturn;
+    /* In-order writes: the worker holding read chunk q posts itself in
+     * posted[q % nworkers].  Chunks not yet written are all held by
+     * workers, so no two pending chunks share a slot, and a slot is
+     * emptied (its chunk taken for writing) before chunk q + nworkers can
+     * be planned. */
+    struct Worker *workers;
+    int nworkers;
+    struct Worker *posted[COPY_MAX_WORKERS];
+    bool writing;            /* some worker is writing posted chunks */
     uint64_t next_pos;       /* next byte of the range to plan */
     uint64_t next_seq;       /* sequence number of the next chunk */
     uint64_t write_seq;      /* chunk allowed to write (in-order mode) */
@@ -104,13 +111,7 @@ int64_t copy_sources_length(BlockNode **src, int nsrc)
     return total;
 }
 
-/* Lock held. */
-static void copy_wake_all(Copy *c)
-{
-    for (int i = 0; i < c->nturn; i++) {
-        pthread_cond_broadcast(&c->turn[i]);
-    }
-}
+static void copy_wake_all(Copy *c);
 
 /* Records the first failure; later ones are consequences of stopping. */
 static void copy_fail(Copy *c, int ret, const char *fmt, uint64_t byte)
@@ -579,7 +580,20 @@ typedef struct Worker {
     uint8_t *buf;
     uint8_t *cur;   /* target content, compare_target only */
     pthread_t thread;
+    /* in-order mode, under the job lock: the chunk read and posted, and
+     * whether it still waits to be written */
+    Chunk ch;
+    bool pending;
+    pthread_cond_t written;
 } Worker;
+
+/* Lock held. */
+static void copy_wake_all(Copy *c)
+{
+    for (int i = 0; i < c->nworkers; i++) {
+        pthread_cond_broadcast(&c->workers[i].written);
+    }
+}
 
 /* The chunk could not be read as a whole: read it sector by sector and
  * let the sectors that fail read as zeroes. */
@@ -679,20 +693,68 @@ static int copy_write_chunk(Worker *w, const Chunk *ch)
     return ret;
 }
 
+/* A chunk's write is done: progress and writeback accounting.  Lock
+ * held. */
+static void copy_chunk_done(Copy *c, const Chunk *ch)
+{
+    const CopyJob *job = c->job;
+    c->done += ch->len;
+    if (ch->kind == CHUNK_DATA) {
+        copy_account_written(c, ch->len);
+    }
+    if (job->progress) {
+        job->progress(job->progress_opaque, c->done, job->length);
+    }
+}
+
+/* Writes a chunk with its reader's buffers; 0 or a negative errno (the
+ * error recorded).  Lock not held. */
+static int copy_write_throttled(Worker *w, const Chunk *ch)
+{
+    int ret = copy_write_chunk(w, ch);
+    if (ret >= 0 && ch->kind == CHUNK_DATA) {
+        copy_throttle(w->c, ch->len);
+    }
+    return ret;
+}
+
+/* In-order mode: writes posted chunks while the next in line is posted.
+ * Lock held; dropped around each write. */
+static void copy_drain(Copy *c)
+{
+    c->writing = true;
+    while (!c->ret) {
+        Worker *o = c->posted[c->write_seq % c->nworkers];
+        if (!o || o->ch.seq != c->write_seq) {
+            break;
+        }
+        c->posted[c->write_seq % c->nworkers] = NULL;
+        pthread_mutex_unlock(&c->lock);
+        int ret = copy_write_throttled(o, &o->ch);
+        pthread_mutex_lock(&c->lock);
+        if (ret >= 0) {
+            c->write_seq++;
+            copy_chunk_done(c, &o->ch);
+        }
+        o->pending = false;
+        pthread_cond_signal(&o->written);
+    }
+    c->writing = false;
+}
+
 static void *copy_worker(void *opaque)
 {
     Worker *w = opaque;
     Copy *c = w->c;
     const CopyJob *job = c->job;
-    /* Compression runs inside the target's write: waiting for our turn
-     * around it would compress one chunk at a time.  Compressed clusters
-     * are packed wherever they land, so their order buys no layout. */
+    /* Compression runs inside the target's write: writing in turn would
+     * compress one chunk at a time.  Compressed clusters are packed
+     * wherever they land, so their order buys no layout. */
     bool in_order = !job->out_of_order && !job->compress;
 
     pthread_mutex_lock(&c->lock);
     while (!c->ret) {
-        Chunk ch;
-        int r = copy_plan(c, &ch);
+        int r = copy_plan(c, &w->ch);
         if (r < 0) {
             c->ret = r;
             copy_wake_all(c);
@@ -703,39 +765,25 @@ static void *copy_worker(void *opaque)
         }
         pthread_mutex_unlock(&c->lock);
 
-        if (copy_read_chunk(w, &ch) < 0) {
-            pthread_mutex_lock(&c->lock);
-            break;
+        int ret = copy_read_chunk(w, &w->ch);
+        if (ret >= 0 && !in_order) {
+            ret = copy_write_throttled(w, &w->ch);
         }
-        if (in_order) {
-            pthread_mutex_lock(&c->lock);
-            while (!c->ret && c->write_seq != ch.seq) {
-                pthread_cond_wait(&c->turn[ch.seq % c->nturn], &c->lock);
-            }
-            if (c->ret) {
-                break;
-            }
-            pthread_mutex_unlock(&c->lock);
-        }
-        if (copy_write_chunk(w, &ch) < 0) {
-            pthread_mutex_lock(&c->lock);
-            break;
-        }
-        if (ch.kind == CHUNK_DATA) {
-            copy_throttle(c, ch.len);
-        }
-
         pthread_mutex_lock(&c->lock);
-        if (in_order) {
-            c->write_seq++;
-            pthread_cond_signal(&c->turn[c->write_seq % c->nturn]);
+        if (ret < 0) {
+            break;
         }
-        c->done += ch.len;
-        if (ch.kind == CHUNK_DATA) {
-            copy_account_written(c, ch.len);
+        if (!in_order) {
+            copy_chunk_done(c, &w->ch);
+            continue;
         }
-        if (job->progress) {
-            job->progress(job->progress_opaque, c->done, job->length);
+        w->pending = true;
+        c->posted[w->ch.seq % c->nworkers] = w;
+        if (!c->writing && c->write_seq == w->ch.seq) {
+            copy_drain(c);
+        }
+        while (w->pending && !c->ret) {
+            pthread_cond_wait(&w->written, &c->lock);
         }
     }
     pthread_mutex_unlock(&c->lock);
@@ -843,9 +891,6 @@ int copy_run(const CopyJob *job, Error *err)
     }
 
     pthread_mutex_init(&c.lock, NULL);
-    for (int i = 0; i < COPY_MAX_WORKERS; i++) {
-        pthread_cond_init(&c.turn[i], NULL);
-    }
     pthread_cond_init(&c.wb_cond, NULL);
     clock_gettime(CLOCK_MONOTONIC, &c.t0);
 
@@ -878,7 +923,6 @@ int copy_run(const CopyJob *job, Error *err)
         nw = (int)nchunks;
     }
 
-    c.nturn = nw;
     Worker *w = calloc(nw, sizeof(Worker));
     int ret = 0;
     int started = 0;
@@ -886,6 +930,11 @@ int copy_run(const CopyJob *job, Error *err)
         ret = error_setf(&c.err, ENOMEM, "copy: out of memory");
         goto out;
     }
+    for (int i = 0; i < nw; i++) {
+        pthread_cond_init(&w[i].written, NULL);
+    }
+    c.workers = w;
+    c.nworkers = nw;
     for (int i = 0; i < nw; i++) {
         w[i].c = &c;
         if (posix_memalign((void **)&w[i].buf, 4096, c.chunk_size) ||
@@ -931,6 +980,7 @@ out:
         for (int i = 0; i < nw; i++) {
             free(w[i].buf);
             free(w[i].cur);
+            pthread_cond_destroy(&w[i].written);
         }
         free(w);
     }
@@ -945,9 +995,6 @@ out:
         pthread_join(wb_thread, NULL);
     }
     pthread_cond_destroy(&c.wb_cond);
-    for (int i = 0; i < COPY_MAX_WORKERS; i++) {
-        pthread_cond_destroy(&c.turn[i]);
-    }
     pthread_mutex_destroy(&c.lock);
     free(c.src_start);
     free(c.src_len);
