@@ -112,6 +112,10 @@ static int file_open(BlockNode *n, KVList *opts, int flags, Error *err)
     if (direct) {
         n->request_alignment = probe_direct_alignment(s->fd);
     }
+    /* what the node does, whichever way it was asked (flag or option):
+     * format drivers above lay out their writes by it */
+    n->flags = direct ? n->flags | BLOCK_O_NOCACHE
+                      : n->flags & ~BLOCK_O_NOCACHE;
 
     bool want_lock = !(flags & BLOCK_O_NO_LOCK) &&
                      !(locking && strcmp(locking, "off") == 0);
@@ -210,6 +214,39 @@ static int file_discard(BlockNode *n, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Makes the file at least end bytes long without ever shrinking it: a
+ * size read before an ftruncate may be stale by the time it runs, and
+ * then the ftruncate cuts off what a concurrent writer put past it.
+ * fallocate only ever grows the file.  With allocate, [off, end) gets
+ * blocks (that read as zero); otherwise only the last block is given
+ * one for the new size and then punched out again, so the area stays a
+ * hole.  Without fallocate, ftruncate is the only way left. */
+static int grow_file(int fd, uint64_t off, uint64_t end, bool allocate)
+{
+    uint64_t from = allocate ? off : end - 1;
+    if (fallocate(fd, 0, (off_t)from, (off_t)(end - from)) == 0) {
+        if (!allocate) {
+            uint64_t blk = (end - 1) & ~(uint64_t)4095;
+            uint64_t p = blk > off ? blk : off;
+            /* best effort: a block of real zeroes is no harm */
+            (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            (off_t)p, (off_t)(end - p));
+        }
+        return 0;
+    }
+    if (errno != EOPNOTSUPP && errno != ENOSYS) {
+        return -errno;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        return -errno;
+    }
+    if ((uint64_t)st.st_size < end && ftruncate(fd, (off_t)end) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
 static int file_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
                              int flags)
 {
@@ -218,6 +255,13 @@ static int file_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
         uint64_t range[2] = { off, len };
         return ioctl(s->fd, BLKZEROOUT, range) < 0 ? -errno : 0;
     }
+    if (!(flags & BLOCK_REQ_MAY_UNMAP) &&
+        fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) == 0) {
+        /* Blocks that read as zero, past the end too (the file grows):
+         * O_DIRECT writes into them later need no block allocation,
+         * which on ext4 would take the inode lock exclusively. */
+        return 0;
+    }
     int64_t size;
     int ret = file_fd_length(s, &size);
     if (ret < 0) {
@@ -225,20 +269,24 @@ static int file_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
     }
     if (off >= (uint64_t)size) {
         /* Extending: the new area of a file reads as zero already. */
-        return ftruncate(s->fd, (off_t)(off + len)) < 0 ? -errno : 0;
+        return grow_file(s->fd, off, off + len,
+                         !(flags & BLOCK_REQ_MAY_UNMAP));
     }
     if (flags & BLOCK_REQ_MAY_UNMAP) {
-        if (off + len > (uint64_t)size &&
-            ftruncate(s->fd, (off_t)(off + len)) < 0) {
-            return -errno;
+        if (off + len > (uint64_t)size) {
+            ret = grow_file(s->fd, (uint64_t)size, off + len, false);
+            if (ret < 0) {
+                return ret;
+            }
         }
         if (fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                       (off_t)off, (off_t)len) == 0) {
             return 0;
         }
-    }
-    if (fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) == 0) {
-        return 0;
+        if (fallocate(s->fd, FALLOC_FL_ZERO_RANGE, (off_t)off,
+                      (off_t)len) == 0) {
+            return 0;
+        }
     }
     return -ENOTSUP;
 }
