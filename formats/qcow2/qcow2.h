@@ -280,10 +280,10 @@ struct Qcow2State {
     bool read_only;
     int open_flags;
 
-    /* Serialises the data writes into fresh clusters (rw.c), which grow
-     * the file: the kernel serialises them anyway, and many threads
-     * contending for the inode lock there cost more CPU than waiting
-     * here. */
+    /* Serialises the data writes into fresh clusters that grow the file
+     * (rw.c: through the page cache, or when fallocate failed): the
+     * kernel serialises them anyway, and many threads contending for the
+     * inode lock there cost more CPU than waiting here. */
     pthread_mutex_t grow_lock;
 
     /* Everything below needs s->lock. */

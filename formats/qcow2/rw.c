@@ -676,13 +676,28 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     if (ret >= 0) {
         ret = cow_read(n, &last, run_end, hi - run_end, &tail, &tz);
     }
+    bool grows = fresh;
+    if (ret >= 0 && fresh && (s->node->file->flags & BLOCK_O_NOCACHE)) {
+        /* O_DIRECT: blocks that read as zero for the whole new clusters
+         * first (a fallocate, as QEMU does).  The data writes then land
+         * inside the file in allocated blocks, which O_DIRECT writers do
+         * in parallel, where a write that grows the file or fills a hole
+         * holds the inode lock for its whole I/O, and so does each later
+         * write into the cluster's rest.  Through the page cache a hole
+         * costs nothing at write time and keeps the file sparse.
+         * Without fallocate the writes grow the file in turn
+         * (grow_lock): waiting here costs less than contending in the
+         * kernel. */
+        grows = block_write_zeroes(s->node->file, host, nclusters * cs,
+                                   BLOCK_REQ_NO_FALLBACK) < 0;
+    }
     if (ret >= 0) {
-        if (fresh) {
+        if (grows) {
             pthread_mutex_lock(&s->grow_lock);
         }
         ret = write_cow(s, host + (lo - cstart), fresh, head, hz, off - lo,
                         buf, run_end - off, tail, tz, hi - run_end);
-        if (fresh) {
+        if (grows) {
             pthread_mutex_unlock(&s->grow_lock);
         }
     }
