@@ -16,7 +16,8 @@ import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, io_args, qemu_img, qemu_io, read_be
+from conftest import (IMGTOOL, imgtool, io_args, no_leak_check_env,
+                      qemu_img, qemu_io, read_be)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -168,13 +169,6 @@ def l2_offsets(path):
     l1_size, l1_off = read_be(path, 36, 4), read_be(path, 40, 8)
     l1 = (read_be(path, l1_off + 8 * i, 8) for i in range(l1_size))
     return {e & 0x00fffffffffffe00 for e in l1 if e & 0x00fffffffffffe00}
-
-
-def no_leak_check_env():
-    # LeakSanitizer cannot run under ptrace; untraced tests cover leaks
-    opts = [o for o in os.environ.get("ASAN_OPTIONS", "").split(":")
-            if o and not o.startswith("detect_leaks=")]
-    return dict(os.environ, ASAN_OPTIONS=":".join(opts + ["detect_leaks=0"]))
 
 
 PREAD = re.compile(r"pread64\(\d+, .*, (\d+), (\d+)\) = \d+$")

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, imgtool, qemu_img, same_content
+from conftest import (IMGTOOL, imgtool, no_leak_check_env, qemu_img,
+                      same_content)
 
 MiB = 1 << 20
 
@@ -22,11 +23,7 @@ def output_syncs(tmp, *args):
     """Runs imgtool convert under strace; returns the fsync/fdatasync calls
     made on the output file's descriptors."""
     log = tmp / "strace.log"
-    env = dict(os.environ)
-    # LeakSanitizer cannot run under ptrace; untraced tests cover leaks
-    env["ASAN_OPTIONS"] = ":".join(
-        [o for o in env.get("ASAN_OPTIONS", "").split(":")
-         if o and not o.startswith("detect_leaks=")] + ["detect_leaks=0"])
+    env = no_leak_check_env()
     p = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
                         "trace=openat,fsync,fdatasync", IMGTOOL, "convert",
                         *args], capture_output=True, text=True, timeout=120,

@@ -46,8 +46,8 @@ import time
 
 import pytest
 
-from conftest import (IMGTOOL, faulty_opts, imgtool, qemu_img, qemu_io, run,
-                      sanitized)
+from conftest import (IMGTOOL, faulty_opts, imgtool, no_leak_check_env,
+                      qemu_img, qemu_io, run, sanitized)
 
 SECTOR = 512
 VSIZE = 4 << 20
@@ -447,7 +447,8 @@ def timed_run(cmd):
 def kill_after(cmd, delay):
     """Starts cmd and SIGKILLs it after delay seconds (if still running)."""
     proc = subprocess.Popen([str(a) for a in cmd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL,
+                            env=no_leak_check_env())
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -23,8 +23,8 @@ import time
 
 import pytest
 
-from conftest import (IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_io,
-                      same_content)
+from conftest import (IMGTOOL, imgtool, no_leak_check_env, qemu_check_clean,
+                      qemu_img, qemu_io, same_content)
 
 MiB = 1024 * 1024
 SIZE = 8 * MiB
@@ -426,16 +426,6 @@ FILE_CALLS = ["pwrite64", "pwritev", "write", "ftruncate",
               "utimensat"]
 
 
-def traced_env():
-    """LeakSanitizer cannot run under ptrace: off for traced runs (the
-    untraced tests cover leaks)."""
-    env = dict(os.environ)
-    opts = [o for o in env.get("ASAN_OPTIONS", "").split(":")
-            if o and not o.startswith("detect_leaks=")]
-    env["ASAN_OPTIONS"] = ":".join(opts + ["detect_leaks=0"])
-    return env
-
-
 def syscall_counts(argv, cwd):
     """How often each file-changing call runs in an uninterrupted run
     (the run itself is done on a copy and thrown away)."""
@@ -444,7 +434,7 @@ def syscall_counts(argv, cwd):
     log = work / "strace.log"
     subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
                     "trace=" + ",".join(FILE_CALLS), *argv], cwd=work,
-                   check=True, capture_output=True, env=traced_env())
+                   check=True, capture_output=True, env=no_leak_check_env())
     counts = {}
     for line in log.read_text().splitlines():
         parts = line.split(None, 1)
@@ -462,7 +452,7 @@ def killed_at(argv, cwd, call, n):
                         f"trace={call}", "-e",
                         f"inject={call}:signal=KILL:when={n}", *argv],
                        cwd=cwd, capture_output=True, text=True, timeout=120,
-                       env=traced_env())
+                       env=no_leak_check_env())
     return p.returncode
 
 
@@ -584,7 +574,7 @@ def test_kill_during_long_delete(tmp):
     r = random.Random(9)
     for _ in range(3):
         p = subprocess.Popen([IMGTOOL, "snapshot", "--external", "-d", "big",
-                              disk])
+                              disk], env=no_leak_check_env())
         time.sleep(r.uniform(0.01, 0.15))
         p.kill()
         p.wait()

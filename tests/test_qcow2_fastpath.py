@@ -11,8 +11,9 @@ import subprocess
 
 import pytest
 
-from conftest import (IMGTOOL, imgtool, io_args, merged_map, qemu_check_clean,
-                      qemu_img, qemu_io, same_content)
+from conftest import (IMGTOOL, imgtool, io_args, merged_map,
+                      no_leak_check_env, qemu_check_clean, qemu_img, qemu_io,
+                      same_content)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -160,12 +161,7 @@ def test_flush_without_metadata_changes_syncs_once(tmp):
                             IMGTOOL, "io", "-f", "qcow2", *io_args(cmds),
                             str(img)],
                            capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ, ASAN_OPTIONS=":".join(
-                               [o for o in os.environ.get(
-                                   "ASAN_OPTIONS", "").split(":")
-                                if o and not o.startswith("detect_leaks=")]
-                               + ["detect_leaks=0"])))
-        # (LeakSanitizer cannot run under ptrace; untraced tests cover leaks)
+                           env=no_leak_check_env())
         assert p.returncode == 0, p.stderr
         return sum(1 for line in p.stderr.splitlines()
                    if "fdatasync(" in line or "fsync(" in line)

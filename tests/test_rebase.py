@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from conftest import (IMGTOOL, imgtool, qemu_check_clean, qemu_img, qemu_io,
-                      same_content)
+from conftest import (IMGTOOL, imgtool, no_leak_check_env, qemu_check_clean,
+                      qemu_img, qemu_io, same_content)
 from test_commit import build_chain, chain_summary
 
 MiB = 1024 * 1024
@@ -191,7 +191,8 @@ def test_rebase_killed(tmp, onto):
         qemu_img("create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
                  "qcow2", top)
         qemu_io("-c", "write -P 3 1M 1M", top)
-        proc = subprocess.Popen([IMGTOOL, "rebase", *args, top])
+        proc = subprocess.Popen([IMGTOOL, "rebase", *args, top],
+                                env=no_leak_check_env())
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         rc = proc.wait()
@@ -240,10 +241,7 @@ def bytes_read(argv, tmp):
     if not shutil.which("strace"):
         return None
     log = tmp / "strace.log"
-    env = dict(os.environ)
-    # LeakSanitizer cannot run under ptrace
-    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") +
-                           ":detect_leaks=0").lstrip(":")
+    env = no_leak_check_env()
     subprocess.run(["strace", "-f", "-qq", "-o", log, "-e",
                     "trace=pread64,preadv,preadv2,read", *map(str, argv)],
                    check=True, capture_output=True, env=env)
@@ -329,11 +327,7 @@ def test_rebase_many_holes_one_job(tmp):
     p = subprocess.run(["strace", "-f", "-e", "trace=fdatasync,fsync",
                         IMGTOOL, "rebase", "-F", "qcow2", "-b", "n.qcow2",
                         str(top)], capture_output=True, text=True,
-                       timeout=120, env=dict(os.environ, ASAN_OPTIONS=":".join(
-                           [o for o in os.environ.get(
-                               "ASAN_OPTIONS", "").split(":")
-                            if o and not o.startswith("detect_leaks=")]
-                           + ["detect_leaks=0"])))
+                       timeout=120, env=no_leak_check_env())
     assert p.returncode == 0, p.stderr
     syncs = sum(1 for line in p.stderr.splitlines()
                 if "fdatasync(" in line or "fsync(" in line)
