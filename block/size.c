@@ -25,14 +25,30 @@ static int suffix_shift(char c)
 
 int parse_size(const char *s, uint64_t *out)
 {
-    if (!s || !*s || *s == '-' || isspace((unsigned char)*s)) {
+    if (!s) {
+        return -EINVAL;
+    }
+    /* as qemu-img: leading blanks are skipped, and 0x starts a whole
+     * hexadecimal number (a suffix may follow, a fraction may not) */
+    while (isspace((unsigned char)*s)) {
+        s++;
+    }
+    if (!*s || *s == '-' || *s == '+') {
+        return -EINVAL;
+    }
+    bool hex = s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+    const char *digits = hex ? s + 2 : s;
+    if (!isxdigit((unsigned char)*digits)) {
         return -EINVAL;
     }
     char *end;
     errno = 0;
-    unsigned long long whole = strtoull(s, &end, 10);
-    if (end == s || errno) {
+    unsigned long long whole = strtoull(digits, &end, hex ? 16 : 10);
+    if (end == digits || errno) {
         return errno == ERANGE ? -ERANGE : -EINVAL;
+    }
+    if (hex && *end == '.') {
+        return -EINVAL;
     }
     double frac = 0;
     if (*end == '.') {

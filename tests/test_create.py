@@ -391,3 +391,22 @@ def test_driver_refusals_match_qemu(tmp, opts):
     assert ours.stderr.replace(str(tmp / "i"), "X").replace(
         "imgtool:", "qemu-img:") == \
         theirs.stderr.replace(str(tmp / "q"), "X")
+
+
+@pytest.mark.parametrize("size", ["0x100000", "0X10", "0x1M", " 1M", "1.5M"])
+def test_size_spellings_like_qemu_img(tmp, size):
+    """Hexadecimal sizes and leading blanks mean what they mean to
+    qemu-img."""
+    ours, ref = tmp / "ours.raw", tmp / "ref.raw"
+    imgtool("create", "-q", "-f", "raw", ours, size)
+    qemu_img("create", "-q", "-f", "raw", ref, size)
+    assert os.path.getsize(ours) == os.path.getsize(ref)
+
+
+@pytest.mark.parametrize("size", ["0x1.8M", "0x", " -1M", "1.5"])
+def test_bad_size_spellings_refused_like_qemu_img(tmp, size):
+    p = imgtool("create", "-f", "raw", tmp / "x.raw", size, rc=1)
+    q = qemu_img("create", "-f", "raw", tmp / "y.raw", size, check=False)
+    assert q.returncode == 1
+    assert p.stderr.startswith("imgtool: Invalid image size specified")
+    assert not os.path.exists(tmp / "x.raw")

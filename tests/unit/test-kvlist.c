@@ -43,6 +43,13 @@ int main(void)
     ok(parse_size("16E", &v) == -ERANGE, "overflow");
     ok(parse_size("12x", &v) == -EINVAL, "bad suffix");
     ok(parse_size("-1", &v) == -EINVAL, "negative");
+    ok(parse_size(" 1M", &v) == 0 && v == 1048576, "leading blank");
+    ok(parse_size("0x100000", &v) == 0 && v == 1048576, "hex");
+    ok(parse_size("0X1M", &v) == 0 && v == 1048576, "hex with suffix");
+    ok(parse_size("0x1.8M", &v) == -EINVAL, "hex fraction");
+    ok(parse_size("0x", &v) == -EINVAL, "hex without digits");
+    ok(parse_size(" -1", &v) == -EINVAL, "blank then negative");
+    ok(parse_size("x1", &v) == -EINVAL, "no digits");
 
     char buf[32];
     format_size(1000448, buf, sizeof(buf));
