@@ -212,6 +212,29 @@ def write_random_file(path, size, seed=0):
         f.write(r.randbytes(size))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        item._imgtool_failed = True
+
+
+@pytest.fixture
+def tmp_path(request, tmp_path_factory):
+    """pytest's tmp_path, removed once its test has passed.  A full run
+    writes about 12 GiB of images (crash and kill tests, benches, model
+    runs); pytest keeps three runs' worth, and the normal and ASan runs
+    doubled that, which filled the CI machine's disk in the middle of a
+    run.  A failed test keeps its directory for a look."""
+    name = "".join(c if c.isalnum() or c in "-_" else "_"
+                   for c in request.node.name)[:30]
+    path = tmp_path_factory.mktemp(name, numbered=True)
+    yield path
+    if not getattr(request.node, "_imgtool_failed", False):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def tmp(tmp_path):
     return tmp_path
