@@ -232,9 +232,11 @@ int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
         ret = block_flush(s->node->file);
     }
     if (ret < 0) {
-        /* not on disk for sure: the cache must write it again */
-        qcow2_cache_mark_dirty(&s->l2_cache, nt);
+        /* No L1 entry points at the new table: its cluster is a leak, and
+         * a cached copy left dirty would make every later flush retry a
+         * write that failed (on a full disk, every one of them). */
         qcow2_cache_put(&s->l2_cache, &nt);
+        qcow2_cache_discard(&s->l2_cache, (uint64_t)noff);
         return ret;
     }
     s->refcount_unflushed = false;
