@@ -48,7 +48,8 @@ int block_snapshot_create(BlockNode *n, const char *name, Error *err)
     int count;
     int ret = block_snapshot_list(n, &v, &count);
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot read the snapshot table");
+        return error_setf(err, -ret, "cannot read the snapshot table: %s",
+                          strerror(-ret));
     }
     bool taken = false;
     for (int i = 0; i < count && !taken; i++) {

@@ -568,7 +568,8 @@ static int read_disk(Qcow2State *s, Qcow2Bitmaps **out, Error *err)
     ret = block_pread(s->node->file, dir_off, dir_size, d->dir);
     if (ret < 0) {
         free_disk(d);
-        return error_setf(err, -ret, "cannot read the bitmap directory");
+        return error_setf(err, -ret, "cannot read the bitmap directory: %s",
+                          strerror(-ret));
     }
     Qcow2BitmapGeometry g = {
         .cluster_bits = s->cluster_bits,
@@ -666,7 +667,8 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
         ret = any ? write_flags(s, d, flags) : 0;
         free(flags);
         if (ret < 0) {
-            error_setf(err, -ret, "cannot mark the bitmaps in use");
+            error_setf(err, -ret, "cannot mark the bitmaps in use: %s",
+                       strerror(-ret));
             goto fail;
         }
         d->in_use_set = any;
@@ -1117,7 +1119,8 @@ static int store_locked(BlockNode *n, Error *err)
                                dir, 0);
         }
         if (ret < 0) {
-            error_setf(err, -ret, "cannot write the bitmap directory");
+            error_setf(err, -ret, "cannot write the bitmap directory: %s",
+                       strerror(-ret));
         }
     }
     /* The new clusters and their refcounts reach the disk before the
@@ -1125,7 +1128,8 @@ static int store_locked(BlockNode *n, Error *err)
     if (ret >= 0) {
         ret = qcow2_flush_caches(s);
         if (ret < 0) {
-            error_setf(err, -ret, "cannot flush the bitmaps");
+            error_setf(err, -ret, "cannot flush the bitmaps: %s",
+                       strerror(-ret));
         }
     }
     if (ret >= 0) {
@@ -1140,7 +1144,8 @@ static int store_locked(BlockNode *n, Error *err)
         if (ret >= 0) {
             ret = qcow2_write_header(s, err);
         } else {
-            error_setf(err, -ret, "cannot update the bitmaps extension");
+            error_setf(err, -ret, "cannot update the bitmaps extension: %s",
+                       strerror(-ret));
         }
         if (ret < 0) {
             s->autoclear_features = ac;

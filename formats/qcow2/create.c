@@ -306,7 +306,8 @@ static int write_initial(BlockNode *file, const CreateParams *p,
         ret = block_flush(file);
     }
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot write the qcow2 metadata");
+        return error_setf(err, -ret, "cannot write the qcow2 metadata: %s",
+                          strerror(-ret));
     }
     return 0;
 }
@@ -384,7 +385,8 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
     if (ret >= 0) {
         ret = block_flush(n);
         if (ret < 0) {
-            error_setf(err, -ret, "cannot flush the new image");
+            error_setf(err, -ret, "cannot flush the new image: %s",
+                       strerror(-ret));
         }
     }
     block_close(n);

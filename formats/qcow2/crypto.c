@@ -264,7 +264,8 @@ int qcow2_crypto_create(BlockNode *n, KVList *opts, Error *err)
     }
     pthread_mutex_unlock(&s->lock);
     if (ret < 0 && !error_is_set(err)) {
-        error_setf(err, -ret, "Could not write the qcow2 header");
+        error_setf(err, -ret, "Could not write the qcow2 header: %s",
+                   strerror(-ret));
     }
     return ret;
 }

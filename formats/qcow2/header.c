@@ -221,7 +221,8 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         }
         int ret = block_pread(s->node->file, off, sizeof(h), h);
         if (ret < 0) {
-            return error_setf(err, -ret, "cannot read snapshot table");
+            return error_setf(err, -ret, "cannot read snapshot table: %s",
+                              strerror(-ret));
         }
         uint64_t l1_table_offset = qcow2_be64(h);
         uint32_t l1_size = qcow2_be32(h + 8);
@@ -250,7 +251,8 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
                           extra + id_len + name_len, rest);
         if (ret < 0) {
             free(rest);
-            return error_setf(err, -ret, "cannot read snapshot table");
+            return error_setf(err, -ret, "cannot read snapshot table: %s",
+                              strerror(-ret));
         }
         sn->l1_table_offset = l1_table_offset;
         sn->l1_size = l1_size;
@@ -326,7 +328,8 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     ret = block_pread(file, 0,
                       flen < (int64_t)sizeof(h) ? (size_t)flen : sizeof(h), h);
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot read qcow2 header");
+        return error_setf(err, -ret, "cannot read qcow2 header: %s",
+                          strerror(-ret));
     }
     if (qcow2_be32(h) != QCOW2_MAGIC) {
         return error_setf(err, EINVAL, "Image is not in qcow2 format");
@@ -385,7 +388,8 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     ret = block_pread(file, 0, hlen, buf);
     if (ret < 0) {
         free(buf);
-        return error_setf(err, -ret, "cannot read qcow2 header");
+        return error_setf(err, -ret, "cannot read qcow2 header: %s",
+                          strerror(-ret));
     }
     if (s->header_length > QCOW2_V3_HEADER_SIZE) {
         s->header_tail_len = s->header_length - QCOW2_V3_HEADER_SIZE;
@@ -617,11 +621,13 @@ int qcow2_write_header(Qcow2State *s, Error *err)
         }
         ret = block_pwrite(s->node->file, 0, len, buf, 0);
         if (ret < 0) {
-            error_setf(err, -ret, "cannot write qcow2 header");
+            error_setf(err, -ret, "cannot write qcow2 header: %s",
+                       strerror(-ret));
         } else {
             ret = block_flush(s->node->file);
             if (ret < 0) {
-                error_setf(err, -ret, "cannot flush qcow2 header");
+                error_setf(err, -ret, "cannot flush qcow2 header: %s",
+                           strerror(-ret));
             }
         }
     }

@@ -171,7 +171,8 @@ static int load_tables(Qcow2State *s, Error *err)
 {
     int ret = qcow2_read_l1(s, s->l1_table_offset, s->l1_size, &s->l1_table);
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot read the L1 table");
+        return error_setf(err, -ret, "cannot read the L1 table: %s",
+                          strerror(-ret));
     }
     uint64_t n = s->refcount_table_size;
     s->refcount_table = calloc(n ? n : 1, 8);
@@ -185,7 +186,8 @@ static int load_tables(Qcow2State *s, Error *err)
     ret = block_pread(s->node->file, s->refcount_table_offset, bytes,
                       s->refcount_table);
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot read the refcount table");
+        return error_setf(err, -ret, "cannot read the refcount table: %s",
+                          strerror(-ret));
     }
     for (uint64_t i = 0; i < bytes / 8; i++) {
         s->refcount_table[i] = qcow2_be64((uint8_t *)&s->refcount_table[i]);
@@ -275,7 +277,8 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
                 ret = block_flush(n->file);
             }
             if (ret < 0) {
-                error_setf(err, -ret, "cannot update the header");
+                error_setf(err, -ret, "cannot update the header: %s",
+                           strerror(-ret));
                 goto fail;
             }
         }
@@ -301,7 +304,8 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
             }
             pthread_mutex_unlock(&s->lock);
             if (ret < 0) {
-                error_setf(err, -ret, "cannot clear the dirty flag");
+                error_setf(err, -ret, "cannot clear the dirty flag: %s",
+                           strerror(-ret));
                 goto fail;
             }
         }

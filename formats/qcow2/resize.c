@@ -214,13 +214,15 @@ static int shrink(Qcow2State *s, uint64_t size, Error *err)
         uint64_t idx;
         ret = qcow2_get_l2_table(s, pos, false, &t, &idx);
         if (ret < 0) {
-            return error_setf(err, -ret, "cannot read an L2 table");
+            return error_setf(err, -ret, "cannot read an L2 table: %s",
+                              strerror(-ret));
         }
         if (t) {
             qcow2_cache_put(&s->l2_cache, &t);
             ret = qcow2_get_l2_table(s, pos, true, &t, &idx);
             if (ret < 0) {
-                return error_setf(err, -ret, "cannot update an L2 table");
+                return error_setf(err, -ret, "cannot update an L2 table: %s",
+                                  strerror(-ret));
             }
             for (uint64_t c = pos, i = idx; c < stop; c += cs, i++) {
                 Qcow2L2Entry e;
@@ -238,7 +240,8 @@ static int shrink(Qcow2State *s, uint64_t size, Error *err)
                 }
                 if (ret < 0) {
                     qcow2_cache_put(&s->l2_cache, &t);
-                    return error_setf(err, -ret, "cannot free clusters");
+                    return error_setf(err, -ret, "cannot free clusters: %s",
+                                      strerror(-ret));
                 }
             }
             qcow2_cache_mark_dirty(&s->l2_cache, t);
@@ -266,7 +269,8 @@ static int shrink(Qcow2State *s, uint64_t size, Error *err)
             ret = qcow2_free_clusters_deferred(s, l2, 1);
         }
         if (ret < 0) {
-            return error_setf(err, -ret, "cannot free an L2 table");
+            return error_setf(err, -ret, "cannot free an L2 table: %s",
+                              strerror(-ret));
         }
     }
     ret = write_size(s, size);
@@ -274,7 +278,8 @@ static int shrink(Qcow2State *s, uint64_t size, Error *err)
         ret = qcow2_flush_caches(s);
     }
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot shrink the image");
+        return error_setf(err, -ret, "cannot shrink the image: %s",
+                          strerror(-ret));
     }
     qcow2_cut_free_tail(s);
     return 0;
@@ -365,13 +370,15 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         if (ret < 0) {
             pthread_mutex_unlock(&s->lock);
             return error_is_set(err) ? ret
-                   : error_setf(err, -ret, "preallocation failed");
+                   : error_setf(err, -ret, "preallocation failed: %s",
+                                strerror(-ret));
         }
     }
     ret = write_size(s, size);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot write the new size");
+        return error_setf(err, -ret, "cannot write the new size: %s",
+                          strerror(-ret));
     }
     (void)exact;
     return 0;

@@ -531,7 +531,8 @@ static int do_create(Qcow2State *s, const char *name, Error *err)
     }
     ret = read_table(s, &old, &olen);
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot read the snapshot table");
+        return error_setf(err, -ret, "cannot read the snapshot table: %s",
+                          strerror(-ret));
     }
     {
         size_t *o, *l;
@@ -749,7 +750,8 @@ static int do_delete(Qcow2State *s, const char *id_or_name, Error *err)
     Qcow2Snapshot sn = s->snapshots[idx];
     ret = qcow2_read_l1(s, sn.l1_table_offset, sn.l1_size, &sl1);
     if (ret < 0) {
-        return error_setf(err, -ret, "cannot read the snapshot L1 table");
+        return error_setf(err, -ret, "cannot read the snapshot L1 table: %s",
+                          strerror(-ret));
     }
     ret = read_table(s, &old, &olen);
     if (ret >= 0) {
