@@ -82,6 +82,11 @@ void kvlist_extract_prefix(KVList *l, const char *prefix, KVList *out);
 int kvlist_check_unused(const KVList *l, const char *what, Error *err);
 void kvlist_free(KVList *l);
 
+/* "json:{...}" image names (jsonname.c): nested objects become dotted
+ * keys ("file": {"filename": x} is file.filename=x), booleans on/off. */
+bool block_is_json_name(const char *name);
+int block_json_name_to_opts(const char *name, KVList *out, Error *err);
+
 /* "1G", "512k", "4096", "1.5G" -> bytes.  Returns -EINVAL on junk,
  * -ERANGE on overflow. */
 int parse_size(const char *s, uint64_t *out);

@@ -197,10 +197,26 @@ static BlockNode *open_image(const char *filename, const char *format,
                              KVList *opts, int flags, ChainState *cs,
                              Error *err)
 {
-    KVList file_opts = { 0 }, backing_opts = { 0 };
+    KVList file_opts = { 0 }, backing_opts = { 0 }, json_opts = { 0 };
     BlockNode *file = NULL, *n = NULL;
     const BlockDriver *drv = NULL;
     int ret;
+
+    if (block_is_json_name(filename)) {
+        /* The name is the options; options given beside it win. */
+        if (block_json_name_to_opts(filename, &json_opts, err) < 0) {
+            goto out;
+        }
+        for (size_t i = 0; i < opts->n; i++) {
+            if (kvlist_set(&json_opts, opts->items[i].key,
+                           opts->items[i].value) < 0) {
+                error_setf(err, ENOMEM, "out of memory");
+                goto out;
+            }
+        }
+        opts = &json_opts;
+        filename = NULL;
+    }
 
     const char *optfmt = kvlist_get(opts, "driver");
     if (optfmt) {
@@ -218,27 +234,27 @@ static BlockNode *open_image(const char *filename, const char *format,
     }
     if (!filename || !*filename) {
         error_setf(err, EINVAL, "no image file name given");
-        return NULL;
+        goto out;
     }
     if (format) {
         drv = block_find_driver(format);
         if (!drv) {
             error_setf(err, EINVAL, "Unknown driver '%s'", format);
-            return NULL;
+            goto out;
         }
     }
 
     char *ident = chain_identity(filename);
     if (!ident) {
         error_setf(err, ENOMEM, "out of memory");
-        return NULL;
+        goto out;
     }
     for (int i = 0; i < cs->n_names; i++) {
         if (strcmp(cs->names[i], ident) == 0) {
             error_setf(err, ELOOP, "backing chain loop: '%s' appears twice",
                        filename);
             free(ident);
-            return NULL;
+            goto out;
         }
     }
     cs->names[cs->n_names++] = ident;
@@ -329,6 +345,7 @@ fail:
 out:
     kvlist_free(&file_opts);
     kvlist_free(&backing_opts);
+    kvlist_free(&json_opts);
     return n;
 }
 
@@ -388,7 +405,7 @@ void block_close(BlockNode *n)
 char *block_resolve_backing(const char *overlay, const char *backing)
 {
     if (backing[0] == '/' || strstr(backing, "://") || !overlay ||
-        strstr(overlay, "://")) {
+        strstr(overlay, "://") || block_is_json_name(backing)) {
         return strdup(backing);
     }
     const char *slash = strrchr(overlay, '/');

@@ -1,0 +1,96 @@
+/*
+ * jsonname.c - "json:{...}" image names, as QEMU takes them: the object
+ * is the image's options, nested objects are option groups.  QEMU also
+ * writes such names into qcow2 headers as backing files when plain file
+ * names cannot say how the backing image is opened.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "block/block.h"
+
+#define JSON_PREFIX "json:"
+/* Deeper nesting than any real option tree: a hostile backing name must
+ * not run the flattening out of stack. */
+#define JSON_MAX_DEPTH 16
+
+bool block_is_json_name(const char *name)
+{
+    return name && strncmp(name, JSON_PREFIX, strlen(JSON_PREFIX)) == 0;
+}
+
+static int flatten(const json_t *obj, const char *prefix, int depth,
+                   KVList *out, Error *err)
+{
+    const char *key;
+    json_t *v;
+
+    if (depth > JSON_MAX_DEPTH) {
+        return error_setf(err, EINVAL, "json: options nested too deeply");
+    }
+    json_object_foreach((json_t *)obj, key, v) {
+        char *full = NULL;
+        if (asprintf(&full, "%s%s%s", prefix, *prefix ? "." : "", key) < 0) {
+            return error_setf(err, ENOMEM, "out of memory");
+        }
+        char num[32];
+        const char *val = NULL;
+        int ret = 0;
+        switch (json_typeof(v)) {
+        case JSON_OBJECT:
+            ret = flatten(v, full, depth + 1, out, err);
+            break;
+        case JSON_STRING:
+            val = json_string_value(v);
+            break;
+        case JSON_INTEGER:
+            snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
+                     json_integer_value(v));
+            val = num;
+            break;
+        case JSON_TRUE:
+            val = "on";
+            break;
+        case JSON_FALSE:
+            val = "off";
+            break;
+        default:
+            ret = error_setf(err, EINVAL, "json: option '%s' must be a "
+                             "string, a whole number, a boolean or an "
+                             "object", full);
+            break;
+        }
+        if (ret == 0 && val && kvlist_set(out, full, val) < 0) {
+            ret = error_setf(err, ENOMEM, "out of memory");
+        }
+        free(full);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+int block_json_name_to_opts(const char *name, KVList *out, Error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loads(name + strlen(JSON_PREFIX),
+                              JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        return error_setf(err, EINVAL, "Could not parse the JSON options "
+                          "in the image name: %s", jerr.text);
+    }
+    int ret;
+    if (!json_is_object(root)) {
+        ret = error_setf(err, EINVAL, "json: image options must be a JSON "
+                         "object");
+    } else {
+        ret = flatten(root, "", 0, out, err);
+    }
+    json_decref(root);
+    return ret;
+}

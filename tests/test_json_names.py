@@ -1,0 +1,111 @@
+"""json:{...} image names, on the command line and as backing files that
+qemu-img wrote, read the same as qemu-img reads them."""
+import json
+import os
+
+import pytest
+
+from conftest import (imgtool, imgtool_info, one_error_line, qemu_img,
+                      qemu_info, qemu_io)
+
+
+def jname(obj):
+    return "json:" + json.dumps(obj, separators=(",", ":"))
+
+
+def without_actual_size(info):
+    if isinstance(info, list):
+        return [without_actual_size(i) for i in info]
+    return {k: v for k, v in info.items() if k != "actual-size"}
+
+
+@pytest.fixture
+def base(tmp_path):
+    p = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", p, "64M")
+    qemu_io("-c", "write -P 0x21 0 1M", "-c", "write -P 0x23 5M 64k", p)
+    return p
+
+
+@pytest.mark.parametrize("form", ["nested", "dotted", "format-flag"])
+def test_info_and_content_match_qemu(base, tmp_path, form):
+    if form == "nested":
+        name = jname({"driver": "qcow2",
+                      "file": {"driver": "file", "filename": str(base)}})
+    elif form == "dotted":
+        name = jname({"driver": "qcow2", "file.filename": str(base)})
+    else:
+        name = jname({"file": {"filename": str(base)}})
+    fmt = ["-f", "qcow2"] if form == "format-flag" else []
+    assert without_actual_size(imgtool_info(name, *fmt)) == \
+        without_actual_size(qemu_info(name, *fmt))
+    imgtool("convert", *fmt, "-O", "raw", name, tmp_path / "i.raw")
+    qemu_img("convert", "-O", "raw", base, tmp_path / "q.raw")
+    assert (tmp_path / "i.raw").read_bytes() == \
+        (tmp_path / "q.raw").read_bytes()
+
+
+def test_open_options_in_the_object(base):
+    # Numbers, booleans and options of the format itself.
+    name = jname({"driver": "qcow2",
+                  "file": {"filename": str(base),
+                           "cache": {"direct": False, "no-flush": False}},
+                  "l2-cache-size": 1048576, "cache-clean-interval": 0})
+    imgtool("io", "-c", "read -P 0x21 0 1M", name)
+    imgtool("io", "-c", "write -P 0x24 2M 64k", name)
+    qemu_io("-c", "read -P 0x24 2M 64k", base)
+    qemu_img("check", base)
+
+
+def test_backing_file_named_by_qemu_in_json(base, tmp_path):
+    top = tmp_path / "top.qcow2"
+    bname = jname({"driver": "qcow2",
+                   "file": {"driver": "file", "filename": str(base)}})
+    qemu_img("create", "-q", "-f", "qcow2", "-b", bname, "-F", "qcow2", top)
+    qemu_io("-c", "write -P 0x22 1M 1M", top)
+    assert without_actual_size(imgtool_info(top, "--backing-chain")) == \
+        without_actual_size(qemu_info(top, "--backing-chain"))
+    imgtool("convert", "-O", "raw", top, tmp_path / "i.raw")
+    qemu_img("convert", "-O", "raw", top, tmp_path / "q.raw")
+    assert (tmp_path / "i.raw").read_bytes() == \
+        (tmp_path / "q.raw").read_bytes()
+    # commit goes down into the json-named base.
+    imgtool("commit", top)
+    qemu_io("-c", "read -P 0x22 1M 1M", "-c", "read -P 0x21 0 1M", base)
+    qemu_img("check", base)
+
+
+def test_create_and_rebase_store_json_names_as_given(base, tmp_path):
+    top = tmp_path / "top.qcow2"
+    bname = jname({"driver": "qcow2", "file.filename": str(base)})
+    p = imgtool("create", "-f", "qcow2", "-b", bname, "-F", "qcow2", top)
+    q = qemu_img("create", "-f", "qcow2", "-b", bname, "-F", "qcow2",
+                 tmp_path / "qtop.qcow2")
+    assert p.stdout.replace("top.qcow2", "X") == \
+        q.stdout.replace("qtop.qcow2", "X")
+    assert qemu_info(top)["backing-filename"] == bname
+    other = tmp_path / "other.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", other, "64M")
+    oname = jname({"driver": "qcow2", "file": {"filename": str(other)}})
+    imgtool("rebase", "-b", oname, "-F", "qcow2", top)
+    assert qemu_info(top)["backing-filename"] == oname
+    # Safe rebase kept the guest view: the old base's data is in the top.
+    qemu_io("-c", "read -P 0x21 0 1M", "-c", "read -P 0x23 5M 64k", top)
+    qemu_img("check", top)
+
+
+@pytest.mark.parametrize("name,want", [
+    ("json:{", "Could not parse the JSON options"),
+    ("json:[1]", "must be a JSON object"),
+    ('json:{"driver":"qcow2","file":{"filename":"x","a":[1]}}',
+     "option 'file.a' must be"),
+    ('json:{"driver":"qcow2","driver":"raw"}', "Could not parse"),
+    ('json:{"driver":"qcow2","file":{"filename":"BASE","bogus":1}}',
+     "bogus"),
+    ('json:{"driver":"nosuch","file":"BASE"}', "Unknown driver 'nosuch'"),
+    ("json:" + "{\"a\":" * 40 + "1" + "}" * 40, "nested too deeply"),
+])
+def test_bad_json_names_get_one_line(base, name, want):
+    name = name.replace("BASE", str(base))
+    line = one_error_line(imgtool("info", name, check=False))
+    assert want in line, line
