@@ -173,6 +173,19 @@ static bool in_table(const ShownOpt *t, const char *name)
     return false;
 }
 
+/* qemu-img doubles the commas in option values, as its option syntax
+ * reads them back (backing_file=a,,b.qcow2). */
+static void print_opt(const char *name, const char *value)
+{
+    printf(" %s=", name);
+    for (const char *c = value; *c; c++) {
+        if (*c == ',') {
+            putchar(',');
+        }
+        putchar(*c);
+    }
+}
+
 static void print_formatting(const char *filename, const BlockDriver *drv,
                              const KVList *opts, char **shown, uint64_t size)
 {
@@ -189,14 +202,14 @@ static void print_formatting(const char *filename, const BlockDriver *drv,
             v = t[i].shown_default;
         }
         if (v) {
-            printf(" %s=%s", t[i].name, v);
+            print_opt(t[i].name, v);
         }
     }
     for (int i = 0; drv->create_opts && drv->create_opts[i].name; i++) {
         const char *name = drv->create_opts[i].name;
         const char *v = shown_value(opts, shown, name);
         if (v && !in_table(t, name)) {
-            printf(" %s=%s", name, v);
+            print_opt(name, v);
         }
     }
     printf("\n");
