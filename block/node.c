@@ -213,6 +213,8 @@ static BlockNode *open_image(const char *filename, const char *format,
                 error_setf(err, ENOMEM, "out of memory");
                 goto out;
             }
+            /* Checked for use as part of json_opts from here on. */
+            opts->items[i].used = true;
         }
         opts = &json_opts;
         filename = NULL;

@@ -109,3 +109,15 @@ def test_bad_json_names_get_one_line(base, name, want):
     name = name.replace("BASE", str(base))
     line = one_error_line(imgtool("info", name, check=False))
     assert want in line, line
+
+
+def test_options_beside_a_json_backing_name(base, tmp_path):
+    top = tmp_path / "top.qcow2"
+    bname = jname({"driver": "qcow2", "file": {"filename": str(base)}})
+    qemu_img("create", "-q", "-f", "qcow2", "-b", bname, "-F", "qcow2", top)
+    opts = f"driver=qcow2,file.filename={top}"
+    imgtool("io", "--image-opts", "-c", "read -P 0x21 0 1M",
+            opts + ",backing.l2-cache-size=1M")
+    line = one_error_line(imgtool("io", "--image-opts", "-c", "read 0 1",
+                                  opts + ",backing.bogus=1", check=False))
+    assert "'bogus'" in line, line
