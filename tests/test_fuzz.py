@@ -34,13 +34,23 @@ LIBFUZZER_ARGS = ["-timeout=10", "-rss_limit_mb=2048", "-malloc_limit_mb=512",
                   "-max_len=65536", "-print_final_stats=1"]
 
 
+def _spawn(harness, *args):
+    """argv running harness from a fresh small process.  Linux carries a
+    process's peak RSS across exec, and Python starts children with vfork,
+    so a harness exec'd straight from a pytest worker that once held 2 GiB
+    reports that as its own peak: libFuzzer then calls the first input out
+    of memory (CI: 'used: 2206Mb' in two harnesses in a row, 2117 in
+    another run).  A child forked by sh starts its count from sh's."""
+    return ["sh", "-c", '"$@"; rc=$?; exit $rc', "sh", harness, *args]
+
+
 def _fuzz_env():
     """ASan's default 256 MiB quarantine of freed blocks, with the
-    allocator's fragmentation around the LUKS harness's 2 MiB areas, took
-    a harness past 2 GiB of RSS in CI with only 24 MiB live (measured:
-    784 MiB after 180k inputs and still rising, 197 MiB flat with 32 MiB).
-    32 MiB still holds thousands of freed blocks for use-after-free
-    checks."""
+    allocator's fragmentation around the LUKS harness's 2 MiB areas, grows
+    a harness's RSS with the inputs it runs while little is live
+    (measured: 784 MiB after 180k inputs and still rising, 197 MiB flat
+    with 32 MiB).  32 MiB still holds thousands of freed blocks for
+    use-after-free checks."""
     opts = [o for o in os.environ.get("ASAN_OPTIONS", "").split(":")
             if o and not o.startswith("quarantine_size_mb=")]
     return dict(os.environ, ASAN_OPTIONS=":".join(opts +
@@ -113,7 +123,7 @@ def test_seeds_and_saved_crashers(harnesses, corpus, harness, tmp_path):
     failed = []
     for path in inputs:
         # Check reports echo fuzzed names: not always UTF-8.
-        p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, path],
+        p = subprocess.run(_spawn(harnesses[harness], *LIBFUZZER_ARGS, path),
                            capture_output=True, text=True, errors="replace",
                            timeout=120, env=_fuzz_env(),
                            cwd=tmp_path)
@@ -129,9 +139,9 @@ def test_fuzz_briefly(harnesses, corpus, harness, tmp_path):
     shutil.copytree(_seeds(harness, corpus), work)
     art = tmp_path / "artifacts"
     art.mkdir()
-    p = subprocess.run([harnesses[harness], *LIBFUZZER_ARGS, "-seed=1",
-                        f"-max_total_time={SECONDS}",
-                        f"-artifact_prefix={art}/", str(work)],
+    p = subprocess.run(_spawn(harnesses[harness], *LIBFUZZER_ARGS, "-seed=1",
+                              f"-max_total_time={SECONDS}",
+                              f"-artifact_prefix={art}/", str(work)),
                        capture_output=True, text=True, errors="replace",
                        timeout=SECONDS + 300, env=_fuzz_env(),
                        cwd=tmp_path)
