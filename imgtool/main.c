@@ -2,6 +2,7 @@
  * main.c - imgtool's entry point: find the command, run it.  Each
  * command lives in cmd/<name>.c with its own options and usage.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -61,8 +62,12 @@ int main(int argc, char **argv)
         if (strcmp(commands[i].name, name) == 0) {
             imgtool_cmd_name = name;
             int rc = commands[i].run(argc - 1, argv + 1);
-            if (fflush(stdout) != 0 && rc == 0) {
-                imgtool_error("error writing output");
+            /* A write that failed in an earlier implicit flush leaves
+             * only the error flag: this flush may have nothing to fail. */
+            int ferr = fflush(stdout) != 0 ? errno : 0;
+            if ((ferr || ferror(stdout)) && rc == 0) {
+                imgtool_error("error writing output%s%s", ferr ? ": " : "",
+                              ferr ? strerror(ferr) : "");
                 rc = 1;
             }
             return rc;

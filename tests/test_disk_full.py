@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from conftest import (imgtool, one_error_line, qemu_img, qemu_io,
-                      guest_bytes, write_random_file)
+from conftest import (IMGTOOL, guest_bytes, imgtool, io_args,
+                      one_error_line, qemu_img, qemu_io, write_random_file)
 
 FS_MIB = 16
 NOSPACE = "No space left on device"
@@ -170,3 +170,23 @@ def test_compressed_convert_into_full_disk(fs, tmp_path):
     p = imgtool("convert", "-c", "-O", "qcow2", src, dst, check=False)
     assert NOSPACE in one_error_line(p)
     check_consistent(dst)
+
+
+@pytest.mark.parametrize("cmd", [["info"], ["info", "--output=json"],
+                                 ["map"], ["map", "--output=json"],
+                                 ["check", "--output=json"]])
+def test_output_to_a_full_device_fails(tmp_path, cmd):
+    """A script that saves imgtool's report must learn the report is not
+    there: output that could not be written is an error, also when it was
+    lost in an earlier flush of a long output (map of 400 extents)."""
+    img = tmp_path / "m.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img,
+             "8M")
+    qemu_io(*io_args([f"write -P 1 {i * 8192} 4096" for i in range(400)]),
+            img)
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([IMGTOOL, *cmd, img], stdout=full,
+                           stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == \
+        f"imgtool: error writing output: {NOSPACE}", p.stderr
