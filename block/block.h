@@ -245,6 +245,9 @@ bool block_is_zero_fast(BlockNode *n, uint64_t off, uint64_t len);
 /* ------------------------------------------------------------------ */
 /* Format-level operations                                             */
 
+/* Whether filename can name a new image (json: names cannot); call
+ * before announcing a creation. */
+int block_create_name_check(const char *filename, Error *err);
 /* Create an image.  size may be 0 when opts has backing_file (the
  * backing file's size is used unless BLOCK_CREATE_UNSAFE).  opts hold the
  * driver's -o options (incl. backing_file, backing_fmt). */

@@ -33,6 +33,18 @@ static bool opt_known(const BlockCreateOpt *list, const char *key)
     return false;
 }
 
+int block_create_name_check(const char *filename, Error *err)
+{
+    if (block_is_json_name(filename)) {
+        /* It names options of an image that must exist; creating would
+         * make a file called "json:{...}". */
+        return error_setf(err, EINVAL, "cannot create an image named by "
+                          "json: options; give a file name (convert: -n "
+                          "writes into an existing image)");
+    }
+    return 0;
+}
+
 int block_create(const char *format, const char *filename, uint64_t size,
                  bool size_given, KVList *opts, int flags, Error *err)
 {
@@ -47,6 +59,9 @@ int block_create(const char *format, const char *filename, uint64_t size,
     if (!drv->create) {
         return error_setf(err, ENOTSUP, "Format driver '%s' does not "
                           "support image creation", drv->name);
+    }
+    if (block_create_name_check(filename, err) < 0) {
+        return -EINVAL;
     }
     const char *backing = NULL;
     for (size_t i = 0; i < opts->n; i++) {

@@ -352,6 +352,9 @@ static int do_create(const char *fmt, const char *filename,
         goto fail;
     }
 
+    if (block_create_name_check(filename, &err) < 0) {
+        goto fail;
+    }
     if (!quiet) {
         print_formatting(filename, drv, &opts, shown, size);
     }

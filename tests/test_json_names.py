@@ -121,3 +121,25 @@ def test_options_beside_a_json_backing_name(base, tmp_path):
     line = one_error_line(imgtool("io", "--image-opts", "-c", "read 0 1",
                                   opts + ",backing.bogus=1", check=False))
     assert "'bogus'" in line, line
+
+
+@pytest.mark.parametrize("cmd", ["create", "convert"])
+def test_json_names_are_not_created(base, tmp_path, cmd, monkeypatch):
+    """A json: name says how to open an image that exists; qemu-img
+    refuses to create one, and imgtool must not make a file called
+    'json:{...}' either."""
+    name = jname({"driver": "qcow2",
+                  "file": {"filename": str(tmp_path / "new.qcow2")}})
+    monkeypatch.chdir(tmp_path)
+    if cmd == "create":
+        p = imgtool("create", "-f", "qcow2", name, "1M", check=False)
+    else:
+        p = imgtool("convert", "-O", "qcow2", base, name, check=False)
+    assert "cannot create an image named by json: options" in \
+        one_error_line(p)
+    assert p.stdout == ""
+    assert sorted(os.listdir(tmp_path)) == ["base.qcow2"]
+    # Into an image that exists, -n writes.
+    qemu_img("create", "-q", "-f", "qcow2", tmp_path / "new.qcow2", "64M")
+    imgtool("convert", "-n", "-O", "qcow2", base, name)
+    assert qemu_img("compare", base, tmp_path / "new.qcow2").returncode == 0
