@@ -58,10 +58,19 @@ static int flatten(const json_t *obj, const char *prefix, int depth,
         case JSON_FALSE:
             val = "off";
             break;
+        case JSON_NULL:
+            /* "backing": null opens a layer without its backing file (to
+             * read only what the layer holds); the block layer takes an
+             * empty backing option for that. */
+            if (strcmp(key, "backing") == 0) {
+                val = "";
+                break;
+            }
+            /* fall through */
         default:
             ret = error_setf(err, EINVAL, "json: option '%s' must be a "
                              "string, a whole number, a boolean or an "
-                             "object", full);
+                             "object (null only for 'backing')", full);
             break;
         }
         if (ret == 0 && val && kvlist_set(out, full, val) < 0) {

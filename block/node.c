@@ -316,6 +316,15 @@ static BlockNode *open_image(const char *filename, const char *format,
         n = NULL;
         goto fail;
     }
+    /* backing= (json: "backing": null) opens this layer alone; a
+     * non-empty value would name a node, and there are no node names. */
+    const char *backing_ref = kvlist_get(opts, "backing");
+    if (backing_ref && *backing_ref) {
+        error_setf(err, EINVAL, "backing: '%s': only an empty value (no "
+                   "backing file) is supported, not node names",
+                   backing_ref);
+        goto fail_node;
+    }
     ret = kvlist_check_unused(opts, drv->name, err);
     if (ret < 0) {
         goto fail_node;
@@ -323,7 +332,7 @@ static BlockNode *open_image(const char *filename, const char *format,
     if (n->backing_file && *n->backing_file) {
         n->full_backing_filename = block_resolve_backing(filename,
                                                          n->backing_file);
-        if (!(flags & BLOCK_O_NO_BACKING)) {
+        if (!(flags & BLOCK_O_NO_BACKING) && !backing_ref) {
             ret = open_backing(n, &backing_opts, flags, cs, err);
             if (ret < 0) {
                 goto fail_node;

@@ -97,6 +97,8 @@ def test_create_and_rebase_store_json_names_as_given(base, tmp_path):
 @pytest.mark.parametrize("name,want", [
     ("json:{", "Could not parse the JSON options"),
     ("json:[1]", "must be a JSON object"),
+    ('json:{"driver":"qcow2","file":{"filename":"BASE","x":null}}',
+     "null only for 'backing'"),
     ('json:{"driver":"qcow2","file":{"filename":"x","a":[1]}}',
      "option 'file.a' must be"),
     ('json:{"driver":"qcow2","driver":"raw"}', "Could not parse"),
@@ -143,3 +145,35 @@ def test_json_names_are_not_created(base, tmp_path, cmd, monkeypatch):
     qemu_img("create", "-q", "-f", "qcow2", tmp_path / "new.qcow2", "64M")
     imgtool("convert", "-n", "-O", "qcow2", base, name)
     assert qemu_img("compare", base, tmp_path / "new.qcow2").returncode == 0
+
+
+def test_backing_null_reads_the_layer_alone(base, tmp_path):
+    """"backing": null opens an overlay without its backing file, as QEMU
+    does: what a backup of only the overlay's own data reads."""
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+    qemu_io("-c", "write -P 0x22 1M 1M", top)
+    alone = jname({"driver": "qcow2", "file": {"filename": str(top)},
+                   "backing": None})
+    for args in (["info", "--output=json"],
+                 ["info", "--output=json", "--backing-chain"],
+                 ["map", "--output=json"]):
+        mine = imgtool(*args, alone).stdout
+        theirs = qemu_img(*args, alone).stdout
+        if args[0] == "info":
+            mine = without_actual_size(json.loads(mine))
+            theirs = without_actual_size(json.loads(theirs))
+        assert mine == theirs, args
+    imgtool("convert", "-O", "raw", alone, tmp_path / "i.raw")
+    qemu_img("convert", "-O", "raw", alone, tmp_path / "q.raw")
+    data = (tmp_path / "i.raw").read_bytes()
+    assert data == (tmp_path / "q.raw").read_bytes()
+    assert data[:1 << 20] == bytes(1 << 20)          # base's data not read
+    assert data[1 << 20:2 << 20] == b"\x22" * (1 << 20)
+    # Without the override the chain is read as usual.
+    qemu_io("-c", "read -P 0x21 0 1M", top)
+    imgtool("io", "-c", "read -P 0x21 0 1M", top)
+    line = one_error_line(imgtool(
+        "info", jname({"driver": "qcow2", "file": {"filename": str(top)},
+                       "backing": "node0"}), check=False))
+    assert "node names" in line, line
