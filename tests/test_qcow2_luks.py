@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import imgtool, qemu_img, qemu_io, run
+from conftest import imgtool, one_error_line, qemu_img, qemu_io, run
 
 M = 1024 * 1024
 
@@ -244,3 +244,22 @@ def test_legacy_aes_read_only(tmp, sec, opts):
     imgtool("convert", "--object", sec["obj"], "--image-opts", "-O", "qcow2",
             "-o", create_opts(), iopts(img), enc)
     assert q_raw(tmp, sec, enc, "l.raw") == out.read_bytes()
+
+
+def test_key_for_a_plain_image(tmp, sec):
+    """As qemu-img: a key given for an unencrypted image is not an error
+    (one command line can open encrypted and plain images alike), a LUKS
+    format the header does not have is."""
+    img = tmp / "plain.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", img, "1M")
+    qemu_io("-c", "write -P 3 0 64k", img)
+    args = ["--object", sec["obj"], "--image-opts", "-c", "read -P 3 0 64k",
+            iopts(img)]
+    qemu_io(*args)
+    imgtool("io", *args)
+    opts = f"driver=qcow2,file.filename={img},encrypt.format=luks"
+    q = qemu_img("info", "--image-opts", opts, check=False)
+    p = imgtool("info", "--image-opts", opts, rc=1)
+    want = "No encryption in image header, but options specified format " \
+           "'luks'"
+    assert want in q.stderr and want in one_error_line(p), p.stderr

@@ -220,6 +220,18 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
         if (ret < 0) {
             goto fail;
         }
+    } else {
+        /* As QEMU: a key for a plain image is not an error (one script
+         * line can open encrypted and plain images alike, and a convert
+         * killed before it encrypted its target leaves a plain one); a
+         * format the header does not have is. */
+        (void)kvlist_get(opts, "encrypt.key-secret");
+        const char *efmt = kvlist_get(opts, "encrypt.format");
+        if (efmt) {
+            ret = error_setf(err, EINVAL, "No encryption in image header, "
+                             "but options specified format '%s'", efmt);
+            goto fail;
+        }
     }
     if (!n->read_only && (s->incompatible_features & QCOW2_INCOMPAT_CORRUPT)
         && !(flags & BLOCK_O_CHECK)) {
