@@ -521,16 +521,19 @@ def make_source(path, size, rng):
     [],
     ["-o", "cluster_size=4k"],
     ["-W", "-m", "4"],
-], ids=["default", "c4k", "W-m4"])
+    ["-o", LUKS],
+], ids=["default", "c4k", "W-m4", "luks"])
 def test_kill_convert(tmp_path, args):
     rng = random.Random(f"{SEED}-kill-{args}")
+    enc = encryption(" ".join(args), tmp_path)
     src = tmp_path / "src.raw"
     size = 48 << 20
     make_source(src, size, rng)
     with open(src, "rb") as f:
         srcdata = f.read()
     dst = tmp_path / "dst.qcow2"
-    cmd = [IMGTOOL, "convert", "-f", "raw", "-O", "qcow2", *args, src, dst]
+    cmd = [IMGTOOL, "convert", *enc[0], "-f", "raw", "-O", "qcow2", *args,
+           src, dst]
     full = timed_run(cmd)
     outcomes = {"empty": 0, "size0": 0, "checked": 0}
     for k in range(max(1, KILL_POINTS // 3)):
@@ -546,17 +549,17 @@ def test_kill_convert(tmp_path, args):
         info = qemu_img("info", "--output=json", "-f", "qcow2", dst,
                         check=False)
         assert info.returncode == 0, f"{what}: {info.stderr}"
-        q = qemu_img("check", "--output=json", "-f", "qcow2", dst,
-                     check=False)
+        pre, ref = image_ref(dst, enc)
+        q = qemu_img("check", "--output=json", *pre, ref, check=False)
         assert q.returncode in (0, 3), f"{what}: {q.stdout}{q.stderr}"
-        r = imgtool("check", "-f", "qcow2", dst, check=False)
+        r = imgtool("check", *pre, ref, check=False)
         assert r.returncode == q.returncode, f"{what}: {r.stdout}{r.stderr}"
         if json.loads(info.stdout)["virtual-size"] == 0:
             # Like qemu-img, create makes a zero-sized image and then
             # grows it: killed in between, that is what is left.
             outcomes["size0"] += 1
             continue
-        data = read_raw("qemu-img", dst, tmp_path / "out.raw")
+        data = read_raw("qemu-img", dst, tmp_path / "out.raw", enc)
         assert len(data) == size, what
         zero = bytes(SECTOR)
         for s in range(0, size, SECTOR):
