@@ -206,6 +206,15 @@ int block_open_backing(BlockNode *node, int flags, Error *err);
  * malloc'd string. */
 char *block_resolve_backing(const char *overlay, const char *backing);
 
+/* Backing chains longer than this are refused (a loop or a hostile
+ * image). */
+#define BLOCK_MAX_CHAIN 64
+/* Identity of a chain member for loop detection (malloc'd): the
+ * canonical path for local files, the string itself for URLs.  Two names
+ * of one file, such as "a.qcow2" and "../dir/a.qcow2", or a json: name
+ * and the file it names (once opened: use the node's filename), agree. */
+char *block_chain_identity(const char *filename);
+
 /* ------------------------------------------------------------------ */
 /* Requests (thread-safe)                                              */
 

@@ -13,7 +13,6 @@
 
 #include "block/block.h"
 
-#define BLOCK_MAX_CHAIN 64
 #define PROBE_BYTES 2048
 
 static BlockNode *node_new(const BlockDriver *drv, const char *filename,
@@ -153,9 +152,7 @@ typedef struct ChainState {
     char *names[BLOCK_MAX_CHAIN + 2];
 } ChainState;
 
-/* Identity of a chain member for loop detection: the canonical path for
- * local files, the string itself for URLs. */
-static char *chain_identity(const char *filename)
+char *block_chain_identity(const char *filename)
 {
     if (strstr(filename, "://")) {
         return strdup(filename);
@@ -246,7 +243,7 @@ static BlockNode *open_image(const char *filename, const char *format,
         }
     }
 
-    char *ident = chain_identity(filename);
+    char *ident = block_chain_identity(filename);
     if (!ident) {
         error_setf(err, ENOMEM, "out of memory");
         goto out;
@@ -390,7 +387,7 @@ int block_open_backing(BlockNode *n, int flags, Error *err)
         return error_setf(err, ENOMEM, "out of memory");
     }
     ChainState cs = { 0 };
-    cs.names[cs.n_names++] = chain_identity(n->filename);
+    cs.names[cs.n_names++] = block_chain_identity(n->filename);
     KVList empty = { 0 };
     int ret = open_backing(n, &empty, flags, &cs, err);
     for (int i = 0; i < cs.n_names; i++) {

@@ -58,6 +58,10 @@ static int collect_chain(json_t *chain, const char *name, const char *fmt,
 {
     char *cur = strdup(name);
     char *cur_fmt = fmt ? strdup(fmt) : NULL;
+    /* Names can differ for one file ("../dir/a.qcow2", a json: name), so
+     * loops are found by the identity of the file each layer opened. */
+    char *seen[BLOCK_MAX_CHAIN + 1] = { 0 };
+    int nseen = 0;
     int ret = 0;
 
     while (cur) {
@@ -73,6 +77,27 @@ static int collect_chain(json_t *chain, const char *name, const char *fmt,
             ret = 1;
             break;
         }
+        char *ident = block_chain_identity(n->filename);
+        bool loop = false;
+        for (int i = 0; ident && i < nseen; i++) {
+            loop = loop || strcmp(seen[i], ident) == 0;
+        }
+        if (!ident || loop || nseen > BLOCK_MAX_CHAIN) {
+            if (!ident) {
+                imgtool_error("out of memory");
+            } else if (loop) {
+                imgtool_error("Backing file '%s' creates an infinite loop.",
+                              cur);
+            } else {
+                imgtool_error("backing chain of '%s' is deeper than %d "
+                              "images", name, BLOCK_MAX_CHAIN);
+            }
+            free(ident);
+            block_close(n);
+            ret = 1;
+            break;
+        }
+        seen[nseen++] = ident;
         json_t *info = info_build(n);
         json_array_append_new(chain, info);
 
@@ -90,6 +115,9 @@ static int collect_chain(json_t *chain, const char *name, const char *fmt,
             cur_fmt = next_fmt ? strdup(next_fmt) : NULL;
         }
         block_close(n);
+    }
+    for (int i = 0; i < nseen; i++) {
+        free(seen[i]);
     }
     free(cur);
     free(cur_fmt);

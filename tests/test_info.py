@@ -237,3 +237,25 @@ def test_forced_raw_on_qcow2(tmp):
 def test_help():
     p = imgtool("info", "--help")
     assert p.stdout.startswith("usage: imgtool info")
+
+
+@pytest.mark.parametrize("how", ["relative", "json"])
+def test_backing_loop_through_another_name(tmp, how):
+    """A layer naming itself by another path ('../dir/a.qcow2') or by a
+    json: name: info --backing-chain walked such names as new files, the
+    json one forever (the path one until the name grew too long)."""
+    a = tmp / "a.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", a, "1M")
+    if how == "relative":
+        name = f"../{tmp.name}/a.qcow2"
+    else:
+        name = 'json:{"driver":"qcow2","file":{"filename":"%s"}}' % a
+    qemu_img("rebase", "-u", "-F", "qcow2", "-b", name, a)
+    p = imgtool("info", "--backing-chain", a, rc=1, timeout=20)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr[:2000]
+    assert lines[0].startswith("imgtool: Backing file '") and \
+        lines[0].endswith("' creates an infinite loop."), lines[0]
+    # Opening for I/O refuses the loop in the block layer.
+    p = imgtool("io", "-c", "read 0 512", a, rc=1, timeout=20)
+    assert "loop" in p.stderr, p.stderr[:2000]
