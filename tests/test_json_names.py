@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+import limits
+
 from conftest import (imgtool, imgtool_info, one_error_line, qemu_img,
                       qemu_info, qemu_io)
 
@@ -177,3 +179,33 @@ def test_backing_null_reads_the_layer_alone(base, tmp_path):
         "info", jname({"driver": "qcow2", "file": {"filename": str(top)},
                        "backing": "node0"}), check=False))
     assert "node names" in line, line
+
+
+@pytest.mark.parametrize("kind", ["deep", "wide", "self", "not-json"])
+def test_hostile_json_backing_names(base, tmp_path, kind):
+    """A backing name is input from the image: json: names that nest too
+    deeply, carry hundreds of options, name the image itself or are not
+    JSON get one line, in bounded time and memory, from every command
+    that follows the chain."""
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", top, "64M")
+    if kind == "deep":
+        name = "json:" + '{"a":' * 160 + "1" + "}" * 160
+    elif kind == "wide":
+        name = "json:{" + ",".join(f'"k{i}":{i}' for i in range(100)) + "}"
+    elif kind == "self":
+        name = jname({"driver": "qcow2", "file": {"filename": str(top)}})
+    else:
+        name = "json:{not json"
+    assert len(name) <= 1023
+    # qemu-img rebase -u writes any name it is given.
+    qemu_img("rebase", "-u", "-F", "qcow2", "-b", name, top)
+    for args in (["info", "--backing-chain", top],
+                 ["io", "-r", "-c", "read 0 64k", top],
+                 ["convert", "-O", "raw", top, tmp_path / "out.raw"],
+                 ["check", top]):
+        p = limits.run_limited(*args, timeout=10)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode != 0 and len(lines) == 1, \
+            f"{args[0]}: {p.returncode}\n{p.stderr[:2000]}"
+        assert lines[0].startswith("imgtool: "), lines[0]
