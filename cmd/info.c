@@ -38,19 +38,6 @@ static const struct option info_options[] = {
     { NULL, 0, NULL, 0 },
 };
 
-static bool seen_before(json_t *chain, const char *filename)
-{
-    size_t i;
-    json_t *v;
-    json_array_foreach(chain, i, v) {
-        const char *f = json_string_value(json_object_get(v, "filename"));
-        if (f && strcmp(f, filename) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Fills chain with one ImageInfo per layer.  Returns 0 or an exit code
  * after reporting the error. */
 static int collect_chain(json_t *chain, const char *name, const char *fmt,
@@ -65,11 +52,6 @@ static int collect_chain(json_t *chain, const char *name, const char *fmt,
     int ret = 0;
 
     while (cur) {
-        if (seen_before(chain, cur)) {
-            imgtool_error("Backing file '%s' creates an infinite loop.", cur);
-            ret = 1;
-            break;
-        }
         Error err = { 0 };
         BlockNode *n = imgtool_open(cur, cur_fmt, image_opts, flags, &err);
         if (!n) {
