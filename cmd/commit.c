@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/copy.h"
+#include "block/job/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"

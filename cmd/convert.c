@@ -18,8 +18,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "block/bitmap.h"
-#include "block/copy.h"
+#include "block/core/bitmap.h"
+#include "block/job/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"

@@ -22,7 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "formats/luks/luks-int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

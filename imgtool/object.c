@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/object.h"
 

@@ -3,7 +3,7 @@
 A random guest workload (writes, compressed writes, zero writes,
 discards, flushes, FUA writes, truncates that grow or shrink) runs through `imgtool io` on a qcow2 image
 (plain, or LUKS-encrypted without the compressed writes it refuses)
-whose file sits under the `faulty` filter (block/faulty.c).  The filter
+whose file sits under the `faulty` filter (block/filter/faulty.c).  The filter
 keeps every write in a volatile cache until a flush completes and cuts
 the power at a chosen point: after the Nth write the driver makes to the
 file, or instead of the Nth flush; the cache is then dropped, kept, or

@@ -1,5 +1,5 @@
 """The `faulty` protocol filter: injected I/O errors and simulated power
-loss (block/faulty.c, docs/reliability.md).
+loss (block/filter/faulty.c, docs/reliability.md).
 
 Raw images make the filter's semantics exact (what reaches the file is
 what the guest wrote); qcow2 images show that an injected error reaches

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "formats/luks/luks.h"
 
 /* Encrypted writes go through a bounce buffer of at most this much. */

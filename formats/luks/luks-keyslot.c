@@ -27,7 +27,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "formats/luks/luks-int.h"
 
 /* Byte offset of slot i's entry in the on-disk header (LUKS1 spec). */

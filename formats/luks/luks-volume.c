@@ -16,7 +16,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "formats/luks/luks-int.h"
 
 static size_t slot_area_len(size_t key_bytes)

@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/bitmap.h"
+#include "block/core/bitmap.h"
 #include "formats/qcow2/qcow2.h"
 
 /* Bitmap table entry fields. */

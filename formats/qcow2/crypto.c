@@ -13,7 +13,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "formats/luks/luks.h"
 #include "formats/qcow2/qcow2.h"
 

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/bitmap.h"
+#include "block/core/bitmap.h"
 #include "formats/qcow2/qcow2.h"
 
 int qcow2_pread(BlockNode *n, uint64_t off, size_t len, void *buf);

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "block/block.h"
-#include "block/lock.h"
+#include "block/protocol/lock.h"
 
 typedef struct FileState {
     int fd;

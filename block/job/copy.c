@@ -21,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "block/copy.h"
+#include "block/job/copy.h"
 
 /* Zero regions proven by block status are handed out in pieces of at
  * most this, so progress moves and one worker does not hog a huge

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/bitmap.h"
+#include "block/core/bitmap.h"
 
 BlockBitmaps *block_bitmaps_new(const BlockBitmapsFormat *fmt)
 {

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/bitmap.h"
+#include "block/core/bitmap.h"
 #include "block/block.h"
 
 #define ZERO_CHUNK (1u << 20)

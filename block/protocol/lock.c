@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/lock.h"
+#include "block/protocol/lock.h"
 
 #define PERM_BASE 100
 #define SHARED_BASE 200

@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "block/block.h"
-#include "block/copy.h"
+#include "block/job/copy.h"
 
 typedef struct RebaseState {
     const BlockRebase *r;

@@ -17,7 +17,7 @@
 
 #include <openssl/crypto.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 
 /* Passphrases are short; a bound keeps file=/dev/zero from eating the
  * machine. */
