@@ -1,17 +1,18 @@
 /*
- * block.h - the public API of imgtool's block layer.
+ * block.h - the caller API of imgtool's block layer: what commands, jobs,
+ * exports and pools use.  Drivers implement block/driver.h.
  *
- * A node graph: a command opens a top node (format driver) which owns a
- * protocol child (`file`) and, optionally, a backing node (another format
- * node).  Every request goes through the block_* functions below; drivers
- * only ever talk to their own children through the same functions.
+ * A node graph: a command opens a top node (a format) over a protocol
+ * child (`file`) and, optionally, a backing node (another format node).
+ * Nodes are named and reference-counted, so one image opened once can
+ * serve several users (exports, a job) at the same time.  Every request
+ * goes through the block_* functions below, synchronously or with a
+ * completion callback, with plain buffers or I/O vectors; they may be
+ * called from any number of threads at once.
  *
- * Invariants the core keeps for drivers:
- *  - requests reaching a driver are aligned to node->request_alignment
- *    (the core bounces unaligned ones, serialising read-modify-write);
- *  - requests never extend past block_get_length() (except truncate);
- *  - write requests never reach a node opened read-only.
- * Drivers must be thread-safe: many callers issue requests at once.
+ * The library never prints, exits or handles signals: warnings go to the
+ * report callback (block_set_report_fn), failures come back as a
+ * negative errno and one line in an Error.
  *
  * Functions return 0 (or a non-negative value) on success and a negative
  * errno on failure.  Functions that can fail for reasons worth explaining
@@ -28,6 +29,8 @@
 #include <sys/types.h>
 
 #include <jansson.h>
+
+#include "block/iov.h"
 
 /* ------------------------------------------------------------------ */
 /* Errors                                                              */
@@ -97,6 +100,7 @@ void format_size(uint64_t bytes, char *buf, size_t len);
 /* Nodes                                                               */
 
 typedef struct BlockDriver BlockDriver;
+typedef struct BlockCreateOpt BlockCreateOpt;
 typedef struct BlockNode BlockNode;
 
 enum {
@@ -146,39 +150,24 @@ typedef enum {
 int prealloc_parse(const char *s, PreallocMode *out);
 const char *prealloc_name(PreallocMode m);
 
-struct BlockNode {
-    const BlockDriver *drv;
-    void *opaque;              /* driver state, drv->instance_size bytes */
-
-    char *filename;            /* as the user named it */
-    int flags;                 /* BLOCK_O_* it was opened with */
-    bool read_only;
-
-    BlockNode *file;           /* protocol child of a format node */
-    BlockNode *data_file;      /* external data file child (qcow2), or NULL */
-    BlockNode *backing;        /* backing node, or NULL */
-
-    /* Set by a format driver's open from its header; the core opens the
-     * chain from them.  backing_file is as stored in the image. */
-    char *backing_file;
-    char *backing_format;      /* NULL when the image does not say */
-    char *full_backing_filename;  /* resolved against our directory */
-
-    uint32_t request_alignment;   /* >= 1; power of two */
-    uint64_t max_transfer;        /* 0 = unlimited */
-
-    pthread_mutex_t rmw_lock;     /* serialises bounced unaligned writes */
-
-    /* In-memory dirty bitmaps of this node (block/bitmap.c), NULL when
-     * it has none; every successful write, zero and discard that reaches
-     * this node marks the enabled ones. */
-    struct BlockBitmaps *bitmaps;
-
-    /* The driver options this node was opened with ("encrypt.key-secret",
-     * "backing.xxx" ...), so that reopening it (block_reopen_backing_rw)
-     * keeps them. */
-    KVList open_opts;
-};
+/* Drivers, as callers ask about them (the structure is block/driver.h's). */
+const BlockDriver *block_node_driver(const BlockNode *n);
+/* The driver named name (any kind), or NULL. */
+const BlockDriver *block_find_driver(const char *name);
+/* The format driver named name, or NULL (protocols and filters too). */
+const BlockDriver *block_find_format(const char *name);
+bool block_driver_is_format(const BlockDriver *d);
+/* The protocol driver that owns filename ("file" for plain paths). */
+const BlockDriver *block_protocol_for(const char *filename);
+const char *block_driver_name(const BlockDriver *d);
+bool block_driver_supports_backing(const BlockDriver *d);
+bool block_driver_can_compress(const BlockDriver *d);
+bool block_driver_can_create(const BlockDriver *d);
+bool block_driver_can_measure(const BlockDriver *d);
+/* NULL-name terminated option tables; amend's is NULL when the format
+ * cannot amend. */
+const BlockCreateOpt *block_driver_create_opts(const BlockDriver *d);
+const BlockCreateOpt *block_driver_amend_opts(const BlockDriver *d);
 
 /* Open `filename` with `format` (NULL probes the content; probing that
  * falls back to raw is flagged in *probed_raw when not NULL).  opts are
@@ -194,8 +183,78 @@ const BlockDriver *block_probe(const char *filename, Error *err);
 /* Opens a protocol node only ("file" for paths). */
 BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
                                Error *err);
-/* Closes node, its children and its backing chain. */
+/* Drops the caller's reference: the node (and whatever of its children
+ * and backing chain nobody else holds) closes when the last goes. */
 void block_close(BlockNode *node);
+
+/* ---- Sharing -------------------------------------------------------- */
+
+/* One more reference to n (each block_ref is ended by one block_close). */
+BlockNode *block_ref(BlockNode *n);
+/* Names: every open node has one, given with the node-name= option or
+ * made up ("#block7").  block_find_node returns a new reference to the
+ * node so named, or NULL. */
+const char *block_node_name(const BlockNode *n);
+BlockNode *block_find_node(const char *node_name);
+/* A new reference to an open format node (a top of a chain) whose file
+ * is `filename` (compared by block_chain_identity), or NULL: how a
+ * second export of the same image shares the first one's node. */
+BlockNode *block_find_image(const char *filename);
+/* Calls fn for every open node (a snapshot of the list: nodes opened or
+ * closed meanwhile may be missed); stops at a non-zero return. */
+int block_for_each_node(int (*fn)(BlockNode *n, void *opaque), void *opaque);
+
+/* What a caller may ask of a node. */
+const char *block_node_filename(const BlockNode *n);
+const char *block_node_format(const BlockNode *n);     /* driver name */
+bool block_node_is_format(const BlockNode *n);
+bool block_node_read_only(const BlockNode *n);
+int block_node_flags(const BlockNode *n);
+/* The backing node (NULL: none, or not opened). */
+BlockNode *block_backing(BlockNode *n);
+/* The backing file name as the image stores it, its format, and the name
+ * resolved against the image's directory (NULL when there is none). */
+const char *block_node_backing_file(const BlockNode *n);
+const char *block_node_backing_format(const BlockNode *n);
+const char *block_node_full_backing_filename(const BlockNode *n);
+/* The protocol node at the bottom of n's FILE children, seen through
+ * filters (the file a qcow2 lives in), or n itself for a protocol. */
+BlockNode *block_node_storage(BlockNode *n);
+/* n keeps its data in an external data file (qcow2 data_file). */
+bool block_node_has_data_file(BlockNode *n);
+bool block_node_supports_backing(const BlockNode *n);
+bool block_node_can_compress(const BlockNode *n);
+/* Capabilities as NBD and virtio advertise them. */
+bool block_node_can_discard(const BlockNode *n);
+bool block_node_can_zero(const BlockNode *n);
+bool block_node_can_fast_zero(const BlockNode *n);
+bool block_node_can_fua(const BlockNode *n);
+bool block_node_can_multi_conn(const BlockNode *n);
+uint32_t block_node_alignment(const BlockNode *n);
+
+/* ---- Drain and graph changes ----------------------------------------
+ *
+ * block_drain_begin(n) waits until no request is inside n or below it
+ * (through n) and holds new ones from other threads: synchronous callers
+ * wait, asynchronous submissions are queued, until the matching
+ * block_drain_end.  The draining thread's own requests still run (a
+ * graph change needs I/O).  While n is drained its children may be
+ * swapped and it may be reopened.  Drains nest.  Never drain from a
+ * completion callback or from inside a request on the same node. */
+void block_drain_begin(BlockNode *n);
+void block_drain_end(BlockNode *n);
+/* Every open node (SIGTERM in a server: nothing in flight, then flush). */
+void block_drain_all_begin(void);
+void block_drain_all_end(void);
+
+/* Reopens n read-write (flags: extra BLOCK_O_* cache flags) or read-only
+ * in place, with its children, drained; the node's users keep their
+ * references.  Fails with one line (and leaves n as it was) when a lock
+ * or the driver refuses. */
+int block_reopen(BlockNode *n, bool read_write, int flags, Error *err);
+/* Makes `backing` (a reference the call takes over; NULL: none) n's
+ * backing node, drained; the old one is released. */
+int block_set_backing(BlockNode *n, BlockNode *backing, Error *err);
 
 /* Opens (replacing any) the backing chain of node from backing_file /
  * backing_format.  Called by block_open; exposed for rebase/commit. */
@@ -221,6 +280,9 @@ char *block_chain_identity(const char *filename);
 int block_pread(BlockNode *n, uint64_t off, size_t len, void *buf);
 int block_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
                  int flags);
+/* The same with I/O vectors: qiov->size bytes from off. */
+int block_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags);
+int block_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags);
 int block_flush(BlockNode *n);
 int block_discard(BlockNode *n, uint64_t off, uint64_t len);
 int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags);
@@ -252,6 +314,58 @@ int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
 bool block_is_zero_fast(BlockNode *n, uint64_t off, uint64_t len);
 
 /* ------------------------------------------------------------------ */
+/* Asynchronous requests                                               */
+
+/* Called exactly once per submitted request with 0 or a negative errno,
+ * from any thread (possibly the submitter's, before the submit function
+ * returns).  It must be short and must not drain. */
+typedef void BlockCompletionFn(void *opaque, int ret);
+
+/* Submit a request; the iovecs and buffers must stay valid until the
+ * callback.  Requests run concurrently and complete in any order; a
+ * caller that needs an order waits for the earlier completion. */
+void block_aio_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags,
+                      BlockCompletionFn *cb, void *opaque);
+void block_aio_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
+                       int flags, BlockCompletionFn *cb, void *opaque);
+void block_aio_flush(BlockNode *n, BlockCompletionFn *cb, void *opaque);
+void block_aio_discard(BlockNode *n, uint64_t off, uint64_t len,
+                       BlockCompletionFn *cb, void *opaque);
+void block_aio_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
+                            int flags, BlockCompletionFn *cb, void *opaque);
+
+/* A bounded queue for one submitter: at most `depth` of its requests in
+ * flight.  block_queue_reserve waits for a free slot (so a loop that
+ * submits never has more than depth outstanding); pass block_queue_done
+ * with the queue as the completion (or call it from your own) to free
+ * it.  block_queue_wait waits for all and returns the first error. */
+typedef struct BlockQueue BlockQueue;
+BlockQueue *block_queue_new(unsigned depth);
+void block_queue_free(BlockQueue *q);
+/* Waits for a slot; returns a token to pass as the completion opaque of
+ * the request (with block_queue_complete as its callback), or to give to
+ * block_queue_complete from the caller's own callback. */
+void *block_queue_reserve(BlockQueue *q, BlockCompletionFn *cb,
+                          void *opaque);
+void block_queue_complete(void *token, int ret);
+int block_queue_wait(BlockQueue *q);
+
+/* ------------------------------------------------------------------ */
+/* Reports                                                             */
+
+typedef enum {
+    BLOCK_REPORT_WARNING,   /* "imgtool: warning: ..." */
+    BLOCK_REPORT_ERROR,     /* a failure the library carries on after */
+    BLOCK_REPORT_INFO,
+} BlockReportLevel;
+
+/* Where the library's warnings go (one line each, no "imgtool:" prefix
+ * and no newline); the default drops them.  Set once at start-up. */
+typedef void BlockReportFn(void *opaque, BlockReportLevel level,
+                           const char *msg);
+void block_set_report_fn(BlockReportFn *fn, void *opaque);
+
+/* ------------------------------------------------------------------ */
 /* Format-level operations                                             */
 
 /* Whether filename can name a new image (json: names cannot); call
@@ -266,14 +380,22 @@ int block_create(const char *format, const char *filename, uint64_t size,
 
 /* Describes one create option (for -o help and validation). */
 typedef enum { OPT_STRING, OPT_SIZE, OPT_NUMBER, OPT_BOOL } OptType;
-typedef struct BlockCreateOpt {
+struct BlockCreateOpt {
     const char *name;
     OptType type;
     const char *help;
     const char *def;   /* default value as text, or NULL */
-} BlockCreateOpt;
+};
+
+/* check's findings, one line each in qemu-img's words ("ERROR cluster 5
+ * refcount=1 reference=2", "Leaked cluster 9 refcount=1 reference=0",
+ * "Repairing ..."), handed to the caller as they are found (a damaged
+ * image can have millions); NULL drops them. */
+typedef void BlockCheckMessageFn(void *opaque, const char *line);
 
 typedef struct BlockCheckResult {
+    BlockCheckMessageFn *message;    /* set by the caller */
+    void *message_opaque;
     int corruptions;
     int leaks;
     int check_errors;
@@ -338,6 +460,34 @@ typedef void BlockProgressFn(void *opaque, uint64_t done, uint64_t total);
  * (block/amend.c). */
 int block_amend(BlockNode *n, KVList *opts, bool force,
                 BlockProgressFn *progress, void *opaque, Error *err);
+
+/* ---- Persistent dirty bitmaps (block/core/bitmap.c) ----
+ * What `imgtool bitmap` does, one operation each, with qemu-img's errors
+ * (the caller prefixes "Operation <op> on bitmap <name> failed: ").
+ * granularity 0 takes the format's default. */
+int block_bitmap_add(BlockNode *n, const char *name, uint64_t granularity,
+                     bool enabled, Error *err);
+int block_bitmap_remove(BlockNode *n, const char *name, Error *err);
+int block_bitmap_clear(BlockNode *n, const char *name, Error *err);
+int block_bitmap_enable(BlockNode *n, const char *name, bool enable,
+                        Error *err);
+/* dst |= src; src_node may be n itself. */
+int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
+                       const char *src, Error *err);
+/* n can hold persistent bitmaps (qcow2 v3, writable). */
+bool block_bitmaps_persistent(BlockNode *n);
+/* convert --bitmaps: src has bitmaps support and, unless skip_broken,
+ * no inconsistent bitmap (checked before the target is created). */
+int block_bitmaps_check_copy(BlockNode *src, bool skip_broken, Error *err);
+/* Adds every (consistent) bitmap of src to dst with the same name,
+ * granularity, state and bits, then stores them; qemu-img's messages. */
+int block_bitmaps_copy(BlockNode *dst, BlockNode *src, bool skip_broken,
+                       Error *err);
+/* Persists n's bitmaps now (the format's store): what close would do,
+ * with the error reported.  The stored bitmaps are no longer flagged in
+ * use, so call it right before block_close, with no write in between.
+ * No-op without bitmaps support or on a read-only node. */
+int block_bitmaps_store(BlockNode *n, Error *err);
 
 /* ---- Rebase and external snapshots (block/rebase.c, block/extsnap.c) -- */
 
@@ -421,89 +571,5 @@ int block_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err);
  * until it is closed (qemu-img convert -l).  param is an id or name, or
  * "snapshot.id=I[,snapshot.name=N]" as qemu-img accepts it. */
 int block_snapshot_load_tmp(BlockNode *n, const char *param, Error *err);
-
-/* ------------------------------------------------------------------ */
-/* The driver contract                                                 */
-
-struct BlockDriver {
-    const char *name;
-    size_t instance_size;
-    bool is_protocol;      /* leaf node over a host resource */
-    bool is_format;
-    bool supports_backing;
-    bool supports_compressed;  /* pwrite honours BLOCK_REQ_COMPRESSED */
-
-    /* Format probing: score 0..100 for the first bytes of a file. */
-    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
-    /* Protocol drivers: does this filename belong to us (iscsi://...)? */
-    bool (*owns_filename)(const char *filename);
-
-    /* Format drivers: node->file is already open.  Options not consumed
-     * are an error. */
-    int (*open)(BlockNode *n, KVList *opts, int flags, Error *err);
-    void (*close)(BlockNode *n);
-
-    int (*pread)(BlockNode *n, uint64_t off, size_t len, void *buf);
-    int (*pwrite)(BlockNode *n, uint64_t off, size_t len, const void *buf,
-                  int flags);
-    int (*flush)(BlockNode *n);   /* own metadata/cache; core flushes
-                                     children afterwards */
-    int (*discard)(BlockNode *n, uint64_t off, uint64_t len);
-    int (*write_zeroes)(BlockNode *n, uint64_t off, uint64_t len, int flags);
-    int (*block_status)(BlockNode *n, uint64_t off, uint64_t len,
-                        uint64_t *pnum, uint64_t *map, BlockNode **file);
-    int64_t (*get_length)(BlockNode *n);
-    int64_t (*get_allocated_size)(BlockNode *n);
-    int (*truncate)(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
-                    Error *err);
-
-    int (*create)(const char *filename, uint64_t size, KVList *opts,
-                  Error *err);
-    const BlockCreateOpt *create_opts;   /* NULL-name terminated */
-
-    int (*check)(BlockNode *n, BlockCheckResult *res, int fix, Error *err);
-    /* Internal snapshots (NULL: the format has none).  id_or_name is
-     * matched against ids first, then names, as QEMU does. */
-    int (*snapshot_create)(BlockNode *n, const char *name, Error *err);
-    int (*snapshot_apply)(BlockNode *n, const char *id_or_name, Error *err);
-    int (*snapshot_delete)(BlockNode *n, const char *id_or_name,
-                           Error *err);
-    int (*list_snapshots)(BlockNode *n, BlockSnapshotInfo **out,
-                          int *count);
-    /* id or name may be NULL (not both); both given must both match. */
-    int (*snapshot_load_tmp)(BlockNode *n, const char *id, const char *name,
-                             Error *err);
-    int (*measure)(KVList *opts, BlockNode *in, uint64_t size,
-                   BlockMeasure *out, Error *err);
-    json_t *(*get_format_info)(BlockNode *n);
-    void (*get_info_extra)(BlockNode *n, BlockInfoExtra *out);
-    int (*change_backing_file)(BlockNode *n, const char *file,
-                               const char *fmt, Error *err);
-    /* Deallocate everything so reads fall through to the backing file
-     * again (commit); crash-safe: at worst clusters leak. */
-    int (*make_empty)(BlockNode *n);
-    /* block_amend(); opts unknown to the driver must be refused. */
-    int (*amend)(BlockNode *n, KVList *opts, bool force,
-                 BlockProgressFn *progress, void *opaque, Error *err);
-    const BlockCreateOpt *amend_opts;   /* for amend -o help; NULL-name
-                                           terminated, NULL: create_opts */
-};
-
-/* The registry (block/drivers.c). */
-const BlockDriver *block_find_driver(const char *name);
-/* NULL-terminated list of every driver. */
-extern const BlockDriver *const block_driver_list[];
-
-/* Creation options of the file protocol, shared by the raw format. */
-extern const BlockCreateOpt block_protocol_create_opts[];
-
-/* Creates (or truncates) a protocol-level file of `size` bytes with the
- * given preallocation; used by format drivers' create. */
-int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
-                      KVList *opts, Error *err);
-/* Copies the host file hints a format takes among its own creation
- * options (nocow, extent_size_hint) from opts into out: for a file the
- * format creates besides its own, such as qcow2's external data file. */
-void block_create_file_hints(KVList *opts, KVList *out);
 
 #endif

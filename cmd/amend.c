@@ -46,13 +46,12 @@ static const struct option amend_options[] = {
 /* The options a driver can amend, sorted by name as qemu-img lists them. */
 static int print_amend_help(const BlockDriver *drv)
 {
-    if (!drv->amend) {
+    if (!block_driver_amend_opts(drv)) {
         imgtool_error("Format driver '%s' does not support option amendment",
-                      drv->name);
+                      block_driver_name(drv));
         return 1;
     }
-    const BlockCreateOpt *list = drv->amend_opts ? drv->amend_opts
-                                                 : drv->create_opts;
+    const BlockCreateOpt *list = block_driver_amend_opts(drv);
     size_t n = 0;
     while (list && list[n].name) {
         n++;
@@ -66,7 +65,7 @@ static int print_amend_help(const BlockDriver *drv)
         v[i] = &list[i];
     }
     char title[128];
-    snprintf(title, sizeof(title), "Amend options for '%s':", drv->name);
+    snprintf(title, sizeof(title), "Amend options for '%s':", block_driver_name(drv));
     opthelp_print(title, v, n);
     free(v);
     return 0;
@@ -161,7 +160,7 @@ static int run_amend(const char *filename, const ImageArgs *a, int flags,
         /* The format alone answers: an encrypted image needs no key. */
         const BlockDriver *drv = a->fmt ? block_find_driver(a->fmt)
                                         : block_probe(filename, &err);
-        if (!drv || !drv->is_format) {
+        if (!drv || !block_driver_is_format(drv)) {
             if (drv || !error_is_set(&err)) {
                 imgtool_error("Unknown file format '%s'", a->fmt);
             } else {
@@ -179,12 +178,12 @@ static int run_amend(const char *filename, const ImageArgs *a, int flags,
         return 1;
     }
     if (help) {
-        rc = print_amend_help(n->drv);
+        rc = print_amend_help(block_node_driver(n));
         goto out;
     }
-    if (!n->drv->amend) {
+    if (!block_driver_amend_opts(block_node_driver(n))) {
         imgtool_error("Format driver '%s' does not support option amendment",
-                      n->drv->name);
+                      block_node_format(n));
         goto out;
     }
     Progress *p = progress_start(progress && !a->quiet);
@@ -269,7 +268,7 @@ int cmd_amend(int argc, char **argv)
     int npos = argc - optind;
     if (help && npos == 0 && a.fmt) {
         const BlockDriver *drv = block_find_driver(a.fmt);
-        if (!drv || !drv->is_format) {
+        if (!drv || !block_driver_is_format(drv)) {
             imgtool_error("Unknown file format '%s'", a.fmt);
             goto out;
         }

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/core/bitmap.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"

@@ -92,8 +92,8 @@ static void set_nonzero(json_t *o, const char *key, uint64_t v)
 static void print_json(const BlockCheckResult *r, BlockNode *n)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "filename", json_string(n->filename));
-    json_object_set_new(o, "format", json_string(n->drv->name));
+    json_object_set_new(o, "filename", json_string(block_node_filename(n)));
+    json_object_set_new(o, "format", json_string(block_node_format(n)));
     json_object_set_new(o, "check-errors", json_integer(r->check_errors));
     if (r->image_end_offset > 0) {
         json_object_set_new(o, "image-end-offset",
@@ -115,11 +115,19 @@ static void print_json(const BlockCheckResult *r, BlockNode *n)
     json_decref(o);
 }
 
+/* Findings go to stderr, as qemu-img writes them. */
+static void print_finding(void *opaque, const char *line)
+{
+    (void)opaque;
+    fprintf(stderr, "%s\n", line);
+}
+
 /* Runs one check; on failure reports it and returns the exit code. */
 static int run_check(BlockNode *n, BlockCheckResult *res, int fix)
 {
     Error err = { 0 };
     memset(res, 0, sizeof(*res));
+    res->message = print_finding;
     int ret = block_check(n, res, fix, &err);
     if (ret == -ENOTSUP) {
         imgtool_error("This image format does not support checks");

@@ -18,7 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "block/core/bitmap.h"
 #include "block/job/copy.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
@@ -196,7 +195,7 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
          * once the output is named (the last of two or more names) */
         const char *fmt = o->out_fmt ? o->out_fmt : "raw";
         const BlockDriver *drv = block_find_driver(fmt);
-        if (!drv || !drv->is_format) {
+        if (!drv || !block_driver_is_format(drv)) {
             imgtool_error("Unknown file format '%s'", fmt);
             return 1;
         }
@@ -249,12 +248,16 @@ static bool same_file(const char *a, const char *b)
  * file, or NULL. */
 static BlockNode *find_common_base(BlockNode *src, BlockNode *dst)
 {
-    if (!dst->backing || !dst->backing->file) {
+    BlockNode *want = block_backing(dst);
+    BlockNode *want_file = want ? block_node_storage(want) : NULL;
+    if (!want_file || want_file == want) {
         return NULL;
     }
-    for (BlockNode *n = src->backing; n; n = n->backing) {
-        if (n->file && strcmp(n->drv->name, dst->backing->drv->name) == 0 &&
-            same_file(n->file->filename, dst->backing->file->filename)) {
+    for (BlockNode *n = block_backing(src); n; n = block_backing(n)) {
+        BlockNode *f = block_node_storage(n);
+        if (f && f != n &&
+            strcmp(block_node_format(n), block_node_format(want)) == 0 &&
+            same_file(block_node_filename(f), block_node_filename(want_file))) {
             return n;
         }
     }
@@ -339,7 +342,7 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
         imgtool_error("Unknown file format '%s'", out_fmt);
         return 1;
     }
-    if (o->compress && !out_drv->supports_compressed) {
+    if (o->compress && !block_driver_can_compress(out_drv)) {
         imgtool_error("Compression not supported for this file format");
         return 1;
     }
@@ -430,7 +433,7 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
     }
     if (o->bitmaps && !block_bitmaps_persistent(dst)) {
         imgtool_error("Format driver '%s' does not support bitmaps",
-                      dst->drv->name);
+                      block_node_format(dst));
         goto out;
     }
 
@@ -458,7 +461,7 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
     job.salvage = o->salvage;
     job.warn = convert_salvage_warn;
     job.warn_opaque = o;
-    if (dst->backing) {
+    if (block_backing(dst)) {
         /* zero writes must hide the backing file, not expose it */
         job.no_unmap = true;
         job.src_base = nsrc == 1 ? find_common_base(src[0], dst) : NULL;

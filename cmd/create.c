@@ -112,7 +112,7 @@ static int validate_opts(const BlockDriver *drv, KVList *opts, char **shown,
 {
     for (size_t i = 0; i < opts->n; i++) {
         KVPair *p = &opts->items[i];
-        const BlockCreateOpt *o = opthelp_find_opt(drv->create_opts, p->key);
+        const BlockCreateOpt *o = opthelp_find_opt(block_driver_create_opts(drv), p->key);
         if (!o) {
             return error_setf(err, EINVAL, "Invalid parameter '%s'", p->key);
         }
@@ -189,11 +189,11 @@ static void print_opt(const char *name, const char *value)
 static void print_formatting(const char *filename, const BlockDriver *drv,
                              const KVList *opts, char **shown, uint64_t size)
 {
-    const ShownOpt *t = shown_table(drv->name);
+    const ShownOpt *t = shown_table(block_driver_name(drv));
     char sizebuf[32];
     snprintf(sizebuf, sizeof(sizebuf), "%" PRIu64, size);
 
-    printf("Formatting '%s', fmt=%s", filename, drv->name);
+    printf("Formatting '%s', fmt=%s", filename, block_driver_name(drv));
     for (int i = 0; t[i].name; i++) {
         const char *v = strcmp(t[i].name, "size") == 0
                             ? sizebuf
@@ -205,8 +205,8 @@ static void print_formatting(const char *filename, const BlockDriver *drv,
             print_opt(t[i].name, v);
         }
     }
-    for (int i = 0; drv->create_opts && drv->create_opts[i].name; i++) {
-        const char *name = drv->create_opts[i].name;
+    for (int i = 0; block_driver_create_opts(drv) && block_driver_create_opts(drv)[i].name; i++) {
+        const char *name = block_driver_create_opts(drv)[i].name;
         const char *v = shown_value(opts, shown, name);
         if (v && !in_table(t, name)) {
             print_opt(name, v);
@@ -248,11 +248,11 @@ static int do_create(const char *fmt, const char *filename,
                      char **ostrs, int nostrs)
 {
     const BlockDriver *drv = block_find_driver(fmt);
-    if (!drv || !drv->is_format) {
+    if (!drv || !block_driver_is_format(drv)) {
         imgtool_error("%s: Unknown file format '%s'", filename, fmt);
         return 1;
     }
-    if (!drv->create) {
+    if (!block_driver_can_create(drv)) {
         imgtool_error("%s: Format driver '%s' does not support image "
                       "creation", filename, fmt);
         return 1;
@@ -292,9 +292,9 @@ static int do_create(const char *fmt, const char *filename,
         kvlist_set(&opts, "backing_fmt", backing_fmt);
     }
     const char *bfile = kvlist_get(&opts, "backing_file");
-    if (bfile && *bfile && !drv->supports_backing) {
+    if (bfile && *bfile && !block_driver_supports_backing(drv)) {
         error_setf(&err, ENOTSUP, "Backing file not supported for file "
-                   "format '%s'", drv->name);
+                   "format '%s'", block_driver_name(drv));
         goto fail;
     }
     shown = calloc(opts.n ? opts.n : 1, sizeof(*shown));
@@ -431,7 +431,7 @@ int cmd_create(int argc, char **argv)
     if (help) {
         const BlockDriver *drv = block_find_driver(fmt);
         free(ostrs);
-        if (!drv || !drv->is_format) {
+        if (!drv || !block_driver_is_format(drv)) {
             imgtool_error("Unknown file format '%s'", fmt);
             return 1;
         }

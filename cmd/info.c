@@ -59,7 +59,7 @@ static int collect_chain(json_t *chain, const char *name, const char *fmt,
             ret = 1;
             break;
         }
-        char *ident = block_chain_identity(n->filename);
+        char *ident = block_chain_identity(block_node_filename(n));
         bool loop = false;
         for (int i = 0; ident && i < nseen; i++) {
             loop = loop || strcmp(seen[i], ident) == 0;

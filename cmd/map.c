@@ -71,17 +71,17 @@ static int map_get(BlockNode *top, uint64_t off, uint64_t len, MapEntry *e)
         len = pnum;
         if (!(st & (BLOCK_STATUS_ZERO | BLOCK_STATUS_DATA |
                     BLOCK_STATUS_ALLOCATED))) {
-            int64_t blen = n->backing ? block_get_length(n->backing) : 0;
+            int64_t blen = block_backing(n) ? block_get_length(block_backing(n)) : 0;
             if (blen < 0) {
                 return (int)blen;
             }
-            if (!n->backing || off >= (uint64_t)blen) {
+            if (!block_backing(n) || off >= (uint64_t)blen) {
                 st |= BLOCK_STATUS_ZERO;
             } else {
                 if (off + len > (uint64_t)blen) {
                     len = blen - off;
                 }
-                n = n->backing;
+                n = block_backing(n);
                 depth++;
                 continue;
             }
@@ -96,7 +96,7 @@ static int map_get(BlockNode *top, uint64_t off, uint64_t len, MapEntry *e)
             .data = st & BLOCK_STATUS_DATA,
             .has_offset = has_offset,
             .offset = has_offset ? map : 0,
-            .filename = has_offset ? file->filename : NULL,
+            .filename = has_offset ? block_node_filename(file) : NULL,
         };
         return 0;
     }

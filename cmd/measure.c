@@ -71,8 +71,8 @@ static int check_target_opts(const BlockDriver *drv, KVList *opts,
 {
     for (size_t i = 0; i < opts->n; i++) {
         bool known = false;
-        for (int j = 0; drv->create_opts && drv->create_opts[j].name; j++) {
-            known |= strcmp(drv->create_opts[j].name,
+        for (int j = 0; block_driver_create_opts(drv) && block_driver_create_opts(drv)[j].name; j++) {
+            known |= strcmp(block_driver_create_opts(drv)[j].name,
                             opts->items[i].key) == 0;
         }
         if (!known) {
@@ -163,11 +163,11 @@ int cmd_measure(int argc, char **argv)
     size = (size + 511) & ~(uint64_t)511;
 
     const BlockDriver *drv = block_find_driver(out_fmt);
-    if (!drv || !drv->is_format) {
+    if (!drv || !block_driver_is_format(drv)) {
         imgtool_error("Unknown file format '%s'", out_fmt);
         goto out;
     }
-    if (!drv->measure) {
+    if (!block_driver_can_measure(drv)) {
         imgtool_error("Block driver '%s' does not support size measurement",
                       out_fmt);
         goto out;

@@ -23,7 +23,7 @@ fi
 ninja -C "$B" libimgtool.a >/dev/null
 LIBS=$(pkg-config --libs jansson zlib libzstd libcrypto)
 # Optional libraries meson links when it finds them.
-for opt in libdeflate; do
+for opt in libdeflate liburing; do
     if pkg-config --exists $opt; then
         LIBS="$LIBS $(pkg-config --libs $opt)"
     fi

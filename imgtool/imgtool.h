@@ -46,6 +46,8 @@ void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void imgtool_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Reports err (one line) prefixed by "imgtool: ". */
 void imgtool_report(const Error *err);
+/* Sends the block library's warnings to stderr (main, at start-up). */
+void imgtool_install_report(void);
 
 /* Set from main for the duration of a command. */
 extern const char *imgtool_cmd_name;

@@ -134,12 +134,12 @@ json_t *info_build(BlockNode *n)
 
     int64_t len = block_get_length(n);
     json_object_set_new(o, "virtual-size", json_integer(len < 0 ? 0 : len));
-    json_object_set_new(o, "filename", json_string(n->filename));
+    json_object_set_new(o, "filename", json_string(block_node_filename(n)));
     if (extra.cluster_size) {
         json_object_set_new(o, "cluster-size",
                             json_integer((json_int_t)extra.cluster_size));
     }
-    json_object_set_new(o, "format", json_string(n->drv->name));
+    json_object_set_new(o, "format", json_string(block_node_format(n)));
     int64_t actual = block_get_allocated_size(n);
     if (actual >= 0) {
         json_object_set_new(o, "actual-size", json_integer(actual));
@@ -155,20 +155,20 @@ json_t *info_build(BlockNode *n)
     if (spec) {
         json_object_set_new(o, "format-specific", spec);
     }
-    if (n->backing_file) {
-        char *full = n->full_backing_filename
-                         ? strdup(n->full_backing_filename)
-                         : block_resolve_backing(n->filename, n->backing_file);
+    if (block_node_backing_file(n)) {
+        char *full = block_node_full_backing_filename(n)
+                         ? strdup(block_node_full_backing_filename(n))
+                         : block_resolve_backing(block_node_filename(n), block_node_backing_file(n));
         json_object_set_new(o, "backing-filename",
-                            json_string(n->backing_file));
+                            json_string(block_node_backing_file(n)));
         if (full) {
             json_object_set_new(o, "full-backing-filename",
                                 json_string(full));
         }
         free(full);
-        if (n->backing_format) {
+        if (block_node_backing_format(n)) {
             json_object_set_new(o, "backing-filename-format",
-                                json_string(n->backing_format));
+                                json_string(block_node_backing_format(n)));
         }
     }
     json_object_set_new(o, "dirty-flag", json_boolean(extra.dirty));

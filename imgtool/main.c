@@ -44,6 +44,7 @@ int main(int argc, char **argv)
 {
     /* A vanished reader of our output is an error, not a crash. */
     signal(SIGPIPE, SIG_IGN);
+    imgtool_install_report();
     if (argc < 2) {
         usage(stderr);
         return 1;

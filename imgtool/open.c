@@ -10,7 +10,7 @@ BlockNode *imgtool_open(const char *name, const char *fmt, bool image_opts,
     if (!image_opts) {
         BlockNode *n = block_open(name, fmt, NULL, flags, err);
         if (n && !fmt && (flags & BLOCK_O_RDWR) &&
-            strcmp(n->drv->name, "raw") == 0) {
+            strcmp(block_node_format(n), "raw") == 0) {
             imgtool_warn("Image format was not specified for '%s' and "
                          "probing guessed raw; writes to block 0 are "
                          "restricted. Specify the 'raw' format explicitly "

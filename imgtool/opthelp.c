@@ -67,26 +67,12 @@ const BlockCreateOpt *opthelp_find_opt(const BlockCreateOpt *list,
     return NULL;
 }
 
-/* The protocol driver that would hold the file: the one claiming the
- * name (iscsi://...), else the local file driver. */
-static const BlockDriver *protocol_for(const char *filename)
-{
-    for (int i = 0; filename && block_driver_list[i]; i++) {
-        const BlockDriver *d = block_driver_list[i];
-        if (d->is_protocol && d->owns_filename &&
-            d->owns_filename(filename)) {
-            return d;
-        }
-    }
-    return block_find_driver("file");
-}
-
 /* An option a format only hands down to its file (the entry is the same
  * as the protocol's): qemu-img lists it only once the file is named. */
 static bool only_passed_down(const BlockCreateOpt *o,
                              const BlockDriver *proto)
 {
-    const BlockCreateOpt *p = proto ? opthelp_find_opt(proto->create_opts, o->name)
+    const BlockCreateOpt *p = proto ? opthelp_find_opt(block_driver_create_opts(proto), o->name)
                                     : NULL;
     return p && strcmp(o->name, "size") != 0 && o->help && p->help &&
            strcmp(o->help, p->help) == 0;
@@ -94,9 +80,9 @@ static bool only_passed_down(const BlockCreateOpt *o,
 
 void opthelp_print_create(const BlockDriver *drv, const char *filename)
 {
-    const BlockDriver *proto = protocol_for(filename);
+    const BlockDriver *proto = block_protocol_for(filename);
     const BlockCreateOpt *lists[2] = {
-        drv->create_opts, filename && proto ? proto->create_opts : NULL,
+        block_driver_create_opts(drv), filename && proto ? block_driver_create_opts(proto) : NULL,
     };
     size_t n = 0, cap = 1;
     for (int l = 0; l < 2; l++) {
@@ -125,7 +111,7 @@ void opthelp_print_create(const BlockDriver *drv, const char *filename)
     if (filename) {
         snprintf(title, sizeof(title), "Supported options:");
     } else {
-        snprintf(title, sizeof(title), "Supported %s options:", drv->name);
+        snprintf(title, sizeof(title), "Supported %s options:", block_driver_name(drv));
     }
     opthelp_print(title, all, n);
     if (!filename) {

@@ -37,3 +37,20 @@ void imgtool_report(const Error *err)
         imgtool_error("unknown error");
     }
 }
+
+/* The block library's warnings, in the CLI's words. */
+static void print_library_report(void *opaque, BlockReportLevel level,
+                                 const char *msg)
+{
+    (void)opaque;
+    if (level == BLOCK_REPORT_WARNING) {
+        imgtool_warn("%s", msg);
+    } else {
+        imgtool_error("%s", msg);
+    }
+}
+
+void imgtool_install_report(void)
+{
+    block_set_report_fn(print_library_report, NULL);
+}

@@ -13,6 +13,8 @@ packages=(
     zlib1g-dev libzstd-dev libssl-dev libjansson-dev
     # decodes zlib-compressed qcow2 clusters faster (optional: zlib fallback)
     libdeflate-dev
+    # io_uring for asynchronous file I/O (optional: worker threads fallback)
+    liburing-dev
     # ASan/UBSan with clang, libFuzzer harnesses
     clang libclang-rt-14-dev
     # the oracle the tests compare against: qemu-img, qemu-io

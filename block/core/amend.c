@@ -3,7 +3,7 @@
  */
 #include <errno.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 int block_amend(BlockNode *n, KVList *opts, bool force,
                 BlockProgressFn *progress, void *opaque, Error *err)

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/core/bitmap.h"
+#include "block/driver.h"
 
 BlockBitmaps *block_bitmaps_new(const BlockBitmapsFormat *fmt)
 {
@@ -540,8 +540,8 @@ int block_bitmaps_copy(BlockNode *dst, BlockNode *src, bool skip_broken,
         const BlockBitmap *bm = src->bitmaps->v[i];
         Error e = { 0 };
         if (bm->inconsistent) {
-            fprintf(stderr, "imgtool: warning: Skipping inconsistent bitmap "
-                    "'%s'\n", bm->name);
+            block_report(BLOCK_REPORT_WARNING, "Skipping inconsistent "
+                         "bitmap '%s'", bm->name);
             continue;
         }
         ret = block_bitmap_add(dst, bm->name, 1ull << bm->gran_bits,

@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 /* Raw images are files: the raw format and the file protocol take the
  * same creation options. */
@@ -142,7 +142,7 @@ int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
     const BlockDriver *drv = NULL;
     for (int i = 0; block_driver_list[i]; i++) {
         const BlockDriver *d = block_driver_list[i];
-        if (d->is_protocol && d->owns_filename &&
+        if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
             d->owns_filename(filename)) {
             drv = d;
         }
@@ -167,7 +167,9 @@ int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
 
 int block_check(BlockNode *n, BlockCheckResult *res, int fix, Error *err)
 {
-    memset(res, 0, sizeof(*res));
+    BlockCheckResult blank = { .message = res->message,
+                               .message_opaque = res->message_opaque };
+    *res = blank;
     if (!n->drv->check) {
         return -ENOTSUP;
     }

@@ -1,7 +1,7 @@
 /* drivers.c - the one table every driver is registered in. */
 #include <string.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 extern const BlockDriver file_driver;
 extern const BlockDriver raw_driver;
@@ -23,6 +23,10 @@ const BlockDriver *const block_driver_list[] = {
 const BlockDriver *block_find_driver(const char *name)
 {
     for (int i = 0; block_driver_list[i]; i++) {
+        /* A driver written for another contract is not used at all. */
+        if (block_driver_list[i]->api_version != BLOCK_DRIVER_API_VERSION) {
+            continue;
+        }
         if (strcmp(block_driver_list[i]->name, name) == 0) {
             return block_driver_list[i];
         }

@@ -1,17 +1,22 @@
 /*
- * io.c - the request API.  Everything a caller asks of a node passes here:
- * range checks, read-only enforcement, and alignment.  Drivers only ever
- * see requests aligned to their node's request_alignment, with aligned
- * buffers; unaligned requests are bounced, and a bounced write's
- * read-modify-write is serialised per node so that two of them cannot
- * lose each other's bytes in a shared edge block.
+ * io.c - the synchronous request path.  Everything a caller asks of a
+ * node passes here (or, for asynchronous requests, through aio.c into
+ * the same block_io_* functions): range checks, read-only enforcement,
+ * alignment, the driver's thread model, FUA for drivers without it, and
+ * dirty-bitmap marking.
+ *
+ * Drivers only ever see requests aligned to their node's
+ * request_alignment, with aligned buffers; unaligned requests are
+ * bounced, and a bounced write's read-modify-write is serialised per node
+ * so that two of them cannot lose each other's bytes in a shared edge
+ * block.  Vectors reach drivers with preadv/pwritev untouched; drivers
+ * with only pread/pwrite get a gathered or scattered linear buffer.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/core/bitmap.h"
-#include "block/block.h"
+#include "block/core/request.h"
 
 #define ZERO_CHUNK (1u << 20)
 
@@ -26,19 +31,19 @@ static uint64_t align_up(uint64_t v, uint64_t a)
 }
 
 static bool is_aligned(BlockNode *n, uint64_t off, uint64_t len,
-                       const void *buf)
+                       const BlockIOV *qiov)
 {
     uint64_t a = n->request_alignment;
     if (a <= 1) {
         return true;
     }
     return (off % a) == 0 && (len % a) == 0 &&
-           (buf == NULL || ((uintptr_t)buf % a) == 0);
+           (!qiov || blockiov_is_aligned(qiov, a));
 }
 
 /* Format nodes have a fixed virtual size; protocol nodes grow when a
  * format driver writes past their end (new clusters). */
-static int check_range(BlockNode *n, uint64_t off, uint64_t len, bool write)
+int block_check_request(BlockNode *n, uint64_t off, uint64_t len, bool write)
 {
     if (off + len < off) {
         return -EINVAL;
@@ -47,8 +52,9 @@ static int check_range(BlockNode *n, uint64_t off, uint64_t len, bool write)
         return -EACCES;
     }
     /* A protocol answers past its end itself (zeroes or a short read);
-     * asking its length here cost an fstat per request. */
-    if (n->drv->is_protocol) {
+     * asking its length here cost an fstat per request.  A filter leaves
+     * the question to the node below it. */
+    if (n->drv->kind != BLOCK_DRIVER_FORMAT) {
         return 0;
     }
     int64_t size = block_get_length(n);
@@ -71,26 +77,92 @@ static void *bounce_alloc(BlockNode *n, size_t len)
     return p;
 }
 
-static int drv_pread_aligned(BlockNode *n, uint64_t off, size_t len,
-                             void *buf)
+/* ------------------------------------------------------------------ */
+/* Driver calls                                                        */
+
+static void serialize_begin(BlockNode *n)
 {
-    if (len == 0) {
-        return 0;
+    if (n->drv->thread_model == BLOCK_THREAD_SERIALIZE) {
+        pthread_mutex_lock(&n->serialize_lock);
     }
-    return n->drv->pread(n, off, len, buf);
 }
 
-int block_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
+static void serialize_end(BlockNode *n)
 {
-    int ret = check_range(n, off, len, false);
-    if (ret < 0) {
-        return ret;
+    if (n->drv->thread_model == BLOCK_THREAD_SERIALIZE) {
+        pthread_mutex_unlock(&n->serialize_lock);
     }
+}
+
+static int drv_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+{
+    const BlockDriver *d = n->drv;
+    int ret;
+    serialize_begin(n);
+    if (d->preadv) {
+        ret = d->preadv(n, off, qiov, flags);
+    } else if (!d->pread) {
+        ret = -ENOTSUP;
+    } else if (blockiov_flat(qiov)) {
+        ret = d->pread(n, off, qiov->size, blockiov_flat(qiov));
+    } else {
+        uint8_t *b = bounce_alloc(n, qiov->size);
+        ret = b ? d->pread(n, off, qiov->size, b) : -ENOMEM;
+        if (ret >= 0) {
+            blockiov_from_buf(qiov, 0, b, qiov->size);
+        }
+        free(b);
+    }
+    serialize_end(n);
+    return ret < 0 ? ret : 0;
+}
+
+static int drv_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+{
+    const BlockDriver *d = n->drv;
+    int ret;
+    if (n->flags & BLOCK_O_NO_FLUSH) {
+        flags &= ~BLOCK_REQ_FUA;
+    }
+    bool emulate_fua = (flags & BLOCK_REQ_FUA) && !n->caps.can_fua;
+    if (emulate_fua) {
+        flags &= ~BLOCK_REQ_FUA;
+    }
+    serialize_begin(n);
+    if (d->pwritev) {
+        ret = d->pwritev(n, off, qiov, flags);
+    } else if (!d->pwrite) {
+        ret = -ENOTSUP;
+    } else if (blockiov_flat(qiov)) {
+        ret = d->pwrite(n, off, qiov->size, blockiov_flat(qiov), flags);
+    } else {
+        uint8_t *b = bounce_alloc(n, qiov->size);
+        if (b) {
+            blockiov_to_buf(qiov, 0, b, qiov->size);
+            ret = d->pwrite(n, off, qiov->size, b, flags);
+        } else {
+            ret = -ENOMEM;
+        }
+        free(b);
+    }
+    serialize_end(n);
+    if (ret >= 0 && emulate_fua) {
+        ret = block_io_flush(n);
+    }
+    return ret < 0 ? ret : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Reads and writes                                                    */
+
+int block_io_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+{
+    size_t len = qiov->size;
     if (len == 0) {
         return 0;
     }
-    if (is_aligned(n, off, len, buf)) {
-        return drv_pread_aligned(n, off, len, buf);
+    if (is_aligned(n, off, len, qiov)) {
+        return drv_preadv(n, off, qiov, flags);
     }
     uint64_t a = n->request_alignment;
     uint64_t start = align_down(off, a);
@@ -99,13 +171,112 @@ int block_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
     if (!bounce) {
         return -ENOMEM;
     }
-    ret = drv_pread_aligned(n, start, end - start, bounce);
+    struct iovec iov;
+    BlockIOV bv;
+    blockiov_init_buf(&bv, &iov, bounce, end - start);
+    int ret = drv_preadv(n, start, &bv, flags);
     if (ret >= 0) {
-        memcpy(buf, bounce + (off - start), len);
-        ret = 0;
+        blockiov_from_buf(qiov, 0, bounce + (off - start), len);
     }
     free(bounce);
     return ret;
+}
+
+static int pwritev_unmarked(BlockNode *n, uint64_t off, BlockIOV *qiov,
+                            int flags)
+{
+    size_t len = qiov->size;
+    if (len == 0) {
+        return 0;
+    }
+    if ((flags & BLOCK_REQ_COMPRESSED) && !n->caps.can_compress) {
+        return -ENOTSUP;
+    }
+    if (is_aligned(n, off, len, qiov)) {
+        return drv_pwritev(n, off, qiov, flags);
+    }
+    uint64_t a = n->request_alignment;
+    uint64_t start = align_down(off, a);
+    uint64_t end = align_up(off + len, a);
+    uint8_t *bounce = bounce_alloc(n, end - start);
+    if (!bounce) {
+        return -ENOMEM;
+    }
+    struct iovec iov;
+    BlockIOV bv;
+    int ret = 0;
+    pthread_mutex_lock(&n->rmw_lock);
+    /* Head and tail blocks carry bytes we must keep (a protocol node
+     * reads zeroes past its end). */
+    bool head = start < off, tail = end > off + len;
+    if (head) {
+        blockiov_init_buf(&bv, &iov, bounce, a);
+        ret = drv_preadv(n, start, &bv, 0);
+    }
+    if (ret >= 0 && tail && !(head && end - a == start)) {
+        blockiov_init_buf(&bv, &iov, bounce + (end - a - start), a);
+        ret = drv_preadv(n, end - a, &bv, 0);
+    }
+    if (ret >= 0) {
+        blockiov_to_buf(qiov, 0, bounce + (off - start), len);
+        blockiov_init_buf(&bv, &iov, bounce, end - start);
+        ret = drv_pwritev(n, start, &bv, flags);
+    }
+    pthread_mutex_unlock(&n->rmw_lock);
+    free(bounce);
+    return ret;
+}
+
+/* Dirty bitmaps see every change that reached this node, whichever path
+ * (aligned, bounced, zero fallback, synchronous or not) carried it. */
+int block_io_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+{
+    int ret = pwritev_unmarked(n, off, qiov, flags);
+    if (ret >= 0 && n->bitmaps) {
+        block_bitmaps_mark(n, off, qiov->size);
+    }
+    return ret;
+}
+
+int block_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+{
+    int ret = block_check_request(n, off, qiov->size, false);
+    if (ret < 0 || qiov->size == 0) {
+        return ret;
+    }
+    block_node_enter(n, NULL);
+    ret = block_io_preadv(n, off, qiov, flags);
+    block_node_leave(n);
+    return ret;
+}
+
+int block_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+{
+    int ret = block_check_request(n, off, qiov->size, true);
+    if (ret < 0 || qiov->size == 0) {
+        return ret;
+    }
+    block_node_enter(n, NULL);
+    ret = block_io_pwritev(n, off, qiov, flags);
+    block_node_leave(n);
+    return ret;
+}
+
+int block_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
+{
+    struct iovec iov;
+    BlockIOV v;
+    blockiov_init_buf(&v, &iov, buf, len);
+    return block_preadv(n, off, &v, 0);
+}
+
+int block_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
+                 int flags)
+{
+    struct iovec iov;
+    BlockIOV v;
+    blockiov_init_buf(&v, &iov, (void *)buf, len);
+    return block_pwritev(n, off, &v, flags);
 }
 
 int block_pread_zero_tail(BlockNode *n, uint64_t off, size_t len, void *buf)
@@ -127,109 +298,81 @@ int block_pread_zero_tail(BlockNode *n, uint64_t off, size_t len, void *buf)
     return 0;
 }
 
-static int drv_pwrite(BlockNode *n, uint64_t off, size_t len,
-                      const void *buf, int flags)
-{
-    if (!n->drv->pwrite) {
-        return -ENOTSUP;
-    }
-    if (n->flags & BLOCK_O_NO_FLUSH) {
-        flags &= ~BLOCK_REQ_FUA;
-    }
-    return n->drv->pwrite(n, off, len, buf, flags);
-}
+/* ------------------------------------------------------------------ */
+/* Flush, discard, zeroes                                              */
 
-static int pwrite_unmarked(BlockNode *n, uint64_t off, size_t len,
-                           const void *buf, int flags)
+int block_io_flush(BlockNode *n)
 {
-    int ret = check_range(n, off, len, true);
-    if (ret < 0) {
-        return ret;
-    }
-    if (len == 0) {
-        return 0;
-    }
-    if ((flags & BLOCK_REQ_COMPRESSED) && !n->drv->supports_compressed) {
-        return -ENOTSUP;
-    }
-    if (is_aligned(n, off, len, buf)) {
-        return drv_pwrite(n, off, len, buf, flags);
-    }
-    uint64_t a = n->request_alignment;
-    uint64_t start = align_down(off, a);
-    uint64_t end = align_up(off + len, a);
-    uint8_t *bounce = bounce_alloc(n, end - start);
-    if (!bounce) {
-        return -ENOMEM;
-    }
-    pthread_mutex_lock(&n->rmw_lock);
-    /* Head and tail blocks carry bytes we must keep (a protocol node
-     * reads zeroes past its end). */
-    bool head = start < off, tail = end > off + len;
-    ret = 0;
-    if (head) {
-        ret = drv_pread_aligned(n, start, a, bounce);
-    }
-    if (ret >= 0 && tail && !(head && end - a == start)) {
-        ret = drv_pread_aligned(n, end - a, a, bounce + (end - a - start));
-    }
-    if (ret >= 0) {
-        memcpy(bounce + (off - start), buf, len);
-        ret = drv_pwrite(n, start, end - start, bounce, flags);
-    }
-    pthread_mutex_unlock(&n->rmw_lock);
-    free(bounce);
-    return ret;
-}
-
-int block_flush(BlockNode *n)
-{
-    if (!n || n->read_only) {
-        return 0;
-    }
-    if (n->flags & BLOCK_O_NO_FLUSH) {
-        return 0;
-    }
     int ret = 0;
     if (n->drv->flush) {
-        /* A driver that must order its children's flushes against its
-         * own writes (qcow2 metadata) flushes them itself and says so
-         * with a positive return: flushing them again would only cost
-         * another fdatasync. */
+        /* A driver that flushed its children itself (ordering them
+         * against its own writes) says so with a positive return. */
+        serialize_begin(n);
         ret = n->drv->flush(n);
+        serialize_end(n);
         if (ret != 0) {
             return ret < 0 ? ret : 0;
         }
     }
-    if (n->data_file) {
-        ret = block_flush(n->data_file);
-        if (ret < 0) {
-            return ret;
+    static const BlockChildRole below[] = {
+        BLOCK_CHILD_DATA_FILE, BLOCK_CHILD_FILE, BLOCK_CHILD_FILTERED,
+    };
+    for (size_t i = 0; i < sizeof(below) / sizeof(below[0]); i++) {
+        BlockNode *c = block_child(n, below[i]);
+        if (c) {
+            ret = block_flush(c);
+            if (ret < 0) {
+                return ret;
+            }
         }
     }
-    if (n->file) {
-        ret = block_flush(n->file);
+    return 0;
+}
+
+int block_flush(BlockNode *n)
+{
+    if (!n || n->read_only || (n->flags & BLOCK_O_NO_FLUSH)) {
+        return 0;
     }
+    block_node_enter(n, NULL);
+    int ret = block_io_flush(n);
+    block_node_leave(n);
     return ret;
 }
 
-static int discard_unmarked(BlockNode *n, uint64_t off, uint64_t len)
+int block_io_discard(BlockNode *n, uint64_t off, uint64_t len)
 {
-    int ret = check_range(n, off, len, true);
-    if (ret < 0) {
-        return ret;
-    }
     if (len == 0 || !n->drv->discard) {
         return 0;   /* discard is advisory */
     }
     /* Drivers see only the aligned middle; the unaligned edges are kept. */
     uint64_t a = n->request_alignment;
     uint64_t start = align_up(off, a), end = align_down(off + len, a);
-    if (end <= start) {
-        return 0;
+    int ret = 0;
+    if (end > start) {
+        serialize_begin(n);
+        ret = n->drv->discard(n, start, end - start);
+        serialize_end(n);
+        if (ret == -ENOTSUP) {
+            ret = 0;
+        }
     }
-    ret = n->drv->discard(n, start, end - start);
-    return ret == -ENOTSUP ? 0 : ret;
+    if (ret >= 0 && n->bitmaps) {
+        block_bitmaps_mark(n, off, len);
+    }
+    return ret;
+}
+
+int block_discard(BlockNode *n, uint64_t off, uint64_t len)
+{
+    int ret = block_check_request(n, off, len, true);
+    if (ret < 0) {
+        return ret;
+    }
+    block_node_enter(n, NULL);
+    ret = block_io_discard(n, off, len);
+    block_node_leave(n);
+    return ret;
 }
 
 static int write_zero_buffers(BlockNode *n, uint64_t off, uint64_t len,
@@ -244,7 +387,10 @@ static int write_zero_buffers(BlockNode *n, uint64_t off, uint64_t len,
     int ret = 0;
     while (len > 0 && ret >= 0) {
         size_t now = len < chunk ? (size_t)len : chunk;
-        ret = pwrite_unmarked(n, off, now, zero, flags & BLOCK_REQ_FUA);
+        struct iovec iov;
+        BlockIOV v;
+        blockiov_init_buf(&v, &iov, zero, now);
+        ret = pwritev_unmarked(n, off, &v, flags & BLOCK_REQ_FUA);
         off += now;
         len -= now;
     }
@@ -252,12 +398,20 @@ static int write_zero_buffers(BlockNode *n, uint64_t off, uint64_t len,
     return ret < 0 ? ret : 0;
 }
 
+static int drv_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
+                            int flags)
+{
+    serialize_begin(n);
+    int ret = n->drv->write_zeroes(n, off, len, flags);
+    serialize_end(n);
+    return ret;
+}
+
 static int write_zeroes_unmarked(BlockNode *n, uint64_t off, uint64_t len,
                                  int flags)
 {
-    int ret = check_range(n, off, len, true);
-    if (ret < 0 || len == 0) {
-        return ret;
+    if (len == 0) {
+        return 0;
     }
     uint64_t a = n->request_alignment;
     uint64_t start = align_up(off, a), end = align_down(off + len, a);
@@ -267,13 +421,14 @@ static int write_zeroes_unmarked(BlockNode *n, uint64_t off, uint64_t len,
         }
         return write_zero_buffers(n, off, len, flags);
     }
+    int ret;
     if (start > off) {
         ret = write_zero_buffers(n, off, start - off, flags);
         if (ret < 0) {
             return ret;
         }
     }
-    ret = n->drv->write_zeroes(n, start, end - start, flags);
+    ret = drv_write_zeroes(n, start, end - start, flags);
     if (ret == -ENOTSUP && !(flags & BLOCK_REQ_NO_FALLBACK)) {
         ret = write_zero_buffers(n, start, end - start, flags);
     }
@@ -286,30 +441,66 @@ static int write_zeroes_unmarked(BlockNode *n, uint64_t off, uint64_t len,
     return ret < 0 ? ret : 0;
 }
 
+int block_io_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
+{
+    int ret = write_zeroes_unmarked(n, off, len, flags);
+    if (ret >= 0 && n->bitmaps) {
+        block_bitmaps_mark(n, off, len);
+    }
+    return ret;
+}
+
+int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
+{
+    int ret = block_check_request(n, off, len, true);
+    if (ret < 0) {
+        return ret;
+    }
+    block_node_enter(n, NULL);
+    ret = block_io_write_zeroes(n, off, len, flags);
+    block_node_leave(n);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Length and size                                                     */
+
+/* Asking a node's length is a request like the others: a reopen may be
+ * rebuilding the state it reads. */
 int64_t block_get_length(BlockNode *n)
 {
+    int64_t len;
+    block_node_enter(n, NULL);
     if (!n->drv->get_length) {
-        return n->file ? block_get_length(n->file) : -ENOTSUP;
+        BlockNode *c = block_file(n) ? block_file(n) : block_filtered(n);
+        len = c ? block_get_length(c) : -ENOTSUP;
+    } else {
+        len = n->drv->get_length(n);
     }
-    return n->drv->get_length(n);
+    block_node_leave(n);
+    return len;
 }
 
 int64_t block_get_allocated_size(BlockNode *n)
 {
     int64_t total;
+    block_node_enter(n, NULL);
+    BlockNode *c = block_file(n) ? block_file(n) : block_filtered(n);
     if (n->drv->get_allocated_size) {
         total = n->drv->get_allocated_size(n);
-    } else if (n->file) {
-        total = block_get_allocated_size(n->file);
+    } else if (c) {
+        total = block_get_allocated_size(c);
     } else {
-        return -ENOTSUP;
+        total = -ENOTSUP;
     }
-    if (total >= 0 && n->data_file) {
-        int64_t d = block_get_allocated_size(n->data_file);
-        if (d > 0) {
-            total += d;
+    BlockNode *d = block_data_file(n);
+    if (total >= 0 && d) {
+        int64_t ds = block_get_allocated_size(d);
+        if (ds > 0) {
+            total += ds;
         }
     }
+    block_node_leave(n);
     return total;
 }
 
@@ -325,13 +516,18 @@ int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
                           "resizing", n->drv->name);
     }
     int64_t old = block_get_length(n);
+    block_node_enter(n, NULL);
+    serialize_begin(n);
     int ret = n->drv->truncate(n, size, exact, pm, err);
-    if (ret < 0 || old < 0 || !n->backing || size <= (uint64_t)old) {
+    serialize_end(n);
+    block_node_leave(n);
+    BlockNode *b = block_backing(n);
+    if (ret < 0 || old < 0 || !b || size <= (uint64_t)old) {
         return ret;
     }
     /* The grown area must read as zeroes, not as whatever a longer
      * backing file holds there (QEMU zeroes it the same way). */
-    int64_t blen = block_get_length(n->backing);
+    int64_t blen = block_get_length(b);
     if (blen > old) {
         uint64_t end = (uint64_t)blen < size ? (uint64_t)blen : size;
         ret = block_write_zeroes(n, (uint64_t)old, end - (uint64_t)old, 0);
@@ -341,34 +537,4 @@ int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         }
     }
     return 0;
-}
-
-/* Dirty bitmaps see every change that reached this node, whichever path
- * (aligned, bounced, zero fallback) carried it. */
-int block_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
-                 int flags)
-{
-    int ret = pwrite_unmarked(n, off, len, buf, flags);
-    if (ret >= 0 && n->bitmaps) {
-        block_bitmaps_mark(n, off, len);
-    }
-    return ret;
-}
-
-int block_discard(BlockNode *n, uint64_t off, uint64_t len)
-{
-    int ret = discard_unmarked(n, off, len);
-    if (ret >= 0 && n->bitmaps) {
-        block_bitmaps_mark(n, off, len);
-    }
-    return ret;
-}
-
-int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
-{
-    int ret = write_zeroes_unmarked(n, off, len, flags);
-    if (ret >= 0 && n->bitmaps) {
-        block_bitmaps_mark(n, off, len);
-    }
-    return ret;
 }

@@ -1,19 +1,149 @@
 /*
  * node.c - building and tearing down the node graph: protocol selection,
- * format probing, and opening backing chains.
+ * format probing, filters, backing chains, node names and references.
  *
- * A chain is opened top-down; each backing node is opened read-only with
- * reader locks.  Chains deeper than BLOCK_MAX_CHAIN or that name the same
- * file twice are refused before anything is read from the repeated file.
+ * Invariants:
+ *  - every node that open returned is in the registry under a unique
+ *    name until its last reference goes;
+ *  - a parent holds one reference to each of its children, so a child
+ *    shared by two parents (or by a parent and an export) lives as long
+ *    as the last of them;
+ *  - a chain is opened top-down, each backing node read-only with reader
+ *    locks; chains deeper than BLOCK_MAX_CHAIN or naming the same file
+ *    twice are refused before anything is read from the repeated file.
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 #define PROBE_BYTES 2048
+
+/* ------------------------------------------------------------------ */
+/* Registry                                                            */
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static BlockNode *registry;
+static unsigned long next_auto_name;
+
+/* registry_lock held. */
+static BlockNode *registry_find(const char *name)
+{
+    for (BlockNode *n = registry; n; n = n->registry_next) {
+        if (strcmp(n->node_name, name) == 0) {
+            return n;
+        }
+    }
+    return NULL;
+}
+
+static int registry_add(BlockNode *n, const char *name, Error *err)
+{
+    pthread_mutex_lock(&registry_lock);
+    if (name) {
+        if (!*name || registry_find(name)) {
+            pthread_mutex_unlock(&registry_lock);
+            return error_setf(err, EEXIST, *name
+                              ? "Duplicate nodes with node-name='%s'"
+                              : "node-name%s may not be empty", name);
+        }
+        n->node_name = strdup(name);
+    } else {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "#block%lu", next_auto_name++);
+        n->node_name = strdup(buf);
+    }
+    if (!n->node_name) {
+        pthread_mutex_unlock(&registry_lock);
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    n->registry_next = registry;
+    registry = n;
+    pthread_mutex_unlock(&registry_lock);
+    return 0;
+}
+
+static void registry_remove(BlockNode *n)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (BlockNode **p = &registry; *p; p = &(*p)->registry_next) {
+        if (*p == n) {
+            *p = n->registry_next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+BlockNode *block_find_node(const char *node_name)
+{
+    pthread_mutex_lock(&registry_lock);
+    BlockNode *n = registry_find(node_name);
+    if (n) {
+        block_ref(n);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return n;
+}
+
+BlockNode *block_find_image(const char *filename)
+{
+    char *want = block_chain_identity(filename);
+    BlockNode *found = NULL;
+    if (!want) {
+        return NULL;
+    }
+    pthread_mutex_lock(&registry_lock);
+    for (BlockNode *n = registry; n && !found; n = n->registry_next) {
+        if (n->drv->kind != BLOCK_DRIVER_FORMAT) {
+            continue;
+        }
+        char *have = block_chain_identity(n->filename);
+        if (have && strcmp(have, want) == 0) {
+            found = block_ref(n);
+        }
+        free(have);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    free(want);
+    return found;
+}
+
+int block_for_each_node(int (*fn)(BlockNode *n, void *opaque), void *opaque)
+{
+    /* Take references under the lock, call without it: fn may open or
+     * close nodes. */
+    pthread_mutex_lock(&registry_lock);
+    size_t count = 0;
+    for (BlockNode *n = registry; n; n = n->registry_next) {
+        count++;
+    }
+    BlockNode **v = calloc(count ? count : 1, sizeof(*v));
+    if (!v) {
+        pthread_mutex_unlock(&registry_lock);
+        return -ENOMEM;
+    }
+    size_t i = 0;
+    for (BlockNode *n = registry; n; n = n->registry_next) {
+        v[i++] = block_ref(n);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    int ret = 0;
+    for (i = 0; i < count; i++) {
+        if (!ret) {
+            ret = fn(v[i], opaque);
+        }
+        block_close(v[i]);
+    }
+    free(v);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* Nodes and children                                                  */
 
 static BlockNode *node_new(const BlockDriver *drv, const char *filename,
                            int flags)
@@ -27,7 +157,13 @@ static BlockNode *node_new(const BlockDriver *drv, const char *filename,
     n->flags = flags;
     n->read_only = !(flags & BLOCK_O_RDWR);
     n->request_alignment = 1;
+    atomic_init(&n->refcnt, 1);
+    atomic_init(&n->in_flight, 0);
+    atomic_init(&n->quiesce, 0);
     pthread_mutex_init(&n->rmw_lock, NULL);
+    pthread_mutex_init(&n->serialize_lock, NULL);
+    pthread_mutex_init(&n->drain_lock, NULL);
+    pthread_cond_init(&n->drain_cond, NULL);
     if (drv->instance_size) {
         n->opaque = calloc(1, drv->instance_size);
     }
@@ -43,6 +179,10 @@ static BlockNode *node_new(const BlockDriver *drv, const char *filename,
 static void node_free(BlockNode *n)
 {
     pthread_mutex_destroy(&n->rmw_lock);
+    pthread_mutex_destroy(&n->serialize_lock);
+    pthread_mutex_destroy(&n->drain_lock);
+    pthread_cond_destroy(&n->drain_cond);
+    free(n->node_name);
     free(n->filename);
     free(n->backing_file);
     free(n->backing_format);
@@ -52,11 +192,116 @@ static void node_free(BlockNode *n)
     free(n);
 }
 
+BlockNode *block_child(BlockNode *n, BlockChildRole role)
+{
+    for (int i = 0; i < n->n_children; i++) {
+        if (n->children[i].role == role) {
+            return n->children[i].node;
+        }
+    }
+    return NULL;
+}
+
+int block_set_child(BlockNode *n, BlockChildRole role, BlockNode *child)
+{
+    BlockNode *old = NULL;
+    int i;
+    for (i = 0; i < n->n_children; i++) {
+        if (n->children[i].role == role) {
+            break;
+        }
+    }
+    if (i < n->n_children) {
+        old = n->children[i].node;
+        if (child) {
+            n->children[i].node = child;
+        } else {
+            n->children[i] = n->children[--n->n_children];
+        }
+    } else if (child) {
+        if (n->n_children == BLOCK_MAX_CHILDREN) {
+            return -ENOSPC;
+        }
+        n->children[n->n_children].role = role;
+        n->children[n->n_children].node = child;
+        n->n_children++;
+    }
+    block_close(old);
+    return 0;
+}
+
+BlockNode *block_ref(BlockNode *n)
+{
+    if (n) {
+        atomic_fetch_add(&n->refcnt, 1);
+    }
+    return n;
+}
+
+void block_close(BlockNode *n)
+{
+    if (!n || atomic_fetch_sub(&n->refcnt, 1) != 1) {
+        return;
+    }
+    registry_remove(n);
+    if (n->drv->close) {
+        n->drv->close(n);
+    }
+    /* Backing first: it is the most independent; the file children go
+     * last because the driver's close may have used them. */
+    static const BlockChildRole order[] = {
+        BLOCK_CHILD_BACKING, BLOCK_CHILD_DATA_FILE, BLOCK_CHILD_FILTERED,
+        BLOCK_CHILD_FILE,
+    };
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        block_close(block_child(n, order[i]));
+    }
+    node_free(n);
+}
+
+/* ------------------------------------------------------------------ */
+/* Capabilities                                                        */
+
+static bool cap(bool (*fn)(BlockNode *), BlockNode *n, bool def)
+{
+    return fn ? fn(n) : def;
+}
+
+static void answer_caps(BlockNode *n)
+{
+    const BlockDriver *d = n->drv;
+    BlockCaps *c = &n->caps;
+    BlockNode *below = block_file(n) ? block_file(n) : block_filtered(n);
+    c->can_write = !n->read_only &&
+                   cap(d->can_write, n, d->pwrite || d->pwritev);
+    c->can_flush = cap(d->can_flush, n,
+                       d->flush || (below && below->caps.can_flush));
+    c->can_fua = cap(d->can_fua, n, false);
+    c->can_discard = cap(d->can_discard, n, d->discard != NULL);
+    c->can_zero = cap(d->can_zero, n, d->write_zeroes != NULL);
+    c->can_fast_zero = cap(d->can_fast_zero, n, false);
+    c->can_extents = cap(d->can_extents, n, d->block_status != NULL);
+    c->can_compress = cap(d->can_compress, n, false);
+    c->can_multi_conn = cap(d->can_multi_conn, n, false);
+}
+
+/* A node that open returned: named, counted, capabilities answered. */
+static int node_publish(BlockNode *n, KVList *opts, Error *err)
+{
+    const char *name = kvlist_get(opts, "node-name");
+    answer_caps(n);
+    return registry_add(n, name, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* Opening                                                             */
+
 static const BlockDriver *protocol_for(const char *filename)
 {
     for (int i = 0; block_driver_list[i]; i++) {
         const BlockDriver *d = block_driver_list[i];
-        if (d->is_protocol && d->owns_filename && d->owns_filename(filename)) {
+        if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
+            d->owns_filename(filename)) {
             return d;
         }
     }
@@ -66,10 +311,14 @@ static const BlockDriver *protocol_for(const char *filename)
 BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
                                Error *err)
 {
+    KVList empty = { 0 };
+    if (!opts) {
+        opts = &empty;
+    }
     const char *drvname = kvlist_get(opts, "driver");
     const BlockDriver *drv = drvname ? block_find_driver(drvname)
                                      : protocol_for(filename);
-    if (!drv || !drv->is_protocol) {
+    if (!drv || drv->kind != BLOCK_DRIVER_PROTOCOL) {
         error_setf(err, EINVAL, "Unknown protocol driver '%s'",
                    drvname ? drvname : "?");
         return NULL;
@@ -94,8 +343,8 @@ BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
         node_free(n);
         return NULL;
     }
-    ret = kvlist_check_unused(opts, drv->name, err);
-    if (ret < 0) {
+    if (node_publish(n, opts, err) < 0 ||
+        kvlist_check_unused(opts, drv->name, err) < 0) {
         block_close(n);
         return NULL;
     }
@@ -122,7 +371,7 @@ static const BlockDriver *probe_format(BlockNode *file, Error *err)
     int best_score = 0;
     for (int i = 0; block_driver_list[i]; i++) {
         const BlockDriver *d = block_driver_list[i];
-        if (d->is_format && d->probe) {
+        if (d->kind == BLOCK_DRIVER_FORMAT && d->probe) {
             int score = d->probe(buf, n, file->filename);
             if (score > best_score) {
                 best = d;
@@ -163,7 +412,7 @@ char *block_chain_identity(const char *filename)
 
 static BlockNode *open_image(const char *filename, const char *format,
                              KVList *opts, int flags, ChainState *cs,
-                             Error *err);
+                             bool chain_member, Error *err);
 
 static int open_backing(BlockNode *n, KVList *backing_opts, int flags,
                         ChainState *cs, Error *err)
@@ -176,7 +425,7 @@ static int open_backing(BlockNode *n, KVList *backing_opts, int flags,
                            BLOCK_O_NO_FLUSH)) | BLOCK_O_BACKING_RO;
     cs->depth++;
     BlockNode *b = open_image(n->full_backing_filename, n->backing_format,
-                              backing_opts, bflags, cs, err);
+                              backing_opts, bflags, cs, true, err);
     cs->depth--;
     if (!b) {
         /* Name the innermost failure once, not once per chain level. */
@@ -186,16 +435,76 @@ static int open_backing(BlockNode *n, KVList *backing_opts, int flags,
         }
         return -(err && err->code ? err->code : EIO);
     }
-    n->backing = b;
+    return block_set_child(n, BLOCK_CHILD_BACKING, b);
+}
+
+/* The child a format or filter works on: a node named by reference
+ * (file=NODE-NAME, as QEMU's -blockdev says it), a node opened from the
+ * "file.*" options (any kind: file.driver=faulty puts a filter there), or
+ * the protocol that owns `filename`. */
+static BlockNode *open_lower(const char *filename, KVList *opts,
+                             KVList *file_opts, int flags, ChainState *cs,
+                             Error *err)
+{
+    const char *ref = kvlist_get(opts, "file");
+    if (ref && file_opts->n == 0) {
+        BlockNode *named = block_find_node(ref);
+        if (named) {
+            return named;
+        }
+    }
+    const char *drvname = NULL;
+    for (size_t i = 0; i < file_opts->n; i++) {
+        if (strcmp(file_opts->items[i].key, "driver") == 0) {
+            drvname = file_opts->items[i].value;
+        }
+    }
+    const BlockDriver *d = drvname ? block_find_driver(drvname) : NULL;
+    if (d && d->kind != BLOCK_DRIVER_PROTOCOL) {
+        /* A filter or a format below: it opens the same way a top image
+         * does, over `filename` unless its own options name a file. */
+        KVList sub = { 0 };
+        for (size_t i = 0; i < file_opts->n; i++) {
+            kvlist_set(&sub, file_opts->items[i].key,
+                       file_opts->items[i].value);
+            file_opts->items[i].used = true;
+        }
+        if (!kvlist_has(&sub, "file.filename") &&
+            !kvlist_has(&sub, "filename") && !kvlist_has(&sub, "file") &&
+            filename) {
+            kvlist_set(&sub, "file.filename", filename);
+        }
+        BlockNode *n = open_image(NULL, NULL, &sub,
+                                  flags & ~BLOCK_O_BACKING_RO, cs, false,
+                                  err);
+        kvlist_free(&sub);
+        return n;
+    }
+    return block_open_protocol(filename, file_opts, flags, err);
+}
+
+/* Every option given for this node is remembered so that a reopen keeps
+ * it (an encrypted base's key-secret, backing.* options). */
+static int remember_opts(BlockNode *n, const KVList *opts)
+{
+    for (size_t i = 0; i < opts->n; i++) {
+        if (kvlist_set(&n->open_opts, opts->items[i].key,
+                       opts->items[i].value) < 0) {
+            return -ENOMEM;
+        }
+    }
     return 0;
 }
 
+/* chain_member: a layer of a backing chain (the top or a backing file),
+ * checked against the chain's other layers; a node opened below a filter
+ * or a format is not (raw over qcow2 names one file twice, rightly). */
 static BlockNode *open_image(const char *filename, const char *format,
                              KVList *opts, int flags, ChainState *cs,
-                             Error *err)
+                             bool chain_member, Error *err)
 {
     KVList file_opts = { 0 }, backing_opts = { 0 }, json_opts = { 0 };
-    BlockNode *file = NULL, *n = NULL;
+    BlockNode *lower = NULL, *n = NULL;
     const BlockDriver *drv = NULL;
     int ret;
 
@@ -225,12 +534,18 @@ static BlockNode *open_image(const char *filename, const char *format,
     if (!optfile) {
         optfile = kvlist_get(opts, "filename");
     }
-    if (!optfile) {
-        optfile = kvlist_get(opts, "file");
+    const char *fileref = kvlist_get(opts, "file");
+    BlockNode *refnode = fileref ? block_find_node(fileref) : NULL;
+    if (!optfile && fileref && !refnode) {
+        optfile = fileref;
     }
     if (optfile) {
         filename = optfile;
     }
+    if (refnode && !filename) {
+        filename = refnode->filename;
+    }
+    block_close(refnode);
     if (!filename || !*filename) {
         error_setf(err, EINVAL, "no image file name given");
         goto out;
@@ -243,42 +558,46 @@ static BlockNode *open_image(const char *filename, const char *format,
         }
     }
 
-    char *ident = block_chain_identity(filename);
-    if (!ident) {
-        error_setf(err, ENOMEM, "out of memory");
-        goto out;
-    }
-    for (int i = 0; i < cs->n_names; i++) {
-        if (strcmp(cs->names[i], ident) == 0) {
-            error_setf(err, ELOOP, "backing chain loop: '%s' appears twice",
-                       filename);
-            free(ident);
+    if (chain_member && (!drv || drv->kind != BLOCK_DRIVER_PROTOCOL)) {
+        char *ident = block_chain_identity(filename);
+        if (!ident) {
+            error_setf(err, ENOMEM, "out of memory");
             goto out;
         }
+        for (int i = 0; i < cs->n_names; i++) {
+            if (strcmp(cs->names[i], ident) == 0) {
+                error_setf(err, ELOOP, "backing chain loop: '%s' appears "
+                           "twice", filename);
+                free(ident);
+                goto out;
+            }
+        }
+        if (cs->n_names < (int)(sizeof(cs->names) / sizeof(cs->names[0]))) {
+            cs->names[cs->n_names++] = ident;
+        } else {
+            free(ident);
+        }
     }
-    cs->names[cs->n_names++] = ident;
 
     kvlist_extract_prefix(opts, "file", &file_opts);
     kvlist_extract_prefix(opts, "backing", &backing_opts);
 
-    if (drv && drv->is_protocol) {
-        n = block_open_protocol(filename, &file_opts, flags, err);
-        if (n) {
-            ret = kvlist_check_unused(opts, drv->name, err);
-            if (ret < 0) {
-                block_close(n);
-                n = NULL;
-            }
+    if (drv && drv->kind == BLOCK_DRIVER_PROTOCOL) {
+        /* Options for a protocol opened as the image itself are its own;
+         * file.* ones are not expected. */
+        for (size_t i = 0; i < file_opts.n; i++) {
+            kvlist_set(opts, file_opts.items[i].key, file_opts.items[i].value);
         }
+        n = block_open_protocol(filename, opts, flags, err);
         goto out;
     }
 
-    file = block_open_protocol(filename, &file_opts, flags, err);
-    if (!file) {
+    lower = open_lower(filename, opts, &file_opts, flags, cs, err);
+    if (!lower) {
         goto out;
     }
     if (!drv) {
-        drv = probe_format(file, err);
+        drv = probe_format(lower, err);
         if (!drv) {
             goto fail;
         }
@@ -289,17 +608,12 @@ static BlockNode *open_image(const char *filename, const char *format,
         error_setf(err, ENOMEM, "out of memory");
         goto fail;
     }
-    n->file = file;
-    n->request_alignment = 1;
-    for (size_t i = 0; i < opts->n; i++) {
-        if (kvlist_set(&n->open_opts, opts->items[i].key,
-                       opts->items[i].value) < 0) {
-            error_setf(err, ENOMEM, "out of memory");
-            n->file = NULL;
-            node_free(n);
-            n = NULL;
-            goto fail;
-        }
+    block_set_child(n, drv->kind == BLOCK_DRIVER_FILTER
+                       ? BLOCK_CHILD_FILTERED : BLOCK_CHILD_FILE, lower);
+    lower = NULL;
+    if (remember_opts(n, opts) < 0) {
+        error_setf(err, ENOMEM, "out of memory");
+        goto fail_node;
     }
     ret = drv->open(n, opts, flags, err);
     if (ret < 0) {
@@ -308,48 +622,61 @@ static BlockNode *open_image(const char *filename, const char *format,
         }
         error_setf(err, -ret, "Could not open '%s': %s", filename,
                    strerror(-ret));
-        n->file = NULL;
+        /* The driver's close must not run for a failed open. */
+        for (int i = 0; i < n->n_children; i++) {
+            block_close(n->children[i].node);
+        }
+        n->n_children = 0;
         node_free(n);
         n = NULL;
-        goto fail;
+        goto out;
     }
-    /* backing= (json: "backing": null) opens this layer alone; a
-     * non-empty value would name a node, and there are no node names. */
-    const char *backing_ref = kvlist_get(opts, "backing");
-    if (backing_ref && *backing_ref) {
-        error_setf(err, EINVAL, "backing: '%s': only an empty value (no "
-                   "backing file) is supported, not node names",
-                   backing_ref);
-        goto fail_node;
-    }
-    ret = kvlist_check_unused(opts, drv->name, err);
-    if (ret < 0) {
-        goto fail_node;
-    }
-    if (n->backing_file && *n->backing_file) {
-        n->full_backing_filename = block_resolve_backing(filename,
-                                                         n->backing_file);
-        if (!(flags & BLOCK_O_NO_BACKING) && !backing_ref) {
-            ret = open_backing(n, &backing_opts, flags, cs, err);
-            if (ret < 0) {
+    if (drv->kind == BLOCK_DRIVER_FORMAT) {
+        /* backing= (json: "backing": null) opens this layer alone;
+         * backing=NAME takes an open node. */
+        const char *backing_ref = kvlist_get(opts, "backing");
+        if (backing_ref && *backing_ref) {
+            BlockNode *b = block_find_node(backing_ref);
+            if (!b) {
+                error_setf(err, ENOENT, "backing: no node named '%s'",
+                           backing_ref);
                 goto fail_node;
+            }
+            block_set_child(n, BLOCK_CHILD_BACKING, b);
+        } else if (n->backing_file && *n->backing_file) {
+            n->full_backing_filename = block_resolve_backing(filename,
+                                                             n->backing_file);
+            if (!(flags & BLOCK_O_NO_BACKING) && !backing_ref) {
+                ret = open_backing(n, &backing_opts, flags, cs, err);
+                if (ret < 0) {
+                    goto fail_node;
+                }
             }
         }
     }
-    ret = kvlist_check_unused(&backing_opts, "backing", err);
-    if (ret < 0) {
+    if (node_publish(n, opts, err) < 0) {
         goto fail_node;
+    }
+    if (kvlist_check_unused(opts, drv->name, err) < 0 ||
+        kvlist_check_unused(&backing_opts, "backing", err) < 0) {
+        block_close(n);
+        n = NULL;
     }
     goto out;
 
 fail_node:
-    block_close(n);
-    n = NULL;
-    file = NULL;
-fail:
-    if (file) {
-        block_close(file);
+    /* Not published yet: close it by hand. */
+    if (n->drv->close) {
+        n->drv->close(n);
     }
+    for (int i = 0; i < n->n_children; i++) {
+        block_close(n->children[i].node);
+    }
+    n->n_children = 0;
+    node_free(n);
+    n = NULL;
+fail:
+    block_close(lower);
 out:
     kvlist_free(&file_opts);
     kvlist_free(&backing_opts);
@@ -363,7 +690,7 @@ BlockNode *block_open(const char *filename, const char *format, KVList *opts,
     ChainState cs = { 0 };
     KVList empty = { 0 };
     BlockNode *n = open_image(filename, format, opts ? opts : &empty, flags,
-                              &cs, err);
+                              &cs, true, err);
     for (int i = 0; i < cs.n_names; i++) {
         free(cs.names[i]);
     }
@@ -372,10 +699,7 @@ BlockNode *block_open(const char *filename, const char *format, KVList *opts,
 
 int block_open_backing(BlockNode *n, int flags, Error *err)
 {
-    if (n->backing) {
-        block_close(n->backing);
-        n->backing = NULL;
-    }
+    block_set_child(n, BLOCK_CHILD_BACKING, NULL);
     free(n->full_backing_filename);
     n->full_backing_filename = NULL;
     if (!n->backing_file || !*n->backing_file) {
@@ -394,20 +718,6 @@ int block_open_backing(BlockNode *n, int flags, Error *err)
         free(cs.names[i]);
     }
     return ret;
-}
-
-void block_close(BlockNode *n)
-{
-    if (!n) {
-        return;
-    }
-    if (n->drv->close) {
-        n->drv->close(n);
-    }
-    block_close(n->backing);
-    block_close(n->data_file);
-    block_close(n->file);
-    node_free(n);
 }
 
 char *block_resolve_backing(const char *overlay, const char *backing)

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 int block_snapshot_list(BlockNode *n, BlockSnapshotInfo **out, int *count)
 {

@@ -8,7 +8,7 @@
  */
 #include <errno.h>
 
-#include "block/block.h"
+#include "block/core/request.h"
 
 int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
                  uint64_t *map, BlockNode **file)
@@ -39,7 +39,17 @@ int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
         *pnum = len;
         ret = BLOCK_STATUS_DATA | BLOCK_STATUS_ALLOCATED;
     } else {
+        /* A request like any other: it reads the driver's metadata and
+         * children, which a graph change must not pull away. */
+        block_node_enter(n, NULL);
+        if (n->drv->thread_model == BLOCK_THREAD_SERIALIZE) {
+            pthread_mutex_lock(&n->serialize_lock);
+        }
         ret = n->drv->block_status(n, off, len, pnum, map, file);
+        if (n->drv->thread_model == BLOCK_THREAD_SERIALIZE) {
+            pthread_mutex_unlock(&n->serialize_lock);
+        }
+        block_node_leave(n);
         if (ret < 0) {
             return ret;
         }
@@ -49,10 +59,10 @@ int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
     }
     if (!(ret & (BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_DATA |
                  BLOCK_STATUS_ZERO))) {
-        if (!n->backing) {
+        if (!block_backing(n)) {
             ret |= BLOCK_STATUS_ZERO;
         } else {
-            int64_t blen = block_get_length(n->backing);
+            int64_t blen = block_get_length(block_backing(n));
             if (blen >= 0 && off >= (uint64_t)blen) {
                 ret |= BLOCK_STATUS_ZERO;
             } else if (blen >= 0 && off + *pnum > (uint64_t)blen) {
@@ -86,14 +96,14 @@ int block_status_above(BlockNode *top, BlockNode *base, uint64_t off,
         len = num;
         if ((ret & (BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_ZERO |
                     BLOCK_STATUS_DATA)) ||
-            !n->backing || n->backing == base) {
+            !block_backing(n) || block_backing(n) == base) {
             *pnum = num;
             if (depth) {
                 *depth = d;
             }
             return ret;
         }
-        n = n->backing;
+        n = block_backing(n);
         d++;
     }
 }

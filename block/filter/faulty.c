@@ -1,13 +1,15 @@
 /*
- * faulty.c - a protocol filter that injects I/O errors and simulates
- * power loss, for reliability tests (the test-VFS idea of SQLite).
+ * faulty.c - a filter that injects I/O errors and simulates power loss,
+ * for reliability tests (the test-VFS idea of SQLite).
  *
  *   --image-opts driver=qcow2,file.driver=faulty,file.filename=IMG,
  *                file.powerfail-after-writes=17,file.powerfail-mode=random-part
  *
- * It sits between a format node and the real protocol node (opened from
- * the "file.*" options, a plain file by default) and passes requests on,
- * except:
+ * It usually sits between a format node and the real protocol node
+ * (opened from its "file.*" options, a plain file by default), but like
+ * any filter it can sit anywhere, over a format too
+ * (driver=faulty,file.driver=qcow2,file.file.filename=IMG).  It passes
+ * requests on, except:
  *
  *  - fail-read=N / fail-write=N / fail-flush=N fail the Nth request of
  *    that class (1-based) with errno= (EIO by default); fail-count=K
@@ -42,7 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 #define SECTOR 512
 #define DEFAULT_MAX_DIRTY (256ull << 20)
@@ -480,6 +482,11 @@ static int after_overlay_add(FaultyState *s)
 /* ------------------------------------------------------------------ */
 /* Driver callbacks                                                    */
 
+static bool faulty_can_fua(BlockNode *n)
+{
+    return true;
+}
+
 static int faulty_open(BlockNode *n, KVList *opts, int flags, Error *err)
 {
     FaultyState *s = n->opaque;
@@ -488,23 +495,16 @@ static int faulty_open(BlockNode *n, KVList *opts, int flags, Error *err)
         free(s->stats_file);
         return ret;
     }
-    KVList child_opts = { 0 };
-    kvlist_extract_prefix(opts, "file", &child_opts);
-    s->child = block_open_protocol(n->filename, &child_opts, flags, err);
-    kvlist_free(&child_opts);
-    if (!s->child) {
-        free(s->stats_file);
-        return -(err && err->code ? err->code : EIO);
-    }
+    /* The core opened what we filter (file.* options, a plain file by
+     * default) before calling us. */
+    s->child = block_filtered(n);
     int64_t len = block_get_length(s->child);
     if (len < 0) {
-        block_close(s->child);
         free(s->stats_file);
         return error_setf(err, (int)-len, "faulty: cannot get length");
     }
     s->length = (uint64_t)len;
     pthread_mutex_init(&s->lock, NULL);
-    n->file = s->child;
     n->request_alignment = s->child->request_alignment;
     n->max_transfer = s->child->max_transfer;
     return 0;
@@ -527,7 +527,7 @@ static void faulty_close(BlockNode *n)
 {
     FaultyState *s = n->opaque;
     /* Without a crash the cache reaches the disk at some point anyway;
-     * the core closes the child (n->file) after us. */
+     * the core closes the child (block_file(n)) after us. */
     if (!s->powered_off && (s->n_ext || s->shrunk)) {
         ov_writeback(s);
     }
@@ -663,7 +663,7 @@ static int faulty_flush(BlockNode *n)
     if (s->volatile_cache) {
         ret = ov_writeback(s);
     }
-    /* The core flushes the child (n->file) after us. */
+    /* The core flushes the child (block_file(n)) after us. */
 out:
     pthread_mutex_unlock(&s->lock);
     return ret;
@@ -782,9 +782,11 @@ out:
 }
 
 const BlockDriver faulty_driver = {
+    .api_version = BLOCK_DRIVER_API_VERSION,
     .name = "faulty",
+    .kind = BLOCK_DRIVER_FILTER,
     .instance_size = sizeof(FaultyState),
-    .is_protocol = true,
+    .can_fua = faulty_can_fua,
     .open = faulty_open,
     .close = faulty_close,
     .pread = faulty_pread,

@@ -795,7 +795,7 @@ static void *copy_worker(void *opaque)
 static int chain_depth(BlockNode *top, BlockNode *base)
 {
     int d = 0;
-    for (BlockNode *n = top; n; n = n->backing, d++) {
+    for (BlockNode *n = top; n; n = block_backing(n), d++) {
         if (n == base) {
             return d;
         }
@@ -878,7 +878,7 @@ int copy_run(const CopyJob *job, Error *err)
             free(c.src_start);
             free(c.src_len);
             return error_setf(err, -ret, "could not get size of '%s': %s",
-                              job->src[i]->filename, strerror(-ret));
+                              block_node_filename(job->src[i]), strerror(-ret));
         }
         c.src_start[i] = total;
         total += c.src_len[i];
@@ -896,14 +896,12 @@ int copy_run(const CopyJob *job, Error *err)
 
     pthread_t wb_thread;
     bool wb_started = false;
-    if (job->flush && !job->dst->data_file) {
-        BlockNode *leaf = job->dst;
-        while (leaf->file) {
-            leaf = leaf->file;
-        }
+    if (job->flush && !block_node_has_data_file(job->dst)) {
+        BlockNode *leaf = block_node_storage(job->dst);
         /* -t unsafe never flushes; with O_DIRECT nothing is left in the
          * page cache, and a flush would only empty the disk's cache */
-        if (!(leaf->flags & (BLOCK_O_NO_FLUSH | BLOCK_O_NOCACHE))) {
+        if (leaf && !(block_node_flags(leaf) &
+                      (BLOCK_O_NO_FLUSH | BLOCK_O_NOCACHE))) {
             c.wb_node = leaf;
             wb_started = pthread_create(&wb_thread, NULL,
                                         copy_writeback_thread, &c) == 0;

@@ -280,17 +280,17 @@ static int ctx_open_chain(Ctx *c, const char *fmt, int flags, Error *err)
     if (!c->top) {
         return -(err && err->code ? err->code : EIO);
     }
-    for (BlockNode *m = c->top; m; m = m->backing) {
+    for (BlockNode *m = c->top; m; m = block_backing(m)) {
         if (c->n == EXTSNAP_MAX_LAYERS) {
             return error_setf(err, ELOOP, "backing chain too deep");
         }
         Layer *l = &c->layers[c->n++];
         l->node = m;
-        l->name = layer_name(c->stem, m->filename);
+        l->name = layer_name(c->stem, block_node_filename(m));
         if (!l->name) {
             return error_setf(err, ENOMEM, "out of memory");
         }
-        l->has_st = stat(m->filename, &l->st) == 0;
+        l->has_st = stat(block_node_filename(m), &l->st) == 0;
     }
     return 0;
 }
@@ -305,7 +305,7 @@ static int ctx_find(Ctx *c, const char *name, Error *err)
     for (int i = 0; i < c->n; i++) {
         Layer *l = &c->layers[i];
         bool hit = strcmp(l->name, name) == 0 ||
-                   strcmp(basename_of(l->node->filename), name) == 0 ||
+                   strcmp(basename_of(block_node_filename(l->node)), name) == 0 ||
                    (by_path && l->has_st && same_inode(&st, &l->st));
         if (!hit) {
             continue;
@@ -313,7 +313,7 @@ static int ctx_find(Ctx *c, const char *name, Error *err)
         if (found >= 0) {
             error_setf(err, EINVAL, "'%s' names more than one layer ('%s' "
                        "and '%s'); name the file by its path", name,
-                       c->layers[found].node->filename, l->node->filename);
+                       block_node_filename(c->layers[found].node), block_node_filename(l->node));
             return -1;
         }
         found = i;
@@ -461,7 +461,7 @@ static int ctx_open_layer(Ctx *c, const char *active, const char *fmt,
     }
     if (k == 0) {
         return error_setf(err, EINVAL, "'%s' is the active image",
-                          c->layers[0].node->filename);
+                          block_node_filename(c->layers[0].node));
     }
     return k;
 }
@@ -549,7 +549,7 @@ static uint64_t cluster_size_of(BlockNode *n)
 static int absolute_backing(Ctx *c, const char *frozen, Error *err)
 {
     BlockNode *top = c->top;
-    const char *b = top->backing_file;
+    const char *b = block_node_backing_file(top);
     if (!b || !*b || b[0] == '/' || strstr(b, "://")) {
         return 0;
     }
@@ -559,15 +559,15 @@ static int absolute_backing(Ctx *c, const char *frozen, Error *err)
     if (!moved) {
         return 0;
     }
-    char *abs = abs_name(top->full_backing_filename);
+    char *abs = abs_name(block_node_full_backing_filename(top));
     if (!abs) {
         return error_setf(err, ENOMEM, "Could not resolve '%s'",
-                          top->full_backing_filename);
+                          block_node_full_backing_filename(top));
     }
-    BlockNode *w = block_open(c->active, top->drv->name, NULL,
+    BlockNode *w = block_open(c->active, block_node_format(top), NULL,
                               BLOCK_O_RDWR | BLOCK_O_NO_BACKING |
                               BLOCK_O_NO_LOCK, err);
-    int ret = w ? block_change_backing_file(w, abs, top->backing_format, err)
+    int ret = w ? block_change_backing_file(w, abs, block_node_backing_format(top), err)
                 : -(err && err->code ? err->code : EIO);
     if (ret >= 0) {
         ret = block_flush(w);
@@ -598,13 +598,13 @@ int block_extsnap_create(const char *active, const char *fmt,
     }
     ctx_recover(&c);
     BlockNode *top = c.top;
-    if (strcmp(top->drv->name, "qcow2") != 0) {
+    if (strcmp(block_node_format(top), "qcow2") != 0) {
         ret = error_setf(err, ENOTSUP, "'%s' is a %s image; the active "
                          "image of an external snapshot chain must be "
-                         "qcow2", active, top->drv->name);
+                         "qcow2", active, block_node_format(top));
         goto out;
     }
-    if (top->data_file) {
+    if (block_node_has_data_file(top)) {
         ret = error_setf(err, ENOTSUP, "'%s' has an external data file, "
                          "which external snapshots do not support", active);
         goto out;
@@ -612,7 +612,7 @@ int block_extsnap_create(const char *active, const char *fmt,
     for (int i = 0; i < c.n; i++) {
         if (strcmp(c.layers[i].name, name) == 0) {
             ret = error_setf(err, EEXIST, "snapshot '%s' already exists "
-                             "('%s')", name, c.layers[i].node->filename);
+                             "('%s')", name, block_node_filename(c.layers[i].node));
             goto out;
         }
     }
@@ -724,7 +724,7 @@ int block_extsnap_revert(const char *active, const char *fmt,
     /* The layers between the active image and the target are dropped:
      * nobody may have them open. */
     for (int i = 1; i < k; i++) {
-        const char *f = c.layers[i].node->filename;
+        const char *f = block_node_filename(c.layers[i].node);
         locks[i] = lock_file(f, err);
         if (!locks[i]) {
             error_prefixf(err, "layer '%s' is in use", c.layers[i].name);
@@ -740,18 +740,18 @@ int block_extsnap_revert(const char *active, const char *fmt,
         drop_st[ndrop++] = c.layers[i].st;
     }
     BlockNode *t = c.layers[k].node;
-    keep = block_open(t->filename, t->drv->name, NULL, 0, err);
+    keep = block_open(block_node_filename(t), block_node_format(t), NULL, 0, err);
     if (!keep) {
         ret = -(err && err->code ? err->code : EIO);
         goto out;
     }
     int64_t len = block_get_length(keep);
-    bname = backing_name_for(active, t->filename);
+    bname = backing_name_for(active, block_node_filename(t));
     if (len < 0 || !bname) {
-        ret = error_setf(err, EIO, "Could not read '%s'", t->filename);
+        ret = error_setf(err, EIO, "Could not read '%s'", block_node_filename(t));
         goto out;
     }
-    ret = make_overlay(&c, bname, t->drv->name, (uint64_t)len,
+    ret = make_overlay(&c, bname, block_node_format(t), (uint64_t)len,
                        cluster_size_of(c.top), err);
     if (ret >= 0 && ndrop) {
         ret = journal_write(&c, drop, ndrop, err);
@@ -810,36 +810,36 @@ int block_extsnap_delete(const char *active, const char *fmt,
     }
     BlockNode *t = c.layers[k].node, *u = c.layers[k - 1].node;
     struct stat tst = c.layers[k].st;
-    tpath = abs_name(t->filename);
-    upath = strdup(u->filename);
+    tpath = abs_name(block_node_filename(t));
+    upath = strdup(block_node_filename(u));
     if (!tpath || !upath || !c.layers[k].has_st) {
-        ret = error_setf(err, ENOMEM, "Could not resolve '%s'", t->filename);
+        ret = error_setf(err, ENOMEM, "Could not resolve '%s'", block_node_filename(t));
         goto out;
     }
     /* The layer above takes over the link to what lies below: the same
      * stored name when both sit in one directory, else a full path. */
-    if (t->backing) {
-        char *ud = dirname_of(u->filename), *td = dirname_of(t->filename);
+    if (block_backing(t)) {
+        char *ud = dirname_of(block_node_filename(u)), *td = dirname_of(block_node_filename(t));
         char *rud = ud ? realpath(ud, NULL) : NULL;
         char *rtd = td ? realpath(td, NULL) : NULL;
         if (rud && rtd && strcmp(rud, rtd) == 0) {
-            bname = strdup(t->backing_file);
+            bname = strdup(block_node_backing_file(t));
         } else {
-            bname = backing_name_for(u->filename, t->full_backing_filename);
+            bname = backing_name_for(block_node_filename(u), block_node_full_backing_filename(t));
         }
         free(ud);
         free(td);
         free(rud);
         free(rtd);
-        bfmt = strdup(t->backing_format ? t->backing_format
-                                        : t->backing->drv->name);
+        bfmt = strdup(block_node_backing_format(t) ? block_node_backing_format(t)
+                                        : block_node_format(block_backing(t)));
         if (!bname || !bfmt) {
             ret = error_setf(err, ENOMEM, "out of memory");
             goto out;
         }
     }
     /* The dropped layer must be ours alone. */
-    BlockNode *probe = lock_file(t->filename, err);
+    BlockNode *probe = lock_file(block_node_filename(t), err);
     if (!probe) {
         error_prefixf(err, "layer '%s' is in use", c.layers[k].name);
         ret = -(err && err->code ? err->code : EBUSY);
@@ -851,7 +851,7 @@ int block_extsnap_delete(const char *active, const char *fmt,
         shared_inode |= j != k && c.layers[j].has_st &&
                         same_inode(&c.layers[j].st, &tst);
     }
-    const char *ufmt = u->drv->name;
+    const char *ufmt = block_node_format(u);
     /* The discovery chain is unlocked; the rebase opens its own. */
     block_close(c.top);
     c.top = NULL;
@@ -933,8 +933,8 @@ int block_extsnap_list(const char *active, const char *fmt, int flags,
         Layer *l = &c.layers[i];
         BlockExtSnapLayer *o = &out->layers[out->n++];
         o->name = strdup(l->name);
-        o->filename = strdup(l->node->filename);
-        o->format = strdup(l->node->drv->name);
+        o->filename = strdup(block_node_filename(l->node));
+        o->format = strdup(block_node_format(l->node));
         int64_t len = block_get_length(l->node);
         o->virtual_size = len > 0 ? (uint64_t)len : 0;
         o->actual_size = block_get_allocated_size(l->node);

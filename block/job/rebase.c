@@ -46,8 +46,9 @@ static void report(RebaseState *rs, uint64_t done)
 static bool same_image(BlockNode *a, BlockNode *b)
 {
     char ra[PATH_MAX], rb[PATH_MAX];
-    if (a->drv != b->drv || !realpath(a->filename, ra) ||
-        !realpath(b->filename, rb)) {
+    if (strcmp(block_node_format(a), block_node_format(b)) != 0 ||
+        !realpath(block_node_filename(a), ra) ||
+        !realpath(block_node_filename(b), rb)) {
         return false;
     }
     return strcmp(ra, rb) == 0;
@@ -62,7 +63,7 @@ static void find_prefix(BlockNode *old, BlockNode *nb, RebaseState *rs)
     if (!nb) {
         return;
     }
-    for (BlockNode *m = old; m; m = m->backing) {
+    for (BlockNode *m = old; m; m = block_backing(m)) {
         if (same_image(m, nb)) {
             rs->prefix = m;
             return;
@@ -195,7 +196,7 @@ static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
     ret = block_flush(top);
     if (ret < 0) {
         return error_setf(err, -ret, "Could not flush '%s': %s",
-                          top->filename, strerror(-ret));
+                          block_node_filename(top), strerror(-ret));
     }
     return 0;
 }
@@ -203,11 +204,11 @@ static int rebase_data(BlockNode *top, BlockNode *old, BlockNode *nb,
 int block_rebase(BlockNode *top, const BlockRebase *r, Error *err)
 {
     const char *backing = r->backing ? r->backing : "";
-    if (r->compress && !r->unsafe && !top->drv->supports_compressed) {
+    if (r->compress && !r->unsafe && !block_node_can_compress(top)) {
         return error_setf(err, ENOTSUP, "Compression not supported for this "
                           "file format");
     }
-    if (*backing && !top->drv->supports_backing) {
+    if (*backing && !block_node_supports_backing(top)) {
         return error_setf(err, ENOTSUP, "Could not change the backing file "
                           "to '%s': Operation not supported", backing);
     }
@@ -215,7 +216,7 @@ int block_rebase(BlockNode *top, const BlockRebase *r, Error *err)
         BlockNode *nb = NULL;
         if (*backing) {
             Error berr = { 0 };
-            char *path = block_resolve_backing(top->filename, backing);
+            char *path = block_resolve_backing(block_node_filename(top), backing);
             if (!path) {
                 error_setf(&berr, ENOMEM, "out of memory");
             } else {
@@ -229,17 +230,23 @@ int block_rebase(BlockNode *top, const BlockRebase *r, Error *err)
                                   backing, berr.msg);
             }
         }
-        /* From here on top reads through the new backing file. */
-        BlockNode *old = top->backing;
-        top->backing = nb;
-        RebaseState rs = { .r = r };
-        int ret = rebase_data(top, old, nb, &rs, err);
+        /* From here on top reads through the new backing file; the old
+         * chain stays open (our reference) to compare against. */
+        BlockNode *old = block_ref(block_backing(top));
+        int ret = block_set_backing(top, block_ref(nb), err);
+        if (ret >= 0) {
+            RebaseState rs = { .r = r };
+            ret = rebase_data(top, old, nb, &rs, err);
+            if (ret < 0) {
+                Error ignored = { 0 };
+                block_set_backing(top, block_ref(old), &ignored);
+            }
+        }
+        block_close(nb);
+        block_close(old);
         if (ret < 0) {
-            top->backing = old;
-            block_close(nb);
             return ret;
         }
-        block_close(old);
     }
 
     Error herr = { 0 };

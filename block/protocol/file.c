@@ -16,14 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "block/block.h"
+#include "block/protocol/file-int.h"
 #include "block/protocol/lock.h"
-
-typedef struct FileState {
-    int fd;
-    bool is_device;
-    bool direct;
-} FileState;
 
 static int file_fd_length(FileState *s, int64_t *len)
 {
@@ -66,8 +60,17 @@ static int file_open(BlockNode *n, KVList *opts, int flags, Error *err)
 {
     FileState *s = n->opaque;
     s->fd = -1;
+    s->lock_fd = -1;
+    pthread_mutex_init(&s->ring_lock, NULL);
     const char *locking = kvlist_get(opts, "locking");
-    kvlist_get(opts, "aio");           /* accepted: we use threads */
+    const char *aio = kvlist_get(opts, "aio");
+    if (aio && strcmp(aio, "threads") && strcmp(aio, "native") &&
+        strcmp(aio, "io_uring")) {
+        return error_setf(err, EINVAL, "Parameter 'aio' expects 'threads', "
+                          "'native' or 'io_uring'");
+    }
+    /* native (Linux AIO) is served by io_uring, its successor. */
+    s->use_uring = !aio || strcmp(aio, "threads") != 0;
     bool direct = flags & BLOCK_O_NOCACHE;
     int ret = kvlist_get_bool(opts, "cache.direct", direct, &direct, err);
     if (ret < 0) {
@@ -92,6 +95,7 @@ static int file_open(BlockNode *n, KVList *opts, int flags, Error *err)
         oflags |= O_DIRECT;
     }
     s->fd = open(n->filename, oflags);
+    s->lock_fd = s->fd;
     if (s->fd < 0) {
         ret = -errno;
         return error_setf(err, -ret, "Could not open '%s': %s", n->filename,
@@ -128,70 +132,166 @@ static int file_open(BlockNode *n, KVList *opts, int flags, Error *err)
             error_prefixf(err, "Could not open '%s'", n->filename);
             goto fail;
         }
+        s->locked = mode != IMAGE_LOCK_SHARED;
     }
     return 0;
 fail:
     close(s->fd);
-    s->fd = -1;
+    s->fd = s->lock_fd = -1;
     return ret;
+}
+
+/* Read-write and back, in place.  The locks stay on the descriptor that
+ * took them first (lock_fd): OFD locks belong to an open file
+ * description, so a second descriptor of ours would conflict with them;
+ * the new descriptor only does the I/O. */
+static int file_reopen(BlockNode *n, int flags, Error *err)
+{
+    FileState *s = n->opaque;
+    bool rw = flags & BLOCK_O_RDWR;
+    int ret;
+    if (s->locked && rw) {
+        ret = image_lock(s->lock_fd, IMAGE_LOCK_WRITER, n->filename, err);
+        if (ret < 0) {
+            image_unlock_write(s->lock_fd);
+            error_prefixf(err, "Could not reopen '%s' read-write",
+                          n->filename);
+            return ret;
+        }
+    }
+    int oflags = O_CLOEXEC | (rw ? O_RDWR : O_RDONLY) |
+                 (s->direct ? O_DIRECT : 0);
+    int fd = open(n->filename, oflags);
+    if (fd < 0) {
+        ret = -errno;
+        if (s->locked && rw) {
+            image_unlock_write(s->lock_fd);
+        }
+        return error_setf(err, -ret, "Could not reopen '%s': %s",
+                          n->filename, strerror(-ret));
+    }
+    if (s->locked && !rw) {
+        image_unlock_write(s->lock_fd);
+    }
+    file_uring_stop(s);
+    if (s->fd != s->lock_fd) {
+        close(s->fd);
+    }
+    s->fd = fd;
+    return 0;
 }
 
 static void file_close(BlockNode *n)
 {
     FileState *s = n->opaque;
-    if (s->fd >= 0) {
+    file_uring_stop(s);
+    if (s->fd >= 0 && s->fd != s->lock_fd) {
         close(s->fd);
-        s->fd = -1;
     }
+    if (s->lock_fd >= 0) {
+        close(s->lock_fd);
+    }
+    s->fd = s->lock_fd = -1;
+    pthread_mutex_destroy(&s->ring_lock);
 }
 
-static int file_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
+int file_preadv_from(FileState *s, uint64_t off, BlockIOV *qiov,
+                     size_t done)
 {
-    FileState *s = n->opaque;
-    uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t r = pread(s->fd, p, len, (off_t)off);
+    while (done < qiov->size) {
+        BlockIOVSlice rest;
+        if (blockiov_slice(&rest, qiov, done, qiov->size - done) < 0) {
+            return -ENOMEM;
+        }
+        ssize_t r = rest.v.niov == 1
+                    ? pread(s->fd, rest.v.iov[0].iov_base,
+                            rest.v.iov[0].iov_len, (off_t)(off + done))
+                    : preadv(s->fd, rest.v.iov, rest.v.niov,
+                             (off_t)(off + done));
+        int e = errno;
+        blockiov_slice_free(&rest);
         if (r < 0) {
-            if (errno == EINTR) {
+            if (e == EINTR) {
                 continue;
             }
-            return -errno;
+            return -e;
         }
         if (r == 0) {
-            memset(p, 0, len);   /* past the end reads as zero */
+            /* past the end reads as zero */
+            blockiov_memset(qiov, done, 0, qiov->size - done);
             return 0;
         }
-        p += r;
-        off += (uint64_t)r;
-        len -= (size_t)r;
+        done += (size_t)r;
     }
     return 0;
 }
 
-static int file_pwrite(BlockNode *n, uint64_t off, size_t len,
-                       const void *buf, int flags)
+static int file_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 {
-    FileState *s = n->opaque;
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t r = pwrite(s->fd, p, len, (off_t)off);
+    return file_preadv_from(n->opaque, off, qiov, 0);
+}
+
+int file_pwritev_from(FileState *s, uint64_t off, BlockIOV *qiov,
+                      size_t done, int flags)
+{
+    bool dsync = flags & BLOCK_REQ_FUA;
+    while (done < qiov->size) {
+        BlockIOVSlice rest;
+        if (blockiov_slice(&rest, qiov, done, qiov->size - done) < 0) {
+            return -ENOMEM;
+        }
+        /* FUA is one write with RWF_DSYNC, not a write and a flush. */
+        ssize_t r = rest.v.niov == 1 && !dsync
+                    ? pwrite(s->fd, rest.v.iov[0].iov_base,
+                             rest.v.iov[0].iov_len, (off_t)(off + done))
+                    : pwritev2(s->fd, rest.v.iov, rest.v.niov,
+                               (off_t)(off + done), dsync ? RWF_DSYNC : 0);
+        int e = errno;
+        blockiov_slice_free(&rest);
         if (r < 0) {
-            if (errno == EINTR) {
+            if (e == EINTR) {
                 continue;
             }
-            return -errno;
+            if (e == EOPNOTSUPP && dsync) {
+                dsync = false;
+                flags |= BLOCK_REQ_FUA;   /* flush below instead */
+                continue;
+            }
+            return -e;
         }
         if (r == 0) {
             return -ENOSPC;
         }
-        p += r;
-        off += (uint64_t)r;
-        len -= (size_t)r;
+        done += (size_t)r;
     }
-    if ((flags & BLOCK_REQ_FUA) && fdatasync(s->fd) < 0) {
+    if ((flags & BLOCK_REQ_FUA) && !dsync && fdatasync(s->fd) < 0) {
         return -errno;
     }
     return 0;
+}
+
+static int file_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
+                        int flags)
+{
+    return file_pwritev_from(n->opaque, off, qiov, 0, flags);
+}
+
+static bool file_can_fua(BlockNode *n)
+{
+    return true;
+}
+
+static bool file_can_zero(BlockNode *n)
+{
+    return true;
+}
+
+/* Writes through one descriptor are seen by every reader of the file,
+ * and a flush covers them all: NBD clients may open several
+ * connections. */
+static bool file_can_multi_conn(BlockNode *n)
+{
+    return true;
 }
 
 static int file_flush(BlockNode *n)
@@ -508,11 +608,17 @@ static int file_create(const char *filename, uint64_t size, KVList *opts,
 const BlockDriver file_driver = {
     .name = "file",
     .instance_size = sizeof(FileState),
-    .is_protocol = true,
+    .api_version = BLOCK_DRIVER_API_VERSION,
+    .kind = BLOCK_DRIVER_PROTOCOL,
     .open = file_open,
     .close = file_close,
-    .pread = file_pread,
-    .pwrite = file_pwrite,
+    .reopen = file_reopen,
+    .can_fua = file_can_fua,
+    .can_zero = file_can_zero,
+    .can_multi_conn = file_can_multi_conn,
+    .preadv = file_preadv,
+    .pwritev = file_pwritev,
+    .submit = file_submit,
     .flush = file_flush,
     .discard = file_discard,
     .write_zeroes = file_write_zeroes,

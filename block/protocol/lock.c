@@ -100,3 +100,21 @@ int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
     }
     return 0;
 }
+
+int image_unlock_write(int fd)
+{
+    static const int bytes[] = { PERM_BASE + PERM_WRITE,
+                                 PERM_BASE + PERM_RESIZE };
+    for (size_t i = 0; i < sizeof(bytes) / sizeof(bytes[0]); i++) {
+        struct flock fl = {
+            .l_type = F_UNLCK,
+            .l_whence = SEEK_SET,
+            .l_start = bytes[i],
+            .l_len = 1,
+        };
+        if (fcntl(fd, F_OFD_SETLK, &fl) < 0 && errno != EINVAL) {
+            return -errno;
+        }
+    }
+    return 0;
+}

@@ -17,4 +17,8 @@ typedef enum {
  * 0 silently when the filesystem has no OFD locks. */
 int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err);
 
+/* Gives up the write and resize permissions (a writer reopened
+ * read-only becomes a reader). */
+int image_unlock_write(int fd);
+
 #endif

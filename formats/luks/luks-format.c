@@ -73,7 +73,7 @@ static int luks_fmt_open(BlockNode *n, KVList *opts, int flags, Error *err)
     size_t plen = 0;
     int ret;
 
-    int64_t flen = block_get_length(n->file);
+    int64_t flen = block_get_length(block_file(n));
     if (flen < 0) {
         return error_setf(err, (int)-flen, "Could not get the size of '%s'",
                           n->filename);
@@ -84,7 +84,7 @@ static int luks_fmt_open(BlockNode *n, KVList *opts, int flags, Error *err)
             return ret;
         }
     }
-    ret = luks_open(file_read, n->file, (uint64_t)flen, pass, plen,
+    ret = luks_open(file_read, block_file(n), (uint64_t)flen, pass, plen,
                     header_only ? LUKS_OPEN_NO_KEY : 0, &s->vol, err);
     secret_free(pass, plen);
     if (ret < 0) {
@@ -98,8 +98,8 @@ static int luks_fmt_open(BlockNode *n, KVList *opts, int flags, Error *err)
                           " is beyond the end of the file (%" PRId64 ")",
                           s->payload, flen);
     }
-    n->request_alignment = n->file->request_alignment > LUKS_SECTOR_SIZE ?
-                           n->file->request_alignment : LUKS_SECTOR_SIZE;
+    n->request_alignment = block_file(n)->request_alignment > LUKS_SECTOR_SIZE ?
+                           block_file(n)->request_alignment : LUKS_SECTOR_SIZE;
     return 0;
 }
 
@@ -113,7 +113,7 @@ static void luks_fmt_close(BlockNode *n)
 static int64_t luks_fmt_get_length(BlockNode *n)
 {
     LuksFormatState *s = n->opaque;
-    int64_t flen = block_get_length(n->file);
+    int64_t flen = block_get_length(block_file(n));
     if (flen < 0) {
         return flen;
     }
@@ -132,7 +132,7 @@ static int luks_fmt_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
     if (!luks_is_unlocked(s->vol)) {
         return -ENOKEY;
     }
-    int ret = block_pread_zero_tail(n->file, s->payload + off, len, buf);
+    int ret = block_pread_zero_tail(block_file(n), s->payload + off, len, buf);
     if (ret < 0) {
         return ret;
     }
@@ -158,7 +158,7 @@ static int luks_fmt_pwrite(BlockNode *n, uint64_t off, size_t len,
         ret = luks_encrypt(s->vol, (off + done) / LUKS_SECTOR_SIZE, bounce,
                            now);
         if (ret == 0) {
-            ret = block_pwrite(n->file, s->payload + off + done, now, bounce,
+            ret = block_pwrite(block_file(n), s->payload + off + done, now, bounce,
                                flags);
         }
         done += now;
@@ -174,7 +174,7 @@ static int luks_fmt_truncate(BlockNode *n, uint64_t size, bool exact,
     if (size > UINT64_MAX - s->payload) {
         return error_setf(err, EFBIG, "Image size is too large");
     }
-    return block_truncate(n->file, s->payload + size, exact, pm, err);
+    return block_truncate(block_file(n), s->payload + size, exact, pm, err);
 }
 
 static json_t *luks_fmt_get_format_info(BlockNode *n)
@@ -296,7 +296,7 @@ static int luks_fmt_amend(BlockNode *n, KVList *opts, bool force,
                           Error *err)
 {
     LuksFormatState *s = n->opaque;
-    LuksIO io = { file_read, file_write, file_flush, n->file };
+    LuksIO io = { file_read, file_write, file_flush, block_file(n) };
     if (progress) {
         progress(opaque, 0, 1);
     }
@@ -349,7 +349,8 @@ static const BlockCreateOpt luks_create_opts[] = {
 const BlockDriver luks_driver = {
     .name = "luks",
     .instance_size = sizeof(LuksFormatState),
-    .is_format = true,
+    .api_version = BLOCK_DRIVER_API_VERSION,
+    .kind = BLOCK_DRIVER_FORMAT,
     .probe = luks_fmt_probe,
     .open = luks_fmt_open,
     .close = luks_fmt_close,

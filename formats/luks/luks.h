@@ -26,7 +26,7 @@
 
 #include <jansson.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 #define LUKS_SECTOR_SIZE 512
 

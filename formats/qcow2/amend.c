@@ -487,7 +487,7 @@ static int check_plan(BlockNode *n, AmendPlan *p, Error *err)
 static int header_used(Qcow2State *s, Error *err)
 {
     uint64_t cs = s->cluster_size;
-    int64_t flen = block_get_length(s->node->file);
+    int64_t flen = block_get_length(block_file(s->node));
     uint8_t *h = calloc(1, cs);
     int ret;
 
@@ -495,7 +495,7 @@ static int header_used(Qcow2State *s, Error *err)
         return error_setf(err, ENOMEM, "out of memory");
     }
     size_t len = flen > 0 && (uint64_t)flen < cs ? (size_t)flen : cs;
-    ret = block_pread(s->node->file, 0, len, h);
+    ret = block_pread(block_file(s->node), 0, len, h);
     if (ret < 0) {
         free(h);
         return error_setf(err, -ret, "cannot read the qcow2 header: %s",
@@ -533,7 +533,7 @@ static int compact_header(Qcow2State *s, int old_used, uint8_t *out)
     uint8_t *h = calloc(1, s->cluster_size);
     int ret = 0;
 
-    if (!h || block_pread(s->node->file, 0, (size_t)old_used, h) < 0) {
+    if (!h || block_pread(block_file(s->node), 0, (size_t)old_used, h) < 0) {
         free(h);
         return 0;
     }
@@ -610,9 +610,9 @@ static int write_header_switch(Qcow2State *s, int old_used, Error *err)
         uint8_t small[512];
         int used = compact_header(s, old_used, small);
         if (used > 0) {
-            ret = block_pwrite(s->node->file, 0, 512, small, 0);
+            ret = block_pwrite(block_file(s->node), 0, 512, small, 0);
             if (ret >= 0) {
-                ret = block_flush(s->node->file);
+                ret = block_flush(block_file(s->node));
             }
             old_used = used;
         }
@@ -624,17 +624,17 @@ static int write_header_switch(Qcow2State *s, int old_used, Error *err)
                                                     "%s", strerror(-ret));
     }
     if (len > 512 && old_used <= 512) {
-        ret = block_pwrite(s->node->file, 512, len - 512, buf + 512, 0);
+        ret = block_pwrite(block_file(s->node), 512, len - 512, buf + 512, 0);
         if (ret >= 0) {
-            ret = block_flush(s->node->file);
+            ret = block_flush(block_file(s->node));
         }
         len = 512;
     }
     if (ret >= 0) {
-        ret = block_pwrite(s->node->file, 0, len, buf, 0);
+        ret = block_pwrite(block_file(s->node), 0, len, buf, 0);
     }
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     free(buf);
     if (ret < 0) {
@@ -688,7 +688,7 @@ static int widen_snapshot_table(Qcow2State *s, uint8_t **out, size_t *out_len)
         ret = -ENOMEM;
         goto fail;
     }
-    ret = block_pread(s->node->file, s->snapshots_offset, len, old);
+    ret = block_pread(block_file(s->node), s->snapshots_offset, len, old);
     if (ret < 0) {
         goto fail;
     }
@@ -811,7 +811,7 @@ static int write_zero_cluster(Qcow2State *s, ZeroExpand *zx, uint64_t off)
     if (s->aes) {
         return -ENOTSUP;   /* legacy AES is read-only here */
     }
-    return block_write_zeroes(s->node->file, off, s->cluster_size, 0);
+    return block_write_zeroes(block_file(s->node), off, s->cluster_size, 0);
 }
 
 enum { ZX_KEEP, ZX_UNALLOC, ZX_INPLACE, ZX_NEW };
@@ -923,7 +923,7 @@ static int expand_zero_l2(Qcow2State *s, uint64_t l2_offset, void *opaque)
     qcow2_cache_put(&s->l2_cache, &t);
     ret = qcow2_cache_writeback(&s->l2_cache);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     for (uint64_t i = 0; i < n_drop && ret >= 0; i++) {
         ret = qcow2_update_refcount(s, zx->drop[i], s->cluster_size,
@@ -1188,7 +1188,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     }
     ret = qcow2_cache_writeback(&s->refcount_cache);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         goto io_fail;
@@ -1208,7 +1208,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
         ret = for_each_refcount(s, f.first, f.first + (1ull << nbits),
                                 fill_one, &f);
         if (ret >= 0) {
-            ret = block_pwrite(s->node->file, blocks[b], cs, buf, 0);
+            ret = block_pwrite(block_file(s->node), blocks[b], cs, buf, 0);
         }
         if (ret < 0) {
             goto io_fail;
@@ -1226,10 +1226,10 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     for (uint64_t i = 0; i < nblocks_alloc; i++) {
         qcow2_put_be64(tbuf + 8 * i, table[i]);
     }
-    ret = block_pwrite(s->node->file, table_off, table_clusters * cs, tbuf, 0);
+    ret = block_pwrite(block_file(s->node), table_off, table_clusters * cs, tbuf, 0);
     free(tbuf);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         goto io_fail;
@@ -1253,7 +1253,7 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     /* The switch: table offset, its size and the width share the first
      * sector of the header, so one write moves them together. */
     uint8_t hdr[QCOW2_HDR_HEADER_LENGTH - QCOW2_HDR_REFTABLE_OFFSET];
-    ret = block_pread(s->node->file, QCOW2_HDR_REFTABLE_OFFSET, sizeof(hdr),
+    ret = block_pread(block_file(s->node), QCOW2_HDR_REFTABLE_OFFSET, sizeof(hdr),
                       hdr);
     if (ret < 0) {
         goto io_fail;
@@ -1264,10 +1264,10 @@ static int change_refcount_order(Qcow2State *s, uint32_t order,
     qcow2_put_be32(hdr + QCOW2_HDR_REFCOUNT_ORDER - QCOW2_HDR_REFTABLE_OFFSET,
                    order);
     switching = true;
-    ret = block_pwrite(s->node->file, QCOW2_HDR_REFTABLE_OFFSET, sizeof(hdr),
+    ret = block_pwrite(block_file(s->node), QCOW2_HDR_REFTABLE_OFFSET, sizeof(hdr),
                        hdr, 0);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         goto io_fail;
@@ -1394,9 +1394,9 @@ static int set_lazy(Qcow2State *s, bool on, Error *err)
         s->dirty_set = false;
     }
     qcow2_put_be64(b, v);
-    ret = block_pwrite(s->node->file, QCOW2_HDR_COMPAT, 8, b, 0);
+    ret = block_pwrite(block_file(s->node), QCOW2_HDR_COMPAT, 8, b, 0);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         return error_setf(err, -ret, "cannot write the qcow2 header: %s",

@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/core/bitmap.h"
+#include "block/driver.h"
 #include "formats/qcow2/qcow2.h"
 
 /* Bitmap table entry fields. */
@@ -314,7 +314,7 @@ static int read_table(Qcow2State *s, uint64_t off, uint32_t entries,
     if (!t) {
         return -ENOMEM;
     }
-    ret = entries ? block_pread(s->node->file, off, (size_t)entries * 8, t)
+    ret = entries ? block_pread(block_file(s->node), off, (size_t)entries * 8, t)
                   : 0;
     if (ret < 0) {
         free(t);
@@ -418,7 +418,7 @@ static int load_data(Qcow2State *s, const Qcow2BitmapEntry *e,
                                       (uint64_t)(i + 1) * cs * 8);
             }
         } else if ((ret = check_allocated(s, off, cs, e->name, err)) >= 0) {
-            ret = block_pread(s->node->file, off, cs, buf);
+            ret = block_pread(block_file(s->node), off, cs, buf);
             if (ret < 0) {
                 error_setf(err, -ret, "cannot read the data of bitmap '%s'",
                            e->name);
@@ -501,10 +501,10 @@ static int write_flags(Qcow2State *s, Qcow2Bitmaps *d, const uint32_t *flags)
         qcow2_put_be32(d->dir + d->flag_pos[i], flags[i]);
         d->entries[i].flags = flags[i];
     }
-    int ret = block_pwrite(s->node->file, d->dir_offset, d->dir_size,
+    int ret = block_pwrite(block_file(s->node), d->dir_offset, d->dir_size,
                            d->dir, 0);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     return ret < 0 ? ret : 0;
 }
@@ -514,7 +514,7 @@ static int write_flags(Qcow2State *s, Qcow2Bitmaps *d, const uint32_t *flags)
 static int read_disk(Qcow2State *s, Qcow2Bitmaps **out, Error *err)
 {
     Qcow2Extension *x = find_ext(s);
-    int64_t flen = block_get_length(s->node->file);
+    int64_t flen = block_get_length(block_file(s->node));
     Qcow2Bitmaps *d;
     int ret;
 
@@ -565,7 +565,7 @@ static int read_disk(Qcow2State *s, Qcow2Bitmaps **out, Error *err)
     }
     d->dir_offset = dir_off;
     d->dir_size = dir_size;
-    ret = block_pread(s->node->file, dir_off, dir_size, d->dir);
+    ret = block_pread(block_file(s->node), dir_off, dir_size, d->dir);
     if (ret < 0) {
         free_disk(d);
         return error_setf(err, -ret, "cannot read the bitmap directory: %s",
@@ -621,7 +621,7 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
     if (!d) {
         return 0;
     }
-    int64_t flen = block_get_length(s->node->file);
+    int64_t flen = block_get_length(block_file(s->node));
     for (uint32_t i = 0; i < d->nb; i++) {
         const Qcow2BitmapEntry *e = &d->entries[i];
         bool in_use = e->flags & QCOW2_BME_IN_USE;
@@ -785,7 +785,7 @@ static int write_bitmap(Qcow2State *s, BlockBitmap *bm, uint64_t *table_off,
             continue;
         }
         block_bitmap_get_bytes(bm, i * cs, cs, buf);
-        ret = block_pwrite(s->node->file, next, cs, buf, 0);
+        ret = block_pwrite(block_file(s->node), next, cs, buf, 0);
         t[i] = next;
         next += cs;
     }
@@ -803,7 +803,7 @@ static int write_bitmap(Qcow2State *s, BlockBitmap *bm, uint64_t *table_off,
     for (uint64_t i = 0; i < entries; i++) {
         qcow2_put_be64(buf + i * 8, t[i]);
     }
-    ret = block_pwrite(s->node->file, (uint64_t)toff,
+    ret = block_pwrite(block_file(s->node), (uint64_t)toff,
                        tclusters ? tclusters * cs : cs, buf, 0);
     *table_off = (uint64_t)toff;
     *table_size = (uint32_t)entries;
@@ -857,7 +857,7 @@ static int free_old(Qcow2State *s, BlockBitmaps *set, Qcow2Bitmaps *old,
 {
     U64Vec kept = { 0 }, meta = { 0 }, out = { 0 };
     uint64_t cs = s->cluster_size;
-    int64_t flen = block_get_length(s->node->file);
+    int64_t flen = block_get_length(block_file(s->node));
     int ret = 0;
 
     for (int j = 0; j < set->n; j++) {
@@ -1115,7 +1115,7 @@ static int store_locked(BlockNode *n, Error *err)
                            s->cluster_size);
         }
         if (ret >= 0) {
-            ret = block_pwrite(s->node->file, (uint64_t)dir_off, dir_size,
+            ret = block_pwrite(block_file(s->node), (uint64_t)dir_off, dir_size,
                                dir, 0);
         }
         if (ret < 0) {
@@ -1183,8 +1183,8 @@ static int store_locked(BlockNode *n, Error *err)
         fret = qcow2_flush_caches(s);
     }
     if (fret < 0 && !error_is_set(err)) {
-        fprintf(stderr, "imgtool: warning: could not free the old bitmap "
-                "clusters (%s); they leak\n", strerror(-fret));
+        block_report(BLOCK_REPORT_WARNING, "could not free the old bitmap "
+                     "clusters (%s); they leak", strerror(-fret));
     }
     return ret < 0 ? error_setf(err, -ret, "Out of memory") : 0;
 }
@@ -1214,8 +1214,8 @@ void qcow2_bitmaps_close(BlockNode *n)
         Error err = { 0 };
         pthread_rwlock_rdlock(&n->bitmaps->lock);
         if (store_locked(n, &err) < 0) {
-            fprintf(stderr, "imgtool: %s: could not store the dirty "
-                    "bitmaps: %s\n", n->filename, err.msg);
+            block_report(BLOCK_REPORT_ERROR, "%s: could not store the dirty "
+                         "bitmaps: %s", n->filename, err.msg);
         }
         pthread_rwlock_unlock(&n->bitmaps->lock);
     }

@@ -164,12 +164,12 @@ static int write_entry(Qcow2Cache *c, Qcow2CacheEntry *e)
             }
         }
         if (s->data_unflushed && s->has_data_file) {
-            ret = block_flush(s->node->data_file);
+            ret = block_flush(block_data_file(s->node));
             if (ret < 0) {
                 return ret;
             }
         }
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
         if (ret < 0) {
             return ret;
         }
@@ -178,7 +178,7 @@ static int write_entry(Qcow2Cache *c, Qcow2CacheEntry *e)
         }
         s->data_unflushed = false;
     }
-    ret = block_pwrite(s->node->file, e->offset, s->cluster_size, e->data, 0);
+    ret = block_pwrite(block_file(s->node), e->offset, s->cluster_size, e->data, 0);
     if (ret < 0) {
         return ret;
     }
@@ -264,7 +264,7 @@ static int cache_get(Qcow2Cache *c, uint64_t offset, uint8_t **table,
             return ret;
         }
         if (read) {
-            ret = block_pread(c->s->node->file, offset, c->s->cluster_size,
+            ret = block_pread(block_file(c->s->node), offset, c->s->cluster_size,
                               e->data);
             if (ret < 0) {
                 return ret;
@@ -372,9 +372,9 @@ static int sync_unlocked(Qcow2State *s)
     int ret;
 
     pthread_mutex_unlock(&s->lock);
-    ret = block_flush(s->node->data_file);
+    ret = block_flush(block_data_file(s->node));
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     pthread_mutex_lock(&s->lock);
     if (ret >= 0 && gen == s->unflushed_gen) {

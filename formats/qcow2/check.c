@@ -9,7 +9,8 @@
  * stored < counted is a corruption (the cluster could be handed out twice),
  * stored > counted a leak (wasted space only).  Finally the COPIED flags of
  * the active tables are compared with the stored refcounts.  Messages go to
- * stderr in qemu-img's words, since scripts and people grep for them.
+ * the caller's message callback in qemu-img's words, since scripts and
+ * people grep for them.
  *
  * Memory: the counts live in one array indexed by host cluster, sized by
  * the clusters actually referenced and never beyond the image file's
@@ -77,14 +78,15 @@ static void say(Check *c, const char *fmt, ...)
 static void say(Check *c, const char *fmt, ...)
 {
     va_list ap;
+    char line[1024];
 
-    if (c->quiet) {
+    if (c->quiet || !c->res->message) {
         return;
     }
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    c->res->message(c->res->message_opaque, line);
 }
 
 /* Reads [off, off + len) of the image file; bytes past its end read as
@@ -100,7 +102,7 @@ static int read_file(Check *c, uint64_t off, uint64_t len, void *buf)
     if (avail == 0) {
         return 0;
     }
-    int ret = block_pread(c->n->file, off, avail, buf);
+    int ret = block_pread(block_file(c->n), off, avail, buf);
     return ret < 0 ? ret : 0;
 }
 
@@ -1083,7 +1085,7 @@ static int rebuild_refcounts(Check *c)
             }
         }
         table[r] = blocks[r] * c->cs;
-        ret = block_pwrite(c->n->file, blocks[r] * c->cs, c->cs, buf, 0);
+        ret = block_pwrite(block_file(c->n), blocks[r] * c->cs, c->cs, buf, 0);
         if (ret < 0) {
             say(c, "ERROR writing refblock: %s", strerror(-ret));
             goto out;
@@ -1243,9 +1245,12 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
     int64_t len;
     int ret;
 
-    memset(res, 0, sizeof(*res));
+    /* The counters start afresh; where findings go stays the caller's. */
+    BlockCheckResult blank = { .message = res->message,
+                               .message_opaque = res->message_opaque };
+    *res = blank;
     c.cs = s->cluster_size;
-    len = block_get_length(n->file);
+    len = block_get_length(block_file(n));
     if (len < 0) {
         return error_setf(err, (int)-len, "Could not get the image file "
                           "length: %s", strerror((int)-len));
@@ -1311,7 +1316,7 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
             res->corruptions != before.corruptions) {
             /* L2 entries cleared while counting must be on disk before
              * the refcounts of what they pointed at can drop. */
-            ret = block_flush(n->file);
+            ret = block_flush(block_file(n));
             if (ret < 0) {
                 goto fail;
             }
@@ -1371,7 +1376,7 @@ int qcow2_check(BlockNode *n, BlockCheckResult *res, int fix, Error *err)
 
     ret = check_pass(n, res, fix, false, err);
     if (ret == 0 && fix && (res->leaks_fixed || res->corruptions_fixed)) {
-        BlockCheckResult again;
+        BlockCheckResult again = { 0 };
 
         ret = qcow2_flush_caches(s);
         if (ret < 0) {
@@ -1384,6 +1389,8 @@ int qcow2_check(BlockNode *n, BlockCheckResult *res, int fix, Error *err)
         if (ret == 0) {
             again.leaks_fixed = res->leaks_fixed;
             again.corruptions_fixed = res->corruptions_fixed;
+            again.message = res->message;
+            again.message_opaque = res->message_opaque;
             *res = again;
         }
     }

@@ -112,7 +112,7 @@ int qcow2_write_table64(Qcow2State *s, const uint64_t *table,
     for (uint64_t i = 0; i < n; i++) {
         qcow2_put_be64(buf + 8 * i, table[first + i]);
     }
-    ret = block_pwrite(s->node->file, table_offset + first * 8, n * 8, buf,
+    ret = block_pwrite(block_file(s->node), table_offset + first * 8, n * 8, buf,
                        0);
     free(buf);
     return ret < 0 ? ret : 0;
@@ -133,7 +133,7 @@ int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,
         return -ENOMEM;
     }
     if (l1_size) {
-        ret = block_pread(s->node->file, offset, (size_t)l1_size * 8, t);
+        ret = block_pread(block_file(s->node), offset, (size_t)l1_size * 8, t);
         if (ret < 0) {
             free(t);
             return ret;
@@ -148,14 +148,14 @@ int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,
 
 int qcow2_read_l2_table(Qcow2State *s, uint64_t offset, uint8_t *buf)
 {
-    int ret = block_pread(s->node->file, offset, s->cluster_size, buf);
+    int ret = block_pread(block_file(s->node), offset, s->cluster_size, buf);
     return ret < 0 ? ret : 0;
 }
 
 int qcow2_write_l2_table(Qcow2State *s, uint64_t offset, const uint8_t *buf)
 {
     qcow2_cache_discard(&s->l2_cache, offset);
-    int ret = block_pwrite(s->node->file, offset, s->cluster_size, buf, 0);
+    int ret = block_pwrite(block_file(s->node), offset, s->cluster_size, buf, 0);
     return ret < 0 ? ret : 0;
 }
 
@@ -225,11 +225,11 @@ int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
      * other dirty tables need not go first. */
     ret = qcow2_cache_writeback(&s->refcount_cache);
     if (ret >= 0) {
-        ret = block_pwrite(s->node->file, (uint64_t)noff, s->cluster_size,
+        ret = block_pwrite(block_file(s->node), (uint64_t)noff, s->cluster_size,
                            nt, 0);
     }
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         /* No L1 entry points at the new table: its cluster is a leak, and

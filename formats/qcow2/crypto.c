@@ -129,9 +129,9 @@ int qcow2_crypto_open(Qcow2State *s, KVList *opts, int flags, Error *err)
         return error_setf(err, EINVAL, "qcow2: LUKS encryption without a "
                           "crypto header extension");
     }
-    HdrArea a = { s->node->file, qcow2_be64(x->data),
+    HdrArea a = { block_file(s->node), qcow2_be64(x->data),
                   qcow2_be64(x->data + 8) };
-    int64_t flen = block_get_length(s->node->file);
+    int64_t flen = block_get_length(block_file(s->node));
     if (flen < 0 || a.offset % s->cluster_size || a.length == 0 ||
         a.offset > (uint64_t)flen || a.length > (uint64_t)flen - a.offset) {
         return error_setf(err, EINVAL, "qcow2: crypto header at %" PRIu64
@@ -223,14 +223,14 @@ int qcow2_crypto_create(BlockNode *n, KVList *opts, Error *err)
         return error_setf(err, (int)-off, "Could not allocate the LUKS "
                           "header: %s", strerror((int)-off));
     }
-    ret = block_write_zeroes(n->file, (uint64_t)off, nb * s->cluster_size,
+    ret = block_write_zeroes(block_file(n), (uint64_t)off, nb * s->cluster_size,
                              0);
     if (ret < 0) {
         secret_free(pass, plen);
         return error_setf(err, -ret, "Could not write the LUKS header: %s",
                           strerror(-ret));
     }
-    HdrArea a = { n->file, (uint64_t)off, hlen };
+    HdrArea a = { block_file(n), (uint64_t)off, hlen };
     LuksVolume *v = NULL;
     ret = luks_create(&p, pass, plen, area_write, &a, &v, err);
     secret_free(pass, plen);
@@ -283,7 +283,7 @@ int qcow2_crypto_amend(BlockNode *n, KVList *opts, bool force, Error *err)
     }
     /* The LUKS header clusters are not qcow2 metadata: nothing of ours
      * caches them, so they are written straight to the file. */
-    HdrArea a = { n->file, s->crypto_offset, s->crypto_length };
+    HdrArea a = { block_file(n), s->crypto_offset, s->crypto_length };
     LuksIO io = { area_read, area_write, area_flush, &a };
     return luks_amend(s->crypto, opts, "encrypt.", force, &io, err);
 }

@@ -99,10 +99,10 @@ void qcow2_cut_free_tail(Qcow2State *s)
         }
         last--;
     }
-    int64_t flen = block_get_length(s->node->file);
+    int64_t flen = block_get_length(block_file(s->node));
     if (ret >= 0 && flen > 0 && (uint64_t)flen > last << s->cluster_bits) {
         Error err = { 0 };
-        if (block_truncate(s->node->file, last << s->cluster_bits, true,
+        if (block_truncate(block_file(s->node), last << s->cluster_bits, true,
                            PREALLOC_OFF, &err) >= 0) {
             s->alloc_end = last;
             if (s->free_cluster_index > last) {

@@ -219,7 +219,7 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
             return snapshot_table_damaged(s, err,
                                           "snapshot table is truncated");
         }
-        int ret = block_pread(s->node->file, off, sizeof(h), h);
+        int ret = block_pread(block_file(s->node), off, sizeof(h), h);
         if (ret < 0) {
             return error_setf(err, -ret, "cannot read snapshot table: %s",
                               strerror(-ret));
@@ -247,7 +247,7 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         if (!rest) {
             return -ENOMEM;
         }
-        ret = block_pread(s->node->file, off + sizeof(h),
+        ret = block_pread(block_file(s->node), off + sizeof(h),
                           extra + id_len + name_len, rest);
         if (ret < 0) {
             free(rest);
@@ -313,7 +313,7 @@ static void derive_geometry(Qcow2State *s)
 
 int qcow2_read_header(Qcow2State *s, Error *err)
 {
-    BlockNode *file = s->node->file;
+    BlockNode *file = block_file(s->node);
     int64_t flen = block_get_length(file);
     uint8_t h[QCOW2_V3_HEADER_SIZE];
     int ret;
@@ -619,12 +619,12 @@ int qcow2_write_header(Qcow2State *s, Error *err)
         if (len > s->cluster_size) {
             len = s->cluster_size;
         }
-        ret = block_pwrite(s->node->file, 0, len, buf, 0);
+        ret = block_pwrite(block_file(s->node), 0, len, buf, 0);
         if (ret < 0) {
             error_setf(err, -ret, "cannot write qcow2 header: %s",
                        strerror(-ret));
         } else {
-            ret = block_flush(s->node->file);
+            ret = block_flush(block_file(s->node));
             if (ret < 0) {
                 error_setf(err, -ret, "cannot flush qcow2 header: %s",
                            strerror(-ret));
@@ -660,11 +660,11 @@ int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear)
         return 0;
     }
     qcow2_put_be64(b, v);
-    ret = block_pwrite(s->node->file, QCOW2_HDR_INCOMPAT, 8, b, 0);
+    ret = block_pwrite(block_file(s->node), QCOW2_HDR_INCOMPAT, 8, b, 0);
     if (ret < 0) {
         return ret;
     }
-    ret = block_flush(s->node->file);
+    ret = block_flush(block_file(s->node));
     if (ret < 0) {
         return ret;
     }
@@ -681,11 +681,11 @@ void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     if (s->read_only || (s->open_flags & BLOCK_O_CHECK)) {
-        fprintf(stderr, "imgtool: qcow2: image is corrupt: %s\n", msg);
+        block_report(BLOCK_REPORT_ERROR, "qcow2: image is corrupt: %s", msg);
         return;
     }
-    fprintf(stderr, "imgtool: qcow2: marking image as corrupt: %s; further "
-            "corruption events will be suppressed\n", msg);
+    block_report(BLOCK_REPORT_ERROR, "qcow2: marking image as corrupt: %s; "
+                 "further corruption events will be suppressed", msg);
     if (!(s->incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
         qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
     }

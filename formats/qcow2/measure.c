@@ -246,7 +246,7 @@ static int bitmaps_bytes(BlockNode *in, uint64_t size, uint64_t cluster_size,
     if (!dir) {
         return error_setf(err, ENOMEM, "Out of memory");
     }
-    ret = block_pread(in->file, dir_off, dir_size, dir);
+    ret = block_pread(block_file(in), dir_off, dir_size, dir);
     if (ret < 0) {
         free(dir);
         return error_setf(err, -ret, "Could not read the input's bitmap "

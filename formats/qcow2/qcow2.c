@@ -16,12 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/core/bitmap.h"
+#include "block/driver.h"
 #include "formats/qcow2/qcow2.h"
 
-int qcow2_pread(BlockNode *n, uint64_t off, size_t len, void *buf);
-int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
-                 int flags);
+
 int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags);
 int qcow2_discard(BlockNode *n, uint64_t off, uint64_t len);
 int qcow2_make_empty(BlockNode *n);
@@ -51,7 +49,7 @@ int qcow2_flush_caches(Qcow2State *s)
         ret = qcow2_cache_writeback(&s->refcount_cache);
     }
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
         if (ret >= 0) {
             s->refcount_unflushed = false;
             s->data_unflushed = false;
@@ -130,6 +128,9 @@ static int open_data_file(BlockNode *n, Qcow2State *s, KVList *opts,
         }
         return 0;
     }
+    if (block_data_file(n)) {
+        return 0;   /* a reopen: the core reopened the child already */
+    }
     if (!name) {
         name = s->data_file_name;
     }
@@ -156,13 +157,14 @@ static int open_data_file(BlockNode *n, Qcow2State *s, KVList *opts,
     int pflags = flags & (BLOCK_O_RDWR | BLOCK_O_SHARE | BLOCK_O_NOCACHE |
                           BLOCK_O_NO_LOCK | BLOCK_O_NO_FLUSH);
     Error derr = { 0 };
-    n->data_file = block_open_protocol(full, NULL, pflags, &derr);
-    if (!n->data_file) {
+    BlockNode *df = block_open_protocol(full, NULL, pflags, &derr);
+    if (!df) {
         error_setf(err, derr.code ? derr.code : EIO,
                    "Could not open data file '%s': %s", full, derr.msg);
         free(full);
         return -(derr.code ? derr.code : EIO);
     }
+    block_set_child(n, BLOCK_CHILD_DATA_FILE, df);
     free(full);
     return 0;
 }
@@ -179,11 +181,11 @@ static int load_tables(Qcow2State *s, Error *err)
     if (!s->refcount_table) {
         return error_setf(err, ENOMEM, "out of memory");
     }
-    int64_t flen = block_get_length(s->node->file);
+    int64_t flen = block_get_length(block_file(s->node));
     uint64_t avail = (uint64_t)flen - s->refcount_table_offset;
     uint64_t bytes = n * 8 < avail ? n * 8 : avail;
     bytes &= ~7ull;
-    ret = block_pread(s->node->file, s->refcount_table_offset, bytes,
+    ret = block_pread(block_file(s->node), s->refcount_table_offset, bytes,
                       s->refcount_table);
     if (ret < 0) {
         return error_setf(err, -ret, "cannot read the refcount table: %s",
@@ -284,9 +286,9 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
             s->autoclear_features &= ~unknown_ac;
             uint8_t b[8];
             qcow2_put_be64(b, s->autoclear_features);
-            ret = block_pwrite(n->file, QCOW2_HDR_AUTOCLEAR, 8, b, 0);
+            ret = block_pwrite(block_file(n), QCOW2_HDR_AUTOCLEAR, 8, b, 0);
             if (ret >= 0) {
-                ret = block_flush(n->file);
+                ret = block_flush(block_file(n));
             }
             if (ret < 0) {
                 error_setf(err, -ret, "cannot update the header: %s",
@@ -331,10 +333,7 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
     return 0;
 
 fail:
-    if (n->data_file) {
-        block_close(n->data_file);
-        n->data_file = NULL;
-    }
+    block_set_child(n, BLOCK_CHILD_DATA_FILE, NULL);
     free(n->backing_file);
     free(n->backing_format);
     n->backing_file = n->backing_format = NULL;
@@ -372,9 +371,9 @@ static int64_t qcow2_get_length(BlockNode *n)
 
 static int64_t qcow2_get_allocated_size(BlockNode *n)
 {
-    int64_t a = block_get_allocated_size(n->file);
-    if (a >= 0 && n->data_file) {
-        int64_t d = block_get_allocated_size(n->data_file);
+    int64_t a = block_get_allocated_size(block_file(n));
+    if (a >= 0 && block_data_file(n)) {
+        int64_t d = block_get_allocated_size(block_data_file(n));
         if (d > 0) {
             a += d;
         }
@@ -477,16 +476,31 @@ static int qcow2_change_backing_file(BlockNode *n, const char *file,
     return ret;
 }
 
+/* Compressed writes are ours to refuse with qemu-img's words (encrypted
+ * images, external data files), so the answer is yes. */
+static bool qcow2_can_compress(BlockNode *n)
+{
+    return true;
+}
+
+/* A FUA write is flushed through to the file with its metadata. */
+static bool qcow2_can_fua(BlockNode *n)
+{
+    return true;
+}
+
 const BlockDriver qcow2_driver = {
     .name = "qcow2",
     .instance_size = sizeof(Qcow2State),
-    .is_format = true,
+    .api_version = BLOCK_DRIVER_API_VERSION,
+    .kind = BLOCK_DRIVER_FORMAT,
     .supports_backing = true,
-    .supports_compressed = true,
+    .can_compress = qcow2_can_compress,
+    .can_fua = qcow2_can_fua,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
-    .pread = qcow2_pread,
+    .preadv = qcow2_preadv,
     .pwrite = qcow2_pwrite,
     .flush = qcow2_flush,
     .discard = qcow2_discard,

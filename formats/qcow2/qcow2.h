@@ -25,7 +25,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 /* ------------------------------------------------------------------ */
 /* On-disk constants                                                   */
@@ -381,7 +381,7 @@ static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
 /* The node holding guest data clusters (data file or the image file). */
 static inline BlockNode *qcow2_data_node(Qcow2State *s)
 {
-    return s->has_data_file ? s->node->data_file : s->node->file;
+    return s->has_data_file ? block_data_file(s->node) : block_file(s->node);
 }
 
 /* ------------------------------------------------------------------ */
@@ -555,7 +555,7 @@ int qcow2_write_l2_table(Qcow2State *s, uint64_t offset, const uint8_t *buf);
 /* ------------------------------------------------------------------ */
 /* Header (header.c)                                                   */
 
-/* Parses and validates the header of n->file into s.  */
+/* Parses and validates the header of block_file(n) into s.  */
 int qcow2_read_header(Qcow2State *s, Error *err);
 /* Rewrites the header cluster (header + extensions + backing name) from
  * s, preserving unknown extensions and header bytes. */
@@ -695,7 +695,7 @@ void qcow2_bitmap_entries_free(Qcow2BitmapEntry *v, uint32_t nb);
 /* At the end of open: loads the bitmaps into n->bitmaps and, when
  * writable, marks them in use on disk before any write.  Without s->lock. */
 int qcow2_bitmaps_open(BlockNode *n, Error *err);
-/* At close: stores the bitmaps (a failure is reported on stderr: the
+/* At close: stores the bitmaps (a failure goes to block_report: the
  * bitmaps stay marked in use, i.e. inconsistent) and frees them.
  * Needs s->lock. */
 void qcow2_bitmaps_close(BlockNode *n);
@@ -724,5 +724,10 @@ int qcow2_amend(BlockNode *n, KVList *opts, bool force,
 extern const BlockCreateOpt qcow2_amend_opts[];
 
 extern const BlockDriver qcow2_driver;
+
+/* Guest I/O (rw.c). */
+int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags);
+int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
+                 int flags);
 
 #endif

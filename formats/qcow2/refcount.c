@@ -400,7 +400,7 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
                 qcow2_refblock_set(s, buf, qcow2_refblock_index(s, c), 1);
             }
         }
-        ret = block_pwrite(s->node->file, nt[r], s->cluster_size, buf, 0);
+        ret = block_pwrite(block_file(s->node), nt[r], s->cluster_size, buf, 0);
         if (ret < 0) {
             goto out;
         }
@@ -454,11 +454,11 @@ int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
     for (uint64_t i = 0; i < entries; i++) {
         qcow2_put_be64(buf + 8 * i, table[i]);
     }
-    ret = block_pwrite(s->node->file, offset, clusters * s->cluster_size,
+    ret = block_pwrite(block_file(s->node), offset, clusters * s->cluster_size,
                        buf, 0);
     free(buf);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         free(table);
@@ -467,9 +467,9 @@ int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
     /* Offset and cluster count are adjacent: one write switches both. */
     qcow2_put_be64(hdr, offset);
     qcow2_put_be32(hdr + 8, (uint32_t)clusters);
-    ret = block_pwrite(s->node->file, QCOW2_HDR_REFTABLE_OFFSET, 12, hdr, 0);
+    ret = block_pwrite(block_file(s->node), QCOW2_HDR_REFTABLE_OFFSET, 12, hdr, 0);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         free(table);
@@ -543,7 +543,7 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
     s->refcount_table[rti] = b << s->cluster_bits;
     ret = qcow2_write_reftable(s, rti, 1);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (b + 1 > s->alloc_end) {
         s->alloc_end = b + 1;
@@ -779,7 +779,7 @@ int qcow2_sync_refcounts(Qcow2State *s)
 {
     int ret = qcow2_cache_writeback(&s->refcount_cache);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret >= 0) {
         s->refcount_unflushed = false;
@@ -800,7 +800,7 @@ int qcow2_apply_pending_frees(Qcow2State *s)
         ret = qcow2_cache_writeback(&s->refcount_cache);
     }
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         return ret;

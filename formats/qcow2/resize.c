@@ -43,10 +43,10 @@ static int grow_l1(Qcow2State *s, uint64_t new_size)
      * header switches to it. */
     ret = qcow2_cache_writeback(&s->refcount_cache);
     if (ret >= 0) {
-        ret = block_pwrite(s->node->file, (uint64_t)off, bytes, buf, 0);
+        ret = block_pwrite(block_file(s->node), (uint64_t)off, bytes, buf, 0);
     }
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     free(buf);
     if (ret < 0) {
@@ -56,9 +56,9 @@ static int grow_l1(Qcow2State *s, uint64_t new_size)
     s->refcount_unflushed = false;
     qcow2_put_be32(hdr, (uint32_t)new_size);
     qcow2_put_be64(hdr + 4, (uint64_t)off);
-    ret = block_pwrite(s->node->file, QCOW2_HDR_L1_SIZE, 12, hdr, 0);
+    ret = block_pwrite(block_file(s->node), QCOW2_HDR_L1_SIZE, 12, hdr, 0);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret < 0) {
         free(nt);
@@ -82,9 +82,9 @@ static int write_size(Qcow2State *s, uint64_t size)
 {
     uint8_t b[8];
     qcow2_put_be64(b, size);
-    int ret = block_pwrite(s->node->file, QCOW2_HDR_SIZE, 8, b, 0);
+    int ret = block_pwrite(block_file(s->node), QCOW2_HDR_SIZE, 8, b, 0);
     if (ret >= 0) {
-        ret = block_flush(s->node->file);
+        ret = block_flush(block_file(s->node));
     }
     if (ret >= 0) {
         s->size = size;
@@ -98,7 +98,7 @@ static int write_size(Qcow2State *s, uint64_t size)
 static int reserve_run(Qcow2State *s, uint64_t host, uint64_t len,
                        uint64_t old_file_len, PreallocMode pm)
 {
-    BlockNode *f = s->node->file;
+    BlockNode *f = block_file(s->node);
     int64_t cur = block_get_length(f);
     int ret = 0;
 
@@ -258,7 +258,7 @@ static int shrink(Qcow2State *s, uint64_t size, Error *err)
         }
         ret = qcow2_cache_writeback(&s->l2_cache);
         if (ret >= 0) {
-            ret = block_flush(s->node->file);
+            ret = block_flush(block_file(s->node));
         }
         s->l1_table[i] = 0;
         if (ret >= 0) {
@@ -339,9 +339,9 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
     /* Same size with preallocation (create): preallocate all of it. */
     uint64_t old_size = size == s->size ? 0 : s->size;
     if (s->has_data_file) {
-        int64_t dlen = block_get_length(n->data_file);
+        int64_t dlen = block_get_length(block_data_file(n));
         if (dlen >= 0 && (uint64_t)dlen < size) {
-            ret = block_truncate(n->data_file, size, false,
+            ret = block_truncate(block_data_file(n), size, false,
                                  pm == PREALLOC_METADATA ? PREALLOC_OFF : pm,
                                  err);
             if (ret < 0) {
@@ -351,7 +351,7 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         }
     }
     if (pm != PREALLOC_OFF) {
-        int64_t flen = block_get_length(n->file);
+        int64_t flen = block_get_length(block_file(n));
         ret = preallocate(s, old_size, size, flen < 0 ? 0 : (uint64_t)flen,
                           pm);
         if (ret >= 0) {
@@ -360,9 +360,9 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         if (ret >= 0 && !s->has_data_file) {
             /* Reads of preallocated clusters must stay inside the file. */
             uint64_t want = s->alloc_end << s->cluster_bits;
-            int64_t cur = block_get_length(n->file);
+            int64_t cur = block_get_length(block_file(n));
             if (cur >= 0 && (uint64_t)cur < want) {
-                ret = block_truncate(n->file, want, false,
+                ret = block_truncate(block_file(n), want, false,
                                      pm == PREALLOC_METADATA ? PREALLOC_OFF
                                                              : pm, err);
             }

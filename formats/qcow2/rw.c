@@ -177,7 +177,7 @@ static int read_compressed(Qcow2State *s, const Qcow2L2Entry *e,
     int ret = -ENOMEM;
 
     if (cbuf && out) {
-        ret = block_pread_zero_tail(s->node->file, e->host_offset,
+        ret = block_pread_zero_tail(block_file(s->node), e->host_offset,
                                     e->compressed_size, cbuf);
         if (ret >= 0) {
             ret = qcow2_decompress(s, cbuf, e->compressed_size, out);
@@ -194,47 +194,105 @@ static int read_compressed(Qcow2State *s, const Qcow2L2Entry *e,
     return ret;
 }
 
-static int read_backing(Qcow2State *s, uint64_t off, size_t len, uint8_t *buf)
+/* Unallocated here: the backing file's bytes (zeroes past its end), or
+ * zeroes without one. */
+static int read_backing(Qcow2State *s, uint64_t off, BlockIOV *v)
 {
-    if (!s->node->backing) {
-        memset(buf, 0, len);
-        return 0;
+    BlockNode *b = block_backing(s->node);
+    int64_t blen = b ? block_get_length(b) : 0;
+    if (blen < 0) {
+        return (int)blen;
     }
-    return block_pread_zero_tail(s->node->backing, off, len, buf);
+    size_t have = 0;
+    if (off < (uint64_t)blen) {
+        have = (uint64_t)blen - off < v->size ? (size_t)((uint64_t)blen - off)
+                                              : v->size;
+    }
+    int ret = 0;
+    if (have == v->size) {
+        ret = block_preadv(b, off, v, 0);
+    } else if (have > 0) {
+        BlockIOVSlice head;
+        ret = blockiov_slice(&head, v, 0, have);
+        if (ret >= 0) {
+            ret = block_preadv(b, off, &head.v, 0);
+            blockiov_slice_free(&head);
+        }
+    }
+    if (ret >= 0 && have < v->size) {
+        blockiov_memset(v, have, 0, v->size - have);
+    }
+    return ret;
 }
 
-int qcow2_pread(BlockNode *n, uint64_t off, size_t len, void *vbuf)
+/* Data that must pass through memory before it reaches the caller
+ * (decryption, decompression) uses one flat buffer; a caller's single
+ * buffer is used as it is. */
+static int read_transformed(Qcow2State *s, const Qcow2Extent *x,
+                            uint64_t off, BlockIOV *v)
+{
+    uint8_t *flat = blockiov_flat(v);
+    uint8_t *buf = flat ? flat : malloc(v->size);
+    int ret;
+    if (!buf) {
+        return -ENOMEM;
+    }
+    if (x->type == QCOW2_SUBCLUSTER_COMPRESSED) {
+        ret = read_compressed(s, &x->entry, off & (s->cluster_size - 1),
+                              v->size, buf);
+    } else {
+        ret = block_pread(qcow2_data_node(s), x->host, v->size, buf);
+        if (ret >= 0) {
+            ret = qcow2_crypto_decrypt(s, x->host, off, buf, v->size);
+        }
+    }
+    if (!flat) {
+        if (ret >= 0) {
+            blockiov_from_buf(v, 0, buf, v->size);
+        }
+        free(buf);
+    }
+    return ret;
+}
+
+int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 {
     Qcow2State *s = qcow2_state(n);
-    uint8_t *buf = vbuf;
+    size_t pos = 0;
+    (void)flags;
     int ret;
 
-    while (len > 0) {
+    while (pos < qiov->size) {
         Qcow2Extent x;
         pthread_mutex_lock(&s->lock);
-        int64_t got = map_extent(s, off, len, &x);
+        int64_t got = map_extent(s, off, qiov->size - pos, &x);
         pthread_mutex_unlock(&s->lock);
         if (got < 0) {
             return (int)got;
         }
         size_t chunk = (size_t)got;
+        BlockIOVSlice piece;
+        ret = blockiov_slice(&piece, qiov, pos, chunk);
+        if (ret < 0) {
+            return ret;
+        }
         switch (x.type) {
         case QCOW2_SUBCLUSTER_UNALLOCATED:
-            ret = read_backing(s, off, chunk, buf);
+            ret = read_backing(s, off, &piece.v);
             break;
         case QCOW2_SUBCLUSTER_ZERO:
-            memset(buf, 0, chunk);
+            blockiov_memset(&piece.v, 0, 0, chunk);
             ret = 0;
             break;
         case QCOW2_SUBCLUSTER_DATA:
-            ret = block_pread(qcow2_data_node(s), x.host, chunk, buf);
-            if (ret >= 0 && qcow2_encrypted(s)) {
-                ret = qcow2_crypto_decrypt(s, x.host, off, buf, chunk);
+            if (qcow2_encrypted(s)) {
+                ret = read_transformed(s, &x, off, &piece.v);
+            } else {
+                ret = block_preadv(qcow2_data_node(s), x.host, &piece.v, 0);
             }
             break;
         case QCOW2_SUBCLUSTER_COMPRESSED:
-            ret = read_compressed(s, &x.entry, off & (s->cluster_size - 1),
-                                  chunk, buf);
+            ret = read_transformed(s, &x, off, &piece.v);
             break;
         default:
             pthread_mutex_lock(&s->lock);
@@ -245,12 +303,12 @@ int qcow2_pread(BlockNode *n, uint64_t off, size_t len, void *vbuf)
             ret = -EIO;
             break;
         }
+        blockiov_slice_free(&piece);
         if (ret < 0) {
             return ret;
         }
         off += chunk;
-        buf += chunk;
-        len -= chunk;
+        pos += chunk;
     }
     return 0;
 }
@@ -353,14 +411,17 @@ static int cow_read(BlockNode *n, const Qcow2L2Entry *old, uint64_t off,
     *out = NULL;
     *zero = true;
     if (len == 0 || old->type == QCOW2_CLUSTER_ZERO_PLAIN ||
-        (old->type == QCOW2_CLUSTER_UNALLOCATED && !n->backing)) {
+        (old->type == QCOW2_CLUSTER_UNALLOCATED && !block_backing(n))) {
         return 0;
     }
     *out = alloc_io_buf(len);
     if (!*out) {
         return -ENOMEM;
     }
-    int ret = qcow2_pread(n, off, len, *out);
+    struct iovec iov;
+    BlockIOV v;
+    blockiov_init_buf(&v, &iov, *out, len);
+    int ret = qcow2_preadv(n, off, &v, 0);
     *zero = ret >= 0 && all_zero(*out, len);
     return ret;
 }
@@ -677,7 +738,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         ret = cow_read(n, &last, run_end, hi - run_end, &tail, &tz);
     }
     bool grows = fresh;
-    if (ret >= 0 && fresh && (s->node->file->flags & BLOCK_O_NOCACHE)) {
+    if (ret >= 0 && fresh && (block_file(s->node)->flags & BLOCK_O_NOCACHE)) {
         /* O_DIRECT: blocks that read as zero for the whole new clusters
          * first (a fallocate, as QEMU does).  The data writes then land
          * inside the file in allocated blocks, which O_DIRECT writers do
@@ -688,7 +749,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
          * Without fallocate the writes grow the file in turn
          * (grow_lock): waiting here costs less than contending in the
          * kernel. */
-        grows = block_write_zeroes(s->node->file, host, nclusters * cs,
+        grows = block_write_zeroes(block_file(s->node), host, nclusters * cs,
                                    BLOCK_REQ_NO_FALLBACK) < 0;
     }
     if (ret >= 0) {
@@ -823,7 +884,7 @@ static int write_compressed_cluster(BlockNode *n, uint64_t cstart,
     inflight_add(s, &f, cstart, cstart + cs);
     pthread_mutex_unlock(&s->lock);
 
-    ret = block_pwrite(s->node->file, (uint64_t)coff, (size_t)clen, out, 0);
+    ret = block_pwrite(block_file(s->node), (uint64_t)coff, (size_t)clen, out, 0);
 
     pthread_mutex_lock(&s->lock);
     if (ret >= 0) {
@@ -965,8 +1026,8 @@ static int reads_zero(BlockNode *n, uint64_t off, uint64_t len, bool *zero)
         if (got < 0) {
             return (int)got;
         }
-        if (x.type == QCOW2_SUBCLUSTER_UNALLOCATED && n->backing) {
-            int64_t blen = block_get_length(n->backing);
+        if (x.type == QCOW2_SUBCLUSTER_UNALLOCATED && block_backing(n)) {
+            int64_t blen = block_get_length(block_backing(n));
             if (blen < 0) {
                 return (int)blen;
             }
@@ -975,7 +1036,7 @@ static int reads_zero(BlockNode *n, uint64_t off, uint64_t len, bool *zero)
                 if (off + l > (uint64_t)blen) {
                     l = (uint64_t)blen - off;
                 }
-                if (!block_is_zero_fast(n->backing, off, l)) {
+                if (!block_is_zero_fast(block_backing(n), off, l)) {
                     *zero = false;
                     return 0;
                 }
@@ -1009,7 +1070,7 @@ static int cluster_op(Qcow2State *s, uint64_t start, uint64_t end, int op)
         uint8_t *t;
         uint64_t idx;
         bool need_table = op == OP_ZERO || op == OP_ZERO_UNMAP ||
-                          (op == OP_DISCARD && n->backing &&
+                          (op == OP_DISCARD && block_backing(n) &&
                            s->version >= 3);
         ret = qcow2_get_l2_table(s, start, false, &t, &idx);
         if (ret < 0) {
@@ -1054,7 +1115,7 @@ static int cluster_op(Qcow2State *s, uint64_t start, uint64_t end, int op)
             }
             case OP_DISCARD:
                 free_it = true;
-                if (n->backing || allocated) {
+                if (block_backing(n) || allocated) {
                     if (s->extended_l2) {
                         nb = QCOW2_L2B_ALL_ZERO;
                     } else if (s->version >= 3) {
@@ -1245,7 +1306,7 @@ int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
     if (s->read_only) {
         return -EACCES;
     }
-    if (s->data_file_raw || (s->version < 3 && n->backing)) {
+    if (s->data_file_raw || (s->version < 3 && block_backing(n))) {
         /* The raw data file must hold the zeroes itself; v2 has no zero
          * flag to hide backing data. */
         if (flags & BLOCK_REQ_NO_FALLBACK) {
@@ -1322,7 +1383,7 @@ int qcow2_discard(BlockNode *n, uint64_t off, uint64_t len)
     }
     /* v2 cannot hide backing data behind a discarded cluster: QEMU leaves
      * the data in place, and so do we. */
-    if (a >= b || s->data_file_raw || (s->version < 3 && n->backing)) {
+    if (a >= b || s->data_file_raw || (s->version < 3 && block_backing(n))) {
         return 0;
     }
     pthread_mutex_lock(&s->lock);

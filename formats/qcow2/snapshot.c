@@ -53,7 +53,7 @@ static int read_table(Qcow2State *s, uint8_t **buf, size_t *len)
     if (!b) {
         return -ENOMEM;
     }
-    int ret = block_pread(s->node->file, s->snapshots_offset,
+    int ret = block_pread(block_file(s->node), s->snapshots_offset,
                           s->snapshots_size, b);
     if (ret < 0) {
         free(b);
@@ -180,7 +180,7 @@ static int write_l1_at(Qcow2State *s, uint64_t offset, const uint64_t *l1,
     for (uint32_t i = 0; i < n; i++) {
         qcow2_put_be64(buf + 8 * i, l1[i]);
     }
-    int ret = block_pwrite(s->node->file, offset, len, buf, 0);
+    int ret = block_pwrite(block_file(s->node), offset, len, buf, 0);
     free(buf);
     return ret < 0 ? ret : 0;
 }
@@ -355,7 +355,7 @@ static int write_active_l1(Qcow2State *s)
     if (ret >= 0) {
         ret = qcow2_write_l1(s, 0, s->l1_size);
     }
-    return ret < 0 ? ret : block_flush(s->node->file);
+    return ret < 0 ? ret : block_flush(block_file(s->node));
 }
 
 /* A failure in writing metadata has no better words than its errno. */
@@ -378,7 +378,7 @@ int64_t qcow2_store_snapshot_table(Qcow2State *s, const uint8_t *buf,
         return error_setf(err, ENOMEM, "out of memory");
     }
     memcpy(pad, buf, len);
-    int ret = block_pwrite(s->node->file, (uint64_t)a, nc << s->cluster_bits,
+    int ret = block_pwrite(block_file(s->node), (uint64_t)a, nc << s->cluster_bits,
                            pad, 0);
     free(pad);
     if (ret >= 0) {

@@ -11,7 +11,7 @@
 #include <inttypes.h>
 #include <string.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 typedef struct RawState {
     uint64_t offset;
@@ -37,7 +37,7 @@ static int raw_open(BlockNode *n, KVList *opts, int flags, Error *err)
     if (ret < 0) {
         return ret;
     }
-    int64_t flen = block_get_length(n->file);
+    int64_t flen = block_get_length(block_file(n));
     if (flen < 0) {
         return error_setf(err, (int)-flen, "Could not get the size of '%s'",
                           n->filename);
@@ -51,7 +51,7 @@ static int raw_open(BlockNode *n, KVList *opts, int flags, Error *err)
                           "larger than the file '%s'", n->filename);
     }
     s->probed = flags & BLOCK_O_PROBED;
-    n->request_alignment = n->file->request_alignment;
+    n->request_alignment = block_file(n)->request_alignment;
     return 0;
 }
 
@@ -61,7 +61,7 @@ static int64_t raw_get_length(BlockNode *n)
     if (s->has_size) {
         return (int64_t)s->size;
     }
-    int64_t len = block_get_length(n->file);
+    int64_t len = block_get_length(block_file(n));
     if (len < 0) {
         return len;
     }
@@ -70,26 +70,27 @@ static int64_t raw_get_length(BlockNode *n)
     return (int64_t)(((uint64_t)len - s->offset + 511) & ~(uint64_t)511);
 }
 
-static int raw_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
+static int raw_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 {
     RawState *s = n->opaque;
-    return block_pread(n->file, off + s->offset, len, buf);
+    return block_preadv(block_file(n), off + s->offset, qiov, flags);
 }
 
 /* Would writing buf at off turn sector 0 into something another format
  * driver claims? */
-static bool write_changes_format(BlockNode *n, uint64_t off, size_t len,
-                                 const void *buf)
+static bool write_changes_format(BlockNode *n, uint64_t off,
+                                 BlockIOV *qiov)
 {
     uint8_t head[512];
     if (block_pread_zero_tail(n, 0, sizeof(head), head) < 0) {
         return true;
     }
-    size_t now = len < sizeof(head) - off ? len : sizeof(head) - off;
-    memcpy(head + off, buf, now);
+    size_t now = qiov->size < sizeof(head) - off ? qiov->size
+                                                 : sizeof(head) - off;
+    blockiov_to_buf(qiov, 0, head + off, now);
     for (int i = 0; block_driver_list[i]; i++) {
         const BlockDriver *d = block_driver_list[i];
-        if (d->is_format && d->probe && d != n->drv &&
+        if (d->kind == BLOCK_DRIVER_FORMAT && d->probe && d != n->drv &&
             d->probe(head, sizeof(head), n->filename) > 1) {
             return true;
         }
@@ -97,34 +98,87 @@ static bool write_changes_format(BlockNode *n, uint64_t off, size_t len,
     return false;
 }
 
-static int raw_pwrite(BlockNode *n, uint64_t off, size_t len,
-                      const void *buf, int flags)
+static int raw_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
+                       int flags)
 {
     RawState *s = n->opaque;
-    if (s->probed && off < 512 && write_changes_format(n, off, len, buf)) {
+    if (s->probed && off < 512 && write_changes_format(n, off, qiov)) {
         return -EPERM;
     }
-    return block_pwrite(n->file, off + s->offset, len, buf, flags);
+    return block_pwritev(block_file(n), off + s->offset, qiov, flags);
+}
+
+static void raw_child_done(void *opaque, int ret)
+{
+    block_request_complete(opaque, ret);
+}
+
+/* Everything passes straight to the file, shifted by the window's
+ * offset; only a probed image's first sector needs the synchronous
+ * check above. */
+static int raw_submit(BlockNode *n, BlockRequest *req)
+{
+    RawState *s = n->opaque;
+    BlockNode *f = block_file(n);
+    uint64_t off = req->offset + s->offset;
+    switch (req->op) {
+    case BLOCK_OP_READ:
+        block_aio_preadv(f, off, req->qiov, req->flags, raw_child_done, req);
+        return 0;
+    case BLOCK_OP_WRITE:
+        if (s->probed && req->offset < 512) {
+            return -EAGAIN;
+        }
+        block_aio_pwritev(f, off, req->qiov, req->flags, raw_child_done,
+                          req);
+        return 0;
+    case BLOCK_OP_FLUSH:
+        block_aio_flush(f, raw_child_done, req);
+        return 0;
+    case BLOCK_OP_DISCARD:
+        block_aio_discard(f, off, req->bytes, raw_child_done, req);
+        return 0;
+    case BLOCK_OP_WRITE_ZEROES:
+        block_aio_write_zeroes(f, off, req->bytes, req->flags,
+                               raw_child_done, req);
+        return 0;
+    }
+    return -EAGAIN;
+}
+
+static bool raw_can_fua(BlockNode *n)
+{
+    return block_node_can_fua(block_file(n));
+}
+
+static bool raw_can_zero(BlockNode *n)
+{
+    return block_node_can_zero(block_file(n));
+}
+
+static bool raw_can_multi_conn(BlockNode *n)
+{
+    return block_node_can_multi_conn(block_file(n));
 }
 
 static int raw_discard(BlockNode *n, uint64_t off, uint64_t len)
 {
     RawState *s = n->opaque;
-    return block_discard(n->file, off + s->offset, len);
+    return block_discard(block_file(n), off + s->offset, len);
 }
 
 static int raw_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
                             int flags)
 {
     RawState *s = n->opaque;
-    return block_write_zeroes(n->file, off + s->offset, len, flags);
+    return block_write_zeroes(block_file(n), off + s->offset, len, flags);
 }
 
 static int raw_block_status(BlockNode *n, uint64_t off, uint64_t len,
                             uint64_t *pnum, uint64_t *map, BlockNode **file)
 {
     RawState *s = n->opaque;
-    int ret = block_status(n->file, off + s->offset, len, pnum, map, file);
+    int ret = block_status(block_file(n), off + s->offset, len, pnum, map, file);
     if (ret < 0) {
         return ret;
     }
@@ -132,7 +186,7 @@ static int raw_block_status(BlockNode *n, uint64_t off, uint64_t len,
         /* The window extends past the file (size= given): unwritten. */
         *pnum = len;
         *map = off + s->offset;
-        *file = n->file;
+        *file = block_file(n);
         return BLOCK_STATUS_ZERO | BLOCK_STATUS_OFFSET_VALID |
                BLOCK_STATUS_ALLOCATED;
     }
@@ -147,7 +201,7 @@ static int raw_truncate(BlockNode *n, uint64_t size, bool exact,
         return error_setf(err, ENOTSUP, "Cannot resize a raw image opened "
                           "with an offset or size");
     }
-    return block_truncate(n->file, size, exact, pm, err);
+    return block_truncate(block_file(n), size, exact, pm, err);
 }
 
 static int raw_create(const char *filename, uint64_t size, KVList *opts,
@@ -181,11 +235,16 @@ static int raw_measure(KVList *opts, BlockNode *in, uint64_t size,
 const BlockDriver raw_driver = {
     .name = "raw",
     .instance_size = sizeof(RawState),
-    .is_format = true,
+    .api_version = BLOCK_DRIVER_API_VERSION,
+    .kind = BLOCK_DRIVER_FORMAT,
     .probe = raw_probe,
     .open = raw_open,
-    .pread = raw_pread,
-    .pwrite = raw_pwrite,
+    .preadv = raw_preadv,
+    .pwritev = raw_pwritev,
+    .submit = raw_submit,
+    .can_fua = raw_can_fua,
+    .can_zero = raw_can_zero,
+    .can_multi_conn = raw_can_multi_conn,
     .discard = raw_discard,
     .write_zeroes = raw_write_zeroes,
     .block_status = raw_block_status,

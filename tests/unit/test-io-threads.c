@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 #define THREADS 8
 #define PIECE 700          /* deliberately not a multiple of 512 */
@@ -57,7 +57,7 @@ int main(void)
         node = block_open(path, "raw", NULL, BLOCK_O_RDWR, &err);
         if (node) {
             node->request_alignment = 4096;
-            node->file->request_alignment = 4096;
+            block_file(node)->request_alignment = 4096;
         }
     }
     printf("%sok %d - open raw node\n", node ? "" : "not ", ++n);
@@ -66,7 +66,7 @@ int main(void)
         unlink(path);
         return 1;
     }
-    printf("# request alignment %u\n", node->file->request_alignment);
+    printf("# request alignment %u\n", block_file(node)->request_alignment);
     pthread_t th[THREADS];
     for (int t = 0; t < THREADS; t++) {
         pthread_create(&th[t], NULL, writer, (void *)(intptr_t)t);

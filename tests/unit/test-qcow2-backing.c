@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 static int ok_count, test_no;
 

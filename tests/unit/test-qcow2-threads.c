@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 #define THREADS 6
 #define SECTORS 2048          /* 1 MiB image */

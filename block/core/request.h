@@ -1,0 +1,34 @@
+/*
+ * request.h - the request core's internals shared by io.c (synchronous
+ * path), aio.c (asynchronous path and worker threads) and drain.c.
+ * Nothing outside block/core includes this.
+ */
+#ifndef IMGTOOL_BLOCK_CORE_REQUEST_H
+#define IMGTOOL_BLOCK_CORE_REQUEST_H
+
+#include "block/driver.h"
+
+/* Counts a request into n.  Returns true when it may run now; false
+ * (only when req is given) when a drain holds it: drain_end resubmits
+ * it.  Without req (a synchronous caller) it waits for the drain. */
+bool block_node_enter(BlockNode *n, BlockRequest *req);
+void block_node_leave(BlockNode *n);
+
+/* Range, permission and length checks shared by both paths. */
+int block_check_request(BlockNode *n, uint64_t off, uint64_t len,
+                        bool write);
+
+/* The synchronous work of each operation on an entered node: alignment
+ * bounce, thread model, the driver call, dirty-bitmap marking.  Both the
+ * synchronous API and the worker threads run these. */
+int block_io_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags);
+int block_io_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags);
+int block_io_flush(BlockNode *n);
+int block_io_discard(BlockNode *n, uint64_t off, uint64_t len);
+int block_io_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
+                          int flags);
+
+/* Runs a request that a drain held (it is not counted in yet). */
+void block_request_resubmit(BlockRequest *req);
+
+#endif
