@@ -3,10 +3,13 @@
  * options, output and exit codes, plus a random-offset mode qemu-img
  * lacks.
  *
- * Depth means requests in flight.  The block layer is synchronous per
- * call and thread-safe, so `depth` worker threads each issue one request
- * at a time; that keeps exactly `depth` requests outstanding, which is
- * what qemu-img's coroutines do with its AIO.
+ * Depth means requests in flight.  By default one thread submits them
+ * through the block layer's asynchronous API and keeps exactly `depth`
+ * outstanding (a BlockQueue), which is what qemu-img's coroutines do
+ * with its AIO; the file protocol runs them through io_uring where the
+ * kernel allows.  --threads instead has `depth` worker threads each
+ * issue one synchronous request at a time (the model before the
+ * asynchronous API, kept for comparison).
  *
  * Requests are numbered 0..count-1 and a worker takes the next number
  * from a shared counter.  The offset is a pure function of the number
@@ -48,8 +51,9 @@ static const char bench_usage[] =
     "                     [-w] [--random[=seed]] [--image-opts] filename\n"
     "\n"
     "Run a simple I/O benchmark on an image: count requests of buffer_size\n"
-    "bytes, depth of them in flight at once (one worker thread per request\n"
-    "in flight, at most 1024 threads).\n"
+    "bytes, depth of them in flight at once, submitted asynchronously by\n"
+    "one thread (--threads: one worker thread per request in flight, at\n"
+    "most 1024 threads).\n"
     "\n"
     "  -c count        number of requests (default 75000)\n"
     "  -d depth        requests in flight (default 64)\n"
@@ -57,7 +61,8 @@ static const char bench_usage[] =
     "  --flush-interval=N  flush after every N requests (write tests)\n"
     "  --no-drain      do not wait for in-flight requests before a flush\n"
     "  -i aio          threads, native or io_uring (accepted for\n"
-    "                  compatibility; requests always run on threads)\n"
+    "                  compatibility; files use io_uring where the kernel\n"
+    "                  allows, worker threads otherwise)\n"
     "  -n              native AIO (needs -t none, as in qemu-img)\n"
     "  -o offset       offset of the first request (default 0)\n"
     "  --pattern=BYTE  byte written by write tests (default 0)\n"
@@ -69,6 +74,7 @@ static const char bench_usage[] =
     "                  writethrough (default writeback)\n"
     "  -U              open without conflicting locks (read tests)\n"
     "  -w              write test (default: read)\n"
+    "  --threads       one synchronous worker thread per request in flight\n"
     "  --random[=seed] random offsets instead of sequential ones: each\n"
     "                  request picks a uniformly random multiple of the\n"
     "                  step size from the offset to the end of the image,\n"
@@ -81,6 +87,7 @@ enum {
     OPT_RANDOM,
     OPT_IMAGE_OPTS,
     OPT_OBJECT,
+    OPT_THREADS,
 };
 
 static const struct option bench_options[] = {
@@ -93,6 +100,7 @@ static const struct option bench_options[] = {
     { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
     { "object", required_argument, NULL, OPT_OBJECT },
     { "force-share", no_argument, NULL, 'U' },
+    { "threads", no_argument, NULL, OPT_THREADS },
     { NULL, 0, NULL, 0 },
 };
 
@@ -246,6 +254,126 @@ static void *bench_worker(void *opaque)
     return NULL;
 }
 
+/* ---- One submitting thread, asynchronous requests ---- */
+
+typedef struct AsyncSlot {
+    struct AsyncRun *run;
+    void *token;             /* the queue slot it holds */
+    uint8_t *buf;
+    struct iovec iov;
+    BlockIOV qiov;
+    struct AsyncSlot *next_free;
+} AsyncSlot;
+
+typedef struct AsyncRun {
+    Bench *b;
+    pthread_mutex_t lock;    /* the free list; completions return slots */
+    AsyncSlot *free;
+} AsyncRun;
+
+static void async_done(void *opaque, int ret)
+{
+    AsyncSlot *sl = opaque;
+    AsyncRun *r = sl->run;
+    void *token = sl->token;
+    if (ret < 0) {
+        bench_fail(r->b, ret);
+    }
+    /* The buffer goes back before the queue slot does, so whoever the
+     * queue lets in next finds a free buffer. */
+    pthread_mutex_lock(&r->lock);
+    sl->next_free = r->free;
+    r->free = sl;
+    pthread_mutex_unlock(&r->lock);
+    block_queue_complete(token, ret);
+}
+
+static int bench_run_async(Bench *b, uint64_t depth)
+{
+    if (depth > b->count) {
+        depth = b->count ? b->count : 1;
+    }
+    AsyncRun r = { .b = b };
+    AsyncSlot *slots = calloc(depth, sizeof(*slots));
+    BlockQueue *q = block_queue_new((unsigned)depth);
+    size_t buflen = b->bufsize ? b->bufsize : 1;
+    int ret = 0;
+    uint64_t made = 0;
+    if (!slots || !q) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    pthread_mutex_init(&r.lock, NULL);
+    for (; made < depth; made++) {
+        AsyncSlot *sl = &slots[made];
+        /* 4 KiB alignment lets -t none requests go straight through */
+        if (posix_memalign((void **)&sl->buf, 4096, buflen) != 0) {
+            ret = -ENOMEM;
+            goto out;
+        }
+        if (b->write) {
+            memset(sl->buf, b->pattern, buflen);
+        }
+        sl->run = &r;
+        blockiov_init_buf(&sl->qiov, &sl->iov, sl->buf, b->bufsize);
+        sl->next_free = r.free;
+        r.free = sl;
+    }
+    for (uint64_t i = 0; i < b->count && !atomic_load(&b->failed); i++) {
+        if (b->flush_interval && i > 0 && i % b->flush_interval == 0) {
+            if (b->drain) {
+                block_queue_wait(q);
+                int fr = block_flush(b->node);
+                if (fr < 0) {
+                    bench_fail(b, fr);
+                    break;
+                }
+            } else {
+                void *tok = block_queue_reserve(q, NULL, NULL);
+                if (tok) {
+                    block_aio_flush(b->node, block_queue_complete, tok);
+                }
+            }
+        }
+        uint64_t off = bench_offset(b, i);
+        if (off + b->bufsize > b->image_size) {
+            bench_fail(b, -EIO);   /* qemu-img's answer past the end */
+            break;
+        }
+        /* A buffer is free once the queue gave us room: the queue
+         * bounds requests in flight by the number of buffers. */
+        void *tok = block_queue_reserve(q, NULL, NULL);
+        if (!tok) {
+            bench_fail(b, -ENOMEM);
+            break;
+        }
+        pthread_mutex_lock(&r.lock);
+        AsyncSlot *sl = r.free;
+        r.free = sl->next_free;
+        pthread_mutex_unlock(&r.lock);
+        sl->token = tok;
+        if (b->write) {
+            block_aio_pwritev(b->node, off, &sl->qiov, b->write_flags,
+                              async_done, sl);
+        } else {
+            block_aio_preadv(b->node, off, &sl->qiov, 0, async_done, sl);
+        }
+    }
+    int qret = block_queue_wait(q);
+    if (qret < 0) {
+        bench_fail(b, qret);
+    }
+    ret = atomic_load(&b->failed);
+    pthread_mutex_destroy(&r.lock);
+out:
+    block_queue_free(q);
+    for (uint64_t k = 0; slots && k < made; k++) {
+        free(slots[k].buf);
+    }
+    free(slots);
+    return ret;
+}
+
 /* Runs the workers; returns 0 or the first request's negative errno. */
 static int bench_run(Bench *b, int nthreads)
 {
@@ -332,6 +460,7 @@ int cmd_bench(int argc, char **argv)
     long long depth = 64;
     const char *fmt = NULL, *cache = NULL;
     bool image_opts = false, share = false, native_aio = false;
+    bool threads = false;
     int c;
 
     optind = 0;
@@ -431,6 +560,9 @@ int cmd_bench(int argc, char **argv)
             break;
         case OPT_IMAGE_OPTS:
             image_opts = true;
+            break;
+        case OPT_THREADS:
+            threads = true;
             break;
         case OPT_OBJECT:
             if (imgtool_object_add(optarg) < 0) {
@@ -535,7 +667,8 @@ int cmd_bench(int argc, char **argv)
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int ret = bench_run(&b, nthreads);
+    int ret = threads ? bench_run(&b, nthreads)
+                      : bench_run_async(&b, (uint64_t)depth);
     clock_gettime(CLOCK_MONOTONIC, &t1);
 
     pthread_cond_destroy(&b.cond);

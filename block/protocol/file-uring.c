@@ -60,6 +60,27 @@ static void finish(FileRing *r, BlockRequest *req, int res)
     block_request_complete(req, ret);
 }
 
+/* Ends every completion that is ready, without waiting; returns false
+ * once the stop marker was seen. */
+static bool reap_ready(FileRing *r)
+{
+    struct io_uring_cqe *cqe;
+    while (io_uring_peek_cqe(&r->ring, &cqe) == 0) {
+        BlockRequest *req = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        io_uring_cqe_seen(&r->ring, cqe);
+        if (!req) {
+            return false;   /* the stop marker */
+        }
+        if (res == -EAGAIN || res == -EINTR) {
+            /* Rare; finish it here rather than requeueing. */
+            res = 0;
+        }
+        finish(r, req, res);
+    }
+    return true;
+}
+
 static void *reaper_main(void *arg)
 {
     FileRing *r = arg;
@@ -73,17 +94,10 @@ static void *reaper_main(void *arg)
             /* Nothing sane is left to do with this ring. */
             return NULL;
         }
-        BlockRequest *req = io_uring_cqe_get_data(cqe);
-        int res = cqe->res;
-        io_uring_cqe_seen(&r->ring, cqe);
-        if (!req) {
-            return NULL;   /* the stop marker */
+        /* One wake-up ends every completion that is ready by now. */
+        if (!reap_ready(r)) {
+            return NULL;
         }
-        if (res == -EAGAIN || res == -EINTR) {
-            /* Rare; finish it here rather than requeueing. */
-            res = 0;
-        }
-        finish(r, req, res);
     }
 }
 
@@ -119,7 +133,9 @@ static FileRing *ring_get(FileState *s)
 int file_submit(BlockNode *n, BlockRequest *req)
 {
     FileState *s = n->opaque;
-    if (!s->use_uring || s->is_device ||
+    /* Buffered I/O is served from the page cache faster by a thread's
+     * pread than by io_uring, which hands misses to its own workers. */
+    if (!s->use_uring || !s->direct || s->is_device ||
         (req->op != BLOCK_OP_READ && req->op != BLOCK_OP_WRITE &&
          req->op != BLOCK_OP_FLUSH)) {
         return -EAGAIN;
