@@ -288,6 +288,18 @@ int qcow2_cache_get(Qcow2Cache *c, uint64_t offset, uint8_t **table)
     return cache_get(c, offset, table, true);
 }
 
+bool qcow2_cache_peek(Qcow2Cache *c, uint64_t offset, uint8_t **table)
+{
+    Qcow2CacheEntry *e = offset ? find(c, offset) : NULL;
+    if (!e) {
+        return false;
+    }
+    e->ref++;
+    e->lru = ++c->lru_counter;
+    *table = e->data;
+    return true;
+}
+
 int qcow2_cache_get_empty(Qcow2Cache *c, uint64_t offset, uint8_t **table)
 {
     return cache_get(c, offset, table, false);

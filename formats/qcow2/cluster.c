@@ -171,6 +171,27 @@ static int check_l2_offset(Qcow2State *s, uint64_t l1i, uint64_t l2off)
     return 0;
 }
 
+int qcow2_get_l2_table_cached(Qcow2State *s, uint64_t guest_offset,
+                              uint8_t **table, uint64_t *index)
+{
+    uint64_t cluster = guest_offset >> s->cluster_bits;
+    uint64_t l1i = cluster >> s->l2_bits;
+
+    *table = NULL;
+    *index = cluster & (s->l2_entries - 1);
+    if (l1i >= s->l1_size) {
+        return 1;
+    }
+    uint64_t l2off = s->l1_table[l1i] & QCOW2_L1E_OFFSET_MASK;
+    if (!l2off) {
+        return 1;
+    }
+    if (check_l2_offset(s, l1i, l2off) < 0) {
+        return 0;   /* the slow path says why */
+    }
+    return qcow2_cache_peek(&s->l2_cache, l2off, table) ? 1 : 0;
+}
+
 int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
                        uint8_t **table, uint64_t *index)
 {

@@ -501,6 +501,7 @@ const BlockDriver qcow2_driver = {
     .open = qcow2_open,
     .close = qcow2_close,
     .preadv = qcow2_preadv,
+    .submit = qcow2_submit,
     .pwrite = qcow2_pwrite,
     .flush = qcow2_flush,
     .discard = qcow2_discard,

@@ -439,6 +439,9 @@ void qcow2_cache_destroy(Qcow2Cache *c);
 /* Pins the table at host offset `offset`, reading it from the image
  * file.  *table stays valid until qcow2_cache_put. */
 int qcow2_cache_get(Qcow2Cache *c, uint64_t offset, uint8_t **table);
+/* Like qcow2_cache_get for a table already in the cache (true); never
+ * reads (false: not cached). */
+bool qcow2_cache_peek(Qcow2Cache *c, uint64_t offset, uint8_t **table);
 /* Like get but does not read: the table is zero-filled (for a table
  * that is being created). */
 int qcow2_cache_get_empty(Qcow2Cache *c, uint64_t offset, uint8_t **table);
@@ -536,6 +539,11 @@ int qcow2_get_l2_entry(Qcow2State *s, uint64_t guest_offset,
                        Qcow2L2Entry *out);
 /* Pins the L2 table for guest_offset; allocates it when `allocate` (else
  * *table = NULL when there is none).  *index = entry index in it. */
+/* qcow2_get_l2_table without I/O: 1 when the answer is known (*table is
+ * the cached table to put back, or NULL: no L2 table for that offset),
+ * 0 when the table would have to be read. */
+int qcow2_get_l2_table_cached(Qcow2State *s, uint64_t guest_offset,
+                              uint8_t **table, uint64_t *index);
 int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
                        uint8_t **table, uint64_t *index);
 /* Writes L1 entries [first, first + n) from s->l1_table to disk. */
@@ -726,6 +734,32 @@ extern const BlockCreateOpt qcow2_amend_opts[];
 extern const BlockDriver qcow2_driver;
 
 /* Guest I/O (rw.c). */
+/* A run of guest bytes with one mapping (qcow2_map_extent). */
+typedef struct Qcow2Extent {
+    Qcow2SubclusterType type;
+    bool has_host;         /* host valid (data, or preallocated zero) */
+    uint64_t host;         /* host byte offset of the extent start */
+    Qcow2L2Entry entry;    /* entry of the first cluster */
+} Qcow2Extent;
+
+/* Maps [off, off + len) from off as far as the status stays the same
+ * (and host offsets stay contiguous), within one L2 table.  Needs
+ * s->lock; reads the L2 table unless it is cached.  Returns bytes covered
+ * (> 0) or a negative errno. */
+int64_t qcow2_map_extent(Qcow2State *s, uint64_t off, uint64_t len,
+                         Qcow2Extent *x);
+/* An allocating write, zero write or discard is changing metadata for a
+ * guest range that overlaps [start, end) (s->lock held). */
+bool qcow2_inflight_overlaps(Qcow2State *s, uint64_t start, uint64_t end);
+/* The cluster can be overwritten in place (it is ours alone). */
+bool qcow2_cluster_in_place(Qcow2State *s, const Qcow2L2Entry *e);
+/* Writing [a, b) of the cluster touches only allocated data subclusters. */
+bool qcow2_touches_only_data(Qcow2State *s, const Qcow2L2Entry *e,
+                             uint64_t a, uint64_t b);
+void qcow2_entry_in_table(Qcow2State *s, uint8_t *t, uint64_t idx,
+                          Qcow2L2Entry *e);
+/* The asynchronous fast path (aio.c): the driver's submit. */
+int qcow2_submit(BlockNode *n, BlockRequest *req);
 int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags);
 int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
                  int flags);

@@ -20,7 +20,7 @@
 /* ------------------------------------------------------------------ */
 /* In-flight ranges                                                    */
 
-static bool inflight_overlaps(Qcow2State *s, uint64_t start, uint64_t end)
+bool qcow2_inflight_overlaps(Qcow2State *s, uint64_t start, uint64_t end)
 {
     for (Qcow2InFlight *f = s->inflight; f; f = f->next) {
         if (f->start < end && start < f->end) {
@@ -32,7 +32,7 @@ static bool inflight_overlaps(Qcow2State *s, uint64_t start, uint64_t end)
 
 static void wait_inflight(Qcow2State *s, uint64_t start, uint64_t end)
 {
-    while (inflight_overlaps(s, start, end)) {
+    while (qcow2_inflight_overlaps(s, start, end)) {
         pthread_cond_wait(&s->inflight_cond, &s->lock);
     }
 }
@@ -63,13 +63,6 @@ static void inflight_remove(Qcow2State *s, Qcow2InFlight *f)
 /* ------------------------------------------------------------------ */
 /* Mapping lookup                                                      */
 
-typedef struct Qcow2Extent {
-    Qcow2SubclusterType type;
-    bool has_host;         /* host valid (data, or preallocated zero) */
-    uint64_t host;         /* host byte offset of the extent start */
-    Qcow2L2Entry entry;    /* entry of the first cluster */
-} Qcow2Extent;
-
 static bool entry_has_host(const Qcow2L2Entry *e)
 {
     return e->type == QCOW2_CLUSTER_NORMAL ||
@@ -79,7 +72,7 @@ static bool entry_has_host(const Qcow2L2Entry *e)
 /* Maps [off, off + len) from off as far as the status stays the same
  * (and host offsets stay contiguous), within one L2 table.  Needs
  * s->lock.  Returns bytes covered (> 0) or a negative errno. */
-static int64_t map_extent(Qcow2State *s, uint64_t off, uint64_t len,
+int64_t qcow2_map_extent(Qcow2State *s, uint64_t off, uint64_t len,
                           Qcow2Extent *x)
 {
     uint8_t *t;
@@ -265,7 +258,7 @@ int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
     while (pos < qiov->size) {
         Qcow2Extent x;
         pthread_mutex_lock(&s->lock);
-        int64_t got = map_extent(s, off, qiov->size - pos, &x);
+        int64_t got = qcow2_map_extent(s, off, qiov->size - pos, &x);
         pthread_mutex_unlock(&s->lock);
         if (got < 0) {
             return (int)got;
@@ -317,7 +310,7 @@ int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 /* Writes                                                              */
 
 /* Whether the cluster can be written in place (it is ours alone). */
-static bool cluster_in_place(Qcow2State *s, const Qcow2L2Entry *e)
+bool qcow2_cluster_in_place(Qcow2State *s, const Qcow2L2Entry *e)
 {
     if (e->type != QCOW2_CLUSTER_NORMAL &&
         e->type != QCOW2_CLUSTER_ZERO_ALLOC) {
@@ -341,7 +334,7 @@ static uint64_t sc_mask(Qcow2State *s, uint64_t a, uint64_t b)
 }
 
 /* Does the write [a, b) within one cluster touch only data subclusters? */
-static bool touches_only_data(Qcow2State *s, const Qcow2L2Entry *e,
+bool qcow2_touches_only_data(Qcow2State *s, const Qcow2L2Entry *e,
                               uint64_t a, uint64_t b)
 {
     if (!s->extended_l2) {
@@ -354,7 +347,7 @@ static bool touches_only_data(Qcow2State *s, const Qcow2L2Entry *e,
     return (e->bitmap & m) == m && !(e->bitmap & (m << 32));
 }
 
-static void entry_in_table(Qcow2State *s, uint8_t *t, uint64_t idx,
+void qcow2_entry_in_table(Qcow2State *s, uint8_t *t, uint64_t idx,
                            Qcow2L2Entry *e)
 {
     qcow2_decode_l2_entry(s, qcow2_l2_get_entry(s, t, idx),
@@ -573,7 +566,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         return ret;
     }
     if (t) {
-        entry_in_table(s, t, idx, &e);
+        qcow2_entry_in_table(s, t, idx, &e);
     } else {
         qcow2_decode_l2_entry(s, 0, 0, &e);
     }
@@ -583,16 +576,16 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
 
     /* 1. Pure overwrite of clusters that are ours: no metadata. */
     uint64_t first_end = cstart + cs < limit ? cstart + cs : limit;
-    if (cluster_in_place(s, &e) && touches_only_data(s, &e, off, first_end)) {
+    if (qcow2_cluster_in_place(s, &e) && qcow2_touches_only_data(s, &e, off, first_end)) {
         uint64_t host = e.host_offset + (off - cstart);
         uint64_t pos = first_end;
         uint64_t i = idx + 1;
         while (t && pos < limit) {
             Qcow2L2Entry ne;
-            entry_in_table(s, t, i, &ne);
+            qcow2_entry_in_table(s, t, i, &ne);
             uint64_t ce = pos + cs < limit ? pos + cs : limit;
-            if (!cluster_in_place(s, &ne) ||
-                !touches_only_data(s, &ne, pos, ce) ||
+            if (!qcow2_cluster_in_place(s, &ne) ||
+                !qcow2_touches_only_data(s, &ne, pos, ce) ||
                 ne.host_offset != host + (pos - off)) {
                 break;
             }
@@ -622,7 +615,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
 
     /* 2. In place but the entry changes (preallocated zero cluster, or
      * subclusters that are not yet allocated). */
-    if (cluster_in_place(s, &e)) {
+    if (qcow2_cluster_in_place(s, &e)) {
         qcow2_cache_put(&s->l2_cache, &t);
         uint64_t a = off, b = first_end;
         uint64_t lo, hi;
@@ -655,7 +648,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         }
         if (ret >= 0) {
             Qcow2L2Entry cur;
-            entry_in_table(s, t, idx, &cur);
+            qcow2_entry_in_table(s, t, idx, &cur);
             uint64_t ne = (cur.entry & ~QCOW2_OFLAG_ZERO) |
                           (s->has_data_file ? QCOW2_OFLAG_COPIED : 0);
             uint64_t nb = 0;
@@ -680,11 +673,11 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     while (pos < limit) {
         Qcow2L2Entry ne;
         if (t) {
-            entry_in_table(s, t, i, &ne);
+            qcow2_entry_in_table(s, t, i, &ne);
         } else {
             qcow2_decode_l2_entry(s, 0, 0, &ne);
         }
-        if (cluster_in_place(s, &ne)) {
+        if (qcow2_cluster_in_place(s, &ne)) {
             break;
         }
         last = ne;
@@ -780,7 +773,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     for (uint64_t c = 0; c < nclusters; c++) {
         Qcow2L2Entry old;
         uint64_t cst = cstart + c * cs;
-        entry_in_table(s, t, idx + c, &old);
+        qcow2_entry_in_table(s, t, idx + c, &old);
         uint64_t wlo = c == 0 ? lo : cst;
         uint64_t whi = c == nclusters - 1 ? hi : cst + cs;
         uint64_t bm = new_bitmap(s, &old, wlo, whi);
@@ -896,7 +889,7 @@ static int write_compressed_cluster(BlockNode *n, uint64_t cstart,
         goto out_unlock;
     }
     Qcow2L2Entry old;
-    entry_in_table(s, t, idx, &old);
+    qcow2_entry_in_table(s, t, idx, &old);
     uint64_t extra = ((uint64_t)coff + (uint64_t)clen - 1) / 512 -
                      (uint64_t)coff / 512;
     qcow2_l2_set(s, t, idx, QCOW2_OFLAG_COMPRESSED |
@@ -1022,7 +1015,7 @@ static int reads_zero(BlockNode *n, uint64_t off, uint64_t len, bool *zero)
     *zero = true;
     while (len > 0) {
         Qcow2Extent x;
-        int64_t got = map_extent(s, off, len, &x);
+        int64_t got = qcow2_map_extent(s, off, len, &x);
         if (got < 0) {
             return (int)got;
         }
@@ -1092,14 +1085,14 @@ static int cluster_op(Qcow2State *s, uint64_t start, uint64_t end, int op)
             Qcow2L2Entry old;
             uint64_t ne = 0, nb = 0;
             bool free_it = false;
-            entry_in_table(s, t, idx, &old);
+            qcow2_entry_in_table(s, t, idx, &old);
             /* Anything but a plain unallocated entry (even a zero one)
              * keeps reading as zero after a discard, as in QEMU. */
             bool allocated = old.entry || old.bitmap;
             switch (op) {
             case OP_ZERO:
             case OP_ZERO_UNMAP: {
-                bool keep = op == OP_ZERO && cluster_in_place(s, &old);
+                bool keep = op == OP_ZERO && qcow2_cluster_in_place(s, &old);
                 if (keep) {
                     ne = old.entry & (QCOW2_L2E_OFFSET_MASK |
                                       QCOW2_OFLAG_COPIED);
@@ -1162,7 +1155,7 @@ static int subcluster_zero(Qcow2State *s, uint64_t a, uint64_t b, bool *done)
     if (ret < 0) {
         return ret;
     }
-    if (!(e.type == QCOW2_CLUSTER_UNALLOCATED || cluster_in_place(s, &e))) {
+    if (!(e.type == QCOW2_CLUSTER_UNALLOCATED || qcow2_cluster_in_place(s, &e))) {
         return 0;
     }
     ret = mark_dirty(s);
@@ -1172,7 +1165,7 @@ static int subcluster_zero(Qcow2State *s, uint64_t a, uint64_t b, bool *done)
     if (ret < 0) {
         return ret;
     }
-    entry_in_table(s, t, idx, &e);
+    qcow2_entry_in_table(s, t, idx, &e);
     uint64_t m = sc_mask(s, a, b);
     qcow2_l2_set(s, t, idx, e.entry, (e.bitmap & ~m) | (m << 32));
     qcow2_cache_mark_dirty(&s->l2_cache, t);
@@ -1407,7 +1400,7 @@ int qcow2_block_status(BlockNode *n, uint64_t off, uint64_t len,
 
     pthread_mutex_lock(&s->lock);
     while (total < len) {
-        int64_t got = map_extent(s, off + total, len - total, &x);
+        int64_t got = qcow2_map_extent(s, off + total, len - total, &x);
         if (got < 0) {
             pthread_mutex_unlock(&s->lock);
             return (int)got;
