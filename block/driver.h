@@ -232,6 +232,25 @@ struct BlockRequest {
  * ret is 0 or a negative errno. */
 void block_request_complete(BlockRequest *req, int ret);
 
+/* A driver whose completions arrive on a queue it owns (an io_uring)
+ * registers a poller while it has requests in flight, so a submitter
+ * that waits for a free slot (BlockQueue) ends completions itself on its
+ * own thread instead of waiting for the driver's thread to wake it.
+ * poll waits at most timeout_us for completions, ends the ready ones
+ * (calling block_request_complete) and says whether it ended any; it
+ * must return at once when another thread is already polling the same
+ * queue. */
+typedef struct BlockPoller {
+    bool (*poll)(void *opaque, int timeout_us);
+    void *opaque;
+    /* core private */
+    struct BlockPoller *next;
+    atomic_int pins;          /* polls running on it now */
+} BlockPoller;
+void block_poller_add(BlockPoller *p);
+/* Unlinks p and waits for the polls running on it to end. */
+void block_poller_remove(BlockPoller *p);
+
 /* ------------------------------------------------------------------ */
 /* Dirty bitmaps, as formats that persist them see them                */
 

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <time.h>
 
 #include "block/core/request.h"
@@ -260,6 +261,61 @@ void block_aio_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
 }
 
 /* ------------------------------------------------------------------ */
+/* Pollers                                                             */
+
+static pthread_mutex_t pollers_lock = PTHREAD_MUTEX_INITIALIZER;
+static BlockPoller *pollers;
+
+void block_poller_add(BlockPoller *p)
+{
+    atomic_init(&p->pins, 0);
+    pthread_mutex_lock(&pollers_lock);
+    p->next = pollers;
+    pollers = p;
+    pthread_mutex_unlock(&pollers_lock);
+}
+
+void block_poller_remove(BlockPoller *p)
+{
+    pthread_mutex_lock(&pollers_lock);
+    for (BlockPoller **pp = &pollers; *pp; pp = &(*pp)->next) {
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pollers_lock);
+    while (atomic_load(&p->pins) > 0) {
+        sched_yield();
+    }
+}
+
+#define MAX_POLLED 16
+
+/* Polls the registered queues once.  They are pinned under the lock and
+ * polled without it, since a completion may register a new queue. */
+static bool poll_all(int timeout_us)
+{
+    BlockPoller *v[MAX_POLLED];
+    int n = 0;
+    pthread_mutex_lock(&pollers_lock);
+    for (BlockPoller *p = pollers; p && n < MAX_POLLED; p = p->next) {
+        atomic_fetch_add(&p->pins, 1);
+        v[n++] = p;
+    }
+    pthread_mutex_unlock(&pollers_lock);
+    bool progress = false;
+    for (int i = 0; i < n; i++) {
+        /* With several queues, wait on none of them for long. */
+        if (!progress) {
+            progress = v[i]->poll(v[i]->opaque, n == 1 ? timeout_us : 0);
+        }
+        atomic_fetch_sub(&v[i]->pins, 1);
+    }
+    return progress;
+}
+
+/* ------------------------------------------------------------------ */
 /* BlockQueue                                                          */
 
 /* A waiting submitter is woken at every completion: keeping the queue
@@ -279,6 +335,34 @@ typedef struct QueueToken {
     BlockCompletionFn *cb;
     void *opaque;
 } QueueToken;
+
+/* With q->lock held: waits until fewer than `limit` requests are in
+ * flight.  It first ends completions itself where a driver lets it
+ * (pollers: no thread wake-up on the critical path), and sleeps only when
+ * that made no progress: the completion of a request a worker thread
+ * runs wakes it. */
+static void queue_wait_below(BlockQueue *q, unsigned limit)
+{
+    while (q->in_flight >= limit) {
+        pthread_mutex_unlock(&q->lock);
+        bool progress = poll_all(2000);
+        pthread_mutex_lock(&q->lock);
+        if (progress || q->in_flight < limit) {
+            continue;
+        }
+        q->waiting++;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 2 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        /* Bounded: a poller's queue may have become ready meanwhile. */
+        pthread_cond_timedwait(&q->cond, &q->lock, &until);
+        q->waiting--;
+    }
+}
 
 BlockQueue *block_queue_new(unsigned depth)
 {
@@ -307,11 +391,7 @@ void *block_queue_reserve(BlockQueue *q, BlockCompletionFn *cb, void *opaque)
 {
     QueueToken *t = malloc(sizeof(*t));
     pthread_mutex_lock(&q->lock);
-    while (q->in_flight >= q->depth) {
-        q->waiting++;
-        pthread_cond_wait(&q->cond, &q->lock);
-        q->waiting--;
-    }
+    queue_wait_below(q, q->depth);
     q->in_flight++;
     pthread_mutex_unlock(&q->lock);
     if (!t) {
@@ -356,11 +436,7 @@ void block_queue_complete(void *token, int ret)
 int block_queue_wait(BlockQueue *q)
 {
     pthread_mutex_lock(&q->lock);
-    while (q->in_flight > 0) {
-        q->waiting++;
-        pthread_cond_wait(&q->cond, &q->lock);
-        q->waiting--;
-    }
+    queue_wait_below(q, 1);
     int ret = q->first_error;
     q->first_error = 0;
     pthread_mutex_unlock(&q->lock);

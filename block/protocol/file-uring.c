@@ -4,8 +4,11 @@
  * requests in flight without a thread per request.
  *
  * One ring per file node, made on the first asynchronous request.
- * Submitters take sq_lock to fill and submit entries; one reaper thread
- * waits for completions and ends the requests.  A request whose transfer
+ * Submitters take sq_lock to fill and submit entries.  Completions are
+ * ended under cq_lock by whoever gets there first: a submitter waiting
+ * for room in its BlockQueue (through the ring's BlockPoller: no thread
+ * wake-up between the disk and the next submission), or the ring's
+ * reaper thread, which waits for completions nobody else waits for.  A request whose transfer
  * comes back short (a read at the end of the file, a partial write) is
  * finished synchronously by the reaper; errors end it.  When the kernel
  * refuses io_uring, or the ring is full, submit declines and the core's
@@ -15,6 +18,7 @@
  * it), a NOP with no request attached tells the reaper to leave.
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,8 +32,15 @@
 
 struct FileRing {
     struct io_uring ring;
-    pthread_mutex_t sq_lock;
+    pthread_mutex_t sq_lock;     /* filling and submitting entries */
+    pthread_mutex_t cq_lock;     /* consuming completions */
     pthread_t reaper;
+    bool stopping;               /* the stop marker was consumed */
+    /* Bumped (release) by every submission and read (acquire) before
+     * ending completions: the kernel orders a completion after its
+     * submission, but only this lets ThreadSanitizer see that order. */
+    atomic_ulong submitted;
+    BlockPoller poller;
     FileState *s;
 };
 
@@ -60,45 +71,83 @@ static void finish(FileRing *r, BlockRequest *req, int res)
     block_request_complete(req, ret);
 }
 
-/* Ends every completion that is ready, without waiting; returns false
- * once the stop marker was seen. */
-static bool reap_ready(FileRing *r)
+/* Ends every completion that is ready, without waiting, with cq_lock
+ * held; returns how many requests it ended.  The stop marker sets
+ * r->stopping. */
+static int reap_ready(FileRing *r)
 {
     struct io_uring_cqe *cqe;
+    int ended = 0;
+    (void)atomic_load_explicit(&r->submitted, memory_order_acquire);
     while (io_uring_peek_cqe(&r->ring, &cqe) == 0) {
         BlockRequest *req = io_uring_cqe_get_data(cqe);
         int res = cqe->res;
         io_uring_cqe_seen(&r->ring, cqe);
         if (!req) {
-            return false;   /* the stop marker */
+            r->stopping = true;
+            continue;
         }
         if (res == -EAGAIN || res == -EINTR) {
             /* Rare; finish it here rather than requeueing. */
             res = 0;
         }
         finish(r, req, res);
+        ended++;
     }
-    return true;
+    return ended;
 }
 
+/* Sleeps until the ring has a completion (or timeout_us passes; < 0:
+ * no limit) without consuming or submitting anything, so it is safe
+ * beside other threads that fill the submission queue. */
+static int wait_ready(FileRing *r, long timeout_us)
+{
+    struct __kernel_timespec ts = {
+        .tv_sec = timeout_us / 1000000,
+        .tv_nsec = (timeout_us % 1000000) * 1000,
+    };
+    struct io_uring_getevents_arg arg = {
+        .ts = timeout_us >= 0 ? (uint64_t)(uintptr_t)&ts : 0,
+    };
+    return io_uring_enter2(r->ring.ring_fd, 0, 1,
+                           IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                           (sigset_t *)&arg, sizeof(arg));
+}
+
+/* The reaper ends completions nobody else is waiting for. */
 static void *reaper_main(void *arg)
 {
     FileRing *r = arg;
     for (;;) {
-        struct io_uring_cqe *cqe;
-        int ret = io_uring_wait_cqe(&r->ring, &cqe);
-        if (ret == -EINTR) {
-            continue;
+        int ret = wait_ready(r, -1);
+        if (ret < 0 && ret != -EINTR && ret != -ETIME) {
+            return NULL;   /* nothing sane is left to do with this ring */
         }
-        if (ret < 0) {
-            /* Nothing sane is left to do with this ring. */
-            return NULL;
-        }
-        /* One wake-up ends every completion that is ready by now. */
-        if (!reap_ready(r)) {
+        pthread_mutex_lock(&r->cq_lock);
+        reap_ready(r);
+        bool stop = r->stopping;
+        pthread_mutex_unlock(&r->cq_lock);
+        if (stop) {
             return NULL;
         }
     }
+}
+
+/* A waiting submitter's poll (BlockPoller): end what is ready, waiting
+ * for it briefly, on the submitter's own thread. */
+static bool ring_poll(void *opaque, int timeout_us)
+{
+    FileRing *r = opaque;
+    if (pthread_mutex_trylock(&r->cq_lock) != 0) {
+        return false;   /* someone else is ending them right now */
+    }
+    int ended = reap_ready(r);
+    if (!ended && timeout_us > 0 && !r->stopping) {
+        wait_ready(r, timeout_us);
+        ended = reap_ready(r);
+    }
+    pthread_mutex_unlock(&r->cq_lock);
+    return ended > 0;
 }
 
 static FileRing *ring_get(FileState *s)
@@ -110,11 +159,16 @@ static FileRing *ring_get(FileState *s)
         if (r && io_uring_queue_init(RING_ENTRIES, &r->ring, 0) == 0) {
             r->s = s;
             pthread_mutex_init(&r->sq_lock, NULL);
+            pthread_mutex_init(&r->cq_lock, NULL);
             if (pthread_create(&r->reaper, NULL, reaper_main, r) == 0) {
                 s->ring = r;
+                r->poller.poll = ring_poll;
+                r->poller.opaque = r;
+                block_poller_add(&r->poller);
             } else {
                 io_uring_queue_exit(&r->ring);
                 pthread_mutex_destroy(&r->sq_lock);
+                pthread_mutex_destroy(&r->cq_lock);
                 free(r);
                 r = NULL;
             }
@@ -167,6 +221,7 @@ int file_submit(BlockNode *n, BlockRequest *req)
         break;
     }
     io_uring_sqe_set_data(sqe, req);
+    atomic_fetch_add_explicit(&r->submitted, 1, memory_order_release);
     int ret = io_uring_submit(&r->ring);
     pthread_mutex_unlock(&r->sq_lock);
     if (ret < 0) {
@@ -185,6 +240,7 @@ void file_uring_stop(FileState *s)
     if (!r) {
         return;
     }
+    block_poller_remove(&r->poller);
     pthread_mutex_lock(&r->sq_lock);
     struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
     if (sqe) {
@@ -203,6 +259,7 @@ void file_uring_stop(FileState *s)
     }
     io_uring_queue_exit(&r->ring);
     pthread_mutex_destroy(&r->sq_lock);
+    pthread_mutex_destroy(&r->cq_lock);
     free(r);
 }
 
