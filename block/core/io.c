@@ -238,28 +238,29 @@ int block_io_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
     return ret;
 }
 
-int block_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+/* The synchronous entry for reads and writes: checked, counted in. */
+static int sync_rw(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags,
+                   bool write)
 {
-    int ret = block_check_request(n, off, qiov->size, false);
+    int ret = block_check_request(n, off, qiov->size, write);
     if (ret < 0 || qiov->size == 0) {
         return ret;
     }
     block_node_enter(n, NULL);
-    ret = block_io_preadv(n, off, qiov, flags);
+    ret = write ? block_io_pwritev(n, off, qiov, flags)
+                : block_io_preadv(n, off, qiov, flags);
     block_node_leave(n);
     return ret;
 }
 
+int block_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
+{
+    return sync_rw(n, off, qiov, flags, false);
+}
+
 int block_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 {
-    int ret = block_check_request(n, off, qiov->size, true);
-    if (ret < 0 || qiov->size == 0) {
-        return ret;
-    }
-    block_node_enter(n, NULL);
-    ret = block_io_pwritev(n, off, qiov, flags);
-    block_node_leave(n);
-    return ret;
+    return sync_rw(n, off, qiov, flags, true);
 }
 
 int block_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
