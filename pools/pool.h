@@ -134,6 +134,9 @@ typedef struct VolInfo {
     int64_t atime_ns, mtime_ns, ctime_ns;   /* 0: not shown */
     VolExtent *extents;           /* logical volumes */
     size_t nextents;
+    char *unusable;               /* why it cannot be opened here (an LV
+                                     active through device-mapper
+                                     somewhere, ...), NULL: it can */
 } VolInfo;
 
 void vol_info_clear(VolInfo *v);

@@ -32,6 +32,7 @@ void vol_info_clear(VolInfo *v)
     free(v->backing_format);
     free(v->secret);
     free(v->compat);
+    free(v->unusable);
     for (size_t i = 0; i < v->nextents; i++) {
         free(v->extents[i].device);
     }
@@ -59,6 +60,7 @@ int vol_info_copy(VolInfo *d, const VolInfo *s)
     *d = *s;
     d->pool = d->name = d->key = d->path = d->format = NULL;
     d->backing_path = d->backing_format = d->secret = d->compat = NULL;
+    d->unusable = NULL;
     d->extents = NULL;
     d->nextents = 0;
     int ret = dup_field(&d->pool, s->pool) | dup_field(&d->name, s->name) |
@@ -67,7 +69,8 @@ int vol_info_copy(VolInfo *d, const VolInfo *s)
               dup_field(&d->backing_path, s->backing_path) |
               dup_field(&d->backing_format, s->backing_format) |
               dup_field(&d->secret, s->secret) |
-              dup_field(&d->compat, s->compat);
+              dup_field(&d->compat, s->compat) |
+              dup_field(&d->unusable, s->unusable);
     if (ret == 0 && s->nextents) {
         d->extents = calloc(s->nextents, sizeof(*d->extents));
         if (!d->extents) {
