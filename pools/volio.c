@@ -309,6 +309,26 @@ static bool all_zero(const uint8_t *b, size_t n)
     return n == 0 || (b[0] == 0 && memcmp(b, b + 1, n - 1) == 0);
 }
 
+/* --sparse works at this granularity. */
+#define SPARSE_BLOCK 4096
+
+/* Length of the run at the start of buf (of len bytes) made of blocks
+ * that are all zero (*zero set) or all not. */
+static size_t zero_run(const uint8_t *buf, size_t len, bool *zero)
+{
+    size_t first = len < SPARSE_BLOCK ? len : SPARSE_BLOCK;
+    *zero = all_zero(buf, first);
+    size_t n = first;
+    while (n < len) {
+        size_t b = len - n < SPARSE_BLOCK ? len - n : SPARSE_BLOCK;
+        if (all_zero(buf + n, b) != *zero) {
+            break;
+        }
+        n += b;
+    }
+    return n;
+}
+
 static ssize_t read_full(int fd, uint8_t *buf, size_t len)
 {
     size_t got = 0;
@@ -423,11 +443,15 @@ static int upload_loop(BlockNode *n, const VolTransfer *t, bool growable,
                 break;
             }
         }
-        if (t->sparse && all_zero(buf, (size_t)got)) {
-            ret = block_write_zeroes(n, off, (uint64_t)got,
-                                     BLOCK_REQ_MAY_UNMAP);
-        } else {
-            ret = block_pwrite(n, off, (size_t)got, buf, 0);
+        for (size_t pos = 0; ret == 0 && pos < (size_t)got;) {
+            bool zero = false;
+            size_t run = t->sparse ? zero_run(buf + pos, (size_t)got - pos,
+                                              &zero)
+                                   : (size_t)got;
+            ret = zero ? block_write_zeroes(n, off + pos, run,
+                                            BLOCK_REQ_MAY_UNMAP)
+                       : block_pwrite(n, off + pos, run, buf + pos, 0);
+            pos += run;
         }
         if (ret < 0) {
             error_setf(err, -ret, "error writing volume '%s' at byte %llu: "
@@ -529,13 +553,18 @@ int pool_vol_download(PoolStore *s, const char *pool, const char *vol,
                        strerror(-ret));
             break;
         }
-        hole_at_end = t->sparse && can_seek && all_zero(buf, now);
-        if (hole_at_end) {
-            if (lseek(t->fd, (off_t)now, SEEK_CUR) < 0) {
-                ret = -errno;
+        for (size_t pos = 0; ret == 0 && pos < now;) {
+            size_t run = now - pos;
+            hole_at_end = false;
+            if (t->sparse && can_seek) {
+                run = zero_run(buf + pos, now - pos, &hole_at_end);
             }
-        } else {
-            ret = write_full(t->fd, buf, now);
+            if (hole_at_end) {
+                ret = lseek(t->fd, (off_t)run, SEEK_CUR) < 0 ? -errno : 0;
+            } else {
+                ret = write_full(t->fd, buf + pos, run);
+            }
+            pos += run;
         }
         if (ret < 0) {
             error_setf(err, -ret, "error writing %s: %s", t->fd_name,
