@@ -512,9 +512,11 @@ static int run_on_lv(Pool *p, const char *verb, const char *opt,
     return ret;
 }
 
-/* Bytes the LV needs for an image of capacity bytes in format fmt. */
+/* Bytes the LV needs for an image of capacity bytes in format fmt
+ * (a: the new volume's details, or NULL). */
 static int needed_size(const char *fmt, const VolCreateArgs *a,
-                       uint64_t capacity, uint64_t *out, Error *err)
+                       const char *secret, uint64_t capacity, uint64_t *out,
+                       Error *err)
 {
     if (strcmp(fmt, "raw") == 0) {
         *out = capacity;
@@ -529,6 +531,11 @@ static int needed_size(const char *fmt, const VolCreateArgs *a,
     }
     if (a && a->compat) {
         kvlist_set(&o, "compat", a->compat);
+    }
+    if (secret && strcmp(fmt, "luks") == 0) {
+        /* the luks driver measures with its creation options, secret
+         * included */
+        kvlist_set(&o, "key-secret", secret);
     }
     BlockMeasure m;
     int ret = block_measure(fmt, &o, NULL, capacity, &m, err);
@@ -599,7 +606,7 @@ static int logical_vol_create(Pool *p, const VolCreateArgs *a, VolInfo *out,
                           "LVM tag (letters, digits, + _ . -)", a->secret);
     }
     uint64_t size;
-    int ret = needed_size(fmt, a, a->capacity, &size, err);
+    int ret = needed_size(fmt, a, a->secret, a->capacity, &size, err);
     if (ret == 0) {
         ret = logical_refresh_sizes(p, err);
     }
@@ -690,7 +697,7 @@ static int logical_vol_resize(Pool *p, const VolInfo *v, uint64_t capacity,
     (void)allocate;           /* an LV is always allocated */
     bool raw = strcmp(v->format, "raw") == 0;
     uint64_t need;
-    int ret = needed_size(v->format, NULL, capacity, &need, err);
+    int ret = needed_size(v->format, NULL, v->secret, capacity, &need, err);
     if (ret < 0) {
         return ret;
     }

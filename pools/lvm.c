@@ -224,7 +224,8 @@ int lvm_run(const char *const *args, char **out, Error *err)
     free(full);
     if (ret < 0) {
         bool missing = strstr(lerr.msg, "not found") ||
-                       strstr(lerr.msg, "Failed to find");
+                       strstr(lerr.msg, "Failed to find") ||
+                       strstr(lerr.msg, "does not exist");
         error_setf(err, missing ? ENOENT : lerr.code, "%s", lerr.msg);
         return missing ? -ENOENT : ret;
     }

@@ -278,6 +278,8 @@ void pool_xml_escape(FILE *f, const char *s)
 
 void pool_last_line(const char *text, char *out, size_t len)
 {
+    /* The first line that is not a warning says what went wrong (lvm
+     * ends with hints such as "Run `lvcreate --help'"); else the last. */
     const char *best = NULL, *best_end = NULL;
     const char *p = text ? text : "";
     while (*p) {
@@ -290,8 +292,11 @@ void pool_last_line(const char *text, char *out, size_t len)
             s++;
         }
         if (s < e) {
-            best = s;
-            best_end = e;
+            bool warning = strncmp(s, "WARNING", 7) == 0;
+            if (!best || (!warning && strncmp(best, "WARNING", 7) == 0)) {
+                best = s;
+                best_end = e;
+            }
         }
         p = *e ? e + 1 : e;
     }

@@ -48,8 +48,8 @@ void pool_boot_id(char out[64]);
 /* XML text with &, <, >, ', " escaped. */
 void pool_xml_escape(FILE *f, const char *s);
 
-/* A one-line summary of a command's stderr: its last non-empty line
- * with leading blanks dropped ("" when there is none). */
+/* A one-line summary of a command's stderr: its first line that is
+ * not a warning, leading blanks dropped ("" when there is none). */
 void pool_last_line(const char *text, char *out, size_t len);
 
 #endif
