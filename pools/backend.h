@@ -15,13 +15,16 @@
  *  - vol_create is only called for a name no volume and no running or
  *    interrupted operation uses; it makes an *empty* volume of the
  *    requested format and capacity (content is copied afterwards through
- *    the block layer, by the core);
- *  - vol_delete, vol_resize and every data operation are called with the
- *    volume's image lock held by the core when the volume can be opened
- *    (so QEMU or another imgtool using it makes them fail first);
+ *    the block layer, by the core, with the pool unlocked and the name
+ *    held by an operation marker);
+ *  - vol_delete is called with the volume open for writing by the core
+ *    (so QEMU or another imgtool using it made the delete fail first);
+ *    vol_resize opens the volume for writing itself (an LV's extents
+ *    change during the resize) and must fail when it cannot;
  *  - a back end answers "how do I open this volume" (vol_open_spec) with
  *    something the block layer opens; it never does format I/O itself
- *    beyond creating an empty image through block_create().
+ *    beyond creating an empty image through pool_create_image() and
+ *    reading one through pool_read_image_info().
  */
 #ifndef IMGTOOL_POOLS_BACKEND_H
 #define IMGTOOL_POOLS_BACKEND_H
@@ -111,11 +114,10 @@ struct PoolBackend {
     int (*vol_open_spec)(Pool *p, const VolInfo *v, bool raw_bytes,
                          VolOpenSpec *spec, Error *err);
     /* The volume's content changed behind the back end's cache (upload,
-     * wipe): forget what it knew, set the format that is now there. */
+     * wipe, an image command that created it): forget what it knew and
+     * record `format` as what it is now (NULL: find out by probing). */
     int (*vol_changed)(Pool *p, const VolInfo *v, const char *format,
                        Error *err);
-    /* The name the volume of a killed creation has, so it can be
-     * removed; NULL op: the core uses vol_lookup. */
 };
 
 extern const PoolBackend pool_backend_dir;
@@ -123,14 +125,22 @@ extern const PoolBackend pool_backend_logical;
 
 const PoolBackend *pool_backend_find(const char *type);
 
-/* ---- shared by back ends (pools/util.c, pools/volume.c) ------------- */
+/* ---- shared by back ends (pools/image.c, pools/volume.c) ------------ */
 
 /* One volume's info from its image through the block layer (format,
- * capacity, backing, qcow2 details); fmt NULL probes. */
+ * capacity, backing, qcow2 details); fmt NULL probes.  Returns 1 when
+ * the image cannot be opened as what it is: v->format is set, the rest
+ * is left for the caller (a file's size). */
 int pool_read_image_info(const char *filename, const char *fmt,
                          VolInfo *v, Error *err);
+/* Opens a volume through the block layer (pools/volume.c): its image,
+ * or its host bytes when raw_bytes. */
+int pool_vol_open_node(Pool *p, const VolInfo *v, bool raw_bytes, int flags,
+                       BlockNode **out, Error *err);
 /* Creates an empty image of a's format and capacity at filename (a
- * file, or storage the block layer reaches by that name). */
+ * file, or storage the block layer reaches by that name).  fill_storage:
+ * the image's storage is a new file that gets a's allocation (and
+ * preallocation); false for storage that exists already (an LV). */
 int pool_create_image(Pool *p, const char *filename, const VolCreateArgs *a,
                       const char *backing_path, const char *backing_fmt,
                       bool fill_storage, Error *err);

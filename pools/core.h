@@ -35,11 +35,6 @@ int pool_lookup_locked(Pool *p, const char *name, VolInfo *out, Error *err);
 int pool_vol_resolve(PoolStore *s, const char *pool, const char *vol,
                      Pool **out, VolInfo *v, Error *err);
 
-/* Opens a volume through the block layer: its image (format over the
- * storage), or its host bytes when raw_bytes. */
-int pool_vol_open_node(Pool *p, const VolInfo *v, bool raw_bytes, int flags,
-                       BlockNode **out, Error *err);
-
 /* Creates the volume described by a (checks, marker, back end); the
  * marker stays held in *m for the caller to fill the content and end. */
 int pool_vol_create_begin(Pool *p, const VolCreateArgs *a, OpMarker *m,

@@ -26,7 +26,7 @@
 #include <unistd.h>
 
 #include "block/secret.h"
-#include "pools/core.h"
+#include "pools/backend.h"
 #include "pools/util.h"
 
 /* A cached entry younger than this (mtime vs. the time of its stat) is

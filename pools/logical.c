@@ -27,7 +27,7 @@
 #include <sys/stat.h>
 
 #include "block/secret.h"
-#include "pools/core.h"
+#include "pools/backend.h"
 #include "pools/lvm.h"
 #include "pools/util.h"
 

@@ -7,7 +7,7 @@
  *   DIR/.imgtool/store.lock       taken to define/undefine pools
  *   DIR/.imgtool/pools/NAME/      one pool's running state:
  *       lock                      the pool lock
- *       state                     {"active", "transient", "boot_id"}
+ *       state                     {"active", "boot_id"}
  *       pool.xml                  a transient pool's definition
  *       cache                     the back end's cache (JSON)
  *       ops/VOLUME                a running (flocked) or interrupted

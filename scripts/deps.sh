@@ -24,8 +24,11 @@ packages=(
     # test runner
     python3 python3-pytest python3-pytest-xdist python3-pytest-timeout
     # the logical (LVM) pool back end runs lvm2's commands; blkid/wipefs
-    # (util-linux) check devices before pool-build
-    lvm2
+    # (util-linux) check devices before pool-build; its tests put PVs on
+    # loop devices (losetup, from mount)
+    lvm2 mount
+    # a real QEMU opening (and locking) a pool volume in tests
+    qemu-system-x86
     # virt-xml-validate and libvirt's schemas check the pool/volume XML
     # imgtool writes; virsh (its test driver) is the layout oracle
     libvirt-clients

@@ -10,7 +10,8 @@
  * its physical volumes, on hosts without device-mapper.
  *
  * Invariants: the segment table never changes while the node is open;
- * requests are split at segment boundaries and each piece goes to the
+ * nothing is written past its end (-ENOSPC, as a full device); requests
+ * are split at segment boundaries and each piece goes to the
  * device's own protocol node (the file driver: BLKZEROOUT, BLKDISCARD,
  * O_DIRECT as for any device).  Those child nodes take no image locks
  * (the lock bytes of a whole PV would make its LVs exclude each other);
@@ -275,6 +276,17 @@ static int linear_rw(BlockNode *n, LinearOp op, uint64_t off, uint64_t len,
 {
     LinearState *s = n->opaque;
     uint8_t *b = buf;
+    if (off >= s->length || len > s->length - off) {
+        /* Past the end, as on a device: reads see zeroes (a format's
+         * bounced read-modify-write may straddle the end), nothing can
+         * be written there. */
+        if (op != OP_READ) {
+            return -ENOSPC;
+        }
+        uint64_t in = off < s->length ? s->length - off : 0;
+        memset(b + in, 0, (size_t)(len - in));
+        len = in;
+    }
     while (len > 0) {
         const LinearSeg *g = seg_at(s, off);
         uint64_t in = off - g->start;
