@@ -693,8 +693,10 @@ int pool_list(PoolStore *s, PoolInfo **out, size_t *nout, Error *err)
         Pool *p;
         Error perr = { 0 };
         if (pool_open(s, names[i], &p, &perr) < 0) {
-            if (perr.code == ENOENT) {
-                continue;        /* undefined meanwhile */
+            if (perr.code != ENOMEM) {
+                /* undefined meanwhile, or a definition imgtool cannot
+                 * use (pool-info NAME says why), as libvirtd skips it */
+                continue;
             }
             ret = error_setf(err, perr.code, "%s", perr.msg);
             break;

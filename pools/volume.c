@@ -494,6 +494,19 @@ static int resolve_backing(PoolStore *s, const char *pool,
     return 0;
 }
 
+static bool same_backing(BlockNode *src, BlockNode *dst)
+{
+    if (!src->backing || !dst->backing) {
+        return false;
+    }
+    char *a = block_chain_identity(src->backing->filename);
+    char *b = block_chain_identity(dst->backing->filename);
+    bool same = a && b && strcmp(a, b) == 0;
+    free(a);
+    free(b);
+    return same;
+}
+
 /* Copies the content of src (a volume opened read-only) into the new
  * volume v of p; p is unlocked meanwhile (the marker holds the name). */
 static int fill_volume(Pool *p, const VolInfo *v, BlockNode *src,
@@ -517,8 +530,8 @@ static int fill_volume(Pool *p, const VolInfo *v, BlockNode *src,
     job.nsrc = 1;
     job.dst = dst;
     job.length = (uint64_t)(len < dlen ? len : dlen);
-    /* A clone over the same backing file copies only its own layer. */
-    if (src->backing && dst->backing) {
+    /* A copy over the same backing file copies only its own layer. */
+    if (same_backing(src, dst)) {
         job.src_base = src->backing;
     } else {
         job.dst_is_zero = block_is_zero_fast(dst, 0, job.length);
@@ -546,10 +559,6 @@ static int create_with_content(PoolStore *s, const char *pool,
         pool_close(srcp);
         if (ret < 0) {
             return ret;
-        }
-        if (src->backing && srcv->backing_path && !b.backing_vol) {
-            b.backing_vol = srcv->backing_path;
-            b.backing_format = srcv->backing_format;
         }
     }
     ret = resolve_backing(s, pool, &b, &bpath, &bfmt, err);
@@ -649,6 +658,9 @@ int pool_vol_clone(PoolStore *s, const char *pool, const char *vol,
         .compat = sv.compat,
         .lazy_refcounts = sv.lazy_refcounts,
         .mode = -1,
+        /* a clone of an overlay is an overlay on the same backing file */
+        .backing_vol = sv.backing_path,
+        .backing_format = sv.backing_format,
     };
     if (!target_pool) {
         ret = error_setf(err, ENOMEM, "out of memory");

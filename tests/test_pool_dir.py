@@ -369,6 +369,13 @@ def test_clone_and_create_from(pools, dir_pool, tmp_path):
     assert r["allocation"] < 3 * MiB          # holes stay holes
     qemu_img("compare", "-f", "qcow2", "-F", "raw", dir_pool / "q",
              dir_pool / "r")
+    # ...and flattens an overlay unless the XML names a backing store
+    f.write_text("<volume><name>flat</name><capacity>1</capacity>"
+                 "<target><format type='qcow2'/></target></volume>")
+    pools("vol-create-from", "p", f, "o", "--inputpool", "p")
+    flat = pools.json("vol-info", "flat", "p")
+    assert "backing-path" not in flat
+    qemu_img("compare", dir_pool / "o", dir_pool / "flat")
 
 
 def test_resize(pools, dir_pool):
