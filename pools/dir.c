@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "pools/backend.h"
 #include "pools/util.h"
 

@@ -39,18 +39,19 @@ int pool_read_image_info(const char *filename, const char *fmt,
          * image QEMU is writing): listed by that format with the file's
          * size, as libvirt lists such files. */
         const BlockDriver *d = fmt ? NULL : block_probe(filename, &oerr);
-        v->format = strdup(fmt ? fmt : d ? d->name : "raw");
+        v->format = strdup(fmt ? fmt : d ? block_driver_name(d) : "raw");
         return v->format ? 1 : error_setf(err, ENOMEM, "out of memory");
     }
-    v->format = strdup(n->drv->name);
+    v->format = strdup(block_node_format(n));
     int64_t len = block_get_length(n);
     v->capacity = len > 0 ? (uint64_t)len : 0;
-    if (n->full_backing_filename) {
-        v->backing_path = strdup(n->full_backing_filename);
-        v->backing_format = n->backing_format ? strdup(n->backing_format)
-                                              : NULL;
+    const char *bk = block_node_full_backing_filename(n);
+    const char *bkf = block_node_backing_format(n);
+    if (bk) {
+        v->backing_path = strdup(bk);
+        v->backing_format = bkf ? strdup(bkf) : NULL;
     }
-    if (strcmp(n->drv->name, "qcow2") == 0) {
+    if (strcmp(block_node_format(n), "qcow2") == 0) {
         qcow2_details(n, v);
     }
     block_close(n);

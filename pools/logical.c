@@ -26,7 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "block/secret.h"
+#include "block/core/secret.h"
 #include "pools/backend.h"
 #include "pools/lvm.h"
 #include "pools/util.h"
@@ -749,7 +749,7 @@ static int logical_vol_changed(Pool *p, const VolInfo *v, const char *format,
         Error perr = { 0 };
         const BlockDriver *d = block_probe(spec.filename, &perr);
         vol_open_spec_clear(&spec);
-        snprintf(probed, sizeof(probed), "%s", d ? d->name : "raw");
+        snprintf(probed, sizeof(probed), "%s", d ? block_driver_name(d) : "raw");
         format = probed;
     }
     if (strcmp(format, v->format) == 0) {

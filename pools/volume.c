@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/copy.h"
+#include "block/job/copy.h"
 #include "pools/core.h"
 #include "pools/util.h"
 
@@ -496,11 +496,12 @@ static int resolve_backing(PoolStore *s, const char *pool,
 
 static bool same_backing(BlockNode *src, BlockNode *dst)
 {
-    if (!src->backing || !dst->backing) {
+    BlockNode *sb = block_backing(src), *db = block_backing(dst);
+    if (!sb || !db) {
         return false;
     }
-    char *a = block_chain_identity(src->backing->filename);
-    char *b = block_chain_identity(dst->backing->filename);
+    char *a = block_chain_identity(block_node_filename(sb));
+    char *b = block_chain_identity(block_node_filename(db));
     bool same = a && b && strcmp(a, b) == 0;
     free(a);
     free(b);
@@ -532,7 +533,7 @@ static int fill_volume(Pool *p, const VolInfo *v, BlockNode *src,
     job.length = (uint64_t)(len < dlen ? len : dlen);
     /* A copy over the same backing file copies only its own layer. */
     if (same_backing(src, dst)) {
-        job.src_base = src->backing;
+        job.src_base = block_backing(src);
     } else {
         job.dst_is_zero = block_is_zero_fast(dst, 0, job.length);
     }

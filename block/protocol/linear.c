@@ -9,13 +9,12 @@
  * pool reaches a logical volume's data this way, from its segments on
  * its physical volumes, on hosts without device-mapper.
  *
- * Invariants: the segment table never changes while the node is open;
- * nothing is written past its end (-ENOSPC, as a full device); requests
- * are split at segment boundaries and each piece goes to the
- * device's own protocol node (the file driver: BLKZEROOUT, BLKDISCARD,
- * O_DIRECT as for any device).  Those child nodes take no image locks
- * (the lock bytes of a whole PV would make its LVs exclude each other);
- * the node itself takes an OFD lock on the first byte of its first
+ * Invariants: a leaf like every protocol (it opens the devices itself, no
+ * child nodes); the segment table never changes while the node is open;
+ * nothing is written past its end (-ENOSPC, as a full device) and reads
+ * there see zeroes; requests are split at segment boundaries.  Devices
+ * take no QEMU lock bytes (those of a whole PV would make its LVs exclude
+ * each other): the node takes an OFD lock on the first byte of its first
  * segment instead - a write lock for writers, a read lock for readers,
  * none with -U or locking=off - so two commands never write one LV at
  * once and a reader keeps writers off, while other LVs stay free.
@@ -23,11 +22,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include "block/block.h"
+#include "block/driver.h"
 
 #define LINEAR_PREFIX "linear:"
 #define LINEAR_MAX_SEGMENTS 4096
@@ -40,10 +43,15 @@ typedef struct LinearSeg {
     int dev;
 } LinearSeg;
 
+typedef struct LinearDev {
+    int fd;
+    bool is_device;
+} LinearDev;
+
 typedef struct LinearState {
     LinearSeg *segs;
     int nsegs;
-    BlockNode *devs[LINEAR_MAX_DEVICES];
+    LinearDev devs[LINEAR_MAX_DEVICES];
     int ndevs;
     uint64_t length;
     int lock_fd;
@@ -184,6 +192,48 @@ static int take_lock(LinearState *s, const char *path, uint64_t off,
     return 0;
 }
 
+static int dev_length(LinearDev *d, uint64_t *len)
+{
+    if (d->is_device) {
+        return ioctl(d->fd, BLKGETSIZE64, len) < 0 ? -errno : 0;
+    }
+    struct stat st;
+    if (fstat(d->fd, &st) < 0) {
+        return -errno;
+    }
+    *len = (uint64_t)st.st_size;
+    return 0;
+}
+
+static int open_dev(LinearDev *d, const char *path, int flags, Error *err)
+{
+    int oflags = O_CLOEXEC | ((flags & BLOCK_O_RDWR) ? O_RDWR : O_RDONLY) |
+                 ((flags & BLOCK_O_NOCACHE) ? O_DIRECT : 0);
+    d->fd = open(path, oflags);
+    if (d->fd < 0) {
+        return error_setf(err, errno, "Could not open '%s': %s", path,
+                          strerror(errno));
+    }
+    struct stat st;
+    if (fstat(d->fd, &st) < 0 || !(S_ISBLK(st.st_mode) ||
+                                   S_ISREG(st.st_mode))) {
+        return error_setf(err, EINVAL, "'%s' is not a block device or a "
+                          "file", path);
+    }
+    d->is_device = S_ISBLK(st.st_mode);
+    return 0;
+}
+
+static void close_devs(LinearState *s)
+{
+    for (int i = 0; i < s->ndevs; i++) {
+        if (s->devs[i].fd >= 0) {
+            close(s->devs[i].fd);
+        }
+    }
+    s->ndevs = 0;
+}
+
 static int linear_open(BlockNode *n, KVList *opts, int flags, Error *err)
 {
     LinearState *s = n->opaque;
@@ -199,22 +249,17 @@ static int linear_open(BlockNode *n, KVList *opts, int flags, Error *err)
     if (ret < 0) {
         return ret;
     }
-    int cflags = (flags & (BLOCK_O_RDWR | BLOCK_O_NOCACHE |
-                           BLOCK_O_NO_FLUSH)) | BLOCK_O_NO_LOCK;
     for (int i = 0; i < m.npaths && ret == 0; i++) {
-        s->devs[i] = block_open_protocol(m.paths[i], NULL, cflags, err);
-        if (!s->devs[i]) {
-            ret = -(err->code ? err->code : EIO);
-            break;
-        }
         s->ndevs = i + 1;
-        if (s->devs[i]->request_alignment > n->request_alignment) {
-            n->request_alignment = s->devs[i]->request_alignment;
-        }
+        ret = open_dev(&s->devs[i], m.paths[i], flags, err);
+    }
+    if (ret == 0 && (flags & BLOCK_O_NOCACHE)) {
+        n->request_alignment = 4096;   /* what O_DIRECT on any device takes */
     }
     for (int i = 0; i < m.nsegs && ret == 0; i++) {
-        int64_t dlen = block_get_length(s->devs[m.segs[i].dev]);
-        if (dlen < 0 || m.segs[i].off + m.segs[i].len > (uint64_t)dlen) {
+        uint64_t dlen = 0;
+        if (dev_length(&s->devs[m.segs[i].dev], &dlen) < 0 ||
+            m.segs[i].off + m.segs[i].len > dlen) {
             ret = error_setf(err, EINVAL, "segment %d (%" PRIu64 "+%" PRIu64
                              ") ends past the end of '%s'", i, m.segs[i].off,
                              m.segs[i].len, m.paths[m.segs[i].dev]);
@@ -227,10 +272,7 @@ static int linear_open(BlockNode *n, KVList *opts, int flags, Error *err)
                         flags & BLOCK_O_RDWR, err);
     }
     if (ret < 0) {
-        for (int i = 0; i < s->ndevs; i++) {
-            block_close(s->devs[i]);
-        }
-        s->ndevs = 0;
+        close_devs(s);
         map_free(&m);
         return ret;
     }
@@ -245,9 +287,7 @@ static int linear_open(BlockNode *n, KVList *opts, int flags, Error *err)
 static void linear_close(BlockNode *n)
 {
     LinearState *s = n->opaque;
-    for (int i = 0; i < s->ndevs; i++) {
-        block_close(s->devs[i]);
-    }
+    close_devs(s);
     if (s->lock_fd >= 0) {
         close(s->lock_fd);
     }
@@ -271,6 +311,50 @@ static const LinearSeg *seg_at(const LinearState *s, uint64_t off)
 
 typedef enum { OP_READ, OP_WRITE, OP_DISCARD, OP_ZERO } LinearOp;
 
+static int piece_rw(LinearDev *d, LinearOp op, uint64_t off, uint64_t len,
+                    uint8_t *b, int flags)
+{
+    if (op == OP_DISCARD || op == OP_ZERO) {
+        if (d->is_device) {
+            uint64_t range[2] = { off, len };
+            return ioctl(d->fd, op == OP_ZERO ? BLKZEROOUT : BLKDISCARD,
+                         range) < 0 ? -errno : 0;
+        }
+        int mode = op == OP_DISCARD || (flags & BLOCK_REQ_MAY_UNMAP)
+                       ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+                       : FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE;
+        if (fallocate(d->fd, mode, (off_t)off, (off_t)len) == 0) {
+            return 0;
+        }
+        /* -ENOTSUP: the core writes zero buffers instead */
+        return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+    }
+    while (len > 0) {
+        ssize_t r = op == OP_READ ? pread(d->fd, b, len, (off_t)off)
+                                  : pwrite(d->fd, b, len, (off_t)off);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r < 0) {
+            return -errno;
+        }
+        if (r == 0) {
+            if (op == OP_WRITE) {
+                return -ENOSPC;
+            }
+            memset(b, 0, len);          /* a file shorter than its piece */
+            return 0;
+        }
+        off += (uint64_t)r;
+        len -= (uint64_t)r;
+        b += r;
+    }
+    if (op == OP_WRITE && (flags & BLOCK_REQ_FUA) && fdatasync(d->fd) < 0) {
+        return -errno;
+    }
+    return 0;
+}
+
 static int linear_rw(BlockNode *n, LinearOp op, uint64_t off, uint64_t len,
                      void *buf, int flags)
 {
@@ -291,22 +375,7 @@ static int linear_rw(BlockNode *n, LinearOp op, uint64_t off, uint64_t len,
         const LinearSeg *g = seg_at(s, off);
         uint64_t in = off - g->start;
         uint64_t now = g->len - in < len ? g->len - in : len;
-        BlockNode *d = s->devs[g->dev];
-        int ret;
-        switch (op) {
-        case OP_READ:
-            ret = block_pread(d, g->off + in, (size_t)now, b);
-            break;
-        case OP_WRITE:
-            ret = block_pwrite(d, g->off + in, (size_t)now, b, flags);
-            break;
-        case OP_DISCARD:
-            ret = block_discard(d, g->off + in, now);
-            break;
-        default:
-            ret = block_write_zeroes(d, g->off + in, now, flags);
-            break;
-        }
+        int ret = piece_rw(&s->devs[g->dev], op, g->off + in, now, b, flags);
         if (ret < 0) {
             return ret;
         }
@@ -345,23 +414,33 @@ static int linear_flush(BlockNode *n)
 {
     LinearState *s = n->opaque;
     for (int i = 0; i < s->ndevs; i++) {
-        int ret = block_flush(s->devs[i]);
-        if (ret < 0) {
-            return ret;
+        if (fdatasync(s->devs[i].fd) < 0) {
+            return -errno;
         }
     }
     return 0;
 }
 
+static bool linear_can_zero(BlockNode *n)
+{
+    return true;
+}
+
+static bool linear_can_fua(BlockNode *n)
+{
+    return true;
+}
+
+/* Every byte is data (a device cannot tell holes), mapped to itself. */
 static int linear_block_status(BlockNode *n, uint64_t off, uint64_t len,
                                uint64_t *pnum, uint64_t *map,
                                BlockNode **file)
 {
-    LinearState *s = n->opaque;
-    const LinearSeg *g = seg_at(s, off);
-    uint64_t in = off - g->start;
-    uint64_t now = g->len - in < len ? g->len - in : len;
-    return block_status(s->devs[g->dev], g->off + in, now, pnum, map, file);
+    *pnum = len;
+    *map = off;
+    *file = n;
+    return BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID |
+           BLOCK_STATUS_ALLOCATED;
 }
 
 static int64_t linear_get_length(BlockNode *n)
@@ -414,12 +493,16 @@ static int linear_create(const char *filename, uint64_t size, KVList *opts,
 }
 
 const BlockDriver linear_driver = {
+    .api_version = BLOCK_DRIVER_API_VERSION,
     .name = "linear",
+    .kind = BLOCK_DRIVER_PROTOCOL,
+    .thread_model = BLOCK_THREAD_PARALLEL,
     .instance_size = sizeof(LinearState),
-    .is_protocol = true,
     .owns_filename = linear_owns,
     .open = linear_open,
     .close = linear_close,
+    .can_zero = linear_can_zero,
+    .can_fua = linear_can_fua,
     .pread = linear_pread,
     .pwrite = linear_pwrite,
     .flush = linear_flush,
