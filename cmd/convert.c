@@ -376,6 +376,26 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
         imgtool_error("out of memory");
         return 1;
     }
+    /* vol:POOL/NAME: a new file in a directory pool; with -n the volume
+     * is opened as any image is (imgtool/open.c). */
+    char *out_path = NULL, *bpath = NULL, *bfmt = NULL;
+    if ((!o->no_create && !o->target_image_opts &&
+         imgtool_target_name(out, &out_path, &err) < 0) ||
+        imgtool_backing_name(o->backing, &bpath, &bfmt, &err) < 0) {
+        imgtool_report(&err);
+        free(out_path);
+        free(src);
+        return 1;
+    }
+    if (out_path) {
+        out = out_path;
+    }
+    if (bpath) {
+        o->backing = bpath;
+        if (!o->backing_fmt) {
+            o->backing_fmt = bfmt;
+        }
+    }
     for (int i = 0; i < nsrc; i++) {
         src[i] = imgtool_open(argv[optind + i], o->src.fmt, o->src.image_opts,
                               src_flags, &err);
@@ -499,6 +519,12 @@ out:
         }
     }
     free(src);
+    if (rc == 0 && out_path) {
+        imgtool_target_created(argv[argc - 1], out_fmt);
+    }
+    free(out_path);
+    free(bpath);
+    free(bfmt);
     return rc;
 }
 

@@ -449,8 +449,25 @@ int cmd_create(int argc, char **argv)
         free(ostrs);
         return usage_error("create", msg);
     }
-    rc = do_create(fmt, argv[optind], npos == 2 ? argv[optind + 1] : NULL,
-                   backing, backing_fmt, unsafe, quiet, ostrs, nostrs);
+    /* vol:POOL/NAME: a new file in a directory pool (imgtool/open.c) */
+    char *path = NULL, *bpath = NULL, *bfmt = NULL;
+    Error terr = { 0 };
+    if (imgtool_target_name(argv[optind], &path, &terr) < 0 ||
+        imgtool_backing_name(backing, &bpath, &bfmt, &terr) < 0) {
+        imgtool_report(&terr);
+        free(path);
+        free(ostrs);
+        return 1;
+    }
+    rc = do_create(fmt, path, npos == 2 ? argv[optind + 1] : NULL,
+                   bpath ? bpath : backing, backing_fmt ? backing_fmt : bfmt,
+                   unsafe, quiet, ostrs, nostrs);
+    if (rc == 0) {
+        imgtool_target_created(argv[optind], fmt);
+    }
+    free(path);
+    free(bpath);
+    free(bfmt);
     free(ostrs);
     return rc;
 }

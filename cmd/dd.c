@@ -133,10 +133,19 @@ int cmd_dd(int argc, char **argv)
     }
 
     Error err = { 0 };
+    /* of=vol:POOL/NAME: a new file in a directory pool */
+    char *out_path = NULL;
+    if (imgtool_target_name(a.out, &out_path, &err) < 0) {
+        imgtool_report(&err);
+        return 1;
+    }
+    const char *out_name = a.out;
+    a.out = out_path;
     BlockNode *in = imgtool_open(a.in, ia.fmt, ia.image_opts,
                                  image_args_flags(&ia), &err);
     if (!in) {
         imgtool_report(&err);
+        free(out_path);
         return 1;
     }
     BlockNode *out = NULL;
@@ -197,5 +206,9 @@ done:
         block_close(out);
     }
     block_close(in);
+    if (rc == 0) {
+        imgtool_target_created(out_name, out_fmt);
+    }
+    free(out_path);
     return rc;
 }

@@ -114,18 +114,34 @@ int cmd_rebase(int argc, char **argv)
     if (a.quiet) {
         show_progress = false;
     }
+    char *bpath = NULL, *bfmt = NULL;
+    Error berr = { 0 };
+    if (imgtool_backing_name(backing, &bpath, &bfmt, &berr) < 0) {
+        imgtool_report(&berr);
+        return 1;
+    }
+    if (bpath) {
+        backing = bpath;    /* the volume's path */
+        backing_fmt = backing_fmt ? backing_fmt : bfmt;
+    }
     if (*backing && !backing_fmt) {
         imgtool_error("Could not change the backing file to '%s': backing "
                       "format must be specified", backing);
+        free(bpath);
+        free(bfmt);
         return 1;
     }
     int cache_flags = 0, src_flags = 0;
     if (cache && imgtool_parse_cache(cache, &cache_flags) < 0) {
         imgtool_error("Invalid cache option: %s", cache);
+        free(bpath);
+        free(bfmt);
         return 1;
     }
     if (src_cache && imgtool_parse_cache(src_cache, &src_flags) < 0) {
         imgtool_error("Invalid source cache option: %s", src_cache);
+        free(bpath);
+        free(bfmt);
         return 1;
     }
 
@@ -139,6 +155,8 @@ int cmd_rebase(int argc, char **argv)
     BlockNode *top = imgtool_open(name, a.fmt, a.image_opts, flags, &err);
     if (!top) {
         imgtool_report(&err);
+        free(bpath);
+        free(bfmt);
         return 1;
     }
     RebaseBar bar = { .show = show_progress };
@@ -162,5 +180,7 @@ int cmd_rebase(int argc, char **argv)
 out:
     progress_finish(bar.p);
     block_close(top);
+    free(bpath);
+    free(bfmt);
     return rc;
 }

@@ -40,6 +40,36 @@ int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
+/* Storage pools and volumes (virsh's names). */
+int cmd_pool_define(int argc, char **argv);
+int cmd_pool_define_as(int argc, char **argv);
+int cmd_pool_create_as(int argc, char **argv);
+int cmd_pool_build(int argc, char **argv);
+int cmd_pool_start(int argc, char **argv);
+int cmd_pool_destroy(int argc, char **argv);
+int cmd_pool_delete(int argc, char **argv);
+int cmd_pool_undefine(int argc, char **argv);
+int cmd_pool_refresh(int argc, char **argv);
+int cmd_pool_autostart(int argc, char **argv);
+int cmd_pool_list(int argc, char **argv);
+int cmd_pool_info(int argc, char **argv);
+int cmd_pool_dumpxml(int argc, char **argv);
+int cmd_vol_create(int argc, char **argv);
+int cmd_vol_create_as(int argc, char **argv);
+int cmd_vol_create_from(int argc, char **argv);
+int cmd_vol_clone(int argc, char **argv);
+int cmd_vol_delete(int argc, char **argv);
+int cmd_vol_resize(int argc, char **argv);
+int cmd_vol_wipe(int argc, char **argv);
+int cmd_vol_upload(int argc, char **argv);
+int cmd_vol_download(int argc, char **argv);
+int cmd_vol_list(int argc, char **argv);
+int cmd_vol_info(int argc, char **argv);
+int cmd_vol_path(int argc, char **argv);
+int cmd_vol_key(int argc, char **argv);
+int cmd_vol_name(int argc, char **argv);
+int cmd_vol_pool(int argc, char **argv);
+int cmd_vol_dumpxml(int argc, char **argv);
 
 /* "imgtool: <msg>\n" on stderr. */
 void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -58,6 +88,19 @@ extern const char *imgtool_cmd_name;
  * merged in.  Prints nothing; fills err. */
 BlockNode *imgtool_open(const char *name, const char *fmt, bool image_opts,
                         int flags, Error *err);
+/* "vol:POOL/NAME" names a volume in every image command (open.c).
+ * For a name that a command will create (create, convert, dd): *out is
+ * the path of the new file in a directory pool (a volume that exists is
+ * refused), or name itself when it is not a volume.  malloc'd. */
+int imgtool_target_name(const char *name, char **out, Error *err);
+/* After creating an image at a vol: name: the pool remembers its
+ * format (it is never probed again).  Nothing for other names. */
+void imgtool_target_created(const char *name, const char *fmt);
+/* A backing file given as a vol: name (create -b, convert -B,
+ * rebase -b): *path is the volume's path and *fmt its format (both
+ * malloc'd); both NULL for names that are not volumes. */
+int imgtool_backing_name(const char *name, char **path, char **fmt,
+                         Error *err);
 /* Cache mode names ("none", "writeback", "unsafe", "directsync",
  * "writethrough") to BLOCK_O_* flags.  Returns -EINVAL for unknown. */
 int imgtool_parse_cache(const char *mode, int *flags);

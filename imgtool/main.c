@@ -26,6 +26,36 @@ static const ImgtoolCommand commands[] = {
     { "rebase", cmd_rebase, "change an image's backing file" },
     { "amend", cmd_amend, "change an image's format options in place" },
     { "bitmap", cmd_bitmap, "add, remove or change persistent dirty bitmaps" },
+    /* storage pools and volumes, virsh's vocabulary */
+    { "pool-define", cmd_pool_define, "define a pool from an XML file" },
+    { "pool-define-as", cmd_pool_define_as, "define a pool from a set of args" },
+    { "pool-create-as", cmd_pool_create_as, "create and start a transient pool" },
+    { "pool-build", cmd_pool_build, "build a pool's storage" },
+    { "pool-start", cmd_pool_start, "start an inactive pool" },
+    { "pool-destroy", cmd_pool_destroy, "stop a pool" },
+    { "pool-delete", cmd_pool_delete, "delete a pool's storage" },
+    { "pool-undefine", cmd_pool_undefine, "undefine an inactive pool" },
+    { "pool-refresh", cmd_pool_refresh, "refresh a pool's volumes" },
+    { "pool-autostart", cmd_pool_autostart, "autostart a pool (or --disable)" },
+    { "pool-list", cmd_pool_list, "list pools" },
+    { "pool-info", cmd_pool_info, "storage pool information" },
+    { "pool-dumpxml", cmd_pool_dumpxml, "pool information in XML" },
+    { "vol-create", cmd_vol_create, "create a volume from an XML file" },
+    { "vol-create-as", cmd_vol_create_as, "create a volume from a set of args" },
+    { "vol-create-from", cmd_vol_create_from, "create a volume from another" },
+    { "vol-clone", cmd_vol_clone, "clone a volume" },
+    { "vol-delete", cmd_vol_delete, "delete a volume" },
+    { "vol-resize", cmd_vol_resize, "resize a volume" },
+    { "vol-wipe", cmd_vol_wipe, "wipe a volume" },
+    { "vol-upload", cmd_vol_upload, "upload file contents to a volume" },
+    { "vol-download", cmd_vol_download, "download a volume's contents" },
+    { "vol-list", cmd_vol_list, "list the volumes of a pool" },
+    { "vol-info", cmd_vol_info, "storage volume information" },
+    { "vol-path", cmd_vol_path, "the path of a volume" },
+    { "vol-key", cmd_vol_key, "the key of a volume" },
+    { "vol-name", cmd_vol_name, "the name of a volume given its key or path" },
+    { "vol-pool", cmd_vol_pool, "the pool of a volume given its key or path" },
+    { "vol-dumpxml", cmd_vol_dumpxml, "volume information in XML" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -34,7 +64,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: imgtool <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++) {
-        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].synopsis);
+        fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].synopsis);
     }
     fprintf(f, "\nRun 'imgtool <command> --help' for a command's options; "
                "see imgtool(1).\n");

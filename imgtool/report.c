@@ -1,16 +1,35 @@
 /* report.c - the one-line error and warning format of every command. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "imgtool/imgtool.h"
 
 const char *imgtool_cmd_name;
 
+/* A message is one line whatever it quotes: control characters in a
+ * name the user gave ("a\nb") are shown escaped. */
 static void vreport(const char *prefix, const char *fmt, va_list ap)
 {
+    char *msg = NULL;
+    if (vasprintf(&msg, fmt, ap) < 0) {
+        msg = NULL;
+    }
     fputs(prefix, stderr);
-    vfprintf(stderr, fmt, ap);
+    for (const char *c = msg ? msg : "out of memory"; *c; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u == '\n') {
+            fputs("\\n", stderr);
+        } else if (u == '\t') {
+            fputs("\\t", stderr);
+        } else if (u < 0x20 || u == 0x7f) {
+            fprintf(stderr, "\\x%02x", u);
+        } else {
+            fputc(*c, stderr);
+        }
+    }
     fputc('\n', stderr);
+    free(msg);
 }
 
 void imgtool_error(const char *fmt, ...)

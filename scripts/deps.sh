@@ -11,6 +11,8 @@ packages=(
     # build
     build-essential meson ninja-build pkg-config git
     zlib1g-dev libzstd-dev libssl-dev libjansson-dev
+    # storage pool/volume definitions are libvirt's XML (pools/)
+    libxml2-dev
     # decodes zlib-compressed qcow2 clusters faster (optional: zlib fallback)
     libdeflate-dev
     # io_uring for asynchronous file I/O (optional: worker threads fallback)
@@ -21,6 +23,15 @@ packages=(
     qemu-utils
     # test runner
     python3 python3-pytest python3-pytest-xdist python3-pytest-timeout
+    # the logical (LVM) pool back end runs lvm2's commands; blkid/wipefs
+    # (util-linux) check devices before pool-build; its tests put PVs on
+    # loop devices (losetup, from mount)
+    lvm2 mount
+    # a real QEMU opening (and locking) a pool volume in tests
+    qemu-system-x86
+    # virt-xml-validate and libvirt's schemas check the pool/volume XML
+    # imgtool writes; virsh (its test driver) is the layout oracle
+    libvirt-clients
     # cryptsetup luksDump checks the LUKS volumes imgtool writes
     cryptsetup-bin
     # flock/fallocate and friends used by tests and the demo

@@ -11,3 +11,7 @@ def test_demo_script(tmp_path):
             env=env)
     assert "demo: OK" in p.stdout
     assert "Images are identical." in p.stdout
+    # the demo runs on a directory pool in its folder, by volume names
+    assert "Pool demo started" in p.stdout
+    assert "overlay.qcow2" in p.stdout and "vol:demo/flat.qcow2" in p.stdout
+    assert (tmp_path / "demo" / "storage" / "demo.xml").exists()

@@ -8,6 +8,7 @@ extern const BlockDriver raw_driver;
 extern const BlockDriver qcow2_driver;
 extern const BlockDriver luks_driver;
 extern const BlockDriver faulty_driver;
+extern const BlockDriver linear_driver;
 
 /* Probe order matters only for ties; raw is the fallback and never
  * claims a file by content. */
@@ -17,6 +18,7 @@ const BlockDriver *const block_driver_list[] = {
     &raw_driver,
     &file_driver,
     &faulty_driver,
+    &linear_driver,
     NULL,
 };
 

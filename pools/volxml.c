@@ -1,0 +1,313 @@
+/*
+ * volxml.c - libvirt's storage volume XML: a volume's description as
+ * vol-dumpxml prints it, and the definition vol-create / vol-create-from
+ * take (name, capacity, allocation, target format, permissions mode,
+ * qcow2 compat, clusterSize and features, LUKS encryption with its
+ * secret, backingStore).
+ *
+ * A LUKS volume's <secret uuid=...> (or usage=...) names the secret
+ * that `--object secret,id=...` defines on imgtool's command line:
+ * libvirt's secret objects have no daemon here to live in.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pools/backend.h"
+#include "pools/util.h"
+#include "pools/xml.h"
+
+void vol_create_args_clear(VolCreateArgs *a)
+{
+    free(a->name);
+    free(a->format);
+    free(a->backing_vol);
+    free(a->backing_format);
+    free(a->secret);
+    free(a->compat);
+    memset(a, 0, sizeof(*a));
+    a->mode = -1;
+}
+
+static int parse_target(xmlNodePtr t, VolCreateArgs *a, Error *err)
+{
+    if (!t) {
+        return 0;
+    }
+    a->format = pxml_attr(pxml_child(t, "format"), "type");
+    int uid, gid;
+    char *label = NULL;
+    int ret = pxml_permissions(t, &a->mode, &uid, &gid, &label, err);
+    free(label);
+    if (ret < 0) {
+        return ret;
+    }
+    a->compat = pxml_child_text(t, "compat");
+    bool present;
+    ret = pxml_scaled(t, "clusterSize", &a->cluster_size, &present, err);
+    if (ret < 0) {
+        return ret;
+    }
+    a->lazy_refcounts = pxml_child(pxml_child(t, "features"),
+                                   "lazy_refcounts") != NULL;
+    xmlNodePtr enc = pxml_child(t, "encryption");
+    if (enc) {
+        char *fmt = pxml_attr(enc, "format");
+        bool luks = fmt && strcmp(fmt, "luks") == 0;
+        free(fmt);
+        if (!luks) {
+            return error_setf(err, ENOTSUP, "only <encryption "
+                              "format='luks'> is supported");
+        }
+        xmlNodePtr sec = pxml_child(enc, "secret");
+        a->secret = pxml_attr(sec, "uuid");
+        if (!a->secret) {
+            a->secret = pxml_attr(sec, "usage");
+        }
+        if (!a->secret) {
+            return error_setf(err, EINVAL, "<encryption> needs a <secret "
+                              "type='passphrase' uuid='...'/>, the id of an "
+                              "--object secret");
+        }
+        if (!a->format) {
+            a->format = strdup("luks");
+        }
+    }
+    return 0;
+}
+
+int pool_vol_args_from_xml(const char *xml, size_t len, VolCreateArgs *a,
+                           Error *err)
+{
+    vol_create_args_clear(a);
+    xmlDocPtr doc;
+    int ret = pxml_parse(xml, len, "volume", &doc, err);
+    if (ret < 0) {
+        return ret;
+    }
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    bool present;
+    a->name = pxml_child_text(root, "name");
+    if (!a->name) {
+        ret = error_setf(err, EINVAL, "missing volume name element");
+        goto out;
+    }
+    ret = pool_check_name("volume", a->name, err);
+    if (ret < 0) {
+        goto out;
+    }
+    ret = pxml_scaled(root, "capacity", &a->capacity, &present, err);
+    if (ret == 0 && !present) {
+        ret = error_setf(err, EINVAL, "missing capacity element");
+    }
+    if (ret == 0) {
+        ret = pxml_scaled(root, "allocation", &a->allocation,
+                          &a->has_allocation, err);
+    }
+    if (ret == 0) {
+        ret = parse_target(pxml_child(root, "target"), a, err);
+    }
+    xmlNodePtr b = pxml_child(root, "backingStore");
+    if (ret == 0 && b) {
+        a->backing_vol = pxml_child_text(b, "path");
+        a->backing_format = pxml_attr(pxml_child(b, "format"), "type");
+        if (!a->backing_vol) {
+            ret = error_setf(err, EINVAL, "missing backing store path");
+        }
+    }
+out:
+    xmlFreeDoc(doc);
+    if (ret < 0) {
+        vol_create_args_clear(a);
+    }
+    return ret;
+}
+
+/* What virsh vol-create-as --print-xml shows. */
+char *pool_vol_args_to_xml(const VolCreateArgs *a)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        return NULL;
+    }
+    fputs("<volume>\n  <name>", f);
+    pool_xml_escape(f, a->name);
+    fprintf(f, "</name>\n  <capacity>%llu</capacity>\n",
+            (unsigned long long)a->capacity);
+    if (a->has_allocation) {
+        fprintf(f, "  <allocation>%llu</allocation>\n",
+                (unsigned long long)a->allocation);
+    }
+    if (a->format || a->secret) {
+        fputs("  <target>\n", f);
+        if (a->format) {
+            fputs("    <format type='", f);
+            pool_xml_escape(f, a->format);
+            fputs("'/>\n", f);
+        }
+        if (a->secret) {
+            fputs("    <encryption format='luks'>\n      <secret "
+                  "type='passphrase' ", f);
+            char u[37];
+            fputs(pool_uuid_parse(a->secret, u) ? "uuid='" : "usage='", f);
+            pool_xml_escape(f, a->secret);
+            fputs("'/>\n    </encryption>\n", f);
+        }
+        fputs("  </target>\n", f);
+    }
+    if (a->backing_vol) {
+        fputs("  <backingStore>\n    <path>", f);
+        pool_xml_escape(f, a->backing_vol);
+        fputs("</path>\n", f);
+        if (a->backing_format) {
+            fputs("    <format type='", f);
+            pool_xml_escape(f, a->backing_format);
+            fputs("'/>\n", f);
+        }
+        fputs("  </backingStore>\n", f);
+    }
+    fputs("</volume>\n", f);
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static void put_timestamp(FILE *f, const char *name, int64_t ns)
+{
+    if (ns > 0) {
+        fprintf(f, "      <%s>%lld.%09lld</%s>\n", name,
+                (long long)(ns / 1000000000), (long long)(ns % 1000000000),
+                name);
+    }
+}
+
+static void put_perms(FILE *f, int mode, int uid, int gid)
+{
+    if (mode < 0 && uid < 0 && gid < 0) {
+        return;
+    }
+    fputs("    <permissions>\n", f);
+    if (mode >= 0) {
+        fprintf(f, "      <mode>%04o</mode>\n", (unsigned)mode);
+    }
+    if (uid >= 0) {
+        fprintf(f, "      <owner>%d</owner>\n", uid);
+    }
+    if (gid >= 0) {
+        fprintf(f, "      <group>%d</group>\n", gid);
+    }
+    fputs("    </permissions>\n", f);
+}
+
+char *pool_vol_format_xml(const VolInfo *v)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        return NULL;
+    }
+    fprintf(f, "<volume type='%s'>\n  <name>", v->type);
+    pool_xml_escape(f, v->name);
+    fputs("</name>\n  <key>", f);
+    pool_xml_escape(f, v->key);
+    fputs("</key>\n", f);
+    if (v->nextents) {
+        fputs("  <source>\n", f);
+        for (size_t i = 0; i < v->nextents; i++) {
+            /* libvirt groups the extents of one device under it */
+            if (i == 0 || strcmp(v->extents[i].device,
+                                 v->extents[i - 1].device) != 0) {
+                fputs("    <device path='", f);
+                pool_xml_escape(f, v->extents[i].device);
+                fputs("'>\n", f);
+            }
+            fprintf(f, "      <extent start='%llu' end='%llu'/>\n",
+                    (unsigned long long)v->extents[i].start,
+                    (unsigned long long)v->extents[i].end);
+            if (i + 1 == v->nextents ||
+                strcmp(v->extents[i].device, v->extents[i + 1].device)) {
+                fputs("    </device>\n", f);
+            }
+        }
+        fputs("  </source>\n", f);
+    }
+    fprintf(f, "  <capacity unit='bytes'>%llu</capacity>\n"
+               "  <allocation unit='bytes'>%llu</allocation>\n"
+               "  <physical unit='bytes'>%llu</physical>\n",
+            (unsigned long long)v->capacity,
+            (unsigned long long)v->allocation,
+            (unsigned long long)v->physical);
+    fputs("  <target>\n    <path>", f);
+    pool_xml_escape(f, v->path);
+    fputs("</path>\n", f);
+    if (v->format) {
+        fputs("    <format type='", f);
+        pool_xml_escape(f, v->format);
+        fputs("'/>\n", f);
+    }
+    put_perms(f, v->mode, v->uid, v->gid);
+    if (v->atime_ns || v->mtime_ns || v->ctime_ns) {
+        fputs("    <timestamps>\n", f);
+        put_timestamp(f, "atime", v->atime_ns);
+        put_timestamp(f, "mtime", v->mtime_ns);
+        put_timestamp(f, "ctime", v->ctime_ns);
+        fputs("    </timestamps>\n", f);
+    }
+    if (v->format && strcmp(v->format, "luks") == 0) {
+        fputs("    <encryption format='luks'>\n", f);
+        if (v->secret) {
+            char u[37];
+            fputs("      <secret type='passphrase' ", f);
+            fputs(pool_uuid_parse(v->secret, u) ? "uuid='" : "usage='", f);
+            pool_xml_escape(f, v->secret);
+            fputs("'/>\n", f);
+        }
+        fputs("    </encryption>\n", f);
+    }
+    if (v->compat) {
+        fputs("    <compat>", f);
+        pool_xml_escape(f, v->compat);
+        fputs("</compat>\n", f);
+    }
+    if (v->cluster_size) {
+        fprintf(f, "    <clusterSize unit='B'>%llu</clusterSize>\n",
+                (unsigned long long)v->cluster_size);
+    }
+    if (v->compat) {
+        if (v->lazy_refcounts || v->extended_l2) {
+            fputs("    <features>\n", f);
+            if (v->lazy_refcounts) {
+                fputs("      <lazy_refcounts/>\n", f);
+            }
+            if (v->extended_l2) {
+                fputs("      <extended_l2/>\n", f);
+            }
+            fputs("    </features>\n", f);
+        } else {
+            fputs("    <features/>\n", f);
+        }
+    }
+    fputs("  </target>\n", f);
+    if (v->backing_path) {
+        fputs("  <backingStore>\n    <path>", f);
+        pool_xml_escape(f, v->backing_path);
+        fputs("</path>\n", f);
+        if (v->backing_format) {
+            fputs("    <format type='", f);
+            pool_xml_escape(f, v->backing_format);
+            fputs("'/>\n", f);
+        }
+        fputs("  </backingStore>\n", f);
+    }
+    fputs("</volume>\n", f);
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
