@@ -566,7 +566,10 @@ void block_snapshot_list_free(BlockSnapshotInfo *v, int count);
 /* -ENOTSUP (err set) when the format has no internal snapshots. */
 int block_snapshot_create(BlockNode *n, const char *name, Error *err);
 int block_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err);
-int block_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err);
+/* Deletes the first snapshot *named* `name` (ids are not looked at, as
+ * in qemu-img snapshot -d: with numeric names an id match would delete
+ * a different snapshot than the one named). */
+int block_snapshot_delete(BlockNode *n, const char *name, Error *err);
 /* Makes a read-only node read the snapshot instead of the active state
  * until it is closed (qemu-img convert -l).  param is an id or name, or
  * "snapshot.id=I[,snapshot.name=N]" as qemu-img accepts it. */

@@ -427,8 +427,7 @@ struct BlockDriver {
      * qemu-img snapshot -d does. */
     int (*snapshot_create)(BlockNode *n, const char *name, Error *err);
     int (*snapshot_apply)(BlockNode *n, const char *id_or_name, Error *err);
-    int (*snapshot_delete)(BlockNode *n, const char *id_or_name,
-                           Error *err);
+    int (*snapshot_delete)(BlockNode *n, const char *name, Error *err);
     int (*list_snapshots)(BlockNode *n, BlockSnapshotInfo **out,
                           int *count);
     /* id or name may be NULL (not both); both given must both match. */

@@ -121,7 +121,7 @@ static void modify(const char *path, const void *may_apply)
         }
         block_pwrite(n, 1024, 3000, buf, 0);
         error_clear(&err);
-        block_snapshot_delete(n, v[count - 1].id, &err);
+        block_snapshot_delete(n, v[count - 1].name, &err);
     }
     error_clear(&err);
     block_snapshot_delete(n, "fuzz", &err);

@@ -71,12 +71,12 @@ int block_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err)
     return n->drv->snapshot_apply(n, id_or_name, err);
 }
 
-int block_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err)
+int block_snapshot_delete(BlockNode *n, const char *name, Error *err)
 {
     if (!n->drv->snapshot_delete) {
         return not_supported(err);
     }
-    return n->drv->snapshot_delete(n, id_or_name, err);
+    return n->drv->snapshot_delete(n, name, err);
 }
 
 int block_snapshot_load_tmp(BlockNode *n, const char *param, Error *err)

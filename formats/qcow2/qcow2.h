@@ -605,7 +605,7 @@ ssize_t qcow2_compress(const Qcow2State *s, const uint8_t *src, uint8_t *dst,
 
 int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err);
 int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err);
-int qcow2_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err);
+int qcow2_snapshot_delete(BlockNode *n, const char *name, Error *err);
 int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count);
 int qcow2_snapshot_load_tmp(BlockNode *n, const char *id, const char *name,
                             Error *err);

@@ -152,6 +152,17 @@ static int reload_snapshots(Qcow2State *s, const uint8_t *buf, size_t len,
     return 0;
 }
 
+/* Index of the first snapshot named `name`; -1. */
+static int find_snapshot_by_name(Qcow2State *s, const char *name)
+{
+    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
+        if (strcmp(s->snapshots[i].name, name) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
 /* Index of the snapshot whose id, else whose name, is `key`; -1. */
 static int find_snapshot(Qcow2State *s, const char *key)
 {
@@ -160,12 +171,7 @@ static int find_snapshot(Qcow2State *s, const char *key)
             return i;
         }
     }
-    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
-        if (strcmp(s->snapshots[i].name, key) == 0) {
-            return i;
-        }
-    }
-    return -1;
+    return find_snapshot_by_name(s, key);
 }
 
 /* Writes a host-order L1 array to offset, zero-padded to clusters. */
@@ -730,9 +736,11 @@ static int do_apply(Qcow2State *s, const char *id_or_name, Error *err)
     return ret < 0 ? ret : 0;
 }
 
-static int do_delete(Qcow2State *s, const char *id_or_name, Error *err)
+/* By name only: qemu-img snapshot -d never looks at ids, and a script
+ * naming snapshots "1", "2" ... must not lose the one whose *id* is 1. */
+static int do_delete(Qcow2State *s, const char *name, Error *err)
 {
-    int idx = find_snapshot(s, id_or_name);
+    int idx = find_snapshot_by_name(s, name);
     if (idx < 0) {
         return error_setf(err, ENOENT, "snapshot not found");
     }
@@ -819,9 +827,9 @@ int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err)
     return run_locked(n, id_or_name, do_apply, err);
 }
 
-int qcow2_snapshot_delete(BlockNode *n, const char *id_or_name, Error *err)
+int qcow2_snapshot_delete(BlockNode *n, const char *name, Error *err)
 {
-    return run_locked(n, id_or_name, do_delete, err);
+    return run_locked(n, name, do_delete, err);
 }
 
 int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count)
