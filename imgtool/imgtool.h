@@ -112,10 +112,14 @@ int imgtool_parse_output(const char *s, OutputFormat *out);
  * order) followed by a newline, and frees nothing. */
 void imgtool_print_json(const json_t *j);
 
-/* Progress bar: qemu-img draws "    (12.34/100%)\r" on stderr... we draw on
- * stdout like qemu-img does; SIGUSR1 prints the current progress even
- * when the bar is off. */
+/* Progress bar: "    (12.34/100%)\r" on stdout, as qemu-img draws it;
+ * SIGUSR1 prints the current progress (on stderr when the bar is off,
+ * redrawing the bar with -p) and never kills. */
 typedef struct Progress Progress;
+/* Called once by main before any other thread exists: from then on
+ * SIGUSR1 reports the running Progress, if any, and is otherwise
+ * ignored. */
+void progress_signals_init(void);
 Progress *progress_start(bool enabled);
 /* done/total in any unit; safe to call from many threads. */
 void progress_update(Progress *p, uint64_t done, uint64_t total);

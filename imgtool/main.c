@@ -74,6 +74,8 @@ int main(int argc, char **argv)
 {
     /* A vanished reader of our output is an error, not a crash. */
     signal(SIGPIPE, SIG_IGN);
+    /* Before any work (and any thread): SIGUSR1 must never kill us. */
+    progress_signals_init();
     imgtool_install_report();
     if (argc < 2) {
         usage(stderr);

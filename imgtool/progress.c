@@ -3,16 +3,24 @@
  *
  * With -p the bar is redrawn in place on stdout ("    (45.00/100%)\r")
  * whenever it moved by at least one point, and progress_finish ends the
- * line.  Without -p, SIGUSR1 asks for one report on stderr
- * ("    (45.00/100%)\n") at the next update, as qemu-img does; the handler
- * only sets a flag because printing is not async-signal-safe.
+ * line.  Without -p, SIGUSR1 prints one report on stderr
+ * ("    (45.00/100%)\n"), as qemu-img does; with -p it redraws the bar.
  *
- * Updates come from many copy workers, so the state sits behind a mutex.
+ * SIGUSR1 never kills imgtool, whatever the command and whenever it
+ * comes (qemu-img blocks it from the start too): progress_signals_init,
+ * called by main before anything else, blocks it in the main thread, so
+ * every thread started later (copy workers, io_uring waiters ...)
+ * inherits the blocked mask and no system call of theirs is interrupted;
+ * one thread of ours takes it with sigwait and reports from ordinary
+ * thread context, so printing needs no async-signal-safety tricks.
+ *
+ * Updates come from many copy workers, so each Progress sits behind a
+ * mutex; `active_lock` guards which Progress a signal reports (taken
+ * before a Progress's own lock, never after).
  */
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "imgtool/imgtool.h"
 
@@ -28,12 +36,46 @@ struct Progress {
     uint64_t done;       /* for progress_add */
 };
 
-static volatile sig_atomic_t progress_sigusr1;
+static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
+static Progress *active;    /* the one SIGUSR1 reports, or NULL */
 
-static void progress_on_sigusr1(int sig)
+static void print_now(Progress *p);
+
+static void *sigusr1_thread(void *arg)
 {
-    (void)sig;
-    progress_sigusr1 = 1;
+    sigset_t *set = arg;
+    for (;;) {
+        int sig;
+        if (sigwait(set, &sig) != 0) {
+            continue;
+        }
+        pthread_mutex_lock(&active_lock);
+        if (active) {
+            pthread_mutex_lock(&active->lock);
+            print_now(active);
+            pthread_mutex_unlock(&active->lock);
+        }
+        pthread_mutex_unlock(&active_lock);
+    }
+    return NULL;
+}
+
+void progress_signals_init(void)
+{
+    static sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0) {
+        return;
+    }
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* Without the thread the signal stays blocked: it is lost, never
+     * fatal. */
+    pthread_create(&t, &attr, sigusr1_thread, &set);
+    pthread_attr_destroy(&attr);
 }
 
 Progress *progress_start(bool enabled)
@@ -45,33 +87,34 @@ Progress *progress_start(bool enabled)
     p->enabled = enabled;
     p->last_printed = -1.0;
     pthread_mutex_init(&p->lock, NULL);
-    if (!enabled) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = progress_on_sigusr1;
-        sigemptyset(&sa.sa_mask);
-        sa.sa_flags = SA_RESTART;
-        sigaction(SIGUSR1, &sa, NULL);
-    }
     /* qemu-img draws 0.00 before any work is done */
     progress_update(p, 0, 1);
+    pthread_mutex_lock(&active_lock);
+    active = p;
+    pthread_mutex_unlock(&active_lock);
     return p;
+}
+
+/* Lock held: the report SIGUSR1 asks for. */
+static void print_now(Progress *p)
+{
+    if (p->enabled) {
+        printf("    (%3.2f/100%%)\r", p->current);
+        fflush(stdout);
+        p->last_printed = p->current;
+    } else {
+        fprintf(stderr, "    (%3.2f/100%%)\n", p->current);
+    }
 }
 
 /* Lock held. */
 static void progress_draw(Progress *p)
 {
-    if (p->enabled) {
-        if (p->last_printed < 0 ||
-            p->current - p->last_printed >= PROGRESS_MIN_STEP ||
-            (p->current >= 100.0 && p->last_printed < 100.0)) {
-            printf("    (%3.2f/100%%)\r", p->current);
-            fflush(stdout);
-            p->last_printed = p->current;
-        }
-    } else if (progress_sigusr1) {
-        progress_sigusr1 = 0;
-        fprintf(stderr, "    (%3.2f/100%%)\n", p->current);
+    if (p->enabled &&
+        (p->last_printed < 0 ||
+         p->current - p->last_printed >= PROGRESS_MIN_STEP ||
+         (p->current >= 100.0 && p->last_printed < 100.0))) {
+        print_now(p);
     }
 }
 
@@ -115,15 +158,17 @@ void progress_finish(Progress *p)
     if (!p) {
         return;
     }
+    pthread_mutex_lock(&active_lock);
+    if (active == p) {
+        active = NULL;
+    }
+    pthread_mutex_unlock(&active_lock);
     pthread_mutex_lock(&p->lock);
     if (p->enabled) {
         printf("\n");
         fflush(stdout);
     }
     pthread_mutex_unlock(&p->lock);
-    if (!p->enabled) {
-        signal(SIGUSR1, SIG_DFL);
-    }
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
