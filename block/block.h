@@ -138,6 +138,11 @@ enum {
     BLOCK_STATUS_ALLOCATED    = 1 << 3, /* this layer defines the content
                                            (else it comes from backing) */
     BLOCK_STATUS_COMPRESSED   = 1 << 4, /* informational (map/check) */
+    /* Driver to core only (never returned by block_status): the DATA
+     * extent at *map in *file may hold holes of the host file, which
+     * read as zero; the core asks *file and adds ZERO where it says so
+     * (qcow2 with metadata preallocation, as QEMU). */
+    BLOCK_STATUS_RECURSE      = 1 << 5,
 };
 
 /* Preallocation modes (create, truncate). */

@@ -406,7 +406,9 @@ struct BlockDriver {
     int (*write_zeroes)(BlockNode *n, uint64_t off, uint64_t len, int flags);
     /* Status of this layer alone; see block_status() in block.h.  A
      * range the layer does not define returns neither ALLOCATED nor
-     * DATA/ZERO and the core consults the backing node. */
+     * DATA/ZERO and the core consults the backing node.  A DATA extent
+     * that may lie over holes of *file can carry BLOCK_STATUS_RECURSE:
+     * the core then asks *file and adds ZERO over its holes. */
     int (*block_status)(BlockNode *n, uint64_t off, uint64_t len,
                         uint64_t *pnum, uint64_t *map, BlockNode **file);
     /* See "Asynchronous requests" above. */

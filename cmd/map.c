@@ -141,6 +141,11 @@ static int map_print(const MapEntry *e, OutputFormat fmt, bool first)
                       "clusters.");
         return 1;
     }
+    if (e->zero) {
+        /* allocated, but a hole of the host file: qemu-img lists data
+         * that is not zero only */
+        return 0;
+    }
     printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
            e->start, e->length, e->offset, e->filename);
     return 0;

@@ -5,10 +5,41 @@
  * node; with no backing node, or past the backing node's end, it reads as
  * zero, and block_status says so (ZERO without ALLOCATED), which is what
  * lets copies skip it without reading.
+ *
+ * A driver may flag a DATA extent with BLOCK_STATUS_RECURSE: then the
+ * node holding its host bytes is asked too, and where that is a hole (or
+ * past its end) the extent reads as zero: ZERO is added, the extent cut
+ * where the host file's status changes.
  */
 #include <errno.h>
 
 #include "block/core/request.h"
+
+/* ret (DATA at host offset map of node file, for *pnum bytes) with
+ * ZERO added when the host range is a hole or past the host file's end;
+ * *pnum is cut where the host status changes.  A failing host status
+ * proves nothing: ret is kept. */
+static int host_zeroes(BlockNode *n, int ret, uint64_t *pnum, uint64_t map,
+                       BlockNode *file)
+{
+    if (!file || file == n || !(ret & BLOCK_STATUS_DATA) ||
+        !(ret & BLOCK_STATUS_OFFSET_VALID) || (ret & BLOCK_STATUS_ZERO)) {
+        return ret;
+    }
+    uint64_t hnum;
+    int hret = block_status(file, map, *pnum, &hnum, NULL, NULL);
+    if (hret < 0) {
+        return ret;
+    }
+    int64_t flen = block_get_length(file);
+    if (hnum == 0 || ((hret & BLOCK_STATUS_ZERO) && flen >= 0 &&
+                      map + hnum >= (uint64_t)flen)) {
+        /* A hole up to (or beyond) the end: all of it reads as zero. */
+        return ret | BLOCK_STATUS_ZERO;
+    }
+    *pnum = hnum;
+    return ret | (hret & BLOCK_STATUS_ZERO);
+}
 
 int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
                  uint64_t *map, BlockNode **file)
@@ -55,6 +86,10 @@ int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
         }
         if (*pnum == 0 || *pnum > len) {
             *pnum = len;   /* a driver must make progress */
+        }
+        if (ret & BLOCK_STATUS_RECURSE) {
+            ret = host_zeroes(n, ret & ~BLOCK_STATUS_RECURSE, pnum, *map,
+                              *file);
         }
     }
     if (!(ret & (BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_DATA |

@@ -309,6 +309,12 @@ struct Qcow2State {
      * (>= file length at open). */
     uint64_t alloc_end;
     bool dirty_set;            /* we set the dirty bit (lazy refcounts) */
+    /* map.c: whether the image looks metadata-preallocated (its
+     * refcounts name clearly more clusters than the host file holds):
+     * then block status asks the file whether allocated clusters are
+     * holes.  Decided at the first block status, as QEMU does. */
+    bool prealloc_checked;
+    bool prealloc_detected;
     /* Guest data written into newly allocated clusters since the last
      * flush: it must be on disk before an L2 table pointing at it. */
     bool data_unflushed;
@@ -458,6 +464,9 @@ void qcow2_cache_invalidate(Qcow2Cache *c);
 /* ------------------------------------------------------------------ */
 /* Refcounts (refcount.c); all need s->lock                            */
 
+/* Host offset of the refcount block for table index rti, 0 when none;
+ * -EIO (after flagging corruption) when the entry is bad. */
+int64_t qcow2_refblock_offset(Qcow2State *s, uint64_t rti);
 /* Refcount of host cluster `cluster_index` (offset >> cluster_bits);
  * clusters beyond the refcount table read as 0. */
 int qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index,
@@ -737,7 +746,9 @@ extern const BlockDriver qcow2_driver;
 /* A run of guest bytes with one mapping (qcow2_map_extent). */
 typedef struct Qcow2Extent {
     Qcow2SubclusterType type;
-    bool has_host;         /* host valid (data, or preallocated zero) */
+    bool has_host;         /* host valid (data, preallocated zero, or an
+                              unallocated subcluster of an allocated
+                              cluster) */
     uint64_t host;         /* host byte offset of the extent start */
     Qcow2L2Entry entry;    /* entry of the first cluster */
 } Qcow2Extent;

@@ -64,7 +64,7 @@ void qcow2_refblock_set(const Qcow2State *s, uint8_t *block, uint64_t i,
 
 /* Host offset of the refcount block for table index rti, 0 when none;
  * -EIO (after flagging corruption) when the entry is bad. */
-static int64_t refblock_offset(Qcow2State *s, uint64_t rti)
+int64_t qcow2_refblock_offset(Qcow2State *s, uint64_t rti)
 {
     if (rti >= s->refcount_table_size) {
         return 0;
@@ -87,7 +87,8 @@ static int64_t refblock_offset(Qcow2State *s, uint64_t rti)
 int qcow2_get_refcount(Qcow2State *s, uint64_t cluster_index,
                        uint64_t *refcount)
 {
-    int64_t off = refblock_offset(s, qcow2_reftable_index(s, cluster_index));
+    int64_t off = qcow2_refblock_offset(s, qcow2_reftable_index(s,
+                                                         cluster_index));
     uint8_t *block;
     int ret;
 
@@ -130,7 +131,7 @@ static int find_free_run_from(Qcow2State *s, uint64_t nb, uint64_t from,
     for (;;) {
         uint64_t rti = qcow2_reftable_index(s, i);
         uint64_t range_end = (rti + 1) << s->refblock_bits;
-        int64_t boff = refblock_offset(s, rti);
+        int64_t boff = qcow2_refblock_offset(s, rti);
         if (boff < 0) {
             return (int)boff;
         }
@@ -181,7 +182,7 @@ static int find_free_run(Qcow2State *s, uint64_t nb, uint64_t *start)
 static int update_one(Qcow2State *s, uint64_t ci, int64_t delta,
                       bool absolute, uint64_t value)
 {
-    int64_t boff = refblock_offset(s, qcow2_reftable_index(s, ci));
+    int64_t boff = qcow2_refblock_offset(s, qcow2_reftable_index(s, ci));
     uint8_t *block;
     int ret;
 
@@ -256,7 +257,8 @@ static int increment_range(Qcow2State *s, uint64_t first, uint64_t n,
         if (cnt > n) {
             cnt = n;
         }
-        int64_t boff = refblock_offset(s, qcow2_reftable_index(s, first));
+        int64_t boff = qcow2_refblock_offset(s,
+                                             qcow2_reftable_index(s, first));
         if (boff <= 0) {
             if (boff == 0) {
                 qcow2_signal_corruption(s, "refcount block missing for "
@@ -299,7 +301,7 @@ static int count_uncovered(Qcow2State *s, uint64_t start, uint64_t end,
     uint64_t n = 0;
     for (uint64_t r = start >> s->refblock_bits;
          r <= (end - 1) >> s->refblock_bits; r++) {
-        int64_t b = refblock_offset(s, r);
+        int64_t b = qcow2_refblock_offset(s, r);
         if (b < 0) {
             return (int)b;
         }
@@ -386,7 +388,7 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
     }
     /* New blocks on disk, counting the new area's clusters they cover. */
     for (uint64_t r = first_r; r <= last_r; r++) {
-        int64_t old = refblock_offset(s, r);
+        int64_t old = qcow2_refblock_offset(s, r);
         if (old < 0) {
             ret = (int)old;
             goto out;
@@ -407,7 +409,7 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
     }
     /* Area clusters covered by existing blocks. */
     for (uint64_t c = S; c < S + tc + nb; c++) {
-        int64_t old = refblock_offset(s, c >> s->refblock_bits);
+        int64_t old = qcow2_refblock_offset(s, c >> s->refblock_bits);
         if (old > 0) {
             ret = update_one(s, c, 1, false, 0);
             if (ret < 0) {
@@ -503,7 +505,7 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
     if (brti >= s->refcount_table_size) {
         return grow_reftable(s, brti + 1, from);
     }
-    int64_t boff = refblock_offset(s, brti);
+    int64_t boff = qcow2_refblock_offset(s, brti);
     if (boff < 0) {
         return (int)boff;
     }
@@ -512,7 +514,7 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
         if (ret < 0) {
             return ret;
         }
-        boff = refblock_offset(s, brti);
+        boff = qcow2_refblock_offset(s, brti);
         if (boff <= 0) {
             /* The table moved instead; let the caller retry. */
             return boff < 0 ? (int)boff : 0;
@@ -571,7 +573,7 @@ static int ensure_refblocks(Qcow2State *s, uint64_t start, uint64_t nb)
     uint64_t from = start + nb;
     for (uint64_t r = start >> s->refblock_bits;
          r <= (start + nb - 1) >> s->refblock_bits; r++) {
-        int64_t b = refblock_offset(s, r);
+        int64_t b = qcow2_refblock_offset(s, r);
         if (b < 0) {
             return (int)b;
         }

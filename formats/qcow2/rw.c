@@ -1,6 +1,6 @@
 /*
  * rw.c - qcow2 guest I/O: read, write (with allocation and copy-on-write),
- * zero writes, discard and block status.
+ * zero writes and discard (block status: map.c).
  *
  * Concurrency: metadata is touched only under s->lock.  Guest data moves
  * without the lock: a write that changes metadata for a guest range first
@@ -124,8 +124,11 @@ int64_t qcow2_map_extent(Qcow2State *s, uint64_t off, uint64_t len,
         while (pos < limit && pos < cstart + cs) {
             int sc = (int)((pos - cstart) >> s->subcluster_bits);
             Qcow2SubclusterType st = qcow2_subcluster_type(s, &e, sc);
+            /* An unallocated subcluster of an allocated cluster has
+             * its host bytes too (QEMU maps them: UNALLOCATED_ALLOC). */
             bool hh = host_ok && (st == QCOW2_SUBCLUSTER_DATA ||
-                                  st == QCOW2_SUBCLUSTER_ZERO);
+                                  st == QCOW2_SUBCLUSTER_ZERO ||
+                                  st == QCOW2_SUBCLUSTER_UNALLOCATED);
             uint64_t h = hh ? e.host_offset + (pos - cstart) : 0;
             if (first) {
                 x->type = st;
@@ -1383,74 +1386,4 @@ int qcow2_discard(BlockNode *n, uint64_t off, uint64_t len)
     ret = cluster_op(s, a, b, OP_DISCARD);
     pthread_mutex_unlock(&s->lock);
     return ret < 0 ? ret : 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* Block status                                                        */
-
-int qcow2_block_status(BlockNode *n, uint64_t off, uint64_t len,
-                       uint64_t *pnum, uint64_t *map, BlockNode **file)
-{
-    Qcow2State *s = qcow2_state(n);
-    Qcow2Extent x;
-    uint64_t total = 0;
-    int flags = -1;
-    uint64_t first_host = 0;
-    bool first_has_host = false;
-
-    pthread_mutex_lock(&s->lock);
-    while (total < len) {
-        int64_t got = qcow2_map_extent(s, off + total, len - total, &x);
-        if (got < 0) {
-            pthread_mutex_unlock(&s->lock);
-            return (int)got;
-        }
-        int f;
-        switch (x.type) {
-        case QCOW2_SUBCLUSTER_UNALLOCATED:
-            f = 0;
-            break;
-        case QCOW2_SUBCLUSTER_ZERO:
-            f = BLOCK_STATUS_ZERO | BLOCK_STATUS_ALLOCATED;
-            break;
-        case QCOW2_SUBCLUSTER_DATA:
-            f = BLOCK_STATUS_DATA | BLOCK_STATUS_ALLOCATED;
-            break;
-        case QCOW2_SUBCLUSTER_COMPRESSED:
-            f = BLOCK_STATUS_DATA | BLOCK_STATUS_ALLOCATED |
-                BLOCK_STATUS_COMPRESSED;
-            break;
-        default:
-            pthread_mutex_unlock(&s->lock);
-            return -EIO;
-        }
-        if (x.has_host && !qcow2_encrypted(s)) {
-            /* encrypted data is no use to a reader of the host file */
-            f |= BLOCK_STATUS_OFFSET_VALID;
-        }
-        if (flags < 0) {
-            flags = f;
-            first_host = x.host;
-            first_has_host = x.has_host;
-        } else if (f != flags ||
-                   (first_has_host && x.host != first_host + total) ||
-                   (f & BLOCK_STATUS_COMPRESSED)) {
-            break;
-        }
-        total += (uint64_t)got;
-        if (f & BLOCK_STATUS_COMPRESSED) {
-            break;
-        }
-    }
-    pthread_mutex_unlock(&s->lock);
-    *pnum = total;
-    if (flags & BLOCK_STATUS_OFFSET_VALID) {
-        if (map) {
-            *map = first_host;
-        }
-        if (file) {
-            *file = qcow2_data_node(s);
-        }
-    }
-    return flags;
 }
