@@ -317,6 +317,11 @@ int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
 
 /* True when every byte in the range reads as zero (block status only). */
 bool block_is_zero_fast(BlockNode *n, uint64_t off, uint64_t len);
+/* True when n, just made by block_create, reads as zeroes everywhere
+ * whatever block status says (a raw file preallocated with written
+ * zeroes is data, yet zero): a copy into it need not write zeroes, and
+ * must not punch holes into what preallocation allocated. */
+bool block_has_zero_init(BlockNode *n);
 
 /* ------------------------------------------------------------------ */
 /* Asynchronous requests                                               */

@@ -416,6 +416,9 @@ struct BlockDriver {
 
     int64_t (*get_length)(BlockNode *n);      /* NULL: the child's */
     int64_t (*get_allocated_size)(BlockNode *n);
+    /* block_has_zero_init(): a node create just made reads as zeroes
+     * everywhere.  NULL: no. */
+    bool (*has_zero_init)(BlockNode *n);
     int (*truncate)(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
                     Error *err);
 

@@ -333,6 +333,22 @@ static bool target_secret_opts(const ConvertOpts *o, KVList *out)
     return any;
 }
 
+/* Whether the -o options ask for preallocation (the last value of
+ * preallocation=, other than off). */
+static bool compress_prealloc(const ConvertOpts *o)
+{
+    KVList opts = { 0 };
+    Error err = { 0 };
+    bool prealloc = false;
+    if (o->create_opts &&
+        kvlist_parse(&opts, o->create_opts, NULL, &err) == 0) {
+        const char *p = kvlist_get(&opts, "preallocation");
+        prealloc = p && strcmp(p, "off") != 0;
+    }
+    kvlist_free(&opts);
+    return prealloc;
+}
+
 static int convert_run(ConvertOpts *o, int argc, char **argv)
 {
     int rc;
@@ -349,6 +365,13 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
     if (o->compress && o->create_opts && strstr(o->create_opts, "encrypt")) {
         /* QEMU cannot write compressed clusters into encrypted images */
         imgtool_error("Compression and encryption not supported at the "
+                      "same time");
+        return 1;
+    }
+    if (o->compress && compress_prealloc(o)) {
+        /* Compressed clusters go wherever they fit: preallocated ones
+         * would stay unused (qemu-img refuses it too). */
+        imgtool_error("Compression and preallocation not supported at the "
                       "same time");
         return 1;
     }
@@ -487,7 +510,13 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
         job.src_base = nsrc == 1 ? find_common_base(src[0], dst) : NULL;
         job.compare_target = !job.src_base;
     } else {
+        /* A target we just made reads as zero even where block status
+         * cannot tell (preallocated with written zeroes): writing zeroes
+         * there would punch holes into what preallocation=full
+         * allocated.  -S 0 asks for zeroes written, as in qemu-img. */
         job.dst_is_zero = o->target_is_zero ||
+                          (!o->no_create && o->sparse &&
+                           block_has_zero_init(dst)) ||
                           block_is_zero_fast(dst, 0, total);
     }
 

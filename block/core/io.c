@@ -482,6 +482,14 @@ int64_t block_get_length(BlockNode *n)
     return len;
 }
 
+bool block_has_zero_init(BlockNode *n)
+{
+    block_node_enter(n, NULL);
+    bool z = n->drv->has_zero_init && n->drv->has_zero_init(n);
+    block_node_leave(n);
+    return z;
+}
+
 int64_t block_get_allocated_size(BlockNode *n)
 {
     int64_t total;

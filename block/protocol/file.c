@@ -430,6 +430,13 @@ static int file_block_status(BlockNode *n, uint64_t off, uint64_t len,
     return data_flags;
 }
 
+/* A new regular file is all zeroes (holes or written zeroes); a device
+ * holds whatever it held. */
+static bool file_has_zero_init(BlockNode *n)
+{
+    return !((FileState *)n->opaque)->is_device;
+}
+
 static int64_t file_get_length(BlockNode *n)
 {
     FileState *s = n->opaque;
@@ -625,6 +632,7 @@ const BlockDriver file_driver = {
     .block_status = file_block_status,
     .get_length = file_get_length,
     .get_allocated_size = file_get_allocated_size,
+    .has_zero_init = file_has_zero_init,
     .truncate = file_truncate,
     .create = file_create,
     .create_opts = block_protocol_create_opts,

@@ -429,6 +429,22 @@ static json_t *qcow2_get_format_info(BlockNode *n)
     return o;
 }
 
+/* A new image without preallocation has no clusters: it reads as
+ * zeroes.  Preallocation allocates every L2 table, so the first L1
+ * entry tells; then the clusters read what the data file holds, which
+ * decrypts to garbage when encrypted (QEMU's rule). */
+static bool qcow2_has_zero_init(BlockNode *n)
+{
+    Qcow2State *s = qcow2_state(n);
+    pthread_mutex_lock(&s->lock);
+    bool prealloc = s->l1_size > 0 && s->l1_table[0] != 0;
+    pthread_mutex_unlock(&s->lock);
+    if (!prealloc) {
+        return true;
+    }
+    return !qcow2_encrypted(s) && block_has_zero_init(qcow2_data_node(s));
+}
+
 static void qcow2_get_info_extra(BlockNode *n, BlockInfoExtra *out)
 {
     Qcow2State *s = qcow2_state(n);
@@ -509,6 +525,7 @@ const BlockDriver qcow2_driver = {
     .block_status = qcow2_block_status,
     .get_length = qcow2_get_length,
     .get_allocated_size = qcow2_get_allocated_size,
+    .has_zero_init = qcow2_has_zero_init,
     .truncate = qcow2_truncate_bitmaps,
     .create = qcow2_create,
     .create_opts = qcow2_create_opts,

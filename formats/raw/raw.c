@@ -193,6 +193,11 @@ static int raw_block_status(BlockNode *n, uint64_t off, uint64_t len,
     return ret | BLOCK_STATUS_ALLOCATED;
 }
 
+static bool raw_has_zero_init(BlockNode *n)
+{
+    return block_has_zero_init(block_file(n));
+}
+
 static int raw_truncate(BlockNode *n, uint64_t size, bool exact,
                         PreallocMode pm, Error *err)
 {
@@ -249,6 +254,7 @@ const BlockDriver raw_driver = {
     .write_zeroes = raw_write_zeroes,
     .block_status = raw_block_status,
     .get_length = raw_get_length,
+    .has_zero_init = raw_has_zero_init,
     .truncate = raw_truncate,
     .create = raw_create,
     .create_opts = block_protocol_create_opts,
