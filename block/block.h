@@ -383,7 +383,9 @@ void block_set_report_fn(BlockReportFn *fn, void *opaque);
 int block_create_name_check(const char *filename, Error *err);
 /* Create an image.  size may be 0 when opts has backing_file (the
  * backing file's size is used unless BLOCK_CREATE_UNSAFE).  opts hold the
- * driver's -o options (incl. backing_file, backing_fmt). */
+ * driver's -o options (incl. backing_file, backing_fmt).  On failure the
+ * local files it made (the image, qcow2's data file) are removed again;
+ * a file that existed before is never removed. */
 enum { BLOCK_CREATE_UNSAFE = 1 << 0, BLOCK_CREATE_QUIET = 1 << 1 };
 int block_create(const char *format, const char *filename, uint64_t size,
                  bool size_given, KVList *opts, int flags, Error *err);

@@ -425,6 +425,10 @@ struct BlockDriver {
     int (*create)(const char *filename, uint64_t size, KVList *opts,
                   Error *err);
     const BlockCreateOpt *create_opts;   /* NULL-name terminated */
+    /* The create option whose value names another file create makes
+     * (qcow2: data_file), or NULL: block_create removes it again, as the
+     * image, when create fails and it did not exist before. */
+    const char *create_file_opt;
 
     int (*check)(BlockNode *n, BlockCheckResult *res, int fix, Error *err);
     /* Internal snapshots (NULL: the format has none).  apply matches ids

@@ -410,3 +410,56 @@ def test_bad_size_spellings_refused_like_qemu_img(tmp, size):
     assert q.returncode == 1
     assert p.stderr.startswith("imgtool: Invalid image size specified")
     assert not os.path.exists(tmp / "x.raw")
+
+
+@pytest.mark.parametrize("size,opts", [
+    ("1E", ""), ("2251799813685760", ""),
+    ("2251799813685248", "extended_l2=on"),
+    ("1E", "data_file=DATA"), ("1E", "cluster_size=512"),
+])
+def test_failed_create_leaves_nothing(tmp, size, opts):
+    """A create that fails leaves no half-made image (it used to leave a
+    valid 196608-byte qcow2 of virtual size 0), nor the data file it
+    made; qemu-img removes them too and prints the same line.  The size
+    limit is qemu-img's to the byte (an L1 table of at most 32 MiB)."""
+    args = ["-f", "qcow2"]
+    if opts:
+        args += ["-o", opts.replace("DATA", str(tmp / "i.data"))]
+    ours = imgtool("create", *args, tmp / "i", size, rc=1)
+    qargs = ["-f", "qcow2"]
+    if opts:
+        qargs += ["-o", opts.replace("DATA", str(tmp / "q.data"))]
+    theirs = qemu_img("create", *qargs, tmp / "q", size, rc=1)
+    assert ours.stderr.replace(str(tmp / "i"), "X").replace(
+        "imgtool:", "qemu-img:") == theirs.stderr.replace(str(tmp / "q"), "X")
+    assert sorted(os.listdir(tmp)) == []
+
+
+def test_size_limit_is_qemus(tmp):
+    """One L1 table of 32 MiB: 2 PiB with 64k clusters, half that with
+    extended L2 entries; both tools accept exactly the same sizes."""
+    for size, opts in [("2251799813685248", "cluster_size=64k"),
+                       ("1125899906842624", "extended_l2=on"),
+                       ("1E", "cluster_size=2M")]:
+        imgtool("create", "-q", "-f", "qcow2", "-o", opts, tmp / "i", size)
+        qemu_img("create", "-q", "-f", "qcow2", "-o", opts, tmp / "q", size)
+        qemu_check_clean(str(tmp / "i"))
+        assert info_wo_size(tmp / "i") == info_wo_size(tmp / "q")
+        os.unlink(tmp / "i")
+        os.unlink(tmp / "q")
+
+
+def test_failed_create_keeps_an_existing_file(tmp):
+    """A file that existed before the command is never removed, and a
+    size refused before the disk is touched leaves it as it was (qemu-img
+    removes it: a deliberate difference)."""
+    img = tmp / "old.qcow2"
+    img.write_bytes(b"precious" * 1000)
+    imgtool("create", "-f", "qcow2", img, "1E", rc=1)
+    assert img.read_bytes() == b"precious" * 1000
+    data = tmp / "old.data"
+    data.write_bytes(b"precious")
+    imgtool("create", "-f", "qcow2", "-o", f"data_file={data}",
+            tmp / "new.qcow2", "1E", rc=1)
+    assert data.read_bytes() == b"precious"
+    assert not (tmp / "new.qcow2").exists()

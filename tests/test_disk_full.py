@@ -190,3 +190,32 @@ def test_output_to_a_full_device_fails(tmp_path, cmd):
     assert p.returncode == 1, p.stderr
     assert p.stderr.strip() == \
         f"imgtool: error writing output: {NOSPACE}", p.stderr
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "luks"])
+def test_failed_preallocation_leaves_no_file(fs, tmp_path, fmt):
+    """A preallocated create that runs out of space removes the file it
+    made (it used to stay, filling the disk), as qemu-img removes its
+    qcow2 and luks images; a file that was there before stays."""
+    secret = tmp_path / "pass"
+    secret.write_text("x")
+    extra = []
+    if fmt == "luks":
+        extra = ["--object", f"secret,id=s,file={secret}", "-o",
+                 "key-secret=s,iter-time=10"]
+    img = fs / "x.img"
+    p = imgtool("create", "-f", fmt, *extra, "-o", "preallocation=full",
+                img, f"{2 * FS_MIB}M", check=False)
+    assert NOSPACE in one_error_line(p)
+    assert sorted(os.listdir(fs)) == []
+    # The space is free again: a create that fits succeeds.
+    imgtool("create", "-q", "-f", fmt, *extra, "-o", "preallocation=full",
+            img, f"{FS_MIB // 2}M")
+    os.unlink(img)
+    # A file that existed is not removed (its old bytes are gone: the
+    # create truncated it, as qemu-img does).
+    img.write_bytes(b"old")
+    p = imgtool("create", "-f", fmt, *extra, "-o", "preallocation=full",
+                img, f"{2 * FS_MIB}M", check=False)
+    assert NOSPACE in one_error_line(p)
+    assert img.exists()

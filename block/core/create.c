@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "block/driver.h"
 
@@ -43,6 +45,45 @@ int block_create_name_check(const char *filename, Error *err)
                           "writes into an existing image)");
     }
     return 0;
+}
+
+/* The local files a create may make: their names, and whether each
+ * was absent before (so it is ours to remove if the create fails). */
+typedef struct NewFiles {
+    const char *name[2];
+    bool absent[2];
+    int n;
+} NewFiles;
+
+static bool is_local_name(const char *name)
+{
+    for (int i = 0; block_driver_list[i]; i++) {
+        const BlockDriver *d = block_driver_list[i];
+        if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
+            d->owns_filename(name)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void new_files_note(NewFiles *f, const char *name)
+{
+    struct stat st;
+    if (f->n < 2 && name && *name && is_local_name(name)) {
+        f->name[f->n] = name;
+        f->absent[f->n] = lstat(name, &st) < 0 && errno == ENOENT;
+        f->n++;
+    }
+}
+
+static void new_files_undo(const NewFiles *f)
+{
+    for (int i = 0; i < f->n; i++) {
+        if (f->absent[i]) {
+            unlink(f->name[i]);
+        }
+    }
 }
 
 int block_create(const char *format, const char *filename, uint64_t size,
@@ -122,7 +163,25 @@ int block_create(const char *format, const char *filename, uint64_t size,
         return error_setf(err, EINVAL, "Image creation needs a size "
                           "parameter");
     }
-    return drv->create(filename, size, opts, err);
+    /* A failed create leaves nothing it made: a half-made image (a
+     * valid qcow2 of size 0) or a preallocated file filling the disk
+     * would look like a result. */
+    NewFiles nf = { .n = 0 };
+    new_files_note(&nf, filename);
+    if (drv->create_file_opt) {
+        const char *other = NULL;
+        for (size_t i = 0; i < opts->n; i++) {
+            if (!strcmp(opts->items[i].key, drv->create_file_opt)) {
+                other = opts->items[i].value;   /* the last one counts */
+            }
+        }
+        new_files_note(&nf, other);
+    }
+    int ret = drv->create(filename, size, opts, err);
+    if (ret < 0) {
+        new_files_undo(&nf);
+    }
+    return ret;
 }
 
 void block_create_file_hints(KVList *opts, KVList *out)

@@ -330,6 +330,17 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
         return ret;
     }
     size = qcow2_align_up(size, 512);
+    /* Before touching the disk: an existing file named for the image
+     * keeps its content. */
+    uint64_t l2_entries = (1ull << p.cluster_bits) /
+                          (p.extended_l2 ? 16 : 8);
+    uint64_t l1_span = (1ull << p.cluster_bits) * l2_entries;
+    if (size / l1_span + (size % l1_span != 0) >
+        QCOW2_MAX_L1_BYTES / 8) {
+        return error_setf(err, EFBIG, "The image size is too large for "
+                          "file format 'qcow2' (try using a larger cluster "
+                          "size)");
+    }
 
     if (p.data_file) {
         /* As QEMU: the name is used as given (relative to the current

@@ -529,6 +529,7 @@ const BlockDriver qcow2_driver = {
     .truncate = qcow2_truncate_bitmaps,
     .create = qcow2_create,
     .create_opts = qcow2_create_opts,
+    .create_file_opt = "data_file",
     .check = qcow2_check,
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_apply = qcow2_snapshot_apply_bitmaps,

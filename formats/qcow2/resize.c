@@ -331,9 +331,9 @@ int qcow2_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         ret = grow_l1(s, need_l1);
         if (ret < 0) {
             pthread_mutex_unlock(&s->lock);
-            return error_setf(err, -ret, ret == -EFBIG ? "Image size too "
-                              "large for this cluster size" :
-                              "cannot grow the L1 table");
+            /* qemu-img's words (create checks the size beforehand) */
+            return error_setf(err, -ret, "Failed to grow the L1 table: %s",
+                              strerror(-ret));
         }
     }
     /* Same size with preallocation (create): preallocate all of it. */
