@@ -270,6 +270,12 @@ def dmg_refblock_shared(q):
     q.put64(q.rt_off, q.l2(0) & 0x00fffffffffffe00)
 
 
+def dmg_reftable_reserved(q):
+    # Reserved bit 0 of an empty refcount table entry (issue 17's image):
+    # qemu-img reports it and rebuilds the refcounts.
+    q.put64(q.rt_off + 8, 1)
+
+
 def dmg_copied_missing(q):
     q.set_l2(64 << 10, q.l2(64 << 10) & ~(1 << 63))
     q.put64(q.l1_off, q.l1(0) & ~(1 << 63))
@@ -287,15 +293,17 @@ DAMAGE = {
     "reftable_past_eof": dmg_reftable_past_eof,
     "refblock_shared": dmg_refblock_shared,
     "copied_missing": dmg_copied_missing,
+    "reftable_reserved": dmg_reftable_reserved,
 }
 
 # After -r all, qemu-img check on the result is clean for these (the rest
 # hold damage that no repair can undo, e.g. data that is not in the file).
 REPAIRABLE = {"leak_data", "leak_free", "refcount_zero", "refcount_low",
               "l2_unaligned_zero", "reftable_past_eof", "refblock_shared",
-              "copied_missing"}
+              "copied_missing", "reftable_reserved"}
 # Repairs whose damage never touched guest data.
-DATA_INTACT = {"leak_data", "leak_free", "refcount_zero", "reftable_past_eof", "refblock_shared", "copied_missing"}
+DATA_INTACT = {"leak_data", "leak_free", "refcount_zero", "reftable_past_eof",
+               "refblock_shared", "copied_missing", "reftable_reserved"}
 # QEMU counts these repairs differently (it grows the file to reach a
 # refcount block past its end instead of rebuilding): only the outcome is
 # compared.
@@ -424,3 +432,59 @@ def test_dirty_lazy_image_repaired_on_open(tmp):
     assert rc == 0, err
     qemu_io("-c", "write -q -P 13 40M 64k", orig)
     assert qemu_img("compare", orig, p, check=False).returncode == 0
+
+
+def test_reftable_reserved_bits_reported_like_qemu(tmp):
+    """Issue 17: a reserved bit in refcount table entry 1 (no block) was
+    "No errors" and survived -r all.  Now the same line and exit code as
+    qemu-img, and -r all rebuilds the refcounts as qemu-img does (it also
+    frees the old table and block as leaks on the way, which imgtool's
+    rebuild does directly: two "Repairing cluster" lines fewer)."""
+    p = tmp / "r.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", p, "64M")
+    q = Q2(str(p))
+    q.wr(q.rt_off + 15, b"\x01")
+    m = tmp / "m.qcow2"
+    shutil.copy(p, m)
+    mine = run([IMGTOOL, "check", m], check=False)
+    ref = qemu_img("check", p, check=False)
+    assert (mine.returncode, mine.stdout, mine.stderr) == \
+        (2, ref.stdout, ref.stderr)
+    assert "ERROR refcount table entry 1 has reserved bits set\n" == \
+        mine.stderr
+    mine = run([IMGTOOL, "check", "-r", "all", m], check=False)
+    ref = qemu_img("check", "-r", "all", p, check=False)
+    assert (mine.returncode, mine.stdout) == (0, ref.stdout)
+    assert [l for l in ref.stderr.splitlines()
+            if not l.startswith("Repairing cluster")] == \
+        mine.stderr.splitlines()
+    for img in (m, p):
+        assert check("qemu-img", img)[0] == 0
+        assert Q2(str(img)).u64(Q2(str(img)).rt_off + 8) == 0
+    assert check(IMGTOOL, m)[0] == 0
+
+
+def test_reftable_reserved_bits_on_a_live_block(tmp):
+    """Reserved bits in an entry that names a refcount block: both tools
+    report the entry (exit 2) and read the refcounts through its offset
+    bits.  A deliberate difference: qemu-img leaves that block uncounted,
+    so it also calls it leaked, and its -r all then places the new block
+    on the live one, marks the image corrupt and fails ("Check failed",
+    exit 1).  imgtool counts the block (the refcounts live in it), and
+    its -r all rebuilds cleanly."""
+    p = base_image(tmp, "live.qcow2")
+    q = Q2(str(p))
+    q.put64(q.rt_off, q.u64(q.rt_off) | 1)
+    (qrc, qj, qerr), (mrc, mj, merr), qq, m = both(p, tmp)
+    assert (qrc, mrc) == (2, 2)
+    assert qj["corruptions"] == mj["corruptions"] == 1
+    assert qj["leaks"] == 1 and mj.get("leaks", 0) == 0
+    assert "ERROR refcount table entry 0 has reserved bits set" in qerr
+    assert merr == "ERROR refcount table entry 0 has reserved bits set\n"
+    mrc, mj, merr = check(IMGTOOL, m, "-r", "all")
+    assert mrc == 0, merr
+    assert mj["corruptions-fixed"] == 1
+    assert check("qemu-img", m)[0] == 0
+    assert qemu_img("compare", p, m, check=False).returncode == 0
+    qrc, _, qerr = check("qemu-img", qq, "-r", "all")
+    assert qrc == 1 and "Check failed" in qerr, qerr

@@ -693,20 +693,39 @@ static int count_refblocks(Check *c)
         int ret;
 
         c->rb_state[i] = RB_NONE;
+        /* Reserved bits (0-8) are a corruption of the entry alone, as
+         * qemu-img says; the offset bits still name the block the
+         * refcounts are read from (QEMU masks them too), so the block is
+         * checked and counted as usual but reported only once.  QEMU
+         * leaves it uncounted: it reports the block as leaked, and its
+         * rebuild then places a new block on top of the live one and
+         * fails. */
+        bool reserved = e & QCOW2_REFT_RESERVED_MASK;
+        if (reserved) {
+            say(c, "ERROR refcount table entry %" PRIu64 " has reserved "
+                "bits set", i);
+            c->res->corruptions++;
+            c->rebuild = true;
+        }
         if (!off) {
             continue;
         }
-        if (off % c->cs || (e & QCOW2_REFT_RESERVED_MASK)) {
-            say(c, "ERROR refcount block %" PRIu64 " is not cluster aligned; "
-                "refcount table entry corrupted", i);
-            c->res->corruptions++;
+        if (off % c->cs) {
+            if (!reserved) {
+                say(c, "ERROR refcount block %" PRIu64 " is not cluster "
+                    "aligned; refcount table entry corrupted", i);
+                c->res->corruptions++;
+            }
             c->rb_state[i] = RB_BAD;
             c->rebuild = true;
             continue;
         }
         if (off / c->cs >= c->nb_clusters) {
-            say(c, "ERROR refcount block %" PRIu64 " is outside image", i);
-            c->res->corruptions++;
+            if (!reserved) {
+                say(c, "ERROR refcount block %" PRIu64 " is outside image",
+                    i);
+                c->res->corruptions++;
+            }
             c->rb_state[i] = RB_OUTSIDE;
             c->rebuild = true;
             continue;
@@ -760,21 +779,33 @@ static int count_all(Check *c)
 /* Comparing with the stored refcounts                                   */
 
 /* Stored refcount of one cluster, refusing to read through a refcount
- * block already known to be unusable. */
+ * block already known to be unusable.  Read through the entry's offset
+ * bits whatever its reserved bits say (the driver refuses such entries;
+ * count_refblocks has reported them). */
 static int stored_refcount(Check *c, uint64_t k, uint64_t *rc)
 {
-    uint64_t rti = qcow2_reftable_index(c->s, k);
+    Qcow2State *s = c->s;
+    uint64_t rti = qcow2_reftable_index(s, k);
 
     *rc = 0;
-    if (rti < c->s->refcount_table_size) {
-        if (c->rb_state[rti] == RB_BAD) {
-            return -EIO;
-        }
-        if (c->rb_state[rti] == RB_OUTSIDE) {
-            return 0;
-        }
+    if (rti >= s->refcount_table_size || c->rb_state[rti] == RB_OUTSIDE) {
+        return 0;
     }
-    return qcow2_get_refcount(c->s, k, rc);
+    if (c->rb_state[rti] == RB_BAD) {
+        return -EIO;
+    }
+    uint64_t boff = s->refcount_table[rti] & QCOW2_REFT_OFFSET_MASK;
+    if (!boff) {
+        return 0;
+    }
+    uint8_t *block;
+    int ret = qcow2_cache_get(&s->refcount_cache, boff, &block);
+    if (ret < 0) {
+        return ret;
+    }
+    *rc = qcow2_refblock_get(s, block, qcow2_refblock_index(s, k));
+    qcow2_cache_put(&s->refcount_cache, &block);
+    return 0;
 }
 
 typedef struct Fixup {
