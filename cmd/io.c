@@ -9,12 +9,20 @@
  * Without -c, commands are read from standard input, one per line.  Unlike
  * qemu-io, the exit status is non-zero when any command failed (a failed
  * pattern check included), so scripts can rely on it.
+ *
+ * Output is qemu-io's, line for line: after each read, write or discard
+ * "read N/N bytes at offset O" and the statistics line
+ * "64 KiB, 1 ops; 00.00 sec (12.5 MiB/sec and 200.1 ops/sec)" (unless
+ * the command has -q), read -v's hexdump before them.  Errors are ours:
+ * one "imgtool: io: ..." line on stderr.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
@@ -28,7 +36,7 @@ static const char usage_text[] =
 "                  [-c command]... filename\n"
 "\n"
 "commands:\n"
-"  read [-P pattern] [-q] offset length\n"
+"  read [-P pattern] [-q] [-v] offset length\n"
 "  write [-P pattern | -z [-u] | -s file] [-c] [-f] [-q] offset length\n"
 "  discard [-q] offset length\n"
 "  flush\n"
@@ -60,6 +68,7 @@ static int split_words(char *line, char **argv)
 }
 
 typedef struct IoOpts {
+    bool verbose;
     bool have_pattern;
     int pattern;
     bool zero;
@@ -115,6 +124,8 @@ static int parse_io_args(int argc, char **argv, const char *allowed,
             o->quiet = true;
         } else if (f == 'c') {
             o->compress = true;
+        } else if (f == 'v') {
+            o->verbose = true;
         }
     }
     if (argc - i != nnums) {
@@ -133,8 +144,9 @@ static int parse_io_args(int argc, char **argv, const char *allowed,
         return -EINVAL;
     }
     if (o->compress && o->zero) {
-        imgtool_error("io: write: -c cannot be combined with -z");
-        return -EINVAL;
+        /* qemu-io 7.2 takes "write -z -c" and writes zeroes: -c is
+         * dropped (zero clusters need no compressing). */
+        o->compress = false;
     }
     if (o->unmap && !o->zero) {
         imgtool_error("io: write: -u requires -z");
@@ -143,18 +155,111 @@ static int parse_io_args(int argc, char **argv, const char *allowed,
     return 0;
 }
 
+/* ---- qemu-io's report lines ---- */
+
+/* A byte count as qemu-io's cvtstr writes it: "1000 bytes", "64 KiB",
+ * "1.465 KiB", "3 MiB" (three decimals, ".000" dropped). */
+static void io_cvtstr(double v, char *buf, size_t len)
+{
+    static const char *const units[] = { " EiB", " PiB", " TiB", " GiB",
+                                         " MiB", " KiB" };
+    const char *suffix = " bytes";
+    double scale = 1.0;
+    for (int i = 0; i < 6; i++) {
+        double u = (double)(1ull << (10 * (6 - i)));
+        if (v >= u) {
+            suffix = units[i];
+            scale = u;
+            break;
+        }
+    }
+    char num[48];
+    snprintf(num, sizeof(num), scale > 1.0 ? "%.3f" : "%f", v / scale);
+    char *trim = strstr(num, ".000");
+    if (trim) {
+        *trim = '\0';
+    }
+    snprintf(buf, len, "%s%s", num, suffix);
+}
+
+/* qemu-io's timestr: "00.07 sec" under a second, else "H:MM:SS.ss". */
+static void io_timestr(const struct timespec *t, char *buf, size_t len)
+{
+    double frac = t->tv_nsec / 1e9;
+    if (t->tv_sec) {
+        snprintf(buf, len, "%u:%02u:%05.2f", (unsigned)(t->tv_sec / 3600),
+                 (unsigned)(t->tv_sec / 60 % 60),
+                 (double)(t->tv_sec % 60) + frac);
+    } else {
+        snprintf(buf, len, "%05.2f sec", frac);
+    }
+}
+
+typedef struct IoTimer {
+    struct timespec t0;
+} IoTimer;
+
+static void io_timer_start(IoTimer *t)
+{
+    clock_gettime(CLOCK_MONOTONIC, &t->t0);
+}
+
+/* "read N/N bytes at offset O" and the statistics line, as qemu-io's
+ * print_report (one op). */
+static void io_report(const char *op, const IoTimer *tm, uint64_t off,
+                      uint64_t count)
+{
+    struct timespec now, d;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    d.tv_sec = now.tv_sec - tm->t0.tv_sec;
+    d.tv_nsec = now.tv_nsec - tm->t0.tv_nsec;
+    if (d.tv_nsec < 0) {
+        d.tv_sec--;
+        d.tv_nsec += 1000000000L;
+    }
+    double secs = (double)d.tv_sec + d.tv_nsec / 1e9;
+    char s1[64], s2[64], ts[64];
+    io_cvtstr((double)count, s1, sizeof(s1));
+    io_cvtstr((double)count / secs, s2, sizeof(s2));
+    io_timestr(&d, ts, sizeof(ts));
+    printf("%s %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n", op,
+           count, count, off);
+    printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n", s1, 1, ts, s2,
+           1.0 / secs);
+}
+
+/* read -v: qemu-io's hexdump, 16 bytes a line with their offset. */
+static void io_dump(const uint8_t *p, uint64_t off, size_t len)
+{
+    for (size_t i = 0; i < len; i += 16) {
+        size_t n = len - i < 16 ? len - i : 16;
+        printf("%08" PRIx64 ":  ", off + i);
+        for (size_t j = 0; j < n; j++) {
+            printf("%02x ", p[i + j]);
+        }
+        printf(" ");
+        for (size_t j = 0; j < n; j++) {
+            putchar(isalnum(p[i + j]) ? p[i + j] : '.');
+        }
+        printf("\n");
+    }
+}
+
 static int io_read(BlockNode *n, int argc, char **argv)
 {
     IoOpts o;
-    if (parse_io_args(argc, argv, "Pq", 2, &o) < 0) {
+    if (parse_io_args(argc, argv, "Pqv", 2, &o) < 0) {
         return -EINVAL;
     }
+    IoTimer tm;
+    io_timer_start(&tm);
     size_t chunk = o.len < IO_CHUNK ? (size_t)o.len : IO_CHUNK;
     uint8_t *buf = malloc(chunk ? chunk : 1);
     if (!buf) {
         return -ENOMEM;
     }
     int ret = 0;
+    bool mismatch = false;
     for (uint64_t done = 0; done < o.len && ret == 0;) {
         size_t now = o.len - done < chunk ? (size_t)(o.len - done) : chunk;
         ret = block_pread(n, o.off + done, now, buf);
@@ -163,25 +268,29 @@ static int io_read(BlockNode *n, int argc, char **argv)
                           o.off + done, strerror(-ret));
             break;
         }
-        if (o.have_pattern) {
-            for (size_t k = 0; k < now; k++) {
-                if (buf[k] != o.pattern) {
-                    imgtool_error("io: Pattern verification failed at "
-                                  "offset %" PRIu64 ", %" PRIu64 " bytes",
-                                  o.off + done + k, o.len);
-                    ret = -EILSEQ;
-                    break;
-                }
+        for (size_t k = 0; o.have_pattern && !mismatch && k < now; k++) {
+            if (buf[k] != o.pattern) {
+                imgtool_error("io: Pattern verification failed at "
+                              "offset %" PRIu64 ", %" PRIu64 " bytes",
+                              o.off + done + k, o.len);
+                mismatch = true;
             }
+        }
+        if (o.verbose && !o.quiet) {
+            /* chunks are multiples of 16: the lines fall as qemu-io's */
+            io_dump(buf, o.off + done, now);
         }
         done += now;
     }
     free(buf);
-    if (ret == 0 && !o.quiet) {
-        printf("read %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n",
-               o.len, o.len, o.off);
+    if (ret < 0) {
+        return ret;
     }
-    return ret;
+    /* qemu-io reports the read after a failed pattern check too */
+    if (!o.quiet) {
+        io_report("read", &tm, o.off, o.len);
+    }
+    return mismatch ? -EILSEQ : 0;
 }
 
 static int io_write(BlockNode *n, int argc, char **argv)
@@ -202,6 +311,8 @@ static int io_write(BlockNode *n, int argc, char **argv)
     int flags = (o.fua ? BLOCK_REQ_FUA : 0) |
                 (o.compress ? BLOCK_REQ_COMPRESSED : 0);
     int ret = 0;
+    IoTimer tm;
+    io_timer_start(&tm);
     if (o.zero) {
         ret = block_write_zeroes(n, o.off, o.len,
                                  flags | (o.unmap ? BLOCK_REQ_MAY_UNMAP : 0));
@@ -243,8 +354,7 @@ static int io_write(BlockNode *n, int argc, char **argv)
         return ret;
     }
     if (!o.quiet) {
-        printf("wrote %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64 "\n",
-               o.len, o.len, o.off);
+        io_report("wrote", &tm, o.off, o.len);
     }
     return 0;
 }
@@ -255,14 +365,15 @@ static int io_discard(BlockNode *n, int argc, char **argv)
     if (parse_io_args(argc, argv, "q", 2, &o) < 0) {
         return -EINVAL;
     }
+    IoTimer tm;
+    io_timer_start(&tm);
     int ret = block_discard(n, o.off, o.len);
     if (ret < 0) {
         imgtool_error("io: discard failed: %s", strerror(-ret));
         return ret;
     }
     if (!o.quiet) {
-        printf("discard %" PRIu64 "/%" PRIu64 " bytes at offset %" PRIu64
-               "\n", o.len, o.len, o.off);
+        io_report("discard", &tm, o.off, o.len);
     }
     return 0;
 }
