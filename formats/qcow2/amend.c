@@ -773,6 +773,7 @@ static int upgrade(Qcow2State *s, Error *err)
     if (new_table) {
         s->snapshots_offset = new_table;
         s->snapshots_size = tlen;
+        s->snapshots_tail_pad = 0;
     }
     ret = write_header_switch(s, old_used, err);
     if (ret < 0) {

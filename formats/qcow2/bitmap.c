@@ -573,7 +573,10 @@ static int read_disk(Qcow2State *s, Qcow2Bitmaps **out, Error *err)
     }
     Qcow2BitmapGeometry g = {
         .cluster_bits = s->cluster_bits,
-        .file_size = (uint64_t)flen,
+        /* check reads tables past the end of the file as zeroes, as
+         * qemu-img does; anything else refuses them */
+        .file_size = (s->open_flags & BLOCK_O_CHECK) ? QCOW2_READ_LIMIT
+                                                     : (uint64_t)flen,
         .virtual_size = s->size,
     };
     ret = qcow2_bitmaps_parse(d->dir, dir_size, nb, &g, &d->entries, err);
@@ -593,6 +596,52 @@ static int read_disk(Qcow2State *s, Qcow2Bitmaps **out, Error *err)
     return 0;
 }
 
+/* Opened for check, the bitmaps are only validated, the way any
+ * qemu-img open (its check's too) loads them: a directory that does not
+ * parse, or a table entry of a consistent (not in use) bitmap that
+ * cannot be right or cannot be read, fails the open.  Check then says
+ * "cannot check" (exit 1) for the images qemu-img cannot check either,
+ * instead of calling them corrupt. */
+static int check_mode_bitmaps(Qcow2State *s, Error *err)
+{
+    Qcow2Bitmaps *d;
+    int ret = read_disk(s, &d, err);
+    if (ret < 0 || !d) {
+        return ret;
+    }
+    for (uint32_t i = 0; i < d->nb && ret >= 0; i++) {
+        const Qcow2BitmapEntry *e = &d->entries[i];
+        uint64_t bytes = (uint64_t)e->table_size * 8;
+        uint64_t *t;
+        if (e->flags & QCOW2_BME_IN_USE) {
+            continue;
+        }
+        if (e->table_offset > QCOW2_READ_LIMIT ||
+            bytes > QCOW2_READ_LIMIT - e->table_offset ||
+            read_table(s, e->table_offset, e->table_size, &t) < 0) {
+            ret = error_setf(err, EIO, "Could not read bitmap_table table "
+                             "from image for bitmap '%s': %s", e->name,
+                             strerror(EIO));
+            break;
+        }
+        for (uint32_t k = 0; k < e->table_size && ret >= 0; k++) {
+            uint64_t off = t[k] & BT_OFFSET_MASK;
+            if ((t[k] & BT_RESERVED_MASK) ||
+                (off && ((t[k] & BT_ALL_ONES) || off % s->cluster_size))) {
+                ret = error_setf(err, EINVAL, "Could not read bitmap_table "
+                                 "table from image for bitmap '%s': %s",
+                                 e->name, strerror(EINVAL));
+            } else if (off > QCOW2_READ_LIMIT - s->cluster_size) {
+                ret = error_setf(err, EIO, "Could not read bitmap '%s' from "
+                                 "image: %s", e->name, strerror(EIO));
+            }
+        }
+        free(t);
+    }
+    free_disk(d);
+    return ret < 0 ? ret : 0;
+}
+
 int qcow2_bitmaps_open(BlockNode *n, Error *err)
 {
     Qcow2State *s = qcow2_state(n);
@@ -601,7 +650,7 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
 
     /* check and repair look at the clusters, not at the bitmaps. */
     if (s->open_flags & BLOCK_O_CHECK) {
-        return 0;
+        return check_mode_bitmaps(s, err);
     }
     ret = read_disk(s, &d, err);
     if (ret < 0) {

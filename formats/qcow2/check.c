@@ -57,6 +57,10 @@ typedef struct Check {
     uint64_t cs;              /* cluster size */
     uint64_t file_len;
     uint64_t nb_clusters;     /* clusters of the image file (rounded up) */
+    /* One past the highest cluster counted: metadata may reach less
+     * than a cluster past the end of the file (count_region), and those
+     * clusters are compared too, as qemu-img compares them. */
+    uint64_t ref_end;
     /* Counted references per host cluster, in chunks allocated when first
      * touched: memory follows what the metadata references, not the
      * (possibly sparse, possibly hostile) extent of the file. */
@@ -67,6 +71,7 @@ typedef struct Check {
     bool reftable_counted;
     bool rebuild;
     bool complete_snapshots;  /* rewrite the snapshot table at the end */
+    bool snap_table_counted;  /* its clusters hold a reference to free */
     uint64_t next_contig;     /* fragmentation: where the next cluster
                                  would be if the image were contiguous */
     uint64_t highest;         /* highest used cluster + 1 */
@@ -89,12 +94,23 @@ static void say(Check *c, const char *fmt, ...)
     c->res->message(c->res->message_opaque, line);
 }
 
+/* Past the end of the file but before QCOW2_READ_LIMIT, reads return
+ * zeroes; beyond it they fail, and so does qemu-img's check: metadata
+ * there is "cannot check" (exit 1), not a corruption, in both tools. */
+static bool readable(uint64_t off, uint64_t len)
+{
+    return off <= QCOW2_READ_LIMIT && len <= QCOW2_READ_LIMIT - off;
+}
+
 /* Reads [off, off + len) of the image file; bytes past its end read as
  * zero, as a truncated image's missing tail does. */
 static int read_file(Check *c, uint64_t off, uint64_t len, void *buf)
 {
     uint64_t avail = 0;
 
+    if (!readable(off, len)) {
+        return -EIO;
+    }
     if (off < c->file_len) {
         avail = c->file_len - off < len ? c->file_len - off : len;
     }
@@ -227,6 +243,9 @@ static int count_region(Check *c, uint64_t off, uint64_t size)
     if (ret < 0) {
         return ret;
     }
+    if (last + 1 > c->ref_end) {
+        c->ref_end = last + 1;
+    }
     for (uint64_t k = first; k <= last; k++) {
         uint32_t *slot = ref_slot(c, k);
 
@@ -269,6 +288,21 @@ static int count_l2(Check *c, uint64_t l2_off, bool active)
         uint64_t b = s->extended_l2 ? qcow2_l2_get_bitmap(s, c->l2buf, j) : 0;
 
         if (e & QCOW2_OFLAG_COMPRESSED) {
+            if (e & QCOW2_OFLAG_COPIED) {
+                /* Compressed clusters may be shared and are never
+                 * written in place: COPIED is meaningless there, and a
+                 * writer trusting it would overwrite shared data. */
+                say(c, "ERROR: coffset=0x%" PRIx64 ": copied flag must "
+                    "never be set for compressed clusters",
+                    e & s->coffset_mask);
+                res->corruptions++;
+                e &= ~QCOW2_OFLAG_COPIED;
+                if ((c->fix & BLOCK_FIX_ERRORS) &&
+                    repair_l2_entry(c, l2_off, j, e, b) == 0) {
+                    res->corruptions--;
+                    res->corruptions_fixed++;
+                }
+            }
             if (s->has_data_file) {
                 say(c, "ERROR compressed cluster %" PRIu64 " with data "
                     "file, entry=0x%" PRIx64, j, e);
@@ -306,7 +340,20 @@ static int count_l2(Check *c, uint64_t l2_off, bool active)
         bool allocated = off != 0 ||
                          (s->has_data_file && (e & QCOW2_OFLAG_COPIED));
         if (!allocated) {
+            if (b & QCOW2_L2B_ALLOC_MASK) {
+                /* no host cluster to read the allocated subclusters
+                 * from */
+                say(c, "ERROR: Unallocated cluster has non-zero "
+                    "subcluster allocation map");
+                res->corruptions++;
+            }
             continue;
+        }
+        if ((b >> 32) & b) {
+            /* a subcluster both allocated and zero */
+            say(c, "ERROR offset=%" PRIx64 ": Allocated cluster has "
+                "corrupted subcluster allocation bitmap", off);
+            res->corruptions++;
         }
         if (active) {
             res->allocated_clusters++;
@@ -403,6 +450,11 @@ static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
         ret = count_region(c, l2_off, c->cs);
         if (ret < 0) {
             break;
+        }
+        if (!readable(l2_off, c->cs)) {
+            say(c, "ERROR: I/O error in check_refcounts_l2");
+            c->res->check_errors++;
+            continue;
         }
         if (l2_off >= c->file_len) {
             continue;   /* reads as zeroes: nothing mapped */
@@ -509,7 +561,9 @@ static int count_snapshots(Check *c)
         }
     }
     if (s->nb_snapshots && s->snapshots_size) {
-        ret = count_region(c, s->snapshots_offset, s->snapshots_size);
+        ret = count_region(c, s->snapshots_offset,
+                           s->snapshots_size - s->snapshots_tail_pad);
+        c->snap_table_counted = ret > 0;
         if (ret < 0) {
             return ret;
         }
@@ -726,7 +780,8 @@ static int count_refblocks(Check *c)
                     i);
                 c->res->corruptions++;
             }
-            c->rb_state[i] = RB_OUTSIDE;
+            /* where nothing can be read, its refcounts cannot be had */
+            c->rb_state[i] = readable(off, c->cs) ? RB_OUTSIDE : RB_BAD;
             c->rebuild = true;
             continue;
         }
@@ -921,10 +976,11 @@ static int compare_refcounts(Check *c, int fix)
         return -ENOMEM;
     }
     c->highest = 0;
-    for (uint64_t base = 0; base < c->nb_clusters; base += rbe) {
+    uint64_t limit = c->nb_clusters > c->ref_end ? c->nb_clusters
+                                                 : c->ref_end;
+    for (uint64_t base = 0; base < limit; base += rbe) {
         uint64_t rti = base / rbe;
-        uint64_t end = base + rbe < c->nb_clusters ? base + rbe
-                                                   : c->nb_clusters;
+        uint64_t end = base + rbe < limit ? base + rbe : limit;
         bool no_block = rti >= s->refcount_table_size ||
                         !(s->refcount_table[rti] & QCOW2_REFT_OFFSET_MASK);
 
@@ -1176,6 +1232,28 @@ static int check_copied(Check *c)
         uint64_t rc;
         bool changed = false;
 
+        if (!l2_off && (e & QCOW2_OFLAG_COPIED)) {
+            /* No L2 table (offset 0 is unallocated, qcow2.txt), so no
+             * refcount of one.  qemu-img calls it a corruption too, by
+             * walking cluster 0 as the table. */
+            say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
+                " l1_entry=%" PRIx64 " refcount=0",
+                fixing ? "Repairing" : "ERROR", i, e);
+            if (fixing) {
+                s->l1_table[i] = e & ~QCOW2_OFLAG_COPIED;
+                ret = qcow2_write_l1(s, i, 1);
+                if (ret < 0) {
+                    s->l1_table[i] = e;
+                    c->res->check_errors++;
+                    c->res->corruptions++;
+                } else {
+                    c->res->corruptions_fixed++;
+                }
+            } else {
+                c->res->corruptions++;
+            }
+            continue;
+        }
         if (!l2_off || l2_off % c->cs) {
             continue;
         }
@@ -1296,6 +1374,21 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
     }
     res->total_clusters = (s->size + c.cs - 1) / c.cs;
 
+    /* A snapshot table qemu-img could not read either: no check can say
+     * what its snapshots reference (counting without them would call
+     * their clusters leaked, and -r would free them). */
+    if (s->snapshot_damage[0] &&
+        (s->snapshot_damage_kind == SNAPSHOT_DAMAGE_UNREADABLE ||
+         (s->snapshot_damage_kind == SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT &&
+          !(fix & BLOCK_FIX_ERRORS)))) {
+        res->check_errors++;
+        return error_setf(err, EINVAL, "Failed to read the snapshot table: "
+                          "%s%s", s->snapshot_damage,
+                          s->snapshot_damage_kind ==
+                          SNAPSHOT_DAMAGE_UNREADABLE ? "" :
+                          " (check -r all drops the entries from there on)");
+    }
+
     c.l2buf = malloc(c.cs);
     c.rb_state = calloc(s->refcount_table_size ? s->refcount_table_size : 1,
                         1);
@@ -1365,7 +1458,7 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
 
     if (c.complete_snapshots) {
         /* Allocates: only once the refcounts can be trusted. */
-        ret = qcow2_snapshot_complete_extra(s, err);
+        ret = qcow2_snapshot_complete_extra(s, c.snap_table_counted, err);
         if (ret < 0) {
             check_free(&c);
             return ret;

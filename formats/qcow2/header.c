@@ -172,10 +172,10 @@ static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
 /* A snapshot table that cannot be parsed from entry nb_snapshots_loaded
  * on: refused, except when opened for check, which reports it and can
  * cut the table there (check.c). */
-static int snapshot_table_damaged(Qcow2State *s, Error *err,
+static int snapshot_table_damaged(Qcow2State *s, Error *err, int kind,
                                   const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int snapshot_table_damaged(Qcow2State *s, Error *err,
+    __attribute__((format(printf, 4, 5)));
+static int snapshot_table_damaged(Qcow2State *s, Error *err, int kind,
                                   const char *fmt, ...)
 {
     char why[sizeof(s->snapshot_damage)];
@@ -187,37 +187,64 @@ static int snapshot_table_damaged(Qcow2State *s, Error *err,
         return error_setf(err, EINVAL, "%s", why);
     }
     memcpy(s->snapshot_damage, why, sizeof(why));
+    s->snapshot_damage_kind = kind;
     return 0;
 }
 
+/* Opened for check, the table is read as qemu-img check reads it: its
+ * offset must be aligned (even with no snapshots, as qcow2.txt says),
+ * entries past the end of the file read as zeroes, and a table qemu-img
+ * cannot read (too many entries, too much extra data, over 64 MiB) is a
+ * failed check unless -r all cuts it.  Otherwise the open refuses what
+ * it cannot trust. */
 static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
 {
+    bool check = s->open_flags & BLOCK_O_CHECK;
     s->snapshot_damage[0] = '\0';
     s->snapshots_size = 0;
+    if (check && (s->snapshots_offset % s->cluster_size ||
+                  s->snapshots_offset > INT64_MAX - (uint64_t)40 *
+                                        s->nb_snapshots)) {
+        return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE,
+                                      "snapshot table offset invalid");
+    }
     if (!s->nb_snapshots) {
         return 0;
     }
     if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
-        return error_setf(err, EINVAL, "too many snapshots (%u)",
-                          s->nb_snapshots);
+        if (!check) {
+            return error_setf(err, EINVAL, "too many snapshots (%u)",
+                              s->nb_snapshots);
+        }
+        /* read up to the limit; -r all drops the rest */
+        snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
+                               "snapshot table too large");
     }
-    if (s->snapshots_offset % s->cluster_size || !s->snapshots_offset ||
-        s->snapshots_offset >= flen) {
-        return snapshot_table_damaged(s, err,
+    uint32_t nb = s->nb_snapshots < QCOW2_MAX_SNAPSHOTS ? s->nb_snapshots
+                                                        : QCOW2_MAX_SNAPSHOTS;
+    if (!check && (s->snapshots_offset % s->cluster_size ||
+                   !s->snapshots_offset || s->snapshots_offset >= flen)) {
+        return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
                                       "snapshot table offset invalid (0x%llx)",
                                       (unsigned long long)s->snapshots_offset);
     }
-    s->snapshots = calloc(s->nb_snapshots, sizeof(*s->snapshots));
+    s->snapshots = calloc(nb, sizeof(*s->snapshots));
     if (!s->snapshots) {
         return -ENOMEM;
     }
     uint64_t off = s->snapshots_offset;
-    for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+    for (uint32_t i = 0; i < nb; i++) {
         uint8_t h[QCOW2_SNAPSHOT_FIXED];
         Qcow2Snapshot *sn = &s->snapshots[i];
-        if (off + sizeof(h) > flen) {
-            return snapshot_table_damaged(s, err,
+        if (off + sizeof(h) > flen && !check) {
+            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
                                           "snapshot table is truncated");
+        }
+        /* (past the end of the file: zeroes) */
+        if (off > QCOW2_READ_LIMIT - 2 * 65536 - sizeof(h)) {
+            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE,
+                                          "cannot read the snapshot table: "
+                                          "%s", strerror(EIO));
         }
         int ret = block_pread(block_file(s->node), off, sizeof(h), h);
         if (ret < 0) {
@@ -230,18 +257,20 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         uint16_t name_len = qcow2_be16(h + 14);
         uint32_t extra = qcow2_be32(h + 36);
         if (extra > 1024) {
-            return snapshot_table_damaged(s, err,
-                                          "snapshot extra data too large");
+            return snapshot_table_damaged(
+                s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
+                "snapshot extra data too large");
         }
         uint64_t entry_len = sizeof(h) + extra + id_len + name_len;
-        if (off + entry_len > flen) {
-            return snapshot_table_damaged(s, err,
+        if (off + entry_len > flen && !check) {
+            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
                                           "snapshot table is truncated");
         }
         if (off + qcow2_align_up(entry_len, 8) - s->snapshots_offset >
             64ull * 1024 * 1024) {
-            return snapshot_table_damaged(s, err,
-                                          "snapshot table too large");
+            return snapshot_table_damaged(
+                s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
+                "snapshot table too large");
         }
         uint8_t *rest = malloc(extra + id_len + name_len + 1);
         if (!rest) {
@@ -282,6 +311,8 @@ static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         }
         off += qcow2_align_up(entry_len, 8);
         s->snapshots_size = off - s->snapshots_offset;
+        s->snapshots_tail_pad = (uint32_t)(qcow2_align_up(entry_len, 8) -
+                                           entry_len);
     }
     return 0;
 }
@@ -309,6 +340,32 @@ static void derive_geometry(Qcow2State *s)
     s->data_file_raw = s->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
     s->refcount_table_size =
         (uint64_t)s->refcount_table_clusters * s->cluster_size / 8;
+}
+
+/* Opened for check, the tables need only what qemu-img check's open
+ * asks of them (qcow2_validate_table: bounded, aligned, no overflow):
+ * a table past the end of the file reads as zeroes, one over the header
+ * or another table is what check is there to report, and a refcount
+ * table of no clusters is rebuilt by -r all.  Anything stricter would
+ * say "cannot check" where qemu-img reports (and repairs) corruption. */
+static int check_mode_tables(Qcow2State *s, uint64_t l1_bytes, uint64_t fsize,
+                             Error *err)
+{
+    const uint64_t max_off = INT64_MAX;
+    if (s->l1_table_offset % s->cluster_size ||
+        max_off - l1_bytes < s->l1_table_offset) {
+        return error_setf(err, EINVAL, "Active L1 table offset invalid");
+    }
+    uint64_t rt_bytes = (uint64_t)s->refcount_table_clusters * s->cluster_size;
+    if (rt_bytes > QCOW2_MAX_REFTABLE_BYTES) {
+        return error_setf(err, EFBIG, "Reference count table too large");
+    }
+    if (s->refcount_table_offset % s->cluster_size ||
+        max_off - rt_bytes < s->refcount_table_offset) {
+        return error_setf(err, EINVAL, "Reference count table offset "
+                          "invalid");
+    }
+    return read_snapshot_table(s, fsize, err);
 }
 
 int qcow2_read_header(Qcow2State *s, Error *err)
@@ -469,6 +526,9 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     uint64_t need_l1 = (s->size + per_l1 - 1) / per_l1;
     if (s->l1_size < need_l1) {
         return error_setf(err, EINVAL, "L1 table is too small");
+    }
+    if (s->open_flags & BLOCK_O_CHECK) {
+        return check_mode_tables(s, l1_bytes, fsize, err);
     }
     if (s->l1_size && (s->l1_table_offset % s->cluster_size ||
                        s->l1_table_offset == 0 ||

@@ -45,6 +45,10 @@
 #define QCOW2_MAX_REFTABLE_BYTES  (8u * 1024 * 1024)
 #define QCOW2_MAX_BACKING_NAME    1023
 #define QCOW2_MAX_SNAPSHOTS       65536
+/* Where qemu-img stops reading a file (its BDRV_MAX_LENGTH, 2^63 - 1 GiB):
+ * check treats metadata beyond it as unreadable, as qemu-img check does,
+ * instead of reading zeroes there. */
+#define QCOW2_READ_LIMIT          0x7fffffffc0000000ull
 
 /* Header field offsets (big endian on disk). */
 enum {
@@ -271,11 +275,26 @@ struct Qcow2State {
     Qcow2Snapshot *snapshots;
     int nb_snapshots_loaded;
     uint64_t snapshots_size;   /* bytes of the snapshot table */
+    /* Padding after the last entry of the table as read (0..7): qemu-img
+     * counts the table up to the last entry's end, and check counts it
+     * as qemu-img does (whether it reaches a cluster past the end of the
+     * file can depend on those bytes).  0 once the table is rewritten. */
+    uint32_t snapshots_tail_pad;
     /* Opened for check (BLOCK_O_CHECK) with a snapshot table that cannot
      * be parsed past entry nb_snapshots_loaded: why, else "".  Only the
      * entries before it are loaded; nb_snapshots keeps the header's
      * count until `check -r all` cuts the table there. */
     char snapshot_damage[160];
+    /* How check takes that damage, as qemu-img check does (it reads the
+     * table itself): SNAPSHOT_DAMAGE_CORRUPT is a corruption (-r all cuts
+     * the table); _UNREADABLE_UNLESS_CUT is a failed check (exit 1)
+     * unless -r all, which cuts; _UNREADABLE a failed check even then
+     * (a misaligned table: nothing says where it is). */
+    enum {
+        SNAPSHOT_DAMAGE_CORRUPT,
+        SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
+        SNAPSHOT_DAMAGE_UNREADABLE,
+    } snapshot_damage_kind;
 
     bool read_only;
     int open_flags;
@@ -621,7 +640,8 @@ int qcow2_snapshot_load_tmp(BlockNode *n, const char *id, const char *name,
 /* check -r all (s->lock held): rewrites the snapshot table with the
  * extra data a v3 entry must have (VM state size and disk size; the disk
  * size of an entry without one is the image's), as qemu-img repairs it. */
-int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err);
+int qcow2_snapshot_complete_extra(Qcow2State *s, bool free_old,
+                                  Error *err);
 /* (s->lock held) Writes a snapshot table buffer (len > 0) to fresh
  * clusters, on disk with their refcounts before it returns, for a header
  * switch to point at; returns their offset or a negative errno. */

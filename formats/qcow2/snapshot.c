@@ -413,9 +413,11 @@ int qcow2_free_snapshot_table(Qcow2State *s, uint64_t offset, uint64_t size,
 }
 
 /* Writes a new snapshot table (buf/len) to fresh clusters and switches
- * the header to it; then frees the old table.  The commit point. */
-static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
-                        uint32_t nb, Error *err)
+ * the header to it; then frees the old table (unless free_old is false:
+ * check found it was never counted, e.g. past the end of the file).  The
+ * commit point. */
+static int switch_table_ex(Qcow2State *s, const uint8_t *buf, size_t len,
+                           uint32_t nb, bool free_old, Error *err)
 {
     uint64_t noff = 0;
     int ret;
@@ -430,6 +432,7 @@ static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
     uint32_t onb = s->nb_snapshots;
     s->snapshots_offset = noff;
     s->snapshots_size = len;
+    s->snapshots_tail_pad = 0;
     s->nb_snapshots = nb;
     ret = qcow2_write_header(s, err);
     if (ret < 0) {
@@ -438,11 +441,17 @@ static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
         s->nb_snapshots = onb;
         return ret;
     }
-    ret = qcow2_free_snapshot_table(s, ooff, osize, err);
+    ret = free_old ? qcow2_free_snapshot_table(s, ooff, osize, err) : 0;
     return ret < 0 ? ret : reload_snapshots(s, buf, len, nb);
 }
 
-int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err)
+static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
+                        uint32_t nb, Error *err)
+{
+    return switch_table_ex(s, buf, len, nb, true, err);
+}
+
+int qcow2_snapshot_complete_extra(Qcow2State *s, bool free_old, Error *err)
 {
     uint32_t nb = (uint32_t)s->nb_snapshots_loaded;
     uint8_t *old = NULL, *nbuf = NULL;
@@ -474,7 +483,7 @@ int qcow2_snapshot_complete_extra(Qcow2State *s, Error *err)
         nlen += (size_t)qcow2_align_up(56 + strs, 8);
     }
     if (ret >= 0) {
-        ret = switch_table(s, nbuf, nlen, nb, err);
+        ret = switch_table_ex(s, nbuf, nlen, nb, free_old, err);
     } else {
         error_setf(err, -ret, "cannot rewrite the snapshot table: %s",
                    strerror(-ret));
