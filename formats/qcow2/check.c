@@ -266,9 +266,51 @@ static int count_region(Check *c, uint64_t off, uint64_t size)
 /* --------------------------------------------------------------------- */
 /* Counting references                                                   */
 
+static bool ranges_meet(uint64_t a, uint64_t alen, uint64_t b,
+                        uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
+/* Whether a table at [off, off + len) may be rewritten by a repair: a
+ * damaged image can put it over the header, the refcount structures,
+ * the snapshot table or the active L1 table (self: the table's own
+ * offset, so the active L1 may rewrite itself), and writing there would
+ * destroy what the repair is meant to keep.  Such damage stays reported;
+ * qemu-img's overlap checks refuse those writes too. */
+static bool may_rewrite(Check *c, uint64_t off, uint64_t len, uint64_t self)
+{
+    Qcow2State *s = c->s;
+    uint64_t cs = c->cs;
+    uint64_t a = off / cs * cs;
+    uint64_t alen = qcow2_align_up(off + len, cs) - a;
+
+    if (!readable(off, len) || off < cs ||
+        ranges_meet(a, alen, s->refcount_table_offset,
+                    (uint64_t)s->refcount_table_clusters * cs) ||
+        (s->nb_snapshots &&
+         ranges_meet(a, alen, s->snapshots_offset,
+                     qcow2_align_up(s->snapshots_size, cs))) ||
+        (self != s->l1_table_offset &&
+         ranges_meet(a, alen, s->l1_table_offset,
+                     qcow2_align_up((uint64_t)s->l1_size * 8, cs)))) {
+        return false;
+    }
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        uint64_t b = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+        if (b && ranges_meet(a, alen, b, cs)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static int repair_l2_entry(Check *c, uint64_t l2_off, uint64_t idx,
                            uint64_t entry, uint64_t bitmap)
 {
+    if (!may_rewrite(c, l2_off, c->cs, l2_off)) {
+        return -EPERM;
+    }
     qcow2_l2_set(c->s, c->l2buf, idx, entry, bitmap);
     return qcow2_write_l2_table(c->s, l2_off, c->l2buf);
 }
@@ -332,11 +374,40 @@ static int count_l2(Check *c, uint64_t l2_off, bool active)
         }
 
         if (e & QCOW2_L2E_STD_RESERVED_MASK) {
-            say(c, "ERROR found l2 entry with reserved bits set: %" PRIx64,
-                e);
-            res->corruptions++;
+            /* The mapping is in the other bits: clearing these keeps
+             * it (qemu-img reports them and leaves them). */
+            if ((c->fix & BLOCK_FIX_ERRORS) &&
+                repair_l2_entry(c, l2_off, j,
+                                e & ~QCOW2_L2E_STD_RESERVED_MASK, b) == 0) {
+                say(c, "Repairing l2 entry with reserved bits set: %" PRIx64,
+                    e);
+                res->corruptions_fixed++;
+                e &= ~QCOW2_L2E_STD_RESERVED_MASK;
+            } else {
+                say(c, "ERROR found l2 entry with reserved bits set: %"
+                    PRIx64, e);
+                res->corruptions++;
+            }
         }
         uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
+        if (off && off >= c->file_len && !s->has_data_file &&
+            (c->fix & BLOCK_FIX_ERRORS) && off % c->cs == 0 &&
+            (s->version >= 3 || !c->n->backing_file)) {
+            /* A data cluster wholly past the end of the file reads as
+             * zeroes: a zero cluster (or, in a v2 image without a
+             * backing file, an unallocated one) says the same and
+             * points nowhere.  qemu-img leaves it a corruption. */
+            uint64_t ne = s->version >= 3 && !s->extended_l2
+                          ? QCOW2_OFLAG_ZERO : 0;
+            uint64_t nb = s->extended_l2 ? QCOW2_L2B_ALL_ZERO : 0;
+            if (repair_l2_entry(c, l2_off, j, ne, nb) == 0) {
+                say(c, "Repairing offset=%" PRIx64 ": Data cluster is past "
+                    "the end of the file; it now reads as zeroes, as it "
+                    "did", off);
+                res->corruptions_fixed++;
+                continue;
+            }
+        }
         bool allocated = off != 0 ||
                          (s->has_data_file && (e & QCOW2_OFLAG_COPIED));
         if (!allocated) {
@@ -402,6 +473,31 @@ static int count_l2(Check *c, uint64_t l2_off, bool active)
     return 0;
 }
 
+/* Rewrites entry i of the L1 table at l1_off (the active one through
+ * the driver's copy, so both stay the same). */
+static int repair_l1_entry(Check *c, uint64_t l1_off, bool active,
+                           uint32_t i, uint64_t e)
+{
+    Qcow2State *s = c->s;
+    if (!may_rewrite(c, l1_off + 8 * (uint64_t)i, 8, l1_off)) {
+        return -EPERM;
+    }
+    if (active && l1_off == s->l1_table_offset && i < s->l1_size) {
+        uint64_t old = s->l1_table[i];
+        s->l1_table[i] = e;
+        int ret = qcow2_write_l1(s, i, 1);
+        if (ret < 0) {
+            s->l1_table[i] = old;
+        }
+        return ret;
+    }
+    uint8_t b[8];
+    qcow2_put_be64(b, e);
+    int ret = block_pwrite(block_file(c->n), l1_off + 8 * (uint64_t)i, 8, b,
+                           0);
+    return ret < 0 ? ret : 0;
+}
+
 static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
 {
     uint64_t bytes = (uint64_t)l1_size * 8;
@@ -428,11 +524,30 @@ static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
         uint64_t l2_off = e & QCOW2_L1E_OFFSET_MASK;
 
         if (e & QCOW2_L1E_RESERVED_MASK) {
-            say(c, "ERROR found L1 entry with reserved bits set: %" PRIx64,
-                e);
-            c->res->corruptions++;
+            if ((c->fix & BLOCK_FIX_ERRORS) &&
+                repair_l1_entry(c, l1_off, active, i,
+                                e & ~QCOW2_L1E_RESERVED_MASK) == 0) {
+                say(c, "Repairing L1 entry with reserved bits set: %" PRIx64,
+                    e);
+                c->res->corruptions_fixed++;
+                e &= ~QCOW2_L1E_RESERVED_MASK;
+            } else {
+                say(c, "ERROR found L1 entry with reserved bits set: %"
+                    PRIx64, e);
+                c->res->corruptions++;
+            }
         }
         if (!l2_off) {
+            continue;
+        }
+        if (l2_off >= c->file_len && l2_off % c->cs == 0 &&
+            (c->fix & BLOCK_FIX_ERRORS) &&
+            repair_l1_entry(c, l1_off, active, i, 0) == 0) {
+            /* A table past the end of the file reads as zeroes: every
+             * cluster it maps is unallocated, as with no table. */
+            say(c, "Repairing l2_offset=%" PRIx64 ": L2 table is past the "
+                "end of the file; the L1 entry is cleared", l2_off);
+            c->res->corruptions_fixed++;
             continue;
         }
         if (l2_off % c->cs) {
@@ -1225,6 +1340,10 @@ static int check_copied(Check *c)
                   ((c->fix & BLOCK_FIX_LEAKS) && !r->check_errors &&
                    !r->corruptions && !r->leaks);
     int ret;
+    /* a table laid over other metadata is reported, never rewritten */
+    bool fix_l1 = fixing &&
+                  may_rewrite(c, s->l1_table_offset,
+                              (uint64_t)s->l1_size * 8, s->l1_table_offset);
 
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t e = s->l1_table[i];
@@ -1238,8 +1357,8 @@ static int check_copied(Check *c)
              * walking cluster 0 as the table. */
             say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
                 " l1_entry=%" PRIx64 " refcount=0",
-                fixing ? "Repairing" : "ERROR", i, e);
-            if (fixing) {
+                fix_l1 ? "Repairing" : "ERROR", i, e);
+            if (fix_l1) {
                 s->l1_table[i] = e & ~QCOW2_OFLAG_COPIED;
                 ret = qcow2_write_l1(s, i, 1);
                 if (ret < 0) {
@@ -1265,8 +1384,8 @@ static int check_copied(Check *c)
         if ((rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
             say(c, "%s OFLAG_COPIED L2 cluster: l1_index=%" PRIu32
                 " l1_entry=%" PRIx64 " refcount=%" PRIu64,
-                fixing ? "Repairing" : "ERROR", i, e, rc);
-            if (fixing) {
+                fix_l1 ? "Repairing" : "ERROR", i, e, rc);
+            if (fix_l1) {
                 s->l1_table[i] = rc == 1 ? e | QCOW2_OFLAG_COPIED
                                          : e & ~QCOW2_OFLAG_COPIED;
                 ret = qcow2_write_l1(s, i, 1);
@@ -1289,6 +1408,7 @@ static int check_copied(Check *c)
             c->res->check_errors++;
             continue;
         }
+        bool fix_l2 = fixing && may_rewrite(c, l2_off, c->cs, l2_off);
         for (uint64_t j = 0; j < s->l2_entries; j++) {
             uint64_t e2 = qcow2_l2_get_entry(s, c->l2buf, j);
             uint64_t off = e2 & QCOW2_L2E_OFFSET_MASK;
@@ -1307,8 +1427,8 @@ static int check_copied(Check *c)
                 continue;
             }
             say(c, "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
-                " refcount=%" PRIu64, fixing ? "Repairing" : "ERROR", e2, rc);
-            if (fixing) {
+                " refcount=%" PRIu64, fix_l2 ? "Repairing" : "ERROR", e2, rc);
+            if (fix_l2) {
                 uint64_t b = s->extended_l2 ?
                              qcow2_l2_get_bitmap(s, c->l2buf, j) : 0;
                 qcow2_l2_set(s, c->l2buf, j,
