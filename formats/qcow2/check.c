@@ -61,6 +61,14 @@ typedef struct Check {
      * than a cluster past the end of the file (count_region), and those
      * clusters are compared too, as qemu-img compares them. */
     uint64_t ref_end;
+    /* Clusters whose count reached the refcount width's maximum and
+     * stopped there (reported as overflow): their true number of
+     * references is unknown, so a rebuild must not take the old
+     * refcount structures' share off them.  Past OVERFLOW_MAX of them,
+     * overflow_many says so for all. */
+    uint64_t *overflowed;
+    size_t n_overflowed;
+    bool overflow_many;
     /* Counted references per host cluster, in chunks allocated when first
      * touched: memory follows what the metadata references, not the
      * (possibly sparse, possibly hostile) extent of the file. */
@@ -215,6 +223,37 @@ static uint64_t used_end(const Check *c)
     return k;
 }
 
+#define OVERFLOW_MAX 4096
+
+static void note_overflow(Check *c, uint64_t k)
+{
+    if (c->n_overflowed == OVERFLOW_MAX) {
+        c->overflow_many = true;
+        return;
+    }
+    if (!c->overflowed) {
+        c->overflowed = malloc(OVERFLOW_MAX * sizeof(*c->overflowed));
+        if (!c->overflowed) {
+            c->overflow_many = true;
+            return;
+        }
+    }
+    c->overflowed[c->n_overflowed++] = k;
+}
+
+static bool saturated(const Check *c, uint64_t k)
+{
+    if (c->overflow_many) {
+        return true;
+    }
+    for (size_t i = 0; i < c->n_overflowed; i++) {
+        if (c->overflowed[i] == k) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Counts one reference to every cluster of [off, off + size).  A region
  * reaching a cluster or more past the end of the file cannot be counted
  * (there is no refcount to compare with): that is a corruption.  Returns
@@ -256,6 +295,7 @@ static int count_region(Check *c, uint64_t off, uint64_t size)
             say(c, "ERROR: overflow cluster offset=0x%" PRIx64,
                 k * c->cs);
             c->res->corruptions++;
+            note_overflow(c, k);
             continue;
         }
         (*slot)++;
@@ -1251,10 +1291,11 @@ static int rebuild_refcounts(Check *c)
     }
 
     /* The old table and blocks are free once the header has switched. */
+    /* (a saturated count keeps it: it may still be in use) */
     if (c->reftable_counted) {
         uint64_t first = s->refcount_table_offset / c->cs;
         for (uint64_t k = 0; k < s->refcount_table_clusters; k++) {
-            if (ref_at(c, first + k)) {
+            if (ref_at(c, first + k) && !saturated(c, first + k)) {
                 ref_set(c, first + k, (uint32_t)ref_at(c, first + k) - 1);
             }
         }
@@ -1263,7 +1304,7 @@ static int rebuild_refcounts(Check *c)
         if (c->rb_state[i] == RB_COUNTED) {
             uint64_t k = (s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK) /
                          c->cs;
-            if (ref_at(c, k)) {
+            if (ref_at(c, k) && !saturated(c, k)) {
                 ref_set(c, k, (uint32_t)ref_at(c, k) - 1);
             }
         }
@@ -1462,6 +1503,7 @@ static void check_free(Check *c)
     free(c->chunks);
     free(c->rb_state);
     free(c->l2buf);
+    free(c->overflowed);
 }
 
 /* One full check (and repair, per c->fix) into c->res. */

@@ -72,7 +72,7 @@ static int parse_extensions(Qcow2State *s, const uint8_t *buf, size_t buflen,
     uint64_t off = s->header_length;
 
     /* Extensions may not run into the backing file name. */
-    if (s->backing_file && end > s->backing_file_offset_raw) {
+    if (s->backing_file_offset_raw && end > s->backing_file_offset_raw) {
         end = s->backing_file_offset_raw;
     }
     if (end > buflen) {
@@ -457,7 +457,29 @@ int qcow2_read_header(Qcow2State *s, Error *err)
         }
         memcpy(s->header_tail, buf + QCOW2_V3_HEADER_SIZE, s->header_tail_len);
     }
-    if (backing_off) {
+    if (backing_off && (s->open_flags & BLOCK_O_CHECK)) {
+        /* What qemu-img check's open asks (it ignores the backing file
+         * itself): an offset inside the first cluster and a name of at
+         * most 1023 bytes that fits there; an empty name is none.  The
+         * extensions end where the name starts, wherever that is. */
+        if (backing_off > s->cluster_size) {
+            free(buf);
+            return error_setf(err, EINVAL, "Invalid backing file offset");
+        }
+        uint64_t room = s->cluster_size - backing_off;
+        if (backing_len > (room < 1023 ? room : 1023)) {
+            free(buf);
+            return error_setf(err, EINVAL, "Backing file name too long");
+        }
+        s->backing_file_offset_raw = backing_off;
+        if (backing_len) {
+            s->backing_file = dup_bytes(buf + backing_off, backing_len);
+            if (!s->backing_file) {
+                free(buf);
+                return -ENOMEM;
+            }
+        }
+    } else if (backing_off) {
         if (backing_len > QCOW2_MAX_BACKING_NAME || backing_len == 0 ||
             backing_off > s->cluster_size ||
             backing_off + backing_len > hlen) {
