@@ -529,6 +529,12 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     }
     if ((s->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW) &&
         !(s->incompatible_features & QCOW2_INCOMPAT_DATA_FILE)) {
+        if (s->open_flags & BLOCK_O_CHECK) {
+            /* qemu-img check cannot open it either (qcow2.txt: the bit
+             * "can only be set if the data file bit is set"). */
+            return error_setf(err, EINVAL, "data-file-raw requires a data "
+                              "file");
+        }
         /* Meaningless without a data file; treat as an unknown bit. */
         s->autoclear_features &= ~QCOW2_AUTOCLEAR_DATA_FILE_RAW;
     }
