@@ -34,9 +34,14 @@ static bool detect_metadata_prealloc(Qcow2State *s)
     uint64_t threshold = real * 10 / 9 > real + 2 ? real * 10 / 9 : real + 2;
     uint64_t end = ((uint64_t)flen + s->cluster_size - 1) >> s->cluster_bits;
     uint64_t count = 0;
-    /* A refcount block at a time: a 1 TiB image has 16M clusters. */
+    /* A refcount block at a time: a 1 TiB image has 16M clusters.  Past
+     * the refcount table every count is 0: the loop is bounded by the
+     * table (at most 1M entries), not by what the file length claims. */
     for (uint64_t c = 0; c < end && count < threshold;) {
         uint64_t rti = qcow2_reftable_index(s, c);
+        if (rti >= s->refcount_table_size) {
+            break;
+        }
         uint64_t in = qcow2_refblock_index(s, c);
         uint64_t n = s->refblock_entries - in;
         if (n > end - c) {
