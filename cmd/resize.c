@@ -8,74 +8,61 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
+#include "imgtool/parse-options.h"
 
-static const char resize_usage[] =
-    "usage: imgtool resize [--object objectdef] [--image-opts] [-f fmt]\n"
-    "                      [--preallocation=off|falloc|full|metadata] [-q]\n"
-    "                      [--shrink] filename [+|-]size\n"
-    "\n"
-    "  size              new size in bytes or with a k, M, G, T, P or E\n"
-    "                    suffix; '+' grows and '-' shrinks by that much\n"
-    "  --shrink          allow making the image smaller (data past the new\n"
-    "                    end is lost)\n"
-    "  --preallocation=M how to allocate the added space (growing only)\n"
-    "  -f fmt            image format (probed when omitted)\n"
-    "  -q, --quiet       do not print 'Image resized.'\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n";
+static int parse_prealloc(const CmdOpt *o, const char *arg, void *ctx)
+{
+    if (prealloc_parse(arg, ctx) < 0) {
+        imgtool_error("Invalid preallocation mode '%s'", arg);
+        return 1;
+    }
+    return 0;
+}
 
-enum { OPT_PREALLOC = 256, OPT_SHRINK };
+static bool shrink;
 
-static const struct option resize_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "quiet", no_argument, NULL, 'q' },
-    { "preallocation", required_argument, NULL, OPT_PREALLOC },
-    { "shrink", no_argument, NULL, OPT_SHRINK },
-    IMAGE_ARGS_LONG_OPTIONS,
-    { NULL, 0, NULL, 0 },
+static const CmdOpt resize_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_FORMAT,
+    { CMDOPT_FN, 0, "preallocation", "off|falloc|full|metadata",
+      "how to allocate the added space (growing only)", NULL,
+      parse_prealloc, 0, 0 },
+    { CMDOPT_COMMON, 'q', "quiet", NULL, "do not print 'Image resized.'",
+      NULL, NULL, 0, 'q' },
+    { CMDOPT_FLAG, 0, "shrink", NULL,
+      "allow making the image smaller (data past the new end is lost)",
+      &shrink, NULL, 0, 0 },
+    CMDOPT_END,
+};
+
+static const CmdSpec resize_spec = {
+    "resize", "filename [+|-]size",
+    "  size: the new size in bytes or with a k, M, G, T, P or E suffix;\n"
+    "  '+' grows and '-' shrinks by that much.\n",
+    resize_opts,
 };
 
 int cmd_resize(int argc, char **argv)
 {
     const char *size_arg = NULL;
     ImageArgs a = { 0 };
-    bool shrink = false;
     PreallocMode pm = PREALLOC_OFF;
-    int c, r;
+    int rc;
 
     if (argc > 2 && argv[argc - 1][0] == '-' &&
         isdigit((unsigned char)argv[argc - 1][1])) {
         size_arg = argv[--argc];
     }
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:q", resize_options, NULL)) !=
-           -1) {
-        switch (c) {
-        case 'h':
-            fputs(resize_usage, stdout);
-            return 0;
-        case OPT_PREALLOC:
-            if (prealloc_parse(optarg, &pm) < 0) {
-                imgtool_error("Invalid preallocation mode '%s'", optarg);
-                return 1;
-            }
-            break;
-        case OPT_SHRINK:
-            shrink = true;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "resize", argv);
-            if (r) {
-                return r;
-            }
-        }
+    shrink = false;
+    if (cmd_parse(&resize_spec, &a, &pm, argc, argv, &rc) < 0) {
+        return rc;
     }
 
     int npos = argc - optind;
@@ -85,9 +72,6 @@ int cmd_resize(int argc, char **argv)
     }
     if (npos != 1 || !size_arg) {
         return usage_error("resize", "Expecting image file name and size");
-    }
-    if (image_args_check(&a) < 0) {
-        return 1;
     }
     const char *filename = argv[optind];
 
@@ -112,7 +96,7 @@ int cmd_resize(int argc, char **argv)
         imgtool_report(&err);
         return 1;
     }
-    int rc = 1;
+    rc = 1;
     int64_t cur = block_get_length(n);
     if (cur < 0) {
         imgtool_error("Image size could not be determined: %s",
