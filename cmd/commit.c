@@ -5,34 +5,56 @@
  * the layers in between are no longer valid views.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "block/job/commit.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
+#include "imgtool/parse-options.h"
 #include "imgtool/imgtool.h"
 
-static const char commit_usage[] =
-    "usage: imgtool commit [--object objectdef] [--image-opts] [-q] [-f fmt]\n"
-    "                      [-t cache] [-b base] [-r rate_limit] [-d] [-p]\n"
-    "                      filename\n"
-    "\n"
-    "  -f fmt        format of the top image (probed when omitted)\n"
-    "  -t cache      cache mode: none, writeback (default), unsafe,\n"
-    "                directsync, writethrough\n"
-    "  -b base       commit into this image of the backing chain (default:\n"
-    "                the immediate backing file); implies -d\n"
-    "  -r rate       limit the copy to rate bytes per second\n"
-    "  -d            do not empty the top image afterwards\n"
-    "  -p            show progress; -q: quiet\n";
+static struct {
+    const char *cache;
+    const char *base_name;
+    bool drop;
+    bool progress;
+    uint64_t rate;
+} o;
 
-static const struct option commit_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "quiet", no_argument, NULL, 'q' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    { NULL, 0, NULL, 0 },
+/* -b: the layers in between become invalid views, so -b implies -d. */
+static int opt_base(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    o.base_name = arg;
+    o.drop = true;
+    return 0;
+}
+
+static const CmdOpt commit_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_QUIET,
+    CMDOPT_FORMAT,
+    { CMDOPT_STRING, 't', NULL, "cache",
+      "cache mode: none, writeback (default), unsafe, directsync, "
+      "writethrough", &o.cache, NULL, 0, 0 },
+    { CMDOPT_FN, 'b', NULL, "base",
+      "commit into this image of the backing chain (default: the "
+      "immediate backing file); implies -d", NULL, opt_base, 0, 0 },
+    { CMDOPT_FN, 'r', NULL, "rate_limit",
+      "limit the copy to rate bytes per second", &o.rate, cmdopt_rate,
+      0, 0 },
+    { CMDOPT_FLAG, 'd', NULL, NULL,
+      "do not empty the top image afterwards", &o.drop, NULL, 0, 0 },
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", &o.progress, NULL, 0,
+      0 },
+    CMDOPT_END,
+};
+
+static const CmdSpec commit_spec = {
+    "commit", "filename",
+    "Merges an overlay into its backing file and empties it.\n",
+    commit_opts,
 };
 
 static void commit_progress(void *opaque, uint64_t done, uint64_t total)
@@ -42,53 +64,16 @@ static void commit_progress(void *opaque, uint64_t done, uint64_t total)
 
 int cmd_commit(int argc, char **argv)
 {
-    const char *cache = NULL, *base_name = NULL;
     ImageArgs a = { 0 };
-    bool drop = false, show_progress = false;
-    uint64_t rate = 0;
-    int c, r;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:t:b:r:dpq", commit_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(commit_usage, stdout);
-            return 0;
-        case 't':
-            cache = optarg;
-            break;
-        case 'b':
-            base_name = optarg;
-            drop = true;   /* the layers in between become invalid */
-            break;
-        case 'r':
-            if (parse_size(optarg, &rate) < 0 || rate == 0) {
-                imgtool_error("Invalid rate limit specified. You may use k, "
-                              "M, G, T, P or E suffixes for");
-                imgtool_error("kilobytes, megabytes, gigabytes, terabytes, "
-                              "petabytes and exabytes.");
-                return 1;
-            }
-            break;
-        case 'd':
-            drop = true;
-            break;
-        case 'p':
-            show_progress = true;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "commit", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&commit_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    const char *cache = o.cache, *base_name = o.base_name;
+    bool drop = o.drop, show_progress = o.progress;
+    uint64_t rate = o.rate;
     if (argc - optind != 1) {
         return usage_error("commit", "Expecting one image file name");
-    }
-    if (image_args_check(&a) < 0) {
-        return 1;
     }
     if (a.quiet) {
         show_progress = false;
@@ -101,7 +86,7 @@ int cmd_commit(int argc, char **argv)
 
     const char *name = argv[optind];
     Error err = { 0 };
-    int rc = 1;
+    rc = 1;
     Progress *prog = NULL;
     BlockNode *top = imgtool_open(name, a.fmt, a.image_opts,
                                   BLOCK_O_RDWR | cache_flags, &err);

@@ -230,3 +230,16 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
     }
     return optind;
 }
+
+int cmdopt_rate(const CmdOpt *o, const char *arg, void *ctx)
+{
+    (void)ctx;
+    if (parse_size(arg, o->value) < 0 || *(uint64_t *)o->value == 0) {
+        imgtool_error("Invalid rate limit specified. You may use k, M, G, "
+                      "T, P or E suffixes for");
+        imgtool_error("kilobytes, megabytes, gigabytes, terabytes, "
+                      "petabytes and exabytes.");
+        return 1;
+    }
+    return 0;
+}

@@ -98,6 +98,10 @@ typedef struct CmdSpec {
 int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
               char **argv, int *exit_code);
 
+/* Ready-made CMDOPT_FN parsers writing to the option's value:
+ * a rate limit in bytes per second (uint64_t *, qemu-img's messages). */
+int cmdopt_rate(const CmdOpt *o, const char *arg, void *ctx);
+
 /* The --help text (usage line, description, one line per option). */
 void cmd_print_help(const CmdSpec *spec, FILE *f);
 
