@@ -23,10 +23,17 @@ pytestmark = [
 ]
 
 
-def peak_kib(tmp, argv):
+def peak_kib(tmp, argv, runs=3):
+    """The lowest peak of a few runs: a single run's peak moves by a few
+    hundred KiB with what else the machine is doing (page-cache pressure,
+    thread scheduling), which is as large as the margin compared."""
     out = tmp / "time.out"
-    run([TIME, "-f", "%M", "-o", out, *argv])
-    return int(out.read_text().split()[-1])
+    best = None
+    for _ in range(runs):
+        run([TIME, "-f", "%M", "-o", out, *argv])
+        v = int(out.read_text().split()[-1])
+        best = v if best is None else min(best, v)
+    return best
 
 
 def workload(path, size):
