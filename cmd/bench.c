@@ -570,7 +570,7 @@ int cmd_bench(int argc, char **argv)
             }
             break;
         default:
-            return usage_bad_option("bench", argv, c);
+            return usage_bad_option("bench", usage_refused_option(argv, (char[3]){0}), c == ':');
         }
     }
     if (optind != argc - 1) {

@@ -35,26 +35,25 @@ static const CmdOpt commit_opts[] = {
     CMDOPT_IMAGE_OPTS,
     CMDOPT_QUIET,
     CMDOPT_FORMAT,
-    { CMDOPT_STRING, 't', NULL, "cache",
-      "cache mode: none, writeback (default), unsafe, directsync, "
-      "writethrough", &o.cache, NULL, 0, 0 },
+    CMDOPT_CACHE('t', "cache", &o.cache, ""),
     { CMDOPT_FN, 'b', NULL, "base",
       "commit into this image of the backing chain (default: the "
-      "immediate backing file); implies -d", NULL, opt_base, 0, 0 },
-    { CMDOPT_FN, 'r', NULL, "rate_limit",
-      "limit the copy to rate bytes per second", &o.rate, cmdopt_rate,
-      0, 0 },
+      "immediate backing file); implies -d", .fn = opt_base },
+    { CMDOPT_SIZE, 'r', NULL, "rate_limit",
+      "limit the copy to rate_limit bytes per second", .value = &o.rate,
+      .what = "rate limit", .min = 1 },
     { CMDOPT_FLAG, 'd', NULL, NULL,
-      "do not empty the top image afterwards", &o.drop, NULL, 0, 0 },
-    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", &o.progress, NULL, 0,
-      0 },
+      "do not empty the top image afterwards", .value = &o.drop },
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
     CMDOPT_END,
 };
 
 static const CmdSpec commit_spec = {
-    "commit", "filename",
-    "Merges an overlay into its backing file and empties it.\n",
-    commit_opts,
+    .name = "commit",
+    .args = "filename",
+    .description = "Merges an overlay into its backing file and empties "
+                   "it.\n",
+    .opts = commit_opts,
 };
 
 static void commit_progress(void *opaque, uint64_t done, uint64_t total)
@@ -75,12 +74,14 @@ int cmd_commit(int argc, char **argv)
     if (argc - optind != 1) {
         return usage_error("commit", "Expecting one image file name");
     }
+    if (image_args_check(&a) < 0) {
+        return 1;
+    }
     if (a.quiet) {
         show_progress = false;
     }
     int cache_flags = 0;
-    if (cache && imgtool_parse_cache(cache, &cache_flags) < 0) {
-        imgtool_error("Invalid cache option: %s", cache);
+    if (cmd_cache_flags(cache, false, &cache_flags) < 0) {
         return 1;
     }
 

@@ -179,7 +179,7 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
         default: {
             int r = image_args_parse(&o->src, c, optarg);
             if (r <= 0) {
-                return r < 0 ? 1 : usage_bad_option("convert", argv, c);
+                return r < 0 ? 1 : usage_bad_option("convert", usage_refused_option(argv, (char[3]){0}), c == ':');
             }
         }
         }

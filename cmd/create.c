@@ -423,7 +423,7 @@ int cmd_create(int argc, char **argv)
             break;
         default:
             free(ostrs);
-            return usage_bad_option("create", argv, c);
+            return usage_bad_option("create", usage_refused_option(argv, (char[3]){0}), c == ':');
         }
     }
 

@@ -32,21 +32,23 @@ static const CmdOpt resize_opts[] = {
     CMDOPT_IMAGE_OPTS,
     CMDOPT_FORMAT,
     { CMDOPT_FN, 0, "preallocation", "off|falloc|full|metadata",
-      "how to allocate the added space (growing only)", NULL,
-      parse_prealloc, 0, 0 },
+      "how to allocate the added space (growing only)",
+      .fn = parse_prealloc },
     { CMDOPT_COMMON, 'q', "quiet", NULL, "do not print 'Image resized.'",
-      NULL, NULL, 0, 'q' },
+      .common_code = 'q' },
     { CMDOPT_FLAG, 0, "shrink", NULL,
       "allow making the image smaller (data past the new end is lost)",
-      &shrink, NULL, 0, 0 },
+      .value = &shrink },
     CMDOPT_END,
 };
 
 static const CmdSpec resize_spec = {
-    "resize", "filename [+|-]size",
-    "  size: the new size in bytes or with a k, M, G, T, P or E suffix;\n"
-    "  '+' grows and '-' shrinks by that much.\n",
-    resize_opts,
+    .name = "resize",
+    .args = "filename [+|-]size",
+    .description =
+        "  size: the new size in bytes or with a k, M, G, T, P or E suffix;\n"
+        "  '+' grows and '-' shrinks by that much.\n",
+    .opts = resize_opts,
 };
 
 int cmd_resize(int argc, char **argv)
@@ -72,6 +74,9 @@ int cmd_resize(int argc, char **argv)
     }
     if (npos != 1 || !size_arg) {
         return usage_error("resize", "Expecting image file name and size");
+    }
+    if (image_args_check(&a) < 0) {
+        return 1;
     }
     const char *filename = argv[optind];
 

@@ -12,15 +12,30 @@ int usage_error(const char *cmd, const char *msg)
     return 1;
 }
 
-int usage_bad_option(const char *cmd, char **argv, int c)
+const char *usage_refused_option(char **argv, char buf[3])
 {
-    const char *what = c == ':' ? "missing argument for option"
-                                : "unrecognized option";
     if (optopt > 0 && optopt < 256) {
-        imgtool_error("%s '-%c'", what, optopt);
-    } else {
-        imgtool_error("%s '%s'", what, argv[optind - 1]);
+        buf[0] = '-';
+        buf[1] = (char)optopt;
+        buf[2] = '\0';
+        return buf;
     }
+    return argv[optind - 1];
+}
+
+int usage_bad_option(const char *cmd, const char *opt, bool missing_arg)
+{
+    imgtool_error("%s '%s'", missing_arg ? "missing argument for option"
+                                         : "unrecognized option", opt);
     fprintf(stderr, "Try 'imgtool %s --help' for more information\n", cmd);
+    return 1;
+}
+
+int usage_bad_size(const char *what)
+{
+    imgtool_error("Invalid %s specified. You may use k, M, G, T, P or E "
+                  "suffixes for", what);
+    imgtool_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
+                  "and exabytes.");
     return 1;
 }

@@ -1,16 +1,28 @@
 /*
  * cmd-usage.h - reporting command-line mistakes the way qemu-img does,
- * shared by the commands in cmd/.
+ * shared by the commands in cmd/ and imgtool/parse-options.c.
  */
 #ifndef IMGTOOL_CMD_USAGE_H
 #define IMGTOOL_CMD_USAGE_H
 
-/* For a getopt_long() loop whose optstring starts with ':'.  Reports the
- * option getopt rejected (c is '?' or ':') and how to get help; returns
+#include <stdbool.h>
+
+/* Reports an option getopt refused (opt as written, "-x" or "--bogus";
+ * missing_arg: its argument was missing) and how to get help; returns
  * the exit code 1. */
-int usage_bad_option(const char *cmd, char **argv, int c);
+int usage_bad_option(const char *cmd, const char *opt, bool missing_arg);
+
+/* The option getopt just refused (getopt_long's optstring starting with
+ * ':'), as the user wrote it: "-x" for a short option or a long one
+ * with a letter, else the word ("--bogus").  buf holds the short form. */
+const char *usage_refused_option(char **argv, char buf[3]);
 
 /* Reports msg and how to get help; returns the exit code 1. */
 int usage_error(const char *cmd, const char *msg);
+
+/* qemu-img's two lines for a size it cannot read ("Invalid <what>
+ * specified. You may use k, M, G, T, P or E suffixes for" ...); returns
+ * the exit code 1. */
+int usage_bad_size(const char *what);
 
 #endif

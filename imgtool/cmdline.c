@@ -39,7 +39,9 @@ int image_args_option(ImageArgs *a, int c, char *arg, const char *cmd,
     if (r < 0) {
         return 1;
     }
-    return r ? 0 : usage_bad_option(cmd, argv, c);
+    char buf[3];
+    return r ? 0 : usage_bad_option(cmd, usage_refused_option(argv, buf),
+                                    c == ':');
 }
 
 int image_args_check(const ImageArgs *a)

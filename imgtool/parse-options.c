@@ -3,6 +3,7 @@
  * optstring and option array are generated from it, and so are the usage
  * line and --help (see parse-options.h).
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,12 +40,11 @@ static void opt_synopsis(const CmdOpt *o, char *buf, size_t len)
     }
 }
 
-/* The usage line, wrapped under the command name as qemu-img does. */
-static void print_usage_line(const CmdSpec *spec, FILE *f)
+/* head, then the options and arguments, wrapped under the end of head
+ * as qemu-img wraps its usage lines. */
+static void print_usage_line(const CmdSpec *spec, const char *head, FILE *f)
 {
-    char head[64];
-    int indent = snprintf(head, sizeof(head), "usage: imgtool %s",
-                          spec->name);
+    int indent = (int)strlen(head);
     int col = indent;
     fputs(head, f);
     for (size_t i = 0; spec->opts[i].type != CMDOPT_END_OF_TABLE; i++) {
@@ -99,7 +99,9 @@ static void print_wrapped(FILE *f, const char *text, int indent)
 
 void cmd_print_help(const CmdSpec *spec, FILE *f)
 {
-    print_usage_line(spec, f);
+    char head[64];
+    snprintf(head, sizeof(head), "usage: imgtool %s", spec->name);
+    print_usage_line(spec, head, f);
     if (spec->description) {
         fprintf(f, "\n%s", spec->description);
     }
@@ -130,6 +132,97 @@ void cmd_print_help(const CmdSpec *spec, FILE *f)
         }
         print_wrapped(f, o->help, 26);
     }
+    if (spec->commands) {
+        fprintf(f, "\ncommands:\n");
+        for (size_t i = 0; spec->commands[i]; i++) {
+            snprintf(head, sizeof(head), "  %s", spec->commands[i]->name);
+            print_usage_line(spec->commands[i], head, f);
+        }
+    }
+}
+
+int cmd_list_append(CmdList *l, const char *arg)
+{
+    const char **v = realloc(l->items, (l->n + 1) * sizeof(*v));
+    if (!v) {
+        return -ENOMEM;
+    }
+    v[l->n++] = arg;
+    l->items = v;
+    return 0;
+}
+
+void cmd_list_free(CmdList *l)
+{
+    free(l->items);
+    l->items = NULL;
+    l->n = 0;
+}
+
+/* CMDOPT_UINT: as qemu-img reads such numbers (strtoll, any base). */
+static bool parse_uint(const char *s, uint64_t min, uint64_t max,
+                       uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 0);
+    if (errno || end == s || *end || v < 0 || (uint64_t)v < min ||
+        (max && (uint64_t)v > max)) {
+        return false;
+    }
+    *out = (uint64_t)v;
+    return true;
+}
+
+/* One option's value; 0 or the exit code after reporting. */
+static int take_option(const CmdOpt *o, const char *arg, ImageArgs *a,
+                       void *ctx)
+{
+    uint64_t v = 0;
+    switch (o->type) {
+    case CMDOPT_FLAG:
+        *(bool *)o->value = true;
+        return 0;
+    case CMDOPT_STRING:
+        *(const char **)o->value = arg;
+        return 0;
+    case CMDOPT_LIST:
+        if (cmd_list_append(o->value, arg) < 0) {
+            imgtool_error("out of memory");
+            return 1;
+        }
+        return 0;
+    case CMDOPT_SIZE:
+        if (parse_size(arg, &v) < 0 || v < o->min || (o->max && v > o->max)) {
+            return usage_bad_size(o->what);
+        }
+        *(uint64_t *)o->value = v;
+        return 0;
+    case CMDOPT_UINT:
+        if (!parse_uint(arg, o->min, o->max, &v)) {
+            imgtool_error("Invalid %s specified", o->what);
+            return 1;
+        }
+        *(uint64_t *)o->value = v;
+        return 0;
+    case CMDOPT_FN:
+        return o->fn(o, arg, ctx);
+    case CMDOPT_COMMON:
+        return image_args_parse(a, o->common_code, (char *)arg) < 0 ? 1 : 0;
+    case CMDOPT_END_OF_TABLE:
+        break;
+    }
+    return 0;
+}
+
+static int bad_option(const CmdSpec *spec, char **argv, int c, void *ctx)
+{
+    char buf[3];
+    const char *opt = usage_refused_option(argv, buf);
+    if (spec->bad_option) {
+        return spec->bad_option(spec, opt, c == ':', ctx);
+    }
+    return usage_bad_option(spec->name, opt, c == ':');
 }
 
 int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
@@ -139,8 +232,11 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
     while (spec->opts[n].type != CMDOPT_END_OF_TABLE) {
         n++;
     }
-    /* ':' first (missing arguments told apart), 'h' for --help. */
-    char *optstring = malloc(2 + 3 * n + 2);
+    bool help = !(spec->flags & CMDSPEC_NO_HELP);
+    bool quiet_getopt = !(spec->flags & CMDSPEC_GETOPT_MESSAGES);
+    /* '+' to stop at the first argument, ':' (getopt says nothing, and
+     * missing arguments are told apart), 'h' for --help. */
+    char *optstring = malloc(4 + 3 * n + 1);
     struct option *longs = calloc(n + 2, sizeof(*longs));
     if (!optstring || !longs) {
         free(optstring);
@@ -150,10 +246,17 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
         return -1;
     }
     char *p = optstring;
-    *p++ = ':';
-    *p++ = 'h';
+    if (spec->flags & CMDSPEC_IN_ORDER) {
+        *p++ = '+';
+    }
+    if (quiet_getopt) {
+        *p++ = ':';
+    }
     size_t nl = 0;
-    longs[nl++] = (struct option){ "help", no_argument, NULL, 'h' };
+    if (help) {
+        *p++ = 'h';
+        longs[nl++] = (struct option){ "help", no_argument, NULL, 'h' };
+    }
     for (size_t i = 0; i < n; i++) {
         const CmdOpt *o = &spec->opts[i];
         int has = !takes_arg(o) ? no_argument
@@ -180,7 +283,7 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
     optind = 0;
     while (ret == 0 &&
            (c = getopt_long(argc, argv, optstring, longs, NULL)) != -1) {
-        if (c == 'h') {
+        if (c == 'h' && help) {
             cmd_print_help(spec, stdout);
             *exit_code = 0;
             ret = -1;
@@ -192,27 +295,15 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
                 o = &spec->opts[i];
             }
         }
-        if (!o) {
-            *exit_code = usage_bad_option(spec->name, argv, c);
-            ret = -1;
-            break;
-        }
-        int r = 0;
-        switch (o->type) {
-        case CMDOPT_FLAG:
-            *(bool *)o->value = true;
-            break;
-        case CMDOPT_STRING:
-            *(const char **)o->value = optarg;
-            break;
-        case CMDOPT_FN:
-            r = o->fn(o, optarg, ctx);
-            break;
-        case CMDOPT_COMMON:
-            r = image_args_parse(a, o->common_code, optarg) < 0 ? 1 : 0;
-            break;
-        case CMDOPT_END_OF_TABLE:
-            break;
+        int r;
+        if (!o && !quiet_getopt) {
+            /* getopt has said what was wrong */
+            cmd_print_help(spec, stderr);
+            r = 1;
+        } else if (!o) {
+            r = bad_option(spec, argv, c, ctx);
+        } else {
+            r = take_option(o, optarg, a, ctx);
         }
         if (r) {
             *exit_code = r;
@@ -221,25 +312,15 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
     }
     free(optstring);
     free(longs);
-    if (ret < 0) {
-        return -1;
-    }
-    if (a && image_args_check(a) < 0) {
-        *exit_code = 1;
-        return -1;
-    }
-    return optind;
+    return ret < 0 ? -1 : optind;
 }
 
-int cmdopt_rate(const CmdOpt *o, const char *arg, void *ctx)
+int cmd_cache_flags(const char *mode, bool source, int *flags)
 {
-    (void)ctx;
-    if (parse_size(arg, o->value) < 0 || *(uint64_t *)o->value == 0) {
-        imgtool_error("Invalid rate limit specified. You may use k, M, G, "
-                      "T, P or E suffixes for");
-        imgtool_error("kilobytes, megabytes, gigabytes, terabytes, "
-                      "petabytes and exabytes.");
-        return 1;
+    if (mode && imgtool_parse_cache(mode, flags) < 0) {
+        imgtool_error("Invalid %scache option: %s", source ? "source " : "",
+                      mode);
+        return -1;
     }
     return 0;
 }
