@@ -6,7 +6,6 @@
  * file, so that a missing or broken layer is reported by name and a
  * backing loop is caught instead of followed forever.
  */
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,28 +13,28 @@
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/info-print.h"
+#include "imgtool/parse-options.h"
 
-static const char info_usage[] =
-    "usage: imgtool info [--object objectdef] [--image-opts] [-f fmt]\n"
-    "                    [--output=human|json] [--backing-chain] [-U]\n"
-    "                    filename\n"
-    "\n"
-    "  -f fmt            image format (probed when omitted)\n"
-    "  --output=FMT      'human' (default) or 'json'\n"
-    "  --backing-chain   describe every image of the backing chain\n"
-    "  -U, --force-share open the image read-only without conflicting locks\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n"
-    "  --object DEF      define an object, e.g. secret,id=...,file=...\n";
+static bool backing_chain;
 
-enum { OPT_BACKING_CHAIN = 256 };
+static const CmdOpt info_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_FORMAT,
+    CMDOPT_OUTPUT,
+    { CMDOPT_FLAG, 0, "backing-chain", NULL,
+      "describe every image of the backing chain",
+      .value = &backing_chain },
+    CMDOPT_FORCE_SHARE,
+    CMDOPT_END,
+};
 
-static const struct option info_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    OUTPUT_LONG_OPTION,
-    { NULL, 0, NULL, 0 },
+static const CmdSpec info_spec = {
+    .name = "info",
+    .args = "filename",
+    .description = "Shows the format, sizes, backing file and format-specific "
+                   "details of an image.\n",
+    .opts = info_opts,
 };
 
 /* Fills chain with one ImageInfo per layer.  Returns 0 or an exit code
@@ -109,25 +108,11 @@ static int collect_chain(json_t *chain, const char *name, const char *fmt,
 int cmd_info(int argc, char **argv)
 {
     ImageArgs a = { 0 };
-    bool chain = false;
-    int c, r;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:U", info_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(info_usage, stdout);
-            return 0;
-        case OPT_BACKING_CHAIN:
-            chain = true;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "info", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&info_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    bool chain = backing_chain;
     if (argc - optind != 1) {
         return usage_error("info", "Expecting one image file name");
     }

@@ -11,38 +11,40 @@
  * offsets) are merged into one entry.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
+#include "imgtool/parse-options.h"
 
 /* One status query covers at most this much; entries merge anyway. */
 #define MAP_STEP (1ULL << 30)
 
-static const char map_usage[] =
-    "usage: imgtool map [--object objectdef] [--image-opts] [-f fmt]\n"
-    "                   [--start-offset=OFFSET] [--max-length=LEN]\n"
-    "                   [--output=human|json] [-U] filename\n"
-    "\n"
-    "  -f fmt              image format (probed when omitted)\n"
-    "  --start-offset=OFF  first byte to map\n"
-    "  --max-length=LEN    map at most LEN bytes\n"
-    "  --output=FMT        'human' (default) or 'json'\n"
-    "  -U, --force-share   open without conflicting locks\n";
+static struct {
+    uint64_t start, max_len;
+} o = { .max_len = UINT64_MAX };
 
-enum { OPT_START = 256, OPT_MAXLEN };
+static const CmdOpt map_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_FORMAT,
+    { CMDOPT_SIZE, 0, "start-offset", "offset", "first byte to map",
+      .value = &o.start, .what = "start offset", .max = INT64_MAX },
+    { CMDOPT_SIZE, 0, "max-length", "len", "map at most len bytes",
+      .value = &o.max_len, .what = "max length", .max = INT64_MAX },
+    CMDOPT_OUTPUT,
+    CMDOPT_FORCE_SHARE,
+    CMDOPT_END,
+};
 
-static const struct option map_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "start-offset", required_argument, NULL, OPT_START },
-    { "max-length", required_argument, NULL, OPT_MAXLEN },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    OUTPUT_LONG_OPTION,
-    { NULL, 0, NULL, 0 },
+static const CmdSpec map_spec = {
+    .name = "map",
+    .args = "filename",
+    .description = "Shows which layer of the backing chain holds each byte "
+                   "range, and where.\n",
+    .opts = map_opts,
 };
 
 typedef struct MapEntry {
@@ -192,44 +194,14 @@ static int map_run(BlockNode *n, uint64_t start, uint64_t end,
     return 0;
 }
 
-static int bad_size(const char *what)
-{
-    imgtool_error("Invalid %s specified. You may use k, M, G, T, P or E "
-                  "suffixes for", what);
-    imgtool_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
-                  "and exabytes.");
-    return 1;
-}
-
 int cmd_map(int argc, char **argv)
 {
     ImageArgs a = { 0 };
-    uint64_t start = 0, max_len = UINT64_MAX;
-    int c, r;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:U", map_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(map_usage, stdout);
-            return 0;
-        case OPT_START:
-            if (parse_size(optarg, &start) < 0 || start > INT64_MAX) {
-                return bad_size("start offset");
-            }
-            break;
-        case OPT_MAXLEN:
-            if (parse_size(optarg, &max_len) < 0 || max_len > INT64_MAX) {
-                return bad_size("max length");
-            }
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "map", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&map_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    uint64_t start = o.start, max_len = o.max_len;
     if (argc - optind != 1) {
         return usage_error("map", "Expecting one image file name");
     }
@@ -255,7 +227,7 @@ int cmd_map(int argc, char **argv)
     if (max_len < end && start + max_len < end) {
         end = start + max_len;
     }
-    int rc = map_run(n, start, end, a.output);
+    rc = map_run(n, start, end, a.output);
     block_close(n);
     return rc;
 }
