@@ -9,7 +9,6 @@
  * code says whether the repaired image is now clean.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <string.h>
 
@@ -17,34 +16,53 @@
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/info-print.h"
+#include "imgtool/parse-options.h"
 
-static const char check_usage[] =
-    "usage: imgtool check [--object objectdef] [--image-opts] [-q] [-f fmt]\n"
-    "                     [--output=human|json] [-r leaks|all] [-T cache]\n"
-    "                     [-U] filename\n"
-    "\n"
-    "  -f fmt            image format (probed when omitted)\n"
-    "  --output=FMT      'human' (default) or 'json'\n"
-    "  -r leaks          repair leaked clusters (safe)\n"
-    "  -r all            repair all errors (may lose data on a badly\n"
-    "                    damaged image)\n"
-    "  -T cache          cache mode: none, writeback (default), unsafe,\n"
-    "                    directsync, writethrough\n"
-    "  -U, --force-share open the image read-only without conflicting locks\n"
-    "  -q, --quiet       print nothing, only set the exit code\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n"
-    "\n"
-    "Exit codes: 0 no errors, 1 check could not be completed, 2 corruptions,\n"
-    "3 leaked clusters only, 63 the format does not support checks.\n";
+static struct {
+    const char *cache;
+    int fix;
+} o;
 
-static const struct option check_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "repair", required_argument, NULL, 'r' },
-    { "quiet", no_argument, NULL, 'q' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    OUTPUT_LONG_OPTION,
-    { NULL, 0, NULL, 0 },
+/* -r leaks|all */
+static int opt_repair(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    if (strcmp(arg, "leaks") == 0) {
+        o.fix = BLOCK_FIX_LEAKS;
+    } else if (strcmp(arg, "all") == 0) {
+        o.fix = BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS;
+    } else {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "Unknown option value for -r "
+                 "(expecting 'leaks' or 'all'): %s", arg);
+        return usage_error("check", msg);
+    }
+    return 0;
+}
+
+static const CmdOpt check_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_COMMON, 'q', "quiet", NULL,
+      "print nothing, only set the exit code", .common_code = 'q' },
+    CMDOPT_FORMAT,
+    CMDOPT_OUTPUT,
+    { CMDOPT_FN, 'r', "repair", "leaks|all",
+      "repair leaked clusters (safe), or all errors (may lose data on a "
+      "badly damaged image)", .fn = opt_repair },
+    CMDOPT_CACHE('T', "src_cache", &o.cache, ""),
+    CMDOPT_FORCE_SHARE,
+    CMDOPT_END,
+};
+
+static const CmdSpec check_spec = {
+    .name = "check",
+    .args = "filename",
+    .description =
+        "Checks an image's metadata and optionally repairs it.\n\n"
+        "Exit codes: 0 no errors, 1 check could not be completed, 2 "
+        "corruptions,\n3 leaked clusters only, 63 the format does not "
+        "support checks.\n",
+    .opts = check_opts,
 };
 
 static void print_human(const BlockCheckResult *r)
@@ -143,39 +161,12 @@ static int run_check(BlockNode *n, BlockCheckResult *res, int fix)
 
 int cmd_check(int argc, char **argv)
 {
-    const char *cache = NULL;
     ImageArgs a = { 0 };
-    int fix = 0, c, r;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:r:T:Uq", check_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(check_usage, stdout);
-            return 0;
-        case 'r':
-            if (strcmp(optarg, "leaks") == 0) {
-                fix = BLOCK_FIX_LEAKS;
-            } else if (strcmp(optarg, "all") == 0) {
-                fix = BLOCK_FIX_LEAKS | BLOCK_FIX_ERRORS;
-            } else {
-                char msg[300];
-                snprintf(msg, sizeof(msg), "Unknown option value for -r "
-                         "(expecting 'leaks' or 'all'): %s", optarg);
-                return usage_error("check", msg);
-            }
-            break;
-        case 'T':
-            cache = optarg;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "check", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&check_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    int fix = o.fix;
     if (argc - optind != 1) {
         return usage_error("check", "Expecting one image file name");
     }
@@ -190,8 +181,7 @@ int cmd_check(int argc, char **argv)
     }
 
     int flags = BLOCK_O_CHECK, cache_flags = 0;
-    if (cache && imgtool_parse_cache(cache, &cache_flags) < 0) {
-        imgtool_error("Invalid source cache option: %s", cache);
+    if (cmd_cache_flags(o.cache, true, &cache_flags) < 0) {
         return 1;
     }
     flags |= cache_flags;
@@ -209,7 +199,7 @@ int cmd_check(int argc, char **argv)
     }
 
     BlockCheckResult res;
-    int rc = run_check(n, &res, fix);
+    rc = run_check(n, &res, fix);
     if (rc == 0 && (res.leaks_fixed || res.corruptions_fixed)) {
         int leaks_fixed = res.leaks_fixed;
         int corruptions_fixed = res.corruptions_fixed;

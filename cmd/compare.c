@@ -9,13 +9,13 @@
  * 512-byte granularity, like qemu-img.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
+#include "imgtool/parse-options.h"
 
 #define CMP_BUF (1024 * 1024)
 #define CMP_SECTOR 512
@@ -23,24 +23,34 @@
 enum { CMP_SAME = 0, CMP_DIFFERENT = 1, CMP_EOPEN = 2, CMP_ESTATUS = 3,
        CMP_EREAD = 4 };
 
-static const char compare_usage[] =
-    "usage: imgtool compare [--object objectdef] [--image-opts] [-f fmt]\n"
-    "                       [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U]\n"
-    "                       filename1 filename2\n"
-    "\n"
-    "  -f fmt / -F fmt   format of the first / second image\n"
-    "  -s                strict: sizes and allocation must match too\n"
-    "  -T cache          cache mode for both images\n"
-    "  -p                show progress; -q: print nothing\n"
-    "  -U                open without conflicting locks\n"
-    "Exit code: 0 identical, 1 different, 2 open error, 3 block status\n"
-    "error, 4 read error.\n";
+static struct {
+    const char *fmt2, *cache;
+    bool progress, strict;
+} o;
 
-static const struct option compare_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    { NULL, 0, NULL, 0 },
+static const CmdOpt compare_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_COMMON, 'f', "format", "fmt",
+      "format of the first image (probed when omitted)", .common_code = 'f' },
+    { CMDOPT_STRING, 'F', NULL, "fmt", "format of the second image",
+      .value = &o.fmt2 },
+    CMDOPT_CACHE('T', "src_cache", &o.cache, "both images' "),
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
+    { CMDOPT_COMMON, 'q', NULL, NULL, "print nothing", .common_code = 'q' },
+    { CMDOPT_FLAG, 's', NULL, NULL,
+      "strict: sizes and allocation must match too", .value = &o.strict },
+    CMDOPT_FORCE_SHARE,
+    CMDOPT_END,
+};
+
+static const CmdSpec compare_spec = {
+    .name = "compare",
+    .args = "filename1 filename2",
+    .description = "Compares the contents of two images.  Exit code: 0 "
+                   "identical, 1 different,\n2 open error, 3 block status "
+                   "error, 4 read error.\n",
+    .opts = compare_opts,
 };
 
 typedef struct Side {
@@ -230,30 +240,15 @@ static int cmp_run(Compare *c)
 
 int cmd_compare(int argc, char **argv)
 {
-    const char *fmt2 = NULL, *cache = NULL;
     ImageArgs a = { 0 };
-    bool progress = false;
     Compare c = { 0 };
-    int opt, r;
-
-    optind = 0;
-    while ((opt = getopt_long(argc, argv, ":hf:F:T:pqsU", compare_options,
-                              NULL)) != -1) {
-        switch (opt) {
-        case 'h':
-            fputs(compare_usage, stdout);
-            return 0;
-        case 'F': fmt2 = optarg; break;
-        case 'T': cache = optarg; break;
-        case 'p': progress = true; break;
-        case 's': c.strict = true; break;
-        default:
-            r = image_args_option(&a, opt, optarg, "compare", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&compare_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    const char *fmt2 = o.fmt2;
+    bool progress = o.progress;
+    c.strict = o.strict;
     c.quiet = a.quiet;
     if (c.quiet) {
         progress = false;
@@ -265,8 +260,7 @@ int cmd_compare(int argc, char **argv)
         return CMP_EOPEN;
     }
     int flags = image_args_flags(&a);
-    if (cache && imgtool_parse_cache(cache, &flags) < 0) {
-        imgtool_error("Invalid source cache option: %s", cache);
+    if (cmd_cache_flags(o.cache, true, &flags) < 0) {
         return CMP_EOPEN;
     }
 
