@@ -8,7 +8,6 @@
  * shares.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,27 +15,42 @@
 #include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/parse-options.h"
 
-static const char rebase_usage[] =
-    "usage: imgtool rebase [--object objectdef] [--image-opts] [-U] [-q]\n"
-    "                      [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-c]\n"
-    "                      -b backing_file [-F backing_fmt] filename\n"
-    "\n"
-    "  -b file       the new backing file (relative names are relative to\n"
-    "                the image's directory); \"\" removes the backing file\n"
-    "  -F fmt        format of the new backing file\n"
-    "  -u            unsafe: change the header only, copy nothing\n"
-    "  -c            store the clusters written compressed\n"
-    "  -t cache      cache mode of the image; -T: of the backing files\n"
-    "  -U            open the backing files without conflicting locks\n"
-    "  -p            show progress; -q: quiet\n";
+static struct {
+    const char *cache, *src_cache, *backing, *backing_fmt;
+    bool unsafe, progress, compress;
+} o;
 
-static const struct option rebase_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "quiet", no_argument, NULL, 'q' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    { NULL, 0, NULL, 0 },
+static const CmdOpt rebase_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_COMMON, 'U', "force-share", NULL,
+      "open the backing files without conflicting locks",
+      .common_code = 'U' },
+    CMDOPT_QUIET,
+    CMDOPT_FORMAT,
+    CMDOPT_CACHE('t', "cache", &o.cache, "the image's "),
+    CMDOPT_CACHE('T', "src_cache", &o.src_cache, "the backing files' "),
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
+    { CMDOPT_FLAG, 'u', NULL, NULL,
+      "unsafe: change the header only, copy nothing", .value = &o.unsafe },
+    { CMDOPT_FLAG, 'c', NULL, NULL, "store the clusters written compressed",
+      .value = &o.compress },
+    { CMDOPT_STRING, 'b', NULL, "backing_file",
+      "the new backing file (relative names are relative to the image's "
+      "directory); \"\" removes the backing file", .value = &o.backing },
+    { CMDOPT_STRING, 'F', NULL, "backing_fmt",
+      "format of the new backing file", .value = &o.backing_fmt },
+    CMDOPT_END,
+};
+
+static const CmdSpec rebase_spec = {
+    .name = "rebase",
+    .args = "filename",
+    .description = "Changes an image's backing file (-b is needed unless "
+                   "-u is given).\n",
+    .opts = rebase_opts,
 };
 
 typedef struct RebaseBar {
@@ -57,47 +71,13 @@ static void rebase_progress(void *opaque, uint64_t done, uint64_t total)
 
 int cmd_rebase(int argc, char **argv)
 {
-    const char *cache = NULL, *src_cache = NULL;
-    const char *backing = NULL, *backing_fmt = NULL;
     ImageArgs a = { 0 };
-    bool unsafe = false, show_progress = false, compress = false;
-    int c, r;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:F:b:t:T:Upucq", rebase_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(rebase_usage, stdout);
-            return 0;
-        case 'b':
-            backing = optarg;
-            break;
-        case 'F':
-            backing_fmt = optarg;
-            break;
-        case 't':
-            cache = optarg;
-            break;
-        case 'T':
-            src_cache = optarg;
-            break;
-        case 'u':
-            unsafe = true;
-            break;
-        case 'p':
-            show_progress = true;
-            break;
-        case 'c':
-            compress = true;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "rebase", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&rebase_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    const char *backing = o.backing, *backing_fmt = o.backing_fmt;
+    bool unsafe = o.unsafe, show_progress = o.progress;
     if (argc - optind != 1) {
         return usage_error("rebase", "Expecting one image file name");
     }
@@ -132,14 +112,8 @@ int cmd_rebase(int argc, char **argv)
         return 1;
     }
     int cache_flags = 0, src_flags = 0;
-    if (cache && imgtool_parse_cache(cache, &cache_flags) < 0) {
-        imgtool_error("Invalid cache option: %s", cache);
-        free(bpath);
-        free(bfmt);
-        return 1;
-    }
-    if (src_cache && imgtool_parse_cache(src_cache, &src_flags) < 0) {
-        imgtool_error("Invalid source cache option: %s", src_cache);
+    if (cmd_cache_flags(o.cache, false, &cache_flags) < 0 ||
+        cmd_cache_flags(o.src_cache, true, &src_flags) < 0) {
         free(bpath);
         free(bfmt);
         return 1;
@@ -147,7 +121,7 @@ int cmd_rebase(int argc, char **argv)
 
     const char *name = argv[optind];
     Error err = { 0 };
-    int rc = 1;
+    rc = 1;
     int flags = BLOCK_O_RDWR | cache_flags;
     if (unsafe) {
         flags |= BLOCK_O_NO_BACKING;
@@ -166,7 +140,7 @@ int cmd_rebase(int argc, char **argv)
         /* -U applies to the new backing file, as in qemu-img */
         .backing_flags = image_args_flags(&a) | src_flags,
         .unsafe = unsafe,
-        .compress = compress,
+        .compress = o.compress,
         .progress = rebase_progress,
         .progress_opaque = &bar,
     };

@@ -9,7 +9,6 @@
  * the later ones), -d drops a layer keeping every other state.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <string.h>
 #include <time.h>
 
@@ -17,51 +16,75 @@
 #include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/info-print.h"
+#include "imgtool/parse-options.h"
 
-static const char snapshot_usage[] =
-    "usage: imgtool snapshot [--object objectdef] [--image-opts] [-U] [-q]\n"
-    "                        [-l | -a snapshot | -c snapshot | -d snapshot]\n"
-    "                        [-f fmt] filename\n"
-    "\n"
-    "  -l                list all snapshots (the default)\n"
-    "  -a snapshot       apply (revert to) a snapshot, by id (first) or name\n"
-    "  -c snapshot       create a snapshot named 'snapshot'\n"
-    "  -d snapshot       delete the snapshot named 'snapshot' (names only)\n"
-    "  -f fmt            image format (probed when omitted)\n"
-    "  -U, --force-share open the image read-only without conflicting locks\n"
-    "                    (listing only)\n"
-    "  -q, --quiet       print nothing but errors\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n"
-    "\n"
-    "usage: imgtool snapshot --external [-U] [-q] [-p] [--output=ofmt]\n"
-    "                        [-l | -a name | -c name [--file path] | -d name]\n"
-    "                        [-f fmt] filename\n"
-    "\n"
-    "  External snapshots are the layers of filename's backing chain;\n"
-    "  filename (the active image) stays the image the VM uses.\n"
-    "  -l                list the layers, newest first (the default)\n"
-    "  -c name           freeze the current content as <stem>.name.qcow2 next\n"
-    "                    to filename (or --file path); filename becomes an\n"
-    "                    empty overlay on it\n"
-    "  -a name           revert: filename becomes an empty overlay on layer\n"
-    "                    'name' (a name, file name or path); the layers above\n"
-    "                    it are deleted\n"
-    "  -d name           delete layer 'name', keeping every other state (its\n"
-    "                    data moves into the layer above)\n"
-    "  --output=ofmt     'human' or 'json' (listing)\n"
-    "  -p                show progress (delete)\n";
+static struct {
+    int action;             /* 'l', 'a', 'c', 'd' or 0 (list) */
+    const char *name;
+    const char *file;
+    bool external, progress;
+} o;
 
-enum { OPT_EXTERNAL = 0x500, OPT_FILE };
+/* -l, -a, -c, -d: one of them, at most. */
+static int opt_action(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    if (o.action) {
+        return usage_error("snapshot", "Cannot mix '-l', '-a', '-c', '-d'");
+    }
+    o.action = opt->short_name;
+    o.name = arg;
+    return 0;
+}
 
-static const struct option snapshot_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "quiet", no_argument, NULL, 'q' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    OUTPUT_LONG_OPTION,
-    { "external", no_argument, NULL, OPT_EXTERNAL },
-    { "file", required_argument, NULL, OPT_FILE },
-    { NULL, 0, NULL, 0 },
+static const CmdOpt snapshot_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_COMMON, 'U', "force-share", NULL,
+      "open the image read-only without conflicting locks (listing only)",
+      .common_code = 'U' },
+    { CMDOPT_COMMON, 'q', "quiet", NULL, "print nothing but errors",
+      .common_code = 'q' },
+    { CMDOPT_FN, 'l', NULL, NULL, "list the snapshots (the default)",
+      .fn = opt_action },
+    { CMDOPT_FN, 'a', NULL, "snapshot",
+      "apply (revert to) a snapshot, by id (first) or name",
+      .fn = opt_action },
+    { CMDOPT_FN, 'c', NULL, "snapshot", "create a snapshot named snapshot",
+      .fn = opt_action },
+    { CMDOPT_FN, 'd', NULL, "snapshot",
+      "delete the snapshot named snapshot (names only)", .fn = opt_action },
+    CMDOPT_FORMAT,
+    { CMDOPT_FLAG, 0, "external", NULL,
+      "work on external snapshots, the layers of the backing chain (see "
+      "above)", .value = &o.external },
+    { CMDOPT_STRING, 0, "file", "path",
+      "with --external -c: the new layer's file", .value = &o.file },
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress (--external -d)",
+      .value = &o.progress },
+    { CMDOPT_COMMON, 0, "output", "human|json",
+      "output format (--external -l)", .common_code = OPT_COMMON_OUTPUT },
+    CMDOPT_END,
+};
+
+static const CmdSpec snapshot_spec = {
+    .name = "snapshot",
+    .args = "filename",
+    .description =
+        "Lists (-l), creates (-c), applies (-a) or deletes (-d) the internal\n"
+        "snapshots of an image, one action at a time.\n"
+        "\n"
+        "With --external the snapshots are the layers of filename's backing\n"
+        "chain; filename (the active image) stays the image the VM uses:\n"
+        "  -l       list the layers, newest first (the default)\n"
+        "  -c name  freeze the current content as <stem>.name.qcow2 next to\n"
+        "           filename (or --file path); filename becomes an empty\n"
+        "           overlay on it\n"
+        "  -a name  revert: filename becomes an empty overlay on layer 'name'\n"
+        "           (a name, file name or path); the layers above it are\n"
+        "           deleted\n"
+        "  -d name  delete layer 'name', keeping every other state (its data\n"
+        "           moves into the layer above)\n",
+    .opts = snapshot_opts,
 };
 
 static int list_snapshots(BlockNode *n)
@@ -186,44 +209,13 @@ static int external_snapshot(int action, const char *name, const char *file,
 int cmd_snapshot(int argc, char **argv)
 {
     ImageArgs a = { 0 };
-    int action = 0, c, r;
-    const char *name = NULL, *file = NULL;
-    bool external = false, show_progress = false;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hla:c:d:f:Uqp", snapshot_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(snapshot_usage, stdout);
-            return 0;
-        case OPT_EXTERNAL:
-            external = true;
-            break;
-        case OPT_FILE:
-            file = optarg;
-            break;
-        case 'p':
-            show_progress = true;
-            break;
-        case 'l':
-        case 'a':
-        case 'c':
-        case 'd':
-            if (action) {
-                return usage_error("snapshot",
-                                   "Cannot mix '-l', '-a', '-c', '-d'");
-            }
-            action = c;
-            name = c == 'l' ? NULL : optarg;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "snapshot", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&snapshot_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    int action = o.action;
+    const char *name = o.name, *file = o.file;
+    bool external = o.external, show_progress = o.progress;
     if (argc - optind != 1) {
         return usage_error("snapshot", "Expecting one image file name");
     }
@@ -270,7 +262,8 @@ int cmd_snapshot(int argc, char **argv)
         imgtool_report(&err);
         return 1;
     }
-    int rc = 0, ret = 0;
+    rc = 0;
+    int ret = 0;
     const char *what = NULL;
     switch (action) {
     case 'l':
