@@ -47,28 +47,41 @@ static void print_usage_line(const CmdSpec *spec, const char *head, FILE *f)
     int indent = (int)strlen(head);
     int col = indent;
     fputs(head, f);
-    for (size_t i = 0; spec->opts[i].type != CMDOPT_END_OF_TABLE; i++) {
-        const CmdOpt *o = &spec->opts[i];
-        if (o->flags & CMDOPT_HIDDEN) {
-            continue;
-        }
+    /* one item a time: each option, then each argument (a bracketed
+     * group such as "[filename2 [...]]" stays whole) */
+    const char *args = spec->args ? spec->args : "";
+    size_t i = 0;
+    for (;;) {
         char item[128];
-        opt_synopsis(o, item + 1, sizeof(item) - 2);
-        item[0] = '[';
-        strcat(item, "]");
+        const CmdOpt *o = &spec->opts[i];
+        if (o->type != CMDOPT_END_OF_TABLE) {
+            i++;
+            if (o->flags & CMDOPT_HIDDEN) {
+                continue;
+            }
+            opt_synopsis(o, item + 1, sizeof(item) - 2);
+            item[0] = '[';
+            strcat(item, "]");
+        } else {
+            args += strspn(args, " ");
+            if (!*args) {
+                break;
+            }
+            size_t len = 0;
+            for (int depth = 0; args[len] && (depth || args[len] != ' ');
+                 len++) {
+                depth += args[len] == '[' ? 1 : args[len] == ']' ? -1 : 0;
+            }
+            snprintf(item, sizeof(item), "%.*s", (int)len, args);
+            args += len;
+        }
         int w = (int)strlen(item) + 1;
-        if (col + w > 78) {
+        if (col + w > 78 && col > indent) {
             fprintf(f, "\n%*s", indent, "");
             col = indent;
         }
         fprintf(f, " %s", item);
         col += w;
-    }
-    if (spec->args && *spec->args) {
-        if (col + 1 + (int)strlen(spec->args) > 78) {
-            fprintf(f, "\n%*s", indent, "");
-        }
-        fprintf(f, " %s", spec->args);
     }
     fputc('\n', f);
 }
@@ -313,6 +326,21 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
     free(optstring);
     free(longs);
     return ret < 0 ? -1 : optind;
+}
+
+int cmd_opts_append(char **all, const char *more)
+{
+    size_t have = *all ? strlen(*all) : 0;
+    char *n = realloc(*all, have + strlen(more) + 2);
+    if (!n) {
+        return -ENOMEM;
+    }
+    if (have) {
+        n[have++] = ',';
+    }
+    strcpy(n + have, more);
+    *all = n;
+    return 0;
 }
 
 int cmd_cache_flags(const char *mode, bool source, int *flags)

@@ -164,6 +164,11 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
 int cmd_list_append(CmdList *l, const char *arg);
 void cmd_list_free(CmdList *l);
 
+/* Appends one -o list to the ones before it in *all (malloc'd), after a
+ * ',' when *all holds something: qemu-img merges repeated -o options
+ * into one list.  0, or -ENOMEM. */
+int cmd_opts_append(char **all, const char *more);
+
 /* The BLOCK_O_* flags of a -t/-T cache mode (NULL: *flags untouched),
  * or -1 after qemu-img's "Invalid [source ]cache option: MODE". */
 int cmd_cache_flags(const char *mode, bool source, int *flags);
