@@ -9,7 +9,6 @@
  * name the image is opened to learn its format.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,30 +16,53 @@
 #include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/opthelp.h"
+#include "imgtool/parse-options.h"
 
-static const char amend_usage[] =
-    "usage: imgtool amend [--object objectdef] [--image-opts] [-p] [-q]\n"
-    "                     [-f fmt] [-t cache] [--force] -o options filename\n"
-    "\n"
-    "  -o options        the options to change, e.g. compat=0.10 or\n"
-    "                    refcount_bits=8; '-o help' lists them\n"
-    "  -f fmt            image format (probed when omitted)\n"
-    "  -t cache          cache mode for writing the image (default\n"
-    "                    writeback)\n"
-    "  -p                show progress\n"
-    "  -q, --quiet       print nothing but errors\n"
-    "  --force           allow changes that lose something (erasing the\n"
-    "                    last LUKS key slot)\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n";
+static struct {
+    char *opts;           /* every -o, joined with ',' */
+    bool help;            /* one of them asks for the list */
+    const char *cache;
+    bool progress, force;
+} o;
 
-enum { OPT_FORCE = 256 };
+/* -o: an empty list is refused where it stands, as qemu-img does. */
+static int opt_options(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    if (!*arg) {
+        imgtool_error("Invalid option list: %s", arg);
+        return 1;
+    }
+    o.help |= opthelp_wanted(arg);
+    if (cmd_opts_append(&o.opts, arg) < 0) {
+        imgtool_error("out of memory");
+        return 1;
+    }
+    return 0;
+}
 
-static const struct option amend_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "quiet", no_argument, NULL, 'q' },
-    { "force", no_argument, NULL, OPT_FORCE },
-    IMAGE_ARGS_LONG_OPTIONS,
-    { NULL, 0, NULL, 0 },
+static const CmdOpt amend_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
+    { CMDOPT_COMMON, 'q', "quiet", NULL, "print nothing but errors",
+      .common_code = 'q' },
+    CMDOPT_FORMAT,
+    CMDOPT_CACHE('t', "cache", &o.cache, ""),
+    { CMDOPT_FLAG, 0, "force", NULL,
+      "allow changes that lose something (erasing the last LUKS key slot)",
+      .value = &o.force },
+    { CMDOPT_FN, 'o', NULL, "options",
+      "the options to change, e.g. compat=0.10 or refcount_bits=8; "
+      "'-o help' lists them", .fn = opt_options },
+    CMDOPT_END,
+};
+
+static const CmdSpec amend_spec = {
+    .name = "amend",
+    .args = "filename",
+    .description = "Changes the format options of an image in place (-o is "
+                   "required).\n",
+    .opts = amend_opts,
 };
 
 /* The options a driver can amend, sorted by name as qemu-img lists them. */
@@ -76,27 +98,6 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     progress_update(opaque, done, total);
 }
 
-/* Joins the -o strings with ',' as qemu-img merges repeated -o. */
-static char *join_opts(char **v, int n)
-{
-    size_t len = 1;
-    for (int i = 0; i < n; i++) {
-        len += strlen(v[i]) + 1;
-    }
-    char *s = malloc(len);
-    if (!s) {
-        return NULL;
-    }
-    s[0] = '\0';
-    for (int i = 0; i < n; i++) {
-        if (i) {
-            strcat(s, ",");
-        }
-        strcat(s, v[i]);
-    }
-    return s;
-}
-
 /*
  * Rewrites an -o string the way qemu-img reads it: a bare "key" means
  * "key=on"; an empty item (",x", "x,") makes the list invalid (NULL).
@@ -105,7 +106,7 @@ static char *join_opts(char **v, int n)
 static char *normalize_opts(const char *in)
 {
     /* an item of one byte and its comma grow by "=on": 2.5x at most */
-    size_t cap = strlen(in) * 3 + 8, o = 0;
+    size_t cap = strlen(in) * 3 + 8, w = 0;
     char *out = malloc(cap);
     const char *p = in;
 
@@ -123,19 +124,19 @@ static char *normalize_opts(const char *in)
             free(out);
             return NULL;
         }
-        memcpy(out + o, p, (size_t)(end - p));
-        o += (size_t)(end - p);
+        memcpy(out + w, p, (size_t)(end - p));
+        w += (size_t)(end - p);
         if (!has_eq) {
-            memcpy(out + o, "=on", 3);
-            o += 3;
+            memcpy(out + w, "=on", 3);
+            w += 3;
         }
         if (!*end) {
             break;
         }
-        out[o++] = ',';
+        out[w++] = ',';
         p = end + 1;
     }
-    out[o] = '\0';
+    out[w] = '\0';
     return out;
 }
 
@@ -216,55 +217,19 @@ out:
 int cmd_amend(int argc, char **argv)
 {
     ImageArgs a = { 0 };
-    const char *cache = NULL;
-    bool progress = false, force = false, help = false;
-    char **ostrs = calloc((size_t)argc + 1, sizeof(*ostrs));
-    int nostrs = 0, c, r, rc = 1;
-
-    if (!ostrs) {
-        imgtool_error("out of memory");
-        return 1;
+    int rc;
+    if (cmd_parse(&amend_spec, &a, NULL, argc, argv, &rc) < 0) {
+        goto out;
     }
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":ho:f:t:pq", amend_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(amend_usage, stdout);
-            rc = 0;
-            goto out;
-        case 'o':
-            if (!*optarg) {
-                imgtool_error("Invalid option list: %s", optarg);
-                goto out;
-            }
-            help |= opthelp_wanted(optarg);
-            ostrs[nostrs++] = optarg;
-            break;
-        case 't':
-            cache = optarg;
-            break;
-        case 'p':
-            progress = true;
-            break;
-        case OPT_FORCE:
-            force = true;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "amend", argv);
-            if (r) {
-                rc = r;
-                goto out;
-            }
-        }
-    }
-    if (!nostrs) {
+    rc = 1;
+    if (!o.opts) {
         rc = usage_error("amend", "Must specify options (-o)");
         goto out;
     }
     if (image_args_check(&a) < 0) {
         goto out;
     }
+    bool help = o.help;
     int npos = argc - optind;
     if (help && npos == 0 && a.fmt) {
         const BlockDriver *drv = block_find_driver(a.fmt);
@@ -280,18 +245,12 @@ int cmd_amend(int argc, char **argv)
         goto out;
     }
     int flags = 0;
-    if (cache && imgtool_parse_cache(cache, &flags) < 0) {
-        imgtool_error("Invalid cache option: %s", cache);
+    if (cmd_cache_flags(o.cache, false, &flags) < 0) {
         goto out;
     }
-    char *optstr = join_opts(ostrs, nostrs);
-    if (!optstr) {
-        imgtool_error("out of memory");
-        goto out;
-    }
-    rc = run_amend(argv[optind], &a, flags, optstr, help, progress, force);
-    free(optstr);
+    rc = run_amend(argv[optind], &a, flags, o.opts, help, o.progress,
+                   o.force);
 out:
-    free(ostrs);
+    free(o.opts);
     return rc;
 }

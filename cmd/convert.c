@@ -13,7 +13,6 @@
  *    either way.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -23,52 +22,7 @@
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/opthelp.h"
-
-static const char convert_usage[] =
-    "usage: imgtool convert [--object objectdef] [--image-opts]\n"
-    "         [--target-image-opts] [--target-is-zero] [--bitmaps] [-U] [-C]\n"
-    "         [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache]\n"
-    "         [-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options]\n"
-    "         [-l snapshot_param] [-S sparse_size] [-r rate_limit]\n"
-    "         [-m num_coroutines] [-W] [--salvage] [--skip-broken-bitmaps]\n"
-    "         filename [filename2 [...]] output_filename\n"
-    "\n"
-    "  -f fmt              source format (probed when omitted)\n"
-    "  -O fmt              target format (default raw)\n"
-    "  -o options          target creation options (see 'create')\n"
-    "  -B file [-F fmt]    give the target this backing file and copy only\n"
-    "                      what differs from it\n"
-    "  -n                  write into an existing target, do not create it\n"
-    "  --target-is-zero    with -n: the target already reads as zeroes\n"
-    "  -S size             zero runs of this size become holes (default\n"
-    "                      4k; 0 allocates the whole target)\n"
-    "  -m N                requests in flight (1..16, default 8)\n"
-    "  -W                  allow out-of-order writes\n"
-    "  -r rate             limit the copy to rate bytes per second\n"
-    "  -t/-T cache         target/source cache mode\n"
-    "  -p                  show progress; -q: quiet\n"
-    "  -U                  open sources without conflicting locks\n"
-    "  --salvage           copy unreadable source sectors as zeroes\n"
-    "  --bitmaps           copy the persistent dirty bitmaps too (qcow2)\n"
-    "  --skip-broken-bitmaps  with --bitmaps: leave inconsistent bitmaps\n"
-    "                      out instead of failing\n";
-
-enum {
-    OPT_TARGET_IMAGE_OPTS = 256, OPT_TARGET_IS_ZERO, OPT_BITMAPS,
-    OPT_SALVAGE, OPT_SKIP_BROKEN,
-};
-
-static const struct option convert_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    { "target-image-opts", no_argument, NULL, OPT_TARGET_IMAGE_OPTS },
-    { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
-    { "bitmaps", no_argument, NULL, OPT_BITMAPS },
-    { "salvage", no_argument, NULL, OPT_SALVAGE },
-    { "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN },
-    { NULL, 0, NULL, 0 },
-};
+#include "imgtool/parse-options.h"
 
 typedef struct ConvertOpts {
     ImageArgs src;    /* -f -U -q --image-opts --object */
@@ -77,112 +31,131 @@ typedef struct ConvertOpts {
     const char *snapshot;
     bool target_image_opts, target_is_zero, bitmaps, salvage, skip_broken;
     bool compress, progress, no_create, out_of_order, help;
+    bool offload;            /* -C: accepted, nothing to do */
     uint64_t sparse, rate;
     int workers;
 } ConvertOpts;
 
-static void size_hint(void)
-{
-    imgtool_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
-                  "and exabytes.");
-}
+/* The command line, filled by the table below. */
+static ConvertOpts conv = {
+    .sparse = COPY_DEFAULT_SPARSE,
+    .workers = COPY_DEFAULT_WORKERS,
+};
 
-/* Returns -1 to continue, else the exit code. */
-/* Appends one -o list to the ones before it. */
-static int append_opts(char **all, const char *more)
+/* -o: every list, joined in order. */
+static int opt_create_opts(const CmdOpt *opt, const char *arg, void *ctx)
 {
-    size_t have = *all ? strlen(*all) : 0;
-    char *n = realloc(*all, have + strlen(more) + 2);
-    if (!n) {
-        return -ENOMEM;
+    conv.help |= opthelp_wanted(arg);
+    if (cmd_opts_append(&conv.create_opts, arg) < 0) {
+        imgtool_error("out of memory");
+        return 1;
     }
-    if (have) {
-        n[have++] = ',';
-    }
-    strcpy(n + have, more);
-    *all = n;
     return 0;
 }
 
+static int opt_sparse(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    uint64_t v;
+    if (parse_size(arg, &v) < 0) {
+        return usage_bad_size("buffer size for sparse output");
+    }
+    if (v % 512 || v > 16 * 1024 * 1024) {
+        imgtool_error("Invalid buffer size for sparse output specified. "
+                      "Valid sizes are multiples of 512 up to 16777216. "
+                      "Select 0 to disable sparse detection (fully "
+                      "allocates output).");
+        return 1;
+    }
+    conv.sparse = v;
+    return 0;
+}
+
+static int opt_workers(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    char *end;
+    long v = strtol(arg, &end, 10);
+    if (*arg == '\0' || *end || v < 1 || v > COPY_MAX_WORKERS) {
+        imgtool_error("Invalid number of coroutines. Allowed number of "
+                      "coroutines is between 1 and %d", COPY_MAX_WORKERS);
+        return 1;
+    }
+    conv.workers = (int)v;
+    return 0;
+}
+
+static const CmdOpt convert_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_FLAG, 0, "target-image-opts", NULL,
+      "with -n: the output name is an option string (driver=...,...)",
+      .value = &conv.target_image_opts },
+    { CMDOPT_FLAG, 0, "target-is-zero", NULL,
+      "with -n: the target already reads as zeroes",
+      .value = &conv.target_is_zero },
+    { CMDOPT_FLAG, 0, "bitmaps", NULL,
+      "copy the persistent dirty bitmaps too (qcow2)",
+      .value = &conv.bitmaps },
+    { CMDOPT_COMMON, 'U', "force-share", NULL,
+      "open the sources without conflicting locks", .common_code = 'U' },
+    { CMDOPT_FLAG, 'C', NULL, NULL,
+      "copy offloading (accepted; a plain copy is made)",
+      .value = &conv.offload },
+    { CMDOPT_FLAG, 'c', NULL, NULL, "compress the target",
+      .value = &conv.compress },
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress",
+      .value = &conv.progress },
+    { CMDOPT_COMMON, 'q', NULL, NULL, "quiet", .common_code = 'q' },
+    { CMDOPT_FLAG, 'n', NULL, NULL,
+      "write into an existing target, do not create it",
+      .value = &conv.no_create },
+    { CMDOPT_COMMON, 'f', "format", "fmt",
+      "source format (probed when omitted)", .common_code = 'f' },
+    CMDOPT_CACHE('t', "cache", &conv.cache, "the target's "),
+    CMDOPT_CACHE('T', "src_cache", &conv.src_cache, "the sources' "),
+    { CMDOPT_STRING, 'O', NULL, "output_fmt", "target format (default raw)",
+      .value = &conv.out_fmt },
+    { CMDOPT_STRING, 'B', NULL, "backing_file",
+      "give the target this backing file and copy only what differs from "
+      "it", .value = &conv.backing },
+    { CMDOPT_STRING, 'F', NULL, "backing_fmt", "format of backing_file",
+      .value = &conv.backing_fmt },
+    { CMDOPT_FN, 'o', NULL, "options",
+      "target creation options (see 'create'); '-o help' lists them",
+      .fn = opt_create_opts },
+    { CMDOPT_STRING, 'l', NULL, "snapshot_param",
+      "copy this internal snapshot of the source", .value = &conv.snapshot },
+    { CMDOPT_FN, 'S', NULL, "sparse_size",
+      "zero runs of this size become holes (default 4k; 0 allocates the "
+      "whole target)", .fn = opt_sparse },
+    { CMDOPT_SIZE, 'r', NULL, "rate_limit",
+      "limit the copy to rate_limit bytes per second", .value = &conv.rate,
+      .what = "rate limit" },
+    { CMDOPT_FN, 'm', NULL, "num_coroutines",
+      "requests in flight (1..16, default 8)", .fn = opt_workers },
+    { CMDOPT_FLAG, 'W', NULL, NULL, "allow out-of-order writes",
+      .value = &conv.out_of_order },
+    { CMDOPT_FLAG, 0, "salvage", NULL,
+      "copy unreadable source sectors as zeroes", .value = &conv.salvage },
+    { CMDOPT_FLAG, 0, "skip-broken-bitmaps", NULL,
+      "with --bitmaps: leave inconsistent bitmaps out instead of failing",
+      .value = &conv.skip_broken },
+    CMDOPT_END,
+};
+
+static const CmdSpec convert_spec = {
+    .name = "convert",
+    .args = "filename [filename2 [...]] output_filename",
+    .description = "Copies one or more images (concatenated) into a new or "
+                   "existing image.\n",
+    .opts = convert_opts,
+};
+
+/* Returns -1 to continue, else the exit code. */
 static int convert_parse(int argc, char **argv, ConvertOpts *o)
 {
-    int c;
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:O:B:F:Cco:l:S:pt:T:qnm:WUr:",
-                            convert_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(convert_usage, stdout);
-            return 0;
-        case 'O': o->out_fmt = optarg; break;
-        case 'B': o->backing = optarg; break;
-        case 'F': o->backing_fmt = optarg; break;
-        case 'C': break;   /* offload is an optimisation; plain copy is ok */
-        case 'c': o->compress = true; break;
-        case 'o':
-            o->help |= opthelp_wanted(optarg);
-            if (append_opts(&o->create_opts, optarg) < 0) {
-                imgtool_error("out of memory");
-                return 1;
-            }
-            break;
-        case 'l': o->snapshot = optarg; break;
-        case 'S': {
-            uint64_t v;
-            if (parse_size(optarg, &v) < 0) {
-                imgtool_error("Invalid buffer size for sparse output "
-                              "specified. You may use k, M, G, T, P or E "
-                              "suffixes for");
-                size_hint();
-                return 1;
-            }
-            if (v % 512 || v > 16 * 1024 * 1024) {
-                imgtool_error("Invalid buffer size for sparse output "
-                              "specified. Valid sizes are multiples of 512 "
-                              "up to 16777216. Select 0 to disable sparse "
-                              "detection (fully allocates output).");
-                return 1;
-            }
-            o->sparse = v;
-            break;
-        }
-        case 'p': o->progress = true; break;
-        case 't': o->cache = optarg; break;
-        case 'T': o->src_cache = optarg; break;
-        case 'n': o->no_create = true; break;
-        case 'm': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*optarg == '\0' || *end || v < 1 || v > COPY_MAX_WORKERS) {
-                imgtool_error("Invalid number of coroutines. Allowed number "
-                              "of coroutines is between 1 and %d",
-                              COPY_MAX_WORKERS);
-                return 1;
-            }
-            o->workers = (int)v;
-            break;
-        }
-        case 'W': o->out_of_order = true; break;
-        case 'r':
-            if (parse_size(optarg, &o->rate) < 0) {
-                imgtool_error("Invalid rate limit specified. You may use k, "
-                              "M, G, T, P or E suffixes for");
-                size_hint();
-                return 1;
-            }
-            break;
-        case OPT_TARGET_IMAGE_OPTS: o->target_image_opts = true; break;
-        case OPT_TARGET_IS_ZERO: o->target_is_zero = true; break;
-        case OPT_BITMAPS: o->bitmaps = true; break;
-        case OPT_SALVAGE: o->salvage = true; break;
-        case OPT_SKIP_BROKEN: o->skip_broken = true; break;
-        default: {
-            int r = image_args_parse(&o->src, c, optarg);
-            if (r <= 0) {
-                return r < 0 ? 1 : usage_bad_option("convert", usage_refused_option(argv, (char[3]){0}), c == ':');
-            }
-        }
-        }
+    int rc;
+    if (cmd_parse(&convert_spec, &o->src, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
     if (o->src.quiet) {
         o->progress = false;
@@ -378,12 +351,8 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
 
     int src_flags = image_args_flags(&o->src);
     int dst_flags = BLOCK_O_RDWR;
-    if (o->src_cache && imgtool_parse_cache(o->src_cache, &src_flags) < 0) {
-        imgtool_error("Invalid source cache option: %s", o->src_cache);
-        return 1;
-    }
-    if (o->cache && imgtool_parse_cache(o->cache, &dst_flags) < 0) {
-        imgtool_error("Invalid cache option: %s", o->cache);
+    if (cmd_cache_flags(o->src_cache, true, &src_flags) < 0 ||
+        cmd_cache_flags(o->cache, false, &dst_flags) < 0) {
         return 1;
     }
 
@@ -559,12 +528,10 @@ out:
 
 int cmd_convert(int argc, char **argv)
 {
-    ConvertOpts o = { .sparse = COPY_DEFAULT_SPARSE,
-                      .workers = COPY_DEFAULT_WORKERS };
-    int rc = convert_parse(argc, argv, &o);
+    int rc = convert_parse(argc, argv, &conv);
     if (rc < 0) {
-        rc = convert_run(&o, argc, argv);
+        rc = convert_run(&conv, argc, argv);
     }
-    free(o.create_opts);
+    free(conv.create_opts);
     return rc;
 }

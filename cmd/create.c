@@ -8,7 +8,6 @@
  * leaves nothing behind and says why in one line.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,30 +15,40 @@
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/opthelp.h"
-#include "imgtool/object.h"
+#include "imgtool/parse-options.h"
 
-static const char create_usage[] =
-    "usage: imgtool create [--object objectdef] [-q] [-f fmt]\n"
-    "                      [-b backing_file [-F backing_fmt]] [-u]\n"
-    "                      [-o options] filename [size]\n"
-    "\n"
-    "  -f fmt            image format (default: raw)\n"
-    "  -b backing_file   create a copy-on-write overlay of backing_file\n"
-    "  -F backing_fmt    format of the backing file (required with -b)\n"
-    "  -u                do not open the backing file (size must be given)\n"
-    "  -o options        format options, e.g. cluster_size=64k; '-o help'\n"
-    "                    lists them\n"
-    "  -q, --quiet       do not print the 'Formatting' line\n"
-    "  size              bytes, or with a k, M, G, T, P or E suffix; may be\n"
-    "                    omitted with -b to use the backing file's size\n";
+static struct {
+    const char *fmt, *backing, *backing_fmt;
+    bool unsafe;
+    CmdList opts;         /* each -o, in order */
+} o = { .fmt = "raw" };
 
-enum { OPT_OBJECT = 256 };
+static const CmdOpt create_opts[] = {
+    CMDOPT_OBJECT,
+    { CMDOPT_COMMON, 'q', "quiet", NULL, "do not print the 'Formatting' line",
+      .common_code = 'q' },
+    { CMDOPT_STRING, 'f', NULL, "fmt", "image format (default: raw)",
+      .value = &o.fmt },
+    { CMDOPT_STRING, 'b', NULL, "backing_file",
+      "create a copy-on-write overlay of backing_file", .value = &o.backing },
+    { CMDOPT_STRING, 'F', NULL, "backing_fmt",
+      "format of the backing file (required with -b)",
+      .value = &o.backing_fmt },
+    { CMDOPT_FLAG, 'u', NULL, NULL,
+      "do not open the backing file (size must be given)",
+      .value = &o.unsafe },
+    { CMDOPT_LIST, 'o', NULL, "options",
+      "format options, e.g. cluster_size=64k; '-o help' lists them",
+      .value = &o.opts },
+    CMDOPT_END,
+};
 
-static const struct option create_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "quiet", no_argument, NULL, 'q' },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { NULL, 0, NULL, 0 },
+static const CmdSpec create_spec = {
+    .name = "create",
+    .args = "filename [size]",
+    .description = "  size: bytes, or with a k, M, G, T, P or E suffix; may be "
+                   "omitted with -b\n  to use the backing file's size.\n",
+    .opts = create_opts,
 };
 
 /*
@@ -245,7 +254,7 @@ static int probe_backing(const char *filename, const char *backing,
 static int do_create(const char *fmt, const char *filename,
                      const char *size_arg, const char *backing,
                      const char *backing_fmt, bool unsafe, bool quiet,
-                     char **ostrs, int nostrs)
+                     const CmdList *ostrs)
 {
     const BlockDriver *drv = block_find_driver(fmt);
     if (!drv || !block_driver_is_format(drv)) {
@@ -280,8 +289,8 @@ static int do_create(const char *fmt, const char *filename,
     KVList opts = { 0 };
     char **shown = NULL;
     int rc = 1;
-    for (int i = 0; i < nostrs; i++) {
-        if (kvlist_parse(&opts, ostrs[i], NULL, &err) < 0) {
+    for (size_t i = 0; i < ostrs->n; i++) {
+        if (kvlist_parse(&opts, ostrs->items[i], NULL, &err) < 0) {
             goto fail;
         }
     }
@@ -383,71 +392,38 @@ out:
 
 int cmd_create(int argc, char **argv)
 {
-    const char *fmt = "raw", *backing = NULL, *backing_fmt = NULL;
-    bool unsafe = false, quiet = false, help = false;
-    char **ostrs = calloc((size_t)argc, sizeof(*ostrs));
-    int nostrs = 0, c, rc;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hqf:b:F:uo:", create_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(create_usage, stdout);
-            free(ostrs);
-            return 0;
-        case 'q':
-            quiet = true;
-            break;
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'b':
-            backing = optarg;
-            break;
-        case 'F':
-            backing_fmt = optarg;
-            break;
-        case 'u':
-            unsafe = true;
-            break;
-        case 'o':
-            help |= opthelp_wanted(optarg);
-            ostrs[nostrs++] = optarg;
-            break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                free(ostrs);
-                return 1;
-            }
-            break;
-        default:
-            free(ostrs);
-            return usage_bad_option("create", usage_refused_option(argv, (char[3]){0}), c == ':');
-        }
+    ImageArgs a = { 0 };
+    int rc;
+    if (cmd_parse(&create_spec, &a, NULL, argc, argv, &rc) < 0) {
+        goto out;
     }
-
+    const char *fmt = o.fmt, *backing = o.backing;
     int npos = argc - optind;
+    bool help = false;
+    for (size_t i = 0; i < o.opts.n; i++) {
+        help |= opthelp_wanted(o.opts.items[i]);
+    }
     if (help) {
         const BlockDriver *drv = block_find_driver(fmt);
-        free(ostrs);
+        rc = 1;
         if (!drv || !block_driver_is_format(drv)) {
             imgtool_error("Unknown file format '%s'", fmt);
-            return 1;
+            goto out;
         }
         opthelp_print_create(drv, npos >= 1 ? argv[optind] : NULL);
-        return 0;
+        rc = 0;
+        goto out;
     }
     if (npos < 1) {
-        free(ostrs);
-        return usage_error("create", "Expecting image file name");
+        rc = usage_error("create", "Expecting image file name");
+        goto out;
     }
     if (npos > 2) {
         char msg[300];
         snprintf(msg, sizeof(msg), "Unexpected argument: %s",
                  argv[optind + 2]);
-        free(ostrs);
-        return usage_error("create", msg);
+        rc = usage_error("create", msg);
+        goto out;
     }
     /* vol:POOL/NAME: a new file in a directory pool (imgtool/open.c) */
     char *path = NULL, *bpath = NULL, *bfmt = NULL;
@@ -456,18 +432,20 @@ int cmd_create(int argc, char **argv)
         imgtool_backing_name(backing, &bpath, &bfmt, &terr) < 0) {
         imgtool_report(&terr);
         free(path);
-        free(ostrs);
-        return 1;
+        rc = 1;
+        goto out;
     }
     rc = do_create(fmt, path, npos == 2 ? argv[optind + 1] : NULL,
-                   bpath ? bpath : backing, backing_fmt ? backing_fmt : bfmt,
-                   unsafe, quiet, ostrs, nostrs);
+                   bpath ? bpath : backing,
+                   o.backing_fmt ? o.backing_fmt : bfmt, o.unsafe, a.quiet,
+                   &o.opts);
     if (rc == 0) {
         imgtool_target_created(argv[optind], fmt);
     }
     free(path);
     free(bpath);
     free(bfmt);
-    free(ostrs);
+out:
+    cmd_list_free(&o.opts);
     return rc;
 }
