@@ -8,168 +8,142 @@
  * what the earlier actions did is still stored, as with qemu-img.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/imgtool.h"
-
-static const char bitmap_usage[] =
-    "usage: imgtool bitmap (--merge SOURCE | --add | --remove | --clear |\n"
-    "                       --enable | --disable)...\n"
-    "                      [-b source_file [-F source_fmt]] [-g granularity]\n"
-    "                      [--object objectdef] [--image-opts | -f fmt]\n"
-    "                      filename bitmap\n"
-    "\n"
-    "  --add             create the bitmap (enabled, persistent)\n"
-    "  --remove          delete the bitmap\n"
-    "  --clear           clear every bit of the bitmap\n"
-    "  --enable          let the bitmap track writes\n"
-    "  --disable         stop the bitmap tracking writes\n"
-    "  --merge SOURCE    set the bits of bitmap SOURCE in the bitmap\n"
-    "  -b source_file    take the --merge SOURCE from this image\n"
-    "  -F source_fmt     format of source_file\n"
-    "  -g granularity    bytes per bit for --add (a power of two from 512\n"
-    "                    to 2G; default: the cluster size within 4k..64k)\n"
-    "  -f fmt            image format (probed when omitted)\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n";
-
-enum {
-    OPT_ADD = 256, OPT_REMOVE, OPT_CLEAR, OPT_ENABLE, OPT_DISABLE, OPT_MERGE,
-};
-
-static const struct option bitmap_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "add", no_argument, NULL, OPT_ADD },
-    { "remove", no_argument, NULL, OPT_REMOVE },
-    { "clear", no_argument, NULL, OPT_CLEAR },
-    { "enable", no_argument, NULL, OPT_ENABLE },
-    { "disable", no_argument, NULL, OPT_DISABLE },
-    { "merge", required_argument, NULL, OPT_MERGE },
-    { "granularity", required_argument, NULL, 'g' },
-    { "source-file", required_argument, NULL, 'b' },
-    { "source-format", required_argument, NULL, 'F' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    { NULL, 0, NULL, 0 },
-};
+#include "imgtool/parse-options.h"
 
 typedef struct Action {
-    int op;
+    const char *op;     /* the option's name: "add", "merge", ... */
     const char *src;    /* --merge */
 } Action;
 
-static const char *op_name(int op)
+/* The actions in command-line order; room for one per argument. */
+typedef struct Actions {
+    Action *v;
+    int n;
+} Actions;
+
+static struct {
+    const char *src_file, *src_fmt;
+    uint64_t granularity;
+} o;
+
+static bool has_action(const Actions *acts, const char *op)
 {
-    switch (op) {
-    case OPT_ADD: return "add";
-    case OPT_REMOVE: return "remove";
-    case OPT_CLEAR: return "clear";
-    case OPT_ENABLE: return "enable";
-    case OPT_DISABLE: return "disable";
-    default: return "merge";
+    for (int i = 0; i < acts->n; i++) {
+        if (!strcmp(acts->v[i].op, op)) {
+            return true;
+        }
     }
+    return false;
 }
+
+static int opt_action(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    Actions *acts = ctx;
+    acts->v[acts->n++] = (Action){ opt->long_name, arg };
+    return 0;
+}
+
+static int opt_granularity(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    if (parse_size(arg, &o.granularity) < 0) {
+        imgtool_error("Invalid granularity specified: '%s' (use a number "
+                      "with an optional k, M, G, T, P or E suffix)", arg);
+        return 1;
+    }
+    /* 0 means "not given", as for qemu-img; other bad values are
+     * refused by --add, where qemu-img refuses them. */
+    return 0;
+}
+
+static const CmdOpt bitmap_opts[] = {
+    { CMDOPT_FN, 0, "merge", "SOURCE",
+      "set the bits of bitmap SOURCE in the bitmap", .fn = opt_action },
+    { CMDOPT_FN, 0, "add", NULL, "create the bitmap (enabled, persistent)",
+      .fn = opt_action },
+    { CMDOPT_FN, 0, "remove", NULL, "delete the bitmap", .fn = opt_action },
+    { CMDOPT_FN, 0, "clear", NULL, "clear every bit of the bitmap",
+      .fn = opt_action },
+    { CMDOPT_FN, 0, "enable", NULL, "let the bitmap track writes",
+      .fn = opt_action },
+    { CMDOPT_FN, 0, "disable", NULL, "stop the bitmap tracking writes",
+      .fn = opt_action },
+    { CMDOPT_STRING, 'b', "source-file", "source_file",
+      "take the --merge SOURCE from this image", .value = &o.src_file },
+    { CMDOPT_STRING, 'F', "source-format", "source_fmt",
+      "format of source_file", .value = &o.src_fmt },
+    { CMDOPT_FN, 'g', "granularity", "granularity",
+      "bytes per bit for --add (a power of two from 512 to 2G; default: "
+      "the cluster size within 4k..64k)", .fn = opt_granularity },
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_FORMAT,
+    CMDOPT_END,
+};
+
+static const CmdSpec bitmap_spec = {
+    .name = "bitmap",
+    .args = "filename bitmap",
+    .description = "Changes a persistent dirty bitmap: at least one of "
+                   "--merge, --add, --remove,\n--clear, --enable and "
+                   "--disable, run in command-line order.\n",
+    .opts = bitmap_opts,
+};
 
 static int run_action(BlockNode *n, BlockNode *src_node, const Action *ac,
                       const char *name, uint64_t granularity, Error *err)
 {
-    switch (ac->op) {
-    case OPT_ADD:
+    if (!strcmp(ac->op, "add")) {
         return block_bitmap_add(n, name, granularity, true, err);
-    case OPT_REMOVE:
+    } else if (!strcmp(ac->op, "remove")) {
         return block_bitmap_remove(n, name, err);
-    case OPT_CLEAR:
+    } else if (!strcmp(ac->op, "clear")) {
         return block_bitmap_clear(n, name, err);
-    case OPT_ENABLE:
-    case OPT_DISABLE:
-        return block_bitmap_enable(n, name, ac->op == OPT_ENABLE, err);
-    default:
-        return block_bitmap_merge(n, name, src_node ? src_node : n, ac->src,
-                                  err);
+    } else if (!strcmp(ac->op, "enable") || !strcmp(ac->op, "disable")) {
+        return block_bitmap_enable(n, name, !strcmp(ac->op, "enable"), err);
     }
+    return block_bitmap_merge(n, name, src_node ? src_node : n, ac->src,
+                              err);
 }
 
 int cmd_bitmap(int argc, char **argv)
 {
     ImageArgs a = { 0 };
-    Action *acts = calloc((size_t)argc + 1, sizeof(*acts));
-    int nacts = 0, c, r, rc = 1;
-    const char *src_file = NULL, *src_fmt = NULL;
-    uint64_t granularity = 0;
-    bool merge = false;
+    Actions acts = { calloc((size_t)argc + 1, sizeof(Action)), 0 };
+    int rc = 1;
     BlockNode *n = NULL, *src = NULL;
     Error err = { 0 };
 
-    if (!acts) {
+    if (!acts.v) {
         imgtool_error("Out of memory");
         return 1;
     }
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hb:F:g:f:", bitmap_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(bitmap_usage, stdout);
-            rc = 0;
-            goto out;
-        case OPT_ADD:
-        case OPT_REMOVE:
-        case OPT_CLEAR:
-        case OPT_ENABLE:
-        case OPT_DISABLE:
-        case OPT_MERGE:
-            acts[nacts].op = c;
-            acts[nacts].src = c == OPT_MERGE ? optarg : NULL;
-            merge |= c == OPT_MERGE;
-            nacts++;
-            break;
-        case 'b':
-            src_file = optarg;
-            break;
-        case 'F':
-            src_fmt = optarg;
-            break;
-        case 'g':
-            if (parse_size(optarg, &granularity) < 0) {
-                imgtool_error("Invalid granularity specified: '%s' (use a "
-                              "number with an optional k, M, G, T, P or E "
-                              "suffix)", optarg);
-                goto out;
-            }
-            /* 0 means "not given", as for qemu-img; other bad values
-             * are refused by --add, where qemu-img refuses them. */
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "bitmap", argv);
-            if (r) {
-                rc = r;
-                goto out;
-            }
-        }
+    if (cmd_parse(&bitmap_spec, &a, &acts, argc, argv, &rc) < 0) {
+        goto out;
     }
+    rc = 1;
+    const char *src_file = o.src_file, *src_fmt = o.src_fmt;
+    uint64_t granularity = o.granularity;
+    int nacts = acts.n;
     if (nacts == 0) {
         rc = usage_error("bitmap", "Need at least one of --add, --remove, "
                          "--clear, --enable, --disable, or --merge");
         goto out;
     }
-    if (granularity) {
-        bool add = false;
-        for (int i = 0; i < nacts; i++) {
-            add |= acts[i].op == OPT_ADD;
-        }
-        if (!add) {
-            rc = usage_error("bitmap", "granularity only supported with "
-                             "--add");
-            goto out;
-        }
+    if (granularity && !has_action(&acts, "add")) {
+        rc = usage_error("bitmap", "granularity only supported with --add");
+        goto out;
     }
     if (src_fmt && !src_file) {
         rc = usage_error("bitmap", "-F only supported with -b");
         goto out;
     }
-    if (src_file && !merge) {
+    if (src_file && !has_action(&acts, "merge")) {
         rc = usage_error("bitmap", "Merge bitmap source file only supported "
                          "with --merge");
         goto out;
@@ -201,9 +175,9 @@ int cmd_bitmap(int argc, char **argv)
     rc = 0;
     for (int i = 0; i < nacts; i++) {
         error_clear(&err);
-        if (run_action(n, src, &acts[i], name, granularity, &err) < 0) {
+        if (run_action(n, src, &acts.v[i], name, granularity, &err) < 0) {
             imgtool_error("Operation %s on bitmap %s failed: %s",
-                          op_name(acts[i].op), name, err.msg);
+                          acts.v[i].op, name, err.msg);
             rc = 1;
             break;
         }
@@ -217,6 +191,6 @@ int cmd_bitmap(int argc, char **argv)
 out:
     block_close(src);
     block_close(n);
-    free(acts);
+    free(acts.v);
     return rc;
 }

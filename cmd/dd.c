@@ -10,7 +10,6 @@
  * stay sparse in the output.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,23 +18,33 @@
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
+#include "imgtool/parse-options.h"
 
-static const char dd_usage[] =
-    "usage: imgtool dd [--image-opts] [-U] [-f fmt] [-O output_fmt]\n"
-    "                  [bs=block_size] [count=blocks] [skip=blocks]\n"
-    "                  if=input of=output\n"
-    "\n"
-    "  bs=SIZE      block size (default 512)\n"
-    "  count=N      copy input up to N blocks from its start\n"
-    "  skip=N       skip N blocks of the input\n"
-    "  if=FILE      input image; of=FILE output image (created)\n"
-    "  -f / -O fmt  input / output format (output default raw)\n";
+static const char *out_fmt = "raw";
 
-static const struct option dd_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    { NULL, 0, NULL, 0 },
+static const CmdOpt dd_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_FORCE_SHARE,
+    { CMDOPT_COMMON, 'f', "format", "fmt", "input format (probed when omitted)",
+      .common_code = 'f' },
+    { CMDOPT_STRING, 'O', NULL, "output_fmt", "output format (default raw)",
+      .value = &out_fmt },
+    CMDOPT_END,
+};
+
+/* dd's own operands are key=value words, read after the options. */
+static const CmdSpec dd_spec = {
+    .name = "dd",
+    .args = "[bs=block_size] [count=blocks] [skip=blocks] if=input "
+            "of=output",
+    .description = "Copies a byte range of an image into a new image.\n"
+                   "  bs=SIZE   block size (default 512)\n"
+                   "  count=N   copy input up to N blocks from its start\n"
+                   "  skip=N    skip N blocks of the input\n"
+                   "  if=FILE   input image; of=FILE output image "
+                   "(created)\n",
+    .opts = dd_opts,
 };
 
 typedef struct DdArgs {
@@ -43,15 +52,6 @@ typedef struct DdArgs {
     bool has_count, has_skip;
     const char *in, *out;
 } DdArgs;
-
-static int dd_bad_size(const char *what)
-{
-    imgtool_error("Invalid %s specified. You may use k, M, G, T, P or E "
-                  "suffixes for", what);
-    imgtool_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
-                  "and exabytes.");
-    return 1;
-}
 
 /* Returns -1 on success, else the exit code. */
 static int dd_operand(DdArgs *a, const char *arg)
@@ -65,7 +65,7 @@ static int dd_operand(DdArgs *a, const char *arg)
     const char *v = eq + 1;
     if (klen == 2 && !strncmp(arg, "bs", 2)) {
         if (parse_size(v, &a->bs) < 0) {
-            return dd_bad_size("bs");
+            return usage_bad_size("bs");
         }
         if (a->bs < 1 || a->bs > INT_MAX) {
             imgtool_error("Invalid bs specified. Must be between 1 and %d.",
@@ -74,12 +74,12 @@ static int dd_operand(DdArgs *a, const char *arg)
         }
     } else if (klen == 5 && !strncmp(arg, "count", 5)) {
         if (*v == '-' || parse_size(v, &a->count) < 0) {
-            return dd_bad_size("count");
+            return usage_bad_size("count");
         }
         a->has_count = true;
     } else if (klen == 4 && !strncmp(arg, "skip", 4)) {
         if (*v == '-' || parse_size(v, &a->skip) < 0) {
-            return dd_bad_size("skip");
+            return usage_bad_size("skip");
         }
         a->has_skip = true;
     } else if (klen == 2 && !strncmp(arg, "if", 2)) {
@@ -95,27 +95,14 @@ static int dd_operand(DdArgs *a, const char *arg)
 
 int cmd_dd(int argc, char **argv)
 {
-    const char *out_fmt = "raw";
     ImageArgs ia = { 0 };
     DdArgs a = { .bs = 512 };
-    int c, r;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:O:U", dd_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(dd_usage, stdout);
-            return 0;
-        case 'O': out_fmt = optarg; break;
-        default:
-            r = image_args_option(&ia, c, optarg, "dd", argv);
-            if (r) {
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&dd_spec, &ia, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
     for (int i = optind; i < argc; i++) {
-        int rc = dd_operand(&a, argv[i]);
+        rc = dd_operand(&a, argv[i]);
         if (rc >= 0) {
             return rc;
         }
@@ -149,7 +136,7 @@ int cmd_dd(int argc, char **argv)
         return 1;
     }
     BlockNode *out = NULL;
-    int rc = 1;
+    rc = 1;
     int64_t in_size = block_get_length(in);
     if (in_size < 0) {
         imgtool_error("%s: failed to get size: %s", a.in,

@@ -4,7 +4,6 @@
  * existing image, as `qemu-img measure` reports it.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,32 +12,52 @@
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/info-print.h"
+#include "imgtool/parse-options.h"
 
-static const char measure_usage[] =
-    "usage: imgtool measure [--output=human|json] [-O output_fmt]\n"
-    "                       [-o options] [--size N | [--object objectdef]\n"
-    "                       [--image-opts] [-f fmt] [-l snapshot] [-U]\n"
-    "                       filename]\n"
-    "\n"
-    "  --size N          measure a new empty image of N bytes (k, M, G, T,\n"
-    "                    P, E suffixes)\n"
-    "  filename          measure a copy of this image's contents\n"
-    "  -O output_fmt     format of the image to measure for (default: raw)\n"
-    "  -o options        its creation options, e.g. cluster_size=64k\n"
-    "  -f fmt            format of filename (probed when omitted)\n"
-    "  --output=FMT      'human' (default) or 'json'\n"
-    "  -U, --force-share open filename without conflicting locks\n"
-    "  --image-opts      filename is an option string (driver=...,...)\n";
+static struct {
+    const char *out_fmt, *snapshot, *size;
+} o = { .out_fmt = "raw" };
 
-enum { OPT_SIZE_ARG = 256 };
+/* -o: each list is read as it comes, into the KVList at ctx. */
+static int opt_create_opts(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    Error err = { 0 };
+    if (kvlist_parse(ctx, arg, NULL, &err) < 0) {
+        imgtool_report(&err);
+        return 1;
+    }
+    return 0;
+}
 
-static const struct option measure_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "size", required_argument, NULL, OPT_SIZE_ARG },
-    IMAGE_ARGS_LONG_OPTIONS,
-    FORCE_SHARE_LONG_OPTION,
-    OUTPUT_LONG_OPTION,
-    { NULL, 0, NULL, 0 },
+static const CmdOpt measure_opts[] = {
+    CMDOPT_OUTPUT,
+    { CMDOPT_STRING, 'O', NULL, "output_fmt",
+      "format of the image to measure for (default: raw)",
+      .value = &o.out_fmt },
+    { CMDOPT_FN, 'o', NULL, "options",
+      "its creation options, e.g. cluster_size=64k",
+      .fn = opt_create_opts },
+    { CMDOPT_STRING, 0, "size", "N",
+      "measure a new empty image of N bytes (k, M, G, T, P, E suffixes)",
+      .value = &o.size },
+    CMDOPT_OBJECT,
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_COMMON, 'f', "format", "fmt",
+      "format of filename (probed when omitted)", .common_code = 'f' },
+    { CMDOPT_STRING, 'l', NULL, "snapshot",
+      "measure this internal snapshot of filename", .value = &o.snapshot },
+    { CMDOPT_COMMON, 'U', "force-share", NULL,
+      "open filename without conflicting locks", .common_code = 'U' },
+    CMDOPT_END,
+};
+
+static const CmdSpec measure_spec = {
+    .name = "measure",
+    .args = "[filename]",
+    .description = "Computes how big a new image must be to hold either "
+                   "--size N bytes or a copy\nof filename's contents (not "
+                   "both).\n",
+    .opts = measure_opts,
 };
 
 static void print_result(const BlockMeasure *m, OutputFormat output)
@@ -85,45 +104,17 @@ static int check_target_opts(const BlockDriver *drv, KVList *opts,
 
 int cmd_measure(int argc, char **argv)
 {
-    const char *out_fmt = "raw", *snapshot = NULL;
-    const char *size_arg = NULL;
     ImageArgs a = { 0 };
     KVList opts = { 0 };
     Error err = { 0 };
-    int c, r, rc = 1;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hO:o:f:l:U", measure_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(measure_usage, stdout);
-            kvlist_free(&opts);
-            return 0;
-        case 'O':
-            out_fmt = optarg;
-            break;
-        case 'o':
-            if (kvlist_parse(&opts, optarg, NULL, &err) < 0) {
-                imgtool_report(&err);
-                kvlist_free(&opts);
-                return 1;
-            }
-            break;
-        case 'l':
-            snapshot = optarg;
-            break;
-        case OPT_SIZE_ARG:
-            size_arg = optarg;
-            break;
-        default:
-            r = image_args_option(&a, c, optarg, "measure", argv);
-            if (r) {
-                kvlist_free(&opts);
-                return r;
-            }
-        }
+    int rc;
+    if (cmd_parse(&measure_spec, &a, &opts, argc, argv, &rc) < 0) {
+        kvlist_free(&opts);
+        return rc;
     }
+    const char *out_fmt = o.out_fmt, *snapshot = o.snapshot;
+    const char *size_arg = o.size;
+    rc = 1;
 
     int npos = argc - optind;
     const char *filename = npos >= 1 ? argv[optind] : NULL;
