@@ -25,7 +25,6 @@
  * requests.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -35,74 +34,13 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
-#include "imgtool/object.h"
+#include "imgtool/parse-options.h"
 
 /* Threads are cheap but not free: beyond this many, more in-flight
  * requests cannot add parallelism on any host this runs on, so deeper
  * queues are served by this many threads (documented in --help). */
 #define BENCH_MAX_THREADS 1024
 #define BENCH_STACK_SIZE  (256 * 1024)
-
-static const char bench_usage[] =
-    "usage: imgtool bench [-c count] [-d depth] [-f fmt]\n"
-    "                     [--flush-interval=flush_interval] [-i aio] [-n]\n"
-    "                     [--no-drain] [-o offset] [--pattern=pattern] [-q]\n"
-    "                     [-s buffer_size] [-S step_size] [-t cache] [-U]\n"
-    "                     [-w] [--random[=seed]] [--image-opts] filename\n"
-    "\n"
-    "Run a simple I/O benchmark on an image: count requests of buffer_size\n"
-    "bytes, depth of them in flight at once, submitted asynchronously by\n"
-    "one thread (--threads: one worker thread per request in flight, at\n"
-    "most 1024 threads).\n"
-    "\n"
-    "  -c count        number of requests (default 75000)\n"
-    "  -d depth        requests in flight (default 64)\n"
-    "  -f fmt          image format (probed when omitted)\n"
-    "  --flush-interval=N  flush after every N requests (write tests)\n"
-    "  --no-drain      do not wait for in-flight requests before a flush\n"
-    "  -i aio          threads, native or io_uring (accepted for\n"
-    "                  compatibility; files use io_uring where the kernel\n"
-    "                  allows, worker threads otherwise)\n"
-    "  -n              native AIO (needs -t none, as in qemu-img)\n"
-    "  -o offset       offset of the first request (default 0)\n"
-    "  --pattern=BYTE  byte written by write tests (default 0)\n"
-    "  -q              accepted for compatibility (qemu-img prints anyway)\n"
-    "  -s size         bytes per request (default 4096)\n"
-    "  -S step         distance between request offsets (default: the\n"
-    "                  buffer size); offsets wrap at the end of the image\n"
-    "  -t cache        cache mode: none, writeback, unsafe, directsync,\n"
-    "                  writethrough (default writeback)\n"
-    "  -U              open without conflicting locks (read tests)\n"
-    "  -w              write test (default: read)\n"
-    "  --threads       one synchronous worker thread per request in flight\n"
-    "  --random[=seed] random offsets instead of sequential ones: each\n"
-    "                  request picks a uniformly random multiple of the\n"
-    "                  step size from the offset to the end of the image,\n"
-    "                  from a generator seeded by seed (default 1)\n";
-
-enum {
-    OPT_FLUSH_INTERVAL = 256,
-    OPT_NO_DRAIN,
-    OPT_PATTERN,
-    OPT_RANDOM,
-    OPT_IMAGE_OPTS,
-    OPT_OBJECT,
-    OPT_THREADS,
-};
-
-static const struct option bench_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "format", required_argument, NULL, 'f' },
-    { "flush-interval", required_argument, NULL, OPT_FLUSH_INTERVAL },
-    { "no-drain", no_argument, NULL, OPT_NO_DRAIN },
-    { "pattern", required_argument, NULL, OPT_PATTERN },
-    { "random", optional_argument, NULL, OPT_RANDOM },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { "force-share", no_argument, NULL, 'U' },
-    { "threads", no_argument, NULL, OPT_THREADS },
-    { NULL, 0, NULL, 0 },
-};
 
 typedef struct Bench {
     BlockNode *node;
@@ -421,158 +359,130 @@ out:
     return ret;
 }
 
-static int bench_bad_size(const char *what)
-{
-    imgtool_error("Invalid %s specified. You may use k, M, G, T, P or E "
-                  "suffixes for", what);
-    imgtool_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
-                  "and exabytes.");
-    return 1;
-}
+/* The command line, filled by the table below. */
+static struct {
+    uint64_t count, depth, offset, bufsize, step, flush_interval, pattern;
+    uint64_t seed;
+    bool write, no_drain, random, native_aio, threads;
+    const char *cache;
+} o = { .count = 75000, .depth = 64, .bufsize = 4096, .seed = 1 };
 
-/* A non-negative int as qemu-img accepts it (decimal, octal or hex). */
-static bool parse_int(const char *s, int min, long long max, long long *out)
+static int opt_aio(const CmdOpt *opt, const char *arg, void *ctx)
 {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 0);
-    if (errno || end == s || *end || v < min || v > max) {
-        return false;
+    if (!strcmp(arg, "native")) {
+        o.native_aio = true;
+    } else if (!strcmp(arg, "threads")) {
+        o.native_aio = false;
+    } else if (strcmp(arg, "io_uring")) {
+        imgtool_error("Invalid aio option: %s", arg);
+        return 1;
     }
-    *out = v;
-    return true;
+    return 0;
 }
 
-/* Sizes: suffixes allowed, no sign. */
-static bool parse_bench_size(const char *s, uint64_t *out)
+/* --random[=seed]: any 64-bit seed, no sign. */
+static int opt_random(const CmdOpt *opt, const char *arg, void *ctx)
 {
-    return *s != '-' && parse_size(s, out) == 0;
+    o.random = true;
+    if (arg) {
+        char *end;
+        errno = 0;
+        o.seed = strtoull(arg, &end, 0);
+        if (errno || end == arg || *end || *arg == '-') {
+            imgtool_error("Invalid random seed specified");
+            return 1;
+        }
+    }
+    return 0;
 }
+
+static const CmdOpt bench_opts[] = {
+    { CMDOPT_UINT, 'c', NULL, "count",
+      "number of requests (default 75000)", .value = &o.count,
+      .what = "request count", .max = INT_MAX },
+    { CMDOPT_UINT, 'd', NULL, "depth", "requests in flight (default 64)",
+      .value = &o.depth, .what = "queue depth", .min = 1, .max = INT_MAX },
+    CMDOPT_FORMAT,
+    { CMDOPT_UINT, 0, "flush-interval", "flush_interval",
+      "flush after every flush_interval requests (write tests)",
+      .value = &o.flush_interval, .what = "flush interval", .max = INT_MAX },
+    { CMDOPT_FN, 'i', NULL, "aio",
+      "threads, native or io_uring (accepted for compatibility; files use "
+      "io_uring where the kernel allows, worker threads otherwise)",
+      .fn = opt_aio },
+    { CMDOPT_FLAG, 'n', NULL, NULL, "native AIO (needs -t none, as in "
+      "qemu-img)", .value = &o.native_aio },
+    { CMDOPT_FLAG, 0, "no-drain", NULL,
+      "do not wait for in-flight requests before a flush",
+      .value = &o.no_drain },
+    { CMDOPT_SIZE, 'o', NULL, "offset",
+      "offset of the first request (default 0)", .value = &o.offset,
+      .what = "offset", .max = INT64_MAX },
+    { CMDOPT_UINT, 0, "pattern", "pattern",
+      "byte written by write tests (default 0)", .value = &o.pattern,
+      .what = "pattern byte", .max = 0xff },
+    { CMDOPT_COMMON, 'q', NULL, NULL,
+      "accepted for compatibility (qemu-img prints anyway)",
+      .common_code = 'q' },
+    { CMDOPT_SIZE, 's', NULL, "buffer_size",
+      "bytes per request (default 4096)", .value = &o.bufsize,
+      .what = "buffer size", .max = INT_MAX },
+    { CMDOPT_SIZE, 'S', NULL, "step_size",
+      "distance between request offsets (default: the buffer size); "
+      "offsets wrap at the end of the image", .value = &o.step,
+      .what = "step_size", .max = INT_MAX },
+    { CMDOPT_STRING, 't', NULL, "cache",
+      "cache mode: none, writeback, unsafe, directsync, writethrough "
+      "(default writeback)", .value = &o.cache },
+    { CMDOPT_COMMON, 'U', "force-share", NULL,
+      "open without conflicting locks (read tests)", .common_code = 'U' },
+    { CMDOPT_FLAG, 'w', NULL, NULL, "write test (default: read)",
+      .value = &o.write },
+    { CMDOPT_FLAG, 0, "threads", NULL,
+      "one synchronous worker thread per request in flight",
+      .value = &o.threads },
+    { CMDOPT_FN, 0, "random", "seed",
+      "random offsets instead of sequential ones: each request picks a "
+      "uniformly random multiple of the step size from the offset to the "
+      "end of the image, from a generator seeded by seed (default 1)",
+      .fn = opt_random, .flags = CMDOPT_ARG_OPTIONAL },
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_OBJECT,
+    CMDOPT_END,
+};
+
+static const CmdSpec bench_spec = {
+    .name = "bench",
+    .args = "filename",
+    .description =
+        "Run a simple I/O benchmark on an image: count requests of "
+        "buffer_size\nbytes, depth of them in flight at once, submitted "
+        "asynchronously by\none thread (--threads: one worker thread per "
+        "request in flight, at\nmost 1024 threads).\n",
+    .opts = bench_opts,
+};
 
 int cmd_bench(int argc, char **argv)
 {
-    Bench b = {
-        .count = 75000,
-        .bufsize = 4096,
-        .drain = true,
-        .seed = 1,
-    };
-    long long depth = 64;
-    const char *fmt = NULL, *cache = NULL;
-    bool image_opts = false, share = false, native_aio = false;
-    bool threads = false;
-    int c;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU",
-                            bench_options, NULL)) != -1) {
-        long long v;
-        switch (c) {
-        case 'h':
-            fputs(bench_usage, stdout);
-            return 0;
-        case 'c':
-            if (!parse_int(optarg, 0, INT_MAX, &v)) {
-                imgtool_error("Invalid request count specified");
-                return 1;
-            }
-            b.count = v;
-            break;
-        case 'd':
-            if (!parse_int(optarg, 1, INT_MAX, &v)) {
-                imgtool_error("Invalid queue depth specified");
-                return 1;
-            }
-            depth = v;
-            break;
-        case 'f':
-            fmt = optarg;
-            break;
-        case 'n':
-            native_aio = true;
-            break;
-        case 'i':
-            if (!strcmp(optarg, "native")) {
-                native_aio = true;
-            } else if (!strcmp(optarg, "threads")) {
-                native_aio = false;
-            } else if (strcmp(optarg, "io_uring")) {
-                imgtool_error("Invalid aio option: %s", optarg);
-                return 1;
-            }
-            break;
-        case 'o':
-            if (!parse_bench_size(optarg, &b.offset) ||
-                b.offset > INT64_MAX) {
-                return bench_bad_size("offset");
-            }
-            break;
-        case 'q':
-            break;
-        case 's':
-            if (!parse_bench_size(optarg, &b.bufsize) ||
-                b.bufsize > INT_MAX) {
-                return bench_bad_size("buffer size");
-            }
-            break;
-        case 'S':
-            if (!parse_bench_size(optarg, &b.step) || b.step > INT_MAX) {
-                return bench_bad_size("step_size");
-            }
-            break;
-        case 't':
-            cache = optarg;
-            break;
-        case 'w':
-            b.write = true;
-            break;
-        case 'U':
-            share = true;
-            break;
-        case OPT_FLUSH_INTERVAL:
-            if (!parse_int(optarg, 0, INT_MAX, &v)) {
-                imgtool_error("Invalid flush interval specified");
-                return 1;
-            }
-            b.flush_interval = v;
-            break;
-        case OPT_NO_DRAIN:
-            b.drain = false;
-            break;
-        case OPT_PATTERN:
-            if (!parse_int(optarg, 0, 0xff, &v)) {
-                imgtool_error("Invalid pattern byte specified");
-                return 1;
-            }
-            b.pattern = (int)v;
-            break;
-        case OPT_RANDOM:
-            b.random = true;
-            if (optarg) {
-                char *end;
-                errno = 0;
-                b.seed = strtoull(optarg, &end, 0);
-                if (errno || end == optarg || *end || *optarg == '-') {
-                    imgtool_error("Invalid random seed specified");
-                    return 1;
-                }
-            }
-            break;
-        case OPT_IMAGE_OPTS:
-            image_opts = true;
-            break;
-        case OPT_THREADS:
-            threads = true;
-            break;
-        case OPT_OBJECT:
-            if (imgtool_object_add(optarg) < 0) {
-                return 1;
-            }
-            break;
-        default:
-            return usage_bad_option("bench", usage_refused_option(argv, (char[3]){0}), c == ':');
-        }
+    ImageArgs a = { 0 };
+    int rc;
+    if (cmd_parse(&bench_spec, &a, NULL, argc, argv, &rc) < 0) {
+        return rc;
     }
+    Bench b = {
+        .count = o.count,
+        .bufsize = o.bufsize,
+        .offset = o.offset,
+        .step = o.step,
+        .write = o.write,
+        .flush_interval = o.flush_interval,
+        .drain = !o.no_drain,
+        .random = o.random,
+        .seed = o.seed,
+        .pattern = (int)o.pattern,
+    };
+    uint64_t depth = o.depth;
+    const char *cache = o.cache;
     if (optind != argc - 1) {
         return usage_error("bench", "Expecting one image file name");
     }
@@ -582,7 +492,7 @@ int cmd_bench(int argc, char **argv)
         imgtool_error("--flush-interval is only available in write tests");
         return 1;
     }
-    if (b.flush_interval && b.flush_interval < (uint64_t)depth) {
+    if (b.flush_interval && b.flush_interval < depth) {
         imgtool_error("Flush interval can't be smaller than depth");
         return 1;
     }
@@ -601,7 +511,7 @@ int cmd_bench(int argc, char **argv)
                   !strcmp(cache, "directsync"))) {
         b.write_flags = BLOCK_REQ_FUA;
     }
-    if (share) {
+    if (a.force_share) {
         if (b.write) {
             imgtool_error("Could not open '%s': force-share=on can only be "
                           "used with read-only images", filename);
@@ -609,7 +519,7 @@ int cmd_bench(int argc, char **argv)
         }
         flags |= BLOCK_O_SHARE;
     }
-    if (native_aio && !(flags & BLOCK_O_NOCACHE)) {
+    if (o.native_aio && !(flags & BLOCK_O_NOCACHE)) {
         imgtool_error("Could not open '%s': aio=native was specified, but "
                       "it requires cache.direct=on, which was not "
                       "specified.", filename);
@@ -617,7 +527,7 @@ int cmd_bench(int argc, char **argv)
     }
 
     Error err = { 0 };
-    b.node = imgtool_open(filename, fmt, image_opts, flags, &err);
+    b.node = imgtool_open(filename, a.fmt, a.image_opts, flags, &err);
     if (!b.node) {
         imgtool_report(&err);
         return 1;
@@ -641,13 +551,14 @@ int cmd_bench(int argc, char **argv)
         }
         b.slots = (b.image_size - b.offset - b.bufsize) / b.step + 1;
         printf("Sending %" PRIu64 " random %s requests, %" PRIu64
-               " bytes each, %lld in parallel (offsets aligned to %" PRIu64
+               " bytes each, %" PRIu64 " in parallel (offsets aligned to %"
+               PRIu64
                " from offset %" PRIu64 ", seed %" PRIu64 ")\n",
                b.count, b.write ? "write" : "read", b.bufsize, depth,
                b.step, b.offset, b.seed);
     } else {
         printf("Sending %" PRIu64 " %s requests, %" PRIu64 " bytes each, "
-               "%lld in parallel (starting at offset %" PRIu64
+               "%" PRIu64 " in parallel (starting at offset %" PRIu64
                ", step size %" PRIu64 ")\n",
                b.count, b.write ? "write" : "read", b.bufsize, depth,
                b.offset, b.step);
@@ -667,8 +578,8 @@ int cmd_bench(int argc, char **argv)
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int ret = threads ? bench_run(&b, nthreads)
-                      : bench_run_async(&b, (uint64_t)depth);
+    int ret = o.threads ? bench_run(&b, nthreads)
+                        : bench_run_async(&b, depth);
     clock_gettime(CLOCK_MONOTONIC, &t1);
 
     pthread_cond_destroy(&b.cond);
