@@ -18,7 +18,6 @@
  */
 #include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,23 +25,10 @@
 
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
+#include "imgtool/parse-options.h"
 
 #define IO_CHUNK (4u << 20)
 #define MAX_ARGS 32
-
-static const char usage_text[] =
-"usage: imgtool io [--object objectdef] [-f fmt] [-r] [-U] [-t cache] [-n]\n"
-"                  [--image-opts]\n"
-"                  [-c command]... filename\n"
-"\n"
-"commands:\n"
-"  read [-P pattern] [-q] [-v] offset length\n"
-"  write [-P pattern | -z [-u] | -s file] [-c] [-f] [-q] offset length\n"
-"  discard [-q] offset length\n"
-"  flush\n"
-"  map\n"
-"  length\n"
-"  truncate [-m prealloc] size\n";
 
 static int parse_num(const char *s, uint64_t *out)
 {
@@ -68,6 +54,7 @@ static int split_words(char *line, char **argv)
 }
 
 typedef struct IoOpts {
+    const char *cmd;        /* "read", ... for messages */
     bool verbose;
     bool have_pattern;
     int pattern;
@@ -82,76 +69,132 @@ typedef struct IoOpts {
     uint64_t len;
 } IoOpts;
 
-/* Parses "[-P n] [-z] [-u] [-f] [-q] [-m mode] off [len]". */
-static int parse_io_args(int argc, char **argv, const char *allowed,
+/* The options of the command being parsed (commands run one at a
+ * time), filled by the tables below. */
+static IoOpts cur;
+
+static int opt_pattern(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    uint64_t p;
+    if (parse_num(arg, &p) < 0 || p > 255) {
+        imgtool_error("io: %s: bad pattern '%s'", cur.cmd, arg);
+        return 1;
+    }
+    cur.have_pattern = true;
+    cur.pattern = (int)p;
+    return 0;
+}
+
+/* Errors of the command language are ours: "io: read: ...". */
+static int bad_option(const CmdSpec *spec, const char *opt, bool missing,
+                      void *ctx)
+{
+    if (missing) {
+        imgtool_error("io: %s: %s needs a value", spec->name, opt);
+    } else {
+        imgtool_error("io: %s: unknown option '%s'", spec->name, opt);
+    }
+    return 1;
+}
+
+#define IO_QUIET \
+    { CMDOPT_FLAG, 'q', NULL, NULL, "print nothing", .value = &cur.quiet }
+#define IO_COMMAND(cmd, arguments, table) \
+    { .name = cmd, .args = arguments, .opts = table, \
+      .flags = CMDSPEC_IN_ORDER | CMDSPEC_NO_HELP, .bad_option = bad_option }
+
+static const CmdOpt read_opts[] = {
+    { CMDOPT_FN, 'P', NULL, "pattern",
+      "check that every byte read is pattern", .fn = opt_pattern },
+    IO_QUIET,
+    { CMDOPT_FLAG, 'v', NULL, NULL, "dump the data read",
+      .value = &cur.verbose },
+    CMDOPT_END,
+};
+
+static const CmdOpt write_opts[] = {
+    { CMDOPT_FN, 'P', NULL, "pattern", "write this byte (default 0xcd)",
+      .fn = opt_pattern },
+    { CMDOPT_FLAG, 'z', NULL, NULL, "write zeroes (not with -P or -s)",
+      .value = &cur.zero },
+    { CMDOPT_FLAG, 'u', NULL, NULL, "with -z: the zeroes may be unmapped",
+      .value = &cur.unmap },
+    { CMDOPT_STRING, 's', NULL, "file",
+      "write the first length bytes of file (not with -P or -z)",
+      .value = &cur.src_file },
+    { CMDOPT_FLAG, 'c', NULL, NULL, "write compressed",
+      .value = &cur.compress },
+    { CMDOPT_FLAG, 'f', NULL, NULL, "forced unit access (FUA)",
+      .value = &cur.fua },
+    IO_QUIET,
+    CMDOPT_END,
+};
+
+static const CmdOpt discard_opts[] = {
+    IO_QUIET,
+    CMDOPT_END,
+};
+
+static const CmdOpt truncate_opts[] = {
+    { CMDOPT_STRING, 'm', NULL, "prealloc",
+      "how to allocate the added space (off, metadata, falloc, full)",
+      .value = &cur.prealloc },
+    CMDOPT_END,
+};
+
+static const CmdOpt no_opts[] = {
+    CMDOPT_END,
+};
+
+static const CmdSpec read_spec = IO_COMMAND("read", "offset length",
+                                            read_opts);
+static const CmdSpec write_spec = IO_COMMAND("write", "offset length",
+                                             write_opts);
+static const CmdSpec discard_spec = IO_COMMAND("discard", "offset length",
+                                               discard_opts);
+static const CmdSpec truncate_spec = IO_COMMAND("truncate", "size",
+                                                truncate_opts);
+/* Listed only: these take no options and ignore their arguments. */
+static const CmdSpec flush_spec = IO_COMMAND("flush", NULL, no_opts);
+static const CmdSpec map_spec = IO_COMMAND("map", NULL, no_opts);
+static const CmdSpec length_spec = IO_COMMAND("length", NULL, no_opts);
+
+/* Parses "[options] off [len]" (nnums numbers) of argv[0]'s command. */
+static int parse_io_args(const CmdSpec *spec, int argc, char **argv,
                          int nnums, IoOpts *o)
 {
-    int i = 1;
-    memset(o, 0, sizeof(*o));
-    for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
-        char f = argv[i][1];
-        if (!strchr(allowed, f) || argv[i][2]) {
-            imgtool_error("io: %s: unknown option '%s'", argv[0], argv[i]);
-            return -EINVAL;
-        }
-        if (f == 'P' || f == 'm' || f == 's') {
-            if (++i >= argc) {
-                imgtool_error("io: %s: -%c needs a value", argv[0], f);
-                return -EINVAL;
-            }
-            if (f == 'm') {
-                o->prealloc = argv[i];
-                continue;
-            }
-            if (f == 's') {
-                o->src_file = argv[i];
-                continue;
-            }
-            uint64_t p;
-            if (parse_num(argv[i], &p) < 0 || p > 255) {
-                imgtool_error("io: %s: bad pattern '%s'", argv[0], argv[i]);
-                return -EINVAL;
-            }
-            o->have_pattern = true;
-            o->pattern = (int)p;
-        } else if (f == 'z') {
-            o->zero = true;
-        } else if (f == 'u') {
-            o->unmap = true;
-        } else if (f == 'f') {
-            o->fua = true;
-        } else if (f == 'q') {
-            o->quiet = true;
-        } else if (f == 'c') {
-            o->compress = true;
-        } else if (f == 'v') {
-            o->verbose = true;
-        }
+    int rc;
+    memset(&cur, 0, sizeof(cur));
+    cur.cmd = spec->name;
+    if (cmd_parse(spec, NULL, NULL, argc, argv, &rc) < 0) {
+        return -EINVAL;
     }
+    int i = optind;
     if (argc - i != nnums) {
         imgtool_error("io: %s: expected %d number(s)", argv[0], nnums);
         return -EINVAL;
     }
-    uint64_t *dst[2] = { &o->off, &o->len };
+    uint64_t *dst[2] = { &cur.off, &cur.len };
     for (int k = 0; k < nnums; k++, i++) {
         if (parse_num(argv[i], dst[k]) < 0) {
             imgtool_error("io: %s: invalid number '%s'", argv[0], argv[i]);
             return -EINVAL;
         }
     }
-    if (o->zero + o->have_pattern + !!o->src_file > 1) {
+    if (cur.zero + cur.have_pattern + !!cur.src_file > 1) {
         imgtool_error("io: write: -z, -P and -s are mutually exclusive");
         return -EINVAL;
     }
-    if (o->compress && o->zero) {
+    if (cur.compress && cur.zero) {
         /* qemu-io 7.2 takes "write -z -c" and writes zeroes: -c is
          * dropped (zero clusters need no compressing). */
-        o->compress = false;
+        cur.compress = false;
     }
-    if (o->unmap && !o->zero) {
+    if (cur.unmap && !cur.zero) {
         imgtool_error("io: write: -u requires -z");
         return -EINVAL;
     }
+    *o = cur;
     return 0;
 }
 
@@ -248,7 +291,7 @@ static void io_dump(const uint8_t *p, uint64_t off, size_t len)
 static int io_read(BlockNode *n, int argc, char **argv)
 {
     IoOpts o;
-    if (parse_io_args(argc, argv, "Pqv", 2, &o) < 0) {
+    if (parse_io_args(&read_spec, argc, argv, 2, &o) < 0) {
         return -EINVAL;
     }
     IoTimer tm;
@@ -296,7 +339,7 @@ static int io_read(BlockNode *n, int argc, char **argv)
 static int io_write(BlockNode *n, int argc, char **argv)
 {
     IoOpts o;
-    if (parse_io_args(argc, argv, "Pzufqsc", 2, &o) < 0) {
+    if (parse_io_args(&write_spec, argc, argv, 2, &o) < 0) {
         return -EINVAL;
     }
     FILE *src = NULL;
@@ -362,7 +405,7 @@ static int io_write(BlockNode *n, int argc, char **argv)
 static int io_discard(BlockNode *n, int argc, char **argv)
 {
     IoOpts o;
-    if (parse_io_args(argc, argv, "q", 2, &o) < 0) {
+    if (parse_io_args(&discard_spec, argc, argv, 2, &o) < 0) {
         return -EINVAL;
     }
     IoTimer tm;
@@ -420,7 +463,7 @@ static int io_map(BlockNode *n)
 static int io_truncate(BlockNode *n, int argc, char **argv)
 {
     IoOpts o;
-    if (parse_io_args(argc, argv, "m", 1, &o) < 0) {
+    if (parse_io_args(&truncate_spec, argc, argv, 1, &o) < 0) {
         return -EINVAL;
     }
     PreallocMode pm = PREALLOC_OFF;
@@ -480,56 +523,71 @@ static int run_line(BlockNode *n, const char *line)
     return ret;
 }
 
-int cmd_io(int argc, char **argv)
+/* -t and -n change the same flags, so the later one wins. */
+static int opt_cache(const CmdOpt *opt, const char *arg, void *ctx)
 {
-    static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "read-only", no_argument, NULL, 'r' },
-        { "cmd", required_argument, NULL, 'c' },
-        { "cache", required_argument, NULL, 't' },
-        IMAGE_ARGS_LONG_OPTIONS,
-        FORCE_SHARE_LONG_OPTION,
-        { "nocache", no_argument, NULL, 'n' },
-        { NULL, 0, NULL, 0 },
-    };
-    ImageArgs a = { 0 };
-    int flags = BLOCK_O_RDWR;
-    char **cmds = calloc((size_t)argc + 1, sizeof(*cmds));
-    int ncmds = 0, c, r, rc = 1;
-    if (!cmds) {
+    if (imgtool_parse_cache(arg, ctx) < 0) {
+        imgtool_error("io: invalid cache mode '%s'", arg);
         return 1;
     }
-    while ((c = getopt_long(argc, argv, "+hrUc:f:t:n", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(usage_text, stdout);
-            free(cmds);
-            return 0;
-        case 'r':
-            flags &= ~BLOCK_O_RDWR;
-            break;
-        case 'c':
-            cmds[ncmds++] = optarg;
-            break;
-        case 't':
-            if (imgtool_parse_cache(optarg, &flags) < 0) {
-                imgtool_error("io: invalid cache mode '%s'", optarg);
-                goto out;
-            }
-            break;
-        case 'n':
-            flags |= BLOCK_O_NOCACHE;
-            break;
-        default:
-            r = image_args_parse(&a, c, optarg);
-            if (r < 0) {
-                goto out;
-            }
-            if (r == 0) {
-                fputs(usage_text, stderr);
-                goto out;
-            }
-        }
+    return 0;
+}
+
+static int opt_nocache(const CmdOpt *opt, const char *arg, void *ctx)
+{
+    *(int *)ctx |= BLOCK_O_NOCACHE;
+    return 0;
+}
+
+static struct {
+    bool read_only;
+    CmdList cmds;
+} o;
+
+static const CmdOpt io_opts[] = {
+    CMDOPT_OBJECT,
+    CMDOPT_FORMAT,
+    { CMDOPT_FLAG, 'r', "read-only", NULL, "open the image read-only",
+      .value = &o.read_only },
+    CMDOPT_FORCE_SHARE,
+    { CMDOPT_FN, 't', "cache", "cache",
+      "cache mode: none, writeback (default), unsafe, directsync, "
+      "writethrough", .fn = opt_cache },
+    { CMDOPT_FN, 'n', "nocache", NULL, "bypass the host page cache",
+      .fn = opt_nocache },
+    CMDOPT_IMAGE_OPTS,
+    { CMDOPT_LIST, 'c', "cmd", "command",
+      "run this command (repeatable; default: read commands from standard "
+      "input, one a line)", .value = &o.cmds },
+    CMDOPT_END,
+};
+
+static const CmdSpec *const io_commands[] = {
+    &read_spec, &write_spec, &discard_spec, &flush_spec, &map_spec,
+    &length_spec, &truncate_spec, NULL,
+};
+
+static const CmdSpec io_spec = {
+    .name = "io",
+    .args = "filename",
+    .description = "Runs qemu-io-style commands on an image.  The exit "
+                   "status is non-zero when\nany command failed.\n",
+    .opts = io_opts,
+    .flags = CMDSPEC_IN_ORDER | CMDSPEC_GETOPT_MESSAGES,
+    .commands = io_commands,
+};
+
+int cmd_io(int argc, char **argv)
+{
+    ImageArgs a = { 0 };
+    int flags = BLOCK_O_RDWR;
+    int rc;
+    if (cmd_parse(&io_spec, &a, &flags, argc, argv, &rc) < 0) {
+        goto out;
+    }
+    rc = 1;
+    if (o.read_only) {
+        flags &= ~BLOCK_O_RDWR;
     }
     flags |= image_args_flags(&a);
     if (image_args_check(&a) < 0) {
@@ -550,9 +608,9 @@ int cmd_io(int argc, char **argv)
         goto out;
     }
     rc = 0;
-    if (ncmds) {
-        for (int i = 0; i < ncmds; i++) {
-            if (run_line(n, cmds[i]) < 0) {
+    if (o.cmds.n) {
+        for (size_t i = 0; i < o.cmds.n; i++) {
+            if (run_line(n, o.cmds.items[i]) < 0) {
                 rc = 1;
             }
         }
@@ -573,6 +631,6 @@ int cmd_io(int argc, char **argv)
     }
     block_close(n);
 out:
-    free(cmds);
+    cmd_list_free(&o.cmds);
     return rc;
 }

@@ -59,9 +59,9 @@ static void print_usage_line(const CmdSpec *spec, const char *head, FILE *f)
             if (o->flags & CMDOPT_HIDDEN) {
                 continue;
             }
-            opt_synopsis(o, item + 1, sizeof(item) - 2);
+            opt_synopsis(o, item + 1, sizeof(item) - 5);
             item[0] = '[';
-            strcat(item, "]");
+            strcat(item, o->type == CMDOPT_LIST ? "]..." : "]");
         } else {
             args += strspn(args, " ");
             if (!*args) {
@@ -110,15 +110,10 @@ static void print_wrapped(FILE *f, const char *text, int indent)
     fputc('\n', f);
 }
 
-void cmd_print_help(const CmdSpec *spec, FILE *f)
+/* One line per option: its names from column indent, its help from
+ * column indent + 24. */
+static void print_options(const CmdSpec *spec, int indent, FILE *f)
 {
-    char head[64];
-    snprintf(head, sizeof(head), "usage: imgtool %s", spec->name);
-    print_usage_line(spec, head, f);
-    if (spec->description) {
-        fprintf(f, "\n%s", spec->description);
-    }
-    fputc('\n', f);
     for (size_t i = 0; spec->opts[i].type != CMDOPT_END_OF_TABLE; i++) {
         const CmdOpt *o = &spec->opts[i];
         if (o->flags & CMDOPT_HIDDEN || !o->help) {
@@ -139,19 +134,43 @@ void cmd_print_help(const CmdSpec *spec, FILE *f)
                      arg && (o->flags & CMDOPT_ARG_OPTIONAL) ? "]" : "");
         }
         if (strlen(names) > 22) {
-            fprintf(f, "  %s\n%26s", names, "");
+            fprintf(f, "%*s%s\n%*s", indent, "", names, indent + 24, "");
         } else {
-            fprintf(f, "  %-23s ", names);
+            fprintf(f, "%*s%-23s ", indent, "", names);
         }
-        print_wrapped(f, o->help, 26);
+        print_wrapped(f, o->help, indent + 24);
+    }
+}
+
+/* The usage line, the description and the option lines (all: --help)
+ * or the usage lines alone (after a mistake). */
+static void print_help(const CmdSpec *spec, bool all, FILE *f)
+{
+    char head[64];
+    snprintf(head, sizeof(head), "usage: imgtool %s", spec->name);
+    print_usage_line(spec, head, f);
+    if (all && spec->description) {
+        fprintf(f, "\n%s", spec->description);
+    }
+    if (all) {
+        fputc('\n', f);
+        print_options(spec, 2, f);
     }
     if (spec->commands) {
         fprintf(f, "\ncommands:\n");
         for (size_t i = 0; spec->commands[i]; i++) {
             snprintf(head, sizeof(head), "  %s", spec->commands[i]->name);
             print_usage_line(spec->commands[i], head, f);
+            if (all) {
+                print_options(spec->commands[i], 4, f);
+            }
         }
     }
+}
+
+void cmd_print_help(const CmdSpec *spec, FILE *f)
+{
+    print_help(spec, true, f);
 }
 
 int cmd_list_append(CmdList *l, const char *arg)
@@ -310,8 +329,8 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
         }
         int r;
         if (!o && !quiet_getopt) {
-            /* getopt has said what was wrong */
-            cmd_print_help(spec, stderr);
+            /* getopt has said what was wrong; the usage follows */
+            print_help(spec, false, stderr);
             r = 1;
         } else if (!o) {
             r = bad_option(spec, argv, c, ctx);

@@ -128,7 +128,7 @@ enum {
     /* No -h/--help. */
     CMDSPEC_NO_HELP = 1 << 1,
     /* getopt reports a bad option in its own words ("io: invalid option
-     * -- 'x'") and the help follows on stderr, as qemu-io does. */
+     * -- 'x'") and the usage lines follow on stderr, as qemu-io does. */
     CMDSPEC_GETOPT_MESSAGES = 1 << 2,
 };
 
