@@ -1,5 +1,4 @@
 /* cmd-usage.c - one wording for option errors across commands. */
-#include <getopt.h>
 #include <stdio.h>
 
 #include "imgtool/cmd-usage.h"
@@ -10,17 +9,6 @@ int usage_error(const char *cmd, const char *msg)
     imgtool_error("%s", msg);
     fprintf(stderr, "Try 'imgtool %s --help' for more information\n", cmd);
     return 1;
-}
-
-const char *usage_refused_option(char **argv, char buf[3])
-{
-    if (optopt > 0 && optopt < 256) {
-        buf[0] = '-';
-        buf[1] = (char)optopt;
-        buf[2] = '\0';
-        return buf;
-    }
-    return argv[optind - 1];
 }
 
 int usage_bad_option(const char *cmd, const char *opt, bool missing_arg)

@@ -12,11 +12,6 @@
  * the exit code 1. */
 int usage_bad_option(const char *cmd, const char *opt, bool missing_arg);
 
-/* The option getopt just refused (getopt_long's optstring starting with
- * ':'), as the user wrote it: "-x" for a short option or a long one
- * with a letter, else the word ("--bogus").  buf holds the short form. */
-const char *usage_refused_option(char **argv, char buf[3]);
-
 /* Reports msg and how to get help; returns the exit code 1. */
 int usage_error(const char *cmd, const char *msg);
 

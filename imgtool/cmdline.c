@@ -1,5 +1,4 @@
 /* cmdline.c - parsing the options every image command shares. */
-#include "imgtool/cmd-usage.h"
 #include "imgtool/cmdline.h"
 #include "imgtool/object.h"
 
@@ -30,18 +29,6 @@ int image_args_parse(ImageArgs *a, int c, char *arg)
     default:
         return 0;
     }
-}
-
-int image_args_option(ImageArgs *a, int c, char *arg, const char *cmd,
-                      char **argv)
-{
-    int r = image_args_parse(a, c, arg);
-    if (r < 0) {
-        return 1;
-    }
-    char buf[3];
-    return r ? 0 : usage_bad_option(cmd, usage_refused_option(argv, buf),
-                                    c == ':');
 }
 
 int image_args_check(const ImageArgs *a)

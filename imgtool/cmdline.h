@@ -1,17 +1,16 @@
 /*
  * cmdline.h - the options every image command shares (-f, -U, -q,
- * --output, --image-opts, --object), parsed in one place so that they
+ * --output, --image-opts, --object), read in one place so that they
  * mean the same thing, with the same errors, in every command.
  *
- * A command puts IMAGE_ARGS_LONG_OPTIONS (plus FORCE_SHARE_LONG_OPTION and
- * OUTPUT_LONG_OPTION when it has -U and --output) in its getopt_long table, lists the short letters it
- * takes in its optstring, and hands every option its own switch does not
- * know to image_args_parse().
+ * A command lists the ones it takes in its parse-options table
+ * (CMDOPT_FORMAT, CMDOPT_FORCE_SHARE, ... in imgtool/parse-options.h);
+ * cmd_parse() hands them to image_args_parse() and the command reads
+ * the result from its ImageArgs.
  */
 #ifndef IMGTOOL_CMDLINE_H
 #define IMGTOOL_CMDLINE_H
 
-#include <getopt.h>
 #include <stdbool.h>
 
 #include "imgtool/imgtool.h"
@@ -30,29 +29,15 @@ enum {
     OPT_COMMON_OBJECT,
 };
 
-#define IMAGE_ARGS_LONG_OPTIONS                                        \
-    { "format", required_argument, NULL, 'f' },                        \
-    { "image-opts", no_argument, NULL, OPT_COMMON_IMAGE_OPTS },        \
-    { "object", required_argument, NULL, OPT_COMMON_OBJECT }
-
-#define FORCE_SHARE_LONG_OPTION \
-    { "force-share", no_argument, NULL, 'U' }
-
-#define OUTPUT_LONG_OPTION \
-    { "output", required_argument, NULL, OPT_COMMON_OUTPUT }
-
-/* 1: c was a shared option and is recorded in a; 0: not a shared
- * option; -1: a bad value, already reported (exit with 1). */
+/* c is a letter ('f', 'U', 'q') or an OPT_COMMON_* code; arg is
+ * argv's own string (--object wipes a data= secret in it).  1: recorded
+ * in a; 0: not a shared option; -1: a bad value, already reported (exit
+ * with 1). */
 int image_args_parse(ImageArgs *a, int c, char *arg);
 
-/* For a command's `default:` case: records a shared option and returns
- * 0, or reports a bad value or an unknown option (with the hint to run
- * `imgtool CMD --help`) and returns the exit code, 1. */
-int image_args_option(ImageArgs *a, int c, char *arg, const char *cmd,
-                      char **argv);
-
 /* Refuses combinations no command accepts (--image-opts with -f);
- * returns 0, or -1 after reporting. */
+ * returns 0, or -1 after reporting.  Commands call it after their own
+ * argument checks, as qemu-img reports those first. */
 int image_args_check(const ImageArgs *a);
 
 /* BLOCK_O_* flags implied by the shared options. */

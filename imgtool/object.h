@@ -1,6 +1,6 @@
 /*
- * object.h - `--object` on the command line: every command that takes it
- * calls imgtool_object_add() from its option loop.
+ * object.h - `--object` on the command line: the shared CMDOPT_OBJECT
+ * entry (imgtool/cmdline.c) and virsh-args call imgtool_object_add().
  */
 #ifndef IMGTOOL_OBJECT_H
 #define IMGTOOL_OBJECT_H

@@ -206,9 +206,9 @@ static bool parse_uint(const char *s, uint64_t min, uint64_t max,
     return true;
 }
 
-/* One option's value; 0 or the exit code after reporting. */
-static int take_option(const CmdOpt *o, const char *arg, ImageArgs *a,
-                       void *ctx)
+/* One option's value (argv's own string); 0 or the exit code after
+ * reporting. */
+static int take_option(const CmdOpt *o, char *arg, ImageArgs *a, void *ctx)
 {
     uint64_t v = 0;
     switch (o->type) {
@@ -240,17 +240,23 @@ static int take_option(const CmdOpt *o, const char *arg, ImageArgs *a,
     case CMDOPT_FN:
         return o->fn(o, arg, ctx);
     case CMDOPT_COMMON:
-        return image_args_parse(a, o->common_code, (char *)arg) < 0 ? 1 : 0;
+        return image_args_parse(a, o->common_code, arg) < 0 ? 1 : 0;
     case CMDOPT_END_OF_TABLE:
         break;
     }
     return 0;
 }
 
+/* An option getopt refused, as the user wrote it: "-x" for a short
+ * option or a long one with a letter, else the word ("--bogus"). */
 static int bad_option(const CmdSpec *spec, char **argv, int c, void *ctx)
 {
-    char buf[3];
-    const char *opt = usage_refused_option(argv, buf);
+    char buf[3] = { '-', 0, 0 };
+    const char *opt = argv[optind - 1];
+    if (optopt > 0 && optopt < 256) {
+        buf[1] = (char)optopt;
+        opt = buf;
+    }
     if (spec->bad_option) {
         return spec->bad_option(spec, opt, c == ':', ctx);
     }

@@ -37,6 +37,7 @@
 #ifndef IMGTOOL_PARSE_OPTIONS_H
 #define IMGTOOL_PARSE_OPTIONS_H
 
+#include <getopt.h>     /* optind, which cmd_parse() leaves as it returns */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
