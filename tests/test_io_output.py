@@ -122,3 +122,18 @@ def test_sizes_spelled_like_qemu_io(tmp, size, text):
                       size="4M")
     assert masked(p.stdout) == masked(q.stdout)
     assert masked(p.stdout)[1].startswith(text + ", 1 ops; ")
+
+
+def test_option_forms_like_qemu_io(tmp):
+    """The command language's options are read as qemu-io reads them
+    (getopt): flags grouped (-qv), a value attached (-P0x5a), '--'
+    ending the options."""
+    cmds = ["write -qP 0x5a 0 4k", "read -P0x5a 0 4k", "read -vq 0 16",
+            "write -fP7 4k 4k", "read -P 7 -- 4k 4k", "read -v -- 4k 16",
+            "write -zu 8k 4k", "read -qP0 8k 4k"]
+    p, q, mine, theirs = both(tmp, cmds)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert masked(p.stdout) == masked(q.stdout)
+    assert "read 4096/4096 bytes at offset 4096" in p.stdout
+    qemu_img("compare", mine, theirs)
