@@ -43,7 +43,7 @@ static int opt_options(const CmdOpt *opt, const char *arg, void *ctx)
 static const CmdOpt amend_opts[] = {
     CMDOPT_OBJECT,
     CMDOPT_IMAGE_OPTS,
-    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
+    CMDOPT_PROGRESS(&o.progress),
     { CMDOPT_COMMON, 'q', "quiet", NULL, "print nothing but errors",
       .common_code = 'q' },
     CMDOPT_FORMAT,

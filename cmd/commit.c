@@ -44,7 +44,7 @@ static const CmdOpt commit_opts[] = {
       .what = "rate limit", .min = 1 },
     { CMDOPT_FLAG, 'd', NULL, NULL,
       "do not empty the top image afterwards", .value = &o.drop },
-    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
+    CMDOPT_PROGRESS(&o.progress),
     CMDOPT_END,
 };
 

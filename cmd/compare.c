@@ -36,7 +36,7 @@ static const CmdOpt compare_opts[] = {
     { CMDOPT_STRING, 'F', NULL, "fmt", "format of the second image",
       .value = &o.fmt2 },
     CMDOPT_CACHE('T', "src_cache", &o.cache, "both images' "),
-    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
+    CMDOPT_PROGRESS(&o.progress),
     { CMDOPT_COMMON, 'q', NULL, NULL, "print nothing", .common_code = 'q' },
     { CMDOPT_FLAG, 's', NULL, NULL,
       "strict: sizes and allocation must match too", .value = &o.strict },

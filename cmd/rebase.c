@@ -32,7 +32,7 @@ static const CmdOpt rebase_opts[] = {
     CMDOPT_FORMAT,
     CMDOPT_CACHE('t', "cache", &o.cache, "the image's "),
     CMDOPT_CACHE('T', "src_cache", &o.src_cache, "the backing files' "),
-    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = &o.progress },
+    CMDOPT_PROGRESS(&o.progress),
     { CMDOPT_FLAG, 'u', NULL, NULL,
       "unsafe: change the header only, copy nothing", .value = &o.unsafe },
     { CMDOPT_FLAG, 'c', NULL, NULL, "store the clusters written compressed",

@@ -115,6 +115,9 @@ typedef struct CmdList {
 #define CMDOPT_OUTPUT \
     { CMDOPT_COMMON, 0, "output", "human|json", "output format", \
       .common_code = OPT_COMMON_OUTPUT }
+/* -p: a progress bar (which -q turns off in every command). */
+#define CMDOPT_PROGRESS(var) \
+    { CMDOPT_FLAG, 'p', NULL, NULL, "show progress", .value = var }
 /* -t/-T: a cache mode, checked later by cmd_cache_flags(). */
 #define CMDOPT_CACHE(letter, arg, var, whose) \
     { CMDOPT_STRING, letter, NULL, arg, \
