@@ -251,12 +251,8 @@ static int take_option(const CmdOpt *o, char *arg, ImageArgs *a, void *ctx)
  * option or a long one with a letter, else the word ("--bogus"). */
 static int bad_option(const CmdSpec *spec, char **argv, int c, void *ctx)
 {
-    char buf[3] = { '-', 0, 0 };
-    const char *opt = argv[optind - 1];
-    if (optopt > 0 && optopt < 256) {
-        buf[1] = (char)optopt;
-        opt = buf;
-    }
+    char buf[3] = { '-', (char)optopt, 0 };
+    const char *opt = optopt > 0 && optopt < 256 ? buf : argv[optind - 1];
     if (spec->bad_option) {
         return spec->bad_option(spec, opt, c == ':', ctx);
     }
