@@ -458,6 +458,18 @@ struct BlockDriver {
                                            terminated, NULL: create_opts */
 };
 
+/* A driver that can be built as a loadable module (its library is large)
+ * ends with BLOCK_DRIVER_MODULE(its_driver): built as a module
+ * (-DIMGTOOL_MODULE) that is the symbol the loader looks for; built in,
+ * nothing.  The registry lists such drivers with their URL prefixes in
+ * block_module_list (block/core/drivers.c). */
+#ifdef IMGTOOL_MODULE
+#define BLOCK_DRIVER_MODULE(drv) \
+    const BlockDriver *const imgtool_block_module_driver = &(drv)
+#else
+#define BLOCK_DRIVER_MODULE(drv) extern const BlockDriver drv
+#endif
+
 /* The registry (block/core/drivers.c): every driver, NULL-terminated. */
 extern const BlockDriver *const block_driver_list[];
 

@@ -1,7 +1,9 @@
-/* drivers.c - the one table every driver is registered in. */
+/* drivers.c - the one table every driver is registered in: built-in
+ * drivers in block_driver_list, drivers in loadable modules (see
+ * modules.c) in block_module_list with the URL prefixes they own. */
 #include <string.h>
 
-#include "block/driver.h"
+#include "block/core/modules.h"
 
 extern const BlockDriver file_driver;
 extern const BlockDriver raw_driver;
@@ -22,6 +24,11 @@ const BlockDriver *const block_driver_list[] = {
     NULL,
 };
 
+/* Loadable modules: one line each (none in this build yet). */
+const BlockModule block_module_list[] = {
+    { NULL, NULL, NULL, NULL },
+};
+
 const BlockDriver *block_find_driver(const char *name)
 {
     for (int i = 0; block_driver_list[i]; i++) {
@@ -38,5 +45,32 @@ const BlockDriver *block_find_driver(const char *name)
     if (strcmp(name, "host_device") == 0) {
         return block_find_driver("file");
     }
+    for (int i = 0; block_module_list[i].name; i++) {
+        if (strcmp(block_module_list[i].name, name) == 0) {
+            return block_module_load(&block_module_list[i]);
+        }
+    }
     return NULL;
+}
+
+const BlockDriver *block_protocol_for(const char *filename)
+{
+    for (int i = 0; filename && block_driver_list[i]; i++) {
+        const BlockDriver *d = block_driver_list[i];
+        if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
+            d->owns_filename(filename)) {
+            return d;
+        }
+    }
+    for (int i = 0; filename && block_module_list[i].name; i++) {
+        const BlockModule *m = &block_module_list[i];
+        for (int k = 0; m->prefixes[k]; k++) {
+            if (strncmp(filename, m->prefixes[k],
+                        strlen(m->prefixes[k])) == 0) {
+                const BlockDriver *d = block_module_load(m);
+                return d ? d : NULL;
+            }
+        }
+    }
+    return block_find_driver("file");
 }

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/driver.h"
+#include "block/core/modules.h"
 
 #define PROBE_BYTES 2048
 
@@ -296,18 +296,6 @@ static int node_publish(BlockNode *n, KVList *opts, Error *err)
 /* ------------------------------------------------------------------ */
 /* Opening                                                             */
 
-static const BlockDriver *protocol_for(const char *filename)
-{
-    for (int i = 0; block_driver_list[i]; i++) {
-        const BlockDriver *d = block_driver_list[i];
-        if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
-            d->owns_filename(filename)) {
-            return d;
-        }
-    }
-    return block_find_driver("file");
-}
-
 BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
                                Error *err)
 {
@@ -317,10 +305,12 @@ BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
     }
     const char *drvname = kvlist_get(opts, "driver");
     const BlockDriver *drv = drvname ? block_find_driver(drvname)
-                                     : protocol_for(filename);
+                                     : block_protocol_for(filename);
     if (!drv || drv->kind != BLOCK_DRIVER_PROTOCOL) {
-        error_setf(err, EINVAL, "Unknown protocol driver '%s'",
-                   drvname ? drvname : "?");
+        const char *why = block_module_error();
+        error_setf(err, EINVAL, "Unknown protocol driver '%s'%s%s",
+                   drvname ? drvname : filename ? filename : "?",
+                   why ? ": " : "", why ? why : "");
         return NULL;
     }
     const char *fn = kvlist_get(opts, "filename");

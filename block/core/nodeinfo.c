@@ -166,15 +166,3 @@ const BlockCreateOpt *block_driver_amend_opts(const BlockDriver *d)
     }
     return d->amend_opts ? d->amend_opts : d->create_opts;
 }
-
-const BlockDriver *block_protocol_for(const char *filename)
-{
-    for (int i = 0; filename && block_driver_list[i]; i++) {
-        const BlockDriver *d = block_driver_list[i];
-        if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
-            d->owns_filename(filename)) {
-            return d;
-        }
-    }
-    return block_find_driver("file");
-}
