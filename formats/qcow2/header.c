@@ -171,7 +171,7 @@ static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
 
 /* A snapshot table that cannot be parsed from entry nb_snapshots_loaded
  * on: refused, except when opened for check, which reports it and can
- * cut the table there (check.c). */
+ * cut the table there (check-walk.c). */
 static int snapshot_table_damaged(Qcow2State *s, Error *err, int kind,
                                   const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -3,7 +3,7 @@
  * table.  The pieces live next to it: header.c (header and extensions),
  * cache.c (metadata cache), refcount.c (allocation), cluster.c (L1/L2),
  * rw.c (guest I/O), resize.c (truncate), create.c, compress.c, and
- * check.c / measure.c.
+ * check*.c (check and repair) / measure.c.
  *
  * Opening validates the header before trusting it, refuses what we cannot
  * handle safely (unknown incompatible features, encryption, writing a

@@ -2,7 +2,7 @@
  * qcow2.h - internal interface of the qcow2 driver (formats/qcow2/).
  *
  * Shared by the driver files (header, cache, refcount, cluster, io,
- * create ...) and by check.c / measure.c.  Not a public API: only files in
+ * create ...) and by check*.c / measure.c.  Not a public API: only files in
  * this directory include it.  Signatures here are stable: add, don't
  * change.
  *
