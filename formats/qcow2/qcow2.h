@@ -589,7 +589,7 @@ int qcow2_read_l2_table(Qcow2State *s, uint64_t offset, uint8_t *buf);
 int qcow2_write_l2_table(Qcow2State *s, uint64_t offset, const uint8_t *buf);
 
 /* ------------------------------------------------------------------ */
-/* Header (header.c)                                                   */
+/* Header (header.c: reading, header-write.c: rewriting)               */
 
 /* Parses and validates the header of block_file(n) into s.  */
 int qcow2_read_header(Qcow2State *s, Error *err);
