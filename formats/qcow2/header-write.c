@@ -7,7 +7,12 @@
  * (as header.c read them) and never touches anything past the part of
  * the first cluster the header uses.  A header of one sector is one
  * write, which lands whole or not at all: a crash leaves the old header
- * or the new one.
+ * or the new one.  Where the header may grow past a sector (amend's
+ * version and data file changes), qcow2_write_header_switch keeps that
+ * promise too: a longer header that replaces a one-sector one has its
+ * tail written and flushed before the first sector, and a long old
+ * header is first made a one-sector one by dropping its optional
+ * feature name table.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -226,4 +231,171 @@ void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
         qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
     }
     s->read_only = true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Header switches                                                     */
+
+/* Bytes of the header cluster the header on disk uses (fields,
+ * extensions up to the end marker, backing file name wherever it sits):
+ * what a rewrite must not disturb before its switch.  Unparseable means
+ * the whole cluster. */
+int qcow2_header_used(Qcow2State *s, Error *err)
+{
+    uint64_t cs = s->cluster_size;
+    int64_t flen = block_get_length(block_file(s->node));
+    uint8_t *h = calloc(1, cs);
+    int ret;
+
+    if (!h) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    size_t len = flen > 0 && (uint64_t)flen < cs ? (size_t)flen : cs;
+    ret = block_pread(block_file(s->node), 0, len, h);
+    if (ret < 0) {
+        free(h);
+        return error_setf(err, -ret, "cannot read the qcow2 header: %s",
+                          strerror(-ret));
+    }
+    uint64_t hl = qcow2_be32(h + QCOW2_HDR_VERSION) == 2
+                  ? QCOW2_V2_HEADER_SIZE
+                  : qcow2_be32(h + QCOW2_HDR_HEADER_LENGTH);
+    uint64_t name_end = qcow2_be64(h + QCOW2_HDR_BACKING_OFFSET) +
+                        qcow2_be32(h + QCOW2_HDR_BACKING_SIZE);
+    uint64_t used = cs, in = hl;
+    while (hl <= cs && in + 8 <= cs) {
+        uint32_t type = qcow2_be32(h + in);
+        uint64_t elen = 8 + qcow2_align_up(qcow2_be32(h + in + 4), 8);
+        if (type == QCOW2_EXT_END) {
+            used = in + 8;
+            break;
+        }
+        in += elen;
+    }
+    if (name_end > used) {
+        used = name_end < cs ? name_end : cs;
+    }
+    free(h);
+    return (int)used;
+}
+
+/*
+ * The on-disk header (old_used bytes) without its feature name table,
+ * which is optional: the same image in fewer bytes.  Returns the bytes it
+ * uses, or 0 when it cannot be made to fit in one sector.
+ */
+static int compact_header(Qcow2State *s, int old_used, uint8_t *out)
+{
+    uint8_t *h = calloc(1, s->cluster_size);
+    int ret = 0;
+
+    if (!h || block_pread(block_file(s->node), 0, (size_t)old_used, h) < 0) {
+        free(h);
+        return 0;
+    }
+    uint64_t hl = qcow2_be32(h + QCOW2_HDR_VERSION) == 2
+                  ? QCOW2_V2_HEADER_SIZE
+                  : qcow2_be32(h + QCOW2_HDR_HEADER_LENGTH);
+    uint64_t name_off = qcow2_be64(h + QCOW2_HDR_BACKING_OFFSET);
+    uint32_t name_len = qcow2_be32(h + QCOW2_HDR_BACKING_SIZE);
+    uint64_t in = hl, o = hl;
+    uint64_t end = name_off ? name_off : (uint64_t)old_used;
+    if (hl > 512 || end > (uint64_t)old_used ||
+        name_off + name_len > (uint64_t)old_used) {
+        goto out;
+    }
+    memset(out, 0, 512);
+    memcpy(out, h, hl);
+    while (in + 8 <= end) {
+        uint32_t type = qcow2_be32(h + in);
+        uint64_t elen = 8 + qcow2_align_up(qcow2_be32(h + in + 4), 8);
+        if (type == QCOW2_EXT_END || in + elen > end) {
+            break;
+        }
+        if (type != QCOW2_EXT_FEATURE_TABLE) {
+            if (o + elen > 512) {
+                goto out;
+            }
+            memcpy(out + o, h + in, elen);
+            o += elen;
+        }
+        in += elen;
+    }
+    o += 8;  /* end marker: zeroes */
+    if (name_off) {
+        if (o + name_len > 512) {
+            goto out;
+        }
+        memcpy(out + o, h + name_off, name_len);
+        qcow2_put_be64(out + QCOW2_HDR_BACKING_OFFSET, o);
+        o += name_len;
+    }
+    ret = o <= 512 ? (int)o : 0;
+out:
+    free(h);
+    return ret;
+}
+
+/*
+ * Writes the header built from s over one that used old_used bytes, so
+ * that a crash leaves one or the other: a sector is written whole or not
+ * at all, so a new header of one sector is one write, and a longer one
+ * over a one-sector header gets its tail first (beyond what the old
+ * header uses, so the old one stays intact) and its first sector last.
+ * A long old header is first rewritten in one sector without its feature
+ * name table when that fits; only when not is the switch a single
+ * multi-sector write.
+ */
+int qcow2_write_header_switch(Qcow2State *s, int old_used, Error *err)
+{
+    uint8_t *buf = malloc(s->cluster_size);
+    int ret;
+
+    if (!buf) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    uint64_t len = 0;
+    ret = qcow2_build_header(s, buf, err);
+    if (ret >= 0) {
+        len = qcow2_align_up((uint64_t)ret, 512);
+        if (len > s->cluster_size) {
+            len = s->cluster_size;
+        }
+    }
+    if (ret >= 0 && len > 512 && old_used > 512) {
+        uint8_t small[512];
+        int used = compact_header(s, old_used, small);
+        if (used > 0) {
+            ret = block_pwrite(block_file(s->node), 0, 512, small, 0);
+            if (ret >= 0) {
+                ret = block_flush(block_file(s->node));
+            }
+            old_used = used;
+        }
+    }
+    if (ret < 0) {
+        free(buf);
+        return error_is_set(err) ? ret : error_setf(err, -ret, "cannot "
+                                                    "write the qcow2 header: "
+                                                    "%s", strerror(-ret));
+    }
+    if (len > 512 && old_used <= 512) {
+        ret = block_pwrite(block_file(s->node), 512, len - 512, buf + 512, 0);
+        if (ret >= 0) {
+            ret = block_flush(block_file(s->node));
+        }
+        len = 512;
+    }
+    if (ret >= 0) {
+        ret = block_pwrite(block_file(s->node), 0, len, buf, 0);
+    }
+    if (ret >= 0) {
+        ret = block_flush(block_file(s->node));
+    }
+    free(buf);
+    if (ret < 0) {
+        return error_setf(err, -ret, "cannot write the qcow2 header: %s",
+                          strerror(-ret));
+    }
+    return 0;
 }

@@ -599,6 +599,14 @@ int qcow2_write_header(Qcow2State *s, Error *err);
 /* Builds the header cluster (cluster_size bytes) from s into buf;
  * returns the bytes used or a negative errno. */
 int qcow2_build_header(Qcow2State *s, uint8_t *buf, Error *err);
+/* Bytes of the header cluster the header on disk uses (fields,
+ * extensions up to the end marker, backing file name wherever it sits),
+ * or a negative errno. */
+int qcow2_header_used(Qcow2State *s, Error *err);
+/* Writes the header built from s over one that used old_used bytes
+ * (qcow2_header_used), so that a crash leaves one or the other, also
+ * when the new header takes more than one sector. */
+int qcow2_write_header_switch(Qcow2State *s, int old_used, Error *err);
 /* Sets the header fields of a `version` image that uses none of v3's
  * additions (no feature bits, 16-bit refcounts, zlib, the shortest header
  * length): what a v2 header implies, and what a compat change writes. */
@@ -755,7 +763,7 @@ int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
                   BlockMeasure *out, Error *err);
 extern const BlockCreateOpt qcow2_create_opts[];
 
-/* amend.c: qemu-img amend for qcow2 (called without s->lock). */
+/* amend*.c: qemu-img amend for qcow2 (called without s->lock). */
 int qcow2_amend(BlockNode *n, KVList *opts, bool force,
                 BlockProgressFn *progress, void *opaque, Error *err);
 extern const BlockCreateOpt qcow2_amend_opts[];
