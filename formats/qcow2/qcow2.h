@@ -300,7 +300,7 @@ struct Qcow2State {
     int open_flags;
 
     /* Serialises the data writes into fresh clusters that grow the file
-     * (rw.c: through the page cache, or when fallocate failed): the
+     * (write.c: through the page cache, or when fallocate failed): the
      * kernel serialises them anyway, and many threads contending for the
      * inode lock there cost more CPU than waiting here. */
     pthread_mutex_t grow_lock;
@@ -439,6 +439,13 @@ typedef struct Qcow2L2Entry {
                                 (sector-rounded upper bound) */
     bool copied;             /* bit 63 */
 } Qcow2L2Entry;
+
+/* The entry names a host cluster (data, or a preallocated zero one). */
+static inline bool qcow2_entry_has_host(const Qcow2L2Entry *e)
+{
+    return e->type == QCOW2_CLUSTER_NORMAL ||
+           e->type == QCOW2_CLUSTER_ZERO_ALLOC;
+}
 
 /* Decodes a raw entry (entry, bitmap) into *out. */
 void qcow2_decode_l2_entry(const Qcow2State *s, uint64_t entry,
@@ -770,7 +777,7 @@ extern const BlockCreateOpt qcow2_amend_opts[];
 
 extern const BlockDriver qcow2_driver;
 
-/* Guest I/O (rw.c). */
+/* Guest I/O (read.c, write.c, write-compressed.c, zero.c). */
 /* A run of guest bytes with one mapping (qcow2_map_extent). */
 typedef struct Qcow2Extent {
     Qcow2SubclusterType type;
