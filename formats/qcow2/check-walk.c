@@ -483,8 +483,8 @@ static int count_bitmap_table(Check *c, uint64_t off, uint32_t entries)
 }
 
 /* A bitmaps extension in force (v3, autoclear bit set) whose directory
- * open would refuse (bitmap.c's parser says why) is a corruption: check
- * opens it all the same, so it must not call it clean. */
+ * open would refuse (bitmap-dir.c's parser says why) is a corruption:
+ * check opens it all the same, so it must not call it clean. */
 static void validate_bitmaps(Check *c, const Qcow2Extension *x,
                              const uint8_t *dir, uint64_t dir_size)
 {

@@ -87,7 +87,7 @@ enum {
 #define QCOW2_AUTOCLEAR_BITMAPS     (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
 /* Bits we maintain; others are cleared when opening for writing.  The
- * bitmaps bit survives: bitmap.c keeps the bitmaps up to date. */
+ * bitmaps bit survives: bitmap-*.c keep the bitmaps up to date. */
 #define QCOW2_AUTOCLEAR_KNOWN       (QCOW2_AUTOCLEAR_DATA_FILE_RAW | \
                                      QCOW2_AUTOCLEAR_BITMAPS)
 
@@ -354,7 +354,7 @@ struct Qcow2State {
     bool aes;
     bool aes_keyed;
     uint8_t aes_key[16];
-    /* Persistent dirty bitmaps (bitmap.c): what the image holds on disk;
+    /* Persistent dirty bitmaps (bitmap-*.c): what the image holds on disk;
      * NULL when no bitmaps were loaded. */
     struct Qcow2Bitmaps *bitmaps;
 };
@@ -704,7 +704,7 @@ int qcow2_crypto_write(Qcow2State *s, uint64_t host, const void *buf,
 json_t *qcow2_crypto_info(Qcow2State *s);
 
 /* ------------------------------------------------------------------ */
-/* Persistent dirty bitmaps (bitmap.c)                                 */
+/* Persistent dirty bitmaps (bitmap-dir.c, bitmap-load.c, bitmap-store.c) */
 
 /* Bitmaps extension and directory limits (as QEMU's). */
 #define QCOW2_BITMAP_EXT_SIZE      24
