@@ -311,9 +311,9 @@ static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
 }
 
 /* The header opened with a snapshot table that cannot be parsed past
- * entry nb_snapshots_loaded (header.c): reported, and with -r all cut
- * there by one header write.  The clusters only the dropped entries used
- * are then leaks, which this same check frees. */
+ * entry nb_snapshots_loaded (snapshot-table.c): reported, and with -r all
+ * cut there by one header write.  The clusters only the dropped entries
+ * used are then leaks, which this same check frees. */
 static int snapshot_table_damage(Check *c)
 {
     Qcow2State *s = c->s;

@@ -9,7 +9,6 @@
  * that a rewrite (header-write.c) carries them over.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,154 +155,6 @@ static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
     return error_setf(err, ENOTSUP, "Unsupported qcow2 feature(s): %s", list);
 }
 
-/* A snapshot table that cannot be parsed from entry nb_snapshots_loaded
- * on: refused, except when opened for check, which reports it and can
- * cut the table there (check-walk.c). */
-static int snapshot_table_damaged(Qcow2State *s, Error *err, int kind,
-                                  const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int snapshot_table_damaged(Qcow2State *s, Error *err, int kind,
-                                  const char *fmt, ...)
-{
-    char why[sizeof(s->snapshot_damage)];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof(why), fmt, ap);
-    va_end(ap);
-    if (!(s->open_flags & BLOCK_O_CHECK)) {
-        return error_setf(err, EINVAL, "%s", why);
-    }
-    memcpy(s->snapshot_damage, why, sizeof(why));
-    s->snapshot_damage_kind = kind;
-    return 0;
-}
-
-/* Opened for check, the table is read as qemu-img check reads it: its
- * offset must be aligned (even with no snapshots, as qcow2.txt says),
- * entries past the end of the file read as zeroes, and a table qemu-img
- * cannot read (too many entries, too much extra data, over 64 MiB) is a
- * failed check unless -r all cuts it.  Otherwise the open refuses what
- * it cannot trust. */
-static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
-{
-    bool check = s->open_flags & BLOCK_O_CHECK;
-    s->snapshot_damage[0] = '\0';
-    s->snapshots_size = 0;
-    if (check && (s->snapshots_offset % s->cluster_size ||
-                  s->snapshots_offset > INT64_MAX - (uint64_t)40 *
-                                        s->nb_snapshots)) {
-        return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE,
-                                      "snapshot table offset invalid");
-    }
-    if (!s->nb_snapshots) {
-        return 0;
-    }
-    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
-        if (!check) {
-            return error_setf(err, EINVAL, "too many snapshots (%u)",
-                              s->nb_snapshots);
-        }
-        /* read up to the limit; -r all drops the rest */
-        snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
-                               "snapshot table too large");
-    }
-    uint32_t nb = s->nb_snapshots < QCOW2_MAX_SNAPSHOTS ? s->nb_snapshots
-                                                        : QCOW2_MAX_SNAPSHOTS;
-    if (!check && (s->snapshots_offset % s->cluster_size ||
-                   !s->snapshots_offset || s->snapshots_offset >= flen)) {
-        return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
-                                      "snapshot table offset invalid (0x%llx)",
-                                      (unsigned long long)s->snapshots_offset);
-    }
-    s->snapshots = calloc(nb, sizeof(*s->snapshots));
-    if (!s->snapshots) {
-        return -ENOMEM;
-    }
-    uint64_t off = s->snapshots_offset;
-    for (uint32_t i = 0; i < nb; i++) {
-        uint8_t h[QCOW2_SNAPSHOT_FIXED];
-        Qcow2Snapshot *sn = &s->snapshots[i];
-        if (off + sizeof(h) > flen && !check) {
-            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
-                                          "snapshot table is truncated");
-        }
-        /* (past the end of the file: zeroes) */
-        if (off > QCOW2_READ_LIMIT - 2 * 65536 - sizeof(h)) {
-            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE,
-                                          "cannot read the snapshot table: "
-                                          "%s", strerror(EIO));
-        }
-        int ret = block_pread(block_file(s->node), off, sizeof(h), h);
-        if (ret < 0) {
-            return error_setf(err, -ret, "cannot read snapshot table: %s",
-                              strerror(-ret));
-        }
-        uint64_t l1_table_offset = qcow2_be64(h);
-        uint32_t l1_size = qcow2_be32(h + 8);
-        uint16_t id_len = qcow2_be16(h + 12);
-        uint16_t name_len = qcow2_be16(h + 14);
-        uint32_t extra = qcow2_be32(h + 36);
-        if (extra > 1024) {
-            return snapshot_table_damaged(
-                s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
-                "snapshot extra data too large");
-        }
-        uint64_t entry_len = sizeof(h) + extra + id_len + name_len;
-        if (off + entry_len > flen && !check) {
-            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
-                                          "snapshot table is truncated");
-        }
-        if (off + qcow2_align_up(entry_len, 8) - s->snapshots_offset >
-            64ull * 1024 * 1024) {
-            return snapshot_table_damaged(
-                s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
-                "snapshot table too large");
-        }
-        uint8_t *rest = malloc(extra + id_len + name_len + 1);
-        if (!rest) {
-            return -ENOMEM;
-        }
-        ret = block_pread(block_file(s->node), off + sizeof(h),
-                          extra + id_len + name_len, rest);
-        if (ret < 0) {
-            free(rest);
-            return error_setf(err, -ret, "cannot read snapshot table: %s",
-                              strerror(-ret));
-        }
-        sn->l1_table_offset = l1_table_offset;
-        sn->l1_size = l1_size;
-        sn->extra_size = extra;
-        sn->vm_state_size = qcow2_be32(h + 32);
-        sn->disk_size = s->size;
-        if (extra >= 8) {
-            sn->vm_state_size = qcow2_be64(rest);
-        }
-        if (extra >= 16) {
-            sn->disk_size = qcow2_be64(rest + 8);
-        }
-        sn->id_str = dup_bytes(rest + extra, id_len);
-        sn->name = dup_bytes(rest + extra + id_len, name_len);
-        free(rest);
-        s->nb_snapshots_loaded = (int)i + 1;
-        if (!sn->id_str || !sn->name) {
-            return -ENOMEM;
-        }
-        /* check reports (and does not follow) a bad L1 of one entry; the
-         * entries after it still parse. */
-        if ((sn->l1_table_offset % s->cluster_size ||
-             (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) &&
-            !(s->open_flags & BLOCK_O_CHECK)) {
-            return error_setf(err, EINVAL,
-                              "snapshot %u has an invalid L1 table", i);
-        }
-        off += qcow2_align_up(entry_len, 8);
-        s->snapshots_size = off - s->snapshots_offset;
-        s->snapshots_tail_pad = (uint32_t)(qcow2_align_up(entry_len, 8) -
-                                           entry_len);
-    }
-    return 0;
-}
-
 static void derive_geometry(Qcow2State *s)
 {
     s->cluster_size = 1ull << s->cluster_bits;
@@ -352,7 +203,7 @@ static int check_mode_tables(Qcow2State *s, uint64_t l1_bytes, uint64_t fsize,
         return error_setf(err, EINVAL, "Reference count table offset "
                           "invalid");
     }
-    return read_snapshot_table(s, fsize, err);
+    return qcow2_read_snapshot_table(s, fsize, err);
 }
 
 int qcow2_read_header(Qcow2State *s, Error *err)
@@ -568,7 +419,7 @@ int qcow2_read_header(Qcow2State *s, Error *err)
         return error_setf(err, EINVAL,
                           "L1 table overlaps the reference count table");
     }
-    return read_snapshot_table(s, fsize, err);
+    return qcow2_read_snapshot_table(s, fsize, err);
 }
 
 void qcow2_free_header(Qcow2State *s)

@@ -644,7 +644,14 @@ ssize_t qcow2_compress(const Qcow2State *s, const uint8_t *src, uint8_t *dst,
                        size_t dst_len);
 
 /* ------------------------------------------------------------------ */
-/* Internal snapshots (snapshot.c); called without s->lock             */
+/* Internal snapshots (snapshot.c, snapshot-table.c)                   */
+
+/* (at open, from header.c) Parses the snapshot table into s->snapshots;
+ * flen is the image file's length.  Opened for check, damage is recorded
+ * in s->snapshot_damage instead of refused. */
+int qcow2_read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err);
+
+/* Called without s->lock: */
 
 int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err);
 int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err);
