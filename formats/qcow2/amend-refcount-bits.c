@@ -16,21 +16,6 @@
 
 #include "formats/qcow2/amend-int.h"
 
-static uint64_t refcount_max_for(uint32_t order)
-{
-    return order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
-}
-
-/* Refcount block entry set for a width that is not (yet) the image's. */
-static void refblock_set_order(Qcow2State *s, uint32_t order, uint8_t *block,
-                               uint64_t i, uint64_t v)
-{
-    uint32_t saved = s->refcount_order;
-    s->refcount_order = order;
-    qcow2_refblock_set(s, block, i, v);
-    s->refcount_order = saved;
-}
-
 /* Calls fn for every cluster index in [0, end) whose refcount is not 0,
  * one old refcount block at a time. */
 typedef int RefFn(Qcow2State *s, uint64_t ci, uint64_t rc, void *opaque);
@@ -99,7 +84,8 @@ static int scan_one(Qcow2State *s, uint64_t ci, uint64_t rc, void *opaque)
 }
 
 typedef struct RefFill {
-    uint32_t order;
+    Qcow2State *s;
+    uint32_t order;        /* of the new blocks */
     uint64_t first;        /* first cluster the block covers */
     uint8_t *block;
 } RefFill;
@@ -107,8 +93,23 @@ typedef struct RefFill {
 static int fill_one(Qcow2State *s, uint64_t ci, uint64_t rc, void *opaque)
 {
     RefFill *f = opaque;
-    refblock_set_order(s, f->order, f->block, ci - f->first, rc);
+    qcow2_refblock_set_order(f->order, f->block, ci - f->first, rc);
     return 0;
+}
+
+/* A new block's counts: the old refcounts of its range. */
+static int fill_block(void *opaque, uint64_t first, uint64_t n,
+                      uint8_t *block)
+{
+    RefFill *f = opaque;
+    f->first = first;
+    f->block = block;
+    return for_each_refcount(f->s, first, first + n, fill_one, f);
+}
+
+static void progress(void *opaque, uint64_t done, uint64_t total)
+{
+    amend_progress_report(opaque, done, total);
 }
 
 /* Highest in-use cluster + 1 (checking every refcount fits in `max`);
@@ -133,7 +134,6 @@ int amend_change_refcount_order(Qcow2State *s, uint32_t order,
     uint64_t *blocks = NULL, nblocks_alloc = 0, cap = 0;
     uint64_t table_off = 0, table_clusters = 0;
     uint64_t *old_blocks = NULL, nold = 0;
-    uint8_t *buf = NULL;
     uint64_t *table = NULL;
     bool switching = false;    /* the header may point at the new ones */
     int ret;
@@ -142,7 +142,8 @@ int amend_change_refcount_order(Qcow2State *s, uint32_t order,
     if (ret < 0) {
         return ret;
     }
-    ret = refcount_extent(s, refcount_max_for(order), &end, &bad_ci, &bad_rc);
+    ret = refcount_extent(s, qcow2_refcount_max_for(order), &end, &bad_ci,
+                          &bad_rc);
     if (ret == -ERANGE) {
         return error_setf(err, ERANGE, "Cannot decrease refcount entry width "
                           "to %u bits: Cluster at offset %#" PRIx64 " has a "
@@ -219,50 +220,10 @@ int amend_change_refcount_order(Qcow2State *s, uint32_t order,
         goto io_fail;
     }
 
-    /* The new blocks, filled from the old refcounts (which now count the
-     * new structures and still count the old ones). */
-    buf = malloc(cs);
-    table = calloc(table_clusters * cs / 8, 8);
-    if (!buf || !table) {
-        ret = error_setf(err, ENOMEM, "out of memory");
-        goto release;
-    }
-    for (uint64_t b = 0; b < nblocks_alloc; b++) {
-        RefFill f = { .order = order, .first = b << nbits, .block = buf };
-        memset(buf, 0, cs);
-        ret = for_each_refcount(s, f.first, f.first + (1ull << nbits),
-                                fill_one, &f);
-        if (ret >= 0) {
-            ret = block_pwrite(block_file(s->node), blocks[b], cs, buf, 0);
-        }
-        if (ret < 0) {
-            goto io_fail;
-        }
-        table[b] = blocks[b];
-        if (prog) {
-            amend_progress_report(prog, b + 1, nblocks_alloc + 1);
-        }
-    }
-    uint8_t *tbuf = calloc(table_clusters, cs);
-    if (!tbuf) {
-        ret = error_setf(err, ENOMEM, "out of memory");
-        goto release;
-    }
-    for (uint64_t i = 0; i < nblocks_alloc; i++) {
-        qcow2_put_be64(tbuf + 8 * i, table[i]);
-    }
-    ret = block_pwrite(block_file(s->node), table_off, table_clusters * cs, tbuf, 0);
-    free(tbuf);
-    if (ret >= 0) {
-        ret = block_flush(block_file(s->node));
-    }
-    if (ret < 0) {
-        goto io_fail;
-    }
-
     /* What to free once the new structures are live. */
     old_blocks = calloc(s->refcount_table_size + 1, sizeof(*old_blocks));
-    if (!old_blocks) {
+    table = calloc(table_clusters * cs / 8, 8);
+    if (!old_blocks || !table) {
         ret = error_setf(err, ENOMEM, "out of memory");
         goto release;
     }
@@ -275,42 +236,32 @@ int amend_change_refcount_order(Qcow2State *s, uint32_t order,
     uint64_t old_table = s->refcount_table_offset;
     uint64_t old_tc = s->refcount_table_clusters;
 
-    /* The switch: table offset, its size and the width share the first
+    /* The new blocks, filled from the old refcounts (which now count the
+     * new structures and still count the old ones), the table, and the
+     * switch: table offset, its size and the width share the first
      * sector of the header, so one write moves them together. */
-    uint8_t hdr[QCOW2_HDR_HEADER_LENGTH - QCOW2_HDR_REFTABLE_OFFSET];
-    ret = block_pread(block_file(s->node), QCOW2_HDR_REFTABLE_OFFSET, sizeof(hdr),
-                      hdr);
-    if (ret < 0) {
-        goto io_fail;
+    RefFill f = { .s = s, .order = order };
+    Qcow2RefcountLayout l = {
+        .order = order,
+        .table = table, .table_entries = table_clusters * cs / 8,
+        .table_offset = table_off,
+        .blocks = blocks, .nblocks = nblocks_alloc,
+        .fill = fill_block, .opaque = &f,
+        .progress = prog ? progress : NULL, .progress_opaque = prog,
+    };
+    Qcow2RefcountStage stage;
+    table = NULL;
+    ret = qcow2_install_refcounts(s, &l, &stage);
+    if (ret < 0 && stage == QCOW2_REFCOUNTS_NOMEM) {
+        ret = error_setf(err, ENOMEM, "out of memory");
+        goto release;
     }
-    qcow2_put_be64(hdr, table_off);
-    qcow2_put_be32(hdr + QCOW2_HDR_REFTABLE_CLUSTERS -
-                   QCOW2_HDR_REFTABLE_OFFSET, (uint32_t)table_clusters);
-    qcow2_put_be32(hdr + QCOW2_HDR_REFCOUNT_ORDER - QCOW2_HDR_REFTABLE_OFFSET,
-                   order);
-    switching = true;
-    ret = block_pwrite(block_file(s->node), QCOW2_HDR_REFTABLE_OFFSET, sizeof(hdr),
-                       hdr, 0);
-    if (ret >= 0) {
-        ret = block_flush(block_file(s->node));
-    }
     if (ret < 0) {
+        switching = stage == QCOW2_REFCOUNTS_SWITCH;
         goto io_fail;
     }
 
-    /* Live: the in-memory view follows, then the old structures go. */
-    qcow2_cache_invalidate(&s->refcount_cache);
-    free(s->refcount_table);
-    s->refcount_table = table;
-    table = NULL;
-    s->refcount_table_offset = table_off;
-    s->refcount_table_clusters = (uint32_t)table_clusters;
-    s->refcount_table_size = table_clusters * cs / 8;
-    s->refcount_order = order;
-    s->refcount_bits = 1u << order;
-    s->refcount_max = refcount_max_for(order);
-    s->refblock_bits = nbits;
-    s->refblock_entries = 1ull << nbits;
+    /* Live (s follows the new width): the old structures go. */
     s->free_cluster_index = 1;
 
     ret = qcow2_update_refcount(s, old_table, old_tc * cs, -1);
@@ -344,7 +295,6 @@ release:
 out:
     free(blocks);
     free(old_blocks);
-    free(buf);
     free(table);
     return ret;
 }

@@ -125,13 +125,24 @@ out:
     return 0;
 }
 
+/* A new block's counts: what check counted for its range. */
+static int fill_from_counts(void *opaque, uint64_t first, uint64_t n,
+                            uint8_t *block)
+{
+    Check *c = opaque;
+    for (uint64_t k = first; k < first + n && k < c->refs_len; k++) {
+        if (check_ref_at(c, k)) {
+            qcow2_refblock_set(c->s, block, k - first, check_ref_at(c, k));
+        }
+    }
+    return 0;
+}
+
 int check_rebuild_refcounts(Check *c)
 {
     Qcow2State *s = c->s;
-    uint64_t rbe = s->refblock_entries;
     uint64_t *blocks = NULL, *table = NULL;
     uint64_t entries, table_start, tc, tentries;
-    uint8_t *buf = NULL;
     int ret;
 
     ret = place_refcount_structures(c, &blocks, &entries, &table_start, &tc);
@@ -171,32 +182,32 @@ int check_rebuild_refcounts(Check *c)
 
     tentries = tc * c->cs / 8;
     table = calloc(tentries ? tentries : 1, 8);
-    buf = malloc(c->cs);
-    if (!table || !buf) {
+    if (!table) {
         ret = -ENOMEM;
         goto out;
     }
     for (uint64_t r = 0; r < entries; r++) {
-        if (!blocks[r]) {
-            continue;
-        }
-        memset(buf, 0, c->cs);
-        for (uint64_t k = r * rbe; k < (r + 1) * rbe && k < c->refs_len; k++) {
-            if (check_ref_at(c, k)) {
-                qcow2_refblock_set(s, buf, k - r * rbe, check_ref_at(c, k));
-            }
-        }
-        table[r] = blocks[r] * c->cs;
-        ret = block_pwrite(block_file(c->n), blocks[r] * c->cs, c->cs, buf, 0);
-        if (ret < 0) {
-            check_say(c, "ERROR writing refblock: %s", strerror(-ret));
-            goto out;
-        }
+        blocks[r] *= c->cs;
     }
-    /* Writes the table and flushes (so the blocks are on disk too), then
-     * switches the header over in one write. */
-    ret = qcow2_replace_reftable(s, table, tentries, table_start * c->cs);
+    /* Blocks from the counts, the table, then the header switched over
+     * in one write. */
+    Qcow2RefcountLayout l = {
+        .order = s->refcount_order,
+        .table = table, .table_entries = tentries,
+        .table_offset = table_start * c->cs,
+        .blocks = blocks, .nblocks = entries,
+        .fill = fill_from_counts, .opaque = c,
+    };
+    Qcow2RefcountStage stage;
     table = NULL;
+    ret = qcow2_install_refcounts(s, &l, &stage);
+    if (ret < 0 && stage == QCOW2_REFCOUNTS_BLOCKS) {
+        check_say(c, "ERROR writing refblock: %s", strerror(-ret));
+        goto out;
+    }
+    if (ret < 0 && stage == QCOW2_REFCOUNTS_NOMEM) {
+        goto out;
+    }
     qcow2_cache_invalidate(&s->refcount_cache);
     if (ret < 0) {
         check_say(c, "ERROR writing the new refcount table: %s",
@@ -224,6 +235,5 @@ int check_rebuild_refcounts(Check *c)
 out:
     free(blocks);
     free(table);
-    free(buf);
     return ret;
 }

@@ -158,11 +158,7 @@ static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
 static void derive_geometry(Qcow2State *s)
 {
     s->cluster_size = 1ull << s->cluster_bits;
-    s->refcount_bits = 1u << s->refcount_order;
-    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
-                                             : (1ull << s->refcount_bits) - 1;
-    s->refblock_bits = s->cluster_bits + 3 - s->refcount_order;
-    s->refblock_entries = 1ull << s->refblock_bits;
+    qcow2_set_refcount_order(s, s->refcount_order);
     s->extended_l2 = s->incompatible_features & QCOW2_INCOMPAT_EXTL2;
     s->l2_entry_size = s->extended_l2 ? 16 : 8;
     s->l2_bits = s->cluster_bits - (s->extended_l2 ? 4 : 3);

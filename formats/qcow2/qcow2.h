@@ -550,14 +550,62 @@ uint64_t qcow2_refblock_get(const Qcow2State *s, const uint8_t *block,
                             uint64_t i);
 void qcow2_refblock_set(const Qcow2State *s, uint8_t *block, uint64_t i,
                         uint64_t value);
+/* The same for a block of refcount_order `order` (not necessarily the
+ * image's). */
+void qcow2_refblock_set_order(uint32_t order, uint8_t *block, uint64_t i,
+                              uint64_t value);
+/* The largest refcount of refcount_order `order`. */
+static inline uint64_t qcow2_refcount_max_for(uint32_t order)
+{
+    return order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
+}
+/* Sets s's refcount width and what follows from it (bits, maximum,
+ * entries per block); cluster_bits must be set. */
+void qcow2_set_refcount_order(Qcow2State *s, uint32_t order);
 /* Writes the in-memory refcount table entries [first, first + n) to
  * disk. */
 int qcow2_write_reftable(Qcow2State *s, uint64_t first, uint64_t n);
-/* Replaces the refcount table with a new one of `entries` entries placed
- * at `offset` (already allocated/refcounted by the caller) and points the
- * header at it.  table is host byte order and is taken over. */
-int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
-                           uint64_t offset);
+
+/* New refcount structures (refcount-build.c): blocks written from a set
+ * of counts into clusters the caller reserved, then the table, then one
+ * header write switches to them and s follows. */
+typedef struct Qcow2RefcountLayout {
+    uint32_t order;            /* refcount_order of the blocks written */
+    /* The new table, host byte order, table_entries entries (a whole
+     * number of clusters) to be written at table_offset; taken over.
+     * Entries of ranges without a new block stay as given. */
+    uint64_t *table;
+    uint64_t table_entries;
+    uint64_t table_offset;
+    /* blocks[r] != 0: host offset of a new block for range r (clusters
+     * [r << bits, (r + 1) << bits), bits from order), written from fill
+     * and entered in table[r]. */
+    const uint64_t *blocks;
+    uint64_t nblocks;
+    /* Sets the counts of clusters [first, first + n) in block (zeroed,
+     * of width order, e.g. with qcow2_refblock_set_order); 0 or -errno. */
+    int (*fill)(void *opaque, uint64_t first, uint64_t n, uint8_t *block);
+    void *opaque;
+    /* Blocks written so far, of nblocks + 1 (the table last); may be
+     * NULL. */
+    BlockProgressFn *progress;
+    void *progress_opaque;
+} Qcow2RefcountLayout;
+/* How far qcow2_install_refcounts got when it failed: nothing written
+ * (no memory), writing blocks, writing the table, or switching the
+ * header (which may then name the new structures, or not). */
+typedef enum {
+    QCOW2_REFCOUNTS_NOMEM,
+    QCOW2_REFCOUNTS_BLOCKS,
+    QCOW2_REFCOUNTS_TABLE,
+    QCOW2_REFCOUNTS_SWITCH,
+} Qcow2RefcountStage;
+/* Puts the structures l describes in place; a new order also becomes
+ * s's.  The old structures stay allocated: freeing them is the caller's,
+ * once this succeeded.  *stage (may be NULL) says where a failure
+ * happened. */
+int qcow2_install_refcounts(Qcow2State *s, Qcow2RefcountLayout *l,
+                            Qcow2RefcountStage *stage);
 
 /* Number of clusters needed for refcount metadata (table + blocks) to
  * cover `clusters` data/metadata clusters including themselves. */
