@@ -488,7 +488,7 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 void qcow2_cache_invalidate(Qcow2Cache *c);
 
 /* ------------------------------------------------------------------ */
-/* Refcounts (refcount.c); all need s->lock                            */
+/* Refcounts (refcount.c, refcount-free.c); all need s->lock           */
 
 /* Host offset of the refcount block for table index rti, 0 when none;
  * -EIO (after flagging corruption) when the entry is bad. */
