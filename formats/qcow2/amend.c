@@ -222,16 +222,9 @@ static int parse_plan(KVList *opts, AmendPlan *plan, Error *err)
  * header). */
 static bool has_bitmaps(Qcow2State *s)
 {
-    if (qcow2_has_bitmaps(s) ||
-        (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS)) {
-        return true;
-    }
-    for (int i = 0; i < s->nb_unknown_exts; i++) {
-        if (s->unknown_exts[i].type == QCOW2_EXT_BITMAPS) {
-            return true;
-        }
-    }
-    return false;
+    return qcow2_has_bitmaps(s) ||
+           (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) ||
+           qcow2_find_ext(s, QCOW2_EXT_BITMAPS);
 }
 
 static int find_compressed(Qcow2State *s, uint64_t l2_offset, void *opaque)

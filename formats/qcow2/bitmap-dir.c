@@ -213,16 +213,6 @@ fail:
 /* ------------------------------------------------------------------ */
 /* Extension                                                           */
 
-Qcow2Extension *qcow2_bitmaps_find_ext(Qcow2State *s)
-{
-    for (int i = 0; i < s->nb_unknown_exts; i++) {
-        if (s->unknown_exts[i].type == QCOW2_EXT_BITMAPS) {
-            return &s->unknown_exts[i];
-        }
-    }
-    return NULL;
-}
-
 void qcow2_bitmaps_drop_ext(Qcow2State *s)
 {
     for (int i = 0; i < s->nb_unknown_exts; i++) {
@@ -240,7 +230,7 @@ void qcow2_bitmaps_drop_ext(Qcow2State *s)
 int qcow2_bitmaps_set_ext(Qcow2State *s, uint32_t nb, uint64_t dir_size,
                           uint64_t dir_offset)
 {
-    Qcow2Extension *x = qcow2_bitmaps_find_ext(s);
+    Qcow2Extension *x = qcow2_find_ext(s, QCOW2_EXT_BITMAPS);
     if (!x) {
         Qcow2Extension *v = realloc(s->unknown_exts,
                                     (s->nb_unknown_exts + 1) * sizeof(*v));
@@ -265,28 +255,6 @@ int qcow2_bitmaps_set_ext(Qcow2State *s, uint32_t nb, uint64_t dir_size,
     qcow2_put_be32(x->data, nb);
     qcow2_put_be64(x->data + 8, dir_size);
     qcow2_put_be64(x->data + 16, dir_offset);
-    return 0;
-}
-
-int qcow2_bitmap_read_table(Qcow2State *s, uint64_t off, uint32_t entries,
-                            uint64_t **out)
-{
-    uint64_t *t = calloc(entries ? entries : 1, 8);
-    int ret;
-
-    if (!t) {
-        return -ENOMEM;
-    }
-    ret = entries ? block_pread(block_file(s->node), off, (size_t)entries * 8, t)
-                  : 0;
-    if (ret < 0) {
-        free(t);
-        return ret;
-    }
-    for (uint32_t i = 0; i < entries; i++) {
-        t[i] = qcow2_be64((uint8_t *)&t[i]);
-    }
-    *out = t;
     return 0;
 }
 

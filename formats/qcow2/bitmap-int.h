@@ -34,16 +34,11 @@ static inline uint64_t div_up(uint64_t a, uint64_t b)
 
 /* bitmap-dir.c */
 
-/* The bitmaps extension among s's extensions, or NULL. */
-Qcow2Extension *qcow2_bitmaps_find_ext(Qcow2State *s);
 /* Drops it (the next header write leaves it out). */
 void qcow2_bitmaps_drop_ext(Qcow2State *s);
 /* Sets it (adding it when absent) to name a directory of nb entries. */
 int qcow2_bitmaps_set_ext(Qcow2State *s, uint32_t nb, uint64_t dir_size,
                           uint64_t dir_offset);
-/* Reads a bitmap table of `entries` entries at off, host byte order. */
-int qcow2_bitmap_read_table(Qcow2State *s, uint64_t off, uint32_t entries,
-                            uint64_t **out);
 void qcow2_bitmaps_free_disk(Qcow2Bitmaps *d);
 /* Rewrites the flags of the on-disk directory in place and flushes. */
 int qcow2_bitmaps_write_flags(Qcow2State *s, Qcow2Bitmaps *d,

@@ -65,7 +65,7 @@ static int check_in_use_data(Qcow2State *s, const Qcow2BitmapEntry *e,
     if (s->read_only || s->node->read_only) {
         return 0;
     }
-    ret = qcow2_bitmap_read_table(s, e->table_offset, e->table_size, &t);
+    ret = qcow2_read_table64(s, e->table_offset, e->table_size, &t);
     if (ret < 0) {
         return error_setf(err, -ret, "cannot read the bitmap table of "
                           "'%s'", e->name);
@@ -92,7 +92,7 @@ static int load_data(Qcow2State *s, const Qcow2BitmapEntry *e,
     uint64_t cs = s->cluster_size;
     uint64_t *t;
     uint8_t *buf;
-    int ret = qcow2_bitmap_read_table(s, e->table_offset, e->table_size, &t);
+    int ret = qcow2_read_table64(s, e->table_offset, e->table_size, &t);
 
     if (ret < 0) {
         return error_setf(err, -ret, "cannot read the bitmap table of "
@@ -183,7 +183,7 @@ static const BlockBitmapsFormat qcow2_bitmaps_format = {
  * has no usable bitmaps extension. */
 static int read_disk(Qcow2State *s, Qcow2Bitmaps **out, Error *err)
 {
-    Qcow2Extension *x = qcow2_bitmaps_find_ext(s);
+    Qcow2Extension *x = qcow2_find_ext(s, QCOW2_EXT_BITMAPS);
     int64_t flen = block_get_length(block_file(s->node));
     Qcow2Bitmaps *d;
     int ret;
@@ -288,8 +288,7 @@ static int check_mode_bitmaps(Qcow2State *s, Error *err)
         }
         if (e->table_offset > QCOW2_READ_LIMIT ||
             bytes > QCOW2_READ_LIMIT - e->table_offset ||
-            qcow2_bitmap_read_table(s, e->table_offset, e->table_size,
-                                    &t) < 0) {
+            qcow2_read_table64(s, e->table_offset, e->table_size, &t) < 0) {
             ret = error_setf(err, EIO, "Could not read bitmap_table table "
                              "from image for bitmap '%s': %s", e->name,
                              strerror(EIO));
@@ -410,7 +409,7 @@ bool qcow2_has_bitmaps(Qcow2State *s)
         return set->n > 0;
     }
     return (s->autoclear_features & QCOW2_AUTOCLEAR_BITMAPS) &&
-           qcow2_bitmaps_find_ext(s);
+           qcow2_find_ext(s, QCOW2_EXT_BITMAPS);
 }
 
 json_t *qcow2_bitmaps_info(Qcow2State *s)

@@ -207,8 +207,8 @@ static int free_old(Qcow2State *s, BlockBitmaps *set, Qcow2Bitmaps *old,
         uint64_t *t;
         vec_push_range(&meta, bm->stored_offset,
                        (uint64_t)bm->stored_size * 8, cs);
-        if (qcow2_bitmap_read_table(s, bm->stored_offset, bm->stored_size,
-                                    &t) < 0) {
+        if (qcow2_read_table64(s, bm->stored_offset, bm->stored_size,
+                               &t) < 0) {
             meta.overflow = true;       /* unknown: free nothing */
             break;
         }
@@ -226,8 +226,7 @@ static int free_old(Qcow2State *s, BlockBitmaps *set, Qcow2Bitmaps *old,
         if (vec_has(&kept, e->table_offset)) {
             continue;
         }
-        if (qcow2_bitmap_read_table(s, e->table_offset, e->table_size,
-                                    &t) < 0) {
+        if (qcow2_read_table64(s, e->table_offset, e->table_size, &t) < 0) {
             continue;   /* it leaks */
         }
         /* One impossible entry and the whole table is garbage: what it

@@ -14,6 +14,23 @@
 
 #include "formats/qcow2/check-int.h"
 
+/* Rewrites active L1 entry i as e, counting the repair (or, when the
+ * write fails, the corruption it leaves and the error). */
+static void repair_l1_entry(Check *c, uint32_t i, uint64_t e)
+{
+    Qcow2State *s = c->s;
+    uint64_t old = s->l1_table[i];
+
+    s->l1_table[i] = e;
+    if (qcow2_write_l1(s, i, 1) < 0) {
+        s->l1_table[i] = old;
+        c->res->check_errors++;
+        c->res->corruptions++;
+    } else {
+        c->res->corruptions_fixed++;
+    }
+}
+
 int check_copied(Check *c)
 {
     Qcow2State *s = c->s;
@@ -44,15 +61,7 @@ int check_copied(Check *c)
                       " l1_entry=%" PRIx64 " refcount=0",
                       fix_l1 ? "Repairing" : "ERROR", i, e);
             if (fix_l1) {
-                s->l1_table[i] = e & ~QCOW2_OFLAG_COPIED;
-                ret = qcow2_write_l1(s, i, 1);
-                if (ret < 0) {
-                    s->l1_table[i] = e;
-                    c->res->check_errors++;
-                    c->res->corruptions++;
-                } else {
-                    c->res->corruptions_fixed++;
-                }
+                repair_l1_entry(c, i, e & ~QCOW2_OFLAG_COPIED);
             } else {
                 c->res->corruptions++;
             }
@@ -71,16 +80,8 @@ int check_copied(Check *c)
                       " l1_entry=%" PRIx64 " refcount=%" PRIu64,
                       fix_l1 ? "Repairing" : "ERROR", i, e, rc);
             if (fix_l1) {
-                s->l1_table[i] = rc == 1 ? e | QCOW2_OFLAG_COPIED
-                                         : e & ~QCOW2_OFLAG_COPIED;
-                ret = qcow2_write_l1(s, i, 1);
-                if (ret < 0) {
-                    s->l1_table[i] = e;
-                    c->res->check_errors++;
-                    c->res->corruptions++;
-                } else {
-                    c->res->corruptions_fixed++;
-                }
+                repair_l1_entry(c, i, rc == 1 ? e | QCOW2_OFLAG_COPIED
+                                              : e & ~QCOW2_OFLAG_COPIED);
             } else {
                 c->res->corruptions++;
             }

@@ -24,6 +24,27 @@
 #define MAX_BITMAP_DIR_BYTES   (64u * 1024 * 1024)
 #define MAX_BITMAP_TABLE_BYTES (64u * 1024 * 1024)
 
+/* Reads a table of len bytes at off whole into *out (malloc'd): 1 when
+ * read, 0 when it could not be (reported as an I/O error `where`, a
+ * check error: check goes on without it), or -ENOMEM. */
+static int read_whole(Check *c, uint64_t off, uint64_t len,
+                      const char *where, uint8_t **out)
+{
+    uint8_t *buf = malloc(len);
+
+    if (!buf) {
+        return -ENOMEM;
+    }
+    if (check_read_file(c, off, len, buf) < 0) {
+        check_say(c, "ERROR: I/O error %s", where);
+        c->res->check_errors++;
+        free(buf);
+        return 0;
+    }
+    *out = buf;
+    return 1;
+}
+
 static int repair_l2_entry(Check *c, uint64_t l2_off, uint64_t idx,
                            uint64_t entry, uint64_t bitmap)
 {
@@ -229,16 +250,9 @@ static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
     if (ret < 0 || l1_size == 0) {
         return ret < 0 ? ret : 0;
     }
-    l1 = malloc(bytes);
-    if (!l1) {
-        return -ENOMEM;
-    }
-    ret = check_read_file(c, l1_off, bytes, l1);
-    if (ret < 0) {
-        check_say(c, "ERROR: I/O error in check_refcounts_l1");
-        c->res->check_errors++;
-        free(l1);
-        return 0;
+    ret = read_whole(c, l1_off, bytes, "in check_refcounts_l1", &l1);
+    if (ret <= 0) {
+        return ret;
     }
     for (uint32_t i = 0; i < l1_size; i++) {
         uint64_t e = qcow2_be64(l1 + 8 * (uint64_t)i);
@@ -408,19 +422,9 @@ static int count_snapshots(Check *c)
     return 0;
 }
 
-static const Qcow2Extension *find_ext(const Qcow2State *s, uint32_t type)
-{
-    for (int i = 0; i < s->nb_unknown_exts; i++) {
-        if (s->unknown_exts[i].type == type) {
-            return &s->unknown_exts[i];
-        }
-    }
-    return NULL;
-}
-
 static int count_crypto_header(Check *c)
 {
-    const Qcow2Extension *x = find_ext(c->s, QCOW2_EXT_CRYPTO);
+    const Qcow2Extension *x = qcow2_find_ext(c->s, QCOW2_EXT_CRYPTO);
 
     if (!x || x->len < 16) {
         return 0;
@@ -455,16 +459,9 @@ static int count_bitmap_table(Check *c, uint64_t off, uint32_t entries)
     if (ret <= 0 || bytes == 0) {
         return ret < 0 ? ret : 0;
     }
-    t = malloc(bytes);
-    if (!t) {
-        return -ENOMEM;
-    }
-    ret = check_read_file(c, off, bytes, t);
-    if (ret < 0) {
-        check_say(c, "ERROR: I/O error reading a bitmap table");
-        c->res->check_errors++;
-        free(t);
-        return 0;
+    ret = read_whole(c, off, bytes, "reading a bitmap table", &t);
+    if (ret <= 0) {
+        return ret;
     }
     for (uint32_t i = 0; i < entries && ret >= 0; i++) {
         uint64_t d = qcow2_be64(t + 8 * (uint64_t)i) & 0x00fffffffffffe00ull;
@@ -520,7 +517,7 @@ static void validate_bitmaps(Check *c, const Qcow2Extension *x,
  * names them would let two owners share a cluster. */
 static int count_bitmaps(Check *c)
 {
-    const Qcow2Extension *x = find_ext(c->s, QCOW2_EXT_BITMAPS);
+    const Qcow2Extension *x = qcow2_find_ext(c->s, QCOW2_EXT_BITMAPS);
     uint64_t dir_size, dir_off;
     uint8_t *dir;
     int ret;
@@ -550,16 +547,10 @@ static int count_bitmaps(Check *c)
         }
         return ret < 0 ? ret : 0;
     }
-    dir = malloc(dir_size);
-    if (!dir) {
-        return -ENOMEM;
-    }
-    ret = check_read_file(c, dir_off, dir_size, dir);
-    if (ret < 0) {
-        check_say(c, "ERROR: I/O error reading the bitmap directory");
-        c->res->check_errors++;
-        free(dir);
-        return 0;
+    ret = read_whole(c, dir_off, dir_size, "reading the bitmap directory",
+                     &dir);
+    if (ret <= 0) {
+        return ret;
     }
     validate_bitmaps(c, x, dir, dir_size);
     for (uint64_t pos = 0; pos + 24 <= dir_size && ret >= 0;) {

@@ -77,12 +77,6 @@ int check_read_file(Check *c, uint64_t off, uint64_t len, void *buf)
     return ret < 0 ? ret : 0;
 }
 
-static bool ranges_meet(uint64_t a, uint64_t alen, uint64_t b,
-                        uint64_t blen)
-{
-    return alen && blen && a < b + blen && b < a + alen;
-}
-
 /* Whether a table at [off, off + len) may be rewritten by a repair: a
  * damaged image can put it over the header, the refcount structures,
  * the snapshot table or the active L1 table (self: the table's own
@@ -97,19 +91,20 @@ bool check_may_rewrite(Check *c, uint64_t off, uint64_t len, uint64_t self)
     uint64_t alen = qcow2_align_up(off + len, cs) - a;
 
     if (!check_readable(off, len) || off < cs ||
-        ranges_meet(a, alen, s->refcount_table_offset,
-                    (uint64_t)s->refcount_table_clusters * cs) ||
+        qcow2_ranges_overlap(a, alen, s->refcount_table_offset,
+                             (uint64_t)s->refcount_table_clusters * cs) ||
         (s->nb_snapshots &&
-         ranges_meet(a, alen, s->snapshots_offset,
-                     qcow2_align_up(s->snapshots_size, cs))) ||
+         qcow2_ranges_overlap(a, alen, s->snapshots_offset,
+                              qcow2_align_up(s->snapshots_size, cs))) ||
         (self != s->l1_table_offset &&
-         ranges_meet(a, alen, s->l1_table_offset,
-                     qcow2_align_up((uint64_t)s->l1_size * 8, cs)))) {
+         qcow2_ranges_overlap(a, alen, s->l1_table_offset,
+                              qcow2_align_up((uint64_t)s->l1_size * 8,
+                                             cs)))) {
         return false;
     }
     for (uint64_t i = 0; i < s->refcount_table_size; i++) {
         uint64_t b = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
-        if (b && ranges_meet(a, alen, b, cs)) {
+        if (b && qcow2_ranges_overlap(a, alen, b, cs)) {
             return false;
         }
     }

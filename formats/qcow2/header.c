@@ -15,7 +15,7 @@
 
 #include "formats/qcow2/qcow2.h"
 
-static char *dup_bytes(const uint8_t *p, size_t len)
+char *qcow2_dup_bytes(const uint8_t *p, size_t len)
 {
     char *s = malloc(len + 1);
     if (!s) {
@@ -26,10 +26,14 @@ static char *dup_bytes(const uint8_t *p, size_t len)
     return s;
 }
 
-static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
-                           uint64_t blen)
+Qcow2Extension *qcow2_find_ext(Qcow2State *s, uint32_t type)
 {
-    return alen && blen && a < b + blen && b < a + alen;
+    for (int i = 0; i < s->nb_unknown_exts; i++) {
+        if (s->unknown_exts[i].type == type) {
+            return &s->unknown_exts[i];
+        }
+    }
+    return NULL;
 }
 
 static int add_unknown_ext(Qcow2State *s, uint32_t type, const uint8_t *p,
@@ -79,14 +83,14 @@ static int parse_extensions(Qcow2State *s, const uint8_t *buf, size_t buflen,
         switch (type) {
         case QCOW2_EXT_BACKING_FORMAT:
             free(s->backing_format);
-            s->backing_format = dup_bytes(p, len);
+            s->backing_format = qcow2_dup_bytes(p, len);
             if (!s->backing_format) {
                 return -ENOMEM;
             }
             break;
         case QCOW2_EXT_DATA_FILE:
             free(s->data_file_name);
-            s->data_file_name = dup_bytes(p, len);
+            s->data_file_name = qcow2_dup_bytes(p, len);
             if (!s->data_file_name) {
                 return -ENOMEM;
             }
@@ -307,7 +311,8 @@ int qcow2_read_header(Qcow2State *s, Error *err)
         }
         s->backing_file_offset_raw = backing_off;
         if (backing_len) {
-            s->backing_file = dup_bytes(buf + backing_off, backing_len);
+            s->backing_file = qcow2_dup_bytes(buf + backing_off,
+                                              backing_len);
             if (!s->backing_file) {
                 free(buf);
                 return -ENOMEM;
@@ -320,7 +325,8 @@ int qcow2_read_header(Qcow2State *s, Error *err)
             free(buf);
             return error_setf(err, EINVAL, "backing file name is invalid");
         }
-        s->backing_file = dup_bytes(buf + backing_off, backing_len);
+        s->backing_file = qcow2_dup_bytes(buf + backing_off,
+                                          backing_len);
         if (!s->backing_file) {
             free(buf);
             return -ENOMEM;
@@ -410,8 +416,8 @@ int qcow2_read_header(Qcow2State *s, Error *err)
             (rt_bytes < s->cluster_size ? rt_bytes : 8)) {
         return error_setf(err, EINVAL, "Invalid reference count table offset");
     }
-    if (ranges_overlap(s->l1_table_offset, l1_bytes, s->refcount_table_offset,
-                       rt_bytes)) {
+    if (qcow2_ranges_overlap(s->l1_table_offset, l1_bytes,
+                             s->refcount_table_offset, rt_bytes)) {
         return error_setf(err, EINVAL,
                           "L1 table overlaps the reference count table");
     }

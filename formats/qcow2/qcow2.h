@@ -403,6 +403,13 @@ static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
     return (v + a - 1) / a * a;
 }
 
+/* [a, a + alen) and [b, b + blen) share a byte. */
+static inline bool qcow2_ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
+                                        uint64_t blen)
+{
+    return alen && blen && a < b + blen && b < a + alen;
+}
+
 /* The node holding guest data clusters (data file or the image file). */
 static inline BlockNode *qcow2_data_node(Qcow2State *s)
 {
@@ -633,6 +640,10 @@ int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
 int qcow2_write_table64(Qcow2State *s, const uint64_t *table,
                         uint64_t table_offset, uint64_t first, uint64_t n);
 int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n);
+/* Reads a table of n 64-bit big-endian entries at offset (an L1 table, a
+ * bitmap table) into a malloc'd host-order array. */
+int qcow2_read_table64(Qcow2State *s, uint64_t offset, uint32_t n,
+                       uint64_t **out);
 /* Reads an L1 table (active or snapshot) of l1_size entries at offset into
  * a malloc'd host-order array. */
 int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,
@@ -648,6 +659,11 @@ int qcow2_write_l2_table(Qcow2State *s, uint64_t offset, const uint8_t *buf);
 
 /* Parses and validates the header of block_file(n) into s.  */
 int qcow2_read_header(Qcow2State *s, Error *err);
+/* The first header extension of `type` among those kept verbatim
+ * (s->unknown_exts: bitmaps, crypto and any we do not know), or NULL. */
+Qcow2Extension *qcow2_find_ext(Qcow2State *s, uint32_t type);
+/* n bytes of a name stored without a terminator, as a string. */
+char *qcow2_dup_bytes(const uint8_t *p, size_t n);
 /* Rewrites the header cluster (header + extensions + backing name) from
  * s, preserving unknown extensions and header bytes. */
 int qcow2_write_header(Qcow2State *s, Error *err);

@@ -88,16 +88,6 @@ int qcow2_snapshot_index_entries(const uint8_t *buf, size_t len, uint32_t nb,
     return ret;
 }
 
-static char *dup_bytes(const uint8_t *p, size_t n)
-{
-    char *r = malloc(n + 1);
-    if (r) {
-        memcpy(r, p, n);
-        r[n] = 0;
-    }
-    return r;
-}
-
 /* Rebuilds s->snapshots from a table buffer (after a change). */
 static int reload_snapshots(Qcow2State *s, const uint8_t *buf, size_t len,
                             uint32_t nb)
@@ -123,8 +113,8 @@ static int reload_snapshots(Qcow2State *s, const uint8_t *buf, size_t len,
         if (extra >= 16) {
             sns[i].disk_size = qcow2_be64(p + 48);
         }
-        sns[i].id_str = dup_bytes(p + 40 + extra, idl);
-        sns[i].name = dup_bytes(p + 40 + extra + idl, nl);
+        sns[i].id_str = qcow2_dup_bytes(p + 40 + extra, idl);
+        sns[i].name = qcow2_dup_bytes(p + 40 + extra + idl, nl);
         off += l;
     }
     for (int i = 0; i < s->nb_snapshots_loaded; i++) {
@@ -327,8 +317,8 @@ int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count)
         }
         uint32_t extra = qcow2_be32(p + 36);
         uint16_t idl = qcow2_be16(p + 12), nl = qcow2_be16(p + 14);
-        v[i].id = dup_bytes(p + 40 + extra, idl);
-        v[i].name = dup_bytes(p + 40 + extra + idl, nl);
+        v[i].id = qcow2_dup_bytes(p + 40 + extra, idl);
+        v[i].name = qcow2_dup_bytes(p + 40 + extra + idl, nl);
         v[i].date_sec = qcow2_be32(p + 16);
         v[i].date_nsec = qcow2_be32(p + 20);
         uint64_t clk = qcow2_be64(p + 24);
@@ -488,8 +478,8 @@ int qcow2_read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
         if (extra >= 16) {
             sn->disk_size = qcow2_be64(rest + 8);
         }
-        sn->id_str = dup_bytes(rest + extra, id_len);
-        sn->name = dup_bytes(rest + extra + id_len, name_len);
+        sn->id_str = qcow2_dup_bytes(rest + extra, id_len);
+        sn->name = qcow2_dup_bytes(rest + extra + id_len, name_len);
         free(rest);
         s->nb_snapshots_loaded = (int)i + 1;
         if (!sn->id_str || !sn->name) {

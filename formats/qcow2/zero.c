@@ -319,6 +319,19 @@ static int zero_edge(BlockNode *n, uint64_t us, uint64_t ue, int op,
     return ret;
 }
 
+/* An unaligned edge [a, b) of the unit [us, ue): the unit is zeroed
+ * whole when it already reads as zero (*done), else [a, b) is written
+ * as zeroes. */
+static int zero_unaligned(BlockNode *n, uint64_t us, uint64_t ue,
+                          uint64_t a, uint64_t b, int op, bool *done)
+{
+    int ret = zero_edge(n, us, ue, op, done);
+    if (ret >= 0 && !*done) {
+        ret = write_zero_buffer(n, a, b - a);
+    }
+    return ret;
+}
+
 int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
 {
     Qcow2State *s = qcow2_state(n);
@@ -349,15 +362,9 @@ int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
         uint64_t ue = us + unit < s->size ? us + unit : s->size;
         uint64_t stop = end < ue ? end : ue;
         bool done;
-        ret = zero_edge(n, us, ue, op, &done);
+        ret = zero_unaligned(n, us, ue, off, stop, op, &done);
         if (ret < 0) {
             return ret;
-        }
-        if (!done) {
-            ret = write_zero_buffer(n, off, stop - off);
-            if (ret < 0) {
-                return ret;
-            }
         }
         off = done ? ue : stop;
         if (end < off) {
@@ -369,15 +376,9 @@ int qcow2_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
         uint64_t ue = us + unit < s->size ? us + unit : s->size;
         uint64_t from = off > us ? off : us;
         bool done;
-        ret = zero_edge(n, us, ue, op, &done);
+        ret = zero_unaligned(n, us, ue, from, end, op, &done);
         if (ret < 0) {
             return ret;
-        }
-        if (!done) {
-            ret = write_zero_buffer(n, from, end - from);
-            if (ret < 0) {
-                return ret;
-            }
         }
         end = from;
     }
