@@ -5,13 +5,12 @@
  * journal of files to drop, and new overlays moved into place.
  *
  * What it keeps, for the operations' invariants:
- *  - a new overlay is created under a temporary name, synced (file, then
- *    its directory) and moved in with rename(2), so the active path
+ *  - a new overlay is created under a temporary name, synced, and moved
+ *    in with rename(2) (its directory synced after), so the active path
  *    names the old image or the complete new one;
- *  - the journal is replaced whole (written, synced, renamed) and only
- *    ever lists files that left the chain; a file it lists is deleted
- *    only once it is no longer in the chain and its writer lock can be
- *    had, i.e. nobody has it open;
+ *  - the journal is replaced whole (written, synced, renamed); a file it
+ *    lists is deleted only once it is no longer in the chain and its
+ *    writer lock can be had, i.e. nobody has it open;
  *  - the active image's writer lock is held for the whole operation, so
  *    no two runs are ever between these steps on one chain.
  */

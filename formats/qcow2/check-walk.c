@@ -7,10 +7,11 @@
  * Every offset read from the image is checked before it is followed or
  * counted; what cannot be right is reported (in qemu-img's words) and
  * left uncounted or counted so that nothing it might cover is freed.
- * With -r, entries whose damage a rewrite of the entry alone settles
- * (reserved bits, tables or data past the end of the file, misaligned
- * preallocated clusters, an unparseable tail of the snapshot table) are
- * repaired while walking, and only where check_may_rewrite allows it.
+ * With -r, damage that a rewrite of the entry alone settles (reserved
+ * bits, tables or data past the end of the file, misaligned preallocated
+ * clusters, COPIED on compressed clusters, an unparseable tail of the
+ * snapshot table) is repaired while walking; L1 and L2 entries only where
+ * check_may_rewrite allows it.
  */
 #include <errno.h>
 #include <inttypes.h>
