@@ -445,7 +445,7 @@ def test_hostile_bitmaps_refused_like_qemu(table_bases, tmp, name):
     p = make_table_case(table_bases, tmp, name)
     r = run_limited("info", "-f", "qcow2", p)
     if r.returncode == 0 and not _bitmaps_landed():
-        pytest.xfail("persistent bitmaps (formats/qcow2/bitmap.c) are "
+        pytest.xfail("persistent bitmaps (formats/qcow2/bitmap-dir.c) are "
                      "not parsed yet")
     assert r.returncode != 0, r.stdout
     assert_clean_failure(r, "info", exactly_one=True)
@@ -453,7 +453,7 @@ def test_hostile_bitmaps_refused_like_qemu(table_bases, tmp, name):
 
 def _bitmaps_landed():
     src = os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "formats", "qcow2", "bitmap.c")
+        os.path.abspath(__file__))), "formats", "qcow2", "bitmap-dir.c")
     try:
         return "qcow2_bitmaps_parse" in open(src).read()
     except OSError:

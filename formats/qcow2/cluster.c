@@ -123,27 +123,33 @@ int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n)
     return qcow2_write_table64(s, s->l1_table, s->l1_table_offset, first, n);
 }
 
-int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,
-                  uint64_t **l1)
+int qcow2_read_table64(Qcow2State *s, uint64_t offset, uint32_t n,
+                       uint64_t **out)
 {
-    uint64_t *t = calloc(l1_size ? l1_size : 1, 8);
+    uint64_t *t = calloc(n ? n : 1, 8);
     int ret;
 
     if (!t) {
         return -ENOMEM;
     }
-    if (l1_size) {
-        ret = block_pread(block_file(s->node), offset, (size_t)l1_size * 8, t);
+    if (n) {
+        ret = block_pread(block_file(s->node), offset, (size_t)n * 8, t);
         if (ret < 0) {
             free(t);
             return ret;
         }
-        for (uint32_t i = 0; i < l1_size; i++) {
+        for (uint32_t i = 0; i < n; i++) {
             t[i] = qcow2_be64((uint8_t *)&t[i]);
         }
     }
-    *l1 = t;
+    *out = t;
     return 0;
+}
+
+int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,
+                  uint64_t **l1)
+{
+    return qcow2_read_table64(s, offset, l1_size, l1);
 }
 
 int qcow2_read_l2_table(Qcow2State *s, uint64_t offset, uint8_t *buf)

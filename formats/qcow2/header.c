@@ -1,35 +1,21 @@
 /*
- * header.c - parsing, validating and rewriting the qcow2 header cluster.
+ * header.c - parsing and validating the qcow2 header cluster (and the
+ * snapshot table it names) when an image is opened.
  *
  * Everything read from the header is checked against the file size and
  * sane limits before any allocation depends on it, so a hostile image
  * yields a one-line error rather than a crash or a huge allocation.
- * Rewrites keep header bytes and extensions we do not understand.
+ * Header bytes and extensions we do not understand are kept in s, so
+ * that a rewrite (header-write.c) carries them over.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "formats/qcow2/qcow2.h"
 
-/* Names QEMU writes in its feature name table, in its order. */
-static const struct {
-    uint8_t type, bit;
-    const char *name;
-} known_features[] = {
-    { QCOW2_FEAT_INCOMPAT, 0, "dirty bit" },
-    { QCOW2_FEAT_INCOMPAT, 1, "corrupt bit" },
-    { QCOW2_FEAT_INCOMPAT, 2, "external data file" },
-    { QCOW2_FEAT_INCOMPAT, 3, "compression type" },
-    { QCOW2_FEAT_INCOMPAT, 4, "extended L2 entries" },
-    { QCOW2_FEAT_COMPAT, 0, "lazy refcounts" },
-    { QCOW2_FEAT_AUTOCLEAR, 0, "bitmaps" },
-    { QCOW2_FEAT_AUTOCLEAR, 1, "raw external data" },
-};
-
-static char *dup_bytes(const uint8_t *p, size_t len)
+char *qcow2_dup_bytes(const uint8_t *p, size_t len)
 {
     char *s = malloc(len + 1);
     if (!s) {
@@ -40,10 +26,14 @@ static char *dup_bytes(const uint8_t *p, size_t len)
     return s;
 }
 
-static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
-                           uint64_t blen)
+Qcow2Extension *qcow2_find_ext(Qcow2State *s, uint32_t type)
 {
-    return alen && blen && a < b + blen && b < a + alen;
+    for (int i = 0; i < s->nb_unknown_exts; i++) {
+        if (s->unknown_exts[i].type == type) {
+            return &s->unknown_exts[i];
+        }
+    }
+    return NULL;
 }
 
 static int add_unknown_ext(Qcow2State *s, uint32_t type, const uint8_t *p,
@@ -93,14 +83,14 @@ static int parse_extensions(Qcow2State *s, const uint8_t *buf, size_t buflen,
         switch (type) {
         case QCOW2_EXT_BACKING_FORMAT:
             free(s->backing_format);
-            s->backing_format = dup_bytes(p, len);
+            s->backing_format = qcow2_dup_bytes(p, len);
             if (!s->backing_format) {
                 return -ENOMEM;
             }
             break;
         case QCOW2_EXT_DATA_FILE:
             free(s->data_file_name);
-            s->data_file_name = dup_bytes(p, len);
+            s->data_file_name = qcow2_dup_bytes(p, len);
             if (!s->data_file_name) {
                 return -ENOMEM;
             }
@@ -169,162 +159,10 @@ static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
     return error_setf(err, ENOTSUP, "Unsupported qcow2 feature(s): %s", list);
 }
 
-/* A snapshot table that cannot be parsed from entry nb_snapshots_loaded
- * on: refused, except when opened for check, which reports it and can
- * cut the table there (check.c). */
-static int snapshot_table_damaged(Qcow2State *s, Error *err, int kind,
-                                  const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int snapshot_table_damaged(Qcow2State *s, Error *err, int kind,
-                                  const char *fmt, ...)
-{
-    char why[sizeof(s->snapshot_damage)];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof(why), fmt, ap);
-    va_end(ap);
-    if (!(s->open_flags & BLOCK_O_CHECK)) {
-        return error_setf(err, EINVAL, "%s", why);
-    }
-    memcpy(s->snapshot_damage, why, sizeof(why));
-    s->snapshot_damage_kind = kind;
-    return 0;
-}
-
-/* Opened for check, the table is read as qemu-img check reads it: its
- * offset must be aligned (even with no snapshots, as qcow2.txt says),
- * entries past the end of the file read as zeroes, and a table qemu-img
- * cannot read (too many entries, too much extra data, over 64 MiB) is a
- * failed check unless -r all cuts it.  Otherwise the open refuses what
- * it cannot trust. */
-static int read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
-{
-    bool check = s->open_flags & BLOCK_O_CHECK;
-    s->snapshot_damage[0] = '\0';
-    s->snapshots_size = 0;
-    if (check && (s->snapshots_offset % s->cluster_size ||
-                  s->snapshots_offset > INT64_MAX - (uint64_t)40 *
-                                        s->nb_snapshots)) {
-        return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE,
-                                      "snapshot table offset invalid");
-    }
-    if (!s->nb_snapshots) {
-        return 0;
-    }
-    if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
-        if (!check) {
-            return error_setf(err, EINVAL, "too many snapshots (%u)",
-                              s->nb_snapshots);
-        }
-        /* read up to the limit; -r all drops the rest */
-        snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
-                               "snapshot table too large");
-    }
-    uint32_t nb = s->nb_snapshots < QCOW2_MAX_SNAPSHOTS ? s->nb_snapshots
-                                                        : QCOW2_MAX_SNAPSHOTS;
-    if (!check && (s->snapshots_offset % s->cluster_size ||
-                   !s->snapshots_offset || s->snapshots_offset >= flen)) {
-        return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
-                                      "snapshot table offset invalid (0x%llx)",
-                                      (unsigned long long)s->snapshots_offset);
-    }
-    s->snapshots = calloc(nb, sizeof(*s->snapshots));
-    if (!s->snapshots) {
-        return -ENOMEM;
-    }
-    uint64_t off = s->snapshots_offset;
-    for (uint32_t i = 0; i < nb; i++) {
-        uint8_t h[QCOW2_SNAPSHOT_FIXED];
-        Qcow2Snapshot *sn = &s->snapshots[i];
-        if (off + sizeof(h) > flen && !check) {
-            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
-                                          "snapshot table is truncated");
-        }
-        /* (past the end of the file: zeroes) */
-        if (off > QCOW2_READ_LIMIT - 2 * 65536 - sizeof(h)) {
-            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE,
-                                          "cannot read the snapshot table: "
-                                          "%s", strerror(EIO));
-        }
-        int ret = block_pread(block_file(s->node), off, sizeof(h), h);
-        if (ret < 0) {
-            return error_setf(err, -ret, "cannot read snapshot table: %s",
-                              strerror(-ret));
-        }
-        uint64_t l1_table_offset = qcow2_be64(h);
-        uint32_t l1_size = qcow2_be32(h + 8);
-        uint16_t id_len = qcow2_be16(h + 12);
-        uint16_t name_len = qcow2_be16(h + 14);
-        uint32_t extra = qcow2_be32(h + 36);
-        if (extra > 1024) {
-            return snapshot_table_damaged(
-                s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
-                "snapshot extra data too large");
-        }
-        uint64_t entry_len = sizeof(h) + extra + id_len + name_len;
-        if (off + entry_len > flen && !check) {
-            return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_CORRUPT,
-                                          "snapshot table is truncated");
-        }
-        if (off + qcow2_align_up(entry_len, 8) - s->snapshots_offset >
-            64ull * 1024 * 1024) {
-            return snapshot_table_damaged(
-                s, err, SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
-                "snapshot table too large");
-        }
-        uint8_t *rest = malloc(extra + id_len + name_len + 1);
-        if (!rest) {
-            return -ENOMEM;
-        }
-        ret = block_pread(block_file(s->node), off + sizeof(h),
-                          extra + id_len + name_len, rest);
-        if (ret < 0) {
-            free(rest);
-            return error_setf(err, -ret, "cannot read snapshot table: %s",
-                              strerror(-ret));
-        }
-        sn->l1_table_offset = l1_table_offset;
-        sn->l1_size = l1_size;
-        sn->extra_size = extra;
-        sn->vm_state_size = qcow2_be32(h + 32);
-        sn->disk_size = s->size;
-        if (extra >= 8) {
-            sn->vm_state_size = qcow2_be64(rest);
-        }
-        if (extra >= 16) {
-            sn->disk_size = qcow2_be64(rest + 8);
-        }
-        sn->id_str = dup_bytes(rest + extra, id_len);
-        sn->name = dup_bytes(rest + extra + id_len, name_len);
-        free(rest);
-        s->nb_snapshots_loaded = (int)i + 1;
-        if (!sn->id_str || !sn->name) {
-            return -ENOMEM;
-        }
-        /* check reports (and does not follow) a bad L1 of one entry; the
-         * entries after it still parse. */
-        if ((sn->l1_table_offset % s->cluster_size ||
-             (uint64_t)sn->l1_size * 8 > QCOW2_MAX_L1_BYTES) &&
-            !(s->open_flags & BLOCK_O_CHECK)) {
-            return error_setf(err, EINVAL,
-                              "snapshot %u has an invalid L1 table", i);
-        }
-        off += qcow2_align_up(entry_len, 8);
-        s->snapshots_size = off - s->snapshots_offset;
-        s->snapshots_tail_pad = (uint32_t)(qcow2_align_up(entry_len, 8) -
-                                           entry_len);
-    }
-    return 0;
-}
-
 static void derive_geometry(Qcow2State *s)
 {
     s->cluster_size = 1ull << s->cluster_bits;
-    s->refcount_bits = 1u << s->refcount_order;
-    s->refcount_max = s->refcount_bits == 64 ? UINT64_MAX
-                                             : (1ull << s->refcount_bits) - 1;
-    s->refblock_bits = s->cluster_bits + 3 - s->refcount_order;
-    s->refblock_entries = 1ull << s->refblock_bits;
+    qcow2_set_refcount_order(s, s->refcount_order);
     s->extended_l2 = s->incompatible_features & QCOW2_INCOMPAT_EXTL2;
     s->l2_entry_size = s->extended_l2 ? 16 : 8;
     s->l2_bits = s->cluster_bits - (s->extended_l2 ? 4 : 3);
@@ -365,7 +203,7 @@ static int check_mode_tables(Qcow2State *s, uint64_t l1_bytes, uint64_t fsize,
         return error_setf(err, EINVAL, "Reference count table offset "
                           "invalid");
     }
-    return read_snapshot_table(s, fsize, err);
+    return qcow2_read_snapshot_table(s, fsize, err);
 }
 
 int qcow2_read_header(Qcow2State *s, Error *err)
@@ -473,7 +311,8 @@ int qcow2_read_header(Qcow2State *s, Error *err)
         }
         s->backing_file_offset_raw = backing_off;
         if (backing_len) {
-            s->backing_file = dup_bytes(buf + backing_off, backing_len);
+            s->backing_file = qcow2_dup_bytes(buf + backing_off,
+                                              backing_len);
             if (!s->backing_file) {
                 free(buf);
                 return -ENOMEM;
@@ -486,7 +325,8 @@ int qcow2_read_header(Qcow2State *s, Error *err)
             free(buf);
             return error_setf(err, EINVAL, "backing file name is invalid");
         }
-        s->backing_file = dup_bytes(buf + backing_off, backing_len);
+        s->backing_file = qcow2_dup_bytes(buf + backing_off,
+                                          backing_len);
         if (!s->backing_file) {
             free(buf);
             return -ENOMEM;
@@ -576,208 +416,12 @@ int qcow2_read_header(Qcow2State *s, Error *err)
             (rt_bytes < s->cluster_size ? rt_bytes : 8)) {
         return error_setf(err, EINVAL, "Invalid reference count table offset");
     }
-    if (ranges_overlap(s->l1_table_offset, l1_bytes, s->refcount_table_offset,
-                       rt_bytes)) {
+    if (qcow2_ranges_overlap(s->l1_table_offset, l1_bytes,
+                             s->refcount_table_offset, rt_bytes)) {
         return error_setf(err, EINVAL,
                           "L1 table overlaps the reference count table");
     }
-    return read_snapshot_table(s, fsize, err);
-}
-
-int qcow2_build_header(Qcow2State *s, uint8_t *buf, Error *err)
-{
-    uint64_t cs = s->cluster_size;
-    uint32_t hl = s->version == 2 ? QCOW2_V2_HEADER_SIZE : s->header_length;
-    uint64_t off;
-
-    memset(buf, 0, cs);
-    qcow2_put_be32(buf + QCOW2_HDR_MAGIC, QCOW2_MAGIC);
-    qcow2_put_be32(buf + QCOW2_HDR_VERSION, s->version);
-    qcow2_put_be32(buf + QCOW2_HDR_CLUSTER_BITS, s->cluster_bits);
-    qcow2_put_be64(buf + QCOW2_HDR_SIZE, s->size);
-    qcow2_put_be32(buf + QCOW2_HDR_CRYPT_METHOD, s->crypt_method);
-    qcow2_put_be32(buf + QCOW2_HDR_L1_SIZE, s->l1_size);
-    qcow2_put_be64(buf + QCOW2_HDR_L1_OFFSET, s->l1_table_offset);
-    qcow2_put_be64(buf + QCOW2_HDR_REFTABLE_OFFSET, s->refcount_table_offset);
-    qcow2_put_be32(buf + QCOW2_HDR_REFTABLE_CLUSTERS,
-                   s->refcount_table_clusters);
-    qcow2_put_be32(buf + QCOW2_HDR_NB_SNAPSHOTS, s->nb_snapshots);
-    qcow2_put_be64(buf + QCOW2_HDR_SNAPSHOTS_OFFSET, s->snapshots_offset);
-    if (s->version >= 3) {
-        qcow2_put_be64(buf + QCOW2_HDR_INCOMPAT, s->incompatible_features);
-        qcow2_put_be64(buf + QCOW2_HDR_COMPAT, s->compatible_features);
-        qcow2_put_be64(buf + QCOW2_HDR_AUTOCLEAR, s->autoclear_features);
-        qcow2_put_be32(buf + QCOW2_HDR_REFCOUNT_ORDER, s->refcount_order);
-        qcow2_put_be32(buf + QCOW2_HDR_HEADER_LENGTH, hl);
-        if (hl > QCOW2_HDR_COMPRESSION_TYPE) {
-            buf[QCOW2_HDR_COMPRESSION_TYPE] = s->compression_type;
-        }
-        if (s->header_tail_len) {
-            memcpy(buf + QCOW2_V3_HEADER_SIZE, s->header_tail,
-                   s->header_tail_len);
-        }
-    }
-    off = hl;
-
-#define PUT_EXT(type_, data_, len_)                                     \
-    do {                                                                \
-        uint64_t l_ = (len_);                                           \
-        if (off + 8 + qcow2_align_up(l_, 8) + 8 > cs) {                 \
-            goto too_big;                                               \
-        }                                                               \
-        qcow2_put_be32(buf + off, (type_));                             \
-        qcow2_put_be32(buf + off + 4, (uint32_t)l_);                    \
-        if (l_) {                                                       \
-            memcpy(buf + off + 8, (data_), l_);                         \
-        }                                                               \
-        off += 8 + qcow2_align_up(l_, 8);                               \
-    } while (0)
-
-    /* Crypto header pointer first, as QEMU orders them. */
-    for (int i = 0; i < s->nb_unknown_exts; i++) {
-        if (s->unknown_exts[i].type == QCOW2_EXT_CRYPTO) {
-            PUT_EXT(QCOW2_EXT_CRYPTO, s->unknown_exts[i].data,
-                    s->unknown_exts[i].len);
-        }
-    }
-    if (s->backing_file && s->backing_format) {
-        PUT_EXT(QCOW2_EXT_BACKING_FORMAT, s->backing_format,
-                strlen(s->backing_format));
-    }
-    if (s->data_file_name) {
-        PUT_EXT(QCOW2_EXT_DATA_FILE, s->data_file_name,
-                strlen(s->data_file_name));
-    }
-    /* QEMU leaves the feature table out of clusters of 4k and less. */
-    if (s->version >= 3 && cs > 4096) {
-        size_t n = sizeof(known_features) / sizeof(known_features[0]);
-        uint8_t table[sizeof(known_features) / sizeof(known_features[0]) *
-                      QCOW2_FEATURE_ENTRY_SIZE];
-        memset(table, 0, sizeof(table));
-        for (size_t i = 0; i < n; i++) {
-            uint8_t *e = table + i * QCOW2_FEATURE_ENTRY_SIZE;
-            e[0] = known_features[i].type;
-            e[1] = known_features[i].bit;
-            memcpy(e + 2, known_features[i].name,
-                   strlen(known_features[i].name));
-        }
-        PUT_EXT(QCOW2_EXT_FEATURE_TABLE, table, sizeof(table));
-    }
-    for (int i = 0; i < s->nb_unknown_exts; i++) {
-        if (s->unknown_exts[i].type != QCOW2_EXT_CRYPTO) {
-            PUT_EXT(s->unknown_exts[i].type, s->unknown_exts[i].data,
-                    s->unknown_exts[i].len);
-        }
-    }
-#undef PUT_EXT
-    /* End marker (8 zero bytes; buf is zeroed). */
-    off += 8;
-    if (s->backing_file) {
-        size_t bl = strlen(s->backing_file);
-        if (off + bl > cs) {
-            goto too_big;
-        }
-        memcpy(buf + off, s->backing_file, bl);
-        qcow2_put_be64(buf + QCOW2_HDR_BACKING_OFFSET, off);
-        qcow2_put_be32(buf + QCOW2_HDR_BACKING_SIZE, (uint32_t)bl);
-        s->backing_file_offset_raw = off;
-        off += bl;
-    }
-    return (int)off;
-
-too_big:
-    return error_setf(err, ENOSPC, "header extensions do not fit in the "
-                      "first cluster");
-}
-
-int qcow2_write_header(Qcow2State *s, Error *err)
-{
-    uint8_t *buf = malloc(s->cluster_size);
-    int ret;
-
-    if (!buf) {
-        return error_setf(err, ENOMEM, "out of memory");
-    }
-    ret = qcow2_build_header(s, buf, err);
-    if (ret >= 0) {
-        /* One write of the used part of the first cluster: a crash sees
-         * the old or the new header as long as the sector writes land
-         * whole, and we never touch anything beyond it. */
-        size_t len = (size_t)qcow2_align_up((uint64_t)ret, 512);
-        if (len > s->cluster_size) {
-            len = s->cluster_size;
-        }
-        ret = block_pwrite(block_file(s->node), 0, len, buf, 0);
-        if (ret < 0) {
-            error_setf(err, -ret, "cannot write qcow2 header: %s",
-                       strerror(-ret));
-        } else {
-            ret = block_flush(block_file(s->node));
-            if (ret < 0) {
-                error_setf(err, -ret, "cannot flush qcow2 header: %s",
-                           strerror(-ret));
-            }
-        }
-    }
-    free(buf);
-    return ret < 0 ? ret : 0;
-}
-
-void qcow2_set_plain_header(Qcow2State *s, uint32_t version)
-{
-    s->version = version;
-    s->incompatible_features = 0;
-    s->compatible_features = 0;
-    s->autoclear_features = 0;
-    s->refcount_order = 4;
-    s->header_length = version == 2 ? QCOW2_V2_HEADER_SIZE
-                                    : QCOW2_V3_HEADER_SIZE;
-    s->compression_type = QCOW2_COMPRESSION_ZLIB;
-}
-
-int qcow2_update_incompat(Qcow2State *s, uint64_t set, uint64_t clear)
-{
-    uint8_t b[8];
-    uint64_t v = (s->incompatible_features | set) & ~clear;
-    int ret;
-
-    if (s->version < 3) {
-        return set ? -ENOTSUP : 0;
-    }
-    if (v == s->incompatible_features) {
-        return 0;
-    }
-    qcow2_put_be64(b, v);
-    ret = block_pwrite(block_file(s->node), QCOW2_HDR_INCOMPAT, 8, b, 0);
-    if (ret < 0) {
-        return ret;
-    }
-    ret = block_flush(block_file(s->node));
-    if (ret < 0) {
-        return ret;
-    }
-    s->incompatible_features = v;
-    return 0;
-}
-
-void qcow2_signal_corruption(Qcow2State *s, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (s->read_only || (s->open_flags & BLOCK_O_CHECK)) {
-        block_report(BLOCK_REPORT_ERROR, "qcow2: image is corrupt: %s", msg);
-        return;
-    }
-    block_report(BLOCK_REPORT_ERROR, "qcow2: marking image as corrupt: %s; "
-                 "further corruption events will be suppressed", msg);
-    if (!(s->incompatible_features & QCOW2_INCOMPAT_CORRUPT)) {
-        qcow2_update_incompat(s, QCOW2_INCOMPAT_CORRUPT, 0);
-    }
-    s->read_only = true;
+    return qcow2_read_snapshot_table(s, fsize, err);
 }
 
 void qcow2_free_header(Qcow2State *s)

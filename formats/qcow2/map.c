@@ -1,5 +1,5 @@
 /*
- * map.c - qcow2 block status (the mapping lookup it uses is rw.c's
+ * map.c - qcow2 block status (the mapping lookup it uses is read.c's
  * qcow2_map_extent).
  *
  * Block status reports what the L2 tables say.  When the image looks

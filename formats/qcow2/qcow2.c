@@ -1,9 +1,10 @@
 /*
  * qcow2.c - the qcow2 format driver: open/close, flush, info and the ops
- * table.  The pieces live next to it: header.c (header and extensions),
- * cache.c (metadata cache), refcount.c (allocation), cluster.c (L1/L2),
- * rw.c (guest I/O), resize.c (truncate), create.c, compress.c, and
- * check.c / measure.c.
+ * table.  The pieces live next to it: header.c and header-write.c (header
+ * and extensions), cache.c (metadata cache), refcount.c (allocation),
+ * cluster.c (L1/L2), read.c, write.c, write-compressed.c and zero.c
+ * (guest I/O), resize.c (truncate), create.c, compress.c, and check*.c
+ * (check and repair) / measure.c.
  *
  * Opening validates the header before trusting it, refuses what we cannot
  * handle safely (unknown incompatible features, encryption, writing a

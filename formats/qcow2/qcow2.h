@@ -2,9 +2,10 @@
  * qcow2.h - internal interface of the qcow2 driver (formats/qcow2/).
  *
  * Shared by the driver files (header, cache, refcount, cluster, io,
- * create ...) and by check.c / measure.c.  Not a public API: only files in
+ * create ...) and by check*.c / measure.c.  Not a public API: only files in
  * this directory include it.  Signatures here are stable: add, don't
- * change.
+ * change.  The on-disk format's constants and byte accessors are in
+ * ondisk.h, which this includes.
  *
  * Invariants the driver keeps:
  *  - every field of Qcow2State below `lock` is read and written only with
@@ -26,115 +27,7 @@
 #include <sys/types.h>
 
 #include "block/driver.h"
-
-/* ------------------------------------------------------------------ */
-/* On-disk constants                                                   */
-
-#define QCOW2_MAGIC              0x514649fbu   /* "QFI\xfb" */
-#define QCOW2_V2_HEADER_SIZE     72
-#define QCOW2_V3_HEADER_MIN      104
-#define QCOW2_V3_HEADER_SIZE     112           /* with compression_type */
-
-#define QCOW2_MIN_CLUSTER_BITS   9
-#define QCOW2_MAX_CLUSTER_BITS   21
-#define QCOW2_EXTL2_MIN_CLUSTER_BITS 14
-#define QCOW2_MAX_REFCOUNT_ORDER 6
-
-/* Limits that bound memory for hostile headers (same as QEMU's). */
-#define QCOW2_MAX_L1_BYTES        (32u * 1024 * 1024)
-#define QCOW2_MAX_REFTABLE_BYTES  (8u * 1024 * 1024)
-#define QCOW2_MAX_BACKING_NAME    1023
-#define QCOW2_MAX_SNAPSHOTS       65536
-/* Where qemu-img stops reading a file (its BDRV_MAX_LENGTH, 2^63 - 1 GiB):
- * check treats metadata beyond it as unreadable, as qemu-img check does,
- * instead of reading zeroes there. */
-#define QCOW2_READ_LIMIT          0x7fffffffc0000000ull
-
-/* Header field offsets (big endian on disk). */
-enum {
-    QCOW2_HDR_MAGIC = 0,
-    QCOW2_HDR_VERSION = 4,
-    QCOW2_HDR_BACKING_OFFSET = 8,
-    QCOW2_HDR_BACKING_SIZE = 16,
-    QCOW2_HDR_CLUSTER_BITS = 20,
-    QCOW2_HDR_SIZE = 24,
-    QCOW2_HDR_CRYPT_METHOD = 32,
-    QCOW2_HDR_L1_SIZE = 36,
-    QCOW2_HDR_L1_OFFSET = 40,
-    QCOW2_HDR_REFTABLE_OFFSET = 48,
-    QCOW2_HDR_REFTABLE_CLUSTERS = 56,
-    QCOW2_HDR_NB_SNAPSHOTS = 60,
-    QCOW2_HDR_SNAPSHOTS_OFFSET = 64,
-    QCOW2_HDR_INCOMPAT = 72,
-    QCOW2_HDR_COMPAT = 80,
-    QCOW2_HDR_AUTOCLEAR = 88,
-    QCOW2_HDR_REFCOUNT_ORDER = 96,
-    QCOW2_HDR_HEADER_LENGTH = 100,
-    QCOW2_HDR_COMPRESSION_TYPE = 104,
-};
-
-/* incompatible_features */
-#define QCOW2_INCOMPAT_DIRTY        (1ull << 0)
-#define QCOW2_INCOMPAT_CORRUPT      (1ull << 1)
-#define QCOW2_INCOMPAT_DATA_FILE    (1ull << 2)
-#define QCOW2_INCOMPAT_COMPRESSION  (1ull << 3)
-#define QCOW2_INCOMPAT_EXTL2        (1ull << 4)
-#define QCOW2_INCOMPAT_KNOWN        0x1full
-/* compatible_features */
-#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
-#define QCOW2_COMPAT_KNOWN          0x1ull
-/* autoclear_features */
-#define QCOW2_AUTOCLEAR_BITMAPS     (1ull << 0)
-#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
-/* Bits we maintain; others are cleared when opening for writing.  The
- * bitmaps bit survives: bitmap.c keeps the bitmaps up to date. */
-#define QCOW2_AUTOCLEAR_KNOWN       (QCOW2_AUTOCLEAR_DATA_FILE_RAW | \
-                                     QCOW2_AUTOCLEAR_BITMAPS)
-
-/* crypt_method */
-#define QCOW2_CRYPT_NONE 0
-#define QCOW2_CRYPT_AES  1
-#define QCOW2_CRYPT_LUKS 2
-
-/* compression_type */
-#define QCOW2_COMPRESSION_ZLIB 0
-#define QCOW2_COMPRESSION_ZSTD 1
-
-/* Header extension types. */
-#define QCOW2_EXT_END            0x00000000u
-#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
-#define QCOW2_EXT_FEATURE_TABLE  0x6803f857u
-#define QCOW2_EXT_BITMAPS        0x23852875u
-#define QCOW2_EXT_CRYPTO         0x0537be77u
-#define QCOW2_EXT_DATA_FILE      0x44415441u
-
-/* Feature name table entry: type(1) bit(1) name(46). */
-#define QCOW2_FEATURE_NAME_LEN   46
-#define QCOW2_FEATURE_ENTRY_SIZE 48
-enum { QCOW2_FEAT_INCOMPAT = 0, QCOW2_FEAT_COMPAT = 1,
-       QCOW2_FEAT_AUTOCLEAR = 2 };
-
-/* L1 / L2 / refcount table entry bits. */
-#define QCOW2_OFLAG_COPIED      (1ull << 63)
-#define QCOW2_OFLAG_COMPRESSED  (1ull << 62)
-#define QCOW2_OFLAG_ZERO        (1ull << 0)
-#define QCOW2_L1E_OFFSET_MASK   0x00fffffffffffe00ull
-#define QCOW2_L1E_RESERVED_MASK 0x7f000000000001ffull
-#define QCOW2_L2E_OFFSET_MASK   0x00fffffffffffe00ull
-/* Reserved bits of a standard L2 entry (bits 1-8, 56-61). */
-#define QCOW2_L2E_STD_RESERVED_MASK 0x3f000000000001feull
-#define QCOW2_REFT_OFFSET_MASK  0xfffffffffffffe00ull
-#define QCOW2_REFT_RESERVED_MASK 0x1ffull
-
-/* Extended L2: second 64-bit word. */
-#define QCOW2_SUBCLUSTERS       32
-#define QCOW2_L2B_ALLOC_MASK    0x00000000ffffffffull
-#define QCOW2_L2B_ZERO_MASK     0xffffffff00000000ull
-#define QCOW2_L2B_ALL_ZERO      QCOW2_L2B_ZERO_MASK
-
-/* Snapshot table entry fixed part. */
-#define QCOW2_SNAPSHOT_FIXED    40
-#define QCOW2_SNAPSHOT_EXTRA_V3 16
+#include "formats/qcow2/ondisk.h"
 
 /* ------------------------------------------------------------------ */
 /* In-memory state                                                     */
@@ -300,7 +193,7 @@ struct Qcow2State {
     int open_flags;
 
     /* Serialises the data writes into fresh clusters that grow the file
-     * (rw.c: through the page cache, or when fallocate failed): the
+     * (write.c: through the page cache, or when fallocate failed): the
      * kernel serialises them anyway, and many threads contending for the
      * inode lock there cost more CPU than waiting here. */
     pthread_mutex_t grow_lock;
@@ -354,7 +247,7 @@ struct Qcow2State {
     bool aes;
     bool aes_keyed;
     uint8_t aes_key[16];
-    /* Persistent dirty bitmaps (bitmap.c): what the image holds on disk;
+    /* Persistent dirty bitmaps (bitmap-*.c): what the image holds on disk;
      * NULL when no bitmaps were loaded. */
     struct Qcow2Bitmaps *bitmaps;
 };
@@ -362,45 +255,6 @@ struct Qcow2State {
 static inline Qcow2State *qcow2_state(BlockNode *n)
 {
     return (Qcow2State *)n->opaque;
-}
-
-/* ------------------------------------------------------------------ */
-/* Big-endian helpers                                                  */
-
-static inline uint16_t qcow2_be16(const uint8_t *p)
-{
-    return (uint16_t)((p[0] << 8) | p[1]);
-}
-static inline uint32_t qcow2_be32(const uint8_t *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-           ((uint32_t)p[2] << 8) | p[3];
-}
-static inline uint64_t qcow2_be64(const uint8_t *p)
-{
-    return ((uint64_t)qcow2_be32(p) << 32) | qcow2_be32(p + 4);
-}
-static inline void qcow2_put_be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-static inline void qcow2_put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-static inline void qcow2_put_be64(uint8_t *p, uint64_t v)
-{
-    qcow2_put_be32(p, (uint32_t)(v >> 32));
-    qcow2_put_be32(p + 4, (uint32_t)v);
-}
-
-static inline uint64_t qcow2_align_up(uint64_t v, uint64_t a)
-{
-    return (v + a - 1) / a * a;
 }
 
 /* The node holding guest data clusters (data file or the image file). */
@@ -439,6 +293,13 @@ typedef struct Qcow2L2Entry {
                                 (sector-rounded upper bound) */
     bool copied;             /* bit 63 */
 } Qcow2L2Entry;
+
+/* The entry names a host cluster (data, or a preallocated zero one). */
+static inline bool qcow2_entry_has_host(const Qcow2L2Entry *e)
+{
+    return e->type == QCOW2_CLUSTER_NORMAL ||
+           e->type == QCOW2_CLUSTER_ZERO_ALLOC;
+}
 
 /* Decodes a raw entry (entry, bitmap) into *out. */
 void qcow2_decode_l2_entry(const Qcow2State *s, uint64_t entry,
@@ -481,7 +342,7 @@ void qcow2_cache_discard(Qcow2Cache *c, uint64_t offset);
 void qcow2_cache_invalidate(Qcow2Cache *c);
 
 /* ------------------------------------------------------------------ */
-/* Refcounts (refcount.c); all need s->lock                            */
+/* Refcounts (refcount.c, refcount-free.c); all need s->lock           */
 
 /* Host offset of the refcount block for table index rti, 0 when none;
  * -EIO (after flagging corruption) when the entry is bad. */
@@ -543,14 +404,62 @@ uint64_t qcow2_refblock_get(const Qcow2State *s, const uint8_t *block,
                             uint64_t i);
 void qcow2_refblock_set(const Qcow2State *s, uint8_t *block, uint64_t i,
                         uint64_t value);
+/* The same for a block of refcount_order `order` (not necessarily the
+ * image's). */
+void qcow2_refblock_set_order(uint32_t order, uint8_t *block, uint64_t i,
+                              uint64_t value);
+/* The largest refcount of refcount_order `order`. */
+static inline uint64_t qcow2_refcount_max_for(uint32_t order)
+{
+    return order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
+}
+/* Sets s's refcount width and what follows from it (bits, maximum,
+ * entries per block); cluster_bits must be set. */
+void qcow2_set_refcount_order(Qcow2State *s, uint32_t order);
 /* Writes the in-memory refcount table entries [first, first + n) to
  * disk. */
 int qcow2_write_reftable(Qcow2State *s, uint64_t first, uint64_t n);
-/* Replaces the refcount table with a new one of `entries` entries placed
- * at `offset` (already allocated/refcounted by the caller) and points the
- * header at it.  table is host byte order and is taken over. */
-int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
-                           uint64_t offset);
+
+/* New refcount structures (refcount-build.c): blocks written from a set
+ * of counts into clusters the caller reserved, then the table, then one
+ * header write switches to them and s follows. */
+typedef struct Qcow2RefcountLayout {
+    uint32_t order;            /* refcount_order of the blocks written */
+    /* The new table, host byte order, table_entries entries (a whole
+     * number of clusters) to be written at table_offset; taken over.
+     * Entries of ranges without a new block stay as given. */
+    uint64_t *table;
+    uint64_t table_entries;
+    uint64_t table_offset;
+    /* blocks[r] != 0: host offset of a new block for range r (clusters
+     * [r << bits, (r + 1) << bits), bits from order), written from fill
+     * and entered in table[r]. */
+    const uint64_t *blocks;
+    uint64_t nblocks;
+    /* Sets the counts of clusters [first, first + n) in block (zeroed,
+     * of width order, e.g. with qcow2_refblock_set_order); 0 or -errno. */
+    int (*fill)(void *opaque, uint64_t first, uint64_t n, uint8_t *block);
+    void *opaque;
+    /* Blocks written so far, of nblocks + 1 (the table last); may be
+     * NULL. */
+    BlockProgressFn *progress;
+    void *progress_opaque;
+} Qcow2RefcountLayout;
+/* How far qcow2_install_refcounts got when it failed: nothing written
+ * (no memory), writing blocks, writing the table, or switching the
+ * header (which may then name the new structures, or not). */
+typedef enum {
+    QCOW2_REFCOUNTS_NOMEM,
+    QCOW2_REFCOUNTS_BLOCKS,
+    QCOW2_REFCOUNTS_TABLE,
+    QCOW2_REFCOUNTS_SWITCH,
+} Qcow2RefcountStage;
+/* Puts the structures l describes in place; a new order also becomes
+ * s's.  The old structures stay allocated: freeing them is the caller's,
+ * once this succeeded.  *stage (may be NULL) says where a failure
+ * happened. */
+int qcow2_install_refcounts(Qcow2State *s, Qcow2RefcountLayout *l,
+                            Qcow2RefcountStage *stage);
 
 /* Number of clusters needed for refcount metadata (table + blocks) to
  * cover `clusters` data/metadata clusters including themselves. */
@@ -578,6 +487,10 @@ int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
 int qcow2_write_table64(Qcow2State *s, const uint64_t *table,
                         uint64_t table_offset, uint64_t first, uint64_t n);
 int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n);
+/* Reads a table of n 64-bit big-endian entries at offset (an L1 table, a
+ * bitmap table) into a malloc'd host-order array. */
+int qcow2_read_table64(Qcow2State *s, uint64_t offset, uint32_t n,
+                       uint64_t **out);
 /* Reads an L1 table (active or snapshot) of l1_size entries at offset into
  * a malloc'd host-order array. */
 int qcow2_read_l1(Qcow2State *s, uint64_t offset, uint32_t l1_size,
@@ -589,16 +502,29 @@ int qcow2_read_l2_table(Qcow2State *s, uint64_t offset, uint8_t *buf);
 int qcow2_write_l2_table(Qcow2State *s, uint64_t offset, const uint8_t *buf);
 
 /* ------------------------------------------------------------------ */
-/* Header (header.c)                                                   */
+/* Header (header.c: reading, header-write.c: rewriting)               */
 
 /* Parses and validates the header of block_file(n) into s.  */
 int qcow2_read_header(Qcow2State *s, Error *err);
+/* The first header extension of `type` among those kept verbatim
+ * (s->unknown_exts: bitmaps, crypto and any we do not know), or NULL. */
+Qcow2Extension *qcow2_find_ext(Qcow2State *s, uint32_t type);
+/* n bytes of a name stored without a terminator, as a string. */
+char *qcow2_dup_bytes(const uint8_t *p, size_t n);
 /* Rewrites the header cluster (header + extensions + backing name) from
  * s, preserving unknown extensions and header bytes. */
 int qcow2_write_header(Qcow2State *s, Error *err);
 /* Builds the header cluster (cluster_size bytes) from s into buf;
  * returns the bytes used or a negative errno. */
 int qcow2_build_header(Qcow2State *s, uint8_t *buf, Error *err);
+/* Bytes of the header cluster the header on disk uses (fields,
+ * extensions up to the end marker, backing file name wherever it sits),
+ * or a negative errno. */
+int qcow2_header_used(Qcow2State *s, Error *err);
+/* Writes the header built from s over one that used old_used bytes
+ * (qcow2_header_used), so that a crash leaves one or the other, also
+ * when the new header takes more than one sector. */
+int qcow2_write_header_switch(Qcow2State *s, int old_used, Error *err);
 /* Sets the header fields of a `version` image that uses none of v3's
  * additions (no feature bits, 16-bit refcounts, zlib, the shortest header
  * length): what a v2 header implies, and what a compat change writes. */
@@ -629,7 +555,14 @@ ssize_t qcow2_compress(const Qcow2State *s, const uint8_t *src, uint8_t *dst,
                        size_t dst_len);
 
 /* ------------------------------------------------------------------ */
-/* Internal snapshots (snapshot.c); called without s->lock             */
+/* Internal snapshots (snapshot.c, snapshot-table.c)                   */
+
+/* (at open, from header.c) Parses the snapshot table into s->snapshots;
+ * flen is the image file's length.  Opened for check, damage is recorded
+ * in s->snapshot_damage instead of refused. */
+int qcow2_read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err);
+
+/* Called without s->lock: */
 
 int qcow2_snapshot_create(BlockNode *n, const char *name, Error *err);
 int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err);
@@ -689,7 +622,7 @@ int qcow2_crypto_write(Qcow2State *s, uint64_t host, const void *buf,
 json_t *qcow2_crypto_info(Qcow2State *s);
 
 /* ------------------------------------------------------------------ */
-/* Persistent dirty bitmaps (bitmap.c)                                 */
+/* Persistent dirty bitmaps (bitmap-dir.c, bitmap-load.c, bitmap-store.c) */
 
 /* Bitmaps extension and directory limits (as QEMU's). */
 #define QCOW2_BITMAP_EXT_SIZE      24
@@ -755,14 +688,14 @@ int qcow2_measure(KVList *opts, BlockNode *in, uint64_t size,
                   BlockMeasure *out, Error *err);
 extern const BlockCreateOpt qcow2_create_opts[];
 
-/* amend.c: qemu-img amend for qcow2 (called without s->lock). */
+/* amend*.c: qemu-img amend for qcow2 (called without s->lock). */
 int qcow2_amend(BlockNode *n, KVList *opts, bool force,
                 BlockProgressFn *progress, void *opaque, Error *err);
 extern const BlockCreateOpt qcow2_amend_opts[];
 
 extern const BlockDriver qcow2_driver;
 
-/* Guest I/O (rw.c). */
+/* Guest I/O (read.c, write.c, write-compressed.c, zero.c). */
 /* A run of guest bytes with one mapping (qcow2_map_extent). */
 typedef struct Qcow2Extent {
     Qcow2SubclusterType type;

@@ -5,9 +5,11 @@
  * at refcount blocks (one cluster each, through the metadata cache).  New
  * refcount blocks and a grown table are self-describing: they are placed
  * in clusters they (or existing blocks) count, and are on disk before
- * anything points at them.  Decrements are deferred until the metadata
- * that dropped the reference is on disk, so a crash can leak a cluster but
- * never leave a reference to a free one.  All functions need s->lock.
+ * anything points at them (a grown table is put in place, with the
+ * blocks it needs, by refcount-build.c).  Decrements are deferred until
+ * the metadata that dropped the reference is on disk (refcount-free.c),
+ * so a crash can leak a cluster but never leave a reference to a free
+ * one.  All functions need s->lock.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -38,9 +40,15 @@ uint64_t qcow2_refblock_get(const Qcow2State *s, const uint8_t *block,
 void qcow2_refblock_set(const Qcow2State *s, uint8_t *block, uint64_t i,
                         uint64_t value)
 {
-    switch (s->refcount_order) {
+    qcow2_refblock_set_order(s->refcount_order, block, i, value);
+}
+
+void qcow2_refblock_set_order(uint32_t order, uint8_t *block, uint64_t i,
+                              uint64_t value)
+{
+    switch (order) {
     case 0: case 1: case 2: {
-        uint32_t bits = 1u << s->refcount_order;
+        uint32_t bits = 1u << order;
         uint64_t bit = i * bits;
         uint8_t mask = (uint8_t)(((1u << bits) - 1) << (bit % 8));
         block[bit / 8] = (uint8_t)((block[bit / 8] & ~mask) |
@@ -60,6 +68,15 @@ void qcow2_refblock_set(const Qcow2State *s, uint8_t *block, uint64_t i,
         qcow2_put_be64(block + 8 * i, value);
         break;
     }
+}
+
+void qcow2_set_refcount_order(Qcow2State *s, uint32_t order)
+{
+    s->refcount_order = order;
+    s->refcount_bits = 1u << order;
+    s->refcount_max = qcow2_refcount_max_for(order);
+    s->refblock_bits = s->cluster_bits + 3 - order;
+    s->refblock_entries = 1ull << s->refblock_bits;
 }
 
 /* Host offset of the refcount block for table index rti, 0 when none;
@@ -311,6 +328,25 @@ static int count_uncovered(Qcow2State *s, uint64_t start, uint64_t end,
     return 0;
 }
 
+/* The clusters [start, end) that a grown table and its new blocks take,
+ * counted once each. */
+typedef struct GrowArea {
+    Qcow2State *s;
+    uint64_t start, end;
+} GrowArea;
+
+static int fill_area(void *opaque, uint64_t first, uint64_t n,
+                     uint8_t *block)
+{
+    GrowArea *a = opaque;
+    for (uint64_t c = a->start; c < a->end; c++) {
+        if (c >= first && c < first + n) {
+            qcow2_refblock_set(a->s, block, c - first, 1);
+        }
+    }
+    return 0;
+}
+
 /* Moves the refcount table to the end of the image, big enough for
  * min_entries, with new refcount blocks for whatever the new area needs
  * and the old table does not cover. */
@@ -370,10 +406,10 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
         entries = last_r + 1;
     }
     uint64_t *nt = calloc(entries, 8);
-    uint8_t *buf = calloc(1, s->cluster_size);
-    if (!nt || !buf) {
+    uint64_t *blocks = calloc(entries, 8);
+    if (!nt || !blocks) {
         free(nt);
-        free(buf);
+        free(blocks);
         return -ENOMEM;
     }
     memcpy(nt, s->refcount_table, s->refcount_table_size * 8);
@@ -383,33 +419,16 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
     uint64_t last_r = (S + tc + nb - 1) >> s->refblock_bits;
     for (uint64_t r = first_r; r <= last_r; r++) {
         if (!(nt[r] & QCOW2_REFT_OFFSET_MASK)) {
-            nt[r] = next_block++ << s->cluster_bits;
-        }
-    }
-    /* New blocks on disk, counting the new area's clusters they cover. */
-    for (uint64_t r = first_r; r <= last_r; r++) {
-        int64_t old = qcow2_refblock_offset(s, r);
-        if (old < 0) {
-            ret = (int)old;
-            goto out;
-        }
-        if (old) {
-            continue;
-        }
-        memset(buf, 0, s->cluster_size);
-        for (uint64_t c = S; c < S + tc + nb; c++) {
-            if ((c >> s->refblock_bits) == r) {
-                qcow2_refblock_set(s, buf, qcow2_refblock_index(s, c), 1);
-            }
-        }
-        ret = block_pwrite(block_file(s->node), nt[r], s->cluster_size, buf, 0);
-        if (ret < 0) {
-            goto out;
+            blocks[r] = next_block++ << s->cluster_bits;
         }
     }
     /* Area clusters covered by existing blocks. */
     for (uint64_t c = S; c < S + tc + nb; c++) {
         int64_t old = qcow2_refblock_offset(s, c >> s->refblock_bits);
+        if (old < 0) {
+            ret = (int)old;
+            goto out;
+        }
         if (old > 0) {
             ret = update_one(s, c, 1, false, 0);
             if (ret < 0) {
@@ -421,15 +440,23 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
     if (ret < 0) {
         goto out;
     }
-    free(buf);
-    buf = NULL;
     uint64_t old_off = s->refcount_table_offset;
     uint64_t old_clusters = s->refcount_table_clusters;
     if (s->alloc_end < S + tc + nb) {
         s->alloc_end = S + tc + nb;
     }
-    ret = qcow2_replace_reftable(s, nt, entries, S << s->cluster_bits);
+    /* The new blocks count the new area's clusters they cover: nothing
+     * else in their ranges was in use. */
+    GrowArea area = { .s = s, .start = S, .end = S + tc + nb };
+    Qcow2RefcountLayout l = {
+        .order = s->refcount_order,
+        .table = nt, .table_entries = entries,
+        .table_offset = S << s->cluster_bits,
+        .blocks = blocks, .nblocks = entries,
+        .fill = fill_area, .opaque = &area,
+    };
     nt = NULL;
+    ret = qcow2_install_refcounts(s, &l, NULL);
     if (ret < 0) {
         goto out;
     }
@@ -437,52 +464,8 @@ static int grow_reftable(Qcow2State *s, uint64_t min_entries, uint64_t from)
                                 -1);
 out:
     free(nt);
-    free(buf);
+    free(blocks);
     return ret;
-}
-
-int qcow2_replace_reftable(Qcow2State *s, uint64_t *table, uint64_t entries,
-                           uint64_t offset)
-{
-    uint64_t clusters = entries * 8 / s->cluster_size;
-    uint8_t *buf = calloc(clusters ? clusters : 1, s->cluster_size);
-    uint8_t hdr[12];
-    int ret;
-
-    if (!buf) {
-        free(table);
-        return -ENOMEM;
-    }
-    for (uint64_t i = 0; i < entries; i++) {
-        qcow2_put_be64(buf + 8 * i, table[i]);
-    }
-    ret = block_pwrite(block_file(s->node), offset, clusters * s->cluster_size,
-                       buf, 0);
-    free(buf);
-    if (ret >= 0) {
-        ret = block_flush(block_file(s->node));
-    }
-    if (ret < 0) {
-        free(table);
-        return ret;
-    }
-    /* Offset and cluster count are adjacent: one write switches both. */
-    qcow2_put_be64(hdr, offset);
-    qcow2_put_be32(hdr + 8, (uint32_t)clusters);
-    ret = block_pwrite(block_file(s->node), QCOW2_HDR_REFTABLE_OFFSET, 12, hdr, 0);
-    if (ret >= 0) {
-        ret = block_flush(block_file(s->node));
-    }
-    if (ret < 0) {
-        free(table);
-        return ret;
-    }
-    free(s->refcount_table);
-    s->refcount_table = table;
-    s->refcount_table_size = entries;
-    s->refcount_table_offset = offset;
-    s->refcount_table_clusters = (uint32_t)clusters;
-    return 0;
 }
 
 /* Puts a refcount block for range rti in the first free cluster at or
@@ -710,73 +693,6 @@ int qcow2_alloc_clusters_at(Qcow2State *s, uint64_t offset, uint64_t nb)
     return claim_run(s, nb, true, &first);
 }
 
-int qcow2_free_clusters_deferred(Qcow2State *s, uint64_t offset, uint64_t nb)
-{
-    if (nb == 0) {
-        return 0;
-    }
-    /* Deferred even with lazy refcounts: the refcounts are rebuilt after a
-     * crash, but a cluster freed at once could be reallocated and
-     * overwritten while the on-disk L2 table still maps it to its old
-     * guest offset, exposing new data there. */
-    if (s->nb_pending_frees) {
-        Qcow2PendingFree *last = &s->pending_frees[s->nb_pending_frees - 1];
-        if (last->offset + (last->nb_clusters << s->cluster_bits) == offset) {
-            last->nb_clusters += nb;
-            return 0;
-        }
-    }
-    if (s->nb_pending_frees == s->cap_pending_frees) {
-        size_t cap = s->cap_pending_frees ? s->cap_pending_frees * 2 : 64;
-        Qcow2PendingFree *n = realloc(s->pending_frees, cap * sizeof(*n));
-        if (!n) {
-            return -ENOMEM;
-        }
-        s->pending_frees = n;
-        s->cap_pending_frees = cap;
-    }
-    s->pending_frees[s->nb_pending_frees].offset = offset;
-    s->pending_frees[s->nb_pending_frees].nb_clusters = nb;
-    s->nb_pending_frees++;
-    if (s->nb_pending_frees >= 4096) {
-        return qcow2_apply_pending_frees(s);
-    }
-    return 0;
-}
-
-int qcow2_free_compressed_deferred(Qcow2State *s, const Qcow2L2Entry *e)
-{
-    uint64_t first = e->host_offset & ~(s->cluster_size - 1);
-    uint64_t last = (e->host_offset + e->compressed_size - 1) &
-                    ~(s->cluster_size - 1);
-    return qcow2_free_clusters_deferred(s, first,
-                                        ((last - first) >> s->cluster_bits)
-                                        + 1);
-}
-
-void qcow2_take_pending_frees(Qcow2State *s, Qcow2PendingFree **list,
-                              size_t *n)
-{
-    *list = s->pending_frees;
-    *n = s->nb_pending_frees;
-    s->pending_frees = NULL;
-    s->nb_pending_frees = 0;
-    s->cap_pending_frees = 0;
-}
-
-int qcow2_apply_frees(Qcow2State *s, Qcow2PendingFree *list, size_t n)
-{
-    int ret = 0;
-
-    for (size_t i = 0; i < n && ret >= 0; i++) {
-        ret = qcow2_update_refcount(s, list[i].offset,
-                                    list[i].nb_clusters << s->cluster_bits,
-                                    -1);
-    }
-    free(list);
-    return ret;
-}
-
 int qcow2_sync_refcounts(Qcow2State *s)
 {
     int ret = qcow2_cache_writeback(&s->refcount_cache);
@@ -787,31 +703,6 @@ int qcow2_sync_refcounts(Qcow2State *s)
         s->refcount_unflushed = false;
     }
     return ret;
-}
-
-int qcow2_apply_pending_frees(Qcow2State *s)
-{
-    int ret;
-
-    if (!s->nb_pending_frees) {
-        return 0;
-    }
-    ret = qcow2_cache_writeback(&s->l2_cache);
-    if (ret >= 0) {
-        /* so that refcount_unflushed may be cleared below */
-        ret = qcow2_cache_writeback(&s->refcount_cache);
-    }
-    if (ret >= 0) {
-        ret = block_flush(block_file(s->node));
-    }
-    if (ret < 0) {
-        return ret;
-    }
-    s->refcount_unflushed = false;
-    Qcow2PendingFree *list;
-    size_t n;
-    qcow2_take_pending_frees(s, &list, &n);
-    return qcow2_apply_frees(s, list, n);
 }
 
 uint64_t qcow2_refcount_metadata_clusters(uint64_t clusters,

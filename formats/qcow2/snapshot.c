@@ -1,6 +1,7 @@
 /*
- * snapshot.c - qcow2 internal snapshots: create, apply (revert), delete
- * and list, in the on-disk form QEMU reads and writes.
+ * snapshot.c - qcow2 internal snapshots: create, apply (revert), delete,
+ * and loading one read-only (convert -l), in the on-disk form QEMU reads
+ * and writes.  The snapshot table itself is snapshot-table.c's.
  *
  * Reference counting follows QEMU: an L2 table counts one reference per
  * L1 table (active or snapshot) pointing at it, and a data cluster one per
@@ -12,10 +13,6 @@
  * in one write, which is the commit point, and only then drops the
  * references the old state held.  A crash anywhere leaves at worst
  * leaked clusters.
- *
- * The snapshot table is rewritten by copying the existing entries
- * byte for byte (unknown extra data included) into freshly allocated
- * clusters; the old table is freed after the header switch.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -24,155 +21,11 @@
 #include <string.h>
 #include <sys/time.h>
 
-#include "formats/qcow2/qcow2.h"
+#include "formats/qcow2/snapshot-int.h"
 
 /* Extra data we write: vm_state_size_large, disk_size, icount (as QEMU
  * 7.2 does). */
 #define SN_EXTRA_WRITE 24
-
-/* Length of the entry at p (8-byte aligned), or 0 if it does not fit. */
-static size_t entry_len(const uint8_t *p, size_t avail)
-{
-    if (avail < QCOW2_SNAPSHOT_FIXED) {
-        return 0;
-    }
-    size_t len = QCOW2_SNAPSHOT_FIXED + qcow2_be32(p + 36) +
-                 qcow2_be16(p + 12) + qcow2_be16(p + 14);
-    len = (size_t)qcow2_align_up(len, 8);
-    return len <= avail ? len : 0;
-}
-
-static int read_table(Qcow2State *s, uint8_t **buf, size_t *len)
-{
-    *buf = NULL;
-    *len = 0;
-    if (!s->nb_snapshots || !s->snapshots_size) {
-        return 0;
-    }
-    uint8_t *b = malloc(s->snapshots_size);
-    if (!b) {
-        return -ENOMEM;
-    }
-    int ret = block_pread(block_file(s->node), s->snapshots_offset,
-                          s->snapshots_size, b);
-    if (ret < 0) {
-        free(b);
-        return ret;
-    }
-    *buf = b;
-    *len = s->snapshots_size;
-    return 0;
-}
-
-/* Offsets of the entries of a table buffer; nb entries expected. */
-static int index_table(const uint8_t *buf, size_t len, uint32_t nb,
-                       size_t *offs, size_t *lens)
-{
-    size_t off = 0;
-    for (uint32_t i = 0; i < nb; i++) {
-        size_t l = entry_len(buf + off, len - off);
-        if (!l) {
-            return -EINVAL;
-        }
-        offs[i] = off;
-        lens[i] = l;
-        off += l;
-    }
-    return 0;
-}
-
-/* index_table into offset and length arrays it allocates (nb + 1 long, so
- * nb may be 0); on failure nothing stays allocated. */
-static int index_entries(const uint8_t *buf, size_t len, uint32_t nb,
-                         size_t **offs, size_t **lens)
-{
-    *offs = calloc(nb + 1, sizeof(size_t));
-    *lens = calloc(nb + 1, sizeof(size_t));
-    int ret = *offs && *lens ? index_table(buf, len, nb, *offs, *lens)
-                             : -ENOMEM;
-    if (ret < 0) {
-        free(*offs);
-        free(*lens);
-        *offs = *lens = NULL;
-    }
-    return ret;
-}
-
-static char *dup_bytes(const uint8_t *p, size_t n)
-{
-    char *r = malloc(n + 1);
-    if (r) {
-        memcpy(r, p, n);
-        r[n] = 0;
-    }
-    return r;
-}
-
-/* Rebuilds s->snapshots from a table buffer (after a change). */
-static int reload_snapshots(Qcow2State *s, const uint8_t *buf, size_t len,
-                            uint32_t nb)
-{
-    Qcow2Snapshot *sns = calloc(nb ? nb : 1, sizeof(*sns));
-    if (!sns) {
-        return -ENOMEM;
-    }
-    size_t off = 0;
-    for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *p = buf + off;
-        size_t l = entry_len(p, len - off);
-        uint32_t extra = qcow2_be32(p + 36);
-        uint16_t idl = qcow2_be16(p + 12), nl = qcow2_be16(p + 14);
-        sns[i].l1_table_offset = qcow2_be64(p);
-        sns[i].l1_size = qcow2_be32(p + 8);
-        sns[i].extra_size = extra;
-        sns[i].vm_state_size = qcow2_be32(p + 32);
-        sns[i].disk_size = s->size;
-        if (extra >= 8) {
-            sns[i].vm_state_size = qcow2_be64(p + 40);
-        }
-        if (extra >= 16) {
-            sns[i].disk_size = qcow2_be64(p + 48);
-        }
-        sns[i].id_str = dup_bytes(p + 40 + extra, idl);
-        sns[i].name = dup_bytes(p + 40 + extra + idl, nl);
-        off += l;
-    }
-    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
-        free(s->snapshots[i].id_str);
-        free(s->snapshots[i].name);
-    }
-    free(s->snapshots);
-    s->snapshots = sns;
-    s->nb_snapshots_loaded = (int)nb;
-    for (uint32_t i = 0; i < nb; i++) {
-        if (!sns[i].id_str || !sns[i].name) {
-            return -ENOMEM;
-        }
-    }
-    return 0;
-}
-
-/* Index of the first snapshot named `name`; -1. */
-static int find_snapshot_by_name(Qcow2State *s, const char *name)
-{
-    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
-        if (strcmp(s->snapshots[i].name, name) == 0) {
-            return i;
-        }
-    }
-    return -1;
-}
-
-/* Index of the snapshot whose id, else whose name, is `key`; -1. */
-static int find_snapshot(Qcow2State *s, const char *key)
-{
-    for (int i = 0; i < s->nb_snapshots_loaded; i++) {
-        if (strcmp(s->snapshots[i].id_str, key) == 0) {
-            return i;
-        }
-    }
-    return find_snapshot_by_name(s, key);
-}
 
 /* Writes a host-order L1 array to offset, zero-padded to clusters. */
 static int write_l1_at(Qcow2State *s, uint64_t offset, const uint64_t *l1,
@@ -346,18 +199,11 @@ static int walk_l1_inc(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
     return ret;
 }
 
-/* Refcounts, then L2 tables, on disk and flushed. */
-static int write_meta(Qcow2State *s)
-{
-    int ret = qcow2_sync_refcounts(s);
-    return ret < 0 ? ret : qcow2_flush_caches(s);
-}
-
 /* The active L1 after its COPIED flags changed: the refcounts and L2
  * tables that justify the flags go first. */
 static int write_active_l1(Qcow2State *s)
 {
-    int ret = write_meta(s);
+    int ret = qcow2_snapshot_write_meta(s);
     if (ret >= 0) {
         ret = qcow2_write_l1(s, 0, s->l1_size);
     }
@@ -368,131 +214,6 @@ static int write_active_l1(Qcow2State *s)
 static int errno_error(Error *err, int ret)
 {
     return ret < 0 ? error_setf(err, -ret, "%s", strerror(-ret)) : ret;
-}
-
-int64_t qcow2_store_snapshot_table(Qcow2State *s, const uint8_t *buf,
-                                   size_t len, Error *err)
-{
-    uint64_t nc = qcow2_align_up(len, s->cluster_size) >> s->cluster_bits;
-    int64_t a = qcow2_alloc_clusters(s, nc);
-    if (a < 0) {
-        return error_setf(err, (int)-a, "cannot allocate the snapshot "
-                          "table: %s", strerror((int)-a));
-    }
-    uint8_t *pad = calloc(1, nc << s->cluster_bits);
-    if (!pad) {
-        return error_setf(err, ENOMEM, "out of memory");
-    }
-    memcpy(pad, buf, len);
-    int ret = block_pwrite(block_file(s->node), (uint64_t)a, nc << s->cluster_bits,
-                           pad, 0);
-    free(pad);
-    if (ret >= 0) {
-        ret = write_meta(s);
-    }
-    if (ret < 0) {
-        return error_setf(err, -ret, "cannot write the snapshot table: %s",
-                          strerror(-ret));
-    }
-    return a;
-}
-
-int qcow2_free_snapshot_table(Qcow2State *s, uint64_t offset, uint64_t size,
-                              Error *err)
-{
-    if (!offset || !size) {
-        return 0;
-    }
-    int ret = qcow2_update_refcount(s, offset,
-                                    qcow2_align_up(size, s->cluster_size), -1);
-    if (ret < 0) {
-        return error_setf(err, -ret, "cannot free the old snapshot table: %s",
-                          strerror(-ret));
-    }
-    return 0;
-}
-
-/* Writes a new snapshot table (buf/len) to fresh clusters and switches
- * the header to it; then frees the old table (unless free_old is false:
- * check found it was never counted, e.g. past the end of the file).  The
- * commit point. */
-static int switch_table_ex(Qcow2State *s, const uint8_t *buf, size_t len,
-                           uint32_t nb, bool free_old, Error *err)
-{
-    uint64_t noff = 0;
-    int ret;
-    if (len) {
-        int64_t a = qcow2_store_snapshot_table(s, buf, len, err);
-        if (a < 0) {
-            return (int)a;
-        }
-        noff = (uint64_t)a;
-    }
-    uint64_t ooff = s->snapshots_offset, osize = s->snapshots_size;
-    uint32_t onb = s->nb_snapshots;
-    s->snapshots_offset = noff;
-    s->snapshots_size = len;
-    s->snapshots_tail_pad = 0;
-    s->nb_snapshots = nb;
-    ret = qcow2_write_header(s, err);
-    if (ret < 0) {
-        s->snapshots_offset = ooff;
-        s->snapshots_size = osize;
-        s->nb_snapshots = onb;
-        return ret;
-    }
-    ret = free_old ? qcow2_free_snapshot_table(s, ooff, osize, err) : 0;
-    return ret < 0 ? ret : reload_snapshots(s, buf, len, nb);
-}
-
-static int switch_table(Qcow2State *s, const uint8_t *buf, size_t len,
-                        uint32_t nb, Error *err)
-{
-    return switch_table_ex(s, buf, len, nb, true, err);
-}
-
-int qcow2_snapshot_complete_extra(Qcow2State *s, bool free_old, Error *err)
-{
-    uint32_t nb = (uint32_t)s->nb_snapshots_loaded;
-    uint8_t *old = NULL, *nbuf = NULL;
-    size_t olen = 0, nlen = 0;
-    size_t *o = NULL, *l = NULL;
-    int ret = read_table(s, &old, &olen);
-
-    if (ret < 0) {
-        return error_setf(err, -ret, "cannot read the snapshot table: %s",
-                          strerror(-ret));
-    }
-    nbuf = calloc(1, olen + (size_t)nb * 16 + 8);
-    ret = nbuf ? index_entries(old, olen, nb, &o, &l) : -ENOMEM;
-    for (uint32_t i = 0; i < nb && ret >= 0; i++) {
-        const uint8_t *p = old + o[i];
-        uint32_t extra = qcow2_be32(p + 36);
-        if (extra >= 16) {
-            memcpy(nbuf + nlen, p, l[i]);
-            nlen += l[i];
-            continue;
-        }
-        size_t strs = (size_t)qcow2_be16(p + 12) + qcow2_be16(p + 14);
-        uint8_t *q = nbuf + nlen;
-        memcpy(q, p, QCOW2_SNAPSHOT_FIXED);
-        qcow2_put_be32(q + 36, 16);
-        qcow2_put_be64(q + 40, s->snapshots[i].vm_state_size);
-        qcow2_put_be64(q + 48, s->snapshots[i].disk_size);
-        memcpy(q + 56, p + QCOW2_SNAPSHOT_FIXED + extra, strs);
-        nlen += (size_t)qcow2_align_up(56 + strs, 8);
-    }
-    if (ret >= 0) {
-        ret = switch_table_ex(s, nbuf, nlen, nb, free_old, err);
-    } else {
-        error_setf(err, -ret, "cannot rewrite the snapshot table: %s",
-                   strerror(-ret));
-    }
-    free(o);
-    free(l);
-    free(old);
-    free(nbuf);
-    return ret;
 }
 
 /* Every operation starts from metadata on disk, so that what it writes
@@ -544,14 +265,14 @@ static int do_create(Qcow2State *s, const char *name, Error *err)
     if (ret < 0) {
         return ret;
     }
-    ret = read_table(s, &old, &olen);
+    ret = qcow2_snapshot_read_table(s, &old, &olen);
     if (ret < 0) {
         return error_setf(err, -ret, "cannot read the snapshot table: %s",
                           strerror(-ret));
     }
     {
         size_t *o, *l;
-        ret = index_entries(old, olen, s->nb_snapshots, &o, &l);
+        ret = qcow2_snapshot_index_entries(old, olen, s->nb_snapshots, &o, &l);
         if (ret < 0) {
             free(old);
             return error_setf(err, -ret, "snapshot table is corrupt");
@@ -622,10 +343,11 @@ static int do_create(Qcow2State *s, const char *name, Error *err)
      * them. */
     memcpy(p + 40 + SN_EXTRA_WRITE, id, idl);
     memcpy(p + 40 + SN_EXTRA_WRITE + idl, name, nlen);
-    ret = switch_table(s, nbuf, olen + elen, s->nb_snapshots + 1, err);
+    ret = qcow2_snapshot_switch_table(s, nbuf, olen + elen,
+                                      s->nb_snapshots + 1, err);
     if (ret >= 0) {
         l1off = 0;   /* owned by the snapshot now */
-        ret = errno_error(err, write_meta(s));
+        ret = errno_error(err, qcow2_snapshot_write_meta(s));
     }
 out:
     /* On failure before the switch, the increments (and the snapshot L1
@@ -652,7 +374,7 @@ static int release_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
                                     -1);
     }
     if (ret >= 0) {
-        ret = write_meta(s);
+        ret = qcow2_snapshot_write_meta(s);
     }
     if (ret >= 0) {
         ret = walk_l1(s, s->l1_table, s->l1_size, 0, true);
@@ -665,7 +387,7 @@ static int release_l1(Qcow2State *s, uint64_t *l1, uint32_t l1_size,
 
 static int do_apply(Qcow2State *s, const char *id_or_name, Error *err)
 {
-    int idx = find_snapshot(s, id_or_name);
+    int idx = qcow2_snapshot_find(s, id_or_name);
     if (idx < 0) {
         return error_setf(err, ENOENT, "Failed to load snapshot: %s",
                           strerror(ENOENT));
@@ -716,7 +438,7 @@ static int do_apply(Qcow2State *s, const char *id_or_name, Error *err)
         ret = write_l1_at(s, (uint64_t)l1off, nl1, nsize);
     }
     if (ret >= 0) {
-        ret = write_meta(s);
+        ret = qcow2_snapshot_write_meta(s);
     }
     if (ret < 0) {
         free(nl1);
@@ -749,7 +471,7 @@ static int do_apply(Qcow2State *s, const char *id_or_name, Error *err)
  * naming snapshots "1", "2" ... must not lose the one whose *id* is 1. */
 static int do_delete(Qcow2State *s, const char *name, Error *err)
 {
-    int idx = find_snapshot_by_name(s, name);
+    int idx = qcow2_snapshot_find_by_name(s, name);
     if (idx < 0) {
         return error_setf(err, ENOENT, "snapshot not found");
     }
@@ -770,9 +492,9 @@ static int do_delete(Qcow2State *s, const char *name, Error *err)
         return error_setf(err, -ret, "cannot read the snapshot L1 table: %s",
                           strerror(-ret));
     }
-    ret = read_table(s, &old, &olen);
+    ret = qcow2_snapshot_read_table(s, &old, &olen);
     if (ret >= 0) {
-        ret = index_entries(old, olen, nb, &o, &l);
+        ret = qcow2_snapshot_index_entries(old, olen, nb, &o, &l);
     }
     if (ret < 0) {
         error_setf(err, -ret, "snapshot table is corrupt");
@@ -790,7 +512,7 @@ static int do_delete(Qcow2State *s, const char *name, Error *err)
             nlen += l[i];
         }
     }
-    ret = switch_table(s, nbuf, nlen, nb - 1, err);
+    ret = qcow2_snapshot_switch_table(s, nbuf, nlen, nb - 1, err);
     if (ret < 0) {
         goto out;
     }
@@ -839,70 +561,6 @@ int qcow2_snapshot_apply(BlockNode *n, const char *id_or_name, Error *err)
 int qcow2_snapshot_delete(BlockNode *n, const char *name, Error *err)
 {
     return run_locked(n, name, do_delete, err);
-}
-
-int qcow2_list_snapshots(BlockNode *n, BlockSnapshotInfo **out, int *count)
-{
-    Qcow2State *s = qcow2_state(n);
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    int ret;
-
-    *out = NULL;
-    *count = 0;
-    pthread_mutex_lock(&s->lock);
-    uint32_t nb = (uint32_t)s->nb_snapshots_loaded;
-    ret = read_table(s, &buf, &len);
-    pthread_mutex_unlock(&s->lock);
-    if (ret < 0) {
-        return ret;
-    }
-    BlockSnapshotInfo *v = calloc(nb ? nb : 1, sizeof(*v));
-    if (!v) {
-        free(buf);
-        return -ENOMEM;
-    }
-    size_t off = 0;
-    for (uint32_t i = 0; i < nb; i++) {
-        const uint8_t *p = buf + off;
-        size_t l = entry_len(p, len - off);
-        if (!l) {
-            ret = -EINVAL;
-            break;
-        }
-        uint32_t extra = qcow2_be32(p + 36);
-        uint16_t idl = qcow2_be16(p + 12), nl = qcow2_be16(p + 14);
-        v[i].id = dup_bytes(p + 40 + extra, idl);
-        v[i].name = dup_bytes(p + 40 + extra + idl, nl);
-        v[i].date_sec = qcow2_be32(p + 16);
-        v[i].date_nsec = qcow2_be32(p + 20);
-        uint64_t clk = qcow2_be64(p + 24);
-        v[i].vm_clock_sec = clk / 1000000000ull;
-        v[i].vm_clock_nsec = clk % 1000000000ull;
-        v[i].vm_state_size = qcow2_be32(p + 32);
-        if (extra >= 8) {
-            v[i].vm_state_size = qcow2_be64(p + 40);
-        }
-        v[i].has_icount = extra >= 24;
-        if (v[i].has_icount) {
-            v[i].icount = qcow2_be64(p + 56);
-            /* QEMU stores -1 for "no icount" and then leaves it out. */
-            v[i].has_icount = v[i].icount != UINT64_MAX;
-        }
-        off += l;
-        if (!v[i].id || !v[i].name) {
-            ret = -ENOMEM;
-            break;
-        }
-    }
-    free(buf);
-    if (ret < 0) {
-        block_snapshot_list_free(v, (int)nb);
-        return ret;
-    }
-    *out = v;
-    *count = (int)nb;
-    return 0;
 }
 
 int qcow2_snapshot_load_tmp(BlockNode *n, const char *id, const char *name,
