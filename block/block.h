@@ -486,6 +486,14 @@ int block_bitmap_enable(BlockNode *n, const char *name, bool enable,
 /* dst |= src; src_node may be n itself. */
 int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
                        const char *src, Error *err);
+/* Whether bitmap `name` of n has [off, ...) dirty: *dirty says so for
+ * the byte at off and *pnum (>= 1 unless off is at or past the bitmap's
+ * end, then 0) counts the bytes from off, at most len, that share that
+ * answer.  Read-only and thread-safe (NBD's qemu:dirty-bitmap:NAME
+ * context, backups). */
+int block_bitmap_dirty_range(BlockNode *n, const char *name, uint64_t off,
+                             uint64_t len, bool *dirty, uint64_t *pnum,
+                             Error *err);
 /* n can hold persistent bitmaps (qcow2 v3, writable). */
 bool block_bitmaps_persistent(BlockNode *n);
 /* convert --bitmaps: src has bitmaps support and, unless skip_broken,

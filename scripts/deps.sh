@@ -21,6 +21,9 @@ packages=(
     clang libclang-rt-14-dev
     # the oracle the tests compare against: qemu-img, qemu-io
     qemu-utils
+    # NBD clients and the daemon `imgtool serve` is compared with:
+    # nbdinfo/nbdcopy, qemu-storage-daemon
+    libnbd-bin qemu-system-common
     # test runner
     python3 python3-pytest python3-pytest-xdist python3-pytest-timeout
     # the logical (LVM) pool back end runs lvm2's commands; blkid/wipefs

@@ -1,0 +1,530 @@
+/*
+ * serve.c - `imgtool serve`: the daemon that exports images over NBD
+ * (and the export types block/export/ registers), configured like
+ * qemu-storage-daemon:
+ *
+ *   imgtool serve --blockdev driver=file,node-name=f0,filename=a.qcow2 \
+ *       --blockdev driver=qcow2,node-name=d0,file=f0 \
+ *       --nbd-server addr.type=unix,addr.path=/run/a.sock \
+ *       --export type=nbd,id=e0,node-name=d0,writable=on \
+ *       --chardev socket,id=m0,path=/run/a.qmp,server=on,wait=off \
+ *       --monitor chardev=m0
+ *
+ * or in a short form for one image per export:
+ *
+ *   imgtool serve --nbd /run/a.sock [--writable] a.qcow2
+ *
+ * Options are acted on in command-line order, as qemu-storage-daemon
+ * does.  The process runs in the foreground (or --daemonize), tells
+ * systemd when it is ready, and on SIGTERM, SIGINT, SIGHUP or QMP's quit
+ * drops its clients, lets the requests in flight finish, flushes and
+ * closes every node and removes the sockets (and pid file) it made.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "block/core/tlscreds.h"
+#include "block/export/blockdev.h"
+#include "block/export/export.h"
+#include "block/export/monitor.h"
+#include "block/export/nbd.h"
+#include "cmd/serve.h"
+#include "imgtool/cmd-usage.h"
+#include "imgtool/imgtool.h"
+#include "imgtool/object.h"
+
+static const char serve_usage[] =
+    "usage: imgtool serve [qemu-storage-daemon options] [short form]\n"
+    "\n"
+    "qemu-storage-daemon options (acted on in order):\n"
+    "  --blockdev OPTIONS     open a node (key=value list or JSON)\n"
+    "  --object OPTIONS       secret, tls-creds-x509, tls-creds-psk or\n"
+    "                         iothread objects\n"
+    "  --nbd-server OPTIONS   addr.type=unix,addr.path=P |\n"
+    "                         addr.type=inet,addr.host=H,addr.port=N\n"
+    "                         [,tls-creds=ID][,max-connections=N]\n"
+    "  --export OPTIONS       type=nbd,id=ID,node-name=NODE[,name=NAME]\n"
+    "                         [,writable=on][,bitmaps.0=B][,allocation-depth=on]\n"
+    "  --chardev OPTIONS      socket,id=ID,path=P,server=on,wait=off\n"
+    "  --monitor [chardev=]ID QMP control socket on a chardev\n"
+    "  --daemonize            run in the background once ready\n"
+    "  --pidfile PATH         write (and lock) the process id there\n"
+    "\n"
+    "short form (one export per IMAGE):\n"
+    "  --nbd SOCKET|HOST:PORT serve IMAGE... over NBD there\n"
+    "  --name NAME            export name (one image; default \"\")\n"
+    "  --description TEXT     export description\n"
+    "  -w, --writable         let clients write (default read-only)\n"
+    "  -f FMT                 image format (probed when omitted)\n"
+    "  --image-opts           IMAGE is an option string\n"
+    "  -t, --cache MODE       none, writeback, unsafe, directsync\n"
+    "  -B, --bitmap NAME      offer qemu:dirty-bitmap:NAME (repeatable)\n"
+    "  -A, --allocation-depth offer qemu:allocation-depth\n"
+    "  --tls-creds ID         require TLS with these credentials\n"
+    "  -e, --max-connections N  at most N clients at once\n"
+    "  --qmp PATH             a QMP control socket at PATH\n"
+    "\n"
+    "SIGTERM (or QMP quit) drains, flushes, closes and removes sockets.\n"
+    "Control it at run time with `imgtool serve-ctl SOCKET COMMAND`.\n";
+
+enum {
+    OPT_BLOCKDEV = 256, OPT_OBJECT, OPT_NBD_SERVER, OPT_EXPORT, OPT_CHARDEV,
+    OPT_MONITOR, OPT_DAEMONIZE, OPT_PIDFILE, OPT_NBD, OPT_NAME, OPT_DESC,
+    OPT_IMAGE_OPTS, OPT_TLS_CREDS, OPT_QMP, OPT_TRACE,
+};
+
+static const struct option serve_options[] = {
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
+    { "object", required_argument, NULL, OPT_OBJECT },
+    { "nbd-server", required_argument, NULL, OPT_NBD_SERVER },
+    { "export", required_argument, NULL, OPT_EXPORT },
+    { "chardev", required_argument, NULL, OPT_CHARDEV },
+    { "monitor", required_argument, NULL, OPT_MONITOR },
+    { "daemonize", no_argument, NULL, OPT_DAEMONIZE },
+    { "pidfile", required_argument, NULL, OPT_PIDFILE },
+    { "trace", required_argument, NULL, OPT_TRACE },
+    { "nbd", required_argument, NULL, OPT_NBD },
+    { "name", required_argument, NULL, OPT_NAME },
+    { "description", required_argument, NULL, OPT_DESC },
+    { "writable", no_argument, NULL, 'w' },
+    { "format", required_argument, NULL, 'f' },
+    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+    { "cache", required_argument, NULL, 't' },
+    { "bitmap", required_argument, NULL, 'B' },
+    { "allocation-depth", no_argument, NULL, 'A' },
+    { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
+    { "max-connections", required_argument, NULL, 'e' },
+    { "qmp", required_argument, NULL, OPT_QMP },
+    { NULL, 0, NULL, 0 },
+};
+
+typedef struct Action {
+    int opt;
+    char *arg;
+} Action;
+
+typedef struct ShortForm {
+    const char *nbd;
+    const char *name;
+    const char *desc;
+    bool writable;
+    const char *fmt;
+    bool image_opts;
+    int cache_flags;
+    const char **bitmaps;
+    int n_bitmaps;
+    bool depth;
+    const char *tls;
+    const char *max_conns;
+    char **images;
+    int n_images;
+} ShortForm;
+
+static Loop *main_loop;
+static bool stopping;
+
+/* ------------------------------------------------------------------ */
+/* Shutdown                                                            */
+
+/* Drop clients, stop listening; the loop runs on until every export
+ * has let its requests in flight finish (export_event stops it). */
+static void begin_shutdown(void *opaque)
+{
+    if (stopping) {
+        return;
+    }
+    stopping = true;
+    serve_sd_notify("STOPPING=1");
+    if (nbd_server_running()) {
+        Error ignored = { 0 };
+        nbd_server_stop(&ignored);
+    }
+    block_export_del_all();
+    if (block_export_count() == 0) {
+        loop_stop(main_loop);
+    }
+}
+
+static void signal_event(void *opaque, uint32_t events)
+{
+    int fd = *(int *)opaque;
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        begin_shutdown(NULL);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* The short form                                                      */
+
+/* "HOST:PORT", ":PORT" and "[v6]:PORT" are TCP; anything else (a path)
+ * is a unix socket. */
+static int nbd_addr_opts(const char *addr, KVList *kv)
+{
+    const char *colon = strrchr(addr, ':');
+    bool tcp = colon && !strchr(addr, '/') && colon[1] &&
+               strspn(colon + 1, "0123456789") == strlen(colon + 1);
+    if (!tcp) {
+        kvlist_set(kv, "addr.type", "unix");
+        return kvlist_set(kv, "addr.path", addr);
+    }
+    char host[256];
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= sizeof(host)) {
+        return -ENAMETOOLONG;
+    }
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    if (host[0] == '[' && hl >= 2 && host[hl - 1] == ']') {
+        memmove(host, host + 1, hl - 2);
+        host[hl - 2] = '\0';
+    }
+    kvlist_set(kv, "addr.type", "inet");
+    kvlist_set(kv, "addr.host", host);
+    return kvlist_set(kv, "addr.port", colon + 1);
+}
+
+static int short_export(ShortForm *sf, int i, Error *err)
+{
+    const char *img = sf->images[i];
+    int flags = (sf->writable ? BLOCK_O_RDWR : 0) | sf->cache_flags;
+    /* One image exported twice (two names for one file) shares the node
+     * the first export opened. */
+    BlockNode *n = sf->image_opts ? NULL : block_find_image(img);
+    if (n && sf->writable && block_node_read_only(n)) {
+        block_close(n);
+        return error_setf(err, EBUSY, "'%s' is exported read-only already",
+                          img);
+    }
+    if (!n) {
+        n = imgtool_open(img, sf->fmt, sf->image_opts, flags, err);
+    }
+    if (!n) {
+        return -EINVAL;
+    }
+    const char *node = block_node_name(n);
+    char *node_copy = strdup(node);
+    int ret = blockdev_hold(n, err);
+    if (ret < 0 || !node_copy) {
+        free(node_copy);
+        return ret < 0 ? ret : error_setf(err, ENOMEM, "out of memory");
+    }
+    KVList kv = { 0 };
+    const char *name = sf->name ? sf->name : sf->n_images == 1 ? "" : img;
+    char id[32];
+    snprintf(id, sizeof(id), "export%d", i);
+    kvlist_set(&kv, "type", "nbd");
+    kvlist_set(&kv, "id", id);
+    kvlist_set(&kv, "node-name", node_copy);
+    kvlist_set(&kv, "name", name);
+    kvlist_set(&kv, "writable", sf->writable ? "on" : "off");
+    kvlist_set(&kv, "allocation-depth", sf->depth ? "on" : "off");
+    if (sf->desc) {
+        kvlist_set(&kv, "description", sf->desc);
+    }
+    for (int b = 0; b < sf->n_bitmaps; b++) {
+        char k[32];
+        snprintf(k, sizeof(k), "bitmaps.%d", b);
+        kvlist_set(&kv, k, sf->bitmaps[b]);
+    }
+    ret = block_export_add(&kv, NULL, err);
+    if (ret < 0) {
+        error_prefixf(err, "%s", img);
+    }
+    kvlist_free(&kv);
+    free(node_copy);
+    return ret;
+}
+
+static int short_form(ShortForm *sf, Error *err)
+{
+    if (sf->n_images == 0) {
+        return 0;
+    }
+    if (sf->name && sf->n_images > 1) {
+        return error_setf(err, EINVAL, "--name names one export; with "
+                          "several images each is named as given");
+    }
+    KVList kv = { 0 };
+    int ret = nbd_addr_opts(sf->nbd, &kv);
+    if (sf->tls) {
+        kvlist_set(&kv, "tls-creds", sf->tls);
+    }
+    if (sf->max_conns) {
+        kvlist_set(&kv, "max-connections", sf->max_conns);
+    }
+    ret = ret < 0 ? error_setf(err, -ret, "bad address '%s'", sf->nbd)
+                  : nbd_server_start(&kv, err);
+    kvlist_free(&kv);
+    for (int i = 0; ret == 0 && i < sf->n_images; i++) {
+        ret = short_export(sf, i, err);
+    }
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* qemu-storage-daemon options                                         */
+
+static int run_action(const Action *a, Error *err)
+{
+    KVList kv = { 0 };
+    int ret = 0;
+    switch (a->opt) {
+    case OPT_OBJECT:
+        if (strncmp(a->arg, "iothread", 8) == 0 ||
+            strncmp(a->arg, "qom-type=iothread", 17) == 0) {
+            return serve_iothread_add(a->arg, err);
+        }
+        /* secrets and TLS credentials; reports its own error */
+        return imgtool_object_add(a->arg) < 0 ? -EINVAL : 0;
+    case OPT_BLOCKDEV:
+        ret = qmp_parse_arg(a->arg, NULL, &kv, err);
+        if (ret == 0) {
+            ret = blockdev_add(&kv, err);
+        }
+        break;
+    case OPT_NBD_SERVER:
+        ret = qmp_parse_arg(a->arg, NULL, &kv, err);
+        if (ret == 0) {
+            ret = nbd_server_start(&kv, err);
+        }
+        if (ret == 0) {
+            ret = kvlist_check_unused(&kv, "--nbd-server", err);
+        }
+        break;
+    case OPT_EXPORT:
+        ret = qmp_parse_arg(a->arg, "type", &kv, err);
+        if (ret == 0) {
+            ret = block_export_add(&kv, NULL, err);
+        }
+        break;
+    case OPT_CHARDEV:
+        return serve_chardev_add(a->arg, err);
+    case OPT_MONITOR:
+        return serve_monitor_add(a->arg, main_loop, err);
+    case OPT_QMP:
+        return serve_qmp_path(a->arg, main_loop, err);
+    }
+    kvlist_free(&kv);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ */
+
+static void quit_cb(void *opaque)
+{
+    begin_shutdown(NULL);
+}
+
+static void export_event(void *opaque, const char *event, json_t *data)
+{
+    monitor_event(event, data);
+    if (stopping && block_export_count() == 0) {
+        loop_stop(main_loop);
+    }
+}
+
+static int serve_main(Action *acts, int nacts, ShortForm *sf, bool daemonize,
+                      const char *pidfile)
+{
+    Error err = { 0 };
+    int rc = 1, sfd = -1;
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    /* Blocked before any thread exists, so every thread inherits it and
+     * only the signalfd sees them. */
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+
+    if (daemonize && serve_daemonize(&err) < 0) {
+        imgtool_report(&err);
+        return 1;
+    }
+    main_loop = loop_new(&err);
+    if (!main_loop) {
+        imgtool_report(&err);
+        return 1;
+    }
+    block_export_set_main_loop(main_loop);
+    block_export_set_event_fn(export_event, NULL);
+    monitor_set_quit_fn(quit_cb, NULL);
+    sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0 || loop_add_fd(main_loop, sfd, EPOLLIN, signal_event,
+                               &sfd) < 0) {
+        imgtool_error("cannot watch signals: %s", strerror(errno));
+        goto out;
+    }
+    for (int i = 0; i < nacts; i++) {
+        if (run_action(&acts[i], &err) < 0) {
+            if (error_is_set(&err)) {
+                imgtool_report(&err);
+            }
+            goto out;
+        }
+    }
+    if (short_form(sf, &err) < 0) {
+        imgtool_report(&err);
+        goto out;
+    }
+    if (pidfile && serve_pidfile(pidfile, &err) < 0) {
+        imgtool_report(&err);
+        goto out;
+    }
+    serve_sd_notify("READY=1");
+    serve_daemon_ready();
+    loop_run(main_loop);
+    /* quit or a signal: the exports are gone (begin_shutdown waited). */
+    rc = 0;
+out:
+    stopping = true;
+    if (nbd_server_running()) {
+        Error ignored = { 0 };
+        nbd_server_stop(&ignored);
+    }
+    block_export_del_all();
+    /* A failed start-up may leave exports to wind down: let them. */
+    if (block_export_count() > 0) {
+        loop_run(main_loop);
+    }
+    serve_opts_cleanup();
+    block_drain_all_begin();
+    block_drain_all_end();
+    Error cerr = { 0 };
+    if (blockdev_close_all(&cerr) < 0) {
+        imgtool_report(&cerr);
+        rc = 1;
+    }
+    if (sfd >= 0) {
+        loop_del_fd(main_loop, sfd);
+        close(sfd);
+    }
+    block_export_set_main_loop(NULL);
+    loop_free(main_loop);
+    main_loop = NULL;
+    serve_pidfile_remove();
+    return rc;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    Action *acts = calloc((size_t)argc + 1, sizeof(*acts));
+    ShortForm sf = { 0 };
+    int nacts = 0, c, rc = 1;
+    bool daemonize = false;
+    const char *pidfile = NULL;
+    sf.bitmaps = calloc((size_t)argc + 1, sizeof(*sf.bitmaps));
+    if (!acts || !sf.bitmaps) {
+        imgtool_error("Out of memory");
+        goto out;
+    }
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":hVwf:t:B:Ae:T:", serve_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(serve_usage, stdout);
+            rc = 0;
+            goto out;
+        case 'V':
+            printf("imgtool version 0.1.0\n");
+            rc = 0;
+            goto out;
+        case OPT_BLOCKDEV:
+        case OPT_OBJECT:
+        case OPT_NBD_SERVER:
+        case OPT_EXPORT:
+        case OPT_CHARDEV:
+        case OPT_MONITOR:
+        case OPT_QMP:
+            acts[nacts].opt = c;
+            acts[nacts].arg = optarg;
+            nacts++;
+            break;
+        case OPT_DAEMONIZE:
+            daemonize = true;
+            break;
+        case OPT_PIDFILE:
+            pidfile = optarg;
+            break;
+        case OPT_TRACE:
+        case 'T':
+            imgtool_warn("--trace is not supported; ignored");
+            break;
+        case OPT_NBD:
+            sf.nbd = optarg;
+            break;
+        case OPT_NAME:
+            sf.name = optarg;
+            break;
+        case OPT_DESC:
+            sf.desc = optarg;
+            break;
+        case 'w':
+            sf.writable = true;
+            break;
+        case 'f':
+            sf.fmt = optarg;
+            break;
+        case OPT_IMAGE_OPTS:
+            sf.image_opts = true;
+            break;
+        case 't':
+            if (imgtool_parse_cache(optarg, &sf.cache_flags) < 0) {
+                imgtool_error("Invalid cache option: %s", optarg);
+                goto out;
+            }
+            break;
+        case 'B':
+            sf.bitmaps[sf.n_bitmaps++] = optarg;
+            break;
+        case 'A':
+            sf.depth = true;
+            break;
+        case OPT_TLS_CREDS:
+            sf.tls = optarg;
+            break;
+        case 'e':
+            sf.max_conns = optarg;
+            break;
+        default:
+            rc = usage_bad_option("serve", argv, c);
+            goto out;
+        }
+    }
+    if (sf.image_opts && sf.fmt) {
+        imgtool_error("--image-opts and --format are mutually exclusive");
+        goto out;
+    }
+    sf.images = argv + optind;
+    sf.n_images = argc - optind;
+    if (nacts == 0 && sf.n_images == 0) {
+        rc = usage_error("serve", "nothing to serve: give an image with "
+                         "--nbd, or --blockdev/--export options");
+        goto out;
+    }
+    if (sf.n_images > 0 && !sf.nbd) {
+        rc = usage_error("serve", "give --nbd SOCKET|HOST:PORT to say where "
+                         "to serve the image");
+        goto out;
+    }
+    if (sf.n_images == 0 && (sf.nbd || sf.name || sf.writable)) {
+        rc = usage_error("serve", "the short form needs an IMAGE to "
+                         "serve");
+        goto out;
+    }
+    rc = serve_main(acts, nacts, &sf, daemonize, pidfile);
+out:
+    free(acts);
+    free(sf.bitmaps);
+    return rc;
+}
