@@ -367,13 +367,13 @@ static uint32_t validate(NbdConn *c, NbdReq *r)
     if (r->len == 0) {
         return NBD_EINVAL;
     }
+    if ((r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE) &&
+        r->len > NBD_MAX_BUFFER) {
+        return NBD_EINVAL;    /* above the maximum block size we sent */
+    }
     if (r->offset > e->size || r->len > e->size - r->offset) {
         return r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES
                    ? NBD_ENOSPC : NBD_EINVAL;
-    }
-    if ((r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE) &&
-        r->len > NBD_MAX_BUFFER) {
-        return NBD_EINVAL;
     }
     return 0;
 }

@@ -2,7 +2,9 @@
  * nbd-status.c - NBD_CMD_BLOCK_STATUS for the metadata contexts an
  * export offers:
  *   base:allocation        NBD_STATE_HOLE where no layer holds data,
- *                          NBD_STATE_ZERO where the range reads as zero;
+ *                          NBD_STATE_ZERO where the range reads as zero
+ *                          (also data a format maps onto a hole of its
+ *                          file, as QEMU reports it);
  *   qemu:allocation-depth  0 where no layer allocates the range, else
  *                          1 + the index in the backing chain (1: top);
  *   qemu:dirty-bitmap:NAME NBD_STATE_DIRTY where the bitmap is set.
@@ -100,12 +102,29 @@ static int one_extent(NbdExport *e, uint32_t id, uint64_t off, uint64_t len,
         return 0;
     }
     int depth = 0;
-    int ret = block_status_above(n, NULL, off, len, pnum, NULL, NULL, &depth);
+    uint64_t map = 0;
+    BlockNode *file = NULL;
+    int ret = block_status_above(n, NULL, off, len, pnum, &map, &file,
+                                 &depth);
     if (ret < 0) {
         return ret;
     }
     if (*pnum == 0) {
         return -EIO;   /* the node shrank under the export */
+    }
+    if (id == NBD_CTX_BASE && (ret & BLOCK_STATUS_DATA) &&
+        !(ret & BLOCK_STATUS_ZERO) && (ret & BLOCK_STATUS_OFFSET_VALID) &&
+        file && file != n) {
+        /* Data a format maps onto a hole (or past the end) of its file
+         * reads as zero: say so, as QEMU does, so clients skip it. */
+        uint64_t fnum;
+        int fret = block_status(file, map, *pnum, &fnum, NULL, NULL);
+        if (fret >= 0 && fnum == 0) {
+            ret |= BLOCK_STATUS_ZERO;
+        } else if (fret >= 0) {
+            *pnum = fnum;
+            ret |= fret & BLOCK_STATUS_ZERO;
+        }
     }
     if (id == NBD_CTX_BASE) {
         *flags = (ret & BLOCK_STATUS_DATA ? 0 : NBD_STATE_HOLE) |
