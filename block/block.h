@@ -294,8 +294,10 @@ int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags);
 /* Status of [off, off+len) in this node alone: returns BLOCK_STATUS_*
  * flags, *pnum = bytes from off with that same status (>= 1 unless len is
  * 0); map and file (may be NULL) receive the host offset and the node
- * holding it when OFFSET_VALID.  Unallocated regions with no backing node
- * (or past its end) are reported as ZERO without ALLOCATED. */
+ * holding it when OFFSET_VALID.  Unallocated regions of a layer that
+ * can have a backing file, with no backing node (or past its end), are
+ * reported as ZERO without ALLOCATED; a protocol's unallocated regions
+ * of unknown content have neither (read them). */
 int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
                  uint64_t *map, BlockNode **file);
 /* Status through the backing chain from top down to (not including) base

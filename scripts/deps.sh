@@ -13,6 +13,8 @@ packages=(
     zlib1g-dev libzstd-dev libssl-dev libjansson-dev
     # storage pool/volume definitions are libvirt's XML (pools/)
     libxml2-dev
+    # the NBD client driver (nbd://, nbd+unix://) is built on libnbd
+    libnbd-dev
     # decodes zlib-compressed qcow2 clusters faster (optional: zlib fallback)
     libdeflate-dev
     # io_uring for asynchronous file I/O (optional: worker threads fallback)
