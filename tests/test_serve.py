@@ -424,3 +424,92 @@ def test_stale_socket_replaced_regular_file_kept(tmp, img):
     p = imgtool("serve", "--nbd", f, img, check=False, rc=1)
     assert "not a socket" in one_error_line(p)
     assert f.read_text() == "keep me"
+
+
+def test_qmp_nbd_server_and_bitmaps(tmp, img):
+    """nbd-server-start with QMP's SocketAddressLegacy, dirty bitmaps
+    managed at run time and read through qemu:dirty-bitmap:, then
+    nbd-server-stop; bitmaps are stored in the image at quit."""
+    q = tmp / "q.sock"
+    s = tmp / "n.sock"
+    with Serve(tmp, "--blockdev", f"driver=file,node-name=f0,filename={img}",
+               "--blockdev", "driver=qcow2,node-name=d0,file=f0",
+               "--chardev", f"socket,id=m0,path={q},server=on,wait=off",
+               "--monitor", "chardev=m0") as d:
+        c = Qmp(q)
+        assert c.cmd("nbd-server-start", addr={
+            "type": "unix", "data": {"path": str(s)}}) == {"return": {}}
+        r = c.cmd("nbd-server-start", addr={"type": "unix",
+                                            "data": {"path": str(s)}})
+        assert "already running" in r["error"]["desc"]
+        for name in ("b0", "b1"):
+            assert c.cmd("block-dirty-bitmap-add", node="d0", name=name,
+                         granularity=65536) == {"return": {}}
+        r = c.cmd("block-dirty-bitmap-add", node="d0", name="b0")
+        assert "exists" in r["error"]["desc"]
+        r = c.cmd("block-export-add", type="nbd", id="e", node_name="d0",
+                  name="disk", writable=True, bitmaps=["b0", "nope"])
+        assert "nope" in r["error"]["desc"]
+        assert c.cmd("block-export-add", type="nbd", id="e", node_name="d0",
+                     name="disk", writable=True, bitmaps=["b0"],
+                     allocation_depth=True) == {"return": {}}
+        uri = nbd_uri(s, "disk")
+
+        def dirty():
+            out = run(["nbdinfo", "--map=qemu:dirty-bitmap:b0", uri]).stdout
+            return [tuple(map(int, l.split()[:2])) for l in out.splitlines()
+                    if l.split()[2] == "1"]
+
+        assert dirty() == []
+        qemu_io("-f", "raw", "-c", "write -P 9 2M 64k", uri)
+        assert dirty() == [(2 << 20, 65536)]
+        assert c.cmd("block-dirty-bitmap-merge", node="d0", target="b1",
+                     bitmaps=["b0"]) == {"return": {}}
+        assert c.cmd("block-dirty-bitmap-clear", node="d0",
+                     name="b0") == {"return": {}}
+        assert dirty() == []
+        assert c.cmd("block-dirty-bitmap-disable", node="d0",
+                     name="b0") == {"return": {}}
+        qemu_io("-f", "raw", "-c", "write -P 9 3M 64k", uri)
+        assert dirty() == []
+        assert c.cmd("block-dirty-bitmap-enable", node="d0",
+                     name="b0") == {"return": {}}
+        qemu_io("-f", "raw", "-c", "write -P 9 5M 4k", uri)
+        assert dirty() == [(5 << 20, 65536)]
+        assert c.cmd("nbd-server-stop") == {"return": {}}
+        assert c.wait_event("BLOCK_EXPORT_DELETED")["data"]["id"] == "e"
+        assert not s.exists()
+        assert c.cmd("block-dirty-bitmap-remove", node="d0",
+                     name="b0") == {"return": {}}
+        assert c.cmd("quit") == {"return": {}}
+        assert d.proc.wait(timeout=30) == 0
+    bitmaps = {b["name"]: b for b in json.loads(qemu_img(
+        "info", "--output=json", img).stdout)["format-specific"]["data"]
+        ["bitmaps"]}
+    assert set(bitmaps) == {"b1"}
+    qemu_check_clean(img)
+
+
+def test_kill_and_restart(tmp, img):
+    """kill -9 during writes: the image has no corruption (leaks at
+    most), a new daemon on the same socket path (the stale socket is
+    replaced) serves what was flushed."""
+    s = tmp / "s.sock"
+    d = Serve(tmp, "--nbd", s, "--writable", img)
+    with d:
+        qemu_io("-f", "raw", "-c", "write -P 0x66 6M 1M", "-c", "flush",
+                nbd_uri(s))
+        cmds = sum((["-c", f"aio_write -P 7 {(i % 40) * 131072} 128k"]
+                    for i in range(3000)), [])
+        writer = subprocess.Popen(["qemu-io", "-f", "raw", *cmds,
+                                   nbd_uri(s)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        d.stop(sig=signal.SIGKILL)
+        writer.wait(timeout=60)
+    p = qemu_img("check", "-f", "qcow2", img, check=False)
+    assert p.returncode in (0, 3), p.stdout + p.stderr
+    assert s.exists(), "a killed daemon leaves its socket"
+    with Serve(tmp, "--nbd", s, "--writable", img) as d:
+        qemu_io("-f", "raw", "-c", "read -P 0x66 6M 1M", nbd_uri(s))
+        assert d.stop() == 0

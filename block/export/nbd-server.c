@@ -167,7 +167,7 @@ static int server_new(const char *tls_creds, NbdServer **out, Error *err)
 
 int nbd_server_start_unbound(const char *tls_creds, Error *err)
 {
-    NbdServer *s;
+    NbdServer *s = NULL;
     int ret = server_new(tls_creds, &s, err);
     if (ret == 0) {
         current = s;
