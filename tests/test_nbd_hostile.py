@@ -279,3 +279,30 @@ def test_many_connections(server):
     for c in clients:
         c.close()
     healthy(server)
+
+
+def test_slow_handshake_is_dropped(tmp_path):
+    """A client that connects and then says nothing (or stops in the
+    middle of an option) is dropped after handshake-max-seconds; one
+    that finished negotiating is not."""
+    img = tmp_path / "r.raw"
+    img.write_bytes(bytes(1 << 20))
+    s = tmp_path / "s.sock"
+    with Serve(tmp_path, "--blockdev",
+               f"driver=file,node-name=f,filename={img}",
+               "--nbd-server", f"addr.type=unix,addr.path={s},"
+                               "handshake-max-seconds=1",
+               "--export", "type=nbd,id=e,node-name=f,name=disk"):
+        silent = N.Client(s)
+        partial = N.Client(s)
+        partial.handshake()
+        partial.send(struct.pack(">QII", N.IHAVEOPT, N.OPT_GO, 100) + b"x")
+        done = N.Client(s)
+        done.connect_export("disk")
+        import time
+        time.sleep(1.5)
+        assert silent.closed(timeout=5)
+        assert partial.closed(timeout=5)
+        assert done.read(0, 512) == (0, bytes(512))
+        for c in (silent, partial, done):
+            c.close()

@@ -513,3 +513,29 @@ def test_kill_and_restart(tmp, img):
     with Serve(tmp, "--nbd", s, "--writable", img) as d:
         qemu_io("-f", "raw", "-c", "read -P 0x66 6M 1M", nbd_uri(s))
         assert d.stop() == 0
+
+
+def test_image_locking_with_qemu(tmp, img):
+    """QEMU's lock bytes: while the daemon writes the image, qemu-io
+    cannot open it for writing (and -U still reads); while QEMU writes
+    it, the daemon cannot serve it writable."""
+    s = tmp / "s.sock"
+    with Serve(tmp, "--nbd", s, "--writable", img) as d:
+        p = qemu_io("-c", "write 0 4k", img, check=False)
+        assert p.returncode != 0 and "lock" in (p.stdout + p.stderr)
+        qemu_img("info", "-U", img)
+        d.stop()
+    holder = subprocess.Popen(["qemu-io", "-c", "sleep 3000", img],
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):     # until qemu-io holds its lock
+            if qemu_img("info", img, check=False).returncode != 0:
+                break
+            time.sleep(0.02)
+        p = imgtool("serve", "--nbd", s, "--writable", img, check=False,
+                    rc=1)
+        assert "lock" in one_error_line(p)
+    finally:
+        holder.kill()
+        holder.wait()

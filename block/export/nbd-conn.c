@@ -460,7 +460,9 @@ NbdConn *nbd_conn_new(NbdServer *s, int fd)
         close(fd);
         return NULL;
     }
-    loop_timer_arm(c->timer, NBD_HANDSHAKE_MS);
+    if (s->handshake_ms) {
+        loop_timer_arm(c->timer, s->handshake_ms);
+    }
     c->next = s->conns;
     if (s->conns) {
         s->conns->prev = c;

@@ -22,7 +22,8 @@
  * buffers per connection (reading stops until replies are sent),
  * NBD_MAX_OPTION bytes of option data held (longer options are
  * skipped and refused), NBD_MAX_EXTENTS extents per context and reply,
- * NBD_HANDSHAKE_MS to finish negotiating.
+ * the server's handshake limit (handshake-max-seconds, default
+ * NBD_HANDSHAKE_MS) to finish negotiating.
  */
 #ifndef IMGTOOL_EXPORT_NBD_INT_H
 #define IMGTOOL_EXPORT_NBD_INT_H
@@ -93,6 +94,7 @@ struct NbdServer {
     bool listening;            /* fds are watched (below max-connections) */
     SSL_CTX *tls;              /* NULL: plain */
     unsigned max_conns;        /* 0: no limit */
+    uint64_t handshake_ms;     /* 0: no limit */
     unsigned n_conns;
     NbdConn *conns;
     NbdExport *exports;

@@ -154,6 +154,7 @@ static int server_new(const char *tls_creds, NbdServer **out, Error *err)
         return error_setf(err, ENOMEM, "out of memory");
     }
     s->loop = l;
+    s->handshake_ms = NBD_HANDSHAKE_MS;
     if (tls_creds) {
         s->tls = nbd_tls_server_ctx(tls_creds, err);
         if (!s->tls) {
@@ -185,9 +186,17 @@ int nbd_server_start(KVList *opts, Error *err)
                           "verify-peer=on credentials and a CA that only "
                           "signs allowed clients");
     }
+    uint64_t hs = NBD_HANDSHAKE_MS / 1000;
     int ret = kvlist_get_uint(opts, "max-connections", 0, &max, err);
+    if (ret == 0) {
+        ret = kvlist_get_uint(opts, "handshake-max-seconds", hs, &hs, err);
+    }
     if (ret < 0) {
         return ret;
+    }
+    if (hs > 86400) {
+        return error_setf(err, EINVAL, "handshake-max-seconds must be at "
+                          "most 86400");
     }
     if (max > 65535) {
         return error_setf(err, EINVAL, "max-connections must be at most "
@@ -198,6 +207,7 @@ int nbd_server_start(KVList *opts, Error *err)
         return ret;
     }
     s->max_conns = (unsigned)max;
+    s->handshake_ms = hs * 1000;
     ret = sockaddr_parse(&s->addr, opts, "addr", err);
     if (ret < 0) {
         server_free(s);

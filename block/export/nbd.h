@@ -17,7 +17,9 @@
 /* opts: addr.type=unix|inet|fd with addr.path | addr.host,addr.port |
  * addr.str; tls-creds=ID (a tls-creds-x509/psk object with
  * endpoint=server: clients must STARTTLS); tls-authz (refused: not
- * supported); max-connections=N (0: no limit).  Listens at once. */
+ * supported); max-connections=N (0: no limit); handshake-max-seconds=N
+ * (a client still negotiating after N seconds is dropped; default 10,
+ * 0: no limit; QEMU 8's name).  Listens at once. */
 int nbd_server_start(KVList *opts, Error *err);
 /* Closes the listening sockets (removing a unix socket file it made),
  * deletes every NBD export (hard) and drops connections still
