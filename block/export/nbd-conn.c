@@ -417,6 +417,7 @@ static void conn_flush(NbdConn *c)
             nbd_conn_close(c, true);
         } else if (r > 0) {
             nbd_negotiate_tls_done(c);
+            conn_input(c);   /* the client may have written already */
         }
         return;
     }
@@ -480,7 +481,7 @@ void nbd_conn_ref(NbdConn *c)
 
 static void conn_free(NbdConn *c)
 {
-    nbd_request_abandon_current(c);
+    /* No request is left: each held a reference. */
     if (c->exp && c->bound) {
         nbd_export_conn_del(c->exp);
     }
