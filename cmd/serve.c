@@ -38,6 +38,7 @@
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/object.h"
+#include "pools/pool.h"
 
 static const char serve_usage[] =
     "usage: imgtool serve [qemu-storage-daemon options] [short form]\n"
@@ -192,13 +193,35 @@ static int nbd_addr_opts(const char *addr, KVList *kv)
     return kvlist_set(kv, "addr.port", colon + 1);
 }
 
+/* The node already open for image name img (a file name, or the file
+ * of a vol:POOL/NAME volume), or NULL. */
+static BlockNode *find_open_image(const char *img)
+{
+    if (!pool_is_vol_name(img)) {
+        return block_find_image(img);
+    }
+    PoolStore *ps;
+    VolOpenSpec spec;
+    Error ignored = { 0 };
+    BlockNode *n = NULL;
+    if (pool_store_open(&ps, &ignored) < 0) {
+        return NULL;
+    }
+    if (pool_vol_open_spec(ps, img, &spec, &ignored) == 0) {
+        n = block_find_image(spec.filename);
+        vol_open_spec_clear(&spec);
+    }
+    pool_store_close(ps);
+    return n;
+}
+
 static int short_export(ShortForm *sf, int i, Error *err)
 {
     const char *img = sf->images[i];
     int flags = (sf->writable ? BLOCK_O_RDWR : 0) | sf->cache_flags;
-    /* One image exported twice (two names for one file) shares the node
-     * the first export opened. */
-    BlockNode *n = sf->image_opts ? NULL : block_find_image(img);
+    /* One image exported twice (two names for one file, or a file and
+     * its volume name) shares the node the first export opened. */
+    BlockNode *n = sf->image_opts ? NULL : find_open_image(img);
     if (n && sf->writable && block_node_read_only(n)) {
         block_close(n);
         return error_setf(err, EBUSY, "'%s' is exported read-only already",

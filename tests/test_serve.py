@@ -539,3 +539,26 @@ def test_image_locking_with_qemu(tmp, img):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_volume_short_form(tmp):
+    """vol:POOL/NAME serves a pool's volume; the same volume named by
+    its path as well shares the node."""
+    from poolenv import Pools
+    pools = Pools(tmp / "cfg")
+    target = tmp / "pool"
+    pools("pool-define-as", "p", "dir", "--target", target)
+    pools("pool-build", "p")
+    pools("pool-start", "p")
+    pools("vol-create-as", "p", "disk", "16M", "--format", "qcow2")
+    path = pools("vol-path", "--pool", "p", "disk").stdout.strip()
+    s = tmp / "s.sock"
+    with Serve(tmp, "--nbd", s, "--writable", "--qmp", tmp / "q.sock",
+               "vol:p/disk", path, env=pools.env):
+        q = Qmp(tmp / "q.sock")
+        e = q.cmd("query-block-exports")["return"]
+        assert [x["name"] for x in e] == ["vol:p/disk", path]
+        assert e[0]["node-name"] == e[1]["node-name"]
+        qemu_io("-f", "raw", "-c", "write -P 0x12 0 64k",
+                nbd_uri(s, "vol:p/disk"))
+    qemu_io("-c", "read -P 0x12 0 64k", path)
