@@ -141,6 +141,14 @@ static void conn_event(void *opaque, uint32_t events)
         nbd_conn_unref(c);
         return;
     }
+    if (c->paused && events & (EPOLLHUP | EPOLLERR)) {
+        /* Gone for good while we were not reading: epoll reports a hang
+         * up whether asked or not, so waiting would spin.  Nothing more
+         * can reach the client; the requests in flight end unanswered. */
+        nbd_conn_close(c, true);
+        nbd_conn_unref(c);
+        return;
+    }
     if (events & EPOLLOUT || (events & EPOLLIN && c->ssl_write_wants_read)) {
         conn_flush(c);
     }
