@@ -20,8 +20,19 @@ static int ready_fd = -1;
 static char *pidfile_path;
 static int pidfile_fd = -1;
 
-int serve_daemonize(Error *err)
+/* The daemon half learns its readiness pipe from here. */
+#define READY_ENV "IMGTOOL_SERVE_READY_FD"
+
+int serve_daemonize(int argc, char **argv, Error *err)
 {
+    const char *env = getenv(READY_ENV);
+    if (env) {
+        /* The re-executed daemon: report readiness on this pipe. */
+        ready_fd = atoi(env);
+        unsetenv(READY_ENV);
+        fcntl(ready_fd, F_SETFD, FD_CLOEXEC);
+        return 0;
+    }
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
         return error_setf(err, errno, "cannot daemonize: %s",
@@ -32,24 +43,37 @@ int serve_daemonize(Error *err)
         return error_setf(err, errno, "cannot daemonize: %s",
                           strerror(errno));
     }
-    if (pid > 0) {
-        close(p[1]);
-        char status = 1;
-        ssize_t r;
-        do {
-            r = read(p[0], &status, 1);
-        } while (r < 0 && errno == EINTR);
-        if (r != 1 || status != 0) {
-            /* The child said why on stderr; reap it if it is gone. */
-            waitpid(pid, NULL, WNOHANG);
-            _exit(1);
+    if (pid == 0) {
+        /* imgtool has threads by now (the SIGUSR1 reporter): a forked
+         * child has only this one, with the others' locks in whatever
+         * state they were.  So the daemon is a fresh exec of the same
+         * command line, told where to report readiness. */
+        char fd[16];
+        snprintf(fd, sizeof(fd), "%d", p[1]);
+        fcntl(p[1], F_SETFD, 0);
+        setenv(READY_ENV, fd, 1);
+        setsid();
+        char **av = calloc((size_t)argc + 2, sizeof(*av));
+        if (av) {
+            av[0] = (char *)"imgtool";
+            memcpy(av + 1, argv, (size_t)argc * sizeof(*av));
+            execv("/proc/self/exe", av);
         }
-        _exit(0);
+        fprintf(stderr, "imgtool: cannot daemonize: %s\n", strerror(errno));
+        _exit(1);
     }
-    close(p[0]);
-    ready_fd = p[1];
-    setsid();
-    return 0;
+    close(p[1]);
+    char status = 1;
+    ssize_t r;
+    do {
+        r = read(p[0], &status, 1);
+    } while (r < 0 && errno == EINTR);
+    if (r != 1 || status != 0) {
+        /* The daemon said why on stderr; reap it if it is gone. */
+        waitpid(pid, NULL, WNOHANG);
+        _exit(1);
+    }
+    _exit(0);
 }
 
 void serve_daemon_ready(void)

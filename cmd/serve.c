@@ -356,7 +356,7 @@ static void export_event(void *opaque, const char *event, json_t *data)
 }
 
 static int serve_main(Action *acts, int nacts, ShortForm *sf, bool daemonize,
-                      const char *pidfile)
+                      const char *pidfile, int argc, char **argv)
 {
     Error err = { 0 };
     int rc = 1, sfd = -1;
@@ -369,7 +369,7 @@ static int serve_main(Action *acts, int nacts, ShortForm *sf, bool daemonize,
      * only the signalfd sees them. */
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
 
-    if (daemonize && serve_daemonize(&err) < 0) {
+    if (daemonize && serve_daemonize(argc, argv, &err) < 0) {
         imgtool_report(&err);
         return 1;
     }
@@ -545,7 +545,7 @@ int cmd_serve(int argc, char **argv)
                          "serve");
         goto out;
     }
-    rc = serve_main(acts, nacts, &sf, daemonize, pidfile);
+    rc = serve_main(acts, nacts, &sf, daemonize, pidfile, argc, argv);
 out:
     free(acts);
     free(sf.bitmaps);

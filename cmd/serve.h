@@ -12,10 +12,11 @@
 #include "block/block.h"
 #include "block/export/loop.h"
 
-/* --daemonize: forks; the parent waits until the child says it is
- * ready (exit 0) or dies/fails (exit 1) and never returns.  In the
- * child returns 0. */
-int serve_daemonize(Error *err);
+/* --daemonize: starts the daemon as a new process (fork, then exec of
+ * the same command line, argv being the command's arguments from
+ * "serve" on) and waits until it says it is ready (exit 0) or dies or
+ * fails (exit 1); never returns there.  In the daemon returns 0. */
+int serve_daemonize(int argc, char **argv, Error *err);
 /* The child is ready: tells the waiting parent and detaches from the
  * terminal (stdio to /dev/null). */
 void serve_daemon_ready(void);
