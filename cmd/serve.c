@@ -21,7 +21,6 @@
  * closes every node and removes the sockets (and pid file) it made.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,78 +37,18 @@
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/object.h"
+#include "imgtool/parse-options.h"
 #include "pools/pool.h"
 
-static const char serve_usage[] =
-    "usage: imgtool serve [qemu-storage-daemon options] [short form]\n"
-    "\n"
-    "qemu-storage-daemon options (acted on in order):\n"
-    "  --blockdev OPTIONS     open a node (key=value list or JSON)\n"
-    "  --object OPTIONS       secret, tls-creds-x509, tls-creds-psk or\n"
-    "                         iothread objects\n"
-    "  --nbd-server OPTIONS   addr.type=unix,addr.path=P |\n"
-    "                         addr.type=inet,addr.host=H,addr.port=N\n"
-    "                         [,tls-creds=ID][,max-connections=N]\n"
-    "  --export OPTIONS       type=nbd,id=ID,node-name=NODE[,name=NAME]\n"
-    "                         [,writable=on][,bitmaps.0=B][,allocation-depth=on]\n"
-    "  --chardev OPTIONS      socket,id=ID,path=P,server=on,wait=off\n"
-    "  --monitor [chardev=]ID QMP control socket on a chardev\n"
-    "  --daemonize            run in the background once ready\n"
-    "  --pidfile PATH         write (and lock) the process id there\n"
-    "\n"
-    "short form (one export per IMAGE):\n"
-    "  --nbd SOCKET|HOST:PORT serve IMAGE... over NBD there\n"
-    "  --name NAME            export name (one image; default \"\")\n"
-    "  --description TEXT     export description\n"
-    "  -w, --writable         let clients write (default read-only)\n"
-    "  -f FMT                 image format (probed when omitted)\n"
-    "  --image-opts           IMAGE is an option string\n"
-    "  -t, --cache MODE       none, writeback, unsafe, directsync\n"
-    "  -B, --bitmap NAME      offer qemu:dirty-bitmap:NAME (repeatable)\n"
-    "  -A, --allocation-depth offer qemu:allocation-depth\n"
-    "  --tls-creds ID         require TLS with these credentials\n"
-    "  -e, --max-connections N  at most N clients at once\n"
-    "  --qmp PATH             a QMP control socket at PATH\n"
-    "\n"
-    "SIGTERM (or QMP quit) drains, flushes, closes and removes sockets.\n"
-    "Control it at run time with `imgtool serve-ctl SOCKET COMMAND`.\n";
-
-enum {
-    OPT_BLOCKDEV = 256, OPT_OBJECT, OPT_NBD_SERVER, OPT_EXPORT, OPT_CHARDEV,
-    OPT_MONITOR, OPT_DAEMONIZE, OPT_PIDFILE, OPT_NBD, OPT_NAME, OPT_DESC,
-    OPT_IMAGE_OPTS, OPT_TLS_CREDS, OPT_QMP, OPT_TRACE,
-};
-
-static const struct option serve_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "version", no_argument, NULL, 'V' },
-    { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
-    { "object", required_argument, NULL, OPT_OBJECT },
-    { "nbd-server", required_argument, NULL, OPT_NBD_SERVER },
-    { "export", required_argument, NULL, OPT_EXPORT },
-    { "chardev", required_argument, NULL, OPT_CHARDEV },
-    { "monitor", required_argument, NULL, OPT_MONITOR },
-    { "daemonize", no_argument, NULL, OPT_DAEMONIZE },
-    { "pidfile", required_argument, NULL, OPT_PIDFILE },
-    { "trace", required_argument, NULL, OPT_TRACE },
-    { "nbd", required_argument, NULL, OPT_NBD },
-    { "name", required_argument, NULL, OPT_NAME },
-    { "description", required_argument, NULL, OPT_DESC },
-    { "writable", no_argument, NULL, 'w' },
-    { "format", required_argument, NULL, 'f' },
-    { "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-    { "cache", required_argument, NULL, 't' },
-    { "bitmap", required_argument, NULL, 'B' },
-    { "allocation-depth", no_argument, NULL, 'A' },
-    { "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
-    { "max-connections", required_argument, NULL, 'e' },
-    { "qmp", required_argument, NULL, OPT_QMP },
-    { NULL, 0, NULL, 0 },
-};
+/* The qemu-storage-daemon options, acted on in command-line order. */
+typedef enum {
+    ACT_BLOCKDEV, ACT_OBJECT, ACT_NBD_SERVER, ACT_EXPORT, ACT_CHARDEV,
+    ACT_MONITOR, ACT_QMP,
+} ActKind;
 
 typedef struct Action {
-    int opt;
-    char *arg;
+    ActKind kind;
+    const char *arg;
 } Action;
 
 typedef struct ShortForm {
@@ -120,8 +59,7 @@ typedef struct ShortForm {
     const char *fmt;
     bool image_opts;
     int cache_flags;
-    const char **bitmaps;
-    int n_bitmaps;
+    CmdList bitmaps;
     bool depth;
     const char *tls;
     const char *max_conns;
@@ -253,10 +191,10 @@ static int short_export(ShortForm *sf, int i, Error *err)
     if (sf->desc) {
         kvlist_set(&kv, "description", sf->desc);
     }
-    for (int b = 0; b < sf->n_bitmaps; b++) {
+    for (size_t b = 0; b < sf->bitmaps.n; b++) {
         char k[32];
-        snprintf(k, sizeof(k), "bitmaps.%d", b);
-        kvlist_set(&kv, k, sf->bitmaps[b]);
+        snprintf(k, sizeof(k), "bitmaps.%zu", b);
+        kvlist_set(&kv, k, sf->bitmaps.items[b]);
     }
     ret = block_export_add(&kv, NULL, err);
     if (ret < 0) {
@@ -300,21 +238,22 @@ static int run_action(const Action *a, Error *err)
 {
     KVList kv = { 0 };
     int ret = 0;
-    switch (a->opt) {
-    case OPT_OBJECT:
+    switch (a->kind) {
+    case ACT_OBJECT:
         if (strncmp(a->arg, "iothread", 8) == 0 ||
             strncmp(a->arg, "qom-type=iothread", 17) == 0) {
             return serve_iothread_add(a->arg, err);
         }
-        /* secrets and TLS credentials; reports its own error */
-        return imgtool_object_add(a->arg) < 0 ? -EINVAL : 0;
-    case OPT_BLOCKDEV:
+        /* secrets and TLS credentials; reports its own error.  The
+         * argument is argv's: writable, so an inline secret is wiped. */
+        return imgtool_object_add((char *)a->arg) < 0 ? -EINVAL : 0;
+    case ACT_BLOCKDEV:
         ret = qmp_parse_arg(a->arg, NULL, &kv, err);
         if (ret == 0) {
             ret = blockdev_add(&kv, err);
         }
         break;
-    case OPT_NBD_SERVER:
+    case ACT_NBD_SERVER:
         ret = qmp_parse_arg(a->arg, NULL, &kv, err);
         if (ret == 0) {
             ret = nbd_server_start(&kv, err);
@@ -323,17 +262,17 @@ static int run_action(const Action *a, Error *err)
             ret = kvlist_check_unused(&kv, "--nbd-server", err);
         }
         break;
-    case OPT_EXPORT:
+    case ACT_EXPORT:
         ret = qmp_parse_arg(a->arg, "type", &kv, err);
         if (ret == 0) {
             ret = block_export_add(&kv, NULL, err);
         }
         break;
-    case OPT_CHARDEV:
+    case ACT_CHARDEV:
         return serve_chardev_add(a->arg, err);
-    case OPT_MONITOR:
+    case ACT_MONITOR:
         return serve_monitor_add(a->arg, main_loop, err);
-    case OPT_QMP:
+    case ACT_QMP:
         return serve_qmp_path(a->arg, main_loop, err);
     }
     kvlist_free(&kv);
@@ -438,116 +377,159 @@ out:
     return rc;
 }
 
-int cmd_serve(int argc, char **argv)
+/* ------------------------------------------------------------------ */
+/* Options                                                             */
+
+typedef struct ServeArgs {
+    Action *acts;
+    int nacts;
+    ShortForm sf;
+    bool daemonize;
+    bool version;
+    const char *pidfile;
+    const char *cache;
+} ServeArgs;
+
+static ServeArgs args;
+
+static int take_action(const CmdOpt *o, const char *arg, void *ctx)
 {
-    Action *acts = calloc((size_t)argc + 1, sizeof(*acts));
-    ShortForm sf = { 0 };
-    int nacts = 0, c, rc = 1;
-    bool daemonize = false;
-    const char *pidfile = NULL;
-    sf.bitmaps = calloc((size_t)argc + 1, sizeof(*sf.bitmaps));
-    if (!acts || !sf.bitmaps) {
-        imgtool_error("Out of memory");
-        goto out;
-    }
-    optind = 0;
-    while ((c = getopt_long(argc, argv, ":hVwf:t:B:Ae:T:", serve_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(serve_usage, stdout);
-            rc = 0;
-            goto out;
-        case 'V':
-            printf("imgtool version 0.1.0\n");
-            rc = 0;
-            goto out;
-        case OPT_BLOCKDEV:
-        case OPT_OBJECT:
-        case OPT_NBD_SERVER:
-        case OPT_EXPORT:
-        case OPT_CHARDEV:
-        case OPT_MONITOR:
-        case OPT_QMP:
-            acts[nacts].opt = c;
-            acts[nacts].arg = optarg;
-            nacts++;
-            break;
-        case OPT_DAEMONIZE:
-            daemonize = true;
-            break;
-        case OPT_PIDFILE:
-            pidfile = optarg;
-            break;
-        case OPT_TRACE:
-        case 'T':
-            imgtool_warn("--trace is not supported; ignored");
-            break;
-        case OPT_NBD:
-            sf.nbd = optarg;
-            break;
-        case OPT_NAME:
-            sf.name = optarg;
-            break;
-        case OPT_DESC:
-            sf.desc = optarg;
-            break;
-        case 'w':
-            sf.writable = true;
-            break;
-        case 'f':
-            sf.fmt = optarg;
-            break;
-        case OPT_IMAGE_OPTS:
-            sf.image_opts = true;
-            break;
-        case 't':
-            if (imgtool_parse_cache(optarg, &sf.cache_flags) < 0) {
-                imgtool_error("Invalid cache option: %s", optarg);
-                goto out;
-            }
-            break;
-        case 'B':
-            sf.bitmaps[sf.n_bitmaps++] = optarg;
-            break;
-        case 'A':
-            sf.depth = true;
-            break;
-        case OPT_TLS_CREDS:
-            sf.tls = optarg;
-            break;
-        case 'e':
-            sf.max_conns = optarg;
-            break;
-        default:
-            rc = usage_bad_option("serve", argv, c);
-            goto out;
+    static const struct {
+        const char *name;
+        ActKind kind;
+    } kinds[] = {
+        { "blockdev", ACT_BLOCKDEV }, { "object", ACT_OBJECT },
+        { "nbd-server", ACT_NBD_SERVER }, { "export", ACT_EXPORT },
+        { "chardev", ACT_CHARDEV }, { "monitor", ACT_MONITOR },
+        { "qmp", ACT_QMP },
+    };
+    ServeArgs *sa = ctx;
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        if (strcmp(o->long_name, kinds[i].name) == 0) {
+            sa->acts[sa->nacts].kind = kinds[i].kind;
+            sa->acts[sa->nacts].arg = arg;
+            sa->nacts++;
         }
     }
-    if (sf.image_opts && sf.fmt) {
-        imgtool_error("--image-opts and --format are mutually exclusive");
+    return 0;
+}
+
+static int ignore_trace(const CmdOpt *o, const char *arg, void *ctx)
+{
+    imgtool_warn("--trace is not supported; ignored");
+    return 0;
+}
+
+#define ACTION(name, argname, help) \
+    { CMDOPT_FN, 0, name, argname, help, .fn = take_action }
+
+static const CmdOpt serve_opts[] = {
+    ACTION("blockdev", "options",
+           "open a node (key=value list or JSON), in order"),
+    ACTION("object", "objectdef",
+           "secret, tls-creds-x509, tls-creds-psk or iothread"),
+    ACTION("nbd-server", "options",
+           "addr.type=unix,addr.path=P | addr.type=inet,addr.host=H,"
+           "addr.port=N [,tls-creds=ID][,max-connections=N]"),
+    ACTION("export", "options",
+           "type=nbd,id=ID,node-name=NODE [,name=NAME] [,writable=on] "
+           "[,bitmaps.0=B] [,allocation-depth=on]"),
+    ACTION("chardev", "options", "socket,id=ID,path=P,server=on,wait=off"),
+    ACTION("monitor", "[chardev=]id", "a QMP control socket on a chardev"),
+    { CMDOPT_FLAG, 0, "daemonize", NULL, "run in the background once ready",
+      .value = &args.daemonize },
+    { CMDOPT_STRING, 0, "pidfile", "path",
+      "write (and lock) the process id there", .value = &args.pidfile },
+    { CMDOPT_FN, 'T', "trace", "events", NULL, .fn = ignore_trace,
+      .flags = CMDOPT_HIDDEN },
+    { CMDOPT_FLAG, 'V', "version", NULL, "print the version",
+      .value = &args.version },
+    { CMDOPT_STRING, 0, "nbd", "socket|host:port",
+      "short form: serve each image over NBD there", .value = &args.sf.nbd },
+    { CMDOPT_STRING, 0, "name", "name",
+      "export name of the one image (default \"\")", .value = &args.sf.name },
+    { CMDOPT_STRING, 0, "description", "text", "export description",
+      .value = &args.sf.desc },
+    { CMDOPT_FLAG, 'w', "writable", NULL,
+      "let clients write (default read-only)", .value = &args.sf.writable },
+    CMDOPT_FORMAT,
+    CMDOPT_IMAGE_OPTS,
+    CMDOPT_CACHE('t', "cache", &args.cache, ""),
+    { CMDOPT_LIST, 'B', "bitmap", "name",
+      "offer qemu:dirty-bitmap:NAME (repeatable)",
+      .value = &args.sf.bitmaps },
+    { CMDOPT_FLAG, 'A', "allocation-depth", NULL,
+      "offer qemu:allocation-depth", .value = &args.sf.depth },
+    { CMDOPT_STRING, 0, "tls-creds", "id",
+      "require TLS with these credentials", .value = &args.sf.tls },
+    { CMDOPT_STRING, 'e', "max-connections", "n",
+      "at most n clients at once", .value = &args.sf.max_conns },
+    ACTION("qmp", "path", "a QMP control socket at path"),
+    CMDOPT_END,
+};
+
+static const CmdSpec serve_spec = {
+    .name = "serve",
+    .args = "[image...]",
+    .description =
+        "  Serves images over NBD, configured with qemu-storage-daemon's\n"
+        "  options (acted on in order), or in the short form: --nbd WHERE\n"
+        "  and one export per image.  SIGTERM (or QMP quit) drains,\n"
+        "  flushes, closes and removes the sockets it made.  Control it at\n"
+        "  run time with `imgtool serve-ctl SOCKET COMMAND`.\n",
+    .opts = serve_opts,
+};
+
+int cmd_serve(int argc, char **argv)
+{
+    ImageArgs a = { 0 };
+    int rc = 1;
+    memset(&args, 0, sizeof(args));
+    args.acts = calloc((size_t)argc + 1, sizeof(*args.acts));
+    if (!args.acts) {
+        imgtool_error("Out of memory");
+        return 1;
+    }
+    ShortForm *sf = &args.sf;
+    if (cmd_parse(&serve_spec, &a, &args, argc, argv, &rc) < 0) {
         goto out;
     }
-    sf.images = argv + optind;
-    sf.n_images = argc - optind;
-    if (nacts == 0 && sf.n_images == 0) {
+    rc = 1;
+    if (args.version) {
+        printf("imgtool version 0.1.0\n");
+        rc = 0;
+        goto out;
+    }
+    if (args.cache && cmd_cache_flags(args.cache, false,
+                                      &sf->cache_flags) < 0) {
+        goto out;
+    }
+    sf->fmt = a.fmt;
+    sf->image_opts = a.image_opts;
+    sf->images = argv + optind;
+    sf->n_images = argc - optind;
+    if (args.nacts == 0 && sf->n_images == 0) {
         rc = usage_error("serve", "nothing to serve: give an image with "
                          "--nbd, or --blockdev/--export options");
         goto out;
     }
-    if (sf.n_images > 0 && !sf.nbd) {
+    if (sf->n_images > 0 && !sf->nbd) {
         rc = usage_error("serve", "give --nbd SOCKET|HOST:PORT to say where "
                          "to serve the image");
         goto out;
     }
-    if (sf.n_images == 0 && (sf.nbd || sf.name || sf.writable)) {
+    if (sf->n_images == 0 && (sf->nbd || sf->name || sf->writable)) {
         rc = usage_error("serve", "the short form needs an IMAGE to "
                          "serve");
         goto out;
     }
-    rc = serve_main(acts, nacts, &sf, daemonize, pidfile, argc, argv);
+    if (image_args_check(&a) < 0) {
+        goto out;
+    }
+    rc = serve_main(args.acts, args.nacts, sf, args.daemonize, args.pidfile,
+                    argc, argv);
 out:
-    free(acts);
-    free(sf.bitmaps);
+    free(args.acts);
+    cmd_list_free(&sf->bitmaps);
     return rc;
 }

@@ -569,12 +569,12 @@ def test_image_locking_with_qemu(tmp, img):
                               stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        for _ in range(500):     # until qemu-io holds its lock
-            if qemu_img("info", img, check=False).returncode != 0:
-                break
-            time.sleep(0.02)
+        deadline = time.monotonic() + 120
+        while qemu_img("info", img, check=False).returncode == 0:
+            assert time.monotonic() < deadline, "qemu-io never took its lock"
+            time.sleep(0.05)     # until qemu-io holds its lock
         p = imgtool("serve", "--nbd", s, "--writable", img, check=False,
-                    rc=1)
+                    rc=1, timeout=60)
         assert "lock" in one_error_line(p)
     finally:
         holder.kill()

@@ -11,7 +11,6 @@ extern const BlockDriver qcow2_driver;
 extern const BlockDriver luks_driver;
 extern const BlockDriver faulty_driver;
 extern const BlockDriver linear_driver;
-extern const BlockDriver nbd_driver;
 
 /* Probe order matters only for ties; raw is the fallback and never
  * claims a file by content. */
@@ -22,12 +21,17 @@ const BlockDriver *const block_driver_list[] = {
     &file_driver,
     &faulty_driver,
     &linear_driver,
-    &nbd_driver,
     NULL,
 };
 
-/* Loadable modules: one line each (none in this build yet). */
+/* Loadable modules: one line each. */
+static const char *const nbd_prefixes[] = {
+    "nbd:", "nbds:", "nbd+", "nbds+", NULL,
+};
+static const BlockDriver *nbd_loaded;
+
 const BlockModule block_module_list[] = {
+    { "nbd", "nbd", nbd_prefixes, &nbd_loaded },
     { NULL, NULL, NULL, NULL },
 };
 

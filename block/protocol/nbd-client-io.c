@@ -172,8 +172,8 @@ static void *io_thread(void *opaque)
             { .fd = -1 }, { .fd = c->efd, .events = POLLIN },
         };
         if (!__atomic_load_n(&c->dead, __ATOMIC_ACQUIRE)) {
-            unsigned dir = nbdlib.nbd_aio_get_direction(c->h);
-            pfd[0].fd = nbdlib.nbd_aio_get_fd(c->h);
+            unsigned dir = nbd_aio_get_direction(c->h);
+            pfd[0].fd = nbd_aio_get_fd(c->h);
             pfd[0].events = (dir & LIBNBD_AIO_DIRECTION_READ ? POLLIN : 0) |
                             (dir & LIBNBD_AIO_DIRECTION_WRITE ? POLLOUT : 0);
         }
@@ -190,13 +190,13 @@ static void *io_thread(void *opaque)
         }
         int r = 0;
         if (pfd[0].fd >= 0 && pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-            r = nbdlib.nbd_aio_notify_read(c->h);
+            r = nbd_aio_notify_read(c->h);
         } else if (pfd[0].fd >= 0 && pfd[0].revents & POLLOUT) {
-            r = nbdlib.nbd_aio_notify_write(c->h);
+            r = nbd_aio_notify_write(c->h);
         }
         if (pfd[0].fd >= 0 && (r < 0 || pfd[0].revents & POLLNVAL ||
-                               nbdlib.nbd_aio_is_dead(c->h) > 0 ||
-                               nbdlib.nbd_aio_is_closed(c->h) > 0)) {
+                               nbd_aio_is_dead(c->h) > 0 ||
+                               nbd_aio_is_closed(c->h) > 0)) {
             /* libnbd has failed the commands in flight (their callbacks
              * queued them); new ones fail at once. */
             __atomic_store_n(&c->dead, true, __ATOMIC_RELEASE);
@@ -269,33 +269,33 @@ static int issue(NbdConnection *c, NbdPart *p, Op op, void *buf,
     int64_t cookie;
     switch (op) {
     case OP_READ:
-        cookie = nbdlib.nbd_aio_pread(c->h, buf, len, off, cb, 0);
+        cookie = nbd_aio_pread(c->h, buf, len, off, cb, 0);
         break;
     case OP_WRITE:
-        cookie = nbdlib.nbd_aio_pwrite(c->h, buf, len, off, cb, flags);
+        cookie = nbd_aio_pwrite(c->h, buf, len, off, cb, flags);
         break;
     case OP_FLUSH:
-        cookie = nbdlib.nbd_aio_flush(c->h, cb, 0);
+        cookie = nbd_aio_flush(c->h, cb, 0);
         break;
     case OP_TRIM:
-        cookie = nbdlib.nbd_aio_trim(c->h, len, off, cb, flags);
+        cookie = nbd_aio_trim(c->h, len, off, cb, flags);
         break;
     case OP_ZERO:
-        cookie = nbdlib.nbd_aio_zero(c->h, len, off, cb, flags);
+        cookie = nbd_aio_zero(c->h, len, off, cb, flags);
         break;
     default: {
         nbd_extent_callback ecb = { .callback = status_extent,
                                     .user_data = p->req };
-        cookie = nbdlib.nbd_aio_block_status(c->h, len, off, ecb, cb,
+        cookie = nbd_aio_block_status(c->h, len, off, ecb, cb,
                                       LIBNBD_CMD_FLAG_REQ_ONE);
         break;
     }
     }
     if (cookie < 0) {
-        int e = nbdlib.nbd_get_errno();
+        int e = nbd_get_errno();
         return -(e ? e : EIO);
     }
-    if (nbdlib.nbd_aio_get_direction(c->h) & LIBNBD_AIO_DIRECTION_WRITE) {
+    if (nbd_aio_get_direction(c->h) & LIBNBD_AIO_DIRECTION_WRITE) {
         kick(c);   /* the I/O thread must wait for POLLOUT too */
     }
     return 0;
@@ -434,7 +434,7 @@ int nbd_client_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
 int nbd_client_flush(BlockNode *n)
 {
     NbdClientState *s = n->opaque;
-    if (nbdlib.nbd_can_flush(s->conns[0].h) <= 0) {
+    if (nbd_can_flush(s->conns[0].h) <= 0) {
         return 0;
     }
     return sync_op(n, BLOCK_OP_FLUSH, 0, 0, NULL, 0);
@@ -449,9 +449,9 @@ int nbd_client_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
                             int flags)
 {
     NbdClientState *s = n->opaque;
-    if (nbdlib.nbd_can_zero(s->conns[0].h) <= 0 ||
+    if (nbd_can_zero(s->conns[0].h) <= 0 ||
         ((flags & BLOCK_REQ_NO_FALLBACK) &&
-         nbdlib.nbd_can_fast_zero(s->conns[0].h) <= 0)) {
+         nbd_can_fast_zero(s->conns[0].h) <= 0)) {
         return -ENOTSUP;
     }
     return sync_op(n, BLOCK_OP_WRITE_ZEROES, off, len, NULL, flags);
@@ -463,7 +463,7 @@ int nbd_client_block_status(BlockNode *n, uint64_t off, uint64_t len,
     NbdClientState *s = n->opaque;
     *map = off;
     *file = n;
-    if (nbdlib.nbd_can_meta_context(s->conns[0].h, s->context) <= 0) {
+    if (nbd_can_meta_context(s->conns[0].h, s->context) <= 0) {
         *pnum = len;    /* an old server: all data, as QEMU assumes */
         return BLOCK_STATUS_DATA | BLOCK_STATUS_ALLOCATED |
                BLOCK_STATUS_OFFSET_VALID;

@@ -14,59 +14,6 @@
 
 #include "block/driver.h"
 
-/* libnbd is loaded when the first NBD node opens (dlopen), not linked:
- * it brings GnuTLS and p11-kit, some 3 MiB of resident memory that
- * every other command would pay at start-up.  Calls go through this
- * table (nbdlib.nbd_create(...)); the prototypes are libnbd.h's. */
-#define NBD_LIB_FUNCS(X) \
-    X(nbd_add_meta_context) \
-    X(nbd_aio_block_status) \
-    X(nbd_aio_flush) \
-    X(nbd_aio_get_direction) \
-    X(nbd_aio_get_fd) \
-    X(nbd_aio_is_closed) \
-    X(nbd_aio_is_dead) \
-    X(nbd_aio_notify_read) \
-    X(nbd_aio_notify_write) \
-    X(nbd_aio_pread) \
-    X(nbd_aio_pwrite) \
-    X(nbd_aio_trim) \
-    X(nbd_aio_zero) \
-    X(nbd_can_fast_zero) \
-    X(nbd_can_flush) \
-    X(nbd_can_fua) \
-    X(nbd_can_meta_context) \
-    X(nbd_can_multi_conn) \
-    X(nbd_can_trim) \
-    X(nbd_can_zero) \
-    X(nbd_close) \
-    X(nbd_connect_tcp) \
-    X(nbd_connect_unix) \
-    X(nbd_create) \
-    X(nbd_get_block_size) \
-    X(nbd_get_errno) \
-    X(nbd_get_error) \
-    X(nbd_get_size) \
-    X(nbd_is_read_only) \
-    X(nbd_set_export_name) \
-    X(nbd_set_tls) \
-    X(nbd_set_tls_certificates) \
-    X(nbd_set_tls_psk_file) \
-    X(nbd_set_tls_username) \
-    X(nbd_set_tls_verify_peer) \
-    X(nbd_shutdown)
-
-typedef struct NbdLib {
-#define NBD_LIB_MEMBER(f) __typeof__(f) *f;
-    NBD_LIB_FUNCS(NBD_LIB_MEMBER)
-#undef NBD_LIB_MEMBER
-} NbdLib;
-
-extern NbdLib nbdlib;
-/* Loads libnbd once (thread-safe); fails with one line when it is not
- * installed. */
-int nbd_lib_load(Error *err);
-
 #define NBD_CLIENT_MAX_CONNECTIONS 16
 #define NBD_CLIENT_MAX_REQUEST (32u << 20)
 

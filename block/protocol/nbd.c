@@ -3,7 +3,9 @@
  * command works against any NBD server.  This file holds the names and
  * options, connecting, and the driver table; nbd-client-io.c the
  * request engine (thread model: PARALLEL, libnbd's handle being
- * thread-safe; see there).
+ * thread-safe; see there).  Built as the loadable module imgtool-nbd.so
+ * (block/core/modules.c), since libnbd brings GnuTLS and p11-kit: some
+ * 3 MiB of resident memory every other command would pay.
  *
  * Names, as QEMU takes them:
  *   nbd://HOST[:PORT]/EXPORT, nbd+tcp://..., nbd+unix:///EXPORT?socket=P,
@@ -227,10 +229,10 @@ static char *describe(const Target *t)
 
 static int nbd_fail(Error *err, const char *what, const Target *t)
 {
-    int e = nbdlib.nbd_get_errno();
+    int e = nbd_get_errno();
     char *d = describe(t);
     error_setf(err, e ? e : EIO, "%s %s: %s", what, d ? d : "NBD server",
-               nbdlib.nbd_get_error() ? nbdlib.nbd_get_error() : "failed");
+               nbd_get_error() ? nbd_get_error() : "failed");
     free(d);
     return -(e ? e : EIO);
 }
@@ -246,22 +248,22 @@ static int use_tls(struct nbd_handle *h, const char *id, Error *err)
         return error_setf(err, EINVAL, "Expecting TLS credentials with a "
                           "client endpoint");
     }
-    if (nbdlib.nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0) {
-        return error_setf(err, ENOTSUP, "%s", nbdlib.nbd_get_error());
+    if (nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0) {
+        return error_setf(err, ENOTSUP, "%s", nbd_get_error());
     }
     if (c->type == TLS_CREDS_X509) {
-        if (nbdlib.nbd_set_tls_certificates(h, c->dir) < 0 ||
-            nbdlib.nbd_set_tls_verify_peer(h, c->verify_peer) < 0) {
-            return error_setf(err, EINVAL, "%s", nbdlib.nbd_get_error());
+        if (nbd_set_tls_certificates(h, c->dir) < 0 ||
+            nbd_set_tls_verify_peer(h, c->verify_peer) < 0) {
+            return error_setf(err, EINVAL, "%s", nbd_get_error());
         }
         return 0;
     }
     char *psk = tls_creds_path(c, "keys.psk");
     int ret = 0;
     /* QEMU's default PSK identity. */
-    if (!psk || nbdlib.nbd_set_tls_psk_file(h, psk) < 0 ||
-        nbdlib.nbd_set_tls_username(h, c->username ? c->username : "qemu") < 0) {
-        ret = error_setf(err, EINVAL, "%s", psk ? nbdlib.nbd_get_error()
+    if (!psk || nbd_set_tls_psk_file(h, psk) < 0 ||
+        nbd_set_tls_username(h, c->username ? c->username : "qemu") < 0) {
+        ret = error_setf(err, EINVAL, "%s", psk ? nbd_get_error()
                                                 : "out of memory");
     }
     free(psk);
@@ -271,32 +273,32 @@ static int use_tls(struct nbd_handle *h, const char *id, Error *err)
 static struct nbd_handle *connect_one(const Target *t, const char *context,
                                       const char *tls, Error *err)
 {
-    struct nbd_handle *h = nbdlib.nbd_create();
+    struct nbd_handle *h = nbd_create();
     if (!h) {
-        error_setf(err, ENOMEM, "%s", nbdlib.nbd_get_error());
+        error_setf(err, ENOMEM, "%s", nbd_get_error());
         return NULL;
     }
-    if (nbdlib.nbd_set_export_name(h, t->export) < 0 ||
-        nbdlib.nbd_add_meta_context(h, context) < 0) {
+    if (nbd_set_export_name(h, t->export) < 0 ||
+        nbd_add_meta_context(h, context) < 0) {
         nbd_fail(err, "Could not set up a connection to", t);
         goto fail;
     }
     if (tls && use_tls(h, tls, err) < 0) {
         goto fail;
     }
-    if (!tls && t->tls && nbdlib.nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0) {
-        error_setf(err, ENOTSUP, "%s", nbdlib.nbd_get_error());
+    if (!tls && t->tls && nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0) {
+        error_setf(err, ENOTSUP, "%s", nbd_get_error());
         goto fail;
     }
-    int r = t->is_unix ? nbdlib.nbd_connect_unix(h, t->path)
-                       : nbdlib.nbd_connect_tcp(h, t->host, t->port);
+    int r = t->is_unix ? nbd_connect_unix(h, t->path)
+                       : nbd_connect_tcp(h, t->host, t->port);
     if (r < 0) {
         nbd_fail(err, "Could not connect to", t);
         goto fail;
     }
     return h;
 fail:
-    nbdlib.nbd_close(h);
+    nbd_close(h);
     return NULL;
 }
 
@@ -306,8 +308,8 @@ static void nbd_close_cb(BlockNode *n)
     for (int i = 0; i < s->nconns; i++) {
         nbd_client_stop_thread(&s->conns[i]);
         if (s->conns[i].h) {
-            nbdlib.nbd_shutdown(s->conns[i].h, 0);
-            nbdlib.nbd_close(s->conns[i].h);
+            nbd_shutdown(s->conns[i].h, 0);
+            nbd_close(s->conns[i].h);
         }
     }
     s->nconns = 0;
@@ -319,10 +321,7 @@ static int nbd_open(BlockNode *n, KVList *opts, int flags, Error *err)
 {
     NbdClientState *s = n->opaque;
     Target t = { 0 };
-    int ret = nbd_lib_load(err);
-    if (ret < 0) {
-        return ret;
-    }
+    int ret;
     const char *filename = n->filename && *n->filename ? n->filename : NULL;
     if (filename) {
         ret = parse_url(filename, &t, err);
@@ -377,30 +376,30 @@ static int nbd_open(BlockNode *n, KVList *opts, int flags, Error *err)
     }
     s->nconns = 1;
     struct nbd_handle *h = s->conns[0].h;
-    if ((flags & BLOCK_O_RDWR) && nbdlib.nbd_is_read_only(h) > 0) {
+    if ((flags & BLOCK_O_RDWR) && nbd_is_read_only(h) > 0) {
         ret = error_setf(err, EACCES, "export '%s' is read-only", t.export);
         goto out;
     }
-    int64_t size = nbdlib.nbd_get_size(h);
+    int64_t size = nbd_get_size(h);
     if (size < 0) {
         ret = nbd_fail(err, "Could not get the size of", &t);
         goto out;
     }
     s->size = (uint64_t)size;
-    if (bitmap && nbdlib.nbd_can_meta_context(h, bitmap) <= 0) {
+    if (bitmap && nbd_can_meta_context(h, bitmap) <= 0) {
         ret = error_setf(err, ENOENT, "the server does not offer context "
                          "'%s'", bitmap);
         goto out;
     }
-    int64_t min = nbdlib.nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
-    int64_t max = nbdlib.nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+    int64_t min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+    int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
     if (min > 1 && min <= 65536 && !(min & (min - 1))) {
         n->request_alignment = (uint32_t)min;
     }
     s->max_request = max > 0 && max < NBD_CLIENT_MAX_REQUEST
                          ? (uint64_t)max & ~(uint64_t)(n->request_alignment - 1)
                          : NBD_CLIENT_MAX_REQUEST;
-    if (nconns > 1 && nbdlib.nbd_can_multi_conn(h) > 0) {
+    if (nconns > 1 && nbd_can_multi_conn(h) > 0) {
         for (uint64_t i = 1; i < nconns; i++) {
             s->conns[i].h = connect_one(&t, s->context, tls, err);
             if (!s->conns[i].h) {
@@ -445,43 +444,43 @@ static struct nbd_handle *h0(BlockNode *n)
 
 static bool can_write_cb(BlockNode *n)
 {
-    return !n->read_only && nbdlib.nbd_is_read_only(h0(n)) == 0;
+    return !n->read_only && nbd_is_read_only(h0(n)) == 0;
 }
 
 static bool can_flush_cb(BlockNode *n)
 {
-    return nbdlib.nbd_can_flush(h0(n)) > 0;
+    return nbd_can_flush(h0(n)) > 0;
 }
 
 static bool can_fua_cb(BlockNode *n)
 {
-    return nbdlib.nbd_can_fua(h0(n)) > 0;
+    return nbd_can_fua(h0(n)) > 0;
 }
 
 static bool can_discard_cb(BlockNode *n)
 {
-    return nbdlib.nbd_can_trim(h0(n)) > 0;
+    return nbd_can_trim(h0(n)) > 0;
 }
 
 static bool can_zero_cb(BlockNode *n)
 {
-    return nbdlib.nbd_can_zero(h0(n)) > 0;
+    return nbd_can_zero(h0(n)) > 0;
 }
 
 static bool can_fast_zero_cb(BlockNode *n)
 {
-    return nbdlib.nbd_can_fast_zero(h0(n)) > 0;
+    return nbd_can_fast_zero(h0(n)) > 0;
 }
 
 static bool can_multi_conn_cb(BlockNode *n)
 {
-    return nbdlib.nbd_can_multi_conn(h0(n)) > 0;
+    return nbd_can_multi_conn(h0(n)) > 0;
 }
 
 static bool can_extents_cb(BlockNode *n)
 {
     NbdClientState *s = n->opaque;
-    return nbdlib.nbd_can_meta_context(h0(n), s->context) > 0;
+    return nbd_can_meta_context(h0(n), s->context) > 0;
 }
 
 const BlockDriver nbd_driver = {
@@ -510,3 +509,5 @@ const BlockDriver nbd_driver = {
     .submit = nbd_client_submit,
     .get_length = nbd_get_length_cb,
 };
+
+BLOCK_DRIVER_MODULE(nbd_driver);
