@@ -294,8 +294,10 @@ int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags);
 /* Status of [off, off+len) in this node alone: returns BLOCK_STATUS_*
  * flags, *pnum = bytes from off with that same status (>= 1 unless len is
  * 0); map and file (may be NULL) receive the host offset and the node
- * holding it when OFFSET_VALID.  Unallocated regions with no backing node
- * (or past its end) are reported as ZERO without ALLOCATED. */
+ * holding it when OFFSET_VALID.  Unallocated regions of a layer that
+ * can have a backing file, with no backing node (or past its end), are
+ * reported as ZERO without ALLOCATED; a protocol's unallocated regions
+ * of unknown content have neither (read them). */
 int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
                  uint64_t *map, BlockNode **file);
 /* Status through the backing chain from top down to (not including) base
@@ -486,6 +488,14 @@ int block_bitmap_enable(BlockNode *n, const char *name, bool enable,
 /* dst |= src; src_node may be n itself. */
 int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
                        const char *src, Error *err);
+/* Whether bitmap `name` of n has [off, ...) dirty: *dirty says so for
+ * the byte at off and *pnum (>= 1 unless off is at or past the bitmap's
+ * end, then 0) counts the bytes from off, at most len, that share that
+ * answer.  Read-only and thread-safe (NBD's qemu:dirty-bitmap:NAME
+ * context, backups). */
+int block_bitmap_dirty_range(BlockNode *n, const char *name, uint64_t off,
+                             uint64_t len, bool *dirty, uint64_t *pnum,
+                             Error *err);
 /* n can hold persistent bitmaps (qcow2 v3, writable). */
 bool block_bitmaps_persistent(BlockNode *n);
 /* convert --bitmaps: src has bitmaps support and, unless skip_broken,

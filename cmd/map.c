@@ -71,8 +71,11 @@ static int map_get(BlockNode *top, uint64_t off, uint64_t len, MapEntry *e)
             return -EIO;
         }
         len = pnum;
+        /* Only a layer that can have a backing file reads unallocated
+         * ranges from it (or as zero); a protocol's are unknown. */
         if (!(st & (BLOCK_STATUS_ZERO | BLOCK_STATUS_DATA |
-                    BLOCK_STATUS_ALLOCATED))) {
+                    BLOCK_STATUS_ALLOCATED)) &&
+            block_node_supports_backing(n)) {
             int64_t blen = block_backing(n) ? block_get_length(block_backing(n)) : 0;
             if (blen < 0) {
                 return (int)blen;

@@ -70,6 +70,8 @@ int cmd_vol_key(int argc, char **argv);
 int cmd_vol_name(int argc, char **argv);
 int cmd_vol_pool(int argc, char **argv);
 int cmd_vol_dumpxml(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_serve_ctl(int argc, char **argv);
 
 /* "imgtool: <msg>\n" on stderr. */
 void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "block/core/secret.h"
+#include "block/core/tlscreds.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/object.h"
 
@@ -48,6 +49,13 @@ int imgtool_object_add(char *arg)
     if (!cleanup_registered) {
         atexit(secret_clear_all);
         cleanup_registered = true;
+    }
+    if (tls_creds_is_def(arg)) {
+        if (tls_creds_define(arg, &err) < 0) {
+            imgtool_report(&err);
+            return -1;
+        }
+        return 0;
     }
     char *data = find_value(arg, "data");
     if (secret_define(arg, &err) < 0) {

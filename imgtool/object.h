@@ -5,7 +5,7 @@
 #ifndef IMGTOOL_OBJECT_H
 #define IMGTOOL_OBJECT_H
 
-/* Defines the object described by `arg` (only secrets exist).  Prints
+/* Defines the object described by `arg` (secrets, TLS credentials).  Prints
  * one error line and returns -1 on failure, 0 on success.  Warns when a
  * secret is given inline with data=, and overwrites that value in `arg`
  * (argv memory) so it no longer shows in /proc/PID/cmdline. */

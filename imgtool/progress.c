@@ -72,9 +72,17 @@ void progress_signals_init(void)
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    /* The thread is born with every signal blocked, so it never takes
+     * one meant for the process: SIGTERM and SIGINT still kill a
+     * command through the main thread, and `serve`, which blocks them
+     * to read them from a signalfd, still gets them there. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     /* Without the thread the signal stays blocked: it is lost, never
      * fatal. */
     pthread_create(&t, &attr, sigusr1_thread, &set);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&attr);
 }
 

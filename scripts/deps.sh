@@ -13,6 +13,8 @@ packages=(
     zlib1g-dev libzstd-dev libssl-dev libjansson-dev
     # storage pool/volume definitions are libvirt's XML (pools/)
     libxml2-dev
+    # the NBD client driver (nbd://, nbd+unix://) is built on libnbd
+    libnbd-dev
     # decodes zlib-compressed qcow2 clusters faster (optional: zlib fallback)
     libdeflate-dev
     # io_uring for asynchronous file I/O (optional: worker threads fallback)
@@ -21,6 +23,9 @@ packages=(
     clang libclang-rt-14-dev
     # the oracle the tests compare against: qemu-img, qemu-io
     qemu-utils
+    # NBD clients and the daemon `imgtool serve` is compared with:
+    # nbdinfo/nbdcopy, qemu-storage-daemon
+    libnbd-bin qemu-system-common
     # test runner
     python3 python3-pytest python3-pytest-xdist python3-pytest-timeout
     # the logical (LVM) pool back end runs lvm2's commands; blkid/wipefs

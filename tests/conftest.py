@@ -245,3 +245,157 @@ def _binary_exists():
     if not os.path.exists(IMGTOOL):
         pytest.exit(f"{IMGTOOL} not built", returncode=2)
     assert shutil.which("qemu-img"), "qemu-img (qemu-utils) is required"
+
+
+# ---------------------------------------------------------------------------
+# Serving: `imgtool serve` daemons, QMP clients, NBD URIs
+
+def nbd_uri(sock, name=""):
+    """The NBD URI of export name on unix socket sock."""
+    return f"nbd+unix:///{name}?socket={sock}"
+
+
+class Serve:
+    """An `imgtool serve` daemon started with args, ready when start()
+    returns: readiness is the READY=1 datagram it sends to
+    $NOTIFY_SOCKET, so no test polls for sockets or sleeps.  stop()
+    sends SIGTERM and returns the exit code; a daemon still running when
+    the `with` block ends is killed by its pid."""
+
+    def __init__(self, workdir, *args, env=None, binary=None):
+        self.workdir = str(workdir)
+        self.args = [str(a) for a in args]
+        self.env = dict(env if env is not None else os.environ)
+        self.binary = binary or IMGTOOL
+        self.proc = None
+        self.stderr = ""
+
+    def start(self, timeout=30, expect_ready=True):
+        import socket
+        import tempfile
+        d = tempfile.mkdtemp(prefix="notify", dir=self.workdir)
+        path = os.path.join(d, "n")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(path)
+        ns.settimeout(0.2)
+        self.env["NOTIFY_SOCKET"] = path
+        self.errfile = open(os.path.join(d, "stderr"), "w+")
+        self.proc = subprocess.Popen([self.binary, "serve", *self.args],
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=self.errfile, env=self.env)
+        import time
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    msg = ns.recv(4096).decode()
+                except socket.timeout:
+                    if self.proc.poll() is not None:
+                        break
+                    continue
+                if "READY=1" in msg:
+                    return self
+            if expect_ready:
+                rc = self.proc.poll()
+                self.kill()
+                raise AssertionError(f"imgtool serve {' '.join(self.args)} "
+                                     f"not ready (exit {rc}):\n"
+                                     f"{self.read_stderr()}")
+            return self
+        finally:
+            ns.close()
+
+    def read_stderr(self):
+        self.errfile.flush()
+        self.errfile.seek(0)
+        return self.errfile.read()
+
+    def stop(self, sig=None, timeout=60):
+        import signal as _signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or _signal.SIGTERM)
+        rc = self.proc.wait(timeout=timeout)
+        self.stderr = self.read_stderr()
+        return rc
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.kill()
+        if self.proc:
+            self.errfile.close()
+
+
+class Qmp:
+    """A QMP client: greeting and qmp_capabilities on connect; cmd()
+    returns the whole reply (a dict with "return" or "error"); events
+    that arrive meanwhile are kept in .events."""
+
+    def __init__(self, path, timeout=30):
+        import socket
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buf = b""
+        self.events = []
+        self.greeting = self._next()
+        r = self.cmd("qmp_capabilities")
+        assert r == {"return": {}}, r
+
+    def _next(self):
+        dec = json.JSONDecoder()
+        while True:
+            text = self.buf.decode(errors="replace").lstrip()
+            if text:
+                try:
+                    obj, end = dec.raw_decode(text)
+                except ValueError:
+                    obj = None
+                if obj is not None:
+                    self.buf = text[end:].encode()
+                    return obj
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("QMP connection closed")
+            self.buf += chunk
+
+    def send_raw(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def reply(self):
+        while True:
+            obj = self._next()
+            if "event" in obj:
+                self.events.append(obj)
+                continue
+            return obj
+
+    def cmd(self, _command, **args):
+        msg = {"execute": _command}
+        if args:
+            msg["arguments"] = {k.replace("_", "-"): v
+                                for k, v in args.items()}
+        self.send_raw(json.dumps(msg) + "\n")
+        return self.reply()
+
+    def wait_event(self, name):
+        for e in self.events:
+            if e["event"] == name:
+                self.events.remove(e)
+                return e
+        while True:
+            obj = self._next()
+            if obj.get("event") == name:
+                return obj
+            if "event" in obj:
+                self.events.append(obj)
+
+    def close(self):
+        self.sock.close()

@@ -449,6 +449,52 @@ int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
     return 0;
 }
 
+/* The first bit in [a, b) whose value is not v, or b. */
+static uint64_t next_other(const BlockBitmap *bm, uint64_t a, uint64_t b,
+                           bool v)
+{
+    while (a < b) {
+        uint64_t w = __atomic_load_n(&bm->words[a / 64], __ATOMIC_RELAXED);
+        if (v) {
+            w = ~w;
+        }
+        w &= ~0ull << (a % 64);    /* bits below a are not asked about */
+        if (w) {
+            uint64_t hit = a / 64 * 64 + (uint64_t)__builtin_ctzll(w);
+            return hit < b ? hit : b;
+        }
+        a = (a / 64 + 1) * 64;
+    }
+    return b;
+}
+
+int block_bitmap_dirty_range(BlockNode *n, const char *name, uint64_t off,
+                             uint64_t len, bool *dirty, uint64_t *pnum,
+                             Error *err)
+{
+    BlockBitmap *bm = NULL;
+    *dirty = false;
+    *pnum = 0;
+    if (!n->bitmaps) {
+        return error_setf(err, ENOENT, "Dirty bitmap '%s' not found", name);
+    }
+    pthread_rwlock_rdlock(&n->bitmaps->lock);
+    int ret = usable(n, name, &bm, err);
+    if (ret == 0 && off < bm->length && len > 0) {
+        if (len > bm->length - off) {
+            len = bm->length - off;
+        }
+        uint64_t first = off >> bm->gran_bits;
+        uint64_t last = ((off + len - 1) >> bm->gran_bits) + 1;
+        *dirty = block_bitmap_get_bit(bm, first);
+        uint64_t other = next_other(bm, first, last, *dirty);
+        uint64_t end = other << bm->gran_bits;
+        *pnum = (other == last || end > off + len ? off + len : end) - off;
+    }
+    pthread_rwlock_unlock(&n->bitmaps->lock);
+    return ret;
+}
+
 int block_bitmaps_resize(BlockNode *n, uint64_t length)
 {
     BlockBitmaps *set = n->bitmaps;

@@ -24,8 +24,14 @@ const BlockDriver *const block_driver_list[] = {
     NULL,
 };
 
-/* Loadable modules: one line each (none in this build yet). */
+/* Loadable modules: one line each. */
+static const char *const nbd_prefixes[] = {
+    "nbd:", "nbds:", "nbd+", "nbds+", NULL,
+};
+static const BlockDriver *nbd_loaded;
+
 const BlockModule block_module_list[] = {
+    { "nbd", "nbd", nbd_prefixes, &nbd_loaded },
     { NULL, NULL, NULL, NULL },
 };
 

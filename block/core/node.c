@@ -317,11 +317,14 @@ BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
     if (fn) {
         filename = fn;
     }
-    if (!filename || !*filename) {
+    /* A protocol named by driver= may be addressed by options alone
+     * (driver=nbd,server.type=unix,server.path=...): its open names
+     * the node (n->filename) then. */
+    if ((!filename || !*filename) && !drvname) {
         error_setf(err, EINVAL, "no file name given");
         return NULL;
     }
-    BlockNode *n = node_new(drv, filename, flags);
+    BlockNode *n = node_new(drv, filename ? filename : "", flags);
     if (!n) {
         error_setf(err, ENOMEM, "out of memory");
         return NULL;
@@ -536,16 +539,17 @@ static BlockNode *open_image(const char *filename, const char *format,
         filename = refnode->filename;
     }
     block_close(refnode);
-    if (!filename || !*filename) {
-        error_setf(err, EINVAL, "no image file name given");
-        goto out;
-    }
     if (format) {
         drv = block_find_driver(format);
         if (!drv) {
             error_setf(err, EINVAL, "Unknown driver '%s'", format);
             goto out;
         }
+    }
+    if ((!filename || !*filename) &&
+        !(drv && drv->kind == BLOCK_DRIVER_PROTOCOL)) {
+        error_setf(err, EINVAL, "no image file name given");
+        goto out;
     }
 
     if (chain_member && (!drv || drv->kind != BLOCK_DRIVER_PROTOCOL)) {

@@ -93,7 +93,11 @@ int block_status(BlockNode *n, uint64_t off, uint64_t len, uint64_t *pnum,
         }
     }
     if (!(ret & (BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_DATA |
-                 BLOCK_STATUS_ZERO))) {
+                 BLOCK_STATUS_ZERO)) && n->drv->supports_backing) {
+        /* Only a layer that can have a backing file reads its
+         * unallocated ranges as zero when it has none; a protocol that
+         * says "unallocated, contents unknown" (an NBD hole without the
+         * zero flag) must be read, as QEMU does. */
         if (!block_backing(n)) {
             ret |= BLOCK_STATUS_ZERO;
         } else {

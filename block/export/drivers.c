@@ -1,0 +1,11 @@
+/* drivers.c - the one table every export type is registered in. */
+#include <stddef.h>
+
+#include "block/export/export.h"
+
+extern const BlockExportDriver nbd_export_driver;
+
+const BlockExportDriver *const block_export_driver_list[] = {
+    &nbd_export_driver,
+    NULL,
+};
