@@ -81,22 +81,23 @@ static void inuse_clear(VirtQueue *vq, uint16_t h)
     vq->inuse_count--;
 }
 
-static void *ring_ptr(const VhostMem *mem, uint64_t uva, uint64_t bytes,
-                      unsigned align, const char *what, Error *err)
+static int ring_ptr(const VhostMem *mem, uint64_t uva, uint64_t bytes,
+                    unsigned align, const char *what, void **out, Error *err)
 {
     void *p = vhost_mem_uva(mem, uva, bytes);
     if (!p) {
-        error_setf(err, EFAULT, "%s ring at 0x%llx (%llu bytes) is not in "
-                   "shared memory", what, (unsigned long long)uva,
-                   (unsigned long long)bytes);
-        return NULL;
+        return error_setf(err, EFAULT, "%s ring at 0x%llx (%llu bytes) is "
+                          "not in shared memory", what,
+                          (unsigned long long)uva,
+                          (unsigned long long)bytes);
     }
     if (uva % align || (uintptr_t)p % align) {
-        error_setf(err, EINVAL, "%s ring at 0x%llx is not aligned to %u "
-                   "bytes", what, (unsigned long long)uva, align);
-        return NULL;
+        return error_setf(err, EINVAL, "%s ring at 0x%llx is not aligned "
+                          "to %u bytes", what, (unsigned long long)uva,
+                          align);
     }
-    return p;
+    *out = p;
+    return 0;
 }
 
 static int map_rings(VirtQueue *vq, const VhostMem *mem, unsigned num,
@@ -107,15 +108,19 @@ static int map_rings(VirtQueue *vq, const VhostMem *mem, unsigned num,
         return error_setf(err, EINVAL, "rings set up before the memory "
                           "table");
     }
-    VringDesc *desc = ring_ptr(mem, desc_uva, VRING_DESC_BYTES(num), 16,
-                               "descriptor", err);
-    VringAvail *avail = desc ? ring_ptr(mem, avail_uva,
-                                        VRING_AVAIL_BYTES(num), 2,
-                                        "available", err) : NULL;
-    VringUsed *used = avail ? ring_ptr(mem, used_uva, VRING_USED_BYTES(num),
-                                       4, "used", err) : NULL;
-    if (!used) {
-        return -err->code;
+    void *desc, *avail, *used;
+    int ret = ring_ptr(mem, desc_uva, VRING_DESC_BYTES(num), 16,
+                       "descriptor", &desc, err);
+    if (ret == 0) {
+        ret = ring_ptr(mem, avail_uva, VRING_AVAIL_BYTES(num), 2,
+                       "available", &avail, err);
+    }
+    if (ret == 0) {
+        ret = ring_ptr(mem, used_uva, VRING_USED_BYTES(num), 4, "used",
+                       &used, err);
+    }
+    if (ret < 0) {
+        return ret;
     }
     vq->desc = desc;
     vq->avail = avail;
