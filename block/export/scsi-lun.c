@@ -46,6 +46,7 @@ int scsi_lun_new(const ScsiLunConf *conf, ScsiLun **out, Error *err)
     atomic_init(&l->refcnt, 1);
     l->node = block_ref(conf->node);
     l->read_only = !conf->writable;
+    l->writethrough = conf->writethrough;
     l->can_discard = !l->read_only && block_node_can_discard(l->node);
     l->block_size = bs;
     atomic_init(&l->blocks, (uint64_t)len / bs);
@@ -274,7 +275,8 @@ static void read_write(ScsiTask *t)
     uint64_t off = c->lba * l->block_size;
     if (write) {
         block_aio_pwritev(l->node, off, &t->slice.v,
-                          c->fua ? BLOCK_REQ_FUA : 0, io_done, t);
+                          c->fua || l->writethrough ? BLOCK_REQ_FUA : 0,
+                          io_done, t);
     } else {
         t->data_in = (uint32_t)bytes;
         block_aio_preadv(l->node, off, &t->slice.v, 0, io_done, t);

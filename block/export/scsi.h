@@ -170,6 +170,7 @@ int scsi_cdb_parse(const uint8_t *cdb, unsigned len, ScsiCmd *c,
 typedef struct ScsiLunConf {
     BlockNode *node;          /* the LUN takes its own reference */
     bool writable;
+    bool writethrough;        /* every write is FUA */
     uint32_t block_size;      /* 512 to 64k, power of two (0: 512) */
     const char *serial;       /* unit serial / identifiers */
 } ScsiLunConf;
@@ -256,6 +257,7 @@ struct ScsiLun {
     atomic_int refcnt;
     BlockNode *node;
     bool read_only;
+    bool writethrough;
     bool can_discard;
     uint32_t block_size;
     uint32_t granularity;     /* blocks: the format's cluster */

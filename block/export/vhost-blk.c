@@ -30,6 +30,7 @@ struct VhostBlk {
     char *id;
     BlockNode *node;
     bool read_only;
+    bool writethrough;
     uint32_t blk_size;
     int num_queues;
     uint32_t discard_align;     /* sectors */
@@ -101,8 +102,8 @@ static void rw(BlkReq *br, uint64_t sector, bool write)
     }
     atomic_store(&br->pending, 1);
     if (write) {
-        block_aio_pwritev(b->node, sector * 512, &br->data.v, 0, io_done,
-                          br);
+        block_aio_pwritev(b->node, sector * 512, &br->data.v,
+                          b->writethrough ? BLOCK_REQ_FUA : 0, io_done, br);
     } else {
         block_aio_preadv(b->node, sector * 512, &br->data.v, 0, io_done,
                          br);
@@ -295,6 +296,7 @@ int vhost_blk_new(const VhostBlkConf *conf, VhostBlk **out, Error *err)
     b->id = strdup(conf->id ? conf->id : block_node_name(conf->node));
     b->node = block_ref(conf->node);
     b->read_only = !conf->writable;
+    b->writethrough = conf->writethrough;
     b->blk_size = bs;
     b->num_queues = conf->num_queues;
     atomic_init(&b->sectors, (uint64_t)len / 512);

@@ -85,6 +85,7 @@ typedef struct VhostBlkConf {
     const char *id;             /* export id: reports and GET_ID */
     BlockNode *node;            /* the export takes its own reference */
     bool writable;
+    bool writethrough;          /* every write is FUA */
     uint32_t logical_block_size;   /* 512 to 64k, a power of two */
     int num_queues;             /* 1 to 64 */
 } VhostBlkConf;

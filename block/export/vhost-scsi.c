@@ -592,6 +592,13 @@ int vhost_scsi_lun_resized(VhostScsi *s, unsigned lun)
     return 0;
 }
 
+bool vhost_scsi_has_lun(VhostScsi *s, unsigned lun)
+{
+    ScsiLun *l = scsi_target_get(&s->target, lun);
+    scsi_lun_unref(l);
+    return l != NULL;
+}
+
 unsigned vhost_scsi_lun_count(VhostScsi *s)
 {
     unsigned n = 0;

@@ -127,6 +127,8 @@ int vhost_scsi_add_lun(VhostScsi *s, unsigned lun, const ScsiLunConf *conf,
 int vhost_scsi_remove_lun(VhostScsi *s, unsigned lun, Error *err);
 /* LUN lun's node changed size. */
 int vhost_scsi_lun_resized(VhostScsi *s, unsigned lun);
+/* Whether LUN lun is there. */
+bool vhost_scsi_has_lun(VhostScsi *s, unsigned lun);
 /* How many LUNs there are. */
 unsigned vhost_scsi_lun_count(VhostScsi *s);
 struct VhostDev *vhost_scsi_dev(VhostScsi *s);

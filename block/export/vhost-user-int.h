@@ -71,6 +71,8 @@ struct VhostDev {
     pthread_t thread;
     bool thread_started;
     atomic_bool shutdown;
+    void (*shutdown_done)(void *opaque);
+    void *shutdown_opaque;
 };
 
 /* vhost-queue.c */

@@ -787,7 +787,36 @@ static void *control_main(void *arg)
         pthread_mutex_unlock(&dev->lock);
         close(c);
     }
+    /* No front end is connected now and none will be: the queues are
+     * stopped and every request has completed. */
+    close(dev->listen_fd);
+    dev->listen_fd = -1;
+    if (dev->shutdown_done) {
+        dev->shutdown_done(dev->shutdown_opaque);
+    }
     return NULL;
+}
+
+void vhost_dev_shutdown(VhostDev *dev, void (*done)(void *opaque),
+                        void *opaque)
+{
+    pthread_mutex_lock(&dev->lock);
+    dev->shutdown_done = done;
+    dev->shutdown_opaque = opaque;
+    atomic_store(&dev->shutdown, true);
+    if (dev->conn_fd >= 0) {
+        shutdown(dev->conn_fd, SHUT_RDWR);
+    }
+    pthread_mutex_unlock(&dev->lock);
+    if (!dev->thread_started) {
+        if (done) {
+            done(opaque);
+        }
+        return;
+    }
+    uint64_t one = 1;
+    ssize_t n = write(dev->wake_fd, &one, sizeof(one));
+    (void)n;
 }
 
 int vhost_dev_listen(VhostDev *dev, const char *path, int fd, Error *err)
@@ -835,16 +864,10 @@ void vhost_dev_free(VhostDev *dev)
     if (!dev) {
         return;
     }
-    atomic_store(&dev->shutdown, true);
+    if (!atomic_load(&dev->shutdown)) {
+        vhost_dev_shutdown(dev, NULL, NULL);
+    }
     if (dev->thread_started) {
-        uint64_t one = 1;
-        ssize_t n = write(dev->wake_fd, &one, sizeof(one));
-        (void)n;
-        pthread_mutex_lock(&dev->lock);
-        if (dev->conn_fd >= 0) {
-            shutdown(dev->conn_fd, SHUT_RDWR);
-        }
-        pthread_mutex_unlock(&dev->lock);
         pthread_join(dev->thread, NULL);
     }
     vhost_dev_disconnect(dev);

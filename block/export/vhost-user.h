@@ -78,8 +78,13 @@ VhostDev *vhost_dev_new(const char *name, const VhostDevOps *ops,
  * replaced) or, with path NULL, on the listening fd given (it becomes
  * the device's), and starts the control thread. */
 int vhost_dev_listen(VhostDev *dev, const char *path, int fd, Error *err);
-/* Disconnects the front end (its queues drain first), stops listening,
- * removes the socket file it created, and frees everything. */
+/* Starts shutting down without waiting: the control thread disconnects
+ * the front end (its queues drain first), stops listening, and then
+ * calls done(opaque) from its own thread.  Called once at most. */
+void vhost_dev_shutdown(VhostDev *dev, void (*done)(void *opaque),
+                        void *opaque);
+/* Shuts down (if not done already) and waits for it, removes the socket
+ * file vhost_dev_listen created, and frees everything. */
 void vhost_dev_free(VhostDev *dev);
 
 /* The device's private state of a request. */
