@@ -58,6 +58,7 @@ static const ImgtoolCommand commands[] = {
     { "vol-dumpxml", cmd_vol_dumpxml, "volume information in XML" },
     { "serve", cmd_serve, "serve images over NBD (qemu-storage-daemon's options)" },
     { "serve-ctl", cmd_serve_ctl, "send a command to a running serve daemon" },
+    { "run", cmd_run, "boot a guest with disks served over vhost-user" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
