@@ -41,7 +41,7 @@
 
 static const char run_usage[] =
     "usage: imgtool run [--disk NAME[,bus=blk|scsi][,format=FMT]"
-    "[,readonly=on]]...\n"
+    "[,readonly=on][,writethrough=on]]...\n"
     "                   [--kernel FILE] [--initrd FILE] [--append TEXT]\n"
     "                   [--memory SIZE] [--cpus N] [--accel auto|kvm|tcg]\n"
     "                   [--run-dir DIR] [--print-command] [-- QEMU ARGS]\n"
@@ -49,7 +49,9 @@ static const char run_usage[] =
     "Boots a guest whose disks imgtool serves over vhost-user.\n"
     "  --disk NAME,...   an image file, vol:POOL/NAME or URL; bus=blk\n"
     "                    (virtio-blk, the default) or bus=scsi (LUNs of one\n"
-    "                    virtio-scsi controller); repeatable\n"
+    "                    virtio-scsi controller); repeatable;\n"
+    "                    writethrough=on: no write cache, so a daemon\n"
+    "                    crash loses no write the guest saw complete\n"
     "  --kernel/--initrd/--append  boot a kernel directly (else the first\n"
     "                    disk boots)\n"
     "  --memory SIZE     guest memory (default 512M; a plain number is MiB)\n"

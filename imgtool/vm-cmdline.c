@@ -111,6 +111,10 @@ int vm_disk_parse(const char *spec, VmDisk *d, Error *err)
     if (ret == 0) {
         ret = kvlist_get_bool(&l, "readonly", false, &d->readonly, err);
     }
+    if (ret == 0) {
+        ret = kvlist_get_bool(&l, "writethrough", false, &d->writethrough,
+                              err);
+    }
     const char *fmt = ret == 0 ? kvlist_get(&l, "format") : NULL;
     if (ret == 0) {
         ret = kvlist_check_unused(&l, "--disk", err);
@@ -214,16 +218,18 @@ char **vm_serve_argv(const VmConfig *c, Error *err)
         if (d->bus == VM_BUS_BLK) {
             char *s = blk_socket(c, i), *es = s ? esc(s) : NULL;
             add(&a, "type=vhost-user-blk,id=disk%d,node-name=disk%d,"
-                "addr.type=unix,addr.path=%s,writable=%s,num-queues=%d", i,
-                i, es ? es : "", d->readonly ? "off" : "on", c->cpus);
+                "addr.type=unix,addr.path=%s,writable=%s,num-queues=%d%s",
+                i, i, es ? es : "", d->readonly ? "off" : "on", c->cpus,
+                d->writethrough ? ",writethrough=on" : "");
             a.failed |= !es;
             free(s);
             free(es);
         } else {
             add(&a, "type=vhost-user-scsi,id=disk%d,node-name=disk%d,"
                 "addr.type=unix,addr.path=%s,writable=%s,lun=%d,"
-                "num-queues=%d", i, i, escsi ? escsi : "",
-                d->readonly ? "off" : "on", lun++, c->cpus);
+                "num-queues=%d%s", i, i, escsi ? escsi : "",
+                d->readonly ? "off" : "on", lun++, c->cpus,
+                d->writethrough ? ",writethrough=on" : "");
             a.failed |= !escsi;
         }
         free(f);

@@ -21,6 +21,8 @@ typedef struct VmDisk {
     KVList opts;        /* extra driver options (a volume's) */
     VmBus bus;
     bool readonly;
+    bool writethrough;  /* no volatile cache: a daemon crash loses no
+                           completed write */
 } VmDisk;
 
 typedef struct VmConfig {
@@ -37,7 +39,8 @@ typedef struct VmConfig {
     int nextra;
 } VmConfig;
 
-/* "NAME[,bus=blk|scsi][,format=FMT][,readonly=on|off]" (",," is a
+/* "NAME[,bus=blk|scsi][,format=FMT][,readonly=on|off]
+ * [,writethrough=on|off]" (",," is a
  * comma in NAME).  filename is NAME; format as given (NULL: probe). */
 int vm_disk_parse(const char *spec, VmDisk *d, Error *err);
 void vm_disk_clear(VmDisk *d);

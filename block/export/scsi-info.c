@@ -169,7 +169,7 @@ static int mode_page(ScsiLun *l, uint8_t page, uint8_t pc, uint8_t *p)
         memset(p, 0, 20);
         p[0] = 0x08;
         p[1] = 18;
-        if (!changeable) {
+        if (!changeable && !l->writethrough) {
             p[2] = 0x04;        /* WCE: writes are cached until flushed */
         }
         return 20;

@@ -237,7 +237,7 @@ static void blk_get_config(void *opaque, uint32_t offset, uint8_t *buf,
     c.capacity = htole64(atomic_load(&b->sectors));
     c.seg_max = htole32(VHOST_BLK_SEG_MAX);
     c.blk_size = htole32(b->blk_size);
-    c.writeback = 1;
+    c.writeback = !b->writethrough;
     c.num_queues = htole16((uint16_t)b->num_queues);
     if (b->can_discard) {
         c.max_discard_sectors = htole32(VHOST_BLK_MAX_DISCARD_SECTORS);
@@ -309,8 +309,14 @@ int vhost_blk_new(const VhostBlkConf *conf, VhostBlk **out, Error *err)
 
     a->ops = blk_ops_template;
     a->ops.features = (1ull << VIRTIO_BLK_F_SEG_MAX) |
-        (1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_FLUSH) |
-        (1ull << VIRTIO_BLK_F_MQ);
+        (1ull << VIRTIO_BLK_F_BLK_SIZE) | (1ull << VIRTIO_BLK_F_MQ);
+    /* FLUSH is what tells a driver the device has a volatile write
+     * cache; a writethrough export has none (every write is FUA), so its
+     * guest never needs to flush, and a crash of the daemon loses no
+     * write the guest saw completed. */
+    if (!b->writethrough) {
+        a->ops.features |= 1ull << VIRTIO_BLK_F_FLUSH;
+    }
     if (b->read_only) {
         a->ops.features |= 1ull << VIRTIO_BLK_F_RO;
     }
