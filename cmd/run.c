@@ -441,12 +441,12 @@ int cmd_run(int argc, char **argv)
                       "--)", argv[optind]);
         goto out;
     }
-    if (cfg.ndisks == 0 && !cfg.kernel) {
-        rc = usage_error("run", "nothing to boot: give --disk or --kernel");
-        goto out;
-    }
     if ((cfg.initrd || cfg.append) && !cfg.kernel) {
         imgtool_error("--initrd and --append need --kernel");
+        goto out;
+    }
+    if (cfg.ndisks == 0 && !cfg.kernel) {
+        rc = usage_error("run", "nothing to boot: give --disk or --kernel");
         goto out;
     }
     cfg.disks = disks;
