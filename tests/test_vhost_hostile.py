@@ -389,6 +389,82 @@ def test_malformed_messages(daemon):
     assert len(os.listdir(f"/proc/{daemon.p.pid}/fd")) <= fds_before
 
 
+def test_blk_discard_zeroes_and_id(daemon):
+    """Several discard / write-zeroes ranges in one request (more than
+    one 16 MiB segment's worth is allowed), their errors, GET_ID."""
+    with Client(daemon.blk) as c:
+        c.negotiate()
+        c.send(vu.GET_CONFIG, struct.pack("<III", 0, 60, 0) + bytes(60))
+        _, cfg, _ = c.reply()
+        seg_max, = struct.unpack_from("<I", cfg, 12 + 12)
+        max_discard, max_dseg = struct.unpack_from("<II", cfg, 12 + 36)
+        max_wz, max_wzseg, may_unmap = struct.unpack_from("<IIB", cfg,
+                                                          12 + 48)
+        assert seg_max == 126 and max_dseg == 256 and max_wzseg == 256
+        assert max_discard >= 32768 and max_wz >= 32768   # > 16 MiB
+        assert c.map_memory() == 0
+        c.setup_queue()
+        status, _ = c.blk(1, 0, out=b"\x77" * 65536)
+        assert status == 0
+        segs = b"".join(struct.pack("<QII", s, 8, f) for s, f in
+                        ((0, 1), (16, 0), (64, 1)))
+        status, _ = c.blk(13, 0, out=segs)          # write zeroes x3
+        assert status == 0
+        status, data = c.blk(0, 0, 65536)
+        expect = bytearray(b"\x77" * 65536)
+        for s in (0, 16, 64):
+            expect[s * 512:(s + 8) * 512] = bytes(4096)
+        assert status == 0 and data == bytes(expect)
+        status, _ = c.blk(11, 0, out=struct.pack("<QII", 100, 8, 0) * 2)
+        assert status == 0                           # discard x2
+        status, _ = c.blk(11, 0, out=struct.pack("<QII", 0, 8, 1))
+        assert status == 2                           # unmap flag: UNSUPP
+        status, _ = c.blk(11, 0, out=struct.pack("<QII", 8191, 8, 0))
+        assert status == 1                           # past the end
+        status, _ = c.blk(13, 0, out=b"\0" * 15)
+        assert status == 2                           # not whole segments
+        status, ident = c.blk(8, 0, 20)
+        assert status == 0 and ident.rstrip(b"\0") == b"b0"
+        # restore the pattern the other tests read
+        status, _ = c.blk(1, 0, out=b"\xa7" * 65536)
+        assert status == 0
+
+
+def test_scsi_task_management(daemon):
+    with Client(daemon.scsi) as c:
+        c.negotiate()
+        assert c.map_memory() == 0
+        c.setup_queue(index=0)
+        base = vu.DATA
+
+        def ctrl(req, resp_len):
+            c.mem[base:base + len(req)] = req
+            c.mem[base + 0x100:base + 0x100 + resp_len] = b"\xee" * resp_len
+            c.desc(0, base, len(req), vu.DESC_NEXT, 1)
+            c.desc(1, base + 0x100, resp_len, vu.DESC_WRITE)
+            c.offer(0)
+            _, written = c.wait_used()
+            return bytes(c.mem[base + 0x100:base + 0x100 + written])
+
+        lun0 = bytes([1, 0, 0x40, 0, 0, 0, 0, 0])
+        tmf = lambda sub, lun, tag=0: struct.pack("<II", 0, sub) + lun + \
+            struct.pack("<Q", tag)
+        assert ctrl(tmf(5, lun0), 1) == b"\x00"            # LUN reset
+        assert ctrl(tmf(0, lun0, 42), 1) == b"\x00"        # abort, idle
+        assert ctrl(tmf(6, lun0, 42), 1) == b"\x00"        # query: none
+        assert ctrl(tmf(2, lun0), 1) == bytes([11])        # CLEAR ACA
+        assert ctrl(tmf(5, bytes([1, 9, 0x40, 0]) + bytes(4)), 1) == \
+            bytes([3])                                     # bad target
+        assert ctrl(tmf(5, bytes([1, 0, 0x40, 7]) + bytes(4)), 1) == \
+            bytes([12])                                    # no LUN 7
+        an = struct.pack("<I", 1) + lun0 + struct.pack("<I", 0xff)
+        assert ctrl(an, 5) == struct.pack("<IB", 0, 0)     # no events
+        assert ctrl(struct.pack("<I", 9), 1) == b""        # unknown type
+        c.send(vu.GET_VRING_BASE, struct.pack("<II", 0, 0))
+        c.reply()
+    assert still_serves(daemon)
+
+
 def test_clean_shutdown_after_all_that(daemon):
     assert still_serves(daemon)
     daemon.p.send_signal(signal.SIGTERM)
