@@ -42,11 +42,19 @@ void vhost_queue_destroy(VhostQueue *q)
     pthread_cond_destroy(&q->idle);
 }
 
+/* Reports a broken ring once (any thread). */
 static void report_broken(VhostQueue *q)
 {
-    if (q->vq.broken && !q->reported) {
+    char why[sizeof(q->vq.why)];
+    pthread_mutex_lock(&q->lock);
+    bool report = q->vq.broken && !q->reported;
+    if (report) {
         q->reported = true;
-        vhost_report(q->dev, "queue %d stopped: %s", q->index, q->vq.why);
+        memcpy(why, q->vq.why, sizeof(why));
+    }
+    pthread_mutex_unlock(&q->lock);
+    if (report) {
+        vhost_report(q->dev, "queue %d stopped: %s", q->index, why);
     }
 }
 
@@ -211,10 +219,7 @@ static void *queue_main(void *arg)
                          q->index);
             break;
         }
-        if (q->vq.broken) {
-            continue;   /* keep draining kicks until stopped */
-        }
-        process(q);
+        process(q);     /* does nothing once the ring is broken */
     }
     return NULL;
 }

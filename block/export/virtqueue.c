@@ -108,7 +108,7 @@ static int map_rings(VirtQueue *vq, const VhostMem *mem, unsigned num,
         return error_setf(err, EINVAL, "rings set up before the memory "
                           "table");
     }
-    void *desc, *avail, *used;
+    void *desc = NULL, *avail = NULL, *used = NULL;
     int ret = ring_ptr(mem, desc_uva, VRING_DESC_BYTES(num), 16,
                        "descriptor", &desc, err);
     if (ret == 0) {
