@@ -203,3 +203,54 @@ def test_run_cleans_up_when_qemu_fails(tmp_path, img):
     # The daemon is gone: the image can be opened for writing again.
     qemu_img("check", str(img))
     imgtool("resize", str(img), "+1M")
+
+
+def children(pid):
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out[int(d)] = cmd
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_stops_everything_on_signal(tmp_path, img, sig):
+    """A guest that never ends (QEMU's -S: paused before the first
+    instruction): the signal stops QEMU and the daemon and removes the
+    run directory's sockets."""
+    run_dir = tmp_path / "run"
+    p = subprocess.Popen([IMGTOOL, "run", "--accel", "tcg", "--disk",
+                          f"{img},bus=scsi", "--run-dir", str(run_dir),
+                          "--", "-S"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        kids = {}
+        for _ in range(600):
+            kids = children(p.pid)
+            if len(kids) == 2 and (run_dir / "scsi.sock").exists():
+                break
+            time.sleep(0.05)
+        names = sorted(c[1] if c[1] == b"serve" else
+                       os.path.basename(c[0]) for c in kids.values())
+        assert names == [b"qemu-system-x86_64", b"serve"], kids
+        p.send_signal(sig)
+        assert p.wait(timeout=60) == 128 + sig, p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for pid in kids:
+        assert not os.path.exists(f"/proc/{pid}") or \
+            open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert os.listdir(run_dir) == []
+    imgtool("resize", str(img), "+1M")     # nobody holds it any more
