@@ -180,8 +180,12 @@ static void *control_main(void *arg)
      * stopped and every request has completed. */
     close(dev->listen_fd);
     dev->listen_fd = -1;
-    if (dev->shutdown_done) {
-        dev->shutdown_done(dev->shutdown_opaque);
+    pthread_mutex_lock(&dev->lock);
+    void (*done)(void *) = dev->shutdown_done;
+    void *opaque = dev->shutdown_opaque;
+    pthread_mutex_unlock(&dev->lock);
+    if (done) {
+        done(opaque);
     }
     return NULL;
 }

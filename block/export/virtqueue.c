@@ -40,6 +40,21 @@ static void vq_break(VirtQueue *vq, const char *fmt, ...)
     }
 }
 
+/* A full barrier between our stores to the rings and our next loads of
+ * the driver's fields (the guest is another CPU, not a C11 thread: only
+ * the hardware's ordering matters).  ThreadSanitizer cannot model
+ * fences, so under it a sequentially consistent read-modify-write does
+ * the job (a locked instruction: the same full barrier on x86). */
+static inline void full_barrier(void)
+{
+#if defined(__SANITIZE_THREAD__)
+    static int dummy;
+    __atomic_fetch_add(&dummy, 0, __ATOMIC_SEQ_CST);
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
 static uint16_t load16(const uint16_t *p)
 {
     return le16toh(__atomic_load_n(p, __ATOMIC_RELAXED));
@@ -322,14 +337,13 @@ bool vq_push(VirtQueue *vq, uint16_t head, uint32_t len)
     vq->used_idx = new;
     if (q) {
         q->desc[head].inflight = 0;
-        __atomic_thread_fence(__ATOMIC_RELEASE);
-        q->used_idx = new;
+        __atomic_store_n(&q->used_idx, new, __ATOMIC_RELEASE);
     }
     inuse_clear(vq, head);
 
     /* The driver's used_event / NO_INTERRUPT must be read after the
      * used index is visible, or both sides could skip the interrupt. */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    full_barrier();
     if (vq->event_idx) {
         uint16_t event = load16(&vq->avail->ring[vq->num]);
         return (uint16_t)(new - event - 1) < (uint16_t)(new - old);
@@ -350,7 +364,7 @@ void vq_set_notification(VirtQueue *vq, bool enable)
                                          : f | VRING_USED_F_NO_NOTIFY);
     }
     /* The flag must be visible before we look at the avail index again. */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    full_barrier();
 }
 
 int vq_inflight_attach(VirtQueue *vq, InflightQueue *q, Error *err)
