@@ -523,9 +523,13 @@ int cmd_serve(int argc, char **argv)
         case 'e':
             sf.max_conns = optarg;
             break;
-        default:
-            rc = usage_bad_option("serve", argv, c);
+        default: {
+            /* usage_bad_option's new form (main's parse-options). */
+            char letter[3] = { '-', (char)optopt, 0 };
+            rc = usage_bad_option("serve", optopt > 0 && optopt < 256 ?
+                                  letter : argv[optind - 1], c == ':');
             goto out;
+        }
         }
     }
     if (sf.image_opts && sf.fmt) {
