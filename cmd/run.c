@@ -30,63 +30,100 @@
 
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/parse-options.h"
 #include "imgtool/vm-cmdline.h"
 #include "imgtool/vm-run.h"
+#include "pools/pool.h"
 
-static const char run_usage[] =
-    "usage: imgtool run [--disk NAME[,bus=blk|scsi][,format=FMT]"
-    "[,readonly=on][,writethrough=on]]...\n"
-    "                   [--kernel FILE] [--initrd FILE] [--append TEXT]\n"
-    "                   [--memory SIZE] [--cpus N] [--accel auto|kvm|tcg]\n"
-    "                   [--run-dir DIR] [--print-command] [-- QEMU ARGS]\n"
-    "\n"
-    "Boots a guest whose disks imgtool serves over vhost-user.\n"
-    "  --disk NAME,...   an image file, vol:POOL/NAME or URL; bus=blk\n"
-    "                    (virtio-blk, the default) or bus=scsi (LUNs of one\n"
-    "                    virtio-scsi controller); repeatable;\n"
-    "                    writethrough=on: no write cache, so a daemon\n"
-    "                    crash loses no write the guest saw complete\n"
-    "  --kernel/--initrd/--append  boot a kernel directly (else the first\n"
-    "                    disk boots)\n"
-    "  --memory SIZE     guest memory (default 512M; a plain number is MiB)\n"
-    "  --cpus N          virtual CPUs, and queues per disk (default 1)\n"
-    "  --accel A         auto (default: KVM when it works, else TCG), kvm,\n"
-    "                    tcg\n"
-    "  --run-dir DIR     where the sockets go (default: a new directory,\n"
-    "                    removed at the end); DIR/qmp.sock controls the\n"
-    "                    daemon (imgtool serve-ctl)\n"
-    "  --print-command   print the daemon's and QEMU's command lines, run\n"
-    "                    nothing\n"
-    "  -- ARGS           passed to QEMU as they are\n";
+static struct {
+    CmdList disks;
+    const char *kernel, *initrd, *append, *memory, *accel, *run_dir;
+    uint64_t cpus;
+    bool print;
+} o;
 
-enum {
-    OPT_DISK = 256, OPT_KERNEL, OPT_INITRD, OPT_APPEND, OPT_MEMORY, OPT_CPUS,
-    OPT_ACCEL, OPT_RUN_DIR, OPT_PRINT,
+static const CmdOpt run_opts[] = {
+    { CMDOPT_LIST, 0, "disk",
+      "name[,bus=blk|scsi][,format=fmt][,readonly=on][,writethrough=on]",
+      "a disk (repeatable): an image file, vol:POOL/NAME or a URL; "
+      "bus=scsi makes it the next LUN of one virtio-scsi controller; "
+      "writethrough=on: no write cache, a daemon crash loses nothing the "
+      "guest saw written", .value = &o.disks },
+    { CMDOPT_STRING, 0, "kernel", "file",
+      "boot this kernel (else the first disk boots)", .value = &o.kernel },
+    { CMDOPT_STRING, 0, "initrd", "file", "its initramfs",
+      .value = &o.initrd },
+    { CMDOPT_STRING, 0, "append", "text", "its command line",
+      .value = &o.append },
+    { CMDOPT_STRING, 0, "memory", "size",
+      "guest memory (default 512M; a number alone is MiB)",
+      .value = &o.memory },
+    { CMDOPT_UINT, 0, "cpus", "n",
+      "virtual CPUs, and queues per disk (default 1)", .value = &o.cpus,
+      .what = "--cpus value (1 to 32)", .min = 1, .max = 32 },
+    { CMDOPT_STRING, 0, "accel", "auto|kvm|tcg",
+      "auto (default): KVM when it works, else TCG", .value = &o.accel },
+    { CMDOPT_STRING, 0, "run-dir", "dir",
+      "where the sockets go (default: a new directory, removed at the "
+      "end); dir/qmp.sock controls the daemon", .value = &o.run_dir },
+    { CMDOPT_FLAG, 0, "print-command", NULL,
+      "print the daemon's and QEMU's command lines, run nothing",
+      .value = &o.print },
+    CMDOPT_END,
 };
 
-static const struct option run_options[] = {
-    { "help", no_argument, NULL, 'h' },
-    { "disk", required_argument, NULL, OPT_DISK },
-    { "kernel", required_argument, NULL, OPT_KERNEL },
-    { "initrd", required_argument, NULL, OPT_INITRD },
-    { "append", required_argument, NULL, OPT_APPEND },
-    { "memory", required_argument, NULL, OPT_MEMORY },
-    { "cpus", required_argument, NULL, OPT_CPUS },
-    { "accel", required_argument, NULL, OPT_ACCEL },
-    { "run-dir", required_argument, NULL, OPT_RUN_DIR },
-    { "print-command", no_argument, NULL, OPT_PRINT },
-    { NULL, 0, NULL, 0 },
+static const CmdSpec run_spec = {
+    .name = "run",
+    .args = "[-- qemu-args...]",
+    .description =
+        "  Boots a guest whose disks imgtool serves over vhost-user; what\n"
+        "  follows -- goes to QEMU as it is.\n",
+    .opts = run_opts,
 };
 
 #define QEMU_BINARY "qemu-system-x86_64"
 
 /* ---- Disks ------------------------------------------------------------ */
 
+/* vol:POOL/NAME: the file (or device) and format the pool knows, and the
+ * driver options it needs (a LUKS volume's secret, for instance). */
+static int resolve_volume(VmDisk *d, Error *err)
+{
+    PoolStore *s;
+    VolOpenSpec spec;
+    if (pool_store_open(&s, err) < 0) {
+        return -EINVAL;
+    }
+    int ret = pool_vol_open_spec(s, d->name, &spec, err);
+    pool_store_close(s);
+    if (ret < 0) {
+        error_prefixf(err, "%s", d->name);
+        return ret;
+    }
+    if (d->format && strcmp(d->format, spec.format) != 0) {
+        ret = error_setf(err, EINVAL, "%s: the volume's format is %s, not "
+                         "%s", d->name, spec.format, d->format);
+    } else {
+        free(d->filename);
+        free(d->format);
+        d->filename = strdup(spec.filename);
+        d->format = strdup(spec.format);
+        for (size_t i = 0; i < spec.opts.n; i++) {
+            kvlist_set(&d->opts, spec.opts.items[i].key,
+                       spec.opts.items[i].value);
+        }
+        if (!d->filename || !d->format) {
+            ret = error_setf(err, ENOMEM, "out of memory");
+        }
+    }
+    vol_open_spec_clear(&spec);
+    return ret;
+}
+
 static int resolve_disk(VmDisk *d, Error *err)
 {
-    if (strncmp(d->name, "vol:", 4) == 0) {
-        return error_setf(err, ENOTSUP, "%s: storage pool volumes are not "
-                          "supported by this build", d->name);
+    if (pool_is_vol_name(d->name)) {
+        return resolve_volume(d, err);
     }
     if (!d->format) {
         const BlockDriver *drv = block_probe(d->filename, err);
@@ -105,77 +142,50 @@ static int resolve_disk(VmDisk *d, Error *err)
 int cmd_run(int argc, char **argv)
 {
     VmConfig cfg = { .cpus = 1, .memory = 512ull << 20, .qemu = QEMU_BINARY };
-    VmDisk *disks = calloc((size_t)argc, sizeof(*disks));
-    const char *accel = "auto", *run_dir = NULL;
-    bool print = false;
-    int c, rc = 1;
+    VmDisk *disks = NULL;
+    const char *accel = "auto", *run_dir;
+    int rc = 1;
     Error err = { 0 };
     char **serve_argv = NULL, **qemu_argv = NULL;
     char made_dir[] = "/tmp/imgtool-run.XXXXXX";
     bool own_dir = false;
 
+    memset(&o, 0, sizeof(o));
+    o.cpus = 1;
+    if (cmd_parse(&run_spec, NULL, NULL, argc, argv, &rc) < 0) {
+        return rc;
+    }
+    rc = 1;
+    disks = calloc(o.disks.n + 1, sizeof(*disks));
     if (!disks) {
         imgtool_error("out of memory");
-        return 1;
+        goto out;
     }
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "+:h", run_options, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            fputs(run_usage, stdout);
-            rc = 0;
-            goto out;
-        case OPT_DISK:
-            if (vm_disk_parse(optarg, &disks[cfg.ndisks], &err) < 0) {
-                imgtool_report(&err);
-                goto out;
-            }
-            cfg.ndisks++;
-            break;
-        case OPT_KERNEL:
-            cfg.kernel = optarg;
-            break;
-        case OPT_INITRD:
-            cfg.initrd = optarg;
-            break;
-        case OPT_APPEND:
-            cfg.append = optarg;
-            break;
-        case OPT_MEMORY:
-            if (vm_memory_parse(optarg, &cfg.memory, &err) < 0) {
-                imgtool_report(&err);
-                goto out;
-            }
-            break;
-        case OPT_CPUS: {
-            char *end;
-            long n = strtol(optarg, &end, 10);
-            if (*end || n < 1 || n > 32) {
-                imgtool_error("--cpus '%s': 1 to 32 expected", optarg);
-                goto out;
-            }
-            cfg.cpus = (int)n;
-            break;
-        }
-        case OPT_ACCEL:
-            if (strcmp(optarg, "auto") && strcmp(optarg, "kvm") &&
-                strcmp(optarg, "tcg")) {
-                imgtool_error("--accel '%s': auto, kvm or tcg expected",
-                              optarg);
-                goto out;
-            }
-            accel = optarg;
-            break;
-        case OPT_RUN_DIR:
-            run_dir = optarg;
-            break;
-        case OPT_PRINT:
-            print = true;
-            break;
-        default:
-            rc = usage_bad_option("run", argv, c);
+    for (size_t i = 0; i < o.disks.n; i++) {
+        if (vm_disk_parse(o.disks.items[i], &disks[cfg.ndisks], &err) < 0) {
+            imgtool_report(&err);
             goto out;
         }
+        cfg.ndisks++;
+    }
+    cfg.kernel = o.kernel;
+    cfg.initrd = o.initrd;
+    cfg.append = o.append;
+    cfg.cpus = (int)o.cpus;
+    run_dir = o.run_dir;
+    bool print = o.print;
+    if (o.memory && vm_memory_parse(o.memory, &cfg.memory, &err) < 0) {
+        imgtool_report(&err);
+        goto out;
+    }
+    if (o.accel) {
+        if (strcmp(o.accel, "auto") && strcmp(o.accel, "kvm") &&
+            strcmp(o.accel, "tcg")) {
+            imgtool_error("--accel '%s': auto, kvm or tcg expected",
+                          o.accel);
+            goto out;
+        }
+        accel = o.accel;
     }
     cfg.extra = argv + optind;
     cfg.nextra = argc - optind;
@@ -258,9 +268,10 @@ int cmd_run(int argc, char **argv)
 out:
     vm_argv_free(serve_argv);
     vm_argv_free(qemu_argv);
-    for (int i = 0; i < cfg.ndisks; i++) {
+    for (int i = 0; disks && i < cfg.ndisks; i++) {
         vm_disk_clear(&disks[i]);
     }
     free(disks);
+    cmd_list_free(&o.disks);
     return rc;
 }
