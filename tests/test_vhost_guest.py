@@ -56,7 +56,8 @@ TRANSPORTS = r"""
 ok=1
 pat 021 1024 /tmp/p11; pat 042 1024 /tmp/p22; pat 063 1024 /tmp/p33
 pat 104 2048 /tmp/p44; pat 125 2048 /tmp/p55
-[ -b /dev/vda ] && [ -b /dev/sda ] && [ -b /dev/sdb ] || { fail disks; ok=0; }
+# SCSI LUNs are scanned asynchronously: wait for every disk.
+for d in vda sda sdb; do wait_for [ -b /dev/$d ] || { fail no $d; ok=0; }; done
 for d in vda:p11 sda:p22 sdb:p33; do
     dev=${d%:*}; p=${d#*:}
     dd if=/dev/$dev of=/tmp/r bs=64k count=16 iflag=direct 2>/dev/null
@@ -118,6 +119,7 @@ def test_transports(tmp_path):
 HOTPLUG = r"""
 ok=1
 pat 146 1024 /tmp/p66
+for d in vda sda; do wait_for [ -b /dev/$d ] || { fail no $d; ok=0; }; done
 echo "SIZE-BEFORE $(cat /sys/block/vda/size) $(cat /sys/block/sda/size)"
 echo READY-FOR-PLUG
 if wait_for [ -b /dev/sdb ]; then
