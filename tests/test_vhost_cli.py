@@ -254,3 +254,24 @@ def test_run_stops_everything_on_signal(tmp_path, img, sig):
             open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert os.listdir(run_dir) == []
     imgtool("resize", str(img), "+1M")     # nobody holds it any more
+
+
+def test_run_volume_disk(tmp_path):
+    """--disk vol:POOL/NAME: the daemon opens the file the pool holds,
+    in the format the pool records."""
+    from poolenv import Pools
+    pools = Pools(tmp_path / "cfg")
+    target = tmp_path / "pool"
+    pools("pool-define-as", "p", "dir", "--target", target)
+    pools("pool-build", "p")
+    pools("pool-start", "p")
+    pools("vol-create-as", "p", "vm.qcow2", "16M", "--format", "qcow2")
+    p = pools("run", "--print-command", "--disk", "vol:p/vm.qcow2,bus=scsi")
+    serve = p.stdout.splitlines()[0]
+    assert (f"driver=qcow2,node-name=disk0,file.filename={target}/vm.qcow2"
+            in serve), serve
+    bad = pools("run", "--print-command", "--disk", "vol:p/nope", check=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("imgtool: vol:p/nope")
+    bad = pools("run", "--print-command", "--disk", "vol:p/vm.qcow2,format=raw",
+                check=False)
+    assert bad.returncode == 1 and "format is qcow2, not raw" in bad.stderr
