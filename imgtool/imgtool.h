@@ -72,6 +72,7 @@ int cmd_vol_pool(int argc, char **argv);
 int cmd_vol_dumpxml(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_serve_ctl(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 /* "imgtool: <msg>\n" on stderr. */
 void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -56,8 +56,9 @@ static const ImgtoolCommand commands[] = {
     { "vol-name", cmd_vol_name, "the name of a volume given its key or path" },
     { "vol-pool", cmd_vol_pool, "the pool of a volume given its key or path" },
     { "vol-dumpxml", cmd_vol_dumpxml, "volume information in XML" },
-    { "serve", cmd_serve, "serve images over NBD (qemu-storage-daemon's options)" },
+    { "serve", cmd_serve, "serve images over NBD and vhost-user (qemu-storage-daemon's options)" },
     { "serve-ctl", cmd_serve_ctl, "send a command to a running serve daemon" },
+    { "run", cmd_run, "boot a guest with disks served over vhost-user" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "imgtool/imgtool.h"
 
@@ -15,20 +16,33 @@ static void vreport(const char *prefix, const char *fmt, va_list ap)
     if (vasprintf(&msg, fmt, ap) < 0) {
         msg = NULL;
     }
-    fputs(prefix, stderr);
-    for (const char *c = msg ? msg : "out of memory"; *c; c++) {
+    const char *text = msg ? msg : "out of memory";
+    /* Built whole and written at once: stderr is unbuffered, and a
+     * child (QEMU under imgtool run) may write to it at the same time;
+     * a byte at a time the two lines would interleave. */
+    size_t cap = strlen(prefix) + 4 * strlen(text) + 2;
+    char *line = malloc(cap), *p = line;
+    if (!line) {
+        fprintf(stderr, "%s%s\n", prefix, text);
+        free(msg);
+        return;
+    }
+    p = stpcpy(p, prefix);
+    for (const char *c = text; *c; c++) {
         unsigned char u = (unsigned char)*c;
         if (u == '\n') {
-            fputs("\\n", stderr);
+            p = stpcpy(p, "\\n");
         } else if (u == '\t') {
-            fputs("\\t", stderr);
+            p = stpcpy(p, "\\t");
         } else if (u < 0x20 || u == 0x7f) {
-            fprintf(stderr, "\\x%02x", u);
+            p += sprintf(p, "\\x%02x", u);
         } else {
-            fputc(*c, stderr);
+            *p++ = *c;
         }
     }
-    fputc('\n', stderr);
+    *p++ = '\n';
+    fwrite(line, 1, (size_t)(p - line), stderr);
+    free(line);
     free(msg);
 }
 

@@ -1,5 +1,6 @@
-"""Short libFuzzer runs of the qcow2, LUKS and NBD server harnesses
-(fuzz/, docs/reliability.md).
+"""Short libFuzzer runs of the harnesses in fuzz/ (docs/reliability.md):
+the qcow2 and LUKS parsers, the NBD server, the vhost-user virtqueue
+walker and the SCSI target.
 
 fuzz/build.sh builds the harnesses with clang, ASan and UBSan into
 build-fuzz/ (or $IMGTOOL_FUZZ_BUILD).  Each harness then:
@@ -21,13 +22,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.environ.get("IMGTOOL_FUZZ_BUILD", os.path.join(ROOT, "build-fuzz"))
 SECONDS = int(os.environ.get("IMGTOOL_FUZZ_SECONDS", "15"))
 HARNESSES = ["qcow2_read", "qcow2_write", "qcow2_snapshot", "qcow2_bitmap",
-             "luks_header", "nbd_server"]
+             "luks_header", "nbd_server", "virtqueue", "scsi_cdb"]
 # Harnesses whose inputs are not whole images have their own committed
 # corpus (fuzz/corpus/NAME); the others share the qcow2 seeds.
 OWN_CORPUS = {"qcow2_snapshot": "qcow2-snapshot",
               "qcow2_bitmap": "qcow2-bitmap",
               "luks_header": "luks",
-              "nbd_server": "nbd"}
+              "nbd_server": "nbd",
+              "virtqueue": "virtqueue",
+              "scsi_cdb": "scsi-cdb"}
 CRASHERS = os.path.join(ROOT, "fuzz", "crashers")
 # -malloc_limit_mb bounds what one input may make a harness allocate at
 # once (hostile headers must not buy memory); -rss_limit_mb only catches

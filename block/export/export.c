@@ -360,3 +360,14 @@ bool block_export_uses_node(BlockNode *n)
     pthread_mutex_unlock(&lock);
     return used;
 }
+
+void block_export_node_resized(BlockNode *n)
+{
+    pthread_mutex_lock(&lock);
+    for (BlockExport *e = exports; e; e = e->next) {
+        if (!e->shutting_down && e->drv->resized && chain_has(e->node, n)) {
+            e->drv->resized(e);
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}

@@ -80,6 +80,9 @@ typedef struct BlockExportDriver {
     /* Adds type-specific members to exp's query-block-exports entry
      * (NULL: none). */
     void (*query)(BlockExport *exp, json_t *entry);
+    /* The node changed size (block_resize): tell the clients, as a
+     * virtio device's config change does (NULL: nothing to tell). */
+    void (*resized)(BlockExport *exp);
 } BlockExportDriver;
 
 struct BlockExport {
@@ -136,6 +139,9 @@ int block_export_count(void);
 BlockExport *block_export_find(const char *id);
 /* query-block-exports: a new JSON array. */
 json_t *block_export_query(void);
+/* Node n changed size: every export serving it (or a node above it)
+ * tells its clients. */
+void block_export_node_resized(BlockNode *n);
 /* Some export (not yet deleted) serves node n, or a node above it. */
 bool block_export_uses_node(BlockNode *n);
 

@@ -198,6 +198,35 @@ static json_t *cmd_query_named_block_nodes(json_t *args, Error *err)
     return blockdev_query_named();
 }
 
+static BlockNode *node_arg(json_t *args, const char *key, Error *err);
+
+/* block_resize: the node grows or shrinks (drained, so no request sees
+ * half of it), then the exports serving it tell their clients (a
+ * vhost-user device's config change). */
+static json_t *cmd_block_resize(json_t *args, Error *err)
+{
+    json_t *size = json_object_get(args, "size");
+    if (!size || !json_is_integer(size) || json_integer_value(size) < 0) {
+        error_setf(err, EINVAL, "Parameter 'size' expects a non-negative "
+                   "integer");
+        return NULL;
+    }
+    BlockNode *n = node_arg(args, json_object_get(args, "node-name") ?
+                            "node-name" : "device", err);
+    if (!n) {
+        return NULL;
+    }
+    block_drain_begin(n);
+    int ret = block_truncate(n, (uint64_t)json_integer_value(size), false,
+                             PREALLOC_OFF, err);
+    block_drain_end(n);
+    if (ret == 0) {
+        block_export_node_resized(n);
+    }
+    block_close(n);
+    return ret < 0 ? NULL : ok();
+}
+
 /* ---- dirty bitmaps ---- */
 
 static BlockNode *node_arg(json_t *args, const char *key, Error *err)
@@ -390,6 +419,7 @@ static const struct {
     { "blockdev-add", cmd_blockdev_add },
     { "blockdev-del", cmd_blockdev_del },
     { "query-named-block-nodes", cmd_query_named_block_nodes },
+    { "block_resize", cmd_block_resize },
     { "block-dirty-bitmap-add", cmd_bm_add },
     { "block-dirty-bitmap-remove", cmd_bm_remove },
     { "block-dirty-bitmap-clear", cmd_bm_clear },
