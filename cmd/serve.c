@@ -434,8 +434,8 @@ static const CmdOpt serve_opts[] = {
     ACTION("export", "options",
            "type=nbd,id=ID,node-name=NODE [,name=NAME] [,writable=on] "
            "[,bitmaps.0=B] [,allocation-depth=on]; or "
-           "type=vhost-user-blk|vhost-user-scsi,id=ID,node-name=NODE,"
-           "addr.type=unix,addr.path=P [,writable=on] [,num-queues=N] "
+           "type=vhost-user-blk|vhost-user-scsi ,id=ID,node-name=NODE "
+           ",addr.type=unix,addr.path=P [,writable=on] [,num-queues=N] "
            "[,lun=N] (imgtool(1), VHOST-USER EXPORTS)"),
     ACTION("chardev", "options", "socket,id=ID,path=P,server=on,wait=off"),
     ACTION("monitor", "[chardev=]id", "a QMP control socket on a chardev"),
