@@ -17,10 +17,16 @@ packages=(
     libdeflate-dev
     # io_uring for asynchronous file I/O (optional: worker threads fallback)
     liburing-dev
+    # iscsi:// and gluster:// (the libraries QEMU uses for the same URLs)
+    libiscsi-dev libglusterfs-dev
     # ASan/UBSan with clang, libFuzzer harnesses
     clang libclang-rt-14-dev
-    # the oracle the tests compare against: qemu-img, qemu-io
-    qemu-utils
+    # the oracle the tests compare against: qemu-img, qemu-io; and QEMU's
+    # own iscsi:// and gluster:// drivers for them
+    qemu-utils qemu-block-extra
+    # the real servers the network tests run: an iSCSI target (tgtd) with
+    # libiscsi's tools, and glusterd with one brick
+    tgt libiscsi-bin glusterfs-server
     # test runner
     python3 python3-pytest python3-pytest-xdist python3-pytest-timeout
     # the logical (LVM) pool back end runs lvm2's commands; blkid/wipefs
