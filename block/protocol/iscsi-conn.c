@@ -519,6 +519,7 @@ void iscsi_conn_submit(IscsiConn *c, IscsiCmd *cmd)
         finish(cmd, dead);
         return;
     }
+    bool was_empty = !c->head;
     if (c->tail) {
         c->tail->next = cmd;
     } else {
@@ -526,7 +527,12 @@ void iscsi_conn_submit(IscsiConn *c, IscsiCmd *cmd)
     }
     c->tail = cmd;
     pthread_mutex_unlock(&c->lock);
-    wake(c);
+    /* One wake-up per batch: the service thread takes the whole queue at
+     * once, and looks at it again before it polls (which is also why a
+     * command queued from a completion on that thread needs none). */
+    if (was_empty && !pthread_equal(pthread_self(), c->thread)) {
+        wake(c);
+    }
 }
 
 typedef struct Waiter {

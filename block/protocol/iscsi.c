@@ -59,6 +59,15 @@ typedef struct IscsiState {
     atomic_bool no_ws;       /* the LUN refused WRITE SAME */
     atomic_bool no_unmap;    /* the LUN refused UNMAP */
     uint8_t *zero_block;
+
+    /* Every change to the LUN from here bumps this, when it is sent and
+     * when it completes, so a cached GET LBA STATUS answer is used only
+     * while nothing was written since it was asked. */
+    atomic_uint_fast64_t write_gen;
+    pthread_mutex_t status_lock;
+    uint64_t status_gen;
+    uint32_t status_n;
+    struct StatusRun { uint64_t start, end; bool zero; } *status;
 } IscsiState;
 
 /* ------------------------------------------------------------------ */
@@ -74,6 +83,7 @@ typedef struct Piece {
 } Piece;
 
 struct IscsiReq {
+    atomic_uint_fast64_t *write_gen;
     atomic_int pending;
     atomic_int ret;
     void (*done)(IscsiReq *r, int ret);
@@ -90,10 +100,19 @@ static void req_free(IscsiReq *r)
     free(r);
 }
 
+static bool changes_data(IscsiCmdOp op)
+{
+    return op == ISCSI_CMD_WRITE || op == ISCSI_CMD_UNMAP ||
+           op == ISCSI_CMD_WRITE_SAME;
+}
+
 static void piece_done(IscsiCmd *cmd, int ret)
 {
     Piece *p = (Piece *)cmd;
     IscsiReq *r = p->req;
+    if (changes_data(cmd->op)) {
+        atomic_fetch_add(r->write_gen, 1);
+    }
     if (ret < 0) {
         int zero = 0;
         atomic_compare_exchange_strong(&r->ret, &zero, ret);
@@ -121,6 +140,10 @@ static IscsiReq *req_new(int npieces)
 
 static void req_start(IscsiState *s, IscsiReq *r)
 {
+    r->write_gen = &s->write_gen;
+    if (r->npieces && changes_data(r->p[0].cmd.op)) {
+        atomic_fetch_add(&s->write_gen, 1);
+    }
     for (int i = 0, n = r->npieces; i < n; i++) {
         iscsi_conn_submit(s->conn, &r->p[i].cmd);
     }
@@ -412,6 +435,27 @@ static int iscsi_drv_submit(BlockNode *n, BlockRequest *req)
 /* ------------------------------------------------------------------ */
 /* Block status                                                        */
 
+/* The cached run holding off, if the cache is current: its flags and
+ * *pnum.  0 when it does not know. */
+static int status_cached(IscsiState *s, uint64_t off, uint64_t len,
+                         uint64_t *pnum, int zero, int data)
+{
+    int flags = 0;
+    pthread_mutex_lock(&s->status_lock);
+    if (s->status_gen == atomic_load(&s->write_gen)) {
+        for (uint32_t i = 0; i < s->status_n; i++) {
+            const struct StatusRun *r = &s->status[i];
+            if (off >= r->start && off < r->end) {
+                *pnum = r->end - off < len ? r->end - off : len;
+                flags = r->zero ? zero : data;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->status_lock);
+    return flags;
+}
+
 static int iscsi_drv_block_status(BlockNode *n, uint64_t off, uint64_t len,
                                   uint64_t *pnum, uint64_t *map,
                                   BlockNode **file)
@@ -430,6 +474,11 @@ static int iscsi_drv_block_status(BlockNode *n, uint64_t off, uint64_t len,
     if (!s->lbpme) {
         return data;
     }
+    int flags = status_cached(s, off, len, pnum, zero, data);
+    if (flags) {
+        return flags;
+    }
+    uint64_t gen = atomic_load(&s->write_gen);
     IscsiCmd cmd = {
         .op = ISCSI_CMD_LBA_STATUS,
         .lun = s->lun,
@@ -441,23 +490,34 @@ static int iscsi_drv_block_status(BlockNode *n, uint64_t off, uint64_t len,
         return ret == -ENOTSUP ? data : ret;
     }
     struct scsi_get_lba_status *st = scsi_datain_unmarshall(cmd.task);
-    int flags = data;
-    if (st) {
-        for (uint32_t i = 0; i < st->num_descriptors; i++) {
-            const struct scsi_lba_status_descriptor *d = &st->descriptors[i];
-            uint64_t start = d->lba * s->bs;
-            uint64_t end = (d->lba + d->num_blocks) * s->bs;
-            if (off < start || off >= end) {
-                continue;
-            }
-            *pnum = end - off < len ? end - off : len;
-            /* Unmapped blocks of a LUN that does not promise zeroes hold
-             * whatever: data, as far as anyone can tell. */
-            flags = d->provisioning != SCSI_PROVISIONING_TYPE_MAPPED &&
-                    s->lbprz ? zero : data;
-            break;
+    flags = data;
+    pthread_mutex_lock(&s->status_lock);
+    s->status_n = 0;
+    struct StatusRun *runs = st && st->num_descriptors
+        ? realloc(s->status, st->num_descriptors * sizeof(*runs)) : NULL;
+    if (runs) {
+        s->status = runs;
+        s->status_gen = gen;
+    }
+    for (uint32_t i = 0; st && i < st->num_descriptors; i++) {
+        const struct scsi_lba_status_descriptor *d = &st->descriptors[i];
+        /* Unmapped blocks of a LUN that does not promise zeroes hold
+         * whatever: data, as far as anyone can tell. */
+        struct StatusRun r = {
+            .start = d->lba * s->bs,
+            .end = (d->lba + d->num_blocks) * s->bs,
+            .zero = d->provisioning != SCSI_PROVISIONING_TYPE_MAPPED &&
+                    s->lbprz,
+        };
+        if (runs) {
+            runs[s->status_n++] = r;
+        }
+        if (off >= r.start && off < r.end) {
+            *pnum = r.end - off < len ? r.end - off : len;
+            flags = r.zero ? zero : data;
         }
     }
+    pthread_mutex_unlock(&s->status_lock);
     scsi_free_scsi_task(cmd.task);
     return flags;
 }
@@ -668,6 +728,7 @@ static int connect_lun(IscsiState *s, const char *filename, KVList *opts,
 static int iscsi_drv_open(BlockNode *n, KVList *opts, int flags, Error *err)
 {
     IscsiState *s = n->opaque;
+    pthread_mutex_init(&s->status_lock, NULL);
     s->max_xfer = UINT32_MAX;
     s->max_unmap = UINT32_MAX;
     s->max_ws = UINT32_MAX;
@@ -709,6 +770,7 @@ fail:
     s->conn = NULL;
     free(s->display);
     s->display = NULL;
+    pthread_mutex_destroy(&s->status_lock);
     return ret;
 }
 
@@ -718,6 +780,8 @@ static void iscsi_drv_close(BlockNode *n)
     iscsi_conn_close(s->conn);
     free(s->display);
     free(s->zero_block);
+    free(s->status);
+    pthread_mutex_destroy(&s->status_lock);
 }
 
 static int iscsi_drv_reopen(BlockNode *n, int flags, Error *err)
