@@ -46,6 +46,7 @@ typedef struct GlusterState {
     bool locked;
     uint64_t lk_owner;
     bool no_seek;            /* SEEK_DATA unsupported: all data */
+    atomic_bool failed;      /* an I/O error was returned already */
 } GlusterState;
 
 static _Atomic uint64_t owner_seq;
@@ -183,6 +184,10 @@ static int gluster_drv_open(BlockNode *n, KVList *opts, int flags,
                          s->url);
         goto fail;
     }
+    /* Whole 512-byte sectors, as QEMU's gluster driver reads and writes
+     * them: a file that ended inside a sector (a qcow2's 8-byte L1
+     * table) is a short read, an I/O error, to QEMU over gluster://. */
+    n->request_alignment = 512;
     if (!(flags & BLOCK_O_NO_LOCK) &&
         !(locking && strcmp(locking, "off") == 0)) {
         ret = take_lock(s, s->fd, flags, s->url, err);
@@ -207,11 +212,20 @@ fail:
  * goes: the one flush the end of a command must never skip. */
 static void sync_and_close(GlusterState *s, glfs_fd_t *fd, bool writable)
 {
-    if (writable && glfs_fsync(fd, NULL, NULL) < 0) {
+    /* Said only when nothing failed before: after a lost server the
+     * command has told the user already. */
+    if (writable && glfs_fsync(fd, NULL, NULL) < 0 &&
+        !atomic_load(&s->failed)) {
         block_report(BLOCK_REPORT_ERROR, "flushing '%s' on close failed: %s",
                      s->url, strerror(errno));
     }
     glfs_close(fd);
+}
+
+static int io_error(GlusterState *s, int err)
+{
+    atomic_store(&s->failed, true);
+    return -err;
 }
 
 static int gluster_drv_reopen(BlockNode *n, int flags, Error *err)
@@ -286,7 +300,7 @@ static int gluster_drv_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov,
             if (e == EINTR) {
                 continue;
             }
-            return -e;
+            return io_error(s, e);
         }
         if (r == 0) {
             /* past the end reads as zero */
@@ -316,10 +330,10 @@ static int gluster_drv_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
             if (e == EINTR) {
                 continue;
             }
-            return -e;
+            return io_error(s, e);
         }
         if (r == 0) {
-            return -ENOSPC;
+            return io_error(s, ENOSPC);
         }
         done += (size_t)r;
     }
@@ -329,7 +343,7 @@ static int gluster_drv_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
 static int gluster_drv_flush(BlockNode *n)
 {
     GlusterState *s = n->opaque;
-    return glfs_fsync(s->fd, NULL, NULL) < 0 ? -errno : 0;
+    return glfs_fsync(s->fd, NULL, NULL) < 0 ? io_error(s, errno) : 0;
 }
 
 static int64_t file_size(GlusterState *s)
@@ -418,7 +432,7 @@ static void aio_cb(glfs_fd_t *fd, ssize_t ret, struct glfs_stat *pre,
     BlockRequest *req = data;
     int r = 0;
     if (ret < 0) {
-        r = errno ? -errno : -EIO;
+        r = io_error(req->node->opaque, errno ? errno : EIO);
     } else if (req->op == BLOCK_OP_READ && (size_t)ret < req->qiov->size) {
         /* the end of the file: the rest reads as zero */
         blockiov_memset(req->qiov, (size_t)ret, 0,
