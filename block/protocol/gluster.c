@@ -225,7 +225,10 @@ static void sync_and_close(GlusterState *s, glfs_fd_t *fd, bool writable)
 static int io_error(GlusterState *s, int err)
 {
     atomic_store(&s->failed, true);
-    return -err;
+    /* gfapi says EBADFD when the brick behind a descriptor is gone (it
+     * could not reopen it after the disconnect): to a user that is a lost
+     * connection, not a bug in how we hold descriptors. */
+    return err == EBADFD ? -ENOTCONN : -err;
 }
 
 static int gluster_drv_reopen(BlockNode *n, int flags, Error *err)
