@@ -588,6 +588,13 @@ static const BlockCreateOpt gluster_create_opts[] = {
     { NULL, 0, NULL, NULL },
 };
 
+/* A file create just made is holes or written zeroes (as a local
+ * file). */
+static bool gluster_has_zero_init(BlockNode *n)
+{
+    return true;
+}
+
 static bool gluster_can_zero(BlockNode *n)
 {
     return true;
@@ -622,6 +629,7 @@ const BlockDriver gluster_driver = {
     .submit = gluster_drv_submit,
     .get_length = gluster_drv_get_length,
     .get_allocated_size = gluster_drv_get_allocated_size,
+    .has_zero_init = gluster_has_zero_init,
     .truncate = gluster_drv_truncate,
     .create = gluster_drv_create,
     .create_opts = gluster_create_opts,
