@@ -33,16 +33,31 @@
 
 #include "pools/pool.h"
 
+/* A source host of a network pool: <host name='...' port='...'/>. */
+typedef struct PoolHost {
+    char *name;
+    int port;                     /* 0: the protocol's default */
+} PoolHost;
+
 /* A pool definition (libvirt's storage pool XML, pools/poolxml.c). */
 typedef struct PoolDef {
     char *type;
     char *name;
     char uuid[37];
     char *target_path;            /* NULL when not given */
-    char *source_name;            /* logical: the VG name */
+    char *source_name;            /* logical: the VG; gluster: the volume */
     char *source_format;          /* logical: "lvm2"/"unknown" */
-    char **source_devices;
+    char **source_devices;        /* iscsi: the target IQN */
     size_t ndevices;
+    PoolHost *hosts;              /* iscsi, gluster: the servers */
+    size_t nhosts;
+    char *source_dir;             /* gluster: the directory in the volume */
+    char *initiator_iqn;          /* iscsi: <initiator><iqn name=.../> */
+    char *auth_type;              /* "chap", NULL: no authentication */
+    char *auth_username;
+    char *auth_secret;            /* <secret usage=...> or uuid=...: the
+                                     id of an --object secret */
+    bool auth_secret_is_uuid;
     int mode, uid, gid;           /* target permissions, -1: unset */
     char *label;
 } PoolDef;
@@ -122,6 +137,9 @@ struct PoolBackend {
 
 extern const PoolBackend pool_backend_dir;
 extern const PoolBackend pool_backend_logical;
+extern const PoolBackend pool_backend_iscsi;
+extern const PoolBackend pool_backend_iscsi_direct;
+extern const PoolBackend pool_backend_gluster;
 
 const PoolBackend *pool_backend_find(const char *type);
 
