@@ -2,7 +2,7 @@
  * iscsi-int.h - the iSCSI protocol's internals, shared by
  * iscsi-addr.c (where a LUN is: URL and options), iscsi-conn.c (one
  * session and the thread that serves it), iscsi.c (the block driver) and
- * iscsi-target.c (what a pool asks of a target).
+ * iscsi-target.c (what a pool asks of a target, iscsi.h).
  *
  * Invariants:
  *  - a libiscsi context is touched only by its connection's service
@@ -132,9 +132,6 @@ void iscsi_conn_close(IscsiConn *c);
 void iscsi_conn_submit(IscsiConn *c, IscsiCmd *cmd);
 /* Queues cmd and waits for it; returns its result. */
 int iscsi_conn_run(IscsiConn *c, IscsiCmd *cmd);
-
-/* A libiscsi context for discovery (SendTargets) and the like, logged in
- * to no target and served by the caller itself: see iscsi-target.c. */
 
 /* Maps a finished task's status and sense to a negative errno and a
  * message in cmd->msg. */
