@@ -128,6 +128,15 @@ struct PoolBackend {
      * whatever the volume's format. */
     int (*vol_open_spec)(Pool *p, const VolInfo *v, bool raw_bytes,
                          VolOpenSpec *spec, Error *err);
+    /* Where an image command (create, convert) makes a volume of this
+     * name that does not exist yet: a file's path or a URL (malloc'd).
+     * NULL op: such commands cannot make volumes in this pool (an LV or a
+     * LUN needs the pool's own commands or the server's). */
+    char *(*vol_new_path)(Pool *p, const char *name);
+    /* Its volumes exist before any image is put on them (an iSCSI
+     * target's LUNs): image commands create onto an existing volume
+     * instead of refusing to clobber it. */
+    bool fixed_volumes;
     /* The volume's content changed behind the back end's cache (upload,
      * wipe, an image command that created it): forget what it knew and
      * record `format` as what it is now (NULL: find out by probing). */

@@ -306,6 +306,11 @@ static int dir_vol_changed(Pool *p, const VolInfo *v, const char *format,
     return 0;
 }
 
+static char *dir_vol_new_path(Pool *p, const char *name)
+{
+    return pool_strfmt("%s/%s", p->def.target_path, name);
+}
+
 const PoolBackend pool_backend_dir = {
     .type = "dir",
     .def_check = dir_def_check,
@@ -321,5 +326,6 @@ const PoolBackend pool_backend_dir = {
     .vol_delete = dir_vol_delete,
     .vol_resize = dir_vol_resize,
     .vol_open_spec = dir_vol_open_spec,
+    .vol_new_path = dir_vol_new_path,
     .vol_changed = dir_vol_changed,
 };

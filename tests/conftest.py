@@ -265,11 +265,29 @@ class IscsiTarget:
         self.tgtd = tgtd
         self.workdir = workdir
         self.next_lun = 1
+        self.next_tid = 10
         self.portal = tgtd.portal
 
     def url(self, lun, iqn=ISCSI_IQN, **kw):
         from netservices import iscsi_url
         return iscsi_url(self.portal, iqn, lun, **kw)
+
+    def new_target(self, luns, chap=None):
+        """A target of its own: luns is [(lun, size, opts)]; returns
+        (iqn, tid, {lun: backing path})."""
+        tid = self.next_tid
+        self.next_tid += 1
+        iqn = f"iqn.2024-01.org.imgtool.test:t{tid}"
+        paths = {}
+        spec = []
+        for lun, size, opts in luns:
+            path = os.path.join(str(self.workdir), f"t{tid}-lun{lun}.img")
+            if os.path.exists(path):
+                os.unlink(path)
+            paths[lun] = path
+            spec.append((lun, path, size, opts))
+        self.tgtd.add_target(tid, iqn, spec, chap=chap)
+        return iqn, tid, paths
 
     def new_lun(self, size=64 << 20, **opts):
         """A fresh (zeroed, sparse) LUN of target 1: (url, backing path)."""

@@ -82,6 +82,7 @@ class Tgtd:
         self.control = 700 + n
         self.proc = None
         self.tids = set()
+        self.accounts = set()
         self.log = os.path.join(self.workdir, f"tgtd-{self.port}.log")
 
     @property
@@ -100,6 +101,8 @@ class Tgtd:
     def start(self):
         os.makedirs(self.workdir, exist_ok=True)
         self._remove_sockets()
+        self.tids = set()
+        self.accounts = set()
         if not _port_free(self.port):
             raise RuntimeError(f"port {self.port} is taken: a tgtd of an "
                                "earlier run?")
@@ -132,8 +135,11 @@ class Tgtd:
                         "--tid", tid, "-I", ini)
         if chap:
             user, password = chap
-            self.tgtadm("--lld", "iscsi", "--op", "new", "--mode", "account",
-                        "--user", user, "--password", password)
+            # an account is made once and may serve several targets
+            if user not in self.accounts:
+                self.tgtadm("--lld", "iscsi", "--op", "new", "--mode",
+                            "account", "--user", user, "--password", password)
+                self.accounts.add(user)
             self.tgtadm("--lld", "iscsi", "--op", "bind", "--mode",
                         "account", "--tid", tid, "--user", user)
 
@@ -156,6 +162,10 @@ class Tgtd:
             self.tgtadm("--lld", "iscsi", "--op", "update", "--mode",
                         "logicalunit", "--tid", tid, "--lun", lun,
                         "--params", ",".join(params))
+
+    def unbind(self, tid, initiator="127.0.0.1"):
+        self.tgtadm("--lld", "iscsi", "--op", "unbind", "--mode", "target",
+                    "--tid", tid, "-I", initiator)
 
     def delete_lun(self, tid, lun):
         self.tgtadm("--lld", "iscsi", "--op", "delete", "--mode",

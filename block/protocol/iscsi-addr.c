@@ -14,6 +14,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 
 #include "block/core/secret.h"
 #include "block/protocol/iscsi-int.h"
+#include "block/protocol/iscsi.h"
 
 #define ISCSI_DEFAULT_PORT 3260
 #define ISCSI_MAX_LUN 16383    /* flat space addressing (SAM) */
@@ -343,6 +345,89 @@ static int parse_options(IscsiAddr *a, KVList *opts, Error *err)
     return 0;
 }
 
+/* Per-target defaults (iscsi_set_target_defaults): a short list, set
+ * by pool back ends, read by every session's address. */
+typedef struct TargetDefaults {
+    char *target, *user, *secret_id, *initiator;
+    struct TargetDefaults *next;
+} TargetDefaults;
+
+static pthread_mutex_t defaults_lock = PTHREAD_MUTEX_INITIALIZER;
+static TargetDefaults *defaults;
+
+static void defaults_free(TargetDefaults *d)
+{
+    free(d->target);
+    free(d->user);
+    free(d->secret_id);
+    free(d->initiator);
+    free(d);
+}
+
+int iscsi_set_target_defaults(const char *target, const char *user,
+                              const char *secret_id,
+                              const char *initiator_name)
+{
+    TargetDefaults *n = NULL;
+    if (user || initiator_name) {
+        n = calloc(1, sizeof(*n));
+        if (!n || !(n->target = strdup(target)) ||
+            (user && !(n->user = strdup(user))) ||
+            (secret_id && !(n->secret_id = strdup(secret_id))) ||
+            (initiator_name && !(n->initiator = strdup(initiator_name)))) {
+            if (n) {
+                defaults_free(n);
+            }
+            return -ENOMEM;
+        }
+    }
+    pthread_mutex_lock(&defaults_lock);
+    for (TargetDefaults **p = &defaults; *p; p = &(*p)->next) {
+        if (strcmp((*p)->target, target) == 0) {
+            TargetDefaults *old = *p;
+            *p = old->next;
+            defaults_free(old);
+            break;
+        }
+    }
+    if (n) {
+        n->next = defaults;
+        defaults = n;
+    }
+    pthread_mutex_unlock(&defaults_lock);
+    return 0;
+}
+
+/* Fills what a's own options left out from the target's defaults. */
+static int apply_defaults(IscsiAddr *a, Error *err)
+{
+    char *secret = NULL;
+    pthread_mutex_lock(&defaults_lock);
+    for (TargetDefaults *d = defaults; d; d = d->next) {
+        if (strcmp(d->target, a->target) != 0) {
+            continue;
+        }
+        if (!a->user && !a->password && d->user) {
+            a->user = strdup(d->user);
+            secret = d->secret_id ? strdup(d->secret_id) : NULL;
+        }
+        if (!a->initiator_name && d->initiator) {
+            a->initiator_name = strdup(d->initiator);
+        }
+        break;
+    }
+    pthread_mutex_unlock(&defaults_lock);
+    if (!secret) {
+        return 0;
+    }
+    KVList o = { 0 };
+    kvlist_set(&o, "password-secret", secret);
+    free(secret);
+    int ret = parse_options(a, &o, err);
+    kvlist_free(&o);
+    return ret;
+}
+
 int iscsi_addr_parse(IscsiAddr *a, const char *url, KVList *opts,
                      bool need_lun, Error *err)
 {
@@ -365,6 +450,9 @@ int iscsi_addr_parse(IscsiAddr *a, const char *url, KVList *opts,
     if (ret >= 0 && !a->portal) {
         ret = error_setf(err, EINVAL, "iSCSI: no portal given (a URL "
                          URL_SYNTAX ", or portal=host[:port])");
+    }
+    if (ret >= 0 && a->target) {
+        ret = apply_defaults(a, err);
     }
     if (ret >= 0 && need_lun && !a->target) {
         ret = error_setf(err, EINVAL, "iSCSI: no target given (the target "

@@ -211,8 +211,8 @@ static int cmp_lun(const void *a, const void *b)
     return ((const IscsiLunInfo *)a)->lun - ((const IscsiLunInfo *)b)->lun;
 }
 
-int iscsi_target_luns(const char *portal, const char *target, KVList *opts,
-                      IscsiLunInfo **out, Error *err)
+static int list_luns(const char *portal, const char *target, KVList *opts,
+                     int only, IscsiLunInfo **out, Error *err)
 {
     *out = NULL;
     KVList o = { 0 };
@@ -252,6 +252,9 @@ int iscsi_target_luns(const char *portal, const char *target, KVList *opts,
     for (uint32_t k = 0; ret >= 0 && k < n; k++) {
         /* flat or peripheral addressing: the LUN number in 14 bits */
         int lun = list->luns[k] & 0x3fff;
+        if (only >= 0 && lun != only) {
+            continue;
+        }
         ret = describe(c, target, lun, &v[count], err);
         if (ret == 0) {
             count++;
@@ -268,4 +271,27 @@ int iscsi_target_luns(const char *portal, const char *target, KVList *opts,
     qsort(v, (size_t)count, sizeof(*v), cmp_lun);
     *out = v;
     return count;
+}
+
+int iscsi_target_luns(const char *portal, const char *target, KVList *opts,
+                      IscsiLunInfo **out, Error *err)
+{
+    return list_luns(portal, target, opts, -1, out, err);
+}
+
+int iscsi_target_lun(const char *portal, const char *target, KVList *opts,
+                     int lun, IscsiLunInfo *out, Error *err)
+{
+    IscsiLunInfo *v;
+    int n = list_luns(portal, target, opts, lun, &v, err);
+    if (n <= 0) {
+        if (n == 0) {
+            iscsi_lun_info_free(v, 0);
+        }
+        return n;
+    }
+    *out = v[0];
+    v[0].key = NULL;
+    iscsi_lun_info_free(v, n);
+    return 1;
 }

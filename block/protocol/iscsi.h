@@ -33,6 +33,19 @@ typedef struct IscsiLunInfo {
  * inventory changed) is answered by asking again.  Returns the count. */
 int iscsi_target_luns(const char *portal, const char *target, KVList *opts,
                       IscsiLunInfo **out, Error *err);
+/* The same for one LUN: 1 and *out filled, 0 when the target has no
+ * disk at that LUN. */
+int iscsi_target_lun(const char *portal, const char *target, KVList *opts,
+                     int lun, IscsiLunInfo *out, Error *err);
 void iscsi_lun_info_free(IscsiLunInfo *v, int n);
+
+/* Credentials (and initiator name) for every session to `target` that
+ * names none itself, as QEMU's -iscsi id=TARGET,... gives them: so that
+ * what a pool opens or creates on its LUNs (a qcow2 image, whose create
+ * path takes no options) logs in with the pool's CHAP secret.  user NULL
+ * forgets them.  secret_id names an --object secret. */
+int iscsi_set_target_defaults(const char *target, const char *user,
+                              const char *secret_id,
+                              const char *initiator_name);
 
 #endif
