@@ -1,8 +1,9 @@
 /*
  * iscsi-int.h - the iSCSI protocol's internals, shared by
  * iscsi-addr.c (where a LUN is: URL and options), iscsi-conn.c (one
- * session and the thread that serves it), iscsi.c (the block driver) and
- * iscsi-target.c (what a pool asks of a target, iscsi.h).
+ * session and the thread that serves it), iscsi.c (the block driver),
+ * iscsi-lun.c (what the driver's LUN is and holds) and iscsi-target.c
+ * (what a pool asks of a target, iscsi.h).
  *
  * Invariants:
  *  - a libiscsi context is touched only by its connection's service
@@ -19,6 +20,7 @@
 #define IMGTOOL_BLOCK_PROTOCOL_ISCSI_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -132,6 +134,55 @@ void iscsi_conn_close(IscsiConn *c);
 void iscsi_conn_submit(IscsiConn *c, IscsiCmd *cmd);
 /* Queues cmd and waits for it; returns its result. */
 int iscsi_conn_run(IscsiConn *c, IscsiCmd *cmd);
+
+/* ------------------------------------------------------------------ */
+/* The driver's node (iscsi.c) and what its LUN is (iscsi-lun.c)       */
+
+/* A transfer never exceeds this, whatever the LUN allows: a command
+ * should finish well inside its deadline. */
+#define ISCSI_MAX_XFER_BYTES (32u << 20)
+
+/* One iscsi:// node (iscsi.c, iscsi-lun.c). */
+typedef struct IscsiState {
+    IscsiConn *conn;
+    char *display;
+    int lun;
+    uint32_t bs;             /* logical block size */
+    uint64_t nblocks;        /* capacity */
+    bool lbpme, lbprz;       /* thin; unmapped blocks read zero */
+    bool lbpu, lbpws;        /* UNMAP; WRITE SAME with UNMAP */
+    bool wp, dpofua;         /* write-protected; FUA honoured */
+    uint32_t max_xfer;       /* blocks per READ / WRITE */
+    uint32_t max_unmap;      /* blocks per UNMAP */
+    uint32_t max_ws;         /* blocks per WRITE SAME */
+    atomic_bool no_ws;       /* the LUN refused WRITE SAME */
+    atomic_bool no_unmap;    /* the LUN refused UNMAP */
+    uint8_t *zero_block;
+
+    /* Every change to the LUN from here bumps this, when it is sent and
+     * when it completes, so a cached GET LBA STATUS answer is used only
+     * while nothing was written since it was asked. */
+    atomic_uint_fast64_t write_gen;
+    pthread_mutex_t status_lock;
+    uint64_t status_gen;
+    uint32_t status_n;
+    struct StatusRun { uint64_t start, end; bool zero; } *status;
+} IscsiState;
+
+static inline uint64_t iscsi_capacity(const IscsiState *s)
+{
+    return s->nblocks * s->bs;
+}
+
+/* At open: the LUN is a disk (INQUIRY), its size and block size (READ
+ * CAPACITY), limits and provisioning (VPD pages), write protection and
+ * FUA (MODE SENSE) go into s.  One line on failure. */
+int iscsi_lun_probe(IscsiState *s, Error *err);
+/* READ CAPACITY again (a LUN resized on its target). */
+int iscsi_lun_read_capacity(IscsiState *s, Error *err);
+/* The driver's block_status: GET LBA STATUS on thin LUNs. */
+int iscsi_lun_block_status(BlockNode *n, uint64_t off, uint64_t len,
+                           uint64_t *pnum, uint64_t *map, BlockNode **file);
 
 /* Maps a finished task's status and sense to a negative errno and a
  * message in cmd->msg. */

@@ -25,6 +25,9 @@
  * are never lost to unspecified contents.  Block status comes from GET
  * LBA STATUS on thin LUNs; a thick LUN is all data.
  *
+ * What the LUN is (its capabilities at open) and what it holds (block
+ * status) are asked in iscsi-lun.c.
+ *
  * A LUN has a fixed size: reads past its end return zeroes (a bounced
  * read-modify-write may straddle it) and writes past it fail with
  * -ENOSPC, which is what a qcow2 bigger than its LUN meets.  There is no
@@ -38,37 +41,6 @@
 #include <string.h>
 
 #include "block/protocol/iscsi-int.h"
-
-/* A transfer never exceeds this, whatever the LUN allows: a command
- * should finish well inside its deadline. */
-#define MAX_XFER_BYTES (32u << 20)
-#define LBA_STATUS_ALLOC 4096
-
-typedef struct IscsiState {
-    IscsiConn *conn;
-    char *display;
-    int lun;
-    uint32_t bs;             /* logical block size */
-    uint64_t nblocks;        /* capacity */
-    bool lbpme, lbprz;       /* thin; unmapped blocks read zero */
-    bool lbpu, lbpws;        /* UNMAP; WRITE SAME with UNMAP */
-    bool wp, dpofua;         /* write-protected; FUA honoured */
-    uint32_t max_xfer;       /* blocks per READ / WRITE */
-    uint32_t max_unmap;      /* blocks per UNMAP */
-    uint32_t max_ws;         /* blocks per WRITE SAME */
-    atomic_bool no_ws;       /* the LUN refused WRITE SAME */
-    atomic_bool no_unmap;    /* the LUN refused UNMAP */
-    uint8_t *zero_block;
-
-    /* Every change to the LUN from here bumps this, when it is sent and
-     * when it completes, so a cached GET LBA STATUS answer is used only
-     * while nothing was written since it was asked. */
-    atomic_uint_fast64_t write_gen;
-    pthread_mutex_t status_lock;
-    uint64_t status_gen;
-    uint32_t status_n;
-    struct StatusRun { uint64_t start, end; bool zero; } *status;
-} IscsiState;
 
 /* ------------------------------------------------------------------ */
 /* Requests: one or more commands, completed together                  */
@@ -256,17 +228,12 @@ static int run(IscsiState *s, IscsiReq *r)
 /* ------------------------------------------------------------------ */
 /* Ranges against the LUN's end                                        */
 
-static uint64_t capacity(IscsiState *s)
-{
-    return s->nblocks * s->bs;
-}
-
 /* A read: the part past the end reads as zero; *bytes is what is left
  * to read from the LUN (0: nothing). */
 static void clip_read(IscsiState *s, uint64_t off, BlockIOV *qiov,
                       uint64_t *bytes)
 {
-    uint64_t cap = capacity(s);
+    uint64_t cap = iscsi_capacity(s);
     uint64_t len = qiov->size;
     uint64_t in = off >= cap ? 0 : (cap - off < len ? cap - off : len);
     if (in < len) {
@@ -277,7 +244,7 @@ static void clip_read(IscsiState *s, uint64_t off, BlockIOV *qiov,
 
 static int check_write(IscsiState *s, uint64_t off, uint64_t bytes)
 {
-    return off + bytes > capacity(s) ? -ENOSPC : 0;
+    return off + bytes > iscsi_capacity(s) ? -ENOSPC : 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -334,7 +301,7 @@ static int iscsi_drv_flush(BlockNode *n)
 
 static uint64_t clip_write_range(IscsiState *s, uint64_t off, uint64_t len)
 {
-    uint64_t cap = capacity(s);
+    uint64_t cap = iscsi_capacity(s);
     return off >= cap ? 0 : (cap - off < len ? cap - off : len);
 }
 
@@ -433,247 +400,6 @@ static int iscsi_drv_submit(BlockNode *n, BlockRequest *req)
 }
 
 /* ------------------------------------------------------------------ */
-/* Block status                                                        */
-
-/* The cached run holding off, if the cache is current: its flags and
- * *pnum.  0 when it does not know. */
-static int status_cached(IscsiState *s, uint64_t off, uint64_t len,
-                         uint64_t *pnum, int zero, int data)
-{
-    int flags = 0;
-    pthread_mutex_lock(&s->status_lock);
-    if (s->status_gen == atomic_load(&s->write_gen)) {
-        for (uint32_t i = 0; i < s->status_n; i++) {
-            const struct StatusRun *r = &s->status[i];
-            if (off >= r->start && off < r->end) {
-                *pnum = r->end - off < len ? r->end - off : len;
-                flags = r->zero ? zero : data;
-                break;
-            }
-        }
-    }
-    pthread_mutex_unlock(&s->status_lock);
-    return flags;
-}
-
-static int iscsi_drv_block_status(BlockNode *n, uint64_t off, uint64_t len,
-                                  uint64_t *pnum, uint64_t *map,
-                                  BlockNode **file)
-{
-    IscsiState *s = n->opaque;
-    const int data = BLOCK_STATUS_DATA | BLOCK_STATUS_OFFSET_VALID |
-                     BLOCK_STATUS_ALLOCATED;
-    const int zero = BLOCK_STATUS_ZERO | BLOCK_STATUS_OFFSET_VALID |
-                     BLOCK_STATUS_ALLOCATED;
-    *map = off;
-    *file = n;
-    *pnum = len;
-    if (off >= capacity(s)) {
-        return zero;
-    }
-    if (!s->lbpme) {
-        return data;
-    }
-    int flags = status_cached(s, off, len, pnum, zero, data);
-    if (flags) {
-        return flags;
-    }
-    uint64_t gen = atomic_load(&s->write_gen);
-    IscsiCmd cmd = {
-        .op = ISCSI_CMD_LBA_STATUS,
-        .lun = s->lun,
-        .lba = off / s->bs,
-        .alloc_len = LBA_STATUS_ALLOC,
-    };
-    int ret = iscsi_conn_run(s->conn, &cmd);
-    if (ret < 0) {
-        return ret == -ENOTSUP ? data : ret;
-    }
-    struct scsi_get_lba_status *st = scsi_datain_unmarshall(cmd.task);
-    flags = data;
-    pthread_mutex_lock(&s->status_lock);
-    s->status_n = 0;
-    struct StatusRun *runs = st && st->num_descriptors
-        ? realloc(s->status, st->num_descriptors * sizeof(*runs)) : NULL;
-    if (runs) {
-        s->status = runs;
-        s->status_gen = gen;
-    }
-    for (uint32_t i = 0; st && i < st->num_descriptors; i++) {
-        const struct scsi_lba_status_descriptor *d = &st->descriptors[i];
-        /* Unmapped blocks of a LUN that does not promise zeroes hold
-         * whatever: data, as far as anyone can tell. */
-        struct StatusRun r = {
-            .start = d->lba * s->bs,
-            .end = (d->lba + d->num_blocks) * s->bs,
-            .zero = d->provisioning != SCSI_PROVISIONING_TYPE_MAPPED &&
-                    s->lbprz,
-        };
-        if (runs) {
-            runs[s->status_n++] = r;
-        }
-        if (off >= r.start && off < r.end) {
-            *pnum = r.end - off < len ? r.end - off : len;
-            flags = r.zero ? zero : data;
-        }
-    }
-    pthread_mutex_unlock(&s->status_lock);
-    scsi_free_scsi_task(cmd.task);
-    return flags;
-}
-
-/* ------------------------------------------------------------------ */
-/* What the LUN is                                                     */
-
-/* Runs an information command; *task (to be freed) holds the answer. */
-static int ask(IscsiState *s, IscsiCmd *cmd, struct scsi_task **task)
-{
-    cmd->lun = s->lun;
-    if (!cmd->alloc_len) {
-        cmd->alloc_len = 255;
-    }
-    int ret = iscsi_conn_run(s->conn, cmd);
-    *task = ret < 0 ? NULL : cmd->task;
-    return ret;
-}
-
-static int read_capacity(IscsiState *s, Error *err)
-{
-    struct scsi_task *t;
-    IscsiCmd cmd = { .op = ISCSI_CMD_READCAP16, .alloc_len = 32 };
-    int ret = ask(s, &cmd, &t);
-    if (ret == 0) {
-        struct scsi_readcapacity16 *rc = scsi_datain_unmarshall(t);
-        if (rc) {
-            s->bs = rc->block_length;
-            s->nblocks = rc->returned_lba + 1;
-            s->lbpme = rc->lbpme;
-            s->lbprz = rc->lbprz;
-        }
-        scsi_free_scsi_task(t);
-        ret = rc ? 0 : -EIO;
-    } else if (ret == -ENOTSUP || ret == -EINVAL) {
-        /* an old LUN: READ CAPACITY(10), 2 TiB at most, never thin */
-        IscsiCmd c10 = { .op = ISCSI_CMD_READCAP10, .alloc_len = 8 };
-        ret = ask(s, &c10, &t);
-        if (ret == 0) {
-            struct scsi_readcapacity10 *rc = scsi_datain_unmarshall(t);
-            if (rc) {
-                s->bs = rc->block_size;
-                s->nblocks = (uint64_t)rc->lba + 1;
-            }
-            scsi_free_scsi_task(t);
-            ret = rc ? 0 : -EIO;
-        }
-        cmd = c10;
-    }
-    if (ret < 0) {
-        return error_setf(err, -ret, "cannot read the capacity of %s: %s",
-                          s->display, cmd.msg[0] ? cmd.msg : strerror(-ret));
-    }
-    if (s->bs < 512 || s->bs > 65536 || (s->bs & (s->bs - 1))) {
-        return error_setf(err, EIO, "%s has a block size of %u bytes, which "
-                          "is not a power of two from 512 to 65536",
-                          s->display, s->bs);
-    }
-    return 0;
-}
-
-static int check_disk(IscsiState *s, Error *err)
-{
-    struct scsi_task *t;
-    IscsiCmd cmd = { .op = ISCSI_CMD_INQUIRY, .alloc_len = 96 };
-    int ret = ask(s, &cmd, &t);
-    if (ret < 0) {
-        return error_setf(err, -ret, "INQUIRY of %s failed: %s", s->display,
-                          cmd.msg);
-    }
-    struct scsi_inquiry_standard *inq = scsi_datain_unmarshall(t);
-    if (!inq) {
-        scsi_free_scsi_task(t);
-        return error_setf(err, EIO, "INQUIRY of %s: malformed answer",
-                          s->display);
-    }
-    int qual = inq->qualifier, type = inq->device_type;
-    scsi_free_scsi_task(t);
-    if (qual != SCSI_INQUIRY_PERIPHERAL_QUALIFIER_CONNECTED) {
-        return error_setf(err, ENODEV, "%s: no device is connected at "
-                          "that LUN", s->display);
-    }
-    if (type != SCSI_INQUIRY_PERIPHERAL_DEVICE_TYPE_DIRECT_ACCESS) {
-        return error_setf(err, ENODEV, "%s is not a disk (SCSI device type "
-                          "0x%02x, %s)", s->display, type,
-                          scsi_devtype_to_str(type));
-    }
-    return 0;
-}
-
-static void read_vpd(IscsiState *s)
-{
-    struct scsi_task *t;
-    bool has_bl = false, has_lbp = false;
-    IscsiCmd cmd = { .op = ISCSI_CMD_INQUIRY, .evpd = 1,
-                     .page = SCSI_INQUIRY_PAGECODE_SUPPORTED_VPD_PAGES };
-    if (ask(s, &cmd, &t) == 0) {
-        struct scsi_inquiry_supported_pages *sp = scsi_datain_unmarshall(t);
-        for (int i = 0; sp && i < sp->num_pages; i++) {
-            has_bl |= sp->pages[i] == SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS;
-            has_lbp |= sp->pages[i] ==
-                       SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING;
-        }
-        scsi_free_scsi_task(t);
-    }
-    if (has_bl) {
-        IscsiCmd bl = { .op = ISCSI_CMD_INQUIRY, .evpd = 1,
-                        .page = SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS,
-                        .alloc_len = 64 };
-        if (ask(s, &bl, &t) == 0) {
-            struct scsi_inquiry_block_limits *l = scsi_datain_unmarshall(t);
-            if (l) {
-                if (l->max_xfer_len && l->max_xfer_len < s->max_xfer) {
-                    s->max_xfer = l->max_xfer_len;
-                }
-                if (l->max_unmap && l->max_unmap < s->max_unmap) {
-                    s->max_unmap = l->max_unmap;
-                }
-                if (l->max_ws_len && l->max_ws_len < s->max_ws) {
-                    s->max_ws = (uint32_t)l->max_ws_len;
-                }
-            }
-            scsi_free_scsi_task(t);
-        }
-    }
-    if (has_lbp && s->lbpme) {
-        IscsiCmd lp = { .op = ISCSI_CMD_INQUIRY, .evpd = 1,
-                        .page = SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING,
-                        .alloc_len = 64 };
-        if (ask(s, &lp, &t) == 0) {
-            struct scsi_inquiry_logical_block_provisioning *p =
-                scsi_datain_unmarshall(t);
-            if (p) {
-                s->lbpu = p->lbpu;
-                s->lbpws = p->lbpws;
-            }
-            scsi_free_scsi_task(t);
-        }
-    }
-}
-
-static void read_mode(IscsiState *s)
-{
-    struct scsi_task *t;
-    IscsiCmd cmd = { .op = ISCSI_CMD_MODE_SENSE6 };
-    if (ask(s, &cmd, &t) == 0) {
-        struct scsi_mode_sense *ms = scsi_datain_unmarshall(t);
-        if (ms) {
-            s->wp = ms->device_specific_parameter & 0x80;
-            s->dpofua = ms->device_specific_parameter & 0x10;
-        }
-        scsi_free_scsi_task(t);
-    }
-}
-
-/* ------------------------------------------------------------------ */
 /* Open, close                                                         */
 
 static bool iscsi_owns_filename(const char *filename)
@@ -736,18 +462,16 @@ static int iscsi_drv_open(BlockNode *n, KVList *opts, int flags, Error *err)
     if (ret < 0) {
         goto fail;
     }
-    if ((ret = check_disk(s, err)) < 0 ||
-        (ret = read_capacity(s, err)) < 0) {
+    ret = iscsi_lun_probe(s, err);
+    if (ret < 0) {
         goto fail;
     }
-    read_vpd(s);
-    read_mode(s);
     if ((flags & BLOCK_O_RDWR) && s->wp) {
         ret = error_setf(err, EACCES, "%s is write-protected; open it "
                          "read-only", s->display);
         goto fail;
     }
-    uint32_t xfer_cap = MAX_XFER_BYTES / s->bs;
+    uint32_t xfer_cap = ISCSI_MAX_XFER_BYTES / s->bs;
     if (s->max_xfer > xfer_cap) {
         s->max_xfer = xfer_cap;
     }
@@ -821,7 +545,7 @@ static bool iscsi_can_multi_conn(BlockNode *n)
 static int64_t iscsi_drv_get_length(BlockNode *n)
 {
     IscsiState *s = n->opaque;
-    return (int64_t)capacity(s);
+    return (int64_t)iscsi_capacity(s);
 }
 
 /* Nobody can tell from the initiator side (QEMU says "unavailable"). */
@@ -835,11 +559,11 @@ static int iscsi_drv_truncate(BlockNode *n, uint64_t size, bool exact,
 {
     IscsiState *s = n->opaque;
     /* The LUN may have been resized on the target meanwhile. */
-    int ret = read_capacity(s, err);
+    int ret = iscsi_lun_read_capacity(s, err);
     if (ret < 0) {
         return ret;
     }
-    uint64_t cap = capacity(s);
+    uint64_t cap = iscsi_capacity(s);
     if (size == cap || (!exact && size < cap)) {
         return 0;
     }
@@ -910,7 +634,7 @@ const BlockDriver iscsi_driver = {
     .flush = iscsi_drv_flush,
     .discard = iscsi_drv_discard,
     .write_zeroes = iscsi_drv_write_zeroes,
-    .block_status = iscsi_drv_block_status,
+    .block_status = iscsi_lun_block_status,
     .submit = iscsi_drv_submit,
     .get_length = iscsi_drv_get_length,
     .get_allocated_size = iscsi_drv_get_allocated_size,
