@@ -188,11 +188,12 @@ def make_rows(srv, w, exe, Row, modes, args):
             return a + list(extra) + [srv.iurl(3 if write else 1)]
         return f
 
+    # the issue sets no target for these: they show the rate
     rows += [
         Row(f"iscsi: 4k scattered read x{count}", bench(False), None,
-            (">=", 1.2), own_time=True),
+            own_time=True),
         Row(f"iscsi: 4k scattered write x{count}", bench(True), None,
-            (">=", 1.2), own_time=True),
+            own_time=True),
         Row(f"iscsi: 4k random read x{count} (--random)",
             bench(False, "--random=1"), None, own_time=True, ref_name=None),
         Row(f"iscsi: 4k random write x{count} (--random)",

@@ -238,7 +238,7 @@ def test_locking(gluster):
     assert imgtool("check", url, check=False).returncode in (0, 3)
 
 
-def test_unix_socket_and_image_opts(gluster):
+def test_unix_socket_and_image_opts(gluster, tmp_path):
     url = fresh(gluster, "opts.qcow2")
     imgtool("create", "-f", "qcow2", url, "8M")
     unix = (f"gluster+unix:///{gluster.volume}/opts.qcow2"
@@ -254,6 +254,13 @@ def test_unix_socket_and_image_opts(gluster):
             "file.path=/opts.qcow2,file.server.0.type=unix,"
             "file.server.0.path=/var/run/glusterd.socket,file.debug=2")
     imgtool("io", "--image-opts", "-c", "read -P 0x71 0 64k", opts)
+    # gfapi's own log, when asked for, goes where logfile= says (and not
+    # to our stderr)
+    log = tmp_path / "gfapi.log"
+    p = imgtool("io", "--image-opts", "-c", "read -P 0x71 0 64k",
+                f"driver=qcow2,file.driver=gluster,file.filename={url},"
+                f"file.debug=7,file.logfile={log}")
+    assert p.stderr == "" and log.stat().st_size > 0
 
 
 @pytest.mark.skipif(not LONG, reason="IMGTOOL_GLUSTER_LONG=1 runs the "

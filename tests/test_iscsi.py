@@ -244,6 +244,9 @@ def test_image_opts_without_filename(iscsi_target, lun):
             f"target=iqn.2024-01.org.imgtool.test:disks,lun={lunno},"
             "header-digest=none,timeout=5,initiator-name=iqn.2024-01.x:y")
     imgtool("io", "--image-opts", "-c", "read -P 0x6c 0 4k", opts)
+    # tgtd takes header digests too
+    imgtool("io", "--image-opts", "-c", "read -P 0x6c 0 4k",
+            opts.replace("header-digest=none", "header-digest=crc32c"))
     info = json.loads(imgtool("info", "--output=json", "--image-opts",
                               opts).stdout)
     assert info["virtual-size"] == 64 * MiB
