@@ -58,7 +58,8 @@ class Servers:
         self.lun_dir = None
 
     def start(self):
-        need = 6 * self.w.virtual
+        # the LUN files are sparse: four copies of the workload's data
+        need = 6 * (self.w.n_random + self.w.n_text) * MiB
         shm = "/dev/shm"
         if os.path.isdir(shm) and shutil.disk_usage(shm).free > need:
             self.lun_dir = tempfile.mkdtemp(prefix="imgtool-bench-luns-",
