@@ -21,7 +21,7 @@ if [ ! -f "$B/build.ninja" ]; then
         >/dev/null
 fi
 ninja -C "$B" libimgtool.a >/dev/null
-LIBS=$(pkg-config --libs jansson zlib libzstd libcrypto libiscsi glusterfs-api)
+LIBS="$(pkg-config --libs jansson zlib libzstd libcrypto) -ldl"
 # Optional libraries meson links when it finds them.
 for opt in libdeflate liburing; do
     if pkg-config --exists $opt; then

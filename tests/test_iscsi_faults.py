@@ -137,6 +137,22 @@ def kill_when_written(t, backing, past):
     return False
 
 
+def run_and_kill(argv, t, backing, past):
+    """Runs argv, killing the target once the LUN holds `past` bytes
+    while argv still runs.  (result, whether the kill came first)."""
+    proc = subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=no_leak_check_env())
+    killed = False
+    while proc.poll() is None:
+        time.sleep(0.02)
+        if not killed and proc.poll() is None:
+            killed = kill_when_written(t, backing, past)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), \
+        killed
+
+
 def target_opts(url, fmt="qcow2", timeout=2):
     portal, iqn, lun = url[len("iscsi://"):].split("/")
     return (f"driver={fmt},file.driver=iscsi,file.portal={portal},"
@@ -148,11 +164,10 @@ def test_target_killed_during_convert(private_target, tmp):
     imgtool("create", "-f", "qcow2", url, "240M")
     src = str(tmp / "src.raw")
     write_random_file(src, 200 * MiB, seed=3)
-    p, kills = run_while(
+    p, killed = run_and_kill(
         [IMGTOOL, "convert", "-n", "-f", "raw", "--target-image-opts", src,
-         target_opts(url)], lambda: kill_when_written(t, backing, 16 * MiB),
-        every=0.02, env=no_leak_check_env())
-    assert kills == 1, "the convert ended before the target was killed"
+         target_opts(url)], t, backing, 8 * MiB)
+    assert killed, "the convert ended before the target was killed"
     assert "connect" in one_error_line(p)
     restart(t, backing)
     c = qemu_img("check", "-f", "qcow2", url, check=False)
@@ -164,12 +179,10 @@ def test_target_killed_during_io_writes(private_target):
     t, url, backing = private_target
     imgtool("create", "-f", "qcow2", url, "240M")
     imgtool("io", "-f", "qcow2", "-c", "write -P 1 0 1M", url)
-    p, kills = run_while(
+    p, killed = run_and_kill(
         [IMGTOOL, "io", "-c", "write -P 2 1M 230M", "--image-opts",
-         target_opts(url)],
-        lambda: kill_when_written(t, backing, 24 * MiB), every=0.02,
-        env=no_leak_check_env())
-    assert kills == 1, "io ended before the target was killed"
+         target_opts(url)], t, backing, 8 * MiB)
+    assert killed, "io ended before the target was killed"
     assert "connect" in one_error_line(p)
     restart(t, backing)
     c = qemu_img("check", "-f", "qcow2", url, check=False)

@@ -15,9 +15,8 @@
 #ifndef IMGTOOL_BLOCK_PROTOCOL_GLUSTER_INT_H
 #define IMGTOOL_BLOCK_PROTOCOL_GLUSTER_INT_H
 
-#include <glusterfs/api/glfs.h>
-
 #include "block/driver.h"
+#include "block/protocol/gluster-lib.h"
 
 #define GLUSTER_MAX_SERVERS 16
 #define GLUSTER_DEFAULT_PORT 24007

@@ -54,7 +54,7 @@ static _Atomic uint64_t owner_seq;
 /* ------------------------------------------------------------------ */
 /* Locks                                                               */
 
-static int glfs_lock_set(void *file, int byte, bool lock)
+static int gl_lock_set(void *file, int byte, bool lock)
 {
     struct flock fl = {
         .l_type = lock ? F_RDLCK : F_UNLCK,
@@ -65,7 +65,7 @@ static int glfs_lock_set(void *file, int byte, bool lock)
     return glfs_posix_lock(file, F_SETLK, &fl) < 0 ? -errno : 0;
 }
 
-static int glfs_lock_held(void *file, int byte)
+static int gl_lock_held(void *file, int byte)
 {
     struct flock fl = {
         .l_type = F_WRLCK,
@@ -79,7 +79,7 @@ static int glfs_lock_held(void *file, int byte)
     return fl.l_type != F_UNLCK;
 }
 
-static const ImageLockOps glfs_lock_ops = { glfs_lock_set, glfs_lock_held };
+static const ImageLockOps gl_lock_ops = { gl_lock_set, gl_lock_held };
 
 static int take_lock(GlusterState *s, glfs_fd_t *fd, int flags,
                      const char *name, Error *err)
@@ -95,7 +95,7 @@ static int take_lock(GlusterState *s, glfs_fd_t *fd, int flags,
     ImageLockMode mode = (flags & BLOCK_O_SHARE) ? IMAGE_LOCK_SHARED
                          : (flags & BLOCK_O_RDWR) ? IMAGE_LOCK_WRITER
                                                   : IMAGE_LOCK_READER;
-    int ret = image_lock_with(&glfs_lock_ops, fd, mode, name, err);
+    int ret = image_lock_with(&gl_lock_ops, fd, mode, name, err);
     if (ret < 0) {
         return ret;
     }
@@ -237,10 +237,10 @@ static int gluster_drv_reopen(BlockNode *n, int flags, Error *err)
     bool rw = flags & BLOCK_O_RDWR;
     int ret;
     if (s->locked && rw) {
-        ret = image_lock_with(&glfs_lock_ops, s->lock_fd, IMAGE_LOCK_WRITER,
+        ret = image_lock_with(&gl_lock_ops, s->lock_fd, IMAGE_LOCK_WRITER,
                               s->url, err);
         if (ret < 0) {
-            image_unlock_write_with(&glfs_lock_ops, s->lock_fd);
+            image_unlock_write_with(&gl_lock_ops, s->lock_fd);
             error_prefixf(err, "Could not reopen '%s' read-write", s->url);
             return ret;
         }
@@ -249,13 +249,13 @@ static int gluster_drv_reopen(BlockNode *n, int flags, Error *err)
     if (!fd) {
         ret = errno;
         if (s->locked && rw) {
-            image_unlock_write_with(&glfs_lock_ops, s->lock_fd);
+            image_unlock_write_with(&gl_lock_ops, s->lock_fd);
         }
         return error_setf(err, ret, "Could not reopen '%s': %s", s->url,
                           strerror(ret));
     }
     if (s->locked && !rw) {
-        image_unlock_write_with(&glfs_lock_ops, s->lock_fd);
+        image_unlock_write_with(&gl_lock_ops, s->lock_fd);
     }
     if (s->fd != s->lock_fd) {
         /* Its own lock owner is the default one: closing it keeps the

@@ -737,6 +737,10 @@ static void conn_free(IscsiConn *c)
 
 int iscsi_conn_open(IscsiConn **out, const IscsiAddr *a, Error *err)
 {
+    int ret = iscsi_lib_load(err);
+    if (ret < 0) {
+        return ret;
+    }
     IscsiConn *c = calloc(1, sizeof(*c));
     if (!c) {
         return error_setf(err, ENOMEM, "out of memory");
@@ -747,7 +751,6 @@ int iscsi_conn_open(IscsiConn **out, const IscsiAddr *a, Error *err)
     c->portal = strdup(a->portal);
     c->target = strdup(a->target ? a->target : "");
     c->timeout = a->timeout;
-    int ret;
     if (c->wake_fd < 0 || !c->display || !c->portal || !c->target) {
         ret = error_setf(err, ENOMEM, "out of memory");
         goto fail;

@@ -24,10 +24,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <iscsi/iscsi.h>
-#include <iscsi/scsi-lowlevel.h>
 
 #include "block/driver.h"
+#include "block/protocol/iscsi-lib.h"
 
 /* ------------------------------------------------------------------ */
 /* Where a LUN is (iscsi-addr.c)                                       */
