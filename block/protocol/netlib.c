@@ -25,6 +25,27 @@ typedef struct Loader {
     char msg[512];
 } Loader;
 
+static Loader iscsi_loader = { .once = PTHREAD_ONCE_INIT };
+static Loader gluster_loader = { .once = PTHREAD_ONCE_INIT };
+
+#ifdef IMGTOOL_NETLIBS_LINKED
+/* Sanitizer builds link both libraries (meson.build says why): the
+ * tables take the functions' addresses, which also keeps the linker from
+ * dropping the libraries as unused. */
+static void load_iscsi(void)
+{
+#define X(f) iscsi_lib.f = f;
+    ISCSI_LIB_FUNCTIONS(X)
+#undef X
+}
+
+static void load_gluster(void)
+{
+#define X(f) gluster_lib.f = f;
+    GLUSTER_LIB_FUNCTIONS(X)
+#undef X
+}
+#else
 /* Opens the first of names that loads; fills msg on failure. */
 static void *open_lib(const char *const *names, Loader *l, const char *pkg)
 {
@@ -51,9 +72,6 @@ static bool lookup(void *h, const char *name, void **slot, Loader *l)
     }
     return *slot != NULL;
 }
-
-static Loader iscsi_loader = { .once = PTHREAD_ONCE_INIT };
-static Loader gluster_loader = { .once = PTHREAD_ONCE_INIT };
 
 static void load_iscsi(void)
 {
@@ -84,6 +102,7 @@ static void load_gluster(void)
     GLUSTER_LIB_FUNCTIONS(X)
 #undef X
 }
+#endif
 
 int iscsi_lib_load(Error *err)
 {
