@@ -71,6 +71,9 @@ int kvlist_parse(KVList *l, const char *str, const char *implied_key,
 int kvlist_set(KVList *l, const char *key, const char *value);
 /* The last value for key (marks it used), or NULL. */
 const char *kvlist_get(KVList *l, const char *key);
+/* The same without marking it used: for a look that is not the reader
+ * the option is meant for (which protocol a set of options names). */
+const char *kvlist_peek(const KVList *l, const char *key);
 bool kvlist_has(const KVList *l, const char *key);
 int kvlist_get_bool(KVList *l, const char *key, bool def, bool *out,
                     Error *err);

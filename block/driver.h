@@ -368,6 +368,12 @@ struct BlockDriver {
     int (*probe)(const uint8_t *buf, size_t len, const char *filename);
     /* Protocols: does this filename belong to us (iscsi://...)? */
     bool (*owns_filename)(const char *filename);
+    /* Protocols whose resource options alone can name (iscsi: portal,
+     * target, lun; gluster: server.*, volume, path), as QEMU's
+     * --image-opts allow: the filename those options stand for
+     * (malloc'd), or NULL when they name none.  The core asks when no
+     * filename is given; it reads opts with kvlist_peek only. */
+    char *(*filename_from_opts)(const KVList *opts);
 
     /* Formats and filters: their FILE / FILTERED child is open.  Options
      * not consumed are an error (the core checks). */

@@ -626,7 +626,11 @@ int cmd_io(int argc, char **argv)
     }
     int ret = block_flush(n);
     if (ret < 0) {
-        imgtool_error("io: flush on close failed: %s", strerror(-ret));
+        /* After a failed command the failed flush is the same story (a
+         * lost connection, a full disk): said once is enough. */
+        if (rc == 0) {
+            imgtool_error("io: flush on close failed: %s", strerror(-ret));
+        }
         rc = 1;
     }
     block_close(n);

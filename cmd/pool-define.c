@@ -11,7 +11,8 @@
 
 #define DEFINE_AS_OPTIONS                                                    \
     { "name", VA_STRING, VA_REQUIRED, "name of the pool" },                  \
-    { "type", VA_STRING, VA_REQUIRED, "type of the pool (dir, logical)" },   \
+    { "type", VA_STRING, VA_REQUIRED, "type of the pool (dir, logical, "     \
+      "iscsi, iscsi-direct, gluster)" },                                     \
     { "print-xml", VA_BOOL, 0, "print XML document, but don't "             \
       "define/create" },                                                     \
     { "source-host", VA_STRING, 0, "source-host for underlying storage" },   \
@@ -19,7 +20,17 @@
     { "source-dev", VA_STRING, 0, "source device for underlying storage" },  \
     { "source-name", VA_STRING, 0, "source name for underlying storage" },   \
     { "target", VA_STRING, 0, "target for underlying storage" },             \
-    { "source-format", VA_STRING, 0, "format for underlying storage" }
+    { "source-format", VA_STRING, 0, "format for underlying storage" },      \
+    { "auth-type", VA_STRING, VA_NAMED, "auth type to be used for "         \
+      "underlying storage (chap)" },                                         \
+    { "auth-username", VA_STRING, VA_NAMED, "auth username to be used for " \
+      "underlying storage" },                                                \
+    { "secret-usage", VA_STRING, VA_NAMED, "auth secret usage: the id of "  \
+      "an --object secret" },                                                \
+    { "secret-uuid", VA_STRING, VA_NAMED, "auth secret UUID: the id of an " \
+      "--object secret" },                                                   \
+    { "source-initiator", VA_STRING, VA_NAMED, "initiator iqn for "         \
+      "underlying storage" }
 
 static const VirshOpt define_opts[] = {
     { "file", VA_STRING, VA_REQUIRED, "file containing an XML pool "
@@ -50,7 +61,7 @@ static const VirshOpt create_as_opts[] = {
 };
 static const VirshCmd create_as_cmd = {
     "pool-create-as", "create (start) a transient pool from a set of args",
-    create_as_opts, VA_OUTPUT,
+    create_as_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 int cmd_pool_define(int argc, char **argv)
@@ -105,6 +116,11 @@ static int define_as(int argc, char **argv, const VirshCmd *cmd,
         .source_name = virsh_arg(&a, "source-name"),
         .target = virsh_arg(&a, "target"),
         .source_format = virsh_arg(&a, "source-format"),
+        .source_initiator = virsh_arg(&a, "source-initiator"),
+        .auth_type = virsh_arg(&a, "auth-type"),
+        .auth_username = virsh_arg(&a, "auth-username"),
+        .secret_usage = virsh_arg(&a, "secret-usage"),
+        .secret_uuid = virsh_arg(&a, "secret-uuid"),
     };
     Error err = { 0 };
     char *xml;

@@ -21,7 +21,7 @@ static const VirshOpt list_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd list_cmd = {
-    "pool-list", "list pools", list_opts, VA_OUTPUT,
+    "pool-list", "list pools", list_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 static const VirshOpt info_opts[] = {
@@ -30,7 +30,7 @@ static const VirshOpt info_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd info_cmd = {
-    "pool-info", "storage pool information", info_opts, VA_OUTPUT,
+    "pool-info", "storage pool information", info_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 static const VirshOpt dumpxml_opts[] = {
@@ -39,7 +39,8 @@ static const VirshOpt dumpxml_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd dumpxml_cmd = {
-    "pool-dumpxml", "pool information in XML", dumpxml_opts, VA_OUTPUT,
+    "pool-dumpxml", "pool information in XML", dumpxml_opts,
+    VA_OUTPUT | VA_OBJECT,
 };
 
 static bool type_listed(const char *types, const char *type)

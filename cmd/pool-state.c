@@ -28,15 +28,17 @@ static const VirshOpt autostart_opts[] = {
     { NULL, 0, 0, NULL },
 };
 
+/* Every one may need a secret: a CHAP password, for an iSCSI pool. */
+#define POOL_EXTRAS (VA_OUTPUT | VA_OBJECT)
 static const VirshCmd cmds[] = {
-    { "pool-build", "build a pool", build_opts, VA_OUTPUT },
+    { "pool-build", "build a pool", build_opts, POOL_EXTRAS },
     { "pool-start", "start a (previously defined) inactive pool",
-      start_opts, VA_OUTPUT },
-    { "pool-destroy", "destroy (stop) a pool", pool_only, VA_OUTPUT },
-    { "pool-delete", "delete a pool's storage", pool_only, VA_OUTPUT },
-    { "pool-undefine", "undefine an inactive pool", pool_only, VA_OUTPUT },
-    { "pool-refresh", "refresh a pool", pool_only, VA_OUTPUT },
-    { "pool-autostart", "autostart a pool", autostart_opts, VA_OUTPUT },
+      start_opts, POOL_EXTRAS },
+    { "pool-destroy", "destroy (stop) a pool", pool_only, POOL_EXTRAS },
+    { "pool-delete", "delete a pool's storage", pool_only, POOL_EXTRAS },
+    { "pool-undefine", "undefine an inactive pool", pool_only, POOL_EXTRAS },
+    { "pool-refresh", "refresh a pool", pool_only, POOL_EXTRAS },
+    { "pool-autostart", "autostart a pool", autostart_opts, POOL_EXTRAS },
 };
 
 enum { BUILD, START, DESTROY, DELETE, UNDEFINE, REFRESH, AUTOSTART };

@@ -17,7 +17,7 @@ static const VirshOpt delete_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd delete_cmd = {
-    "vol-delete", "delete a vol", delete_opts, VA_OUTPUT,
+    "vol-delete", "delete a vol", delete_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 static const VirshOpt resize_opts[] = {
@@ -33,7 +33,7 @@ static const VirshOpt resize_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd resize_cmd = {
-    "vol-resize", "resize a vol", resize_opts, VA_OUTPUT,
+    "vol-resize", "resize a vol", resize_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 static const VirshOpt wipe_opts[] = {
@@ -44,7 +44,7 @@ static const VirshOpt wipe_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd wipe_cmd = {
-    "vol-wipe", "wipe a vol", wipe_opts, VA_OUTPUT | VA_PROGRESS,
+    "vol-wipe", "wipe a vol", wipe_opts, VA_OUTPUT | VA_OBJECT | VA_PROGRESS,
 };
 
 int cmd_vol_delete(int argc, char **argv)

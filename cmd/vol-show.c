@@ -15,7 +15,7 @@ static const VirshOpt list_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd list_cmd = {
-    "vol-list", "list vols", list_opts, VA_OUTPUT,
+    "vol-list", "list vols", list_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 static const VirshOpt info_opts[] = {
@@ -28,7 +28,7 @@ static const VirshOpt info_opts[] = {
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd info_cmd = {
-    "vol-info", "storage vol information", info_opts, VA_OUTPUT,
+    "vol-info", "storage vol information", info_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 static const VirshOpt vol_pool_opts[] = {
@@ -48,22 +48,23 @@ static const VirshOpt name_opts[] = {
 
 static const VirshCmd path_cmd = {
     "vol-path", "returns the volume path for a given volume name or key",
-    vol_pool_opts, VA_OUTPUT,
+    vol_pool_opts, VA_OUTPUT | VA_OBJECT,
 };
 static const VirshCmd key_cmd = {
     "vol-key", "returns the volume key for a given volume name or path",
-    vol_pool_opts, VA_OUTPUT,
+    vol_pool_opts, VA_OUTPUT | VA_OBJECT,
 };
 static const VirshCmd dumpxml_cmd = {
-    "vol-dumpxml", "vol information in XML", vol_pool_opts, VA_OUTPUT,
+    "vol-dumpxml", "vol information in XML", vol_pool_opts,
+    VA_OUTPUT | VA_OBJECT,
 };
 static const VirshCmd vpool_cmd = {
     "vol-pool", "returns the storage pool for a given volume key or path",
-    vol_only_opts, VA_OUTPUT,
+    vol_only_opts, VA_OUTPUT | VA_OBJECT,
 };
 static const VirshCmd name_cmd = {
     "vol-name", "returns the volume name for a given volume key or path",
-    name_opts, VA_OUTPUT,
+    name_opts, VA_OUTPUT | VA_OBJECT,
 };
 
 static void warn_state(const VolInfo *v)

@@ -24,11 +24,11 @@ static const VirshOpt upload_opts[] = { TRANSFER_OPTS("input") };
 static const VirshOpt download_opts[] = { TRANSFER_OPTS("output") };
 static const VirshCmd upload_cmd = {
     "vol-upload", "upload file contents to a volume", upload_opts,
-    VA_PROGRESS,
+    VA_PROGRESS | VA_OBJECT,
 };
 static const VirshCmd download_cmd = {
     "vol-download", "download volume contents to a file", download_opts,
-    VA_PROGRESS,
+    VA_PROGRESS | VA_OBJECT,
 };
 
 static int number(const char *name, const char *s, uint64_t *out)

@@ -33,16 +33,31 @@
 
 #include "pools/pool.h"
 
+/* A source host of a network pool: <host name='...' port='...'/>. */
+typedef struct PoolHost {
+    char *name;
+    int port;                     /* 0: the protocol's default */
+} PoolHost;
+
 /* A pool definition (libvirt's storage pool XML, pools/poolxml.c). */
 typedef struct PoolDef {
     char *type;
     char *name;
     char uuid[37];
     char *target_path;            /* NULL when not given */
-    char *source_name;            /* logical: the VG name */
+    char *source_name;            /* logical: the VG; gluster: the volume */
     char *source_format;          /* logical: "lvm2"/"unknown" */
-    char **source_devices;
+    char **source_devices;        /* iscsi: the target IQN */
     size_t ndevices;
+    PoolHost *hosts;              /* iscsi, gluster: the servers */
+    size_t nhosts;
+    char *source_dir;             /* gluster: the directory in the volume */
+    char *initiator_iqn;          /* iscsi: <initiator><iqn name=.../> */
+    char *auth_type;              /* "chap", NULL: no authentication */
+    char *auth_username;
+    char *auth_secret;            /* <secret usage=...> or uuid=...: the
+                                     id of an --object secret */
+    bool auth_secret_is_uuid;
     int mode, uid, gid;           /* target permissions, -1: unset */
     char *label;
 } PoolDef;
@@ -113,6 +128,15 @@ struct PoolBackend {
      * whatever the volume's format. */
     int (*vol_open_spec)(Pool *p, const VolInfo *v, bool raw_bytes,
                          VolOpenSpec *spec, Error *err);
+    /* Where an image command (create, convert) makes a volume of this
+     * name that does not exist yet: a file's path or a URL (malloc'd).
+     * NULL op: such commands cannot make volumes in this pool (an LV or a
+     * LUN needs the pool's own commands or the server's). */
+    char *(*vol_new_path)(Pool *p, const char *name);
+    /* Its volumes exist before any image is put on them (an iSCSI
+     * target's LUNs): image commands create onto an existing volume
+     * instead of refusing to clobber it. */
+    bool fixed_volumes;
     /* The volume's content changed behind the back end's cache (upload,
      * wipe, an image command that created it): forget what it knew and
      * record `format` as what it is now (NULL: find out by probing). */
@@ -122,6 +146,9 @@ struct PoolBackend {
 
 extern const PoolBackend pool_backend_dir;
 extern const PoolBackend pool_backend_logical;
+extern const PoolBackend pool_backend_iscsi;
+extern const PoolBackend pool_backend_iscsi_direct;
+extern const PoolBackend pool_backend_gluster;
 
 const PoolBackend *pool_backend_find(const char *type);
 

@@ -23,13 +23,16 @@
 static const PoolBackend *const pool_backends[] = {
     &pool_backend_dir,
     &pool_backend_logical,
+    &pool_backend_iscsi,
+    &pool_backend_iscsi_direct,
+    &pool_backend_gluster,
     NULL,
 };
 
 /* Types libvirt has and imgtool does not (yet). */
 static const char *const libvirt_types[] = {
-    "fs", "netfs", "disk", "iscsi", "iscsi-direct", "scsi", "mpath", "rbd",
-    "sheepdog", "gluster", "zfs", "vstorage", NULL,
+    "fs", "netfs", "disk", "scsi", "mpath", "rbd", "sheepdog", "zfs",
+    "vstorage", NULL,
 };
 
 const PoolBackend *pool_backend_find(const char *type)
@@ -51,7 +54,8 @@ static int backend_for(PoolDef *d, const PoolBackend **out, Error *err)
     for (int i = 0; libvirt_types[i]; i++) {
         if (strcmp(libvirt_types[i], d->type) == 0) {
             return error_setf(err, ENOTSUP, "unsupported storage pool type "
-                              "'%s' (imgtool has dir and logical)", d->type);
+                              "'%s' (imgtool has dir, logical, iscsi, "
+                              "iscsi-direct and gluster)", d->type);
         }
     }
     return error_setf(err, EINVAL, "unknown storage pool type '%s'",

@@ -44,7 +44,7 @@ const char *pool_store_dir(const PoolStore *s);
 typedef struct PoolInfo {
     char *name;
     char *uuid;
-    char *type;             /* "dir", "logical" */
+    char *type;             /* "dir", "logical", "iscsi", "gluster" ... */
     char *target;           /* the target path */
     bool active;
     bool autostart;
@@ -64,6 +64,8 @@ typedef struct PoolDefineArgs {
     const char *name, *type;
     const char *source_host, *source_path, *source_dev, *source_name;
     const char *target, *source_format;
+    const char *source_initiator;
+    const char *auth_type, *auth_username, *secret_usage, *secret_uuid;
 } PoolDefineArgs;
 int pool_xml_from_args(const PoolDefineArgs *a, char **xml, Error *err);
 

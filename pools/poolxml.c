@@ -29,9 +29,88 @@ void pool_def_clear(PoolDef *d)
         free(d->source_devices[i]);
     }
     free(d->source_devices);
+    for (size_t i = 0; i < d->nhosts; i++) {
+        free(d->hosts[i].name);
+    }
+    free(d->hosts);
+    free(d->source_dir);
+    free(d->initiator_iqn);
+    free(d->auth_type);
+    free(d->auth_username);
+    free(d->auth_secret);
     free(d->label);
     memset(d, 0, sizeof(*d));
     d->mode = d->uid = d->gid = -1;
+}
+
+/* <host name='h' port='p'/>; a name written "h:p" (as virsh's
+ * --source-host passes it on) is split the same way. */
+static int parse_host(xmlNodePtr h, PoolDef *d, Error *err)
+{
+    char *name = pxml_attr(h, "name");
+    char *port = pxml_attr(h, "port");
+    int ret = 0;
+    if (!name || !*name) {
+        ret = error_setf(err, EINVAL, "missing storage pool host name");
+        goto out;
+    }
+    char *colon = strrchr(name, ':');
+    if (!port && colon && colon == strchr(name, ':') && colon[1]) {
+        port = strdup(colon + 1);
+        *colon = 0;
+    }
+    int p = 0;
+    if (port) {
+        char *end;
+        long v = strtol(port, &end, 10);
+        if (!*port || *end || v < 1 || v > 65535) {
+            ret = error_setf(err, EINVAL, "storage pool host '%s' has a bad "
+                             "port '%s'", name, port);
+            goto out;
+        }
+        p = (int)v;
+    }
+    PoolHost *nh = realloc(d->hosts, (d->nhosts + 1) * sizeof(*nh));
+    if (!nh) {
+        ret = error_setf(err, ENOMEM, "out of memory");
+        goto out;
+    }
+    d->hosts = nh;
+    d->hosts[d->nhosts].name = name;
+    d->hosts[d->nhosts++].port = p;
+    name = NULL;
+out:
+    free(name);
+    free(port);
+    return ret;
+}
+
+static int parse_auth(xmlNodePtr auth, PoolDef *d, Error *err)
+{
+    if (!auth) {
+        return 0;
+    }
+    d->auth_type = pxml_attr(auth, "type");
+    d->auth_username = pxml_attr(auth, "username");
+    xmlNodePtr sec = pxml_child(auth, "secret");
+    d->auth_secret = pxml_attr(sec, "usage");
+    if (!d->auth_secret) {
+        d->auth_secret = pxml_attr(sec, "uuid");
+        d->auth_secret_is_uuid = d->auth_secret != NULL;
+    }
+    if (!d->auth_type || strcmp(d->auth_type, "chap") != 0) {
+        return error_setf(err, ENOTSUP, "storage pool auth type '%s' is not "
+                          "supported (chap is)",
+                          d->auth_type ? d->auth_type : "");
+    }
+    if (!d->auth_username || !*d->auth_username) {
+        return error_setf(err, EINVAL, "missing auth username attribute");
+    }
+    if (!d->auth_secret || !*d->auth_secret) {
+        return error_setf(err, EINVAL, "missing auth secret uuid or usage "
+                          "attribute");
+    }
+    return 0;
 }
 
 static int parse_source(xmlNodePtr src, PoolDef *d, Error *err)
@@ -56,9 +135,19 @@ static int parse_source(xmlNodePtr src, PoolDef *d, Error *err)
         d->source_devices = nv;
         d->source_devices[d->ndevices++] = path;
     }
+    for (xmlNodePtr h = pxml_child(src, "host"); h;
+         h = pxml_next(h, "host")) {
+        int ret = parse_host(h, d, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     d->source_name = pxml_child_text(src, "name");
     d->source_format = pxml_attr(pxml_child(src, "format"), "type");
-    return 0;
+    d->source_dir = pxml_attr(pxml_child(src, "dir"), "path");
+    d->initiator_iqn = pxml_attr(pxml_child(pxml_child(src, "initiator"),
+                                            "iqn"), "name");
+    return parse_auth(pxml_child(src, "auth"), d, err);
 }
 
 int pool_def_parse(const char *xml, size_t len, PoolDef *d, Error *err)
@@ -154,10 +243,24 @@ char *pool_def_format(const PoolDef *d, const uint64_t sizes[3])
                 (unsigned long long)sizes[0], (unsigned long long)sizes[1],
                 (unsigned long long)sizes[2]);
     }
+    /* libvirt's order: host, device, dir, name, initiator, format, auth */
     fputs("  <source>\n", f);
+    for (size_t i = 0; i < d->nhosts; i++) {
+        fputs("    <host name='", f);
+        pool_xml_escape(f, d->hosts[i].name);
+        if (d->hosts[i].port) {
+            fprintf(f, "' port='%d", d->hosts[i].port);
+        }
+        fputs("'/>\n", f);
+    }
     for (size_t i = 0; i < d->ndevices; i++) {
         fputs("    <device path='", f);
         pool_xml_escape(f, d->source_devices[i]);
+        fputs("'/>\n", f);
+    }
+    if (d->source_dir) {
+        fputs("    <dir path='", f);
+        pool_xml_escape(f, d->source_dir);
         fputs("'/>\n", f);
     }
     if (d->source_name) {
@@ -165,10 +268,25 @@ char *pool_def_format(const PoolDef *d, const uint64_t sizes[3])
         pool_xml_escape(f, d->source_name);
         fputs("</name>\n", f);
     }
+    if (d->initiator_iqn) {
+        fputs("    <initiator>\n      <iqn name='", f);
+        pool_xml_escape(f, d->initiator_iqn);
+        fputs("'/>\n    </initiator>\n", f);
+    }
     if (d->source_format) {
         fputs("    <format type='", f);
         pool_xml_escape(f, d->source_format);
         fputs("'/>\n", f);
+    }
+    if (d->auth_type) {
+        fputs("    <auth type='", f);
+        pool_xml_escape(f, d->auth_type);
+        fputs("' username='", f);
+        pool_xml_escape(f, d->auth_username);
+        fputs(d->auth_secret_is_uuid ? "'>\n      <secret uuid='"
+                                     : "'>\n      <secret usage='", f);
+        pool_xml_escape(f, d->auth_secret);
+        fputs("'/>\n    </auth>\n", f);
     }
     fputs("  </source>\n", f);
     if (d->target_path) {
@@ -205,8 +323,16 @@ int pool_xml_from_args(const PoolDefineArgs *a, char **xml, Error *err)
     fputs("'>\n  <name>", f);
     pool_xml_escape(f, a->name);
     fputs("</name>\n", f);
+    if (a->auth_type && (!a->auth_username ||
+                         (!a->secret_usage && !a->secret_uuid))) {
+        fclose(f);
+        free(buf);
+        return error_setf(err, EINVAL, "--auth-type needs --auth-username "
+                          "and --secret-usage or --secret-uuid");
+    }
     if (a->source_host || a->source_path || a->source_dev ||
-        a->source_name || a->source_format) {
+        a->source_name || a->source_format || a->source_initiator ||
+        a->auth_type) {
         fputs("  <source>\n", f);
         if (a->source_host) {
             fputs("    <host name='", f);
@@ -222,6 +348,22 @@ int pool_xml_from_args(const PoolDefineArgs *a, char **xml, Error *err)
             fputs("    <device path='", f);
             pool_xml_escape(f, a->source_dev);
             fputs("'/>\n", f);
+        }
+        if (a->source_initiator) {
+            fputs("    <initiator>\n      <iqn name='", f);
+            pool_xml_escape(f, a->source_initiator);
+            fputs("'/>\n    </initiator>\n", f);
+        }
+        if (a->auth_type) {
+            fputs("    <auth type='", f);
+            pool_xml_escape(f, a->auth_type);
+            fputs("' username='", f);
+            pool_xml_escape(f, a->auth_username);
+            fputs(a->secret_usage ? "'>\n      <secret usage='"
+                                  : "'>\n      <secret uuid='", f);
+            pool_xml_escape(f, a->secret_usage ? a->secret_usage
+                                               : a->secret_uuid);
+            fputs("'/>\n    </auth>\n", f);
         }
         if (a->source_format) {
             fputs("    <format type='", f);

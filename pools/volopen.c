@@ -115,18 +115,18 @@ int pool_vol_target_spec(PoolStore *s, const char *name, VolOpenSpec *spec,
         VolInfo v;
         ret = pool_lookup_locked(p, vol, &v, err);
         if (ret == 0) {
-            *exists = true;
+            /* A LUN is there to be written: an image goes onto it. */
+            *exists = !p->be->fixed_volumes;
             ret = spec_for(p, &v, spec, err);
             vol_info_clear(&v);
-        } else if (ret == -ENOENT && strcmp(p->def.type, "dir") == 0) {
+        } else if (ret == -ENOENT && p->be->vol_new_path) {
             error_clear(err);
             ret = store_op_status(s, p->def.name, vol, NULL) == OP_RUNNING
                       ? error_setf(err, EBUSY, "volume '%s' is being "
                                    "created by another command", vol)
                       : p->be->vol_name_check(vol, err);
             if (ret == 0) {
-                spec->filename = pool_strfmt("%s/%s", p->def.target_path,
-                                             vol);
+                spec->filename = p->be->vol_new_path(p, vol);
                 ret = spec->filename ? 0
                                      : error_setf(err, ENOMEM, "out of memory");
             }

@@ -293,7 +293,10 @@ char *pool_vol_format_xml(const VolInfo *v)
         }
     }
     fputs("  </target>\n", f);
-    if (v->backing_path) {
+    /* libvirt's schema has only file paths for a backing store; one on
+     * the network (a gluster:// base) is left out, as libvirt cannot say
+     * it either (info --backing-chain shows it). */
+    if (v->backing_path && v->backing_path[0] == '/') {
         fputs("  <backingStore>\n    <path>", f);
         pool_xml_escape(f, v->backing_path);
         fputs("</path>\n", f);

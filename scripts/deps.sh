@@ -19,10 +19,16 @@ packages=(
     libdeflate-dev
     # io_uring for asynchronous file I/O (optional: worker threads fallback)
     liburing-dev
+    # iscsi:// and gluster:// (the libraries QEMU uses for the same URLs)
+    libiscsi-dev libglusterfs-dev
     # ASan/UBSan with clang, libFuzzer harnesses
     clang libclang-rt-14-dev
-    # the oracle the tests compare against: qemu-img, qemu-io
-    qemu-utils
+    # the oracle the tests compare against: qemu-img, qemu-io; and QEMU's
+    # own iscsi:// and gluster:// drivers for them
+    qemu-utils qemu-block-extra
+    # the real servers the network tests run: an iSCSI target (tgtd) with
+    # libiscsi's tools, and glusterd with one brick
+    tgt libiscsi-bin glusterfs-server
     # NBD clients and the daemon `imgtool serve` is compared with:
     # nbdinfo/nbdcopy, qemu-storage-daemon
     libnbd-bin qemu-system-common

@@ -399,3 +399,126 @@ class Qmp:
 
     def close(self):
         self.sock.close()
+
+
+# ----------------------------------------------------------------------
+# Network storage: a real tgtd and a real glusterd (tests/netservices.py)
+
+ISCSI_IQN = "iqn.2024-01.org.imgtool.test:disks"
+ISCSI_CHAP_IQN = "iqn.2024-01.org.imgtool.test:chap"
+CHAP_USER = "imgtool"
+CHAP_PASSWORD = "s3cret-chap-pw"
+
+
+class IscsiTarget:
+    """The session's tgtd: target 1 (ISCSI_IQN, no CHAP) gets a fresh LUN
+    per test from new_lun(); target 2 (ISCSI_CHAP_IQN) has LUN 1 behind
+    CHAP_USER / CHAP_PASSWORD."""
+
+    def __init__(self, tgtd, workdir):
+        self.tgtd = tgtd
+        self.workdir = workdir
+        self.next_lun = 1
+        self.next_tid = 10
+        self.portal = tgtd.portal
+
+    def url(self, lun, iqn=ISCSI_IQN, **kw):
+        from netservices import iscsi_url
+        return iscsi_url(self.portal, iqn, lun, **kw)
+
+    def new_target(self, luns, chap=None):
+        """A target of its own: luns is [(lun, size, opts)]; returns
+        (iqn, tid, {lun: backing path})."""
+        tid = self.next_tid
+        self.next_tid += 1
+        iqn = f"iqn.2024-01.org.imgtool.test:t{tid}"
+        paths = {}
+        spec = []
+        for lun, size, opts in luns:
+            path = os.path.join(str(self.workdir), f"t{tid}-lun{lun}.img")
+            if os.path.exists(path):
+                os.unlink(path)
+            paths[lun] = path
+            spec.append((lun, path, size, opts))
+        self.tgtd.add_target(tid, iqn, spec, chap=chap)
+        return iqn, tid, paths
+
+    def new_lun(self, size=64 << 20, **opts):
+        """A fresh (zeroed, sparse) LUN of target 1: (url, backing path)."""
+        lun = self.next_lun
+        self.next_lun += 1
+        path = os.path.join(str(self.workdir), f"lun{lun}.img")
+        if os.path.exists(path):
+            os.unlink(path)
+        self.tgtd.add_lun(1, lun, path, size, **opts)
+        return self.url(lun), path
+
+
+def _lun_dir(tmp_path_factory):
+    """Where LUN backing files go: tmpfs when there is one, so that tgtd
+    never waits for a disk to take what a test wrote."""
+    import tempfile
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return tempfile.mkdtemp(prefix="imgtool-luns-", dir="/dev/shm")
+    return str(tmp_path_factory.mktemp("luns"))
+
+
+@pytest.fixture(scope="session")
+def iscsi_target(tmp_path_factory):
+    from netservices import Tgtd
+    d = _lun_dir(tmp_path_factory)
+    t = Tgtd(tmp_path_factory.mktemp("tgtd"))
+    try:
+        t.start()
+        t.add_target(1, ISCSI_IQN, [])
+        t.add_target(2, ISCSI_CHAP_IQN,
+                     [(1, os.path.join(str(d), "chap1.img"), 32 << 20, {})],
+                     chap=(CHAP_USER, CHAP_PASSWORD))
+        yield IscsiTarget(t, d)
+    finally:
+        t.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def lun(iscsi_target):
+    """A fresh 64 MiB thin LUN with 512-byte blocks: (url, backing file)."""
+    url, path = iscsi_target.new_lun()
+    yield url, path
+    iscsi_target.tgtd.delete_lun(1, int(url.rsplit("/", 1)[1]))
+    os.unlink(path)
+
+
+GLUSTER_VOLUME = "imgtool-gv"
+
+
+class GlusterVolume:
+    """The session's glusterd and its one-brick volume.  url(name) is a
+    file on it, brick(name) the same file on the brick (a one-brick
+    distribute volume keeps each file whole there, so local tools can
+    look at it without paying a Gluster connection)."""
+
+    def __init__(self, glusterd, volume, brick_dir):
+        self.glusterd = glusterd
+        self.volume = volume
+        self.brick_dir = brick_dir
+
+    def url(self, name, host="127.0.0.1"):
+        return f"gluster://{host}/{self.volume}/{name}"
+
+    def brick(self, name):
+        return os.path.join(self.brick_dir, name)
+
+
+@pytest.fixture(scope="session")
+def gluster(tmp_path_factory):
+    from netservices import Glusterd
+    g = Glusterd(tmp_path_factory.mktemp("glusterd"))
+    if not g.acquire():
+        pytest.skip("glusterd is in use by another test process")
+    try:
+        g.start()
+        brick = g.create_volume(GLUSTER_VOLUME)
+        yield GlusterVolume(g, GLUSTER_VOLUME, brick)
+    finally:
+        g.stop()

@@ -85,7 +85,7 @@ def test_bad_xml(pools, tmp_path):
         "external entity": """<?xml version="1.0"?>
 <!DOCTYPE pool [<!ENTITY e SYSTEM "file:///etc/passwd">]>
 <pool type='dir'><name>&e;</name><target><path>/x</path></target></pool>""",
-        "unsupported type": "<pool type='iscsi'><name>x</name><source>"
+        "unsupported type": "<pool type='rbd'><name>x</name><source>"
                             "<host name='h'/></source></pool>",
         "unknown type": "<pool type='floppy'><name>x</name></pool>",
         "huge": "<pool type='dir'><name>x</name><!-- " + "x" * (2 * MiB) +
@@ -97,7 +97,7 @@ def test_bad_xml(pools, tmp_path):
         line = pools.fails("pool-define", f)
         assert "passwd" not in line and "root:" not in line, what
         if what == "unsupported type":
-            assert "unsupported storage pool type 'iscsi'" in line
+            assert "unsupported storage pool type 'rbd'" in line
         if what == "entities":
             assert "DOCTYPE" in line or "entity" in line
     assert pools.json("pool-list", "--all") == []

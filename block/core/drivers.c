@@ -11,6 +11,8 @@ extern const BlockDriver qcow2_driver;
 extern const BlockDriver luks_driver;
 extern const BlockDriver faulty_driver;
 extern const BlockDriver linear_driver;
+extern const BlockDriver iscsi_driver;
+extern const BlockDriver gluster_driver;
 
 /* Probe order matters only for ties; raw is the fallback and never
  * claims a file by content. */
@@ -21,6 +23,8 @@ const BlockDriver *const block_driver_list[] = {
     &file_driver,
     &faulty_driver,
     &linear_driver,
+    &iscsi_driver,
+    &gluster_driver,
     NULL,
 };
 

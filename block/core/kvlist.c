@@ -128,6 +128,12 @@ const char *kvlist_get(KVList *l, const char *key)
     return found ? found->value : NULL;
 }
 
+const char *kvlist_peek(const KVList *l, const char *key)
+{
+    KVPair *p = find_last(l, key);
+    return p ? p->value : NULL;
+}
+
 bool kvlist_has(const KVList *l, const char *key)
 {
     return l && find_last(l, key) != NULL;

@@ -296,6 +296,34 @@ static int node_publish(BlockNode *n, KVList *opts, Error *err)
 /* ------------------------------------------------------------------ */
 /* Opening                                                             */
 
+/* The filename that options alone name for the protocol at the bottom of
+ * a node described by opts (driver=iscsi,portal=...; or
+ * driver=qcow2,file.driver=gluster,file.volume=...), or NULL.  Nothing
+ * is marked used: the drivers read the same options when they open. */
+static char *filename_from_opts(const KVList *opts, int depth)
+{
+    const char *drvname = kvlist_peek(opts, "driver");
+    const BlockDriver *d = drvname ? block_find_driver(drvname) : NULL;
+    if (d && d->kind == BLOCK_DRIVER_PROTOCOL) {
+        return d->filename_from_opts ? d->filename_from_opts(opts) : NULL;
+    }
+    if (depth > 8) {
+        return NULL;
+    }
+    KVList sub = { 0 };
+    for (size_t i = 0; i < opts->n; i++) {
+        const char *k = opts->items[i].key;
+        if (strncmp(k, "file.", 5) == 0 &&
+            kvlist_set(&sub, k + 5, opts->items[i].value) < 0) {
+            kvlist_free(&sub);
+            return NULL;
+        }
+    }
+    char *name = sub.n ? filename_from_opts(&sub, depth + 1) : NULL;
+    kvlist_free(&sub);
+    return name;
+}
+
 BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
                                Error *err)
 {
@@ -317,21 +345,27 @@ BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
     if (fn) {
         filename = fn;
     }
-    /* A protocol named by driver= may be addressed by options alone
-     * (driver=nbd,server.type=unix,server.path=...): its open names
-     * the node (n->filename) then. */
+    /* A protocol may be addressed by options alone: it names its file
+     * (filename_from_opts), or, named by driver=, its open names the node
+     * (driver=nbd,server.type=unix,server.path=...). */
+    char *made = NULL;
+    if ((!filename || !*filename) && drv->filename_from_opts) {
+        filename = made = drv->filename_from_opts(opts);
+    }
     if ((!filename || !*filename) && !drvname) {
         error_setf(err, EINVAL, "no file name given");
+        free(made);
         return NULL;
     }
     BlockNode *n = node_new(drv, filename ? filename : "", flags);
+    free(made);     /* the node keeps its own copy */
     if (!n) {
         error_setf(err, ENOMEM, "out of memory");
         return NULL;
     }
     int ret = drv->open(n, opts, flags, err);
     if (ret < 0) {
-        error_setf(err, -ret, "Could not open '%s': %s", filename,
+        error_setf(err, -ret, "Could not open '%s': %s", n->filename,
                    strerror(-ret));
         node_free(n);
         return NULL;
@@ -498,6 +532,7 @@ static BlockNode *open_image(const char *filename, const char *format,
 {
     KVList file_opts = { 0 }, backing_opts = { 0 }, json_opts = { 0 };
     BlockNode *lower = NULL, *n = NULL;
+    char *made_name = NULL;
     const BlockDriver *drv = NULL;
     int ret;
 
@@ -539,6 +574,19 @@ static BlockNode *open_image(const char *filename, const char *format,
         filename = refnode->filename;
     }
     block_close(refnode);
+    if (!filename || !*filename) {
+        /* driver=iscsi,portal=... names its LUN without a filename */
+        const BlockDriver *fd = format ? block_find_driver(format) : NULL;
+        if (fd && fd->kind == BLOCK_DRIVER_PROTOCOL) {
+            made_name = fd->filename_from_opts ? fd->filename_from_opts(opts)
+                                               : NULL;
+        } else {
+            made_name = filename_from_opts(opts, 0);
+        }
+        if (made_name) {
+            filename = made_name;
+        }
+    }
     if (format) {
         drv = block_find_driver(format);
         if (!drv) {
@@ -675,6 +723,7 @@ out:
     kvlist_free(&file_opts);
     kvlist_free(&backing_opts);
     kvlist_free(&json_opts);
+    free(made_name);
     return n;
 }
 
@@ -717,20 +766,33 @@ int block_open_backing(BlockNode *n, int flags, Error *err)
 char *block_resolve_backing(const char *overlay, const char *backing)
 {
     if (backing[0] == '/' || strstr(backing, "://") || !overlay ||
-        strstr(overlay, "://") || block_is_json_name(backing)) {
+        block_is_json_name(backing)) {
         return strdup(backing);
     }
-    const char *slash = strrchr(overlay, '/');
-    if (!slash) {
+    /* A URL's "directory" ends at its last '/' before any query, and
+     * the query (gluster+unix's ?socket=) stays with the result: a
+     * backing file on the same volume as its overlay, as QEMU resolves
+     * it. */
+    const char *query = strstr(overlay, "://") ? strchr(overlay, '?') : NULL;
+    size_t head = query ? (size_t)(query - overlay) : strlen(overlay);
+    const char *slash = NULL;
+    for (size_t i = 0; i < head; i++) {
+        if (overlay[i] == '/') {
+            slash = overlay + i;
+        }
+    }
+    if (!slash || (query && slash < strstr(overlay, "://") + 3)) {
         return strdup(backing);
     }
     size_t dirlen = (size_t)(slash - overlay) + 1;
     size_t blen = strlen(backing);
-    char *out = malloc(dirlen + blen + 1);
+    size_t qlen = query ? strlen(query) : 0;
+    char *out = malloc(dirlen + blen + qlen + 1);
     if (!out) {
         return NULL;
     }
     memcpy(out, overlay, dirlen);
-    memcpy(out + dirlen, backing, blen + 1);
+    memcpy(out + dirlen, backing, blen);
+    memcpy(out + dirlen + blen, query ? query : "", qlen + 1);
     return out;
 }

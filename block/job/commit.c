@@ -25,8 +25,13 @@
 #include "block/job/commit.h"
 #include "block/job/copy.h"
 
+/* Local files by their real path; URLs (gluster://, iscsi://) by the
+ * name itself, which is all there is to go by. */
 static bool same_file(const char *a, const char *b)
 {
+    if (strstr(a, "://") || strstr(b, "://")) {
+        return strcmp(a, b) == 0;
+    }
     char ra[PATH_MAX], rb[PATH_MAX];
     if (!realpath(a, ra) || !realpath(b, rb)) {
         return false;

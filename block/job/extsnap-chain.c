@@ -210,6 +210,14 @@ int extsnap_ctx_names(Ctx *c, const char *active, Error *err)
 {
     struct stat st;
     c->active = active;
+    if (strstr(active, "://")) {
+        /* The journal, the renames and the directory syncs that make a
+         * switch atomic are local file system operations. */
+        return error_setf(err, ENOTSUP, "snapshot --external needs a local "
+                          "file; on '%s' take an external snapshot with "
+                          "create -b (a new overlay) and merge it with "
+                          "commit", active);
+    }
     if (lstat(active, &st) < 0) {
         int e = errno;
         return error_setf(err, e, "Could not open '%s': %s", active,

@@ -6,9 +6,11 @@
  * unchanged, 3 resize) is represented by two bytes of an OFD read lock:
  * byte 100+p means "I hold P", byte 200+p means "I do not let others hold
  * P".  Acquiring P is refused when someone locks 200+p; refusing to share
- * P is refused when someone locks 100+p.  Conflicts are tested with
- * F_OFD_GETLK for a write lock, which our own open file description never
- * conflicts with.
+ * P is refused when someone locks 100+p.  Conflicts are tested with a
+ * write-lock test, which our own open file never conflicts with.  The
+ * scheme is written once over two primitives (ImageLockOps): OFD locks
+ * for local files, POSIX locks with an owner of their own per descriptor
+ * on Gluster.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,19 +28,20 @@ static const char *const perm_names[] = {
     "consistent read", "write", "write unchanged", "resize",
 };
 
-static int lock_byte(int fd, int byte)
+static int ofd_set(void *file, int byte, bool lock)
 {
     struct flock fl = {
-        .l_type = F_RDLCK,
+        .l_type = lock ? F_RDLCK : F_UNLCK,
         .l_whence = SEEK_SET,
         .l_start = byte,
         .l_len = 1,
     };
-    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+    return fcntl(*(int *)file, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
 }
 
-/* 1 when another open file description holds a lock on byte. */
-static int byte_held(int fd, int byte)
+/* 1 when another open file description holds a lock on byte: a write
+ * lock test, which our own description never conflicts with. */
+static int ofd_held(void *file, int byte)
 {
     struct flock fl = {
         .l_type = F_WRLCK,
@@ -46,13 +49,16 @@ static int byte_held(int fd, int byte)
         .l_start = byte,
         .l_len = 1,
     };
-    if (fcntl(fd, F_OFD_GETLK, &fl) < 0) {
+    if (fcntl(*(int *)file, F_OFD_GETLK, &fl) < 0) {
         return -errno;
     }
     return fl.l_type != F_UNLCK;
 }
 
-int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
+static const ImageLockOps ofd_ops = { ofd_set, ofd_held };
+
+int image_lock_with(const ImageLockOps *ops, void *file, ImageLockMode mode,
+                    const char *filename, Error *err)
 {
     int perms[3], nperm = 0, unshared[2], nunshared = 0;
     perms[nperm++] = PERM_READ;
@@ -66,9 +72,9 @@ int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
     }
 
     for (int i = 0; i < nperm; i++) {
-        int ret = lock_byte(fd, PERM_BASE + perms[i]);
+        int ret = ops->set(file, PERM_BASE + perms[i], true);
         if (ret == -EINVAL || ret == -ENOTSUP || ret == -ENOLCK) {
-            return 0;   /* no OFD locks on this filesystem */
+            return 0;   /* no such locks on this file system */
         }
         if (ret < 0) {
             return error_setf(err, -ret, "Failed to lock byte %d: %s",
@@ -76,14 +82,14 @@ int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
         }
     }
     for (int i = 0; i < nunshared; i++) {
-        int ret = lock_byte(fd, SHARED_BASE + unshared[i]);
+        int ret = ops->set(file, SHARED_BASE + unshared[i], true);
         if (ret < 0) {
             return error_setf(err, -ret, "Failed to lock byte %d: %s",
                               SHARED_BASE + unshared[i], strerror(-ret));
         }
     }
     for (int i = 0; i < nperm; i++) {
-        int held = byte_held(fd, SHARED_BASE + perms[i]);
+        int held = ops->held(file, SHARED_BASE + perms[i]);
         if (held > 0) {
             return error_setf(err, EAGAIN, "Failed to get \"%s\" lock: is "
                               "another process using the image?",
@@ -91,7 +97,7 @@ int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
         }
     }
     for (int i = 0; i < nunshared; i++) {
-        int held = byte_held(fd, PERM_BASE + unshared[i]);
+        int held = ops->held(file, PERM_BASE + unshared[i]);
         if (held > 0) {
             return error_setf(err, EAGAIN, "Failed to get shared \"%s\" "
                               "lock: is another process using the image?",
@@ -101,20 +107,25 @@ int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
     return 0;
 }
 
-int image_unlock_write(int fd)
+int image_unlock_write_with(const ImageLockOps *ops, void *file)
 {
     static const int bytes[] = { PERM_BASE + PERM_WRITE,
                                  PERM_BASE + PERM_RESIZE };
     for (size_t i = 0; i < sizeof(bytes) / sizeof(bytes[0]); i++) {
-        struct flock fl = {
-            .l_type = F_UNLCK,
-            .l_whence = SEEK_SET,
-            .l_start = bytes[i],
-            .l_len = 1,
-        };
-        if (fcntl(fd, F_OFD_SETLK, &fl) < 0 && errno != EINVAL) {
-            return -errno;
+        int ret = ops->set(file, bytes[i], false);
+        if (ret < 0 && ret != -EINVAL) {
+            return ret;
         }
     }
     return 0;
+}
+
+int image_lock(int fd, ImageLockMode mode, const char *filename, Error *err)
+{
+    return image_lock_with(&ofd_ops, &fd, mode, filename, err);
+}
+
+int image_unlock_write(int fd)
+{
+    return image_unlock_write_with(&ofd_ops, &fd);
 }

@@ -1,0 +1,41 @@
+/*
+ * filevol.h - volumes that are files (a directory pool's, a Gluster
+ * pool's): what the back end's cache keeps about each and when it must
+ * read the file again.  Internal to pools/.
+ *
+ * The cache remembers, per file, the stat fields that change whenever
+ * its content does (inode, size, mtime and ctime in nanoseconds) and
+ * what was read from it; a file whose fields are unchanged is not opened
+ * again.  A file modified within the clock tick of the stat that cached
+ * it could change again without its mtime moving ("racily clean", as
+ * git calls it), so such entries are read again next time.
+ *
+ * The format of a volume imgtool created (or wiped) is remembered and
+ * never probed again, so a guest that writes a qcow2 header into its raw
+ * volume cannot make the next command open host files through it.  Files
+ * that appeared otherwise are probed, as libvirt does.
+ */
+#ifndef IMGTOOL_POOLS_FILEVOL_H
+#define IMGTOOL_POOLS_FILEVOL_H
+
+#include <sys/stat.h>
+
+#include "pools/backend.h"
+
+/* Fills v for the file `name` at `path` (a local path or a URL the
+ * block layer opens; it is also the volume's key) whose stat is st,
+ * from the cache when it is still right.  type: "file", "network". */
+int pool_file_vol(Pool *p, const char *name, const char *path,
+                  const char *type, const struct stat *st, VolInfo *v,
+                  Error *err);
+/* The volume is (now) of `format`, made or changed by imgtool: never
+ * probe it; secret: a LUKS volume's secret id, or NULL. */
+void pool_file_vol_remember(Pool *p, const char *name, const char *format,
+                            const char *secret);
+/* Forget what was known (the file is gone, or changed behind us). */
+void pool_file_vol_forget(Pool *p, const char *name);
+/* After a full listing: forget every file not in `seen` (an object
+ * whose keys are the names found). */
+void pool_file_vols_prune(Pool *p, json_t *seen);
+
+#endif
