@@ -40,6 +40,11 @@ packages=(
     lvm2 mount
     # a real QEMU opening (and locking) a pool volume in tests
     qemu-system-x86
+    # the tiny guest the vhost-user and `imgtool run` tests boot
+    # (tests/guest.py): Debian's kernel and its virtio modules, busybox in
+    # its initramfs; fio for bench/serve and bench/vhost;
+    # openssl makes the TLS certificates of the NBD tests
+    linux-image-amd64 busybox-static fio openssl
     # virt-xml-validate and libvirt's schemas check the pool/volume XML
     # imgtool writes; virsh (its test driver) is the layout oracle
     libvirt-clients
