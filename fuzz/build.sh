@@ -21,7 +21,8 @@ if [ ! -f "$B/build.ninja" ]; then
         >/dev/null
 fi
 ninja -C "$B" libimgtool.a >/dev/null
-LIBS="$(pkg-config --libs jansson zlib libzstd libcrypto libssl) -ldl"
+# Sanitizer builds link libiscsi and libgfapi (meson.build says why).
+LIBS="$(pkg-config --libs jansson zlib libzstd libcrypto libssl libiscsi glusterfs-api) -ldl"
 # Optional libraries meson links when it finds them.
 for opt in libdeflate liburing; do
     if pkg-config --exists $opt; then
