@@ -29,14 +29,6 @@ GLUSTERD_PORT = 24007
 GLUSTER_LOCK = "/run/lock/imgtool-test-glusterd.lock"
 
 
-def _worker_index():
-    w = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    try:
-        return int(w.lstrip("gw"))
-    except ValueError:
-        return 0
-
-
 def _wait(pred, timeout, what):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -69,15 +61,35 @@ def _port_free(port):
 # ----------------------------------------------------------------------
 # iSCSI: tgtd
 
+def _take_slot():
+    """(n, fd): the first slot no other live Tgtd holds, locked by fd."""
+    d = "/tmp/imgtool-tgtd-slots"
+    os.makedirs(d, exist_ok=True)
+    for n in range(200):
+        fd = os.open(os.path.join(d, str(n)), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        if _port_free(TGTD_BASE_PORT + n):
+            return n, fd
+        os.close(fd)
+    raise RuntimeError("no free tgtd slot (200 in use?)")
+
 class Tgtd:
     """A tgtd on 127.0.0.1:port with its own control port.  Targets are
     added with add_target; LUN backing files live in workdir."""
 
     def __init__(self, workdir, slot=0):
         self.workdir = str(workdir)
-        # slot separates private instances (kill tests) from the shared
-        # one; the worker index separates parallel test workers
-        n = _worker_index() * 10 + slot
+        # Each instance holds a slot (portal port and control socket
+        # /run/tgtd/socket.N) under an exclusive lock for its lifetime, so
+        # private instances (kill tests), parallel workers and separate
+        # test runs on one host never share a control socket.  slot is
+        # kept for callers; the lock decides.
+        del slot
+        n, self._slot_fd = _take_slot()
         self.port = TGTD_BASE_PORT + n
         self.control = 700 + n
         self.proc = None
