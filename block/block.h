@@ -160,6 +160,10 @@ const char *prealloc_name(PreallocMode m);
 
 /* Drivers, as callers ask about them (the structure is block/driver.h's). */
 const BlockDriver *block_node_driver(const BlockNode *n);
+/* The i-th driver the build knows: the built-in ones, then those in
+ * loadable modules (*module true; not loaded by asking); NULL past the
+ * last.  For --version and completion. */
+const char *block_known_driver(size_t i, bool *module);
 /* The driver named name (any kind), or NULL. */
 const BlockDriver *block_find_driver(const char *name);
 /* The format driver named name, or NULL (protocols and filters too). */

@@ -499,7 +499,7 @@ int cmd_serve(int argc, char **argv)
     }
     rc = 1;
     if (args.version) {
-        printf("imgtool version 0.1.0\n");
+        imgtool_print_version(stdout);
         rc = 0;
         goto out;
     }

@@ -74,6 +74,11 @@ int cmd_serve(int argc, char **argv);
 int cmd_serve_ctl(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 
+/* --version: the version line, the drivers and the optional libraries
+ * compiled in (imgtool/version.c). */
+const char *imgtool_version(void);
+void imgtool_print_version(FILE *f);
+
 /* "imgtool: <msg>\n" on stderr. */
 void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void imgtool_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "imgtool/complete.h"
 #include "imgtool/imgtool.h"
 
 static const ImgtoolCommand commands[] = {
@@ -69,7 +70,7 @@ static void usage(FILE *f)
     for (size_t i = 0; i < N_COMMANDS; i++) {
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].synopsis);
     }
-    fprintf(f, "\nRun 'imgtool <command> --help' for a command's options; "
+    fprintf(f, "\nRun 'imgtool help <command>' for a command's options; "
                "see imgtool(1).\n");
 }
 
@@ -85,13 +86,24 @@ int main(int argc, char **argv)
         return 1;
     }
     const char *name = argv[1];
-    if (!strcmp(name, "-h") || !strcmp(name, "--help") ||
-        !strcmp(name, "help")) {
+    /* hidden: the shell completion's source (imgtool/complete.h) */
+    if (!strcmp(name, "--complete")) {
+        return imgtool_complete(commands, N_COMMANDS, argc - 2, argv + 2);
+    }
+    /* `help CMD` is `CMD --help` */
+    char *help_argv[] = { argv[0], argc > 2 ? argv[2] : NULL, "--help",
+                          NULL };
+    if (!strcmp(name, "help") && argc > 2) {
+        argc = 3;
+        argv = help_argv;
+        name = argv[1];
+    } else if (!strcmp(name, "-h") || !strcmp(name, "--help") ||
+               !strcmp(name, "help")) {
         usage(stdout);
         return 0;
     }
     if (!strcmp(name, "-V") || !strcmp(name, "--version")) {
-        printf("imgtool version 0.1.0\n");
+        imgtool_print_version(stdout);
         return 0;
     }
     for (size_t i = 0; i < N_COMMANDS; i++) {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "imgtool/cmd-usage.h"
+#include "imgtool/complete.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/parse-options.h"
 
@@ -262,6 +263,12 @@ static int bad_option(const CmdSpec *spec, char **argv, int c, void *ctx)
 int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
               char **argv, int *exit_code)
 {
+    if (complete_capture.active) {
+        /* imgtool --complete wants the table, not a parse */
+        complete_capture.spec = spec;
+        *exit_code = 0;
+        return -1;
+    }
     size_t n = 0;
     while (spec->opts[n].type != CMDOPT_END_OF_TABLE) {
         n++;

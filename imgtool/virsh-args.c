@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "imgtool/complete.h"
 #include "imgtool/object.h"
 #include "imgtool/virsh-args.h"
 
@@ -140,6 +141,11 @@ int virsh_args_parse(const VirshCmd *c, int argc, char **argv,
 {
     memset(a, 0, sizeof(*a));
     a->cmd = c;
+    if (complete_capture.active) {
+        /* imgtool --complete wants the table, not a parse */
+        complete_capture.virsh = c;
+        return 0;
+    }
     bool dashdash = false;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];

@@ -213,6 +213,9 @@ int pool_vol_wipe(PoolStore *s, const char *pool, const char *vol,
                   const char *algorithm, BlockProgressFn *progress,
                   void *opaque, Error *err);
 
+/* The i-th wipe algorithm's name, NULL past the last (completion). */
+const char *pool_wipe_algorithm(size_t i);
+
 /* vol-upload / vol-download: the volume's host bytes from/to fd.
  * length 0 with has_length false means "to the end". */
 typedef struct VolTransfer {

@@ -80,6 +80,12 @@ static const struct {
 #undef A
 };
 
+const char *pool_wipe_algorithm(size_t i)
+{
+    return i < sizeof(algorithms) / sizeof(algorithms[0])
+               ? algorithms[i].name : NULL;
+}
+
 /* Random passes: AES-128-CTR over zeroes with a random key, fast and as
  * unpredictable as the key. */
 typedef struct RandomStream {

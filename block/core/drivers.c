@@ -39,6 +39,25 @@ const BlockModule block_module_list[] = {
     { NULL, NULL, NULL, NULL },
 };
 
+const char *block_known_driver(size_t i, bool *module)
+{
+    size_t nb = 0;
+    while (block_driver_list[nb]) {
+        nb++;
+    }
+    if (i < nb) {
+        *module = false;
+        return block_driver_list[i]->name;
+    }
+    for (size_t k = 0; block_module_list[k].name; k++) {
+        if (k == i - nb) {
+            *module = true;
+            return block_module_list[k].name;
+        }
+    }
+    return NULL;
+}
+
 const BlockDriver *block_find_driver(const char *name)
 {
     for (int i = 0; block_driver_list[i]; i++) {
