@@ -51,6 +51,7 @@ int cmd_pool_delete(int argc, char **argv);
 int cmd_pool_undefine(int argc, char **argv);
 int cmd_pool_refresh(int argc, char **argv);
 int cmd_pool_autostart(int argc, char **argv);
+int cmd_pool_start_autostart(int argc, char **argv);
 int cmd_pool_list(int argc, char **argv);
 int cmd_pool_info(int argc, char **argv);
 int cmd_pool_dumpxml(int argc, char **argv);

@@ -38,6 +38,8 @@ static const ImgtoolCommand commands[] = {
     { "pool-undefine", cmd_pool_undefine, "undefine an inactive pool" },
     { "pool-refresh", cmd_pool_refresh, "refresh a pool's volumes" },
     { "pool-autostart", cmd_pool_autostart, "autostart a pool (or --disable)" },
+    { "pool-start-autostart", cmd_pool_start_autostart,
+      "start every inactive autostart pool (at boot)" },
     { "pool-list", cmd_pool_list, "list pools" },
     { "pool-info", cmd_pool_info, "storage pool information" },
     { "pool-dumpxml", cmd_pool_dumpxml, "pool information in XML" },
