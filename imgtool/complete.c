@@ -5,8 +5,8 @@
  * options, pools, volumes, wipe algorithms).
  *
  * An option's values are told by its argument name, so tables need no
- * completion field: "fmt" is a format, "a|b|c" a fixed set, "options"
- * a -o list of the chosen format's keys, "name[,bus=blk|scsi][,...]" a
+ * completion field: "fmt" is a format, "a|b|c" a fixed set, -o's
+ * "options" the chosen format's keys, "name[,bus=blk|scsi][,...]" a
  * key list whose keys and fixed values come from the name itself.
  * Nothing here writes except the candidates on stdout; every failure
  * (no store, an inactive pool) just means fewer candidates.
@@ -307,7 +307,8 @@ static bool is_choice_set(const char *s)
 
 /* The values of an option (or positional argument) whose argument is
  * named argname, the word being completed starting with pre. */
-static void emit_values(const Line *l, const char *argname, const char *pre)
+static void emit_values(const Line *l, int short_name, const char *argname,
+                        const char *pre)
 {
     static const char *const formats[] = {
         "fmt", "output_fmt", "backing_fmt", "source_fmt", "format",
@@ -326,7 +327,7 @@ static void emit_values(const Line *l, const char *argname, const char *pre)
     } else if (!strcmp(argname, "cache") || !strcmp(argname, "src_cache")) {
         emit_choices(l, pre, prelen,
                      "none|writeback|unsafe|directsync|writethrough", 45);
-    } else if (!strcmp(argname, "options")) {
+    } else if (!strcmp(argname, "options") && short_name == 'o') {
         emit_create_opts(l, pre, prelen);
     } else if (!strcmp(argname, "prealloc")) {
         for (int m = PREALLOC_OFF; m <= PREALLOC_FULL; m++) {
@@ -567,24 +568,24 @@ int imgtool_complete(const ImgtoolCommand *cmds, size_t n, int argc,
     const Opt *want = scan(l, words, (int)cword);
     const char *cur = l->cur;
     if (want) {
-        emit_values(l, want->argname, "");
+        emit_values(l, want->short_name, want->argname, "");
     } else if (!strncmp(cur, "--", 2) && strchr(cur, '=')) {
         const char *eq = strchr(cur, '=');
         const Opt *o = find_long(l, cur + 2, (size_t)(eq - cur - 2));
         if (o && o->argname) {
             char pre[128];
             snprintf(pre, sizeof(pre), "%.*s", (int)(eq + 1 - cur), cur);
-            emit_values(l, o->argname, pre);
+            emit_values(l, o->short_name, o->argname, pre);
         }
     } else if (cur[0] == '-') {
         emit_options(l);
     } else if (l->virsh) {
         int k = virsh_next_positional(l);
         if (k >= 0) {
-            emit_values(l, l->virsh->opts[k].name, "");
+            emit_values(l, 0, l->virsh->opts[k].name, "");
         }
     } else {
-        emit_values(l, "image", "");
+        emit_values(l, 0, "image", "");
     }
     free(l);
     return 0;
