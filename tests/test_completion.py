@@ -205,7 +205,8 @@ def test_pools_and_volumes(tmp, pools):
     # vol:POOL/NAME wherever an image goes
     # (readline keeps "vol:"; the rest is what bash inserts)
     assert set(complete("imgtool info vol:", env=env)) == {"alpha/", "beta/"}
-    assert "vol:" in complete("imgtool info v", env=env)
+    assert {"vol:alpha/", "vol:beta/"} <= set(
+        complete("imgtool info v", env=env))
     got = complete("imgtool info vol:alpha/", env=env)
     assert set(got) == {"alpha/one.qcow2", "alpha/two.raw"}
     assert complete("imgtool info vol:alpha/o", env=env) == [
