@@ -56,6 +56,10 @@ packages=(
     time
     # rendering the man page
     man-db groff-base
+    # the Debian package (debian/): dpkg-buildpackage, dh, lintian; the
+    # tests drive the installed bash completion and verify the systemd
+    # units with systemd-analyze
+    dpkg-dev debhelper fakeroot lintian bash-completion systemd
 )
 
 if [ "${1:-}" = "--list" ]; then
