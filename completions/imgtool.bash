@@ -12,6 +12,8 @@ _imgtool()
     # '=' and ':' stay inside words: the binary sees --format=qc, vol:p
     _init_completion -n =: || return
 
+    # Listing a network pool's volumes may wait on its server (and on
+    # the pool's lock): a Tab never hangs longer than the timeout.
     local line cands=() want_files= want_dirs= nospace=
     while IFS= read -r line; do
         case $line in
@@ -20,7 +22,8 @@ _imgtool()
             *) cands+=("$line")
                [[ $line == *[=/:,] ]] && nospace=1 ;;
         esac
-    done < <("${words[0]}" --complete "$cword" "${words[@]}" 2>/dev/null)
+    done < <(timeout 5 "${words[0]}" --complete "$cword" "${words[@]}" \
+                 2>/dev/null)
 
     COMPREPLY=("${cands[@]}")
     if [[ $want_files || $want_dirs ]]; then
