@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cmd/serve.h"
+#include "imgtool/imgtool.h"
 
 static int ready_fd = -1;
 static char *pidfile_path;
@@ -55,11 +56,12 @@ int serve_daemonize(int argc, char **argv, Error *err)
         setsid();
         char **av = calloc((size_t)argc + 2, sizeof(*av));
         if (av) {
-            av[0] = (char *)"imgtool";
+            av[0] = (char *)imgtool_prog;
             memcpy(av + 1, argv, (size_t)argc * sizeof(*av));
             execv("/proc/self/exe", av);
         }
-        fprintf(stderr, "imgtool: cannot daemonize: %s\n", strerror(errno));
+        fprintf(stderr, "%s: cannot daemonize: %s\n", imgtool_prog,
+                strerror(errno));
         _exit(1);
     }
     close(p[1]);

@@ -7,7 +7,8 @@
 int usage_error(const char *cmd, const char *msg)
 {
     imgtool_error("%s", msg);
-    fprintf(stderr, "Try 'imgtool %s --help' for more information\n", cmd);
+    fprintf(stderr, "Try '%s %s --help' for more information\n",
+            imgtool_prog, cmd);
     return 1;
 }
 
@@ -15,7 +16,8 @@ int usage_bad_option(const char *cmd, const char *opt, bool missing_arg)
 {
     imgtool_error("%s '%s'", missing_arg ? "missing argument for option"
                                          : "unrecognized option", opt);
-    fprintf(stderr, "Try 'imgtool %s --help' for more information\n", cmd);
+    fprintf(stderr, "Try '%s %s --help' for more information\n",
+            imgtool_prog, cmd);
     return 1;
 }
 

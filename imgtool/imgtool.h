@@ -80,10 +80,15 @@ int cmd_run(int argc, char **argv);
 const char *imgtool_version(void);
 void imgtool_print_version(FILE *f);
 
-/* "imgtool: <msg>\n" on stderr. */
+/* The name messages start with: the base name of argv[0], so that a
+ * link named qemu-img says "qemu-img: ..." as qemu-img does (scripts
+ * match on it); "imgtool" until main sets it. */
+extern const char *imgtool_prog;
+
+/* "<prog>: <msg>\n" on stderr. */
 void imgtool_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void imgtool_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Reports err (one line) prefixed by "imgtool: ". */
+/* Reports err (one line) prefixed by "<prog>: ". */
 void imgtool_report(const Error *err);
 /* Sends the block library's warnings to stderr (main, at start-up). */
 void imgtool_install_report(void);

@@ -68,18 +68,22 @@ static const ImgtoolCommand commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: imgtool <command> [options]\n\ncommands:\n");
+    fprintf(f, "usage: %s <command> [options]\n\ncommands:\n", imgtool_prog);
     for (size_t i = 0; i < N_COMMANDS; i++) {
         fprintf(f, "  %-16s %s\n", commands[i].name, commands[i].synopsis);
     }
-    fprintf(f, "\nRun 'imgtool help <command>' for a command's options; "
-               "see imgtool(1).\n");
+    fprintf(f, "\nRun '%s help <command>' for a command's options; "
+               "see imgtool(1).\n", imgtool_prog);
 }
 
 int main(int argc, char **argv)
 {
     /* A vanished reader of our output is an error, not a crash. */
     signal(SIGPIPE, SIG_IGN);
+    if (argc > 0 && argv[0] && argv[0][0]) {
+        const char *slash = strrchr(argv[0], '/');
+        imgtool_prog = slash && slash[1] ? slash + 1 : argv[0];
+    }
     /* Before any work (and any thread): SIGUSR1 must never kill us. */
     progress_signals_init();
     imgtool_install_report();
@@ -123,6 +127,8 @@ int main(int argc, char **argv)
             return rc;
         }
     }
-    imgtool_error("unknown command '%s' (try 'imgtool --help')", name);
+    /* qemu-img's words: scripts match on them. */
+    imgtool_error("Command not found: %s", name);
+    fprintf(stderr, "Try '%s --help' for more information\n", imgtool_prog);
     return 1;
 }

@@ -148,7 +148,7 @@ static void print_options(const CmdSpec *spec, int indent, FILE *f)
 static void print_help(const CmdSpec *spec, bool all, FILE *f)
 {
     char head[64];
-    snprintf(head, sizeof(head), "usage: imgtool %s", spec->name);
+    snprintf(head, sizeof(head), "usage: %s %s", imgtool_prog, spec->name);
     print_usage_line(spec, head, f);
     if (all && spec->description) {
         fprintf(f, "\n%s", spec->description);

@@ -7,11 +7,14 @@
 #include "imgtool/imgtool.h"
 
 const char *imgtool_cmd_name;
+const char *imgtool_prog = "imgtool";
 
 /* A message is one line whatever it quotes: control characters in a
  * name the user gave ("a\nb") are shown escaped. */
-static void vreport(const char *prefix, const char *fmt, va_list ap)
+static void vreport(const char *kind, const char *fmt, va_list ap)
 {
+    char prefix[128];
+    snprintf(prefix, sizeof(prefix), "%s: %s", imgtool_prog, kind);
     char *msg = NULL;
     if (vasprintf(&msg, fmt, ap) < 0) {
         msg = NULL;
@@ -50,7 +53,7 @@ void imgtool_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vreport("imgtool: ", fmt, ap);
+    vreport("", fmt, ap);
     va_end(ap);
 }
 
@@ -58,7 +61,7 @@ void imgtool_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vreport("imgtool: warning: ", fmt, ap);
+    vreport("warning: ", fmt, ap);
     va_end(ap);
 }
 

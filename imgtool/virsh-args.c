@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "imgtool/complete.h"
+#include "imgtool/imgtool.h"
 #include "imgtool/object.h"
 #include "imgtool/virsh-args.h"
 
@@ -23,7 +24,7 @@ static int find_opt(const VirshCmd *c, const char *name, size_t len)
 
 static void print_usage(const VirshCmd *c)
 {
-    printf("usage: imgtool %s", c->name);
+    printf("usage: %s %s", imgtool_prog, c->name);
     for (int i = 0; c->opts[i].name; i++) {
         const VirshOpt *o = &c->opts[i];
         if (o->type == VA_BOOL) {
@@ -70,7 +71,7 @@ static void print_usage(const VirshCmd *c)
 
 static int mistake(const char *fmt, const char *a, const char *b)
 {
-    fputs("imgtool: ", stderr);
+    fprintf(stderr, "%s: ", imgtool_prog);
     fprintf(stderr, fmt, a, b);
     fputc('\n', stderr);
     return 1;

@@ -51,7 +51,7 @@ static pid_t spawn(char **argv, const char *notify, bool quiet)
         }
     }
     execvp(argv[0], argv);
-    fprintf(stderr, "imgtool: cannot run %s: %s\n", argv[0],
+    fprintf(stderr, "%s: cannot run %s: %s\n", imgtool_prog, argv[0],
             strerror(errno));
     _exit(127);
 }
