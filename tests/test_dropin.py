@@ -57,3 +57,56 @@ def test_as_imgtool_it_stays_imgtool(tmp_path):
     assert p.stderr.splitlines()[0] == "imgtool: Command not found: bogus-command"
     p = imgtool("info", tmp_path / "missing", rc=1)
     assert p.stderr.startswith("imgtool: Could not open ")
+
+
+# --- 2. json: names in QEMU's dialect ---------------------------------------
+
+def _info(tool, name):
+    p = tool("info", "--output=json", name)
+    d = json.loads(p.stdout)
+    d.pop("actual-size", None)
+    return d
+
+
+def test_json_single_quotes_and_numbers(tmp_path):
+    odd = tmp_path / "a'b\"c.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", odd, "3M")
+    qemu_io("-c", "write -P 0x5a 0 64k", odd)
+    esc = str(odd).replace("'", "\\'")
+    names = [
+        "json:{'driver': 'qcow2', 'file': {'driver': 'file', "
+        f"'filename': '{esc}'}}}}",
+        # mixed quoting, \' inside a double-quoted string
+        '"json:{"driver": "qcow2", "file.filename": '
+        f'"{esc.replace(chr(34), chr(92) + chr(34))}"}}"'[1:-1],
+        # a number where a string (a size) is expected
+        "json:{'driver': 'qcow2', 'cache-size': 1.5e6, "
+        f"'file': {{'filename': '{esc}'}}}}",
+    ]
+    for name in names:
+        assert _info(imgtool, name) == _info(qemu_img, name), name
+        a = imgtool("convert", "-O", "raw", name, tmp_path / "i.raw")
+        qemu_img("convert", "-O", "raw", name, tmp_path / "q.raw")
+        assert (tmp_path / "i.raw").read_bytes() == (tmp_path / "q.raw").read_bytes()
+        assert a.returncode == 0
+
+
+def test_json_single_quoted_backing_name(tmp_path):
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "1M")
+    qemu_io("-c", "write -P 0x11 0 4k", base)
+    top = tmp_path / "top.qcow2"
+    b = f"json:{{'driver': 'qcow2', 'file': {{'filename': '{base}'}}}}"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", top)
+    q = run(["qemu-io", "-c", "read -P 0x11 0 4k", top])
+    i = imgtool("io", "-c", "read -P 0x11 0 4k", top)
+    assert "read 4096/4096" in q.stdout and "read 4096/4096" in i.stdout
+    assert _info(imgtool, top) == _info(qemu_img, top)
+
+
+def test_json_bad_dialect_still_refused(tmp_path):
+    p = imgtool("info", "json:{'driver': 'qcow2', 'file': {'filename': 'x'}",
+                rc=1)
+    assert "Could not parse the JSON options" in p.stderr
+    qemu_img("info", "json:{'driver': 'qcow2', 'file': {'filename': 'x'}",
+             rc=1)

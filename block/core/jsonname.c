@@ -3,10 +3,17 @@
  * is the image's options, nested objects are option groups.  QEMU also
  * writes such names into qcow2 headers as backing files when plain file
  * names cannot say how the backing image is opened.
+ *
+ * QEMU's JSON parser is wider than RFC 8259 in one way that people use:
+ * strings may be single-quoted ('driver': 'qcow2'), with \' as an
+ * escape in either kind of string.  Such text is rewritten into strict
+ * JSON before jansson sees it; a real number where a string is expected
+ * becomes the string QEMU makes of it.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -47,6 +54,12 @@ static int flatten(const json_t *obj, const char *prefix, int depth,
         case JSON_STRING:
             val = json_string_value(v);
             break;
+        case JSON_REAL:
+            /* %.17g: what QEMU makes of a number given for a string
+             * option (1.5e6 is "1500000") */
+            snprintf(num, sizeof(num), "%.17g", json_real_value(v));
+            val = num;
+            break;
         case JSON_INTEGER:
             snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
                      json_integer_value(v));
@@ -69,7 +82,7 @@ static int flatten(const json_t *obj, const char *prefix, int depth,
             /* fall through */
         default:
             ret = error_setf(err, EINVAL, "json: option '%s' must be a "
-                             "string, a whole number, a boolean or an "
+                             "string, a number, a boolean or an "
                              "object (null only for 'backing')", full);
             break;
         }
@@ -84,11 +97,59 @@ static int flatten(const json_t *obj, const char *prefix, int depth,
     return 0;
 }
 
+/* QEMU's dialect in strict JSON: single-quoted strings become
+ * double-quoted ones (a " inside them escaped, \' unescaped), and \'
+ * inside a double-quoted string becomes a plain '.  Everything else,
+ * errors included, is left for jansson to judge.  malloc'd or NULL. */
+static char *strict_json(const char *in)
+{
+    size_t len = strlen(in);
+    /* worst case: every byte of a single-quoted string is a '"' */
+    char *out = malloc(2 * len + 1), *o = out;
+    if (!out) {
+        return NULL;
+    }
+    char quote = 0;
+    for (const char *c = in; *c; c++) {
+        if (!quote) {
+            if (*c == '\'' || *c == '"') {
+                quote = *c;
+                *o++ = '"';
+            } else {
+                *o++ = *c;
+            }
+            continue;
+        }
+        if (*c == quote) {
+            quote = 0;
+            *o++ = '"';
+        } else if (*c == '\\' && c[1] == '\'') {
+            *o++ = '\'';
+            c++;
+        } else if (*c == '\\' && c[1]) {
+            *o++ = *c++;
+            *o++ = *c;
+        } else if (*c == '"') {
+            /* only in a single-quoted string */
+            *o++ = '\\';
+            *o++ = '"';
+        } else {
+            *o++ = *c;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
 int block_json_name_to_opts(const char *name, KVList *out, Error *err)
 {
     json_error_t jerr;
-    json_t *root = json_loads(name + strlen(JSON_PREFIX),
-                              JSON_REJECT_DUPLICATES, &jerr);
+    char *text = strict_json(name + strlen(JSON_PREFIX));
+    if (!text) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    free(text);
     if (!root) {
         return error_setf(err, EINVAL, "Could not parse the JSON options "
                           "in the image name: %s", jerr.text);
