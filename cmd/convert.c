@@ -28,6 +28,7 @@ typedef struct ConvertOpts {
     ImageArgs src;    /* -f -U -q --image-opts --object */
     const char *out_fmt, *backing, *backing_fmt, *cache, *src_cache;
     char *create_opts;       /* every -o, joined with ',' (qemu-img merges) */
+    char *opt_backing_fmt;   /* backing_fmt given in -o (backing_fmt points here) */
     const char *snapshot;
     bool target_image_opts, target_is_zero, bitmaps, salvage, skip_broken;
     bool compress, progress, no_create, out_of_order, help;
@@ -192,6 +193,17 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
     if (o->no_create && o->create_opts) {
         imgtool_error("-o has no effect when skipping image creation");
         return 1;
+    }
+    if (o->backing && !o->backing_fmt && !o->no_create && o->create_opts) {
+        /* -B base -o backing_fmt=FMT: the format may come from -o, as
+         * qemu-img takes it */
+        KVList l = { 0 };
+        if (kvlist_parse(&l, o->create_opts, NULL, NULL) == 0 &&
+            kvlist_get(&l, "backing_fmt")) {
+            o->opt_backing_fmt = strdup(kvlist_get(&l, "backing_fmt"));
+            o->backing_fmt = o->opt_backing_fmt;
+        }
+        kvlist_free(&l);
     }
     if (o->backing && !o->backing_fmt && !o->no_create) {
         /* qemu-img 7.2 refuses to guess a backing file's format */
@@ -532,5 +544,6 @@ int cmd_convert(int argc, char **argv)
         rc = convert_run(&conv, argc, argv);
     }
     free(conv.create_opts);
+    free(conv.opt_backing_fmt);
     return rc;
 }

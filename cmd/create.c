@@ -239,8 +239,10 @@ static int probe_backing(const char *filename, const char *backing,
                               BLOCK_O_SHARE | BLOCK_O_NO_BACKING, &berr);
     free(full);
     if (!b) {
-        return error_setf(err, berr.code ? berr.code : EIO,
-                          "Could not open backing image: %s", berr.msg);
+        /* qemu-img's line: the open's own words (its hint "Could not
+         * open backing image." would be a second line) */
+        return error_setf(err, berr.code ? berr.code : EIO, "%s",
+                          berr.msg);
     }
     *len = block_get_length(b);
     block_close(b);
@@ -331,7 +333,10 @@ static int do_create(const char *fmt, const char *filename,
     if (bfile && !*bfile) {
         bfile = NULL;
     }
-    if (bfile && !bfmt) {
+    /* Without -u the backing file is opened (probed when its format is
+     * not given) before its format is asked for: as in qemu-img, a file
+     * that cannot be opened is the first thing reported. */
+    if (bfile && !bfmt && unsafe) {
         error_setf(&err, EINVAL, "Backing file specified without backing "
                    "format");
         goto fail;
@@ -349,6 +354,11 @@ static int do_create(const char *fmt, const char *filename,
     if (bfile && !unsafe) {
         int64_t blen = 0;
         if (probe_backing(filename, bfile, bfmt, &blen, &err) < 0) {
+            goto fail;
+        }
+        if (!bfmt) {
+            error_setf(&err, EINVAL, "Backing file specified without "
+                       "backing format");
             goto fail;
         }
         if (!size_given) {

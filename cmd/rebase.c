@@ -104,7 +104,7 @@ int cmd_rebase(int argc, char **argv)
         backing = bpath;    /* the volume's path */
         backing_fmt = backing_fmt ? backing_fmt : bfmt;
     }
-    if (*backing && !backing_fmt) {
+    if (*backing && !backing_fmt && unsafe) {
         imgtool_error("Could not change the backing file to '%s': backing "
                       "format must be specified", backing);
         free(bpath);
@@ -134,6 +134,25 @@ int cmd_rebase(int argc, char **argv)
         return 1;
     }
     RebaseBar bar = { .show = show_progress };
+    if (*backing && !backing_fmt) {
+        /* As qemu-img: a new backing file that cannot be opened is
+         * reported before its missing format (qemu-img finds that only
+         * after copying; we refuse before anything is written). */
+        char *path = block_resolve_backing(block_node_filename(top), backing);
+        BlockNode *nb = path ? block_open(path, NULL, NULL,
+                                          image_args_flags(&a) | src_flags |
+                                          BLOCK_O_NO_BACKING, &err) : NULL;
+        free(path);
+        if (!nb && error_is_set(&err)) {
+            imgtool_error("Could not open new backing file '%s': %s",
+                          backing, err.msg);
+        } else {
+            imgtool_error("Could not change the backing file to '%s': "
+                          "backing format must be specified", backing);
+        }
+        block_close(nb);
+        goto out;
+    }
     BlockRebase rb = {
         .backing = backing,
         .backing_fmt = backing_fmt,

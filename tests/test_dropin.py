@@ -110,3 +110,57 @@ def test_json_bad_dialect_still_refused(tmp_path):
     assert "Could not parse the JSON options" in p.stderr
     qemu_img("info", "json:{'driver': 'qcow2', 'file': {'filename': 'x'}",
              rc=1)
+
+
+# --- 5. backing options -----------------------------------------------------
+
+def test_convert_backing_fmt_from_o(tmp_path):
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "4M")
+    qemu_io("-c", "write -P 0x33 0 1M", base)
+    src = tmp_path / "src.raw"
+    qemu_img("create", "-q", "-f", "raw", src, "4M")
+    qemu_io("-f", "raw", "-c", "write -P 0x33 0 1M", "-c",
+            "write -P 0x44 2M 64k", src)
+    outs = {}
+    for name, tool in (("q", qemu_img), ("i", imgtool)):
+        out = tmp_path / f"{name}.qcow2"
+        tool("convert", "-f", "raw", "-O", "qcow2", "-B", "base.qcow2",
+             "-o", "backing_fmt=qcow2", src, out)
+        info = json.loads(qemu_img("info", "--output=json", out).stdout)
+        # (the layout differs by design: imgtool leaves unallocated what
+        # the backing file already holds, see cmd/convert.c)
+        outs[name] = (info["backing-filename"], info["backing-filename-format"])
+        qemu_img("compare", "-f", "raw", "-F", "qcow2", src, out)
+        qemu_img("check", out)
+    assert outs["i"] == outs["q"]
+    assert outs["i"][1] == "qcow2"
+
+
+def test_create_reports_missing_backing_first(tmp_path, as_qemu_img):
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "1M")
+    for args in (["-b", "missing.qcow2"],
+                 ["-b", "missing.qcow2", "-F", "qcow2"],
+                 ["-o", "backing_file=missing.qcow2"],
+                 ["-u", "-b", "missing.qcow2"],
+                 ["-b", "base.qcow2"]):
+        q, i = both(as_qemu_img, "create", "-f", "qcow2", *args, "o.qcow2",
+                    cwd=tmp_path)
+        assert i.returncode == q.returncode == 1, args
+        # qemu-img adds hint lines ("Could not open backing image.",
+        # "Detected format of qcow2."); the error line is the same
+        assert i.stderr.splitlines()[0] == q.stderr.splitlines()[0], args
+        assert not (tmp_path / "o.qcow2").exists()
+
+
+def test_rebase_reports_missing_backing_first(tmp_path, as_qemu_img):
+    for n in ("base", "top"):
+        qemu_img("create", "-q", "-f", "qcow2", tmp_path / f"{n}.qcow2", "1M")
+    qemu_img("create", "-q", "-f", "raw", tmp_path / "r.raw", "1M")
+    qemu_img("rebase", "-u", "-b", "base.qcow2", "-F", "qcow2",
+             tmp_path / "top.qcow2")
+    for b in ("missing.qcow2", "r.raw"):
+        q, i = both(as_qemu_img, "rebase", "-b", b, "top.qcow2", cwd=tmp_path)
+        assert (i.returncode, i.stderr) == (q.returncode, q.stderr), b
+        assert q.returncode == 1
