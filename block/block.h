@@ -318,6 +318,25 @@ int block_status_above(BlockNode *top, BlockNode *base, uint64_t off,
  * (for reading a possibly shorter backing file). */
 int block_pread_zero_tail(BlockNode *n, uint64_t off, size_t len, void *buf);
 
+/* Copies without moving the bytes through memory (block/core/copy-range.c):
+ * [src_off, src_off + len) of src (read through its chain) into dst at
+ * dst_off, by sharing the source file's extents (FICLONERANGE) and, with
+ * BLOCK_COPY_IN_KERNEL, by copy_file_range where they cannot be shared.
+ * Returns 0 or a negative errno; when block_copy_range_fallback() says so
+ * the caller copies the range the ordinary way instead. */
+enum {
+    BLOCK_COPY_IN_KERNEL = 1 << 0,
+};
+int block_copy_range(BlockNode *src, uint64_t src_off, BlockNode *dst,
+                     uint64_t dst_off, uint64_t len, int flags);
+/* The same for one host range: src_file is a file protocol node. */
+int block_copy_range_from(BlockNode *dst, uint64_t off, uint64_t len,
+                          BlockNode *src_file, uint64_t src_host, int flags);
+bool block_copy_range_fallback(int ret);
+/* Could dst take shared data at all (its drivers, down to the file that
+ * holds its data, all can)?  Says nothing about the file system. */
+bool block_node_can_copy_range(BlockNode *n);
+
 int64_t block_get_length(BlockNode *n);
 /* Bytes the node occupies on the host ("disk size"), or negative. */
 int64_t block_get_allocated_size(BlockNode *n);

@@ -419,6 +419,14 @@ struct BlockDriver {
                         uint64_t *pnum, uint64_t *map, BlockNode **file);
     /* See "Asynchronous requests" above. */
     int (*submit)(BlockNode *n, BlockRequest *req);
+    /* Makes [off, off + len) of this node hold what src_file (a node of
+     * the file protocol) holds at src_host, without the bytes passing
+     * through memory: shared extents, or a copy in the kernel when flags
+     * has BLOCK_COPY_IN_KERNEL.  -ENOTSUP (and the other errors
+     * block_copy_range_fallback() names) when it cannot; the caller then
+     * writes the data.  NULL: never.  See block/core/copy-range.c. */
+    int (*copy_range_from)(BlockNode *n, uint64_t off, uint64_t len,
+                           BlockNode *src_file, uint64_t src_host, int flags);
 
     int64_t (*get_length)(BlockNode *n);      /* NULL: the child's */
     int64_t (*get_allocated_size)(BlockNode *n);

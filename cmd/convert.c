@@ -32,7 +32,9 @@ typedef struct ConvertOpts {
     const char *snapshot;
     bool target_image_opts, target_is_zero, bitmaps, salvage, skip_broken;
     bool compress, progress, no_create, out_of_order, help;
-    bool offload;            /* -C: accepted, nothing to do */
+    bool offload;            /* -C: copy_file_range where extents cannot
+                                be shared (sharing is always on) */
+    bool sparse_given;       /* -S was on the command line */
     uint64_t sparse, rate;
     int workers;
 } ConvertOpts;
@@ -68,6 +70,7 @@ static int opt_sparse(const CmdOpt *opt, const char *arg, void *ctx)
         return 1;
     }
     conv.sparse = v;
+    conv.sparse_given = true;
     return 0;
 }
 
@@ -99,7 +102,8 @@ static const CmdOpt convert_opts[] = {
     { CMDOPT_COMMON, 'U', "force-share", NULL,
       "open the sources without conflicting locks", .common_code = 'U' },
     { CMDOPT_FLAG, 'C', NULL, NULL,
-      "copy offloading (accepted; a plain copy is made)",
+      "copy offloading: data the kernel copies (copy_file_range) where "
+      "it cannot share extents",
       .value = &conv.offload },
     { CMDOPT_FLAG, 'c', NULL, NULL, "compress the target",
       .value = &conv.compress },
@@ -208,6 +212,15 @@ static int convert_parse(int argc, char **argv, ConvertOpts *o)
     if (o->backing && !o->backing_fmt && !o->no_create) {
         /* qemu-img 7.2 refuses to guess a backing file's format */
         imgtool_error("Use of backing file requires explicit backing format");
+        return 1;
+    }
+    /* qemu-img's rules: an offloaded copy neither compresses nor scans */
+    if (o->offload && o->compress) {
+        imgtool_error("Cannot enable copy offloading when -c is used");
+        return 1;
+    }
+    if (o->offload && o->sparse_given) {
+        imgtool_error("Cannot enable copy offloading when -S is used");
         return 1;
     }
     if (o->skip_broken && !o->bitmaps) {
@@ -482,6 +495,9 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
     job.out_of_order = o->out_of_order;
     job.rate_limit = o->rate;
     job.salvage = o->salvage;
+    /* Data is shared from the source's file where the file system can
+     * (reflinks); -C also lets the kernel copy what cannot be shared. */
+    job.offload = o->offload ? COPY_SHARE | COPY_OFFLOAD : COPY_SHARE;
     job.warn = convert_salvage_warn;
     job.warn_opaque = o;
     if (block_backing(dst)) {

@@ -7,6 +7,7 @@
 #define IMGTOOL_BLOCK_JOB_COPY_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -61,6 +62,13 @@ typedef struct Copy {
     uint64_t dt_start, dt_end;
     bool dt_alloc;
 
+    /* sharing extents (job->offload): on while the target's file system
+     * has not refused; runs are cut to share_align (whole target
+     * clusters, whole pages) and their edges written */
+    atomic_bool share;
+    int share_flags;
+    uint64_t share_align;
+
     int ret;
     Error err;
 
@@ -88,10 +96,11 @@ int copy_write_zero(Copy *c, uint64_t d_off, uint64_t len);
 /* Source data for [d_off, d_off + len): zero runs of at least
  * sparse_size become zero regions. */
 int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
-                      uint64_t len);
+                      uint64_t len, BlockNode *src, uint64_t s_off);
 /* compare_target: writes only the granules where buf differs from cur
  * (the target's content). */
 int copy_write_diff(Copy *c, uint64_t d_off, const uint8_t *buf,
-                    const uint8_t *cur, uint64_t len);
+                    const uint8_t *cur, uint64_t len, BlockNode *src,
+                    uint64_t s_off);
 
 #endif

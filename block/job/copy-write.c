@@ -8,6 +8,11 @@
  * The target ends up reading exactly as the source whichever path a
  * chunk takes; the paths differ only in what they allocate.  Called
  * without the job lock, from any worker.
+ *
+ * Data runs are shared from the source's file where the job offloads
+ * (copy_put_data): the run's whole target clusters are shared, its
+ * edges written from the buffer that was read anyway (for the zero
+ * scan), so the result is the same as a write's.
  */
 #include <errno.h>
 #include <string.h>
@@ -72,25 +77,58 @@ static int copy_write_compressed(Copy *c, uint64_t d_off, const uint8_t *buf,
     return 0;
 }
 
+/* Data for [d_off, d_off + len), which the source holds at s_off of
+ * src: shared where the job and the file systems allow, else written. */
+static int copy_put_data(Copy *c, uint64_t d_off, uint64_t len,
+                         const uint8_t *buf, BlockNode *src, uint64_t s_off)
+{
+    const CopyJob *job = c->job;
+    uint64_t a = c->share_align;
+    uint64_t lo = (d_off + a - 1) / a * a, hi = (d_off + len) / a * a;
+    if (src && hi > lo && atomic_load(&c->share)) {
+        int ret = block_copy_range(src, s_off + (lo - d_off), job->dst, lo,
+                                   hi - lo, c->share_flags);
+        if (ret == 0) {
+            ret = block_pwrite(job->dst, d_off, lo - d_off, buf, 0);
+            if (ret >= 0) {
+                ret = block_pwrite(job->dst, hi, d_off + len - hi,
+                                   buf + (hi - d_off), 0);
+            }
+            return ret;
+        }
+        if (!block_copy_range_fallback(ret)) {
+            return ret;
+        }
+        if (ret == -EXDEV) {
+            /* the file system cannot share: stop asking */
+            atomic_store(&c->share, false);
+        }
+    }
+    return block_pwrite(job->dst, d_off, len, buf, 0);
+}
+
 /* Writes data, compressed when the job compresses. */
 static int copy_pwrite(Copy *c, uint64_t d_off, uint64_t len,
-                       const uint8_t *buf)
+                       const uint8_t *buf, BlockNode *src, uint64_t s_off)
 {
     if (c->job->compress && c->cluster > 1) {
         return copy_write_compressed(c, d_off, buf, len);
     }
-    return block_pwrite(c->job->dst, d_off, len, buf, 0);
+    return copy_put_data(c, d_off, len, buf, src, s_off);
 }
 
 /* Writes buf (source data for [d_off, d_off+len)), turning zero runs of
  * at least sparse_size into zero regions. */
 int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
-                      uint64_t len)
+                      uint64_t len, BlockNode *src, uint64_t s_off)
 {
     const CopyJob *job = c->job;
     uint64_t min = job->sparse_size;
-    if (min == 0 || (job->compress && c->cluster > 1)) {
-        return copy_pwrite(c, d_off, len, buf);
+    /* an offloaded copy (convert -C) takes data as it is, zeroes and
+     * all, as qemu-img's does */
+    if (min == 0 || (job->compress && c->cluster > 1) ||
+        (job->offload & COPY_OFFLOAD)) {
+        return copy_pwrite(c, d_off, len, buf, src, s_off);
     }
 
     uint64_t data_start = 0;   /* start of pending data not yet written */
@@ -113,8 +151,8 @@ int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
             continue;   /* too short to be worth a hole: stays data */
         }
         if (z > data_start) {
-            int ret = block_pwrite(job->dst, d_off + data_start,
-                                   z - data_start, buf + data_start, 0);
+            int ret = copy_put_data(c, d_off + data_start, z - data_start,
+                                    buf + data_start, src, s_off + data_start);
             if (ret < 0) {
                 return ret;
             }
@@ -126,15 +164,16 @@ int copy_write_sparse(Copy *c, uint64_t d_off, const uint8_t *buf,
         data_start = p;
     }
     if (len > data_start) {
-        return block_pwrite(job->dst, d_off + data_start, len - data_start,
-                            buf + data_start, 0);
+        return copy_put_data(c, d_off + data_start, len - data_start,
+                             buf + data_start, src, s_off + data_start);
     }
     return 0;
 }
 
 /* compare_target: write only the granules where the target differs. */
 int copy_write_diff(Copy *c, uint64_t d_off, const uint8_t *buf,
-                    const uint8_t *cur, uint64_t len)
+                    const uint8_t *cur, uint64_t len, BlockNode *src,
+                    uint64_t s_off)
 {
     const CopyJob *job = c->job;
     uint64_t p = 0;
@@ -165,7 +204,8 @@ int copy_write_diff(Copy *c, uint64_t d_off, const uint8_t *buf,
             ret = block_write_zeroes(job->dst, d_off + start, p - start,
                                      zero_flags(job));
         } else {
-            ret = copy_pwrite(c, d_off + start, p - start, buf + start);
+            ret = copy_pwrite(c, d_off + start, p - start, buf + start, src,
+                              s_off + start);
         }
         if (ret < 0) {
             return ret;

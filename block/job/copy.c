@@ -28,6 +28,7 @@ void copy_job_init(CopyJob *job)
     job->chunk_size = COPY_DEFAULT_CHUNK;
     job->sparse_size = COPY_DEFAULT_SPARSE;
     job->flush = true;
+    job->offload = COPY_SHARE;
 }
 
 int64_t copy_sources_length(BlockNode **src, int nsrc)
@@ -231,9 +232,11 @@ static int copy_write_chunk(Worker *w, const Chunk *ch)
         break;
     case CHUNK_DATA:
         if (job->compare_target) {
-            ret = copy_write_diff(c, d, w->buf, w->cur, ch->len);
+            ret = copy_write_diff(c, d, w->buf, w->cur, ch->len,
+                                  job->src[ch->src], ch->src_off);
         } else {
-            ret = copy_write_sparse(c, d, w->buf, ch->len);
+            ret = copy_write_sparse(c, d, w->buf, ch->len,
+                                    job->src[ch->src], ch->src_off);
         }
         break;
     }
@@ -409,6 +412,12 @@ int copy_run(const CopyJob *job, Error *err)
         }
     }
     c.granule = extra.cluster_size > 4096 ? extra.cluster_size : 4096;
+    /* Sharing needs whole target clusters (no copy-on-write edges) in
+     * whole pages; compressed targets store no plain extents. */
+    atomic_init(&c.share, job->offload && !job->compress && !job->salvage &&
+                          block_node_can_copy_range(job->dst));
+    c.share_flags = (job->offload & COPY_OFFLOAD) ? BLOCK_COPY_IN_KERNEL : 0;
+    c.share_align = extra.cluster_size > 4096 ? extra.cluster_size : 4096;
     if (c.granule > c.chunk_size) {
         c.granule = c.chunk_size;
     }

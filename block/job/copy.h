@@ -79,6 +79,16 @@ typedef struct CopyJob {
     uint64_t rate_limit;     /* bytes per second, 0 = unlimited */
     bool flush;              /* flush the target when done */
 
+    /* Data the source holds in plain file extents is shared into the
+     * target's file (FICLONERANGE: XFS with reflink, btrfs) instead of
+     * written, where target and source allow it; with COPY_OFFLOAD also
+     * copied by the kernel (copy_file_range) where it cannot be shared
+     * (convert -C).  Either way the target reads the same and later
+     * writes to one image never show in the other (the file system's
+     * copy-on-write).  COPY_OFFLOAD also turns off the zero scan of
+     * data (qemu-img -C copies allocated data as it is).  copy_job_init
+     * sets COPY_SHARE. */
+    int offload;
     /* --salvage: a source range that cannot be read is copied as
      * zeroes (at 512-byte granularity) and reported through warn. */
     bool salvage;
@@ -88,6 +98,8 @@ typedef struct CopyJob {
     CopyProgressFn *progress;
     void *progress_opaque;
 } CopyJob;
+
+enum { COPY_SHARE = 1, COPY_OFFLOAD = 2 };
 
 #define COPY_DEFAULT_WORKERS 8
 #define COPY_MAX_WORKERS     16

@@ -41,4 +41,8 @@ int file_submit(BlockNode *n, BlockRequest *req);
  * request is in flight then, the node being drained or unused). */
 void file_uring_stop(FileState *s);
 
+/* file-clone.c: the driver's copy_range_from. */
+int file_copy_range_from(BlockNode *n, uint64_t off, uint64_t len,
+                         BlockNode *src_file, uint64_t src_host, int flags);
+
 #endif

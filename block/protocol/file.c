@@ -630,6 +630,7 @@ const BlockDriver file_driver = {
     .discard = file_discard,
     .write_zeroes = file_write_zeroes,
     .block_status = file_block_status,
+    .copy_range_from = file_copy_range_from,
     .get_length = file_get_length,
     .get_allocated_size = file_get_allocated_size,
     .has_zero_init = file_has_zero_init,

@@ -520,6 +520,7 @@ const BlockDriver qcow2_driver = {
     .preadv = qcow2_preadv,
     .submit = qcow2_submit,
     .pwrite = qcow2_pwrite,
+    .copy_range_from = qcow2_copy_range_from,
     .flush = qcow2_flush,
     .discard = qcow2_discard,
     .write_zeroes = qcow2_write_zeroes,

@@ -727,5 +727,8 @@ int qcow2_submit(BlockNode *n, BlockRequest *req);
 int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags);
 int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *buf,
                  int flags);
+/* The driver's copy_range_from (whole clusters; see write.c). */
+int qcow2_copy_range_from(BlockNode *n, uint64_t off, uint64_t len,
+                          BlockNode *src_file, uint64_t src_host, int flags);
 
 #endif

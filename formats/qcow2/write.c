@@ -16,6 +16,11 @@
  * (data_unflushed holds the L2 table back until the data is flushed), and
  * the old cluster's reference is dropped only once that entry is on disk
  * (deferred frees).
+ *
+ * The data of a write comes from memory or, for copy_range_from, from a
+ * host range of another file whose extents the file protocol shares
+ * (Qcow2Src): the same allocation and ordering either way.  A shared
+ * range covers whole clusters, so it never needs copy-on-write edges.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -189,6 +194,39 @@ static void put_piece(uint8_t *b, const uint8_t *piece, uint64_t len)
     }
 }
 
+/* Where a write's data comes from: buf, or (buf NULL) the host range
+ * [host, host + len) of the file node `file`, shared into ours. */
+typedef struct Qcow2Src {
+    const uint8_t *buf;
+    BlockNode *file;
+    uint64_t host;
+    int flags;           /* block_copy_range_from's */
+} Qcow2Src;
+
+static Qcow2Src src_advance(Qcow2Src d, uint64_t by)
+{
+    if (d.buf) {
+        d.buf += by;
+    } else {
+        d.host += by;
+    }
+    return d;
+}
+
+/* Puts len bytes of the write's data at host of the data node. */
+static int put_data(Qcow2State *s, uint64_t host, uint64_t len,
+                    const Qcow2Src *d)
+{
+    if (!d->buf) {
+        return block_copy_range_from(qcow2_data_node(s), host, len, d->file,
+                                     d->host, d->flags);
+    }
+    if (s->crypto) {
+        return qcow2_crypto_write(s, host, d->buf, len);
+    }
+    return block_pwrite(qcow2_data_node(s), host, len, d->buf, 0);
+}
+
 /* Writes len bytes of piece (NULL: zeroes) at host. */
 static int write_piece(BlockNode *dn, uint64_t host, const uint8_t *piece,
                        uint64_t len)
@@ -213,12 +251,16 @@ static int write_piece(BlockNode *dn, uint64_t host, const uint8_t *piece,
 /* Writes the pieces [head][data][tail] contiguously at host; a NULL head
  * or tail is zeroes.  Small ones go out as one write. */
 static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
-                        uint64_t hlen, const uint8_t *data, uint64_t dlen,
+                        uint64_t hlen, const Qcow2Src *d, uint64_t dlen,
                         const uint8_t *tail, uint64_t tlen)
 {
     BlockNode *dn = qcow2_data_node(s);
+    const uint8_t *data = d->buf;
     int ret = 0;
 
+    if (!data && (hlen || tlen || s->crypto)) {
+        return -ENOTSUP;     /* shared data never has edges */
+    }
     if (s->crypto || (hlen + dlen + tlen <= 4 * s->cluster_size &&
                       (hlen || tlen))) {
         uint8_t *b = alloc_io_buf(hlen + dlen + tlen);
@@ -239,7 +281,7 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
     }
     ret = write_piece(dn, host, head, hlen);
     if (ret >= 0) {
-        ret = block_pwrite(dn, host + hlen, dlen, data, 0);
+        ret = put_data(s, host + hlen, dlen, d);
     }
     if (ret >= 0) {
         ret = write_piece(dn, host + hlen + dlen, tail, tlen);
@@ -252,7 +294,7 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
  * since they lay past the end of the file, so they read as zero). */
 static int write_cow(Qcow2State *s, uint64_t host, bool fresh,
                      const uint8_t *head, bool head_zero, uint64_t hlen,
-                     const uint8_t *data, uint64_t dlen,
+                     const Qcow2Src *data, uint64_t dlen,
                      const uint8_t *tail, bool tail_zero, uint64_t tlen)
 {
     if (fresh && head_zero) {
@@ -309,7 +351,7 @@ static uint64_t new_bitmap(Qcow2State *s, const Qcow2L2Entry *old,
  * retaking the lock only to drop it again costs contended writers a
  * futex round trip each. */
 static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
-                          const uint8_t *buf, bool *locked)
+                          const Qcow2Src *buf, bool *locked)
 {
     Qcow2State *s = qcow2_state(n);
     uint64_t cs = s->cluster_size;
@@ -354,11 +396,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         }
         qcow2_cache_put(&s->l2_cache, &t);
         pthread_mutex_unlock(&s->lock);
-        if (s->crypto) {
-            ret = qcow2_crypto_write(s, host, buf, pos - off);
-        } else {
-            ret = block_pwrite(qcow2_data_node(s), host, pos - off, buf, 0);
-        }
+        ret = put_data(s, host, pos - off, buf);
         if (ret >= 0 && pos - off == len) {
             *locked = false;
             return (int64_t)len;
@@ -549,10 +587,50 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
     return ret < 0 ? ret : (int64_t)(run_end - off);
 }
 
+/* The write loop over a data source (memory or a shared host range). */
+static int write_from(BlockNode *n, uint64_t off, uint64_t len, Qcow2Src d)
+{
+    Qcow2State *s = qcow2_state(n);
+    int ret = 0;
+    bool locked = true;
+    pthread_mutex_lock(&s->lock);
+    while (len > 0 && locked) {
+        if (s->read_only) {
+            ret = -EACCES;
+            break;
+        }
+        int64_t done = write_step(n, off, len, &d, &locked);
+        if (done < 0) {
+            ret = (int)done;
+            break;
+        }
+        off += (uint64_t)done;
+        d = src_advance(d, (uint64_t)done);
+        len -= (uint64_t)done;
+    }
+    if (locked) {
+        pthread_mutex_unlock(&s->lock);
+    }
+    return ret;
+}
+
+/* Whole clusters only (so no copy-on-write edges are ever needed), never
+ * into an encrypted image (its clusters hold ciphertext). */
+int qcow2_copy_range_from(BlockNode *n, uint64_t off, uint64_t len,
+                          BlockNode *src_file, uint64_t src_host, int flags)
+{
+    Qcow2State *s = qcow2_state(n);
+    uint64_t cs = s->cluster_size;
+    if (s->crypto || off % cs || len % cs || src_host % 512) {
+        return -ENOTSUP;
+    }
+    Qcow2Src d = { .file = src_file, .host = src_host, .flags = flags };
+    return write_from(n, off, len, d);
+}
+
 int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
                  int flags)
 {
-    Qcow2State *s = qcow2_state(n);
     const uint8_t *buf = vbuf;
     int ret = 0;
 
@@ -564,25 +642,8 @@ int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
         return ret;
     }
 
-    bool locked = true;
-    pthread_mutex_lock(&s->lock);
-    while (len > 0 && locked) {
-        if (s->read_only) {
-            ret = -EACCES;
-            break;
-        }
-        int64_t done = write_step(n, off, len, buf, &locked);
-        if (done < 0) {
-            ret = (int)done;
-            break;
-        }
-        off += (uint64_t)done;
-        buf += done;
-        len -= (size_t)done;
-    }
-    if (locked) {
-        pthread_mutex_unlock(&s->lock);
-    }
+    Qcow2Src d = { .buf = buf };
+    ret = write_from(n, off, len, d);
     if (ret == 0 && (flags & BLOCK_REQ_FUA)) {
         ret = block_flush(n);
     }

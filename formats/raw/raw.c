@@ -108,6 +108,21 @@ static int raw_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
     return block_pwritev(block_file(n), off + s->offset, qiov, flags);
 }
 
+/* Shared or kernel-copied data lands at the same place a write would;
+ * a probed image's first sector stays with the write path, which checks
+ * what is written there. */
+static int raw_copy_range_from(BlockNode *n, uint64_t off, uint64_t len,
+                               BlockNode *src_file, uint64_t src_host,
+                               int flags)
+{
+    RawState *s = n->opaque;
+    if (s->probed && off < 512) {
+        return -ENOTSUP;
+    }
+    return block_copy_range_from(block_file(n), off + s->offset, len,
+                                 src_file, src_host, flags);
+}
+
 static void raw_child_done(void *opaque, int ret)
 {
     block_request_complete(opaque, ret);
@@ -253,6 +268,7 @@ const BlockDriver raw_driver = {
     .discard = raw_discard,
     .write_zeroes = raw_write_zeroes,
     .block_status = raw_block_status,
+    .copy_range_from = raw_copy_range_from,
     .get_length = raw_get_length,
     .has_zero_init = raw_has_zero_init,
     .truncate = raw_truncate,
