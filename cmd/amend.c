@@ -25,11 +25,10 @@ static struct {
     bool progress, force;
 } o;
 
-/* -o: an empty list is refused where it stands, as qemu-img does. */
+/* -o: a malformed list is refused where it stands, as qemu-img does. */
 static int opt_options(const CmdOpt *opt, const char *arg, void *ctx)
 {
-    if (!*arg) {
-        imgtool_error("Invalid option list: %s", arg);
+    if (!cmd_option_list_valid(arg)) {
         return 1;
     }
     o.help |= opthelp_wanted(arg);

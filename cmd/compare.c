@@ -217,15 +217,17 @@ static int cmp_run(Compare *c)
             }
             return CMP_DIFFERENT;
         }
-        if (!c->quiet) {
-            printf("Warning: Image size mismatch!\n");
-        }
     }
     int ret = cmp_common(c, common, larger);
     if (ret) {
         return ret;
     }
     if (s0 != s1) {
+        /* as qemu-img: the warning only once the common part is the
+         * same (a difference there is the answer by itself) */
+        if (!c->quiet) {
+            printf("Warning: Image size mismatch!\n");
+        }
         /* the extra area of the larger image must read as zero */
         ret = cmp_check_zero(c, s0 > s1 ? 0 : 1, common, larger, larger);
         if (ret) {

@@ -48,6 +48,9 @@ static ConvertOpts conv = {
 /* -o: every list, joined in order. */
 static int opt_create_opts(const CmdOpt *opt, const char *arg, void *ctx)
 {
+    if (!cmd_option_list_valid(arg)) {
+        return 1;
+    }
     conv.help |= opthelp_wanted(arg);
     if (cmd_opts_append(&conv.create_opts, arg) < 0) {
         imgtool_error("out of memory");

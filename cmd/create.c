@@ -411,6 +411,10 @@ int cmd_create(int argc, char **argv)
     int npos = argc - optind;
     bool help = false;
     for (size_t i = 0; i < o.opts.n; i++) {
+        if (!cmd_option_list_valid(o.opts.items[i])) {
+            rc = 1;
+            goto out;
+        }
         help |= opthelp_wanted(o.opts.items[i]);
     }
     if (help) {

@@ -22,6 +22,9 @@ static struct {
 static int opt_create_opts(const CmdOpt *opt, const char *arg, void *ctx)
 {
     Error err = { 0 };
+    if (!cmd_option_list_valid(arg)) {
+        return 1;
+    }
     if (kvlist_parse(ctx, arg, NULL, &err) < 0) {
         imgtool_report(&err);
         return 1;

@@ -356,6 +356,19 @@ int cmd_parse(const CmdSpec *spec, ImageArgs *a, void *ctx, int argc,
     return ret < 0 ? -1 : optind;
 }
 
+bool cmd_option_list_valid(const char *arg)
+{
+    size_t len = strlen(arg), i = len;
+    while (i > 0 && arg[i - 1] == ',') {
+        i--;
+    }
+    if (!*arg || *arg == ',' || (len - i) % 2) {
+        imgtool_error("Invalid option list: %s", arg);
+        return false;
+    }
+    return true;
+}
+
 int cmd_opts_append(char **all, const char *more)
 {
     size_t have = *all ? strlen(*all) : 0;

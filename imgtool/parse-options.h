@@ -171,6 +171,10 @@ void cmd_list_free(CmdList *l);
 /* Appends one -o list to the ones before it in *all (malloc'd), after a
  * ',' when *all holds something: qemu-img merges repeated -o options
  * into one list.  0, or -ENOMEM. */
+/* One -o argument as qemu-img takes it: not empty, no leading comma and
+ * no unescaped trailing one (",," is an escaped comma), whether or not
+ * it asks for help.  False after reporting "Invalid option list: ARG". */
+bool cmd_option_list_valid(const char *arg);
 int cmd_opts_append(char **all, const char *more);
 
 /* The BLOCK_O_* flags of a -t/-T cache mode (NULL: *flags untouched),

@@ -164,3 +164,60 @@ def test_rebase_reports_missing_backing_first(tmp_path, as_qemu_img):
         q, i = both(as_qemu_img, "rebase", "-b", b, "top.qcow2", cwd=tmp_path)
         assert (i.returncode, i.stderr) == (q.returncode, q.stderr), b
         assert q.returncode == 1
+
+
+# --- 8. wording and option lists --------------------------------------------
+
+@pytest.mark.parametrize("olist", ["foo=1,", ",help", "help,", "",
+                                   "cluster_size=64k,,,", ",cluster_size=64k"])
+def test_invalid_option_lists(tmp_path, as_qemu_img, olist):
+    raw = tmp_path / "r.img"
+    q2 = tmp_path / "a.qcow2"
+    qemu_img("create", "-q", "-f", "raw", raw, "1M")
+    qemu_img("create", "-q", "-f", "qcow2", q2, "1M")
+    for args in (["create", "-q", "-f", "qcow2", "-o", olist, "x.qcow2", "1M"],
+                 ["convert", "-O", "qcow2", "-o", olist, "r.img", "y.qcow2"],
+                 ["amend", "-f", "qcow2", "-o", olist, "a.qcow2"],
+                 ["measure", "-O", "qcow2", "-o", olist, "--size", "1M"]):
+        q, i = both(as_qemu_img, *args, cwd=tmp_path)
+        assert (i.returncode, i.stdout, i.stderr) == \
+            (q.returncode, q.stdout, q.stderr), args
+        assert q.stderr == f"qemu-img: Invalid option list: {olist}\n"
+        assert not (tmp_path / "x.qcow2").exists()
+        assert not (tmp_path / "y.qcow2").exists()
+
+
+def test_too_large_images(tmp_path, as_qemu_img):
+    img = tmp_path / "h.qcow2"
+    for shift in (62, 61, 60):
+        qemu_img("create", "-q", "-f", "qcow2", img, "1M")
+        with open(img, "r+b") as f:
+            f.seek(24)
+            f.write((1 << shift).to_bytes(8, "big"))
+        q, i = both(as_qemu_img, "info", img)
+        assert (i.returncode, i.stderr) == (q.returncode, q.stderr)
+        assert q.stderr.endswith(": Image is too big\n")
+    q, i = both(as_qemu_img, "create", "-q", "-f", "qcow2", "-o",
+                "cluster_size=512", tmp_path / "big.qcow2", "1P")
+    assert (i.returncode, i.stderr) == (q.returncode, q.stderr)
+    assert "The image size is too large for file format 'qcow2' (try " \
+        "using a larger cluster size)" in q.stderr
+
+
+def test_compare_size_warning_only_when_common_part_equal(tmp_path,
+                                                          as_qemu_img):
+    s1, s2, s3 = (tmp_path / n for n in ("s1.raw", "s2.raw", "s3.qcow2"))
+    qemu_img("create", "-q", "-f", "raw", s1, "1M")
+    qemu_img("create", "-q", "-f", "raw", s2, "2M")
+    qemu_img("create", "-q", "-f", "qcow2", s3, "2M")
+    qemu_io("-f", "raw", "-c", "write -P 1 1536k 4k", s2)
+    cases = [(s1, s2), (s2, s1), ("-s", s1, s2), (s1, s3), (s3, s1)]
+    for stage in range(2):
+        for args in cases:
+            q, i = both(as_qemu_img, "compare", *args)
+            assert (i.returncode, i.stdout, i.stderr) == \
+                (q.returncode, q.stdout, q.stderr), args
+        # now the common part differs: qemu-img says only that
+        qemu_io("-f", "raw", "-c", "write -P 7 0 4k", s1)
+    q, i = both(as_qemu_img, "compare", s1, s2)
+    assert q.stdout == i.stdout == "Content mismatch at offset 0!\n"

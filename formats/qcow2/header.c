@@ -383,17 +383,25 @@ int qcow2_read_header(Qcow2State *s, Error *err)
 
     /* Tables: aligned, in the file, bounded, and not overlapping. */
     uint64_t fsize = (uint64_t)flen;
-    if (s->size > (1ull << 62)) {
-        return error_setf(err, EFBIG, "virtual size too large");
-    }
+    /* QEMU's checks in QEMU's order (scripts see the first that fails):
+     * the L1 table's own size, then the L1 entries the virtual size
+     * needs (more than INT_MAX is "too big"), then whether the table
+     * has them. */
     uint64_t l1_bytes = (uint64_t)s->l1_size * 8;
     if (l1_bytes > QCOW2_MAX_L1_BYTES) {
         return error_setf(err, EFBIG, "Active L1 table too large");
     }
     uint64_t per_l1 = s->cluster_size * s->l2_entries;
-    uint64_t need_l1 = (s->size + per_l1 - 1) / per_l1;
+    uint64_t need_l1 = s->size / per_l1 + (s->size % per_l1 != 0);
+    if (need_l1 > INT32_MAX) {
+        return error_setf(err, EFBIG, "Image is too big");
+    }
     if (s->l1_size < need_l1) {
         return error_setf(err, EINVAL, "L1 table is too small");
+    }
+    if (s->size > (1ull << 62)) {
+        /* our own bound: offsets past it would overflow */
+        return error_setf(err, EFBIG, "Image is too big");
     }
     if (s->open_flags & BLOCK_O_CHECK) {
         return check_mode_tables(s, l1_bytes, fsize, err);
