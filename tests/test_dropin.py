@@ -221,3 +221,51 @@ def test_compare_size_warning_only_when_common_part_equal(tmp_path,
         qemu_io("-f", "raw", "-c", "write -P 7 0 4k", s1)
     q, i = both(as_qemu_img, "compare", s1, s2)
     assert q.stdout == i.stdout == "Content mismatch at offset 0!\n"
+
+
+# --- 6. unknown incompatible features ---------------------------------------
+
+def _feature_image(path, bits, names):
+    """A qcow2 v3 image with incompatible `bits` set and `names`
+    ((bit, name) pairs, in table order) appended to its feature-name
+    table."""
+    qemu_img("create", "-q", "-f", "qcow2", path, "1M")
+    with open(path, "r+b") as f:
+        data = bytearray(f.read(65536))
+        hlen = int.from_bytes(data[100:104], "big")
+        off = hlen
+        while True:
+            t = int.from_bytes(data[off:off + 4], "big")
+            ln = int.from_bytes(data[off + 4:off + 8], "big")
+            if t == 0:
+                break
+            if t == 0x6803f857:
+                table_off, table_len = off, ln
+            off += 8 + ((ln + 7) & ~7)
+        extra = b"".join(bytes([0, bit]) + name.encode().ljust(46, b"\0")
+                         for bit, name in names)
+        end = table_off + 8 + table_len
+        assert end == off     # the table is the last extension
+        data[table_off + 4:table_off + 8] = (table_len + len(extra)).to_bytes(4, "big")
+        data[end:end + len(extra) + 8] = extra + bytes(8)
+        data[72:80] = bits.to_bytes(8, "big")
+        f.seek(0)
+        f.write(data)
+
+
+@pytest.mark.parametrize("bits,names", [
+    ((1 << 20) | (1 << 5) | (1 << 63) | (1 << 40), []),
+    ((1 << 20) | (1 << 5) | (1 << 63) | (1 << 40),
+     [(40, "later bit first"), (20, "my feature")]),
+    (1 << 20, [(20, "only one")]),
+    ((1 << 9), [(9, "named but"), (33, "not set")]),
+])
+def test_unknown_feature_names(tmp_path, as_qemu_img, bits, names):
+    img = tmp_path / "f.qcow2"
+    _feature_image(img, bits, names)
+    for cmd in (["info"], ["check"], ["convert", "-O", "raw"]):
+        args = cmd + [img] + ([tmp_path / "o.raw"] if cmd[0] == "convert"
+                              else [])
+        q, i = both(as_qemu_img, *args)
+        assert (i.returncode, i.stderr) == (q.returncode, q.stderr), cmd
+        assert "Unsupported qcow2 feature(s): " in q.stderr

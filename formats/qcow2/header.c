@@ -125,36 +125,29 @@ static int parse_extensions(Qcow2State *s, const uint8_t *buf, size_t buflen,
     return 0;
 }
 
+/* qemu-img's words and order: the bits the image's feature-name table
+ * names, by name in the table's order, then every unnamed bit together
+ * as one hex mask. */
 static int report_unknown_incompat(Qcow2State *s, uint64_t bits, Error *err)
 {
     char list[768] = "";
     size_t used = 0;
 
-    for (int bit = 0; bit < 64; bit++) {
-        if (!(bits & (1ull << bit))) {
+    for (int i = 0; i < s->nb_features && used < sizeof(list); i++) {
+        const Qcow2FeatureName *f = &s->features[i];
+        if (f->type != QCOW2_FEAT_INCOMPAT || f->bit >= 64 ||
+            !(bits & (1ull << f->bit))) {
             continue;
         }
-        const char *name = NULL;
-        for (int i = 0; i < s->nb_features; i++) {
-            if (s->features[i].type == QCOW2_FEAT_INCOMPAT &&
-                s->features[i].bit == bit) {
-                name = s->features[i].name;
-                break;
-            }
-        }
-        int w;
-        if (name) {
-            w = snprintf(list + used, sizeof(list) - used, "%s%s",
-                         used ? ", " : "", name);
-        } else {
-            w = snprintf(list + used, sizeof(list) - used,
-                         "%sUnknown incompatible feature: %llx",
-                         used ? ", " : "", 1ull << bit);
-        }
-        if (w < 0 || (size_t)w >= sizeof(list) - used) {
-            break;
-        }
-        used += (size_t)w;
+        int w = snprintf(list + used, sizeof(list) - used, "%s%s",
+                         used ? ", " : "", f->name);
+        used = w < 0 ? sizeof(list) : used + (size_t)w;
+        bits &= ~(1ull << f->bit);
+    }
+    if (bits && used < sizeof(list)) {
+        snprintf(list + used, sizeof(list) - used,
+                 "%sUnknown incompatible feature: %llx", used ? ", " : "",
+                 (unsigned long long)bits);
     }
     return error_setf(err, ENOTSUP, "Unsupported qcow2 feature(s): %s", list);
 }
