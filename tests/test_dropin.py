@@ -269,3 +269,55 @@ def test_unknown_feature_names(tmp_path, as_qemu_img, bits, names):
         q, i = both(as_qemu_img, *args)
         assert (i.returncode, i.stderr) == (q.returncode, q.stderr), cmd
         assert "Unsupported qcow2 feature(s): " in q.stderr
+
+
+# --- 4. legacy AES ----------------------------------------------------------
+
+def _aes_opts(path):
+    return f"driver=qcow2,file.filename={path},encrypt.key-secret=s0"
+
+
+@pytest.mark.parametrize("spelling", ["encryption=on", "encrypt.format=aes"])
+def test_legacy_aes_create_and_write(tmp_path, spelling):
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    obj = ["--object", f"secret,id=s0,file={pw}"]
+    imgs = {}
+    writes = ["write -P 0x41 0 64k", "write -P 0x42 100k 3k",
+              "write -P 0x43 1M 1M"]
+    for name, tool, io in (("i", imgtool, lambda *a: imgtool("io", *a)),
+                           ("q", qemu_img, lambda *a: qemu_io(*a))):
+        img = tmp_path / f"{name}.qcow2"
+        p = tool("create", "-f", "qcow2", *obj, "-o",
+                 f"{spelling},encrypt.key-secret=s0", img, "4M")
+        imgs[name] = (img, p)
+        cmds = [x for w in writes for x in ("-c", w)]
+        io(*obj, "--image-opts", *cmds, _aes_opts(img))
+    (ii, pi), (qi, pq) = imgs["i"], imgs["q"]
+    assert (pi.stdout.replace("i.qcow2", "q.qcow2"), pi.stderr) == \
+        (pq.stdout, pq.stderr)
+    # the same bytes as qemu-img's: same layout, same ciphertext
+    assert ii.read_bytes() == qi.read_bytes()
+    qemu_io(*obj, "--image-opts", "-c", "read -P 0x41 0 64k", "-c",
+            "read -P 0x42 100k 3k", "-c", "read -P 0 103k 1k", "-c",
+            "read -P 0x43 1M 1M", _aes_opts(ii))
+    info = json.loads(qemu_img("info", "--output=json", ii).stdout)
+    assert info["encrypted"] is True
+    assert info["format-specific"]["data"]["encrypt"]["format"] == "aes"
+    # convert into a new AES image, and back out
+    out = tmp_path / "c.qcow2"
+    imgtool("convert", *obj, "--image-opts", _aes_opts(ii), "-O", "qcow2",
+            "-o", "encrypt.format=aes,encrypt.key-secret=s0", out)
+    qemu_img("compare", *obj, "--image-opts", _aes_opts(qi), _aes_opts(out))
+
+
+def test_legacy_aes_option_errors(tmp_path, as_qemu_img):
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    for o in ("encryption=on", "encryption=on,encrypt.format=luks",
+              "encrypt.format=aes"):
+        q, i = both(as_qemu_img, "create", "-q", "-f", "qcow2", "-o", o,
+                    tmp_path / "x.qcow2", "1M")
+        assert (i.returncode, i.stderr) == (q.returncode, q.stderr), o
+        assert q.returncode == 1
+        assert not (tmp_path / "x.qcow2").exists()

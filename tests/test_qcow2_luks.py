@@ -216,7 +216,7 @@ def test_measure_counts_luks_header(tmp, sec, extra):
 
 
 @pytest.mark.parametrize("opts", ["compat=1.1", "compat=0.10,cluster_size=4k"])
-def test_legacy_aes_read_only(tmp, sec, opts):
+def test_legacy_aes_read_and_write(tmp, sec, opts):
     img = tmp / "aes.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", "--object", sec["obj"], "-o",
              "encrypt.format=aes,encrypt.key-secret=sec0," + opts, img, "1M")
@@ -232,13 +232,20 @@ def test_legacy_aes_read_only(tmp, sec, opts):
             iopts(img))
     assert json.loads(imgtool("info", "--output=json", img).stdout) == \
         json.loads(qemu_img("info", "--output=json", img).stdout)
-    before = img.read_bytes()
-    p = imgtool("io", "--object", sec["obj"], "--image-opts",
-                "-c", "write 0 512", iopts(img), rc=1)
-    assert p.stderr.strip() == (
-        f"imgtool: Could not open '{img}': qcow2 AES encryption is "
-        "supported read-only; convert the image to LUKS")
-    assert img.read_bytes() == before
+    # written as qemu-img 7.2 writes it (issue 15): a sector inside a
+    # cluster (copy-on-write of encrypted edges) and a fresh cluster
+    imgtool("io", "--object", sec["obj"], "--image-opts",
+            "-c", "write -P 7 0 512", "-c", "write -P 6 768k 5000",
+            iopts(img))
+    qemu_io("--object", sec["obj"], "--image-opts", "-c",
+            "read -P 7 0 512", "-c", "read -P 0 512 488", "-c",
+            "read -P 9 1000 10000", "-c", "read -P 6 768k 5000", "-c",
+            "read -P 8 512k 64k", iopts(img))
+    qemu_img("check", "--object", sec["obj"], "--image-opts", iopts(img))
+    qemu_io("--object", sec["obj"], "--image-opts", "-c", "write -P 0 0 512",
+            iopts(img))
+    qemu_io("--object", sec["obj"], "--image-opts", "-c",
+            "write -P 0 768k 5000", iopts(img))
     # converting it to LUKS keeps the content
     enc = tmp / "l.qcow2"
     imgtool("convert", "--object", sec["obj"], "--image-opts", "-O", "qcow2",

@@ -301,10 +301,10 @@ typedef struct ZeroExpand {
 static int write_zero_cluster(Qcow2State *s, ZeroExpand *zx, uint64_t off)
 {
     if (s->crypto) {
-        return qcow2_crypto_write(s, off, zx->zeroes, s->cluster_size);
+        return qcow2_crypto_write(s, off, 0, zx->zeroes, s->cluster_size);
     }
     if (s->aes) {
-        return -ENOTSUP;   /* legacy AES is read-only here */
+        return -ENOTSUP;   /* AES IVs need the guest offset: not here */
     }
     return block_write_zeroes(block_file(s->node), off, s->cluster_size, 0);
 }

@@ -74,6 +74,7 @@ typedef struct CreateParams {
     const char *backing_fmt;
     const char *data_file;
     bool encrypt_luks;
+    bool encrypt_aes;
 } CreateParams;
 
 static int parse_params(KVList *opts, CreateParams *p, Error *err)
@@ -142,15 +143,26 @@ static int parse_params(KVList *opts, CreateParams *p, Error *err)
     for (size_t i = 0; i < sizeof(enc_keys) / sizeof(enc_keys[0]); i++) {
         kvlist_get(opts, enc_keys[i]);
     }
-    if (ef && !strcmp(ef, "luks") && !enc) {
+    if (enc && ef) {
+        return error_setf(err, EINVAL, "'encrypt.format' and its alias "
+                          "'encryption' can't be used at the same time");
+    }
+    if (ef && !strcmp(ef, "luks")) {
         p->encrypt_luks = true;
         ret = qcow2_crypto_check_opts(opts, err);
         if (ret < 0) {
             return ret;
         }
-    } else if (enc || (ef && *ef)) {
-        return error_setf(err, ENOTSUP, "qcow2 AES encryption is not "
-                          "supported");
+    } else if (enc || (ef && !strcmp(ef, "aes"))) {
+        /* legacy AES, which qemu-img 7.2 still creates */
+        p->encrypt_aes = true;
+        if (!kvlist_get(opts, "encrypt.key-secret")) {
+            return error_setf(err, EINVAL, "Parameter 'encrypt.key-secret' "
+                              "is required for cipher");
+        }
+    } else if (ef && *ef) {
+        return error_setf(err, EINVAL, "Parameter 'encrypt.format' does not "
+                          "accept value '%s'", ef);
     }
     v = kvlist_get(opts, "compression_type");
     if (v && strcmp(v, "zlib") == 0) {
@@ -378,8 +390,9 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
     if (!n) {
         return -(err && err->code ? err->code : EIO);
     }
-    if (p.encrypt_luks) {
-        ret = qcow2_crypto_create(n, opts, err);
+    if (p.encrypt_luks || p.encrypt_aes) {
+        ret = p.encrypt_luks ? qcow2_crypto_create(n, opts, err)
+                             : qcow2_crypto_create_aes(n, opts, err);
         if (ret < 0) {
             block_close(n);
             return ret;

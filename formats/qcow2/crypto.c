@@ -90,11 +90,8 @@ static int aes_open(Qcow2State *s, const char *id, bool header_only,
     if (ret < 0) {
         return ret;
     }
-    if (flags & BLOCK_O_RDWR) {
-        secret_free(pass, plen);
-        return error_setf(err, ENOTSUP, "qcow2 AES encryption is supported "
-                          "read-only; convert the image to LUKS");
-    }
+    /* Written as qemu-img 7.2 writes it (its tools still do, though
+     * the scheme is weak: a fixed key, IVs that repeat per sector). */
     /* As QEMU: the key is the passphrase itself, cut or zero padded to
      * 16 bytes (no key derivation). */
     memset(s->aes_key, 0, sizeof(s->aes_key));
@@ -288,10 +285,33 @@ int qcow2_crypto_amend(BlockNode *n, KVList *opts, bool force, Error *err)
     return luks_amend(s->crypto, opts, "encrypt.", force, &io, err);
 }
 
+int qcow2_crypto_create_aes(BlockNode *n, KVList *opts, Error *err)
+{
+    Qcow2State *s = qcow2_state(n);
+    const char *id = kvlist_get(opts, "encrypt.key-secret");
+    if (!id) {
+        return error_setf(err, EINVAL, "Parameter 'encrypt.key-secret' is "
+                          "required for cipher");
+    }
+    s->crypt_method = QCOW2_CRYPT_AES;
+    int ret = aes_open(s, id, false, BLOCK_O_RDWR, err);
+    if (ret < 0) {
+        return ret;
+    }
+    pthread_mutex_lock(&s->lock);
+    ret = qcow2_write_header(s, err);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0 && !error_is_set(err)) {
+        error_setf(err, -ret, "Could not write the qcow2 header: %s",
+                   strerror(-ret));
+    }
+    return ret;
+}
+
 /* Legacy AES: each 512-byte sector is CBC with IV = its guest sector
- * number, little endian, zero padded. */
-static int aes_decrypt(Qcow2State *s, uint64_t guest, uint8_t *buf,
-                       size_t len)
+ * number, little endian, zero padded.  In place, either way. */
+static int aes_crypt(Qcow2State *s, uint64_t guest, uint8_t *buf,
+                     size_t len, bool enc)
 {
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int ret = 0;
@@ -310,11 +330,11 @@ static int aes_decrypt(Qcow2State *s, uint64_t guest, uint8_t *buf,
             iv[i] = (uint8_t)(sector >> (8 * i));
         }
         int outl = 0;
-        if (EVP_DecryptInit_ex(ctx, EVP_aes_128_cbc(), NULL, s->aes_key,
-                               iv) != 1 ||
+        if (EVP_CipherInit_ex(ctx, EVP_aes_128_cbc(), NULL, s->aes_key,
+                              iv, enc) != 1 ||
             EVP_CIPHER_CTX_set_padding(ctx, 0) != 1 ||
-            EVP_DecryptUpdate(ctx, buf + done, &outl, buf + done,
-                              LUKS_SECTOR_SIZE) != 1 ||
+            EVP_CipherUpdate(ctx, buf + done, &outl, buf + done,
+                             LUKS_SECTOR_SIZE) != 1 ||
             outl != LUKS_SECTOR_SIZE) {
             ret = -EIO;
         }
@@ -327,20 +347,22 @@ int qcow2_crypto_decrypt(Qcow2State *s, uint64_t host, uint64_t guest,
                          void *buf, size_t len)
 {
     if (s->aes) {
-        return aes_decrypt(s, guest, buf, len);
+        return aes_crypt(s, guest, buf, len, false);
     }
     return luks_decrypt(s->crypto, host / LUKS_SECTOR_SIZE, buf, len);
 }
 
-int qcow2_crypto_write(Qcow2State *s, uint64_t host, const void *buf,
-                       size_t len)
+int qcow2_crypto_write(Qcow2State *s, uint64_t host, uint64_t guest,
+                       const void *buf, size_t len)
 {
     uint8_t *tmp = malloc(len ? len : 1);
     if (!tmp) {
         return -ENOMEM;
     }
     memcpy(tmp, buf, len);
-    int ret = luks_encrypt(s->crypto, host / LUKS_SECTOR_SIZE, tmp, len);
+    int ret = s->aes ? aes_crypt(s, guest, tmp, len, true)
+                     : luks_encrypt(s->crypto, host / LUKS_SECTOR_SIZE, tmp,
+                                    len);
     if (ret >= 0) {
         ret = block_pwrite(qcow2_data_node(s), host, len, tmp, 0);
     }

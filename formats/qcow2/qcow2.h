@@ -615,9 +615,14 @@ static inline bool qcow2_encrypted(const Qcow2State *s)
  * host offset `host`. */
 int qcow2_crypto_decrypt(Qcow2State *s, uint64_t host, uint64_t guest,
                          void *buf, size_t len);
-/* Encrypts a copy of buf and writes it at host offset `host`. */
-int qcow2_crypto_write(Qcow2State *s, uint64_t host, const void *buf,
-                       size_t len);
+/* Encrypts a copy of buf (guest offset `guest`: legacy AES takes its
+ * IVs from it, LUKS from host) and writes it at host offset `host`. */
+int qcow2_crypto_write(Qcow2State *s, uint64_t host, uint64_t guest,
+                       const void *buf, size_t len);
+/* Create with encryption=on / encrypt.format=aes, as qemu-img 7.2 still
+ * does: proves the secret is there, marks the fresh image n AES
+ * encrypted and keys it. */
+int qcow2_crypto_create_aes(BlockNode *n, KVList *opts, Error *err);
 /* The "encrypt" object of the format-specific info. */
 json_t *qcow2_crypto_info(Qcow2State *s);
 

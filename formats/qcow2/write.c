@@ -213,16 +213,17 @@ static Qcow2Src src_advance(Qcow2Src d, uint64_t by)
     return d;
 }
 
-/* Puts len bytes of the write's data at host of the data node. */
-static int put_data(Qcow2State *s, uint64_t host, uint64_t len,
-                    const Qcow2Src *d)
+/* Puts len bytes of the write's data (guest offset guest) at host of
+ * the data node. */
+static int put_data(Qcow2State *s, uint64_t host, uint64_t guest,
+                    uint64_t len, const Qcow2Src *d)
 {
     if (!d->buf) {
         return block_copy_range_from(qcow2_data_node(s), host, len, d->file,
                                      d->host, d->flags);
     }
-    if (s->crypto) {
-        return qcow2_crypto_write(s, host, d->buf, len);
+    if (qcow2_encrypted(s)) {
+        return qcow2_crypto_write(s, host, guest, d->buf, len);
     }
     return block_pwrite(qcow2_data_node(s), host, len, d->buf, 0);
 }
@@ -248,9 +249,11 @@ static int write_piece(BlockNode *dn, uint64_t host, const uint8_t *piece,
     return ret;
 }
 
-/* Writes the pieces [head][data][tail] contiguously at host; a NULL head
- * or tail is zeroes.  Small ones go out as one write. */
-static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
+/* Writes the pieces [head][data][tail] contiguously at host (guest
+ * offset guest); a NULL head or tail is zeroes.  Small ones go out as
+ * one write. */
+static int write_pieces(Qcow2State *s, uint64_t host, uint64_t guest,
+                        const uint8_t *head,
                         uint64_t hlen, const Qcow2Src *d, uint64_t dlen,
                         const uint8_t *tail, uint64_t tlen)
 {
@@ -258,10 +261,11 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
     const uint8_t *data = d->buf;
     int ret = 0;
 
-    if (!data && (hlen || tlen || s->crypto)) {
+    bool enc = qcow2_encrypted(s);
+    if (!data && (hlen || tlen || enc)) {
         return -ENOTSUP;     /* shared data never has edges */
     }
-    if (s->crypto || (hlen + dlen + tlen <= 4 * s->cluster_size &&
+    if (enc || (hlen + dlen + tlen <= 4 * s->cluster_size &&
                       (hlen || tlen))) {
         uint8_t *b = alloc_io_buf(hlen + dlen + tlen);
         if (!b) {
@@ -270,9 +274,9 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
         put_piece(b, head, hlen);
         memcpy(b + hlen, data, dlen);
         put_piece(b + hlen + dlen, tail, tlen);
-        if (s->crypto) {
+        if (enc) {
             /* one buffer: the cipher needs whole sectors */
-            ret = qcow2_crypto_write(s, host, b, hlen + dlen + tlen);
+            ret = qcow2_crypto_write(s, host, guest, b, hlen + dlen + tlen);
         } else {
             ret = block_pwrite(dn, host, hlen + dlen + tlen, b, 0);
         }
@@ -281,7 +285,7 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
     }
     ret = write_piece(dn, host, head, hlen);
     if (ret >= 0) {
-        ret = put_data(s, host + hlen, dlen, d);
+        ret = put_data(s, host + hlen, guest + hlen, dlen, d);
     }
     if (ret >= 0) {
         ret = write_piece(dn, host + hlen + dlen, tail, tlen);
@@ -292,13 +296,15 @@ static int write_pieces(Qcow2State *s, uint64_t host, const uint8_t *head,
 /* Writes data at host + hlen with its copy-on-write edges.  An edge that
  * is zero is left out when the host clusters are fresh (never written
  * since they lay past the end of the file, so they read as zero). */
-static int write_cow(Qcow2State *s, uint64_t host, bool fresh,
+static int write_cow(Qcow2State *s, uint64_t host, uint64_t guest,
+                     bool fresh,
                      const uint8_t *head, bool head_zero, uint64_t hlen,
                      const Qcow2Src *data, uint64_t dlen,
                      const uint8_t *tail, bool tail_zero, uint64_t tlen)
 {
     if (fresh && head_zero) {
         host += hlen;
+        guest += hlen;
         head = NULL;
         hlen = 0;
     }
@@ -306,7 +312,7 @@ static int write_cow(Qcow2State *s, uint64_t host, bool fresh,
         tail = NULL;
         tlen = 0;
     }
-    return write_pieces(s, host, head, hlen, data, dlen, tail, tlen);
+    return write_pieces(s, host, guest, head, hlen, data, dlen, tail, tlen);
 }
 
 /* Copy-on-write span for the cluster [cstart, cstart+cs) when the write
@@ -396,7 +402,7 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         }
         qcow2_cache_put(&s->l2_cache, &t);
         pthread_mutex_unlock(&s->lock);
-        ret = put_data(s, host, pos - off, buf);
+        ret = put_data(s, host, off, pos - off, buf);
         if (ret >= 0 && pos - off == len) {
             *locked = false;
             return (int64_t)len;
@@ -435,7 +441,8 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         }
         if (ret >= 0) {
             /* the preallocated cluster may hold anything: write it all */
-            ret = write_pieces(s, e.host_offset + (lo - cstart), head, a - lo,
+            ret = write_pieces(s, e.host_offset + (lo - cstart), lo, head,
+                               a - lo,
                                buf, b - a, tail, hi - b);
         }
         free(head);
@@ -547,7 +554,8 @@ static int64_t write_step(BlockNode *n, uint64_t off, uint64_t len,
         if (grows) {
             pthread_mutex_lock(&s->grow_lock);
         }
-        ret = write_cow(s, host + (lo - cstart), fresh, head, hz, off - lo,
+        ret = write_cow(s, host + (lo - cstart), lo, fresh, head, hz,
+                        off - lo,
                         buf, run_end - off, tail, tz, hi - run_end);
         if (grows) {
             pthread_mutex_unlock(&s->grow_lock);
@@ -621,7 +629,7 @@ int qcow2_copy_range_from(BlockNode *n, uint64_t off, uint64_t len,
 {
     Qcow2State *s = qcow2_state(n);
     uint64_t cs = s->cluster_size;
-    if (s->crypto || off % cs || len % cs || src_host % 512) {
+    if (qcow2_encrypted(s) || off % cs || len % cs || src_host % 512) {
         return -ENOTSUP;
     }
     Qcow2Src d = { .file = src_file, .host = src_host, .flags = flags };
