@@ -147,9 +147,13 @@ int cmd_measure(int argc, char **argv)
 
     uint64_t size = 0;
     if (size_arg && parse_size(size_arg, &size) < 0) {
-        imgtool_error("Invalid image size specified. You may use k, M, G, "
-                      "T, P or E suffixes for kilobytes, megabytes, "
-                      "gigabytes, terabytes, petabytes and exabytes.");
+        /* qemu-img's two lines, as create's */
+        usage_bad_size("image size");
+        goto out;
+    }
+    if (size > INT64_MAX) {
+        imgtool_error("Invalid image size specified. Must be between 0 "
+                      "and %" PRId64 ".", INT64_MAX);
         goto out;
     }
 

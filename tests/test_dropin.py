@@ -321,3 +321,78 @@ def test_legacy_aes_option_errors(tmp_path, as_qemu_img):
         assert (i.returncode, i.stderr) == (q.returncode, q.stderr), o
         assert q.returncode == 1
         assert not (tmp_path / "x.qcow2").exists()
+
+
+# --- 10. space and layout ---------------------------------------------------
+
+def _allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+@pytest.mark.parametrize("prealloc", ["falloc", "full", "metadata"])
+@pytest.mark.parametrize("raw", ["off", "on"])
+def test_data_file_preallocation(tmp_path, as_qemu_img, prealloc, raw):
+    res = {}
+    for name, exe in (("q", "qemu-img"), ("i", as_qemu_img)):
+        img, data = tmp_path / f"{name}.qcow2", tmp_path / f"{name}.data"
+        p = run([exe, "create", "-q", "-f", "qcow2", "-o",
+                 f"data_file={data},data_file_raw={raw},"
+                 f"preallocation={prealloc}", img, "8M"], check=False)
+        res[name] = (p.returncode, p.stderr.replace(str(tmp_path / name),
+                                                     "X"))
+        if p.returncode == 0:
+            res[name] += (os.path.getsize(data), _allocated(data) >= 8 << 20,
+                          [(e["start"], e["length"], e["data"], e["zero"])
+                           for e in json.loads(qemu_img(
+                               "map", "--output=json", img).stdout)])
+            qemu_img("check", img)
+        else:
+            assert not img.exists() and not data.exists()
+    assert res["i"] == res["q"]
+    if prealloc != "metadata":
+        assert res["q"][3] is True   # the data file's blocks are allocated
+
+
+@pytest.mark.parametrize("cs", ["4k", "64k"])
+@pytest.mark.parametrize("to", ["16M", "1M", "100k"])
+def test_shrink_preallocated_gives_space_back(tmp_path, cs, to):
+    res = {}
+    for name, tool in (("q", qemu_img), ("i", imgtool)):
+        img = tmp_path / f"{name}.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", "-o",
+                 f"preallocation=metadata,cluster_size={cs}", img, "64M")
+        qemu_io("-c", "write -P 1 0 64k", img)
+        tool("resize", "-q", "--shrink", img, to)
+        qemu_img("check", img)
+        res[name] = (os.path.getsize(img), _allocated(img),
+                     qemu_img("map", "--output=json", img).stdout)
+    assert res["i"] == res["q"]
+    assert res["i"][0] < 17 << 20
+
+
+def test_measure_size_errors(as_qemu_img):
+    for size in ("1.5x", "8E", "-5"):
+        q, i = both(as_qemu_img, "measure", "-O", "qcow2", "--size", size)
+        assert (i.returncode, i.stderr) == (q.returncode, q.stderr), size
+        assert q.returncode == 1
+
+
+@pytest.mark.parametrize("cs", ["512", "4k", "128k", "1M", "2M"])
+@pytest.mark.parametrize("size", ["100G", "1T", "16T", "1P"])
+def test_measure_large_images(as_qemu_img, cs, size):
+    q, i = both(as_qemu_img, "measure", "--output=json", "-O", "qcow2",
+                "-o", f"cluster_size={cs}", "--size", size)
+    assert (i.returncode, i.stdout, i.stderr) == \
+        (q.returncode, q.stdout, q.stderr)
+
+
+def test_map_overlay_longer_than_backing(tmp_path):
+    base, top = tmp_path / "b.qcow2", tmp_path / "t.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "1M")
+    qemu_io("-c", "write -P 1 0 512k", base)
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2",
+             top, "4M")
+    qemu_io("-c", "write -P 2 2M 64k", top)
+    for fmt in ("json", "human"):
+        assert imgtool("map", f"--output={fmt}", top).stdout == \
+            qemu_img("map", f"--output={fmt}", top).stdout

@@ -360,9 +360,11 @@ int qcow2_create(const char *filename, uint64_t size, KVList *opts,
         /* as QEMU: the image file's hints apply to the data file too */
         KVList hints = { 0 };
         block_create_file_hints(opts, &hints);
-        ret = block_create_file(p.data_file, size,
-                                p.data_file_raw ? p.prealloc : PREALLOC_OFF,
-                                &hints, err);
+        /* falloc/full allocate the data file's blocks as qemu-img does
+         * (that is where the data goes); metadata only maps it */
+        PreallocMode dpm = p.prealloc == PREALLOC_METADATA ? PREALLOC_OFF
+                                                            : p.prealloc;
+        ret = block_create_file(p.data_file, size, dpm, &hints, err);
         kvlist_free(&hints);
         if (ret < 0) {
             return ret;

@@ -199,6 +199,79 @@ static int preallocate(Qcow2State *s, uint64_t start, uint64_t end,
     return 0;
 }
 
+/* Is the refcount block at off (reftable index rti) free of references
+ * but its own (when it describes its own cluster)? */
+static int refblock_unused(Qcow2State *s, uint64_t rti, uint64_t off,
+                           bool *unused)
+{
+    uint64_t self = off >> s->cluster_bits;
+    bool self_here = qcow2_reftable_index(s, self) == rti;
+    uint8_t *block;
+    int ret = qcow2_cache_get(&s->refcount_cache, off, &block);
+    if (ret < 0) {
+        return ret;
+    }
+    *unused = true;
+    for (uint64_t i = 0; i < s->refblock_entries && *unused; i++) {
+        if (qcow2_refblock_get(s, block, i) &&
+            !(self_here && i == qcow2_refblock_index(s, self))) {
+            *unused = false;
+        }
+    }
+    qcow2_cache_put(&s->refcount_cache, &block);
+    return 0;
+}
+
+/* As QEMU after a shrink: refcount blocks that count no cluster in use
+ * leave the table and are freed, so that the file can end at its last
+ * used cluster (a preallocated image keeps refcount blocks out at the
+ * old end).  The table goes to disk before a block's own reference is
+ * dropped: a crash in between leaks that cluster, nothing worse.
+ * Repeats while dropping one frees the block that counted it. */
+static int shrink_reftable(Qcow2State *s)
+{
+    for (bool again = true; again;) {
+        again = false;
+        for (uint64_t rti = 1; rti < s->refcount_table_size; rti++) {
+            int64_t off = qcow2_refblock_offset(s, rti);
+            bool unused = false;
+            if (off < 0) {
+                return (int)off;
+            }
+            if (off == 0) {
+                continue;
+            }
+            int ret = refblock_unused(s, rti, (uint64_t)off, &unused);
+            if (ret < 0) {
+                return ret;
+            }
+            if (!unused) {
+                continue;
+            }
+            uint64_t self = (uint64_t)off >> s->cluster_bits;
+            bool self_here = qcow2_reftable_index(s, self) == rti;
+            s->refcount_table[rti] = 0;
+            ret = qcow2_write_reftable(s, rti, 1);
+            if (ret >= 0) {
+                ret = block_flush(block_file(s->node));
+            }
+            if (ret < 0) {
+                return ret;
+            }
+            qcow2_cache_discard(&s->refcount_cache, (uint64_t)off);
+            if (!self_here) {
+                ret = qcow2_update_refcount(s, (uint64_t)off, s->cluster_size,
+                                            -1);
+                if (ret < 0) {
+                    return ret;
+                }
+                again = true;
+            }
+        }
+    }
+    return qcow2_flush_caches(s);
+}
+
 static int shrink(Qcow2State *s, uint64_t size, Error *err)
 {
     uint64_t cs = s->cluster_size;
@@ -276,6 +349,9 @@ static int shrink(Qcow2State *s, uint64_t size, Error *err)
     ret = write_size(s, size);
     if (ret >= 0) {
         ret = qcow2_flush_caches(s);
+    }
+    if (ret >= 0 && !s->has_data_file) {
+        ret = shrink_reftable(s);
     }
     if (ret < 0) {
         return error_setf(err, -ret, "cannot shrink the image: %s",
