@@ -8,7 +8,10 @@
  * in one write (qcow2_install_refcounts), so a crash leaves either the
  * old structures or the new ones.  The old table and blocks are counted
  * free in the new ones (they leak otherwise), except where a count
- * saturated: that cluster may still be in use.
+ * saturated: that cluster may still be in use.  Each cluster so freed is
+ * reported as qemu-img reports it (its rebuild writes them counted, then
+ * repairs them as leaks): "Repairing cluster N refcount=1 reference=0",
+ * in cluster order.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -125,6 +128,31 @@ out:
     return 0;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Cluster k of the old structures is free in the new ones; its count
+ * was `before`.  Recorded for the report when it becomes 0. */
+static void release_old(Check *c, uint64_t k, uint64_t **freed,
+                        size_t *nfreed)
+{
+    if (!check_ref_at(c, k) || check_saturated(c, k)) {
+        return;
+    }
+    uint32_t left = (uint32_t)check_ref_at(c, k) - 1;
+    check_ref_set(c, k, left);
+    if (left == 0) {
+        uint64_t *n = realloc(*freed, (*nfreed + 1) * sizeof(**freed));
+        if (n) {   /* without memory the report is short, nothing else */
+            *freed = n;
+            n[(*nfreed)++] = k;
+        }
+    }
+}
+
 /* A new block's counts: what check counted for its range. */
 static int fill_from_counts(void *opaque, uint64_t first, uint64_t n,
                             uint8_t *block)
@@ -141,8 +169,9 @@ static int fill_from_counts(void *opaque, uint64_t first, uint64_t n,
 int check_rebuild_refcounts(Check *c)
 {
     Qcow2State *s = c->s;
-    uint64_t *blocks = NULL, *table = NULL;
+    uint64_t *blocks = NULL, *table = NULL, *freed = NULL;
     uint64_t entries, table_start, tc, tentries;
+    size_t nfreed = 0;
     int ret;
 
     ret = place_refcount_structures(c, &blocks, &entries, &table_start, &tc);
@@ -164,19 +193,14 @@ int check_rebuild_refcounts(Check *c)
     if (c->reftable_counted) {
         uint64_t first = s->refcount_table_offset / c->cs;
         for (uint64_t k = 0; k < s->refcount_table_clusters; k++) {
-            if (check_ref_at(c, first + k) && !check_saturated(c, first + k)) {
-                check_ref_set(c, first + k,
-                              (uint32_t)check_ref_at(c, first + k) - 1);
-            }
+            release_old(c, first + k, &freed, &nfreed);
         }
     }
     for (uint64_t i = 0; i < s->refcount_table_size; i++) {
         if (c->rb_state[i] == RB_COUNTED) {
             uint64_t k = (s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK) /
                          c->cs;
-            if (check_ref_at(c, k) && !check_saturated(c, k)) {
-                check_ref_set(c, k, (uint32_t)check_ref_at(c, k) - 1);
-            }
+            release_old(c, k, &freed, &nfreed);
         }
     }
 
@@ -231,8 +255,14 @@ int check_rebuild_refcounts(Check *c)
         goto out;
     }
     c->highest = end;
+    qsort(freed, nfreed, sizeof(*freed), cmp_u64);
+    for (size_t i = 0; i < nfreed; i++) {
+        check_say(c, "Repairing cluster %" PRIu64 " refcount=1 reference=0",
+                  freed[i]);
+    }
     ret = 0;
 out:
+    free(freed);
     free(blocks);
     free(table);
     return ret;
