@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 
 #include "block/job/copy.h"
+#include "cmd/convert-progress.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
 #include "imgtool/cmdline.h"
@@ -267,6 +268,14 @@ static BlockNode *find_common_base(BlockNode *src, BlockNode *dst)
 static void convert_progress(void *opaque, uint64_t done, uint64_t total)
 {
     progress_update(opaque, done, total);
+}
+
+/* -p: the bar in qemu-img's steps (cmd/convert-progress.c). */
+static void convert_progress_steps(void *opaque, uint64_t done,
+                                   uint64_t total)
+{
+    (void)total;
+    convert_progress_to(opaque, done);
 }
 
 static void convert_salvage_warn(void *opaque, uint64_t off, uint64_t len,
@@ -522,12 +531,25 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
     prog = progress_start(o->progress);
     job.progress = convert_progress;
     job.progress_opaque = prog;
+    ConvertProgress steps;
+    if (o->progress && prog) {
+        BlockInfoExtra extra;
+        block_get_info_extra(dst, &extra);
+        convert_progress_init(&steps, prog, src, nsrc, total, !o->sparse,
+                              o->compress,
+                              o->compress && extra.cluster_size
+                              ? extra.cluster_size : 0);
+        job.progress = convert_progress_steps;
+        job.progress_opaque = &steps;
+    }
     if (copy_run(&job, &err) < 0) {
         progress_finish(prog);
         prog = NULL;
         imgtool_report(&err);
         goto out;
     }
+    /* qemu-img draws 100 once more when the copy is done */
+    progress_qemu_step(prog, 100.0f);
     /* After the copy, so that the copy's own writes do not mark them. */
     if (o->bitmaps && block_bitmaps_copy(dst, src[0], o->skip_broken,
                                         &err) < 0) {

@@ -138,6 +138,11 @@ Progress *progress_start(bool enabled);
 /* done/total in any unit; safe to call from many threads. */
 void progress_update(Progress *p, uint64_t done, uint64_t total);
 void progress_add(Progress *p, uint64_t delta, uint64_t total);
+/* qemu-img's own rule, for commands that reproduce its steps: the bar
+ * is drawn at `percent` when it moved by more than one point either way
+ * since the last drawing, or is 0 or 100 (so 100 may be drawn twice, as
+ * qemu-img does).  Single precision, as qemu-img computes it. */
+void progress_qemu_step(Progress *p, float percent);
 void progress_finish(Progress *p);
 
 #endif

@@ -151,6 +151,24 @@ void progress_update(Progress *p, uint64_t done, uint64_t total)
     pthread_mutex_unlock(&p->lock);
 }
 
+void progress_qemu_step(Progress *p, float percent)
+{
+    if (!p) {
+        return;
+    }
+    pthread_mutex_lock(&p->lock);
+    float last = (float)p->last_printed;
+    if (percent > last + 1.0f || percent < last - 1.0f ||
+        percent == 100.0f || percent == 0.0f) {
+        p->current = percent;
+        if (p->enabled) {
+            print_now(p);
+        }
+        p->last_printed = percent;
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
 void progress_add(Progress *p, uint64_t delta, uint64_t total)
 {
     if (!p) {

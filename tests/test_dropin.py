@@ -468,3 +468,42 @@ def test_check_l1_copied_without_offset_is_corruption(tmp_path):
     assert "errors were found on the image" in q.stdout
     assert "ERROR OFLAG_COPIED L2 cluster: l1_index=3 " in i.stderr
     assert "errors were found on the image." in i.stdout
+
+
+# --- 9. progress -------------------------------------------------------------
+
+def _progress_source(d, kind):
+    if kind == "raw-full":
+        p = d / "s.raw"
+        with open(p, "wb") as f:
+            f.write(os.urandom(32 << 20))
+        return ["-f", "raw", p]
+    if kind == "raw-holes":
+        p = d / "s.raw"
+        qemu_img("create", "-q", "-f", "raw", p, "48M")
+        qemu_io("-f", "raw", "-c", "write -P 1 1M 5M", "-c",
+                "write -P 2 20M 300k", "-c", "write -P 3 40M 8M", p)
+        return ["-f", "raw", p]
+    p = d / "s.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", p, "64M")
+    qemu_io("-c", "write -P 1 0 3M", "-c", "write -P 2 10M 5M", "-c",
+            "write -z 20M 2M", "-c", "write -P 3 30M 100k", p)
+    if kind == "qcow2-two":
+        q = d / "t.qcow2"
+        qemu_img("create", "-q", "-f", "qcow2", q, "8M")
+        qemu_io("-c", "write -P 4 1M 3M", q)
+        return ["-f", "qcow2", p, q]
+    return ["-f", "qcow2", p]
+
+
+@pytest.mark.parametrize("kind", ["raw-full", "raw-holes", "qcow2", "qcow2-two"])
+@pytest.mark.parametrize("extra", [[], ["-S", "0"], ["-c"]])
+def test_convert_progress_steps(tmp_path, kind, extra):
+    src = _progress_source(tmp_path, kind)
+    outs = []
+    for name, tool in (("q", qemu_img), ("i", imgtool)):
+        out = tmp_path / f"{name}.qcow2"
+        p = tool("convert", "-p", *extra, *src, "-O", "qcow2", out)
+        outs.append(p.stdout)
+    assert outs[1] == outs[0]
+    assert outs[0].count("/100%)") >= 3
