@@ -50,6 +50,10 @@ packages=(
     libvirt-clients
     # cryptsetup luksDump checks the LUKS volumes imgtool writes
     cryptsetup-bin
+    # extent sharing (issue 15): an XFS with reflinks and an ext4 on loop
+    # devices in tests/test_share_extents.py and bench/sharerows.py;
+    # filefrag shows FIEMAP's shared flag
+    xfsprogs e2fsprogs
     # flock/fallocate and friends used by tests and the demo
     util-linux coreutils
     # GNU time: peak RSS in bench/run and tests/test_compress_memory.py
