@@ -37,7 +37,9 @@ class Mounts:
         self.fs = {}
 
     def start(self):
-        size = 6 * self.data + 512 * MiB
+        # sources (3 x data), two convert outputs, commit copies (and the
+        # base growing by the data), with room for ext4's metadata
+        size = 9 * self.data + 1024 * MiB
         for name, mkfs in (("xfs", ["mkfs.xfs", "-q", "-f", "-m",
                                     "reflink=1"]),
                            ("ext4", ["mkfs.ext4", "-q", "-F"])):
@@ -120,6 +122,7 @@ def make_rows(m, tools, Row, sh):
             ]
 
         def commit_prep(p=p):
+            clean(p("out.qcow2"), p("out.raw"))()
             # plain copies: a reflinked copy would share before the run
             for n in ("base", "top"):
                 sh(["cp", "--reflink=never", "--sparse=always",
