@@ -333,6 +333,44 @@ int block_copy_range(BlockNode *src, uint64_t src_off, BlockNode *dst,
 int block_copy_range_from(BlockNode *dst, uint64_t off, uint64_t len,
                           BlockNode *src_file, uint64_t src_host, int flags);
 bool block_copy_range_fallback(int ret);
+
+/* Named points in a format driver's work, raised on the node below it so
+ * that a fault-injection filter there (QEMU's blkdebug spelling, see
+ * block/filter/blkdebug.c) can act on them.  The names are QEMU's. */
+typedef enum {
+    BLOCK_EV_L1_UPDATE,
+    BLOCK_EV_L2_LOAD,
+    BLOCK_EV_L2_UPDATE,
+    BLOCK_EV_L2_ALLOC_WRITE,
+    BLOCK_EV_READ_AIO,
+    BLOCK_EV_READ_BACKING_AIO,
+    BLOCK_EV_READ_COMPRESSED,
+    BLOCK_EV_WRITE_AIO,
+    BLOCK_EV_WRITE_COMPRESSED,
+    BLOCK_EV_COW_READ,
+    BLOCK_EV_COW_WRITE,
+    BLOCK_EV_REFTABLE_LOAD,
+    BLOCK_EV_REFTABLE_GROW,
+    BLOCK_EV_REFBLOCK_LOAD,
+    BLOCK_EV_REFBLOCK_UPDATE,
+    BLOCK_EV_REFBLOCK_UPDATE_PART,
+    BLOCK_EV_REFBLOCK_ALLOC,
+    BLOCK_EV_CLUSTER_ALLOC,
+    BLOCK_EV_CLUSTER_FREE,
+    BLOCK_EV_FLUSH_TO_OS,
+    BLOCK_EV_FLUSH_TO_DISK,
+    BLOCK_EV__MAX
+} BlockDebugEvent;
+/* QEMU's name of ev ("l2_load"), or NULL. */
+const char *block_debug_event_name(BlockDebugEvent ev);
+/* -1 when name is no event. */
+int block_debug_event_lookup(const char *name);
+/* Raises ev on n or, when n does not take events, on the first node
+ * below it (file or filtered child) that does; nothing when none does. */
+void block_debug_event(BlockNode *n, BlockDebugEvent ev);
+/* Whether any node from n down takes events (drivers skip fast paths
+ * that would raise none). */
+bool block_takes_debug_events(BlockNode *n);
 /* Could dst take shared data at all (its drivers, down to the file that
  * holds its data, all can)?  Says nothing about the file system. */
 bool block_node_can_copy_range(BlockNode *n);

@@ -427,6 +427,8 @@ struct BlockDriver {
      * writes the data.  NULL: never.  See block/core/copy-range.c. */
     int (*copy_range_from)(BlockNode *n, uint64_t off, uint64_t len,
                            BlockNode *src_file, uint64_t src_host, int flags);
+    /* A format above raised a named event (block_debug_event). */
+    void (*debug_event)(BlockNode *n, BlockDebugEvent ev);
 
     int64_t (*get_length)(BlockNode *n);      /* NULL: the child's */
     int64_t (*get_allocated_size)(BlockNode *n);

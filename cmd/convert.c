@@ -278,14 +278,48 @@ static void convert_progress_steps(void *opaque, uint64_t done,
     convert_progress_to(opaque, done);
 }
 
+/* --salvage: qemu-img's words, a line per 512-byte sector. */
 static void convert_salvage_warn(void *opaque, uint64_t off, uint64_t len,
                                  int err)
 {
     const ConvertOpts *o = opaque;
+    for (uint64_t s = 0; !o->src.quiet && s < len; s += 512) {
+        imgtool_warn("error while reading offset %llu: %s",
+                     (unsigned long long)(off + s), strerror(-err));
+    }
+}
+
+static void convert_status_warn(void *opaque, uint64_t off, uint64_t len,
+                                int err)
+{
+    const ConvertOpts *o = opaque;
+    (void)len;
     if (!o->src.quiet) {
-        imgtool_warn("error while reading %llu bytes at byte %llu: %s; "
-                     "copied as zeroes", (unsigned long long)len,
+        imgtool_warn("error while reading block status at offset %llu: %s",
                      (unsigned long long)off, strerror(-err));
+    }
+}
+
+/* --salvage: qemu-img sizes its copy first and says where block status
+ * fails then too (a sector at a time); the same lines, before the copy. */
+static void salvage_status_pass(const ConvertOpts *o, BlockNode **src,
+                                int nsrc)
+{
+    uint64_t base = 0;
+    for (int i = 0; i < nsrc; i++) {
+        int64_t len = block_get_length(src[i]);
+        for (uint64_t off = 0; len > 0 && off < (uint64_t)len;) {
+            uint64_t pnum = 0;
+            int st = block_status_above(src[i], NULL, off,
+                                        (uint64_t)len - off, &pnum, NULL,
+                                        NULL, NULL);
+            if (st < 0) {
+                convert_status_warn((void *)o, base + off, 512, st);
+                pnum = 512;
+            }
+            off += pnum ? pnum : (uint64_t)len - off;
+        }
+        base += len > 0 ? (uint64_t)len : 0;
     }
 }
 
@@ -511,6 +545,12 @@ static int convert_run(ConvertOpts *o, int argc, char **argv)
      * (reflinks); -C also lets the kernel copy what cannot be shared. */
     job.offload = o->offload ? COPY_SHARE | COPY_OFFLOAD : COPY_SHARE;
     job.warn = convert_salvage_warn;
+    job.warn_status = convert_status_warn;
+    if (o->salvage) {
+        /* one worker: the warnings come in qemu-img's order */
+        job.workers = 1;
+        salvage_status_pass(o, src, nsrc);
+    }
     job.warn_opaque = o;
     if (block_backing(dst)) {
         /* zero writes must hide the backing file, not expose it */

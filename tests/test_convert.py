@@ -265,8 +265,12 @@ def test_convert_salvage_matches_qemu(tmp):
     p = imgtool("convert", comp, tmp / "fail.raw", rc=1)
     assert "error while reading at byte" in p.stderr
     p = imgtool("convert", "--salvage", comp, tmp / "ours.raw")
-    assert "copied as zeroes" in p.stderr
-    qemu_img("convert", "-q", "--salvage", comp, tmp / "ref.raw")
+    r = qemu_img("convert", "--salvage", comp, tmp / "ref.raw")
+    # qemu-img's warnings, a line per unreadable sector (issue 15); its
+    # parallel coroutines print them in no fixed order
+    assert "warning: error while reading offset " in r.stderr
+    assert sorted(p.stderr.replace("imgtool:", "qemu-img:").splitlines()) \
+        == sorted(r.stderr.splitlines())
     with open(tmp / "ours.raw", "rb") as a, open(tmp / "ref.raw", "rb") as b:
         assert a.read() == b.read()
     q = imgtool("convert", "-q", "--salvage", comp, tmp / "quiet.raw")

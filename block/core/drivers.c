@@ -10,6 +10,7 @@ extern const BlockDriver raw_driver;
 extern const BlockDriver qcow2_driver;
 extern const BlockDriver luks_driver;
 extern const BlockDriver faulty_driver;
+extern const BlockDriver blkdebug_driver;
 extern const BlockDriver linear_driver;
 extern const BlockDriver iscsi_driver;
 extern const BlockDriver gluster_driver;
@@ -22,6 +23,7 @@ const BlockDriver *const block_driver_list[] = {
     &raw_driver,
     &file_driver,
     &faulty_driver,
+    &blkdebug_driver,
     &linear_driver,
     &iscsi_driver,
     &gluster_driver,

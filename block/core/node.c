@@ -465,6 +465,69 @@ static int open_backing(BlockNode *n, KVList *backing_opts, int flags,
     return block_set_child(n, BLOCK_CHILD_BACKING, b);
 }
 
+/* QEMU's blkdebug spelling (block/filter/blkdebug.c) in ours: the filter
+ * takes its child from "image" (image.* options, x-image=FILENAME) where
+ * our filters take "file"; "blkdebug:CONFIG:IMAGE" names the filter over
+ * IMAGE with the rules in CONFIG. */
+static bool is_blkdebug_name(const char *name)
+{
+    return name && strncmp(name, "blkdebug:", 9) == 0;
+}
+
+static int blkdebug_name_to_opts(const char *name, KVList *out)
+{
+    const char *conf = name + 9;
+    const char *colon = strchr(conf, ':');
+    if (!colon) {
+        return -EINVAL;
+    }
+    char *c = strndup(conf, (size_t)(colon - conf));
+    int ret = c ? 0 : -ENOMEM;
+    if (ret == 0 && (kvlist_set(out, "driver", "blkdebug") < 0 ||
+                     kvlist_set(out, "config", c) < 0 ||
+                     kvlist_set(out, "file.filename", colon + 1) < 0)) {
+        ret = -ENOMEM;
+    }
+    free(c);
+    return ret;
+}
+
+/* Renames the blkdebug node's child keys under prefix ("" or "file."):
+ * image.filename and x-image name its file, image.X are its file's
+ * options, image=NODE a node by name. */
+static int blkdebug_child_keys(KVList *opts, const char *prefix)
+{
+    size_t pl = strlen(prefix);
+    for (size_t i = 0; i < opts->n; i++) {
+        char *k = opts->items[i].key, *nk = NULL;
+        if (strncmp(k, prefix, pl) != 0) {
+            continue;
+        }
+        const char *r = k + pl;
+        if (!strcmp(r, "image.filename") || !strcmp(r, "x-image")) {
+            if (asprintf(&nk, "%sfilename", prefix) < 0) {
+                return -ENOMEM;
+            }
+        } else if (strncmp(r, "image.", 6) == 0) {
+            if (asprintf(&nk, "%sfile.%s", prefix, r + 6) < 0) {
+                return -ENOMEM;
+            }
+        } else if (strcmp(r, "image") == 0) {
+            if (asprintf(&nk, "%sfile", prefix) < 0) {
+                return -ENOMEM;
+            }
+        } else {
+            continue;
+        }
+        if (!nk) {
+            return -ENOMEM;
+        }
+        free(k);
+        opts->items[i].key = nk;
+    }
+    return 0;
+}
+
 /* The child a format or filter works on: a node named by reference
  * (file=NODE-NAME, as QEMU's -blockdev says it), a node opened from the
  * "file.*" options (any kind: file.driver=faulty puts a filter there), or
@@ -485,6 +548,21 @@ static BlockNode *open_lower(const char *filename, KVList *opts,
         if (strcmp(file_opts->items[i].key, "driver") == 0) {
             drvname = file_opts->items[i].value;
         }
+    }
+    if (!drvname && file_opts->n == 0 && is_blkdebug_name(filename)) {
+        KVList sub = { 0 };
+        BlockNode *n = NULL;
+        int ret = blkdebug_name_to_opts(filename, &sub);
+        if (ret < 0) {
+            error_setf(err, -ret, "Could not open '%s': %s", filename,
+                       ret == -EINVAL ? "expected blkdebug:CONFIG:IMAGE"
+                                      : strerror(-ret));
+        } else {
+            n = open_image(NULL, NULL, &sub, flags & ~BLOCK_O_BACKING_RO,
+                           cs, false, err);
+        }
+        kvlist_free(&sub);
+        return n;
     }
     const BlockDriver *d = drvname ? block_find_driver(drvname) : NULL;
     if (d && d->kind != BLOCK_DRIVER_PROTOCOL) {
@@ -558,6 +636,14 @@ static BlockNode *open_image(const char *filename, const char *format,
     if (optfmt) {
         format = optfmt;
     }
+    const char *fdrv = kvlist_peek(opts, "file.driver");
+    if ((format && strcmp(format, "blkdebug") == 0 &&
+         blkdebug_child_keys(opts, "") < 0) ||
+        (fdrv && strcmp(fdrv, "blkdebug") == 0 &&
+         blkdebug_child_keys(opts, "file.") < 0)) {
+        error_setf(err, ENOMEM, "out of memory");
+        goto out;
+    }
     const char *optfile = kvlist_get(opts, "file.filename");
     if (!optfile) {
         optfile = kvlist_get(opts, "filename");
@@ -592,6 +678,15 @@ static BlockNode *open_image(const char *filename, const char *format,
         if (!drv) {
             error_setf(err, EINVAL, "Unknown driver '%s'", format);
             goto out;
+        }
+    }
+    if ((!filename || !*filename) && drv &&
+        drv->kind == BLOCK_DRIVER_FILTER && kvlist_peek(opts, "file.driver")) {
+        /* a filter over a format given by options (blkdebug's
+         * image.driver=qcow2,...): named after what lies below */
+        const char *below = kvlist_peek(opts, "file.file.filename");
+        if (below) {
+            filename = below;
         }
     }
     if ((!filename || !*filename) &&

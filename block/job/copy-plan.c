@@ -123,6 +123,19 @@ static int copy_source_extent(Copy *c, int i, uint64_t s_off, uint64_t pos,
 
     if (!(c->st_src == i && c->st_start <= s_off && s_off < c->st_end)) {
         int ret = copy_status(c, i, s_off, left);
+        if (ret < 0 && job->salvage) {
+            /* as qemu-img: one sector taken as data, status asked again
+             * after it */
+            if (job->warn_status) {
+                job->warn_status(job->warn_opaque, c->src_start[i] + s_off,
+                                 SCAN_GRANULE, ret);
+            }
+            c->st_src = i;
+            c->st_start = s_off;
+            c->st_end = s_off + (left < SCAN_GRANULE ? left : SCAN_GRANULE);
+            c->st_kind = CHUNK_DATA;
+            ret = 0;
+        }
         if (ret < 0) {
             error_setf(&c->err, -ret,
                        "error while reading block status at byte %llu: %s",

@@ -94,6 +94,10 @@ typedef struct CopyJob {
     bool salvage;
     CopyWarnFn *warn;
     void *warn_opaque;
+    /* --salvage: block status failed at byte off (of the concatenated
+     * source); the 512 bytes there are copied as data (read, and
+     * salvaged if the read fails too), as qemu-img does.  May be NULL. */
+    CopyWarnFn *warn_status;
 
     CopyProgressFn *progress;
     void *progress_opaque;

@@ -134,7 +134,8 @@ static int submit_write(Qcow2State *s, BlockRequest *req)
 int qcow2_submit(BlockNode *n, BlockRequest *req)
 {
     Qcow2State *s = qcow2_state(n);
-    if (qcow2_encrypted(s)) {
+    if (qcow2_encrypted(s) || s->debug_events) {
+        /* the synchronous paths raise the named events */
         return -EAGAIN;
     }
     switch (req->op) {

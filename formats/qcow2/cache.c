@@ -178,6 +178,9 @@ static int write_entry(Qcow2Cache *c, Qcow2CacheEntry *e)
         }
         s->data_unflushed = false;
     }
+    /* QEMU's names for a cache table written back */
+    block_debug_event(block_file(s->node), c->is_refcount
+                      ? BLOCK_EV_REFBLOCK_UPDATE_PART : BLOCK_EV_L2_UPDATE);
     ret = block_pwrite(block_file(s->node), e->offset, s->cluster_size, e->data, 0);
     if (ret < 0) {
         return ret;
@@ -264,6 +267,8 @@ static int cache_get(Qcow2Cache *c, uint64_t offset, uint8_t **table,
             return ret;
         }
         if (read) {
+            block_debug_event(block_file(c->s->node), c->is_refcount
+                              ? BLOCK_EV_REFBLOCK_LOAD : BLOCK_EV_L2_LOAD);
             ret = block_pread(block_file(c->s->node), offset, c->s->cluster_size,
                               e->data);
             if (ret < 0) {
@@ -427,6 +432,9 @@ int qcow2_cache_flush_all(Qcow2State *s)
     Qcow2PendingFree *frees;
     size_t nfrees;
     qcow2_take_pending_frees(s, &frees, &nfrees);
+    /* the caches are written (QEMU's flush_to_os): what follows is the
+     * flush to the disk */
+    block_debug_event(block_file(s->node), BLOCK_EV_FLUSH_TO_DISK);
     ret = sync_unlocked(s);
     if (ret < 0) {
         /* the tables may not be on disk: drop the frees (leaks) */

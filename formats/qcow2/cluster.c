@@ -120,6 +120,7 @@ int qcow2_write_table64(Qcow2State *s, const uint64_t *table,
 
 int qcow2_write_l1(Qcow2State *s, uint64_t first, uint64_t n)
 {
+    block_debug_event(block_file(s->node), BLOCK_EV_L1_UPDATE);
     return qcow2_write_table64(s, s->l1_table, s->l1_table_offset, first, n);
 }
 
@@ -252,6 +253,7 @@ int qcow2_get_l2_table(Qcow2State *s, uint64_t guest_offset, bool allocate,
      * other dirty tables need not go first. */
     ret = qcow2_cache_writeback(&s->refcount_cache);
     if (ret >= 0) {
+        block_debug_event(block_file(s->node), BLOCK_EV_L2_ALLOC_WRITE);
         ret = block_pwrite(block_file(s->node), (uint64_t)noff, s->cluster_size,
                            nt, 0);
     }

@@ -213,6 +213,7 @@ static int qcow2_open(BlockNode *n, KVList *opts, int flags, Error *err)
     pthread_cond_init(&s->inflight_cond, NULL);
     pthread_mutex_init(&s->grow_lock, NULL);
     n->request_alignment = 1;
+    s->debug_events = block_takes_debug_events(block_file(n));
 
     ret = qcow2_read_header(s, err);
     if (ret < 0) {

@@ -226,6 +226,7 @@ struct Qcow2State {
      * then block status asks the file whether allocated clusters are
      * holes.  Decided at the first block status, as QEMU does. */
     bool prealloc_checked;
+    bool debug_events;       /* a filter below takes named events */
     bool prealloc_detected;
     /* Guest data written into newly allocated clusters since the last
      * flush: it must be on disk before an L2 table pointing at it. */

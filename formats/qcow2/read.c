@@ -219,6 +219,7 @@ int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
         }
         switch (x.type) {
         case QCOW2_SUBCLUSTER_UNALLOCATED:
+            block_debug_event(block_file(n), BLOCK_EV_READ_BACKING_AIO);
             ret = read_backing(s, off, &piece.v);
             break;
         case QCOW2_SUBCLUSTER_ZERO:
@@ -226,6 +227,7 @@ int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
             ret = 0;
             break;
         case QCOW2_SUBCLUSTER_DATA:
+            block_debug_event(block_file(n), BLOCK_EV_READ_AIO);
             if (qcow2_encrypted(s)) {
                 ret = read_transformed(s, &x, off, &piece.v);
             } else {
@@ -233,6 +235,7 @@ int qcow2_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
             }
             break;
         case QCOW2_SUBCLUSTER_COMPRESSED:
+            block_debug_event(block_file(n), BLOCK_EV_READ_COMPRESSED);
             ret = read_transformed(s, &x, off, &piece.v);
             break;
         default:

@@ -477,6 +477,7 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
     uint64_t b;
     int ret;
 
+    block_debug_event(block_file(s->node), BLOCK_EV_REFBLOCK_ALLOC);
     if (rti >= s->refcount_table_size) {
         return grow_reftable(s, rti + 1, from);
     }
@@ -674,6 +675,7 @@ int64_t qcow2_alloc_clusters(Qcow2State *s, uint64_t nb)
 {
     uint64_t start;
 
+    block_debug_event(block_file(s->node), BLOCK_EV_CLUSTER_ALLOC);
     if (nb == 0) {
         return -EINVAL;
     }

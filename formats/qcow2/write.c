@@ -218,6 +218,7 @@ static Qcow2Src src_advance(Qcow2Src d, uint64_t by)
 static int put_data(Qcow2State *s, uint64_t host, uint64_t guest,
                     uint64_t len, const Qcow2Src *d)
 {
+    block_debug_event(block_file(s->node), BLOCK_EV_WRITE_AIO);
     if (!d->buf) {
         return block_copy_range_from(qcow2_data_node(s), host, len, d->file,
                                      d->host, d->flags);
