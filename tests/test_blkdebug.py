@@ -126,3 +126,19 @@ def test_bad_rules_refused(tmp_path, img):
         assert len(p.stderr.splitlines()) == 1
     p = imgtool("info", f"blkdebug:{tmp_path}/missing.conf:{img}", rc=1)
     assert "Could not read blkdebug config file" in p.stderr
+
+
+@pytest.mark.parametrize("ev", ["l1_update", "l2_update", "write_aio"])
+def test_commit_failure_words(tmp_path, ev):
+    base, top = tmp_path / "b.qcow2", tmp_path / "t.qcow2"
+    outs = []
+    for tool in (qemu_img, imgtool):
+        qemu_img("create", "-q", "-f", "qcow2", base, "64M")
+        qemu_img("create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F",
+                 "qcow2", top)
+        qemu_io("-c", "write -P 1 0 1M", top)
+        r = rules(tmp_path, f'[inject-error]\nevent = "{ev}"\nerrno = "5"\n')
+        p = tool("commit", "-f", "qcow2", f"blkdebug:{r}:{top}", check=False)
+        outs.append((p.returncode, p.stdout,
+                     p.stderr.replace("imgtool:", "qemu-img:")))
+    assert outs[1] == outs[0]

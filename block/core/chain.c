@@ -28,7 +28,8 @@ int block_make_empty(BlockNode *n, Error *err)
         ret = block_flush(n);
     }
     if (ret < 0) {
-        return error_setf(err, -ret, "Could not empty '%s': %s", n->filename,
+        /* qemu-img commit's words */
+        return error_setf(err, -ret, "Failed to empty %s: %s", n->filename,
                           strerror(-ret));
     }
     return 0;

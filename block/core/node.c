@@ -860,6 +860,11 @@ int block_open_backing(BlockNode *n, int flags, Error *err)
 
 char *block_resolve_backing(const char *overlay, const char *backing)
 {
+    if (is_blkdebug_name(overlay) && strchr(overlay + 9, ':')) {
+        /* relative to the image under the filter, as QEMU resolves it:
+         * the backing file is not under the filter */
+        overlay = strchr(overlay + 9, ':') + 1;
+    }
     if (backing[0] == '/' || strstr(backing, "://") || !overlay ||
         block_is_json_name(backing)) {
         return strdup(backing);
