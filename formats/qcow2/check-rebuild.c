@@ -255,7 +255,9 @@ int check_rebuild_refcounts(Check *c)
         goto out;
     }
     c->highest = end;
-    qsort(freed, nfreed, sizeof(*freed), cmp_u64);
+    if (nfreed) {
+        qsort(freed, nfreed, sizeof(*freed), cmp_u64);
+    }
     for (size_t i = 0; i < nfreed; i++) {
         check_say(c, "Repairing cluster %" PRIu64 " refcount=1 reference=0",
                   freed[i]);
