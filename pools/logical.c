@@ -164,7 +164,8 @@ static int vg_report(Pool *p, json_t **row, Error *err)
                         "--nosuffix", "-o",
                         "vg_name,vg_size,vg_free,vg_extent_size", vg_of(p),
                         NULL };
-    json_t *rows;
+    json_t *rows = NULL;
+    *row = NULL;
     int ret = lvm_report(a, "vg", &rows, err);
     if (ret == -ENOENT || (ret == 0 && json_array_size(rows) != 1)) {
         json_decref(rows);
