@@ -119,6 +119,13 @@ enum {
     BLOCK_O_NO_FLUSH   = 1 << 7,  /* -t unsafe: flushes are no-ops */
     BLOCK_O_BACKING_RO = 1 << 8,  /* internal: opened as someone's backing */
     BLOCK_O_PROBED     = 1 << 9,  /* the format was guessed, not given */
+    /* With BLOCK_O_RDWR: opened writable only to change persistent dirty
+     * bitmaps (add, remove, store), never guest data.  Guest writes,
+     * zero writes, discards and truncation fail with EACCES, so the
+     * bitmaps are not flagged in use on disk: a process killed while it
+     * holds the image leaves them consistent (backups rotate theirs this
+     * way).  The image is locked as for writing. */
+    BLOCK_O_BITMAPS_ONLY = 1 << 10,
 };
 
 /* Request flags. */
@@ -440,6 +447,10 @@ typedef enum {
 typedef void BlockReportFn(void *opaque, BlockReportLevel level,
                            const char *msg);
 void block_set_report_fn(BlockReportFn *fn, void *opaque);
+/* A warning or notice for the user from drivers and jobs (the library
+ * never prints: the CLI, an export or a test installs the sink above). */
+void block_report(BlockReportLevel level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* ------------------------------------------------------------------ */
 /* Format-level operations                                             */
@@ -560,6 +571,16 @@ int block_bitmap_merge(BlockNode *n, const char *dst, BlockNode *src_node,
 int block_bitmap_dirty_range(BlockNode *n, const char *name, uint64_t off,
                              uint64_t len, bool *dirty, uint64_t *pnum,
                              Error *err);
+/* The persistent bitmaps of n, as `info` lists them (names malloc'd;
+ * free with block_bitmap_list_free).  *count 0 without bitmaps support. */
+typedef struct BlockBitmapInfo {
+    char *name;
+    uint64_t granularity;
+    bool enabled;
+    bool inconsistent;       /* found in use on disk: unusable */
+} BlockBitmapInfo;
+int block_bitmap_list(BlockNode *n, BlockBitmapInfo **out, int *count);
+void block_bitmap_list_free(BlockBitmapInfo *v, int count);
 /* n can hold persistent bitmaps (qcow2 v3, writable). */
 bool block_bitmaps_persistent(BlockNode *n);
 /* convert --bitmaps: src has bitmaps support and, unless skip_broken,

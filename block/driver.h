@@ -345,13 +345,7 @@ bool block_bitmap_bytes_zero(const BlockBitmap *bm, uint64_t first,
 /* New length (truncate): bits past it are dropped, new bits are clear. */
 int block_bitmaps_resize(BlockNode *n, uint64_t length);
 
-/* ------------------------------------------------------------------ */
-/* Reports from drivers                                                */
-
-/* A warning or notice for the user (the library never prints: the CLI,
- * an export or a test installs the sink with block_set_report_fn). */
-void block_report(BlockReportLevel level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+/* Reports from drivers: block_report() in block.h. */
 
 /* ------------------------------------------------------------------ */
 /* The driver                                                          */

@@ -613,3 +613,46 @@ void block_bitmap_make_inconsistent(BlockBitmaps *set, BlockBitmap *bm)
     bm->enabled = false;
     count_enabled(set);
 }
+
+/* ------------------------------------------------------------------ */
+/* Queries (backups list the bitmaps they rotate)                     */
+
+int block_bitmap_list(BlockNode *n, BlockBitmapInfo **out, int *count)
+{
+    BlockBitmaps *set = n->bitmaps;
+    *out = NULL;
+    *count = 0;
+    if (!set) {
+        return 0;
+    }
+    pthread_rwlock_rdlock(&set->lock);
+    BlockBitmapInfo *v = calloc(set->n ? (size_t)set->n : 1, sizeof(*v));
+    int ret = v ? 0 : -ENOMEM;
+    for (int i = 0; v && i < set->n; i++) {
+        const BlockBitmap *bm = set->v[i];
+        v[i].name = strdup(bm->name);
+        v[i].granularity = 1ull << bm->gran_bits;
+        v[i].enabled = bm->enabled;
+        v[i].inconsistent = bm->inconsistent;
+        if (!v[i].name) {
+            ret = -ENOMEM;
+        }
+    }
+    int nb = set->n;
+    pthread_rwlock_unlock(&set->lock);
+    if (ret < 0) {
+        block_bitmap_list_free(v, nb);
+        return ret;
+    }
+    *out = v;
+    *count = nb;
+    return 0;
+}
+
+void block_bitmap_list_free(BlockBitmapInfo *v, int count)
+{
+    for (int i = 0; v && i < count; i++) {
+        free(v[i].name);
+    }
+    free(v);
+}

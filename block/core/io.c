@@ -48,7 +48,7 @@ int block_check_request(BlockNode *n, uint64_t off, uint64_t len, bool write)
     if (off + len < off) {
         return -EINVAL;
     }
-    if (write && n->read_only) {
+    if (write && (n->read_only || (n->flags & BLOCK_O_BITMAPS_ONLY))) {
         return -EACCES;
     }
     /* A protocol answers past its end itself (zeroes or a short read);
@@ -516,7 +516,7 @@ int64_t block_get_allocated_size(BlockNode *n)
 int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
                    Error *err)
 {
-    if (n->read_only) {
+    if (n->read_only || (n->flags & BLOCK_O_BITMAPS_ONLY)) {
         return error_setf(err, EACCES, "Image '%s' is read-only",
                           n->filename);
     }

@@ -729,7 +729,11 @@ static BlockNode *open_image(const char *filename, const char *format,
         goto out;
     }
 
-    lower = open_lower(filename, opts, &file_opts, flags, cs, err);
+    /* What a node is opened for is its own: the bytes under it are
+     * written by its driver (bitmaps, metadata) whatever the node
+     * refuses its callers. */
+    lower = open_lower(filename, opts, &file_opts,
+                       flags & ~BLOCK_O_BITMAPS_ONLY, cs, err);
     if (!lower) {
         goto out;
     }

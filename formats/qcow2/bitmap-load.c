@@ -11,7 +11,8 @@
  *    the allocator could hand it out again), and every bitmap we loaded
  *    is flagged IN_USE on disk (in place, flushed) before the first
  *    guest write, so a crash leaves it inconsistent rather than silently
- *    stale;
+ *    stale; not when opened with BLOCK_O_BITMAPS_ONLY, where no guest
+ *    write can happen;
  *  - a bitmap found IN_USE at open ("inconsistent") is never loaded or
  *    changed; its entry is carried over verbatim until it is removed.
  */
@@ -371,7 +372,10 @@ int qcow2_bitmaps_open(BlockNode *n, Error *err)
             bm->stored_flags |= QCOW2_BME_IN_USE;
         }
     }
-    if (!n->read_only && !s->read_only) {
+    /* Opened only to change bitmaps, no guest write can make them stale,
+     * so they stay consistent on disk should the process die. */
+    if (!n->read_only && !s->read_only &&
+        !(s->open_flags & BLOCK_O_BITMAPS_ONLY)) {
         uint32_t *flags = calloc(d->nb, sizeof(*flags));
         bool any = false;
         if (!flags) {
