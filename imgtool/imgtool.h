@@ -40,6 +40,12 @@ int cmd_commit(int argc, char **argv);
 int cmd_rebase(int argc, char **argv);
 int cmd_amend(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
+/* Backups (cmd/backup*.c, cmd/restore.c). */
+int cmd_backup(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
+int cmd_backup_list(int argc, char **argv);
+int cmd_backup_verify(int argc, char **argv);
+int cmd_backup_prune(int argc, char **argv);
 /* Storage pools and volumes (virsh's names). */
 int cmd_pool_define(int argc, char **argv);
 int cmd_pool_define_as(int argc, char **argv);
@@ -144,5 +150,8 @@ void progress_add(Progress *p, uint64_t delta, uint64_t total);
  * qemu-img does).  Single precision, as qemu-img computes it. */
 void progress_qemu_step(Progress *p, float percent);
 void progress_finish(Progress *p);
+/* The bar on `out` (stderr when stdout carries data, such as a restore
+ * to "-", or JSON). */
+Progress *progress_start_on(bool enabled, FILE *out);
 
 #endif

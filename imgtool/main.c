@@ -27,6 +27,12 @@ static const ImgtoolCommand commands[] = {
     { "rebase", cmd_rebase, "change an image's backing file" },
     { "amend", cmd_amend, "change an image's format options in place" },
     { "bitmap", cmd_bitmap, "add, remove or change persistent dirty bitmaps" },
+    /* backups */
+    { "backup", cmd_backup, "back up images into a backup repository" },
+    { "restore", cmd_restore, "restore a backup point to an image" },
+    { "backup-list", cmd_backup_list, "list a backup repository's points" },
+    { "backup-verify", cmd_backup_verify, "check backup points against their checksums" },
+    { "backup-prune", cmd_backup_prune, "remove old backup points (retention)" },
     /* storage pools and volumes, virsh's vocabulary */
     { "pool-define", cmd_pool_define, "define a pool from an XML file" },
     { "pool-define-as", cmd_pool_define_as, "define a pool from a set of args" },

@@ -30,6 +30,7 @@
 
 struct Progress {
     bool enabled;
+    FILE *out;           /* where the bar goes: stdout unless told */
     pthread_mutex_t lock;
     double current;      /* percent */
     double last_printed; /* percent, < 0 before the first draw */
@@ -88,11 +89,17 @@ void progress_signals_init(void)
 
 Progress *progress_start(bool enabled)
 {
+    return progress_start_on(enabled, stdout);
+}
+
+Progress *progress_start_on(bool enabled, FILE *out)
+{
     Progress *p = calloc(1, sizeof(*p));
     if (!p) {
         return NULL;
     }
     p->enabled = enabled;
+    p->out = out;
     p->last_printed = -1.0;
     pthread_mutex_init(&p->lock, NULL);
     /* qemu-img draws 0.00 before any work is done */
@@ -107,8 +114,8 @@ Progress *progress_start(bool enabled)
 static void print_now(Progress *p)
 {
     if (p->enabled) {
-        printf("    (%3.2f/100%%)\r", p->current);
-        fflush(stdout);
+        fprintf(p->out, "    (%3.2f/100%%)\r", p->current);
+        fflush(p->out);
         p->last_printed = p->current;
     } else {
         fprintf(stderr, "    (%3.2f/100%%)\n", p->current);
@@ -191,8 +198,8 @@ void progress_finish(Progress *p)
     pthread_mutex_unlock(&active_lock);
     pthread_mutex_lock(&p->lock);
     if (p->enabled) {
-        printf("\n");
-        fflush(stdout);
+        fputc('\n', p->out);
+        fflush(p->out);
     }
     pthread_mutex_unlock(&p->lock);
     pthread_mutex_destroy(&p->lock);

@@ -11,6 +11,8 @@ packages=(
     # build
     build-essential meson ninja-build pkg-config git
     zlib1g-dev libzstd-dev libssl-dev libjansson-dev
+    # backups hash every cluster they read with XXH3 (backup/sums.c)
+    libxxhash-dev
     # storage pool/volume definitions are libvirt's XML (pools/)
     libxml2-dev
     # the NBD client driver (nbd://, nbd+unix://) is built on libnbd
