@@ -279,28 +279,48 @@ int bk_journal_replay(BkRepo *r, Error *err)
 }
 
 /* What removing the points not kept does, without doing it: the merges,
- * by simulating the parent pointers (newest removed first). */
+ * found by simulating the parent links (newest removed first, as
+ * run_journal removes them). */
 static json_t *plan_merges(BkRepo *r, const bool *keep)
 {
     json_t *merges = json_array();
-    /* parent[i][k]: index of the point disk k of point i now sits on */
+    json_t *par = json_object();     /* id -> {disk: parent id or null} */
+    for (int i = 0; i < r->npoints; i++) {
+        json_t *m = json_object();
+        for (int k = 0; k < r->points[i].ndisks; k++) {
+            const char *pa = r->points[i].disks[k].parent;
+            json_object_set_new(m, r->points[i].disks[k].name,
+                                pa ? json_string(pa) : json_null());
+        }
+        json_object_set_new(par, r->points[i].id, m);
+    }
     for (int i = r->npoints - 1; i >= 0; i--) {
         if (keep[i]) {
             continue;
         }
         BkPoint *p = &r->points[i];
-        for (int k = 0; k < p->ndisks; k++) {
-            for (int c = i + 1; c < r->npoints; c++) {
-                BkDiskRec *d = bk_point_disk(&r->points[c], p->disks[k].name);
-                if (keep[c] && d && d->parent &&
-                    strcmp(d->parent, p->id) == 0) {
+        json_t *mine = json_object_get(par, p->id);
+        for (int c = i + 1; c < r->npoints; c++) {
+            json_t *theirs = json_object_get(par, r->points[c].id);
+            if (!theirs) {
+                continue;              /* removed already */
+            }
+            for (int k = 0; k < p->ndisks; k++) {
+                const char *disk = p->disks[k].name;
+                json_t *cp = json_object_get(theirs, disk);
+                if (json_is_string(cp) &&
+                    strcmp(json_string_value(cp), p->id) == 0) {
                     json_array_append_new(merges, json_pack(
-                        "{s:s, s:s, s:s}", "disk", d->name, "from", p->id,
+                        "{s:s, s:s, s:s}", "disk", disk, "from", p->id,
                         "into", r->points[c].id));
+                    json_object_set(theirs, disk,
+                                    json_object_get(mine, disk));
                 }
             }
         }
+        json_object_del(par, p->id);
     }
+    json_decref(par);
     return merges;
 }
 

@@ -235,7 +235,8 @@ static int derive(const uint8_t *pass, size_t plen, const uint8_t salt[16],
     return 0;
 }
 
-/* Iterations that take about ms milliseconds here. */
+/* Iterations that take about ms milliseconds of CPU here (CPU time, as
+ * LUKS sizes its slots: a busy host must not weaken the key). */
 static uint32_t calibrate(uint64_t ms)
 {
     static const uint8_t salt[16];
@@ -243,10 +244,10 @@ static uint32_t calibrate(uint64_t ms)
     uint32_t n = 1000;
     for (;;) {
         struct timespec a, b;
-        clock_gettime(CLOCK_MONOTONIC, &a);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
         PKCS5_PBKDF2_HMAC("calibrate", 9, salt, 16, (int)n, EVP_sha256(),
                           sizeof(out), out);
-        clock_gettime(CLOCK_MONOTONIC, &b);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
         double t = (double)(b.tv_sec - a.tv_sec) * 1e3 +
                    (double)(b.tv_nsec - a.tv_nsec) / 1e6;
         if (t >= 20 || n >= (1u << 28)) {
@@ -685,22 +686,25 @@ int bk_repo_lock_exclusive(BkRepo *r, Error *err)
     return ret;
 }
 
-static bool dir_empty(const char *path)
+/* The directory holds nothing, or only our lock file (a first backup
+ * that died before writing the repository file). */
+static bool only_our_lock(const char *path)
 {
     DIR *d = opendir(path);
     if (!d) {
-        return false;
+        return errno == ENOENT;
     }
     struct dirent *e;
-    bool empty = true;
+    bool ok = true;
     while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            empty = false;
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+            strcmp(e->d_name, LOCK_FILE)) {
+            ok = false;
             break;
         }
     }
     closedir(d);
-    return empty;
+    return ok;
 }
 
 int bk_repo_open(const char *path, const BkOpenArgs *a, BkRepo **out,
@@ -741,6 +745,11 @@ int bk_repo_open(const char *path, const BkOpenArgs *a, BkRepo **out,
             goto fail;
         }
     }
+    if (!exists && !only_our_lock(r->path)) {
+        ret = error_setf(err, EEXIST, "%s: not a backup repository, and not "
+                         "empty: refusing to make one there", r->path);
+        goto fail;
+    }
     if (a->mode == BK_OPEN_WRITE) {
         ret = take_lock(r, LOCK_FILE, LOCK_EX | LOCK_NB, &r->lock_fd, err);
         if (ret < 0) {
@@ -756,17 +765,7 @@ int bk_repo_open(const char *path, const BkOpenArgs *a, BkRepo **out,
         free(rf);
     }
     if (!exists) {
-        DIR *d = opendir(r->path);
-        struct dirent *e;
-        bool other = false;
-        while (d && (e = readdir(d))) {
-            other |= strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
-                     strcmp(e->d_name, LOCK_FILE);
-        }
-        if (d) {
-            closedir(d);
-        }
-        if (other && !dir_empty(r->path)) {
+        if (!only_our_lock(r->path)) {
             ret = error_setf(err, EEXIST, "%s: not a backup repository, "
                              "and not empty: refusing to make one there",
                              r->path);

@@ -91,6 +91,7 @@ typedef struct FaultyState {
 
     char *stats_file;
     uint64_t injected;
+    uint64_t read_bytes;          /* bytes of the reads that got through */
 } FaultyState;
 
 /* ------------------------------------------------------------------ */
@@ -517,9 +518,10 @@ static void write_stats(FaultyState *s)
         return;
     }
     fprintf(f, "reads=%" PRIu64 "\nwrites=%" PRIu64 "\nflushes=%" PRIu64
-            "\ninjected=%" PRIu64 "\npowered_off=%d\n",
-            s->count[CLS_READ], s->count[CLS_WRITE], s->count[CLS_FLUSH],
-            s->injected, s->powered_off ? 1 : 0);
+            "\ninjected=%" PRIu64 "\npowered_off=%d\nread_bytes=%" PRIu64
+            "\n", s->count[CLS_READ], s->count[CLS_WRITE],
+            s->count[CLS_FLUSH], s->injected, s->powered_off ? 1 : 0,
+            s->read_bytes);
     fclose(f);
 }
 
@@ -549,6 +551,9 @@ static int faulty_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
         goto out;
     }
     ret = block_pread(s->child, off, len, buf);
+    if (ret >= 0) {
+        s->read_bytes += len;
+    }
     if (ret < 0 || !s->volatile_cache) {
         goto out;
     }
