@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "backup/engine.h"
+#include "block/job/writeback.h"
 
 #define CHUNK_BYTES (1u << 20)
 /* A SKIP or ZERO chunk spans at most this many clusters (its hashes are
@@ -67,6 +68,7 @@ typedef struct Engine {
     uint8_t **free_bufs;       /* spare DATA buffers */
     int nfree;
 
+    BlockWriteback *wb;        /* early writeback of dst */
     BkStats st;
     int ret;
     Error err;
@@ -321,6 +323,9 @@ static int write_run(Engine *e, Chunk *ch, uint64_t i, uint64_t j,
     if (ret < 0) {
         return error_setf(err, -ret, "error while writing at byte %llu: %s",
                           (unsigned long long)off, strerror(-ret));
+    }
+    if (!zero) {
+        block_writeback_account(e->wb, end - off);
     }
     st->bytes_written += end - off;
     return 0;
@@ -635,6 +640,9 @@ int bk_engine_run(const BkJob *job, BkStats *stats, Error *err)
     }
     pthread_mutex_init(&e.lock, NULL);
     pthread_cond_init(&e.cond, NULL);
+    if (job->dst) {
+        e.wb = block_writeback_start(job->dst);
+    }
     int started = 0;
     for (int i = 0; i < e.workers; i++) {
         if (pthread_create(&tids[i], NULL, worker, &e) != 0) {
@@ -649,6 +657,7 @@ int bk_engine_run(const BkJob *job, BkStats *stats, Error *err)
     for (int i = 0; i < started; i++) {
         pthread_join(tids[i], NULL);
     }
+    block_writeback_stop(e.wb);
     for (uint64_t i = 0; i < e.window; i++) {
         chunk_free(&e, e.posted[i]);
     }

@@ -68,7 +68,7 @@ static int opt_iter_time(const CmdOpt *o, const char *arg, void *ctx)
 static int opt_workers(const CmdOpt *o, const char *arg, void *ctx)
 {
     BackupArgs *b = ctx;
-    uint64_t v;
+    uint64_t v = 0;
     int r = opt_number("number of workers", arg, 16, &v);
     b->workers = (int)v;
     return r;

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "block/job/copy.h"
+#include "block/job/writeback.h"
 
 /* Granule of the zero scan; -S sizes are multiples of it. */
 #define SCAN_GRANULE 512
@@ -75,12 +76,7 @@ typedef struct Copy {
     struct timespec t0;
     uint64_t rated_bytes;
 
-    /* early writeback (see copy_writeback_thread) */
-    BlockNode *wb_node;
-    uint64_t written;        /* data bytes written so far */
-    uint64_t wb_mark;        /* `written` when the last writeback began */
-    bool wb_busy, wb_stop;
-    pthread_cond_t wb_cond;
+    BlockWriteback *wb;      /* early writeback (block/job/writeback.c) */
 } Copy;
 
 /* copy-plan.c */

@@ -1,6 +1,7 @@
 /*
  * copy.c - the copy engine (API and promises in copy.h): its workers,
- * the order of their writes, early writeback and the job's set-up.
+ * the order of their writes and the job's set-up (early writeback is
+ * block/job/writeback.c, shared with backups).
  *
  * Shape: every worker thread loops "plan the next chunk (under the job
  * lock; copy-plan.c) -> read/scan it (unlocked, in parallel) -> write it
@@ -79,50 +80,6 @@ static void copy_throttle(Copy *c, uint64_t bytes)
         struct timespec ts = { (time_t)wait,
                                (long)((wait - (time_t)wait) * 1e9) };
         nanosleep(&ts, NULL);
-    }
-}
-
-/* Early writeback: a job that ends with a flush would otherwise leave
- * all of its output dirty in the page cache and then wait for the disk to
- * take it in one go, after the copying is done.  Flushing the host file
- * every WRITEBACK_STEP bytes from a thread of its own lets the disk work
- * while the workers copy, so the final flush finds little left to do
- * (1.25 GiB raw->qcow2: 1.65 s -> 1.0 s; a 128 MiB step gained only 7%,
- * as each flush then waits for a larger batch while the workers pile up
- * the next).  Only the protocol node is flushed: a format driver's flush
- * writes its metadata under its lock, which would stall the writers; an
- * extra flush of data never weakens the metadata ordering. */
-#define WRITEBACK_STEP (16ULL << 20)
-
-static void *copy_writeback_thread(void *opaque)
-{
-    Copy *c = opaque;
-    pthread_mutex_lock(&c->lock);
-    for (;;) {
-        while (!c->wb_busy && !c->wb_stop) {
-            pthread_cond_wait(&c->wb_cond, &c->lock);
-        }
-        if (c->wb_stop) {
-            break;
-        }
-        pthread_mutex_unlock(&c->lock);
-        block_flush(c->wb_node);   /* errors show in the final flush */
-        pthread_mutex_lock(&c->lock);
-        c->wb_busy = false;
-    }
-    pthread_mutex_unlock(&c->lock);
-    return NULL;
-}
-
-/* Lock held. */
-static void copy_account_written(Copy *c, uint64_t len)
-{
-    c->written += len;
-    if (c->wb_node && !c->wb_busy &&
-        c->written - c->wb_mark >= WRITEBACK_STEP) {
-        c->wb_mark = c->written;
-        c->wb_busy = true;
-        pthread_cond_signal(&c->wb_cond);
     }
 }
 
@@ -253,7 +210,7 @@ static void copy_chunk_done(Copy *c, const Chunk *ch)
     const CopyJob *job = c->job;
     c->done += ch->len;
     if (ch->kind == CHUNK_DATA) {
-        copy_account_written(c, ch->len);
+        block_writeback_account(c->wb, ch->len);
     }
     if (job->progress) {
         job->progress(job->progress_opaque, c->done, job->length);
@@ -450,24 +407,10 @@ int copy_run(const CopyJob *job, Error *err)
     }
 
     pthread_mutex_init(&c.lock, NULL);
-    pthread_cond_init(&c.wb_cond, NULL);
     clock_gettime(CLOCK_MONOTONIC, &c.t0);
 
-    pthread_t wb_thread;
-    bool wb_started = false;
-    if (job->flush && !block_node_has_data_file(job->dst)) {
-        BlockNode *leaf = block_node_storage(job->dst);
-        /* -t unsafe never flushes; with O_DIRECT nothing is left in the
-         * page cache, and a flush would only empty the disk's cache */
-        if (leaf && !(block_node_flags(leaf) &
-                      (BLOCK_O_NO_FLUSH | BLOCK_O_NOCACHE))) {
-            c.wb_node = leaf;
-            wb_started = pthread_create(&wb_thread, NULL,
-                                        copy_writeback_thread, &c) == 0;
-            if (!wb_started) {
-                c.wb_node = NULL;
-            }
-        }
+    if (job->flush) {
+        c.wb = block_writeback_start(job->dst);
     }
 
     int nw = job->workers > 0 ? job->workers : COPY_DEFAULT_WORKERS;
@@ -515,14 +458,8 @@ int copy_run(const CopyJob *job, Error *err)
     for (int i = 1; i <= started; i++) {
         pthread_join(w[i].thread, NULL);
     }
-    if (wb_started) {
-        pthread_mutex_lock(&c.lock);
-        c.wb_stop = true;
-        pthread_cond_signal(&c.wb_cond);
-        pthread_mutex_unlock(&c.lock);
-        pthread_join(wb_thread, NULL);
-        wb_started = false;
-    }
+    block_writeback_stop(c.wb);
+    c.wb = NULL;
     ret = c.ret;
     if (!ret && job->flush) {
         ret = block_flush(job->dst);
@@ -544,14 +481,7 @@ out:
     if (ret < 0 && err && !error_is_set(err)) {
         *err = c.err;
     }
-    if (wb_started) {
-        pthread_mutex_lock(&c.lock);
-        c.wb_stop = true;
-        pthread_cond_signal(&c.wb_cond);
-        pthread_mutex_unlock(&c.lock);
-        pthread_join(wb_thread, NULL);
-    }
-    pthread_cond_destroy(&c.wb_cond);
+    block_writeback_stop(c.wb);
     pthread_mutex_destroy(&c.lock);
     free(c.src_start);
     free(c.src_len);
