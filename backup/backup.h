@@ -64,6 +64,15 @@ typedef struct BackupOptions {
     BlockProgressFn *progress;
     void *progress_opaque;
     atomic_bool *cancel;     /* set (by a signal handler) to stop */
+    /* A running VM: its QMP socket; the sources are then its disks
+     * (device ids or node names), backed up in one transaction. */
+    const char *qmp_socket;
+    /* Its guest agent's socket: filesystems are frozen around the
+     * transaction.  NULL: none. */
+    const char *qga_socket;
+    /* Where the fleecing overlays go (local, fast storage: guest writes
+     * wait for their copy there); NULL: the point's directory. */
+    const char *fleece_dir;
 } BackupOptions;
 
 /* Makes one point of every source in repo (created when missing).

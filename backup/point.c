@@ -37,14 +37,13 @@
 #include "backup/layers.h"
 #include "backup/repo.h"
 #include "backup/rotate.h"
+#include "backup/source.h"
 
 typedef struct DiskRun {
     const BackupSource *spec;
-    BlockNode *src;
-    bool can_bitmaps;          /* opened BITMAPS_ONLY, qcow2 v3 */
-    bool bitmap_added;         /* rotation step 1 done */
+    BkSrcDisk *src;            /* the session's disk */
     BkPoint *base;             /* NULL: a full */
-    char *select_bitmap;       /* NULL: read every cluster */
+    const char *use_bitmap;    /* base id whose bitmap selects, or NULL */
     char *root_id;             /* the new point's chain's full */
     BkDiskRec rec;
 } DiskRun;
@@ -156,8 +155,8 @@ static int chain_usable(BkRepo *r, BkPoint *p, const char *disk, char **why,
 }
 
 /* Chooses d's base, type and method. */
-static int plan_disk(BkRepo *r, DiskRun *d, BackupMode mode, const char *id,
-                     Error *err)
+static int plan_disk(BkRepo *r, BkSession *ses, int idx, DiskRun *d,
+                     BackupMode mode, const char *id, Error *err)
 {
     const char *disk = d->rec.name;
     BkPoint *last = bk_repo_last_with(r, disk);
@@ -225,13 +224,13 @@ static int plan_disk(BkRepo *r, DiskRun *d, BackupMode mode, const char *id,
         if (ret < 0) {
             reason = NULL;
         }
-    } else if (d->can_bitmaps) {
-        ret = bk_bitmap_usable(d->src, r->uuid, d->base->id, &reason, err);
+    } else if (d->src->can_bitmaps) {
+        ret = ses->ops->bitmap_usable(ses, idx, d->base->id, &reason, err);
         if (ret < 0) {
             return ret;
         }
         if (ret == 1) {
-            d->select_bitmap = bk_bitmap_name(r->uuid, d->base->id);
+            d->use_bitmap = d->base->id;
         }
     }
     if (reason) {
@@ -239,40 +238,8 @@ static int plan_disk(BkRepo *r, DiskRun *d, BackupMode mode, const char *id,
              "checksum differs from point %s", disk, reason, d->base->id);
     }
     d->rec.reason = reason;
-    d->rec.method = strdup(d->select_bitmap ? "bitmap" : "checksum");
-    if (!d->rec.type || !d->rec.parent || !d->root_id || !d->rec.method ||
-        (d->base && d->can_bitmaps && !reason && !d->select_bitmap)) {
-        return error_setf(err, ENOMEM, "out of memory");
-    }
-    return 0;
-}
-
-static int open_source(DiskRun *d, const BackupOptions *o, Error *err)
-{
-    const char *name = d->spec->name;
-    d->src = o->open(o->open_opaque, name, BLOCK_O_RDWR | BLOCK_O_BITMAPS_ONLY,
-                     err);
-    if (!d->src && (err->code == EACCES || err->code == EROFS ||
-                    err->code == EPERM)) {
-        /* Not ours to change: no bitmaps, checksums only. */
-        error_clear(err);
-        d->src = o->open(o->open_opaque, name, 0, err);
-    }
-    if (!d->src) {
-        return -(err->code ? err->code : EIO);
-    }
-    int64_t len = block_get_length(d->src);
-    if (len < 0) {
-        return error_setf(err, (int)-len, "%s: cannot get its size: %s",
-                          name, strerror((int)-len));
-    }
-    d->rec.virtual_size = (uint64_t)len;
-    d->rec.cluster_bits = BK_CLUSTER_BITS;
-    d->can_bitmaps = !block_node_read_only(d->src) &&
-                     block_bitmaps_persistent(d->src);
-    d->rec.source = strdup(name);
-    d->rec.source_format = strdup(block_node_format(d->src));
-    if (!d->rec.source || !d->rec.source_format) {
+    d->rec.method = strdup(d->use_bitmap ? "bitmap" : "checksum");
+    if (!d->rec.type || !d->rec.parent || !d->root_id || !d->rec.method) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     return 0;
@@ -365,17 +332,16 @@ static int store_disk(BkRepo *r, DiskRun *d, const char *dir,
     if (ret < 0) {
         goto out;
     }
-    BkBitmapSelect sel = { d->src, d->select_bitmap };
     char what[256];
     snprintf(what, sizeof(what), "disk %s", disk);
     BkJob job = {
         .action = BK_ACT_STORE,
-        .src = d->src,
+        .src = d->src->node,
         .size = d->rec.virtual_size,
         .cluster_bits = BK_CLUSTER_BITS,
         .seed = r->seed,
-        .select = d->select_bitmap ? bk_bitmap_select : NULL,
-        .select_opaque = &sel,
+        .select = d->src->select,
+        .select_opaque = d->src->select_opaque,
         .ref = ref,
         .out = out,
         .dst = dst,
@@ -462,29 +428,40 @@ int backup_create(const char *repo, const BackupSource *src, int nsrc,
     };
     BkRepo *r = NULL;
     DiskRun *d = calloc((size_t)(nsrc > 0 ? nsrc : 1), sizeof(*d));
+    BkSrcDisk *sd = calloc((size_t)(nsrc > 0 ? nsrc : 1), sizeof(*sd));
+    const char **use = calloc((size_t)(nsrc > 0 ? nsrc : 1), sizeof(*use));
+    const char **keep = calloc((size_t)(nsrc > 0 ? BK_KEEP * nsrc : 1),
+                               sizeof(*keep));
+    BkSession ses = {
+        .ops = o->qmp_socket ? &bk_online_source : &bk_offline_source,
+        .o = o, .disks = sd, .ndisks = nsrc,
+    };
     BkPoint p = { 0 };
     char *tmp = NULL, *final = NULL;
-    bool listed = false;
+    bool opened = false, begun = false, listed = false;
     int ret;
 
     if (record) {
         *record = NULL;
     }
-    if (!d) {
-        return error_setf(err, ENOMEM, "out of memory");
+    if (!d || !sd || !use || !keep) {
+        ret = error_setf(err, ENOMEM, "out of memory");
+        goto out;
     }
     if (nsrc < 1) {
-        free(d);
-        return error_setf(err, EINVAL, "no source to back up");
+        ret = error_setf(err, EINVAL, "no source to back up");
+        goto out;
     }
     if (o->compress && o->key_secret) {
-        free(d);
-        return error_setf(err, EINVAL, "compression and encryption cannot "
-                          "be combined (qcow2 does not compress encrypted "
-                          "clusters)");
+        ret = error_setf(err, EINVAL, "compression and encryption cannot be "
+                         "combined (qcow2 does not compress encrypted "
+                         "clusters)");
+        goto out;
     }
     for (int i = 0; i < nsrc; i++) {
         d[i].spec = &src[i];
+        d[i].src = &sd[i];
+        sd[i].name = src[i].name;
         d[i].rec.name = src[i].disk ? strdup(src[i].disk)
                                     : default_disk_name(src[i].name);
         if (!d[i].rec.name) {
@@ -511,6 +488,7 @@ int backup_create(const char *repo, const BackupSource *src, int nsrc,
     if (ret < 0) {
         goto out;
     }
+    ses.r = r;
     if (r->encrypted && o->compress) {
         ret = error_setf(err, EINVAL, "%s: the repository is encrypted, and "
                          "qcow2 does not compress encrypted clusters",
@@ -528,44 +506,61 @@ int backup_create(const char *repo, const BackupSource *src, int nsrc,
     p.seq = r->npoints ? r->points[r->npoints - 1].seq + 1 : 1;
     p.time = now;
     p.mode = strdup(backup_mode_name(o->mode));
-    p.origin = strdup("offline");
+    p.origin = strdup(ses.ops->origin);
     if (!p.id || !p.mode || !p.origin ||
         asprintf(&tmp, "%s/%s%s", r->path, BK_TMP_PREFIX, p.id) < 0 ||
         asprintf(&final, "%s/%s", r->path, p.id) < 0) {
+        tmp = final = NULL;
         ret = error_setf(err, ENOMEM, "out of memory");
         goto out;
-    }
-    Progress pr = { o, 0, 0 };
-    for (int i = 0; i < nsrc; i++) {
-        ret = open_source(&d[i], o, err);
-        if (ret < 0) {
-            goto out;
-        }
-        pr.total += d[i].rec.virtual_size;
-    }
-    for (int i = 0; i < nsrc; i++) {
-        ret = plan_disk(r, &d[i], o->mode, p.id, err);
-        if (ret < 0) {
-            goto out;
-        }
     }
     if (mkdir(tmp, 0755) < 0) {
         ret = error_setf(err, errno, "%s: %s", tmp, strerror(errno));
         goto out;
     }
-    /* Rotation step 1, every disk before any data is read. */
+    ses.workdir = tmp;
+    opened = true;
+    ret = ses.ops->open(&ses, err);
+    if (ret < 0) {
+        goto out;
+    }
+    Progress pr = { o, 0, 0 };
     for (int i = 0; i < nsrc; i++) {
-        if (d[i].can_bitmaps) {
-            ret = bk_bitmaps_begin(d[i].src, r->uuid, p.id,
-                                   1ull << BK_CLUSTER_BITS, err);
-            if (ret < 0) {
-                goto out;
-            }
-            d[i].bitmap_added = true;
-            d[i].rec.bitmap = bk_bitmap_name(r->uuid, p.id);
+        d[i].rec.virtual_size = sd[i].size;
+        d[i].rec.cluster_bits = BK_CLUSTER_BITS;
+        d[i].rec.source = strdup(sd[i].name);
+        d[i].rec.source_format = strdup(sd[i].format ? sd[i].format : "raw");
+        if (!d[i].rec.source || !d[i].rec.source_format) {
+            ret = error_setf(err, ENOMEM, "out of memory");
+            goto out;
         }
+        pr.total += sd[i].size;
     }
     for (int i = 0; i < nsrc; i++) {
+        ret = plan_disk(r, &ses, i, &d[i], o->mode, p.id, err);
+        if (ret < 0) {
+            goto out;
+        }
+        use[i] = d[i].use_bitmap;
+        BkPoint *last = bk_repo_last_with(r, d[i].rec.name);
+        BkPoint *lroot = last ? bk_repo_chain_root(r, last, d[i].rec.name)
+                              : NULL;
+        const char **k = keep + BK_KEEP * i;
+        k[0] = last ? last->id : NULL;
+        k[1] = d[i].base ? d[i].base->id : NULL;
+        k[2] = d[i].root_id;
+        k[3] = lroot ? lroot->id : NULL;
+    }
+    /* The point in time and the bitmaps' rotation, every disk at once. */
+    ret = ses.ops->begin(&ses, p.id, use, keep, err);
+    begun = true;
+    if (ret < 0) {
+        goto out;
+    }
+    for (int i = 0; i < nsrc; i++) {
+        if (sd[i].can_bitmaps) {
+            d[i].rec.bitmap = bk_bitmap_name(r->uuid, p.id);
+        }
         ret = store_disk(r, &d[i], tmp, o, &pr, err);
         if (ret < 0) {
             goto out;
@@ -583,7 +578,7 @@ int backup_create(const char *repo, const BackupSource *src, int nsrc,
         p.disks[i] = d[i].rec;
         memset(&d[i].rec, 0, sizeof(d[i].rec));
     }
-    ret = bk_point_save(tmp, &p, err);
+    ret = bk_point_save(tmp, &p, false, err);
     if (ret < 0) {
         goto out;
     }
@@ -595,43 +590,40 @@ int backup_create(const char *repo, const BackupSource *src, int nsrc,
         goto out;
     }
     listed = true;
-    /* Rotation step 2: a failure here leaves an extra bitmap, which the
-     * next backup removes; the point stands. */
+    /* What the source no longer needs: a failure here leaves an extra
+     * bitmap, which the next backup removes; the point stands. */
     for (int i = 0; i < nsrc; i++) {
-        if (d[i].bitmap_added) {
-            const char *keep[2] = { p.id, d[i].root_id };
-            Error e = { 0 };
-            if (bk_bitmaps_finish(d[i].src, r->uuid, keep, 2, &e) < 0) {
-                note("%s", e.msg);
-            }
-        }
+        const char **k = keep + BK_KEEP * i;
+        k[0] = p.id;
+        k[1] = d[i].root_id;
+        k[2] = k[3] = NULL;
+    }
+    Error e = { 0 };
+    if (ses.ops->finish(&ses, keep, &e) < 0) {
+        note("%s", e.msg);
     }
     if (record) {
         *record = bk_point_to_json(&p);
     }
     ret = 0;
 out:
+    if (!listed && begun) {
+        ses.ops->abort(&ses, p.id);
+    }
+    if (opened) {
+        ses.ops->close(&ses);
+    }
     if (!listed && tmp) {
         bk_remove_tree(tmp);
-        /* Take back the bitmap this run added (the base's is intact). */
-        for (int i = 0; i < nsrc; i++) {
-            if (d[i].bitmap_added) {
-                char *name = bk_bitmap_name(r->uuid, p.id);
-                Error e = { 0 };
-                if (name && block_bitmap_remove(d[i].src, name, &e) == 0) {
-                    block_bitmaps_store(d[i].src, &e);
-                }
-                free(name);
-            }
-        }
     }
-    for (int i = 0; i < nsrc; i++) {
-        block_close(d[i].src);
-        free(d[i].select_bitmap);
+    for (int i = 0; d && i < nsrc; i++) {
         free(d[i].root_id);
         bk_disk_clear(&d[i].rec);
     }
     free(d);
+    free(sd);
+    free(use);
+    free(keep);
     bk_point_clear(&p);
     free(tmp);
     free(final);

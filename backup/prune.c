@@ -159,7 +159,7 @@ static int merge_into(BkRepo *r, BkPoint *p, BkPoint *c, const char *disk,
         ret = error_setf(err, ENOMEM, "out of memory");
         goto out;
     }
-    ret = bk_point_save(dir, c, err);
+    ret = bk_point_save(dir, c, true, err);
 out:
     block_close(cl);
     block_close(pl);

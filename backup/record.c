@@ -353,15 +353,17 @@ int bk_point_from_json(json_t *j, BkPoint *p, Error *err)
     return 0;
 }
 
-int bk_point_save(const char *dir, const BkPoint *p, Error *err)
+int bk_point_save(const char *dir, const BkPoint *p, bool replace,
+                  Error *err)
 {
     char *path = NULL;
     if (asprintf(&path, "%s/%s", dir, BK_POINT_FILE) < 0) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     json_t *j = bk_point_to_json(p);
-    int ret = j ? bk_write_json_atomic(path, j, err)
-                : error_setf(err, ENOMEM, "out of memory");
+    int ret = !j ? error_setf(err, ENOMEM, "out of memory")
+            : replace ? bk_write_json_atomic(path, j, err)
+                      : bk_write_json_new(path, j, err);
     json_decref(j);
     free(path);
     return ret;

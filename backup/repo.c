@@ -102,21 +102,70 @@ out:
     return ret;
 }
 
-int bk_write_json_atomic(const char *path, json_t *j, Error *err)
+int bk_write_file_new(const char *path, const void *buf, size_t len,
+                      Error *err)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int ret = fd < 0 ? -errno : 0;
+    for (size_t done = 0; ret == 0 && done < len;) {
+        ssize_t n = write(fd, (const char *)buf + done, len - done);
+        if (n < 0 && errno != EINTR) {
+            ret = -errno;
+        } else if (n > 0) {
+            done += (size_t)n;
+        }
+    }
+    if (ret == 0 && fsync(fd) < 0) {
+        ret = -errno;
+    }
+    if (fd >= 0) {
+        close(fd);
+    }
+    if (ret < 0) {
+        if (fd >= 0) {
+            unlink(path);
+        }
+        error_setf(err, -ret, "%s: %s", path, strerror(-ret));
+    }
+    return ret;
+}
+
+/* The JSON text of j, newline-terminated (malloc'd). */
+static char *json_text(json_t *j)
 {
     char *s = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     if (!s) {
-        return error_setf(err, ENOMEM, "out of memory");
+        return NULL;
     }
     size_t len = strlen(s);
     char *t = realloc(s, len + 2);
     if (!t) {
         free(s);
-        return error_setf(err, ENOMEM, "out of memory");
+        return NULL;
     }
     t[len] = '\n';
     t[len + 1] = '\0';
-    int ret = bk_write_file_atomic(path, t, len + 1, err);
+    return t;
+}
+
+int bk_write_json_new(const char *path, json_t *j, Error *err)
+{
+    char *t = json_text(j);
+    if (!t) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    int ret = bk_write_file_new(path, t, strlen(t), err);
+    free(t);
+    return ret;
+}
+
+int bk_write_json_atomic(const char *path, json_t *j, Error *err)
+{
+    char *t = json_text(j);
+    if (!t) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    int ret = bk_write_file_atomic(path, t, strlen(t), err);
     free(t);
     return ret;
 }

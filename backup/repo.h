@@ -158,13 +158,20 @@ json_t *bk_point_to_json(const BkPoint *p);
 int bk_point_from_json(json_t *j, BkPoint *p, Error *err);
 void bk_point_clear(BkPoint *p);
 void bk_disk_clear(BkDiskRec *d);
-/* Writes p's record to dir/point.json crash-safely. */
-int bk_point_save(const char *dir, const BkPoint *p, Error *err);
+/* Writes p's record to dir/point.json: replacing it crash-safely, or
+ * (replace false: a point's directory not listed yet, which its own
+ * fsync and rename make durable) as a new file, fsynced. */
+int bk_point_save(const char *dir, const BkPoint *p, bool replace,
+                  Error *err);
 
 /* Crash-safe file replacement: dir/name.tmp, fsync, rename, fsync(dir). */
 int bk_write_file_atomic(const char *path, const void *buf, size_t len,
                          Error *err);
 int bk_write_json_atomic(const char *path, json_t *j, Error *err);
+/* A new file (O_EXCL), written and fsynced; its directory is not. */
+int bk_write_file_new(const char *path, const void *buf, size_t len,
+                      Error *err);
+int bk_write_json_new(const char *path, json_t *j, Error *err);
 int bk_fsync_dir(const char *dir);
 /* rm -r of a directory we made (only regular files and directories). */
 int bk_remove_tree(const char *path);

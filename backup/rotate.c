@@ -4,21 +4,24 @@
  *
  * Our bitmaps are named "imgtool-backup.REPO-UUID.POINT-ID": the changes
  * since that point.  After a point P is complete the image holds P's
- * bitmap (for the next incremental) and the bitmap of P's chain's full
- * (for differentials), nothing else of ours.
+ * bitmap (for the next incremental), the bitmap of P's chain's full (for
+ * differentials), and at most the one of the point before P; nothing
+ * else of ours.
  *
- * A backup rotates in two stores, each one crash-safe on its own
- * (formats/qcow2/bitmap.c writes a new directory and switches the header
- * in one write), with the image opened BLOCK_O_BITMAPS_ONLY so no bitmap
- * is ever flagged in use on disk:
- *   1. before any data is read: add the new point's bitmap (enabled,
- *      empty); the base's bitmap stays as it is, recording;
- *   2. after the point is listed: remove ours that are no longer needed.
+ * A backup rotates in one store, crash-safe (formats/qcow2/bitmap.c
+ * writes a new directory and switches the header in one write), with the
+ * image opened BLOCK_O_BITMAPS_ONLY so no bitmap is ever flagged in use
+ * on disk: before any data is read it adds the new point's bitmap
+ * (enabled, empty) and removes ours that no point can need any more
+ * (all but the newest point's, the base's and the chain's full's).  The
+ * base's bitmap stays as it is, recording, until a later backup no
+ * longer needs it: one store per backup instead of two, and an image
+ * whose bitmaps are all ours costs one bitmap more between backups.
  * A power cut or a kill anywhere leaves one of: nothing changed; the new
  * bitmap added but no point (the next run finds the base's bitmap
  * intact, since it never stopped recording, and removes the stray one);
- * the point listed with both bitmaps (the next run uses the new one and
- * removes the old).  Never a point whose bitmap is missing changes.
+ * the point listed (the next run uses its bitmap).  Never a point whose
+ * bitmap is missing changes.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -91,7 +94,8 @@ int bk_bitmap_usable(BlockNode *src, const char *uuid, const char *id,
 }
 
 int bk_bitmaps_begin(BlockNode *src, const char *uuid, const char *new_id,
-                     uint64_t granularity, Error *err)
+                     uint64_t granularity, const char *const *keep,
+                     int nkeep, Error *err)
 {
     BlockBitmapInfo *v = NULL;
     int n = 0;
@@ -102,10 +106,16 @@ int bk_bitmaps_begin(BlockNode *src, const char *uuid, const char *new_id,
         free(name);
         return error_setf(err, ENOMEM, "out of memory");
     }
-    /* Ours that cannot be used any more go in the same store. */
+    /* Ours that no point needs or that cannot be used go in the same
+     * store (a leftover of the new name too: it belongs to no point). */
     for (int i = 0; i < n && ret == 0; i++) {
-        if (bitmap_point(uuid, v[i].name) &&
-            (v[i].inconsistent || strcmp(v[i].name, name) == 0)) {
+        const char *pid = bitmap_point(uuid, v[i].name);
+        bool kept = false;
+        for (int k = 0; pid && k < nkeep && !kept; k++) {
+            kept = keep[k] && strcmp(pid, keep[k]) == 0;
+        }
+        if (pid && (v[i].inconsistent || !kept ||
+                    strcmp(v[i].name, name) == 0)) {
             ret = block_bitmap_remove(src, v[i].name, err);
         }
     }

@@ -15,13 +15,15 @@ char *bk_bitmap_name(const char *uuid, const char *id);
 int bk_bitmap_usable(BlockNode *src, const char *uuid, const char *id,
                      char **reason, Error *err);
 
-/* Step 1: adds (and stores) the bitmap of point new_id, dropping ours
- * that are inconsistent in the same store. */
+/* The rotation: adds the bitmap of point new_id and, in the same store,
+ * removes ours that are inconsistent or whose point is not in keep (NULL
+ * entries are ignored). */
 int bk_bitmaps_begin(BlockNode *src, const char *uuid, const char *new_id,
-                     uint64_t granularity, Error *err);
+                     uint64_t granularity, const char *const *keep,
+                     int nkeep, Error *err);
 
-/* Step 2: removes (and stores) every bitmap of ours whose point is not
- * in keep (NULL entries are ignored). */
+/* Removes (and stores) every bitmap of ours whose point is not in keep
+ * (NULL entries are ignored). */
 int bk_bitmaps_finish(BlockNode *src, const char *uuid,
                       const char *const *keep, int nkeep, Error *err);
 

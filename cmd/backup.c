@@ -17,6 +17,8 @@
 typedef struct BackupArgs {
     const char *disks[MAX_SOURCES];
     int ndisks;
+    const char *devices[MAX_SOURCES];
+    int ndevices;
     BackupMode mode;
     uint64_t iter_time;
     int workers;
@@ -30,6 +32,17 @@ static int opt_disk(const CmdOpt *o, const char *arg, void *ctx)
         return 1;
     }
     b->disks[b->ndisks++] = arg;
+    return 0;
+}
+
+static int opt_device(const CmdOpt *o, const char *arg, void *ctx)
+{
+    BackupArgs *b = ctx;
+    if (b->ndevices == MAX_SOURCES) {
+        imgtool_error("at most %d --device options", MAX_SOURCES);
+        return 1;
+    }
+    b->devices[b->ndevices++] = arg;
     return 0;
 }
 
@@ -75,7 +88,7 @@ static int opt_workers(const CmdOpt *o, const char *arg, void *ctx)
 }
 
 static bool compress, show_progress;
-static const char *key_secret;
+static const char *key_secret, *qmp, *qga, *fleece_dir;
 
 static const CmdOpt backup_opts[] = {
     CMDOPT_OBJECT,
@@ -98,11 +111,23 @@ static const CmdOpt backup_opts[] = {
       "without extension); once per source", NULL, opt_disk, 0, 0 },
     { CMDOPT_FN, 'm', "workers", "n", "parallel workers (default 8)",
       NULL, opt_workers, 0, 0 },
+    { CMDOPT_STRING, 0, "qmp", "socket",
+      "back up a running VM through its QMP socket (its disks given with "
+      "--device)", &qmp, NULL, 0, 0 },
+    { CMDOPT_FN, 0, "device", "name",
+      "with --qmp: a disk of the VM (device id, drive or node name); once "
+      "per disk, all in one consistent point", NULL, opt_device, 0, 0 },
+    { CMDOPT_STRING, 0, "qga", "socket",
+      "with --qmp: freeze the guest's filesystems around the point in "
+      "time through its guest agent", &qga, NULL, 0, 0 },
+    { CMDOPT_STRING, 0, "fleece-dir", "dir",
+      "with --qmp: where the fleecing overlays go (default: the "
+      "repository)", &fleece_dir, NULL, 0, 0 },
     CMDOPT_END,
 };
 
 static const CmdSpec backup_spec = {
-    "backup", "source... repository",
+    "backup", "(source... | --qmp socket --device name...) repository",
     "  source: an image file, vol:POOL/NAME, a URL, or with --image-opts an\n"
     "  option string; the repository is a directory, made by the first\n"
     "  backup (encrypted when --key-secret is given then).\n",
@@ -137,15 +162,23 @@ int cmd_backup(int argc, char **argv)
     int rc;
 
     compress = show_progress = false;
-    key_secret = NULL;
+    key_secret = qmp = qga = fleece_dir = NULL;
     if (cmd_parse(&backup_spec, &a, &b, argc, argv, &rc) < 0) {
         return rc;
     }
     int npos = argc - optind;
-    if (npos < 2) {
+    if (qmp) {
+        if (npos != 1 || b.ndevices == 0) {
+            return usage_error("backup", "With --qmp: expecting --device "
+                               "and a repository");
+        }
+    } else if (b.ndevices || qga || fleece_dir) {
+        return usage_error("backup", "--device, --qga and --fleece-dir go "
+                           "with --qmp");
+    } else if (npos < 2) {
         return usage_error("backup", "Expecting a source and a repository");
     }
-    int nsrc = npos - 1;
+    int nsrc = qmp ? b.ndevices : npos - 1;
     if (nsrc > MAX_SOURCES) {
         imgtool_error("at most %d sources in one backup", MAX_SOURCES);
         return 1;
@@ -157,7 +190,7 @@ int cmd_backup(int argc, char **argv)
     const char *repo = argv[argc - 1];
     BackupSource src[MAX_SOURCES];
     for (int i = 0; i < nsrc; i++) {
-        src[i].name = argv[optind + i];
+        src[i].name = qmp ? b.devices[i] : argv[optind + i];
         src[i].disk = b.ndisks ? b.disks[i] : NULL;
     }
     Progress *p = progress_start_on(show_progress && !a.quiet,
@@ -175,6 +208,9 @@ int cmd_backup(int argc, char **argv)
         .progress = backup_cmd_progress,
         .progress_opaque = p,
         .cancel = &backup_cmd_cancel,
+        .qmp_socket = qmp,
+        .qga_socket = qga,
+        .fleece_dir = fleece_dir,
     };
     Error err = { 0 };
     json_t *rec = NULL;

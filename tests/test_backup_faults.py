@@ -90,7 +90,7 @@ def test_kill_during_backup(tmp_path):
         assert rec["disks"][0]["method"] == "bitmap", f"{what}: {rec}"
         assert not [n for n in os.listdir(repo) if n.startswith(".tmp-")]
         mine = {n.rsplit(".", 1)[1] for n in our_bitmaps(img)}
-        assert rec["id"] in mine and len(mine) <= 2, what
+        assert rec["id"] in mine and len(mine) <= 3, what
         assert_point_restores(repo, rec["id"],
                               keep(img, tmp_path / "exp.raw"), tmp_path)
     print(f"backup kills: {outcomes}, full backup {full:.2f}s")

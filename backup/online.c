@@ -1,0 +1,647 @@
+/*
+ * online.c - the disks of a running VM, through its QMP socket (pull
+ * mode with a fleecing overlay; source.h says what each step does).
+ *
+ * begin, for every disk in one QMP transaction (so several disks are
+ * one point in time):
+ *   - block-dirty-bitmap-add the new point's bitmap (persistent for
+ *     qcow2; in QEMU's memory only for raw disks, which then keep
+ *     incrementals for as long as the VM runs);
+ *   - with a usable base bitmap: a disabled copy of it (add + merge), the
+ *     frozen set of changes at that instant (QEMU exports only disabled
+ *     bitmaps, and the base's must keep recording for differentials);
+ *   - blockdev-backup sync=none from the disk into a fleecing overlay (a
+ *     local qcow2 whose backing node is the disk): before the guest
+ *     overwrites a cluster, QEMU copies the old one into the overlay, so
+ *     the overlay reads as the disk did at the transaction, and guest
+ *     writes wait for that local copy only, never for the backup target.
+ * The overlays are exported over NBD (a UNIX socket in the point's
+ * directory) with the frozen bitmaps, and read through imgtool's NBD
+ * client: data with base:allocation, the changes through the
+ * qemu:dirty-bitmap context.  The guest agent, when given, freezes the
+ * guest's filesystems around the transaction only.
+ *
+ * Cleanup, on success, failure or interruption alike: the export, the
+ * NBD server, the backup job, the overlay node and file, the frozen
+ * bitmaps; on failure also the new bitmap (the base's never changed).
+ * What a killed imgtool left behind (names carry the repository's id)
+ * is removed by the next backup of the repository before it starts.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backup/qmp.h"
+#include "backup/rotate.h"
+#include "backup/source.h"
+
+#define EVENT_TIMEOUT_MS 60000
+
+typedef struct OnDisk {
+    char *node;                /* the disk's node in QEMU */
+    char *fleece_node;         /* imgtool-XXXXXXXX-fN */
+    char *fleece_file;
+    char *export;              /* also the job id: imgtool-XXXXXXXX-eN */
+    char *job;
+    char *frozen;              /* the disabled copy of the base bitmap */
+    json_t *bitmaps;           /* query-block's dirty-bitmaps */
+    BlockNode *bm_node;        /* NBD with the qemu:dirty-bitmap context */
+    bool added, job_started, exported;
+} OnDisk;
+
+typedef struct Online {
+    QmpClient *qmp;
+    char *tag;                 /* imgtool-XXXXXXXX: our names in QEMU */
+    char *sock;                /* the NBD server's socket */
+    bool server_started;
+    bool torn_down;
+    OnDisk *d;
+} Online;
+
+static Online *on(BkSession *s)
+{
+    return s->priv;
+}
+
+/* "imgtool-" and the repository uuid's first 8 hex digits: QEMU node
+ * names may be 31 characters. */
+static char *make_tag(const char *uuid)
+{
+    char *t = NULL;
+    return asprintf(&t, "imgtool-%.8s", uuid) < 0 ? NULL : t;
+}
+
+static bool has_prefix(const char *s, const char *p)
+{
+    return s && strncmp(s, p, strlen(p)) == 0;
+}
+
+/* Removes what a killed run of this repository left in QEMU. */
+static void remove_leftovers(Online *o, const char *uuid)
+{
+    json_t *r = NULL;
+    Error e = { 0 };
+    size_t i;
+    json_t *v;
+    if (qmp_call(o->qmp, "query-block-exports", NULL, &r, &e) == 0) {
+        json_array_foreach(r, i, v) {
+            const char *id = json_string_value(json_object_get(v, "id"));
+            if (has_prefix(id, o->tag)) {
+                error_clear(&e);
+                qmp_call(o->qmp, "block-export-del",
+                         json_pack("{s:s, s:s}", "id", id, "mode", "hard"),
+                         NULL, &e);
+                qmp_wait_event(o->qmp, "BLOCK_EXPORT_DELETED", "id", id,
+                               EVENT_TIMEOUT_MS, NULL, &e);
+            }
+        }
+    }
+    json_decref(r);
+    r = NULL;
+    error_clear(&e);
+    if (qmp_call(o->qmp, "query-block-jobs", NULL, &r, &e) == 0) {
+        json_array_foreach(r, i, v) {
+            const char *id = json_string_value(json_object_get(v, "device"));
+            if (has_prefix(id, o->tag)) {
+                error_clear(&e);
+                qmp_call(o->qmp, "block-job-cancel",
+                         json_pack("{s:s, s:b}", "device", id, "force", 1),
+                         NULL, &e);
+                qmp_wait_event(o->qmp, "BLOCK_JOB_CANCELLED", "device", id,
+                               EVENT_TIMEOUT_MS, NULL, &e);
+            }
+        }
+    }
+    json_decref(r);
+    r = NULL;
+    error_clear(&e);
+    if (qmp_call(o->qmp, "query-named-block-nodes",
+                 json_pack("{s:b}", "flat", 1), &r, &e) == 0) {
+        json_array_foreach(r, i, v) {
+            const char *n = json_string_value(json_object_get(v,
+                                                              "node-name"));
+            if (has_prefix(n, o->tag)) {
+                error_clear(&e);
+                qmp_call(o->qmp, "blockdev-del",
+                         json_pack("{s:s}", "node-name", n), NULL, &e);
+            }
+            /* frozen copies of ours (never persistent) */
+            json_t *bms = json_object_get(v, "dirty-bitmaps");
+            size_t k;
+            json_t *b;
+            json_array_foreach(bms, k, b) {
+                const char *bn = json_string_value(json_object_get(b,
+                                                                   "name"));
+                size_t pl = strlen(BK_BITMAP_PREFIX) + strlen(uuid);
+                if (has_prefix(bn, BK_BITMAP_PREFIX) && strlen(bn) > pl &&
+                    strncmp(bn + strlen(BK_BITMAP_PREFIX), uuid,
+                            strlen(uuid)) == 0 &&
+                    strstr(bn + pl, ".frozen")) {
+                    error_clear(&e);
+                    qmp_call(o->qmp, "block-dirty-bitmap-remove",
+                             json_pack("{s:s, s:s}", "node", n, "name", bn),
+                             NULL, &e);
+                }
+            }
+        }
+    }
+    json_decref(r);
+}
+
+/* The query-block entry for a device the user named: a qdev id, a
+ * backend (drive) name, or a node name. */
+static json_t *find_device(json_t *blocks, const char *name)
+{
+    size_t i;
+    json_t *b;
+    json_array_foreach(blocks, i, b) {
+        json_t *ins = json_object_get(b, "inserted");
+        const char *qdev = json_string_value(json_object_get(b, "qdev"));
+        const char *dev = json_string_value(json_object_get(b, "device"));
+        const char *node = json_string_value(json_object_get(ins,
+                                                             "node-name"));
+        if (!ins) {
+            continue;
+        }
+        if ((dev && *dev && strcmp(dev, name) == 0) ||
+            (node && strcmp(node, name) == 0) ||
+            (qdev && strcmp(qdev, name) == 0)) {
+            return b;
+        }
+        /* "/machine/peripheral/NAME/virtio-backend" */
+        const char *p = qdev ? strstr(qdev, "/peripheral/") : NULL;
+        if (p) {
+            p += strlen("/peripheral/");
+            size_t n = strlen(name);
+            if (strncmp(p, name, n) == 0 && (p[n] == '/' || !p[n])) {
+                return b;
+            }
+        }
+    }
+    return NULL;
+}
+
+static int on_open(BkSession *s, Error *err)
+{
+    Online *o = calloc(1, sizeof(*o));
+    json_t *blocks = NULL;
+    int ret;
+
+    if (!o) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    s->priv = o;
+    if (!(o->d = calloc((size_t)s->ndisks, sizeof(*o->d))) ||
+        !(o->tag = make_tag(s->r->uuid)) ||
+        asprintf(&o->sock, "%s/nbd.sock", s->workdir) < 0) {
+        o->sock = NULL;
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    ret = qmp_connect(s->o->qmp_socket, &o->qmp, err);
+    if (ret < 0) {
+        return ret;
+    }
+    remove_leftovers(o, s->r->uuid);
+    ret = qmp_call(o->qmp, "query-block", NULL, &blocks, err);
+    for (int i = 0; ret == 0 && i < s->ndisks; i++) {
+        BkSrcDisk *d = &s->disks[i];
+        json_t *b = find_device(blocks, d->name);
+        if (!b) {
+            ret = error_setf(err, ENOENT, "%s: the VM has no disk '%s' (a "
+                             "device id, drive or node name; query-block "
+                             "lists them)", s->o->qmp_socket, d->name);
+            break;
+        }
+        json_t *ins = json_object_get(b, "inserted");
+        json_t *img = json_object_get(ins, "image");
+        const char *node = json_string_value(json_object_get(ins,
+                                                             "node-name"));
+        const char *fmt = json_string_value(json_object_get(img, "format"));
+        json_int_t size = json_integer_value(json_object_get(img,
+                                                             "virtual-size"));
+        if (!node || size <= 0) {
+            ret = error_setf(err, EPROTO, "%s: disk '%s': query-block does "
+                             "not say its node or size", s->o->qmp_socket,
+                             d->name);
+            break;
+        }
+        o->d[i].node = strdup(node);
+        o->d[i].bitmaps = json_incref(json_object_get(ins, "dirty-bitmaps"));
+        d->format = strdup(fmt ? fmt : "raw");
+        d->size = (uint64_t)size;
+        d->can_bitmaps = true;
+        d->persistent = fmt && strcmp(fmt, "qcow2") == 0;
+        if (!o->d[i].node || !d->format) {
+            ret = error_setf(err, ENOMEM, "out of memory");
+        }
+    }
+    json_decref(blocks);
+    return ret;
+}
+
+static json_t *find_bitmap(json_t *bms, const char *name)
+{
+    size_t i;
+    json_t *b;
+    json_array_foreach(bms, i, b) {
+        const char *n = json_string_value(json_object_get(b, "name"));
+        if (n && strcmp(n, name) == 0) {
+            return b;
+        }
+    }
+    return NULL;
+}
+
+static int on_bitmap_usable(BkSession *s, int i, const char *base_id,
+                            char **reason, Error *err)
+{
+    Online *o = on(s);
+    char *want = bk_bitmap_name(s->r->uuid, base_id);
+    int r = 0;
+    *reason = NULL;
+    if (!want) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    json_t *b = find_bitmap(o->d[i].bitmaps, want);
+    if (b && json_is_true(json_object_get(b, "inconsistent"))) {
+        r = asprintf(reason, "its bitmap %s is inconsistent (the VM was not "
+                     "shut down cleanly)", want);
+    } else if (b && json_is_false(json_object_get(b, "recording"))) {
+        r = asprintf(reason, "its bitmap %s is disabled, so it did not "
+                     "record every change", want);
+    } else if (b && json_is_true(json_object_get(b, "busy"))) {
+        r = asprintf(reason, "its bitmap %s is busy (another job uses it)",
+                     want);
+    } else if (!b) {
+        r = asprintf(reason, "its bitmap %s is missing%s", want,
+                     s->disks[i].persistent
+                         ? "" : " (a raw disk's bitmap lives only as long "
+                                "as the VM's QEMU)");
+    }
+    free(want);
+    if (r < 0) {
+        *reason = NULL;
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    return *reason ? 0 : 1;
+}
+
+/* Our bitmaps that cannot be used are removed before the transaction
+ * (QEMU cannot merge them, and they would only mislead). */
+static int remove_broken(BkSession *s, int i, Error *err)
+{
+    Online *o = on(s);
+    size_t k;
+    json_t *b;
+    json_array_foreach(o->d[i].bitmaps, k, b) {
+        const char *n = json_string_value(json_object_get(b, "name"));
+        char *mine = bk_bitmap_name(s->r->uuid, "");
+        bool ours = mine && has_prefix(n, mine);
+        free(mine);
+        if (ours && json_is_true(json_object_get(b, "inconsistent"))) {
+            int ret = qmp_call(o->qmp, "block-dirty-bitmap-remove",
+                               json_pack("{s:s, s:s}", "node", o->d[i].node,
+                                         "name", n), NULL, err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+static int freeze(BkSession *s, QmpClient **qga, Error *err)
+{
+    *qga = NULL;
+    if (!s->o->qga_socket) {
+        return 0;
+    }
+    int ret = qga_connect(s->o->qga_socket, qga, err);
+    if (ret == 0) {
+        ret = qmp_call(*qga, "guest-fsfreeze-freeze", NULL, NULL, err);
+    }
+    if (ret < 0) {
+        error_prefixf(err, "guest agent %s", s->o->qga_socket);
+    }
+    return ret;
+}
+
+static void thaw(QmpClient *qga)
+{
+    if (qga) {
+        Error e = { 0 };
+        qmp_call(qga, "guest-fsfreeze-thaw", NULL, NULL, &e);
+        qmp_close(qga);
+    }
+}
+
+/* The NBD bitmap context, as QEMU's client reports it: a dirty range has
+ * no DATA. */
+static int nbd_select(void *opaque, uint64_t off, uint64_t len,
+                      uint64_t *pnum, Error *err)
+{
+    BlockNode *n = opaque;
+    int st = block_status(n, off, len, pnum, NULL, NULL);
+    if (st < 0) {
+        return error_setf(err, -st, "cannot read the dirty bitmap through "
+                          "NBD at byte %llu: %s", (unsigned long long)off,
+                          strerror(-st));
+    }
+    return !(st & BLOCK_STATUS_DATA);
+}
+
+static int on_begin(BkSession *s, const char *new_id,
+                    const char *const *use_bitmap, const char *const *keep,
+                    Error *err)
+{
+    Online *o = on(s);
+    const char *tmp = s->o->fleece_dir ? s->o->fleece_dir : s->workdir;
+    json_t *actions = json_array();
+    QmpClient *qga = NULL;
+    int ret = 0;
+
+    for (int i = 0; i < s->ndisks && ret == 0; i++) {
+        BkSrcDisk *d = &s->disks[i];
+        OnDisk *od = &o->d[i];
+        if (asprintf(&od->fleece_node, "%s-f%d", o->tag, i) < 0 ||
+            asprintf(&od->export, "%s-e%d", o->tag, i) < 0 ||
+            asprintf(&od->job, "%s-j%d", o->tag, i) < 0 ||
+            asprintf(&od->fleece_file, "%s/fleece-%d.qcow2", tmp, i) < 0) {
+            return error_setf(err, ENOMEM, "out of memory");
+        }
+        ret = remove_broken(s, i, err);
+        if (ret < 0) {
+            break;
+        }
+        /* The overlay: a local qcow2 the disk's old clusters go to. */
+        KVList copts = { 0 };
+        kvlist_set(&copts, "cluster_size", "65536");
+        ret = block_create("qcow2", od->fleece_file, d->size, true, &copts,
+                           BLOCK_CREATE_QUIET, err);
+        kvlist_free(&copts);
+        if (ret < 0) {
+            break;
+        }
+        ret = qmp_call(o->qmp, "blockdev-add",
+                       json_pack("{s:s, s:s, s:{s:s, s:s}, s:s}",
+                                 "driver", "qcow2",
+                                 "node-name", od->fleece_node,
+                                 "file", "driver", "file",
+                                 "filename", od->fleece_file,
+                                 "backing", od->node), NULL, err);
+        if (ret < 0) {
+            break;
+        }
+        char *name = bk_bitmap_name(s->r->uuid, new_id);
+        json_array_append_new(actions, json_pack(
+            "{s:s, s:{s:s, s:s, s:i, s:b}}", "type", "block-dirty-bitmap-add",
+            "data", "node", od->node, "name", name, "granularity",
+            1 << BK_CLUSTER_BITS, "persistent", d->persistent));
+        free(name);
+        if (use_bitmap[i]) {
+            char *base = bk_bitmap_name(s->r->uuid, use_bitmap[i]);
+            if (!base || asprintf(&od->frozen, "%s.frozen", base) < 0) {
+                free(base);
+                return error_setf(err, ENOMEM, "out of memory");
+            }
+            json_array_append_new(actions, json_pack(
+                "{s:s, s:{s:s, s:s, s:i, s:b, s:b}}",
+                "type", "block-dirty-bitmap-add", "data", "node", od->node,
+                "name", od->frozen, "granularity", 1 << BK_CLUSTER_BITS,
+                "persistent", 0, "disabled", 1));
+            json_array_append_new(actions, json_pack(
+                "{s:s, s:{s:s, s:s, s:[s]}}",
+                "type", "block-dirty-bitmap-merge", "data", "node", od->node,
+                "target", od->frozen, "bitmaps", base));
+            free(base);
+        }
+        json_array_append_new(actions, json_pack(
+            "{s:s, s:{s:s, s:s, s:s, s:s}}", "type", "blockdev-backup",
+            "data", "job-id", od->job, "device", od->node, "target",
+            od->fleece_node, "sync", "none"));
+    }
+    if (ret == 0) {
+        ret = freeze(s, &qga, err);
+    }
+    if (ret == 0) {
+        ret = qmp_call(o->qmp, "transaction",
+                       json_pack("{s:O}", "actions", actions), NULL, err);
+        thaw(qga);
+    }
+    json_decref(actions);
+    if (ret < 0) {
+        return ret;
+    }
+    for (int i = 0; i < s->ndisks; i++) {
+        o->d[i].added = o->d[i].job_started = true;
+    }
+    ret = qmp_call(o->qmp, "nbd-server-start",
+                   json_pack("{s:{s:s, s:{s:s}}}", "addr", "type", "unix",
+                             "data", "path", o->sock), NULL, err);
+    if (ret < 0) {
+        return ret;
+    }
+    o->server_started = true;
+    for (int i = 0; i < s->ndisks && ret == 0; i++) {
+        OnDisk *od = &o->d[i];
+        BkSrcDisk *d = &s->disks[i];
+        json_t *bms = json_array();
+        if (od->frozen) {
+            json_array_append_new(bms, json_pack("{s:s, s:s}", "node",
+                                                 od->node, "name",
+                                                 od->frozen));
+        }
+        ret = qmp_call(o->qmp, "block-export-add",
+                       json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}",
+                                 "type", "nbd", "id", od->export,
+                                 "node-name", od->fleece_node,
+                                 "name", od->export, "writable", 0,
+                                 "bitmaps", bms), NULL, err);
+        if (ret < 0) {
+            break;
+        }
+        od->exported = true;
+        char *url = NULL;
+        if (asprintf(&url, "nbd+unix:///%s?socket=%s", od->export,
+                     o->sock) < 0) {
+            return error_setf(err, ENOMEM, "out of memory");
+        }
+        d->node = block_open(url, "raw", NULL, 0, err);
+        if (d->node && od->frozen) {
+            KVList opts = { 0 };
+            char *ctx = NULL;
+            if (asprintf(&ctx, "qemu:dirty-bitmap:%s", od->frozen) >= 0) {
+                kvlist_set(&opts, "x-dirty-bitmap", ctx);
+                od->bm_node = block_open_protocol(url, &opts, 0, err);
+            }
+            free(ctx);
+            kvlist_free(&opts);
+            if (od->bm_node) {
+                d->select = nbd_select;
+                d->select_opaque = od->bm_node;
+            }
+        }
+        free(url);
+        if (!d->node || (od->frozen && !od->bm_node)) {
+            ret = -(err->code ? err->code : EIO);
+        }
+    }
+    return ret;
+}
+
+/* Everything begin put in QEMU but the new bitmap; idempotent. */
+static void teardown(BkSession *s)
+{
+    Online *o = on(s);
+    Error e = { 0 };
+    if (!o || o->torn_down || !o->qmp || !o->d) {
+        return;
+    }
+    o->torn_down = true;
+    for (int i = 0; i < s->ndisks; i++) {
+        block_close(s->disks[i].node);
+        s->disks[i].node = NULL;
+        block_close(o->d[i].bm_node);
+        o->d[i].bm_node = NULL;
+    }
+    for (int i = 0; i < s->ndisks; i++) {
+        OnDisk *od = &o->d[i];
+        if (od->exported) {
+            error_clear(&e);
+            if (qmp_call(o->qmp, "block-export-del",
+                         json_pack("{s:s}", "id", od->export), NULL,
+                         &e) == 0) {
+                qmp_wait_event(o->qmp, "BLOCK_EXPORT_DELETED", "id",
+                               od->export, EVENT_TIMEOUT_MS, NULL, &e);
+            }
+        }
+    }
+    if (o->server_started) {
+        error_clear(&e);
+        qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
+    }
+    for (int i = 0; i < s->ndisks; i++) {
+        OnDisk *od = &o->d[i];
+        if (od->job_started) {
+            error_clear(&e);
+            if (qmp_call(o->qmp, "block-job-cancel",
+                         json_pack("{s:s, s:b}", "device", od->job, "force",
+                                   1), NULL, &e) == 0) {
+                qmp_wait_event(o->qmp, "BLOCK_JOB_CANCELLED", "device",
+                               od->job, EVENT_TIMEOUT_MS, NULL, &e);
+            }
+        }
+        if (od->fleece_node) {
+            error_clear(&e);
+            qmp_call(o->qmp, "blockdev-del",
+                     json_pack("{s:s}", "node-name", od->fleece_node), NULL,
+                     &e);
+        }
+        if (od->frozen && od->added) {
+            error_clear(&e);
+            qmp_call(o->qmp, "block-dirty-bitmap-remove",
+                     json_pack("{s:s, s:s}", "node", od->node, "name",
+                               od->frozen), NULL, &e);
+        }
+        if (od->fleece_file) {
+            unlink(od->fleece_file);
+        }
+    }
+}
+
+static int on_finish(BkSession *s, const char *const *keep, Error *err)
+{
+    Online *o = on(s);
+    int ret = 0;
+    teardown(s);
+    /* Rotation step 2: ours but the kept ones go. */
+    json_t *blocks = NULL;
+    ret = qmp_call(o->qmp, "query-block", NULL, &blocks, err);
+    for (int i = 0; ret == 0 && i < s->ndisks; i++) {
+        json_t *b = find_device(blocks, s->disks[i].name);
+        size_t k;
+        json_t *bm;
+        char *prefix = bk_bitmap_name(s->r->uuid, "");
+        json_array_foreach(json_object_get(json_object_get(b, "inserted"),
+                                           "dirty-bitmaps"), k, bm) {
+            const char *n = json_string_value(json_object_get(bm, "name"));
+            if (!prefix || !has_prefix(n, prefix)) {
+                continue;
+            }
+            const char *id = n + strlen(prefix);
+            bool kept = false;
+            for (int k = 0; k < BK_KEEP && !kept; k++) {
+                const char *x = keep[BK_KEEP * i + k];
+                kept = x && strcmp(id, x) == 0;
+            }
+            if (kept) {
+                continue;
+            }
+            ret = qmp_call(o->qmp, "block-dirty-bitmap-remove",
+                           json_pack("{s:s, s:s}", "node", o->d[i].node,
+                                     "name", n), NULL, err);
+            if (ret < 0) {
+                break;
+            }
+        }
+        free(prefix);
+    }
+    json_decref(blocks);
+    return ret;
+}
+
+static void on_abort(BkSession *s, const char *new_id)
+{
+    Online *o = on(s);
+    teardown(s);
+    for (int i = 0; o && o->qmp && i < s->ndisks; i++) {
+        if (o->d[i].added) {
+            char *name = bk_bitmap_name(s->r->uuid, new_id);
+            Error e = { 0 };
+            if (name) {
+                qmp_call(o->qmp, "block-dirty-bitmap-remove",
+                         json_pack("{s:s, s:s}", "node", o->d[i].node,
+                                   "name", name), NULL, &e);
+            }
+            free(name);
+        }
+    }
+}
+
+static void on_close(BkSession *s)
+{
+    Online *o = s->priv;
+    if (!o) {
+        return;
+    }
+    teardown(s);
+    for (int i = 0; o->d && i < s->ndisks; i++) {
+        OnDisk *od = &o->d[i];
+        free(od->node);
+        free(od->fleece_node);
+        free(od->fleece_file);
+        free(od->export);
+        free(od->job);
+        free(od->frozen);
+        json_decref(od->bitmaps);
+        free(s->disks[i].format);
+    }
+    qmp_close(o->qmp);
+    free(o->d);
+    free(o->tag);
+    free(o->sock);
+    free(o);
+    s->priv = NULL;
+}
+
+const BkSourceOps bk_online_source = {
+    .origin = "qmp",
+    .open = on_open,
+    .bitmap_usable = on_bitmap_usable,
+    .begin = on_begin,
+    .finish = on_finish,
+    .abort = on_abort,
+    .close = on_close,
+};
