@@ -56,6 +56,7 @@ typedef struct Online {
     char *tag;                 /* imgtool-XXXXXXXX: our names in QEMU */
     char *sock;                /* the NBD server's socket */
     bool server_started;
+    bool had_leftovers;        /* a killed run of ours left things */
     bool torn_down;
     OnDisk *d;
 } Online;
@@ -89,6 +90,7 @@ static void remove_leftovers(Online *o, const char *uuid)
         json_array_foreach(r, i, v) {
             const char *id = json_string_value(json_object_get(v, "id"));
             if (has_prefix(id, o->tag)) {
+                o->had_leftovers = true;
                 error_clear(&e);
                 qmp_call(o->qmp, "block-export-del",
                          json_pack("{s:s, s:s}", "id", id, "mode", "hard"),
@@ -105,6 +107,7 @@ static void remove_leftovers(Online *o, const char *uuid)
         json_array_foreach(r, i, v) {
             const char *id = json_string_value(json_object_get(v, "device"));
             if (has_prefix(id, o->tag)) {
+                o->had_leftovers = true;
                 error_clear(&e);
                 qmp_call(o->qmp, "block-job-cancel",
                          json_pack("{s:s, s:b}", "device", id, "force", 1),
@@ -123,6 +126,7 @@ static void remove_leftovers(Online *o, const char *uuid)
             const char *n = json_string_value(json_object_get(v,
                                                               "node-name"));
             if (has_prefix(n, o->tag)) {
+                o->had_leftovers = true;
                 error_clear(&e);
                 qmp_call(o->qmp, "blockdev-del",
                          json_pack("{s:s}", "node-name", n), NULL, &e);
@@ -288,28 +292,37 @@ static int on_bitmap_usable(BkSession *s, int i, const char *base_id,
     return *reason ? 0 : 1;
 }
 
-/* Our bitmaps that cannot be used are removed before the transaction
- * (QEMU cannot merge them, and they would only mislead). */
-static int remove_broken(BkSession *s, int i, Error *err)
+/* Before the transaction: ours that cannot be used (inconsistent) or
+ * that no point needs (a killed run's, which may even bear the new
+ * point's name) go; QEMU keeps them in memory, so this needs no care
+ * for crashes. */
+static int remove_stale(BkSession *s, int i, const char *const *keep,
+                        Error *err)
 {
     Online *o = on(s);
+    char *prefix = bk_bitmap_name(s->r->uuid, "");
     size_t k;
     json_t *b;
+    int ret = prefix ? 0 : error_setf(err, ENOMEM, "out of memory");
     json_array_foreach(o->d[i].bitmaps, k, b) {
         const char *n = json_string_value(json_object_get(b, "name"));
-        char *mine = bk_bitmap_name(s->r->uuid, "");
-        bool ours = mine && has_prefix(n, mine);
-        free(mine);
-        if (ours && json_is_true(json_object_get(b, "inconsistent"))) {
-            int ret = qmp_call(o->qmp, "block-dirty-bitmap-remove",
-                               json_pack("{s:s, s:s}", "node", o->d[i].node,
-                                         "name", n), NULL, err);
-            if (ret < 0) {
-                return ret;
-            }
+        if (ret < 0 || !prefix || !has_prefix(n, prefix)) {
+            continue;
+        }
+        const char *id = n + strlen(prefix);
+        bool kept = false;
+        for (int x = 0; x < BK_KEEP && !kept; x++) {
+            kept = keep[BK_KEEP * i + x] &&
+                   strcmp(id, keep[BK_KEEP * i + x]) == 0;
+        }
+        if (!kept || json_is_true(json_object_get(b, "inconsistent"))) {
+            ret = qmp_call(o->qmp, "block-dirty-bitmap-remove",
+                           json_pack("{s:s, s:s}", "node", o->d[i].node,
+                                     "name", n), NULL, err);
         }
     }
-    return 0;
+    free(prefix);
+    return ret;
 }
 
 static int freeze(BkSession *s, QmpClient **qga, Error *err)
@@ -371,7 +384,7 @@ static int on_begin(BkSession *s, const char *new_id,
             asprintf(&od->fleece_file, "%s/fleece-%d.qcow2", tmp, i) < 0) {
             return error_setf(err, ENOMEM, "out of memory");
         }
-        ret = remove_broken(s, i, err);
+        ret = remove_stale(s, i, keep, err);
         if (ret < 0) {
             break;
         }
@@ -440,7 +453,19 @@ static int on_begin(BkSession *s, const char *new_id,
     ret = qmp_call(o->qmp, "nbd-server-start",
                    json_pack("{s:{s:s, s:{s:s}}}", "addr", "type", "unix",
                              "data", "path", o->sock), NULL, err);
+    if (ret < 0 && o->had_leftovers) {
+        /* QEMU runs one NBD server.  A killed run of ours left its
+         * overlays behind, so the server is most likely its too. */
+        Error e = { 0 };
+        error_clear(err);
+        qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
+        ret = qmp_call(o->qmp, "nbd-server-start",
+                       json_pack("{s:{s:s, s:{s:s}}}", "addr", "type",
+                                 "unix", "data", "path", o->sock), NULL,
+                       err);
+    }
     if (ret < 0) {
+        error_prefixf(err, "%s", s->o->qmp_socket);
         return ret;
     }
     o->server_started = true;

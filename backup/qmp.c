@@ -20,6 +20,7 @@
 #define MAX_LINE (16u << 20)
 #define MAX_EVENTS 256
 #define CALL_TIMEOUT_MS 60000
+#define GREETING_TIMEOUT_MS 10000
 
 struct QmpClient {
     int fd;
@@ -192,7 +193,13 @@ int qmp_connect(const char *path, QmpClient **out, Error *err)
     if (ret < 0) {
         return ret;
     }
-    ret = read_json(c, now_ms() + CALL_TIMEOUT_MS, &j, err);
+    ret = read_json(c, now_ms() + GREETING_TIMEOUT_MS, &j, err);
+    if (ret == -ETIMEDOUT) {
+        error_clear(err);
+        ret = error_setf(err, ETIMEDOUT, "%s: no QMP greeting (QEMU serves "
+                         "one client per QMP socket: is another one "
+                         "connected?)", path);
+    }
     if (ret == 0 && !json_object_get(j, "QMP")) {
         ret = error_setf(err, EPROTO, "%s: not a QMP socket (no greeting)",
                          path);
@@ -220,8 +227,11 @@ int qga_connect(const char *path, QmpClient **out, Error *err)
      * with our own id tells where our conversation starts. */
     json_int_t id = (json_int_t)(now_ms() & 0x3fffffff);
     json_t *r = NULL;
-    ret = send_json(c, json_pack("{s:s, s:{s:I}}", "execute", "guest-sync",
-                                 "arguments", "id", id), err);
+    json_t *sync = json_pack("{s:s, s:{s:I}}", "execute", "guest-sync",
+                             "arguments", "id", id);
+    ret = sync ? send_json(c, sync, err)
+               : error_setf(err, ENOMEM, "out of memory");
+    json_decref(sync);
     int64_t deadline = now_ms() + 10000;
     while (ret == 0) {
         ret = read_json(c, deadline, &r, err);
@@ -233,7 +243,6 @@ int qga_connect(const char *path, QmpClient **out, Error *err)
         json_decref(r);
     }
     if (ret < 0) {
-        error_prefixf(err, "guest agent");
         qmp_close(c);
         return ret;
     }
