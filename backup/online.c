@@ -331,10 +331,20 @@ static int freeze(BkSession *s, QmpClient **qga, Error *err)
     if (!s->o->qga_socket) {
         return 0;
     }
+    json_t *n = NULL;
     int ret = qga_connect(s->o->qga_socket, qga, err);
     if (ret == 0) {
-        ret = qmp_call(*qga, "guest-fsfreeze-freeze", NULL, NULL, err);
+        ret = qmp_call(*qga, "guest-fsfreeze-freeze", NULL, &n, err);
     }
+    if (ret == 0) {
+        /* How many filesystems the agent froze: the record says so. */
+        if (!s->record_extra) {
+            s->record_extra = json_object();
+        }
+        json_object_set_new(s->record_extra, "guest-frozen",
+                            json_integer(json_integer_value(n)));
+    }
+    json_decref(n);
     if (ret < 0) {
         error_prefixf(err, "guest agent %s", s->o->qga_socket);
     }

@@ -578,6 +578,9 @@ int backup_create(const char *repo, const BackupSource *src, int nsrc,
         p.disks[i] = d[i].rec;
         memset(&d[i].rec, 0, sizeof(d[i].rec));
     }
+    if (ses.record_extra) {
+        p.extra = json_incref(ses.record_extra);
+    }
     ret = bk_point_save(tmp, &p, false, err);
     if (ret < 0) {
         goto out;
@@ -624,6 +627,7 @@ out:
     free(sd);
     free(use);
     free(keep);
+    json_decref(ses.record_extra);
     bk_point_clear(&p);
     free(tmp);
     free(final);

@@ -73,6 +73,7 @@ struct BkSession {
     const char *workdir;       /* the point's .tmp- directory */
     BkSrcDisk *disks;
     int ndisks;
+    json_t *record_extra;      /* keys the source adds to the record */
     void *priv;
 };
 

@@ -56,6 +56,9 @@ packages=(
     # devices in tests/test_share_extents.py and bench/sharerows.py;
     # filefrag shows FIEMAP's shared flag
     xfsprogs e2fsprogs
+    # online backup tests: the guest agent in the tiny guest (it freezes
+    # an ext4 the guest makes; e2fsprogs above checks the points)
+    qemu-guest-agent
     # flock/fallocate and friends used by tests and the demo
     util-linux coreutils
     # GNU time: peak RSS in bench/run and tests/test_compress_memory.py

@@ -378,3 +378,112 @@ def test_guest_writes_during_backups(tmp_path):
         assert_point_in_time(guest_rounds(raw), before, after,
                              f"point {pid} ({tag})")
     verify(repo)
+
+
+QGA_GUEST = r"""
+for m in virtio_console crc16 mbcache jbd2 crc32c_generic ext4; do
+    insmod /lib/modules/extra/$m.ko 2>/dev/null
+done
+mke2fs -q /dev/vda >/dev/null 2>&1 || echo MKFS-FAILED
+mkdir -p /mnt /tmp/qga /var/run
+mount -t ext4 /dev/vda /mnt || echo MOUNT-FAILED
+port=
+for p in /sys/class/virtio-ports/*; do
+    [ "$(cat $p/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && \
+        port=/dev/$(basename $p)
+done
+[ -n "$port" ] || echo NO-AGENT-PORT
+/usr/sbin/qemu-ga -m virtio-serial -p $port -t /tmp/qga &
+i=0
+while :; do
+    i=$((i + 1))
+    dd if=/dev/urandom of=/mnt/f$((i % 40)) bs=16k count=$((i % 5 + 1)) 2>/dev/null
+    [ $((i % 7)) = 0 ] && rm -f /mnt/f$(( (i * 3) % 40 ))
+    # buffered, never synced by us: only a freeze puts it on the disk
+    echo "SEQ $i" > /mnt/marker.tmp && mv /mnt/marker.tmp /mnt/marker
+    echo "WROTE $i"
+done
+"""
+
+
+def agent_files():
+    """qemu-ga, the libraries it loads and the modules the guest needs
+    (virtio-serial, ext4), at their host paths."""
+    import glob
+    import shutil as sh
+    ga = sh.which("qemu-ga") or "/usr/sbin/qemu-ga"
+    files = {"/usr/sbin/qemu-ga": (open(ga, "rb").read(), 0o755)}
+    ldd = subprocess.run(["ldd", ga], capture_output=True, text=True).stdout
+    for tok in ldd.split():
+        if tok.startswith("/") and os.path.exists(tok):
+            files[tok] = (open(tok, "rb").read(), 0o755)
+    kv = guest.kernel_version()
+    for m in ("virtio_console", "crc16", "mbcache", "jbd2",
+              "crc32c_generic", "ext4"):
+        found = glob.glob(f"/lib/modules/{kv}/kernel/**/{m}.ko",
+                          recursive=True)
+        if found:
+            files[f"/lib/modules/extra/{m}.ko"] = open(found[0], "rb").read()
+    return files
+
+
+def wrote(vm):
+    out = [0]
+    for l in vm.console():
+        m = re.search(r"WROTE (\d+)", l)
+        if m:
+            out.append(int(m.group(1)))
+    return max(out)
+
+
+@pytest.mark.skipif(guest.available() is not None or
+                    not __import__("shutil").which("debugfs") or
+                    not os.path.exists("/usr/sbin/qemu-ga"),
+                    reason="needs the guest, e2fsprogs and qemu-ga")
+def test_guest_agent_freezes_filesystems(tmp_path):
+    """With --qga the guest's filesystems are frozen around the
+    transaction, which writes their dirty data and metadata out: a point
+    of a filesystem busy with buffered writes is clean for e2fsck and
+    holds the writes the guest had made before the backup began (without
+    the freeze they would still be in the guest's page cache)."""
+    kernel, base = guest.build()
+    tmp = str(tmp_path)
+    disk = os.path.join(tmp, "fs.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", disk, "64M")
+    qga = os.path.join(tmp, "qga.sock")
+    initrd = guest.initrd_with(base, QGA_GUEST,
+                               os.path.join(tmp, "initrd.img"),
+                               files=agent_files())
+    vm = Vm(tmp_path, [(disk, "qcow2", "vda")], guest=(kernel, initrd),
+            extra=["-device", "virtio-serial-pci,id=vser",
+                   "-chardev", f"socket,path={qga},server=on,wait=off,"
+                   "id=qga0", "-device", "virtserialport,bus=vser.0,"
+                   "chardev=qga0,name=org.qemu.guest_agent.0"])
+    repo = tmp_path / "repo"
+    checks = []
+    try:
+        vm.wait_console("WROTE 20")
+        for _ in range(2):
+            before = wrote(vm)
+            rec = orec(vm, repo, "--qga", qga, devices=("vda",))
+            assert rec["guest-frozen"] >= 1, rec
+            checks.append((rec["id"], before, wrote(vm)))
+            vm.wait_console(f"WROTE {wrote(vm) + 5}")
+        out = vm.output()
+        for bad in ("MKFS-FAILED", "MOUNT-FAILED", "NO-AGENT-PORT"):
+            assert bad not in out, out[-2000:]
+        assert vm.leftovers() == []
+    finally:
+        vm.stop()
+    for pid, before, after in checks:
+        raw = os.path.join(tmp, "r.raw")
+        restored(repo, pid, "vda", raw)
+        p = subprocess.run(["e2fsck", "-fn", raw], capture_output=True,
+                           text=True)
+        assert p.returncode == 0, f"point {pid}: {p.stdout}{p.stderr}"
+        p = subprocess.run(["debugfs", "-R", "cat /marker", raw],
+                           capture_output=True, text=True)
+        m = re.search(r"SEQ (\d+)", p.stdout)
+        assert m, f"point {pid}: no marker: {p.stdout}{p.stderr}"
+        assert before <= int(m.group(1)) <= after + 1, \
+            f"point {pid}: marker {m.group(1)}, guest wrote {before}..{after}"
