@@ -169,5 +169,14 @@ int bk_bitmap_select(void *opaque, uint64_t off, uint64_t len,
                      uint64_t *pnum, Error *err)
 {
     BkBitmapSelect *s = opaque;
-    return block_bitmap_status(s->node, s->name, off, len, pnum, err);
+    bool dirty = false;
+    int ret = block_bitmap_dirty_range(s->node, s->name, off, len, &dirty,
+                                       pnum, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*pnum == 0) {
+        *pnum = len;         /* past the bitmap's end: nothing written */
+    }
+    return dirty;
 }

@@ -21,7 +21,9 @@ static const CmdOpt list_opts[] = {
 };
 
 static const CmdSpec list_spec = {
-    "backup-list", "repository", NULL, list_opts,
+    .name = "backup-list",
+    .args = "repository",
+    .opts = list_opts,
 };
 
 static void print_table(json_t *points)

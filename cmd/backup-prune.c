@@ -39,26 +39,28 @@ static const CmdOpt prune_opts[] = {
     CMDOPT_OBJECT,
     CMDOPT_QUIET,
     CMDOPT_OUTPUT,
-    { CMDOPT_FN, 0, "keep-last", "n", "keep the n newest points", NULL,
-      opt_keep, 0, 0 },
+    { CMDOPT_FN, 0, "keep-last", "n", "keep the n newest points",
+      .fn = opt_keep },
     { CMDOPT_FN, 0, "keep-daily", "n",
-      "keep the newest point of each of the last n days with points", NULL,
-      opt_keep, 0, 0 },
-    { CMDOPT_FN, 0, "keep-weekly", "n", "... of the last n weeks", NULL,
-      opt_keep, 0, 0 },
-    { CMDOPT_FN, 0, "keep-monthly", "n", "... of the last n months", NULL,
-      opt_keep, 0, 0 },
+      "keep the newest point of each of the last n days with points",
+      .fn = opt_keep },
+    { CMDOPT_FN, 0, "keep-weekly", "n", "... of the last n weeks",
+      .fn = opt_keep },
+    { CMDOPT_FN, 0, "keep-monthly", "n", "... of the last n months",
+      .fn = opt_keep },
     { CMDOPT_FLAG, 0, "dry-run", NULL, "only say what would be removed",
-      &dry_run, NULL, 0, 0 },
+      .value = &dry_run },
     CMDOPT_KEY_SECRET(key_secret),
     CMDOPT_END,
 };
 
 static const CmdSpec prune_spec = {
-    "backup-prune", "repository",
-    "  A point is kept when any rule keeps it; the newest always is.\n"
-    "  Removed points are merged into the points that depend on them.\n",
-    prune_opts,
+    .name = "backup-prune",
+    .args = "repository",
+    .description =
+        "  A point is kept when any rule keeps it; the newest always is.\n"
+        "  Removed points are merged into the points that depend on them.\n",
+    .opts = prune_opts,
 };
 
 int cmd_backup_prune(int argc, char **argv)

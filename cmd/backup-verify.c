@@ -18,18 +18,19 @@ static const CmdOpt verify_opts[] = {
     CMDOPT_OBJECT,
     CMDOPT_QUIET,
     CMDOPT_OUTPUT,
-    { CMDOPT_STRING, 0, "point", "id", "only this point", &point, NULL, 0,
-      0 },
-    CMDOPT_PROGRESS(show_progress),
+    { CMDOPT_STRING, 0, "point", "id", "only this point", .value = &point },
+    CMDOPT_PROGRESS(&show_progress),
     CMDOPT_KEY_SECRET(key_secret),
     CMDOPT_END,
 };
 
 static const CmdSpec verify_spec = {
-    "backup-verify", "repository",
-    "  Exit status: 0 every point is sound, 2 damaged points (named), 1 an\n"
-    "  error.\n",
-    verify_opts,
+    .name = "backup-verify",
+    .args = "repository",
+    .description =
+        "  Exit status: 0 every point is sound, 2 damaged points (named),\n"
+        "  1 an error.\n",
+    .opts = verify_opts,
 };
 
 int cmd_backup_verify(int argc, char **argv)

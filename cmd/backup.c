@@ -98,40 +98,42 @@ static const CmdOpt backup_opts[] = {
     CMDOPT_OUTPUT,
     { CMDOPT_FN, 0, "mode", "full|incremental|differential|auto",
       "what the point holds (default auto: full without a usable chain, "
-      "else incremental)", NULL, opt_mode, 0, 0 },
-    CMDOPT_PROGRESS(show_progress),
+      "else incremental)", .fn = opt_mode },
+    CMDOPT_PROGRESS(&show_progress),
     { CMDOPT_FLAG, 'c', "compress", NULL,
-      "store clusters zstd-compressed", &compress, NULL, 0, 0 },
+      "store clusters zstd-compressed", .value = &compress },
     CMDOPT_KEY_SECRET(key_secret),
     { CMDOPT_FN, 0, "iter-time", "ms",
       "a new encrypted repository: PBKDF time per key (default 2000)",
-      NULL, opt_iter_time, 0, 0 },
+      .fn = opt_iter_time },
     { CMDOPT_FN, 0, "disk", "name",
       "the next source's name in the repository (default: its file name "
-      "without extension); once per source", NULL, opt_disk, 0, 0 },
+      "without extension); once per source", .fn = opt_disk },
     { CMDOPT_FN, 'm', "workers", "n", "parallel workers (default 8)",
-      NULL, opt_workers, 0, 0 },
+      .fn = opt_workers },
     { CMDOPT_STRING, 0, "qmp", "socket",
       "back up a running VM through its QMP socket (its disks given with "
-      "--device)", &qmp, NULL, 0, 0 },
+      "--device)", .value = &qmp },
     { CMDOPT_FN, 0, "device", "name",
       "with --qmp: a disk of the VM (device id, drive or node name); once "
-      "per disk, all in one consistent point", NULL, opt_device, 0, 0 },
+      "per disk, all in one consistent point", .fn = opt_device },
     { CMDOPT_STRING, 0, "qga", "socket",
       "with --qmp: freeze the guest's filesystems around the point in "
-      "time through its guest agent", &qga, NULL, 0, 0 },
+      "time through its guest agent", .value = &qga },
     { CMDOPT_STRING, 0, "fleece-dir", "dir",
       "with --qmp: where the fleecing overlays go (default: the "
-      "repository)", &fleece_dir, NULL, 0, 0 },
+      "repository)", .value = &fleece_dir },
     CMDOPT_END,
 };
 
 static const CmdSpec backup_spec = {
-    "backup", "(source... | --qmp socket --device name...) repository",
-    "  source: an image file, vol:POOL/NAME, a URL, or with --image-opts an\n"
-    "  option string; the repository is a directory, made by the first\n"
-    "  backup (encrypted when --key-secret is given then).\n",
-    backup_opts,
+    .name = "backup",
+    .args = "(source... | --qmp socket --device name...) repository",
+    .description =
+        "  source: an image file, vol:POOL/NAME, a URL, or with --image-opts\n"
+        "  an option string; the repository is a directory, made by the\n"
+        "  first backup (encrypted when --key-secret is given then).\n",
+    .opts = backup_opts,
 };
 
 static void print_human(json_t *rec, const char *repo)

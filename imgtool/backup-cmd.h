@@ -30,9 +30,6 @@ BlockNode *backup_cmd_open(void *opaque, const char *name, int flags,
 #define CMDOPT_KEY_SECRET(var) \
     { CMDOPT_STRING, 0, "key-secret", "id", \
       "the repository's passphrase: the secret (--object) with this id", \
-      &(var), NULL, 0, 0 }
-#define CMDOPT_PROGRESS(var) \
-    { CMDOPT_FLAG, 'p', "progress", NULL, "show progress", &(var), NULL, \
-      0, 0 }
+      .value = &(var) }
 
 #endif
