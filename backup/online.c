@@ -46,6 +46,7 @@ typedef struct OnDisk {
     char *export;              /* also the job id: imgtool-XXXXXXXX-eN */
     char *job;
     char *frozen;              /* the disabled copy of the base bitmap */
+    char *view;                /* imgtool serve: the view node exported */
     json_t *bitmaps;           /* query-block's dirty-bitmaps */
     BlockNode *bm_node;        /* NBD with the qemu:dirty-bitmap context */
     bool added, job_started, exported;
@@ -57,6 +58,9 @@ typedef struct Online {
     char *sock;                /* the NBD server's socket */
     bool server_started;
     bool had_leftovers;        /* a killed run of ours left things */
+    bool is_serve;             /* imgtool serve, not QEMU */
+    char *url_head;            /* an export's URL: head + name + tail */
+    char *url_tail;
     bool torn_down;
     OnDisk *d;
 } Online;
@@ -187,6 +191,52 @@ static json_t *find_device(json_t *blocks, const char *name)
     return NULL;
 }
 
+/* The daemon's nodes in query-block's shape ({"inserted": {"node-name",
+ * "image", "dirty-bitmaps"}}), so one lookup serves both peers; a node
+ * is also found by the name or id of an NBD export of it (the short
+ * form of serve names its nodes "#blockN" and its exports after the
+ * images). */
+static int named_as_blocks(Online *o, json_t **out, Error *err)
+{
+    json_t *nodes = NULL, *exports = NULL;
+    int ret = qmp_call(o->qmp, "query-named-block-nodes", NULL, &nodes, err);
+    if (ret == 0) {
+        ret = qmp_call(o->qmp, "query-block-exports", NULL, &exports, err);
+    }
+    *out = json_array();
+    size_t i, k;
+    json_t *n, *e;
+    json_array_foreach(nodes, i, n) {
+        json_t *img = json_deep_copy(json_object_get(n, "image"));
+        json_t *bms = json_object_get(n, "dirty-bitmaps");
+        const char *name = json_string_value(json_object_get(n,
+                                                             "node-name"));
+        if (img) {
+            json_object_set_new(img, "format", json_incref(
+                json_object_get(n, "drv")));
+        }
+        json_t *ins = json_pack("{s:O, s:o, s:O}", "node-name",
+                                json_object_get(n, "node-name"), "image",
+                                img ? img : json_object(), "dirty-bitmaps",
+                                bms ? bms : json_array());
+        json_array_append_new(*out, json_pack("{s:s, s:O}", "device", "",
+                                              "inserted", ins));
+        json_array_foreach(exports, k, e) {
+            const char *en = json_string_value(json_object_get(e,
+                                                               "node-name"));
+            if (name && en && strcmp(name, en) == 0) {
+                json_array_append_new(*out, json_pack(
+                    "{s:O, s:O, s:O}", "device", json_object_get(e, "name"),
+                    "qdev", json_object_get(e, "id"), "inserted", ins));
+            }
+        }
+        json_decref(ins);
+    }
+    json_decref(nodes);
+    json_decref(exports);
+    return ret;
+}
+
 static int on_open(BkSession *s, Error *err)
 {
     Online *o = calloc(1, sizeof(*o));
@@ -207,8 +257,17 @@ static int on_open(BkSession *s, Error *err)
     if (ret < 0) {
         return ret;
     }
+    json_t *ver = NULL;
+    Error ve = { 0 };
+    if (qmp_call(o->qmp, "query-version", NULL, &ver, &ve) == 0) {
+        o->is_serve = has_prefix(json_string_value(json_object_get(
+                                     ver, "package")), "imgtool");
+    }
+    json_decref(ver);
     remove_leftovers(o, s->r->uuid);
-    ret = qmp_call(o->qmp, "query-block", NULL, &blocks, err);
+    /* QEMU names disks by device; the daemon has nodes only. */
+    ret = o->is_serve ? named_as_blocks(o, &blocks, err)
+                      : qmp_call(o->qmp, "query-block", NULL, &blocks, err);
     for (int i = 0; ret == 0 && i < s->ndisks; i++) {
         BkSrcDisk *d = &s->disks[i];
         json_t *b = find_device(blocks, d->name);
@@ -375,6 +434,92 @@ static int nbd_select(void *opaque, uint64_t off, uint64_t len,
     return !(st & BLOCK_STATUS_DATA);
 }
 
+/* Our NBD server, on the point's socket. */
+static int start_server(Online *o, Error *err)
+{
+    int ret = qmp_call(o->qmp, "nbd-server-start",
+                       json_pack("{s:{s:s, s:{s:s}}}", "addr", "type",
+                                 "unix", "data", "path", o->sock), NULL,
+                       err);
+    if (ret < 0) {
+        return ret;
+    }
+    o->server_started = true;
+    o->url_head = strdup("nbd+unix:///");
+    if (asprintf(&o->url_tail, "?socket=%s", o->sock) < 0) {
+        o->url_tail = NULL;
+    }
+    if (!o->url_head || !o->url_tail) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+/* QEMU runs one NBD server.  When a killed run of ours left its
+ * overlays behind, the server running is most likely its too. */
+static int qemu_nbd_server(BkSession *s, Error *err)
+{
+    Online *o = on(s);
+    int ret = start_server(o, err);
+    if (ret < 0 && o->had_leftovers) {
+        Error e = { 0 };
+        error_clear(err);
+        qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
+        ret = start_server(o, err);
+    }
+    return ret;
+}
+
+/* The daemon's NBD server, when it runs one (it usually serves the VM),
+ * takes our exports too; one on a socket in this repository is what a
+ * killed run of ours left, and gives way to ours. */
+static int serve_nbd_server(BkSession *s, Error *err)
+{
+    Online *o = on(s);
+    json_t *info = NULL;
+    int ret = qmp_call(o->qmp, "x-imgtool-query-nbd-server", NULL, &info,
+                       err);
+    if (ret < 0) {
+        return ret;
+    }
+    json_t *addr = json_object_get(info, "addr");
+    const char *type = json_string_value(json_object_get(addr, "type"));
+    const char *path = json_string_value(json_object_get(addr, "path"));
+    size_t rl = strlen(s->r->path);
+    if (!json_is_true(json_object_get(info, "running"))) {
+        ret = start_server(o, err);
+    } else if (type && strcmp(type, "unix") == 0 && path &&
+               strncmp(path, s->r->path, rl) == 0 && path[rl] == '/') {
+        Error e = { 0 };
+        qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
+        ret = start_server(o, err);
+    } else if (json_is_true(json_object_get(info, "tls"))) {
+        ret = error_setf(err, ENOTSUP, "the daemon's NBD server requires "
+                         "TLS, which backups do not speak");
+    } else if (type && strcmp(type, "unix") == 0 && path) {
+        o->url_head = strdup("nbd+unix:///");
+        if (asprintf(&o->url_tail, "?socket=%s", path) < 0) {
+            o->url_tail = NULL;
+        }
+    } else if (type && strcmp(type, "inet") == 0) {
+        const char *host = json_string_value(json_object_get(addr, "host"));
+        const char *port = json_string_value(json_object_get(addr, "port"));
+        if (asprintf(&o->url_head, "nbd://%s:%s/", host ? host : "",
+                     port ? port : "") < 0) {
+            o->url_head = NULL;
+        }
+        o->url_tail = strdup("");
+    } else {
+        ret = error_setf(err, EPROTO, "the daemon's NBD server has an "
+                         "address backups cannot reach");
+    }
+    if (ret == 0 && (!o->url_head || !o->url_tail)) {
+        ret = error_setf(err, ENOMEM, "out of memory");
+    }
+    json_decref(info);
+    return ret;
+}
+
 static int on_begin(BkSession *s, const char *new_id,
                     const char *const *use_bitmap, const char *const *keep,
                     Error *err)
@@ -407,13 +552,20 @@ static int on_begin(BkSession *s, const char *new_id,
         if (ret < 0) {
             break;
         }
-        ret = qmp_call(o->qmp, "blockdev-add",
-                       json_pack("{s:s, s:s, s:{s:s, s:s}, s:s}",
-                                 "driver", "qcow2",
-                                 "node-name", od->fleece_node,
-                                 "file", "driver", "file",
-                                 "filename", od->fleece_file,
-                                 "backing", od->node), NULL, err);
+        json_t *add = json_pack("{s:s, s:s, s:{s:s, s:s}}",
+                                "driver", "qcow2",
+                                "node-name", od->fleece_node,
+                                "file", "driver", "file",
+                                "filename", od->fleece_file);
+        if (!o->is_serve) {
+            /* QEMU: the overlay reads through to the disk. */
+            json_object_set_new(add, "backing", json_string(od->node));
+        } else if (asprintf(&od->view, "%s-v%d", o->tag, i) < 0) {
+            od->view = NULL;
+            json_decref(add);
+            return error_setf(err, ENOMEM, "out of memory");
+        }
+        ret = qmp_call(o->qmp, "blockdev-add", add, NULL, err);
         if (ret < 0) {
             break;
         }
@@ -429,21 +581,30 @@ static int on_begin(BkSession *s, const char *new_id,
                 free(base);
                 return error_setf(err, ENOMEM, "out of memory");
             }
+            /* QEMU keeps it in memory; the daemon stores every bitmap
+             * of a qcow2 (a leftover is removed by name at the next
+             * run). */
             json_array_append_new(actions, json_pack(
                 "{s:s, s:{s:s, s:s, s:i, s:b, s:b}}",
                 "type", "block-dirty-bitmap-add", "data", "node", od->node,
                 "name", od->frozen, "granularity", 1 << BK_CLUSTER_BITS,
-                "persistent", 0, "disabled", 1));
+                "persistent", o->is_serve && d->persistent, "disabled", 1));
             json_array_append_new(actions, json_pack(
                 "{s:s, s:{s:s, s:s, s:[s]}}",
                 "type", "block-dirty-bitmap-merge", "data", "node", od->node,
                 "target", od->frozen, "bitmaps", base));
             free(base);
         }
+        json_t *bk = json_pack("{s:s, s:s, s:s, s:s}", "job-id", od->job,
+                               "device", od->node, "target",
+                               od->fleece_node, "sync", "none");
+        if (od->view) {
+            /* The daemon's point-in-time view (block/filter/fleece.c). */
+            json_object_set_new(bk, "filter-node-name",
+                                json_string(od->view));
+        }
         json_array_append_new(actions, json_pack(
-            "{s:s, s:{s:s, s:s, s:s, s:s}}", "type", "blockdev-backup",
-            "data", "job-id", od->job, "device", od->node, "target",
-            od->fleece_node, "sync", "none"));
+            "{s:s, s:o}", "type", "blockdev-backup", "data", bk));
     }
     if (ret == 0) {
         ret = freeze(s, &qga, err);
@@ -460,25 +621,11 @@ static int on_begin(BkSession *s, const char *new_id,
     for (int i = 0; i < s->ndisks; i++) {
         o->d[i].added = o->d[i].job_started = true;
     }
-    ret = qmp_call(o->qmp, "nbd-server-start",
-                   json_pack("{s:{s:s, s:{s:s}}}", "addr", "type", "unix",
-                             "data", "path", o->sock), NULL, err);
-    if (ret < 0 && o->had_leftovers) {
-        /* QEMU runs one NBD server.  A killed run of ours left its
-         * overlays behind, so the server is most likely its too. */
-        Error e = { 0 };
-        error_clear(err);
-        qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
-        ret = qmp_call(o->qmp, "nbd-server-start",
-                       json_pack("{s:{s:s, s:{s:s}}}", "addr", "type",
-                                 "unix", "data", "path", o->sock), NULL,
-                       err);
-    }
+    ret = o->is_serve ? serve_nbd_server(s, err) : qemu_nbd_server(s, err);
     if (ret < 0) {
         error_prefixf(err, "%s", s->o->qmp_socket);
         return ret;
     }
-    o->server_started = true;
     for (int i = 0; i < s->ndisks && ret == 0; i++) {
         OnDisk *od = &o->d[i];
         BkSrcDisk *d = &s->disks[i];
@@ -491,7 +638,8 @@ static int on_begin(BkSession *s, const char *new_id,
         ret = qmp_call(o->qmp, "block-export-add",
                        json_pack("{s:s, s:s, s:s, s:s, s:b, s:o}",
                                  "type", "nbd", "id", od->export,
-                                 "node-name", od->fleece_node,
+                                 "node-name", od->view ? od->view
+                                                       : od->fleece_node,
                                  "name", od->export, "writable", 0,
                                  "bitmaps", bms), NULL, err);
         if (ret < 0) {
@@ -499,8 +647,8 @@ static int on_begin(BkSession *s, const char *new_id,
         }
         od->exported = true;
         char *url = NULL;
-        if (asprintf(&url, "nbd+unix:///%s?socket=%s", od->export,
-                     o->sock) < 0) {
+        if (asprintf(&url, "%s%s%s", o->url_head, od->export,
+                     o->url_tail) < 0) {
             return error_setf(err, ENOMEM, "out of memory");
         }
         d->node = block_open(url, "raw", NULL, 0, err);
@@ -593,7 +741,8 @@ static int on_finish(BkSession *s, const char *const *keep, Error *err)
     teardown(s);
     /* Rotation step 2: ours but the kept ones go. */
     json_t *blocks = NULL;
-    ret = qmp_call(o->qmp, "query-block", NULL, &blocks, err);
+    ret = o->is_serve ? named_as_blocks(o, &blocks, err)
+                      : qmp_call(o->qmp, "query-block", NULL, &blocks, err);
     for (int i = 0; ret == 0 && i < s->ndisks; i++) {
         json_t *b = find_device(blocks, s->disks[i].name);
         size_t k;
@@ -660,6 +809,7 @@ static void on_close(BkSession *s)
         free(od->export);
         free(od->job);
         free(od->frozen);
+        free(od->view);
         json_decref(od->bitmaps);
         free(s->disks[i].format);
     }
@@ -667,6 +817,8 @@ static void on_close(BkSession *s)
     free(o->d);
     free(o->tag);
     free(o->sock);
+    free(o->url_head);
+    free(o->url_tail);
     free(o);
     s->priv = NULL;
 }

@@ -581,6 +581,13 @@ typedef struct BlockBitmapInfo {
 } BlockBitmapInfo;
 int block_bitmap_list(BlockNode *n, BlockBitmapInfo **out, int *count);
 void block_bitmap_list_free(BlockBitmapInfo *v, int count);
+/* Non-persistent bitmaps for a node whose format keeps none (raw):
+ * gives it a set that lives in memory only; refused (ENOTSUP) for a
+ * node whose format stores its bitmaps.  No-op when it has a volatile
+ * set already. */
+int block_bitmaps_make_volatile(BlockNode *n, Error *err);
+/* n has such a set (its bitmaps end with the process). */
+bool block_bitmaps_volatile(BlockNode *n);
 /* n can hold persistent bitmaps (qcow2 v3, writable). */
 bool block_bitmaps_persistent(BlockNode *n);
 /* convert --bitmaps: src has bitmaps support and, unless skip_broken,

@@ -102,6 +102,8 @@ typedef enum {
     BLOCK_CHILD_DATA_FILE,  /* a format's external data file */
     BLOCK_CHILD_BACKING,    /* where unallocated ranges read from */
     BLOCK_CHILD_FILTERED,   /* what a filter passes requests on to */
+    BLOCK_CHILD_TARGET,     /* where a filter keeps what it saves (the
+                             * fleece filter's copies of old clusters) */
 } BlockChildRole;
 
 typedef struct BlockChild {
@@ -184,6 +186,8 @@ struct BlockNode {
     bool drain_owned;
     pthread_mutex_t rmw_lock;     /* serialises bounced unaligned writes */
     pthread_mutex_t serialize_lock;  /* BLOCK_THREAD_SERIALIZE drivers */
+    /* block_add_before_write; changed only while the node is drained. */
+    struct BlockWriteHook *write_hooks;
     BlockNode *registry_next;
 };
 
@@ -200,6 +204,33 @@ static inline BlockNode *block_filtered(BlockNode *n)
 {
     return block_child(n, BLOCK_CHILD_FILTERED);
 }
+
+/* A flush of n issued from inside a request on n (a FUA write flushed
+ * through): block_flush would enter n again, and wait for a drain that
+ * waits for the request itself. */
+int block_flush_within(BlockNode *n);
+
+/* ------------------------------------------------------------------ */
+/* Watching another node's writes (block/core/hooks.c)                 */
+
+/* A filter that must see what another node is about to change (the
+ * fleece filter, block/filter/fleece.c, keeps a point-in-time view)
+ * hooks that node's writes: fn runs before every write, zero write and
+ * discard of [off, off+len) reaches n's driver, on the thread that
+ * carries the request, with the request already counted in n; an error
+ * fails the request.  fn may read n only with block_hook_pread (the
+ * request is in flight: a block_pread could wait for a drain that waits
+ * for it).  Adding and removing drain n themselves: a request either
+ * completed before, or meets the hook.  Writes to a hooked node take
+ * the synchronous path (a driver's submit never sees them). */
+typedef int BlockBeforeWriteFn(void *opaque, BlockNode *n, uint64_t off,
+                               uint64_t len);
+int block_add_before_write(BlockNode *n, BlockBeforeWriteFn *fn,
+                           void *opaque);
+void block_remove_before_write(BlockNode *n, BlockBeforeWriteFn *fn,
+                               void *opaque);
+/* A read of n from inside one of its before-write hooks. */
+int block_hook_pread(BlockNode *n, uint64_t off, size_t len, void *buf);
 
 /* ------------------------------------------------------------------ */
 /* Asynchronous requests, as a driver's submit sees them               */

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "block/core/tlscreds.h"
+#include "block/export/qmp-backup.h"
 #include "block/export/blockdev.h"
 #include "block/export/export.h"
 #include "block/export/monitor.h"
@@ -366,6 +367,7 @@ out:
         imgtool_report(&cerr);
         rc = 1;
     }
+    qmp_backup_jobs_free();
     if (sfd >= 0) {
         loop_del_fd(main_loop, sfd);
         close(sfd);

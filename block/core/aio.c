@@ -166,7 +166,11 @@ static bool native_ok(BlockRequest *req)
 
 static void dispatch(BlockRequest *req)
 {
-    if (native_ok(req) && req->node->drv->submit(req->node, req) == 0) {
+    /* Before-write hooks run on the synchronous path only. */
+    bool hooked = req->op != BLOCK_OP_READ && req->op != BLOCK_OP_FLUSH &&
+                  block_has_write_hooks(req->node);
+    if (!hooked && native_ok(req) &&
+        req->node->drv->submit(req->node, req) == 0) {
         return;
     }
     worker_queue(req);

@@ -547,11 +547,12 @@ int block_bitmaps_store(BlockNode *n, Error *err)
 
 bool block_bitmaps_persistent(BlockNode *n)
 {
-    if (!n->bitmaps) {
+    /* A set without a format lives in memory only (make_volatile). */
+    if (!n->bitmaps || !n->bitmaps->fmt) {
         return false;
     }
     const BlockBitmapsFormat *f = n->bitmaps->fmt;
-    return !f || !f->can_add ||
+    return !f->can_add ||
            f->can_add(n, "x", BLOCK_BITMAP_MIN_GRAN_BITS, NULL) == 0;
 }
 
@@ -655,4 +656,29 @@ void block_bitmap_list_free(BlockBitmapInfo *v, int count)
         free(v[i].name);
     }
     free(v);
+}
+
+int block_bitmaps_make_volatile(BlockNode *n, Error *err)
+{
+    if (n->bitmaps) {
+        if (n->bitmaps->fmt) {
+            return error_setf(err, ENOTSUP, "Only persistent bitmaps are "
+                              "supported on %s nodes", n->drv->name);
+        }
+        return 0;
+    }
+    BlockBitmaps *set = block_bitmaps_new(NULL);
+    if (!set) {
+        return error_setf(err, ENOMEM, "Out of memory");
+    }
+    /* Writes mark n->bitmaps without a lock: switch it drained. */
+    block_drain_begin(n);
+    n->bitmaps = set;
+    block_drain_end(n);
+    return 0;
+}
+
+bool block_bitmaps_volatile(BlockNode *n)
+{
+    return n->bitmaps && !n->bitmaps->fmt;
 }

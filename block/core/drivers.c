@@ -11,6 +11,7 @@ extern const BlockDriver qcow2_driver;
 extern const BlockDriver luks_driver;
 extern const BlockDriver faulty_driver;
 extern const BlockDriver blkdebug_driver;
+extern const BlockDriver fleece_driver;
 extern const BlockDriver linear_driver;
 extern const BlockDriver iscsi_driver;
 extern const BlockDriver gluster_driver;
@@ -24,6 +25,7 @@ const BlockDriver *const block_driver_list[] = {
     &file_driver,
     &faulty_driver,
     &blkdebug_driver,
+    &fleece_driver,
     &linear_driver,
     &iscsi_driver,
     &gluster_driver,

@@ -231,7 +231,11 @@ static int pwritev_unmarked(BlockNode *n, uint64_t off, BlockIOV *qiov,
  * (aligned, bounced, zero fallback, synchronous or not) carried it. */
 int block_io_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 {
-    int ret = pwritev_unmarked(n, off, qiov, flags);
+    int ret = n->write_hooks ? block_run_write_hooks(n, off, qiov->size) : 0;
+    if (ret < 0) {
+        return ret;
+    }
+    ret = pwritev_unmarked(n, off, qiov, flags);
     if (ret >= 0 && n->bitmaps) {
         block_bitmaps_mark(n, off, qiov->size);
     }
@@ -341,10 +345,24 @@ int block_flush(BlockNode *n)
     return ret;
 }
 
+int block_flush_within(BlockNode *n)
+{
+    if (n->read_only || (n->flags & BLOCK_O_NO_FLUSH)) {
+        return 0;
+    }
+    return block_io_flush(n);
+}
+
 int block_io_discard(BlockNode *n, uint64_t off, uint64_t len)
 {
     if (len == 0 || !n->drv->discard) {
         return 0;   /* discard is advisory */
+    }
+    if (n->write_hooks) {
+        int h = block_run_write_hooks(n, off, len);
+        if (h < 0) {
+            return h;
+        }
     }
     /* Drivers see only the aligned middle; the unaligned edges are kept. */
     uint64_t a = n->request_alignment;
@@ -444,7 +462,11 @@ static int write_zeroes_unmarked(BlockNode *n, uint64_t off, uint64_t len,
 
 int block_io_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
 {
-    int ret = write_zeroes_unmarked(n, off, len, flags);
+    int ret = n->write_hooks ? block_run_write_hooks(n, off, len) : 0;
+    if (ret < 0) {
+        return ret;
+    }
+    ret = write_zeroes_unmarked(n, off, len, flags);
     if (ret >= 0 && n->bitmaps) {
         block_bitmaps_mark(n, off, len);
     }

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "block/core/modules.h"
+#include "block/core/request.h"
 
 #define PROBE_BYTES 2048
 
@@ -178,6 +179,10 @@ static BlockNode *node_new(const BlockDriver *drv, const char *filename,
 
 static void node_free(BlockNode *n)
 {
+    block_free_write_hooks(n);
+    /* A volatile set (block_bitmaps_make_volatile); formats free their
+     * own at close. */
+    block_bitmaps_free(n->bitmaps);
     pthread_mutex_destroy(&n->rmw_lock);
     pthread_mutex_destroy(&n->serialize_lock);
     pthread_mutex_destroy(&n->drain_lock);
@@ -251,7 +256,7 @@ void block_close(BlockNode *n)
      * last because the driver's close may have used them. */
     static const BlockChildRole order[] = {
         BLOCK_CHILD_BACKING, BLOCK_CHILD_DATA_FILE, BLOCK_CHILD_FILTERED,
-        BLOCK_CHILD_FILE,
+        BLOCK_CHILD_TARGET, BLOCK_CHILD_FILE,
     };
     for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
         block_close(block_child(n, order[i]));

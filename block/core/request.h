@@ -28,6 +28,13 @@ int block_io_discard(BlockNode *n, uint64_t off, uint64_t len);
 int block_io_write_zeroes(BlockNode *n, uint64_t off, uint64_t len,
                           int flags);
 
+/* Before-write hooks (hooks.c): run them for [off, off+len) of an
+ * entered node; whether it has any (then writes take the synchronous
+ * path); free them with the node. */
+int block_run_write_hooks(BlockNode *n, uint64_t off, uint64_t len);
+bool block_has_write_hooks(const BlockNode *n);
+void block_free_write_hooks(BlockNode *n);
+
 /* Runs a request that a drain held (it is not counted in yet). */
 void block_request_resubmit(BlockRequest *req);
 

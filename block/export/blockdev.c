@@ -322,6 +322,25 @@ static int add_named(BlockNode *n, void *opaque)
                           "file", block_node_filename(n), "ro",
                           block_node_read_only(n), "encrypted", false,
                           "image", img ? img : json_object());
+    BlockBitmapInfo *bms = NULL;
+    int nbm = 0;
+    if (o && block_bitmap_list(n, &bms, &nbm) == 0 && nbm) {
+        /* QEMU's shape: backups look for theirs here. */
+        json_t *arr = json_array();
+        for (int i = 0; i < nbm; i++) {
+            json_t *b = json_pack("{s:s,s:b,s:b,s:b,s:I}", "name",
+                                  bms[i].name, "recording", bms[i].enabled,
+                                  "persistent", block_bitmaps_persistent(n),
+                                  "busy", false, "granularity",
+                                  (json_int_t)bms[i].granularity);
+            if (b && bms[i].inconsistent) {
+                json_object_set_new(b, "inconsistent", json_true());
+            }
+            json_array_append_new(arr, b);
+        }
+        json_object_set_new(o, "dirty-bitmaps", arr);
+    }
+    block_bitmap_list_free(bms, nbm);
     if (o) {
         json_array_append_new(arr, o);
     }

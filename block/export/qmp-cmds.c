@@ -15,6 +15,7 @@
 #include "block/export/export.h"
 #include "block/export/monitor.h"
 #include "block/export/nbd.h"
+#include "block/export/qmp-backup.h"
 
 typedef json_t *QmpFn(json_t *args, Error *err);
 
@@ -262,9 +263,17 @@ static json_t *bitmap_op(json_t *args, BmOp op, Error *err)
                 break;
             }
             if (p && !json_is_true(p)) {
-                /* Every bitmap imgtool keeps is stored in the image. */
-                ret = error_setf(err, ENOTSUP, "Only persistent bitmaps "
-                                 "are supported");
+                /* A format that stores bitmaps stores them all; a node
+                 * whose format keeps none (raw) gets one in memory, as
+                 * QEMU does, for as long as the daemon runs. */
+                ret = block_bitmaps_make_volatile(n, err);
+                if (ret < 0) {
+                    break;
+                }
+            } else if (block_bitmaps_volatile(n)) {
+                ret = error_setf(err, ENOTSUP, "Cannot store persistent "
+                                 "bitmaps in %s nodes: give "
+                                 "persistent=false", block_node_format(n));
                 break;
             }
             ret = block_bitmap_add(n, name,
@@ -426,6 +435,11 @@ static const struct {
     { "block-dirty-bitmap-enable", cmd_bm_enable },
     { "block-dirty-bitmap-disable", cmd_bm_disable },
     { "block-dirty-bitmap-merge", cmd_bm_merge },
+    { "transaction", qmp_cmd_transaction },
+    { "blockdev-backup", qmp_cmd_blockdev_backup },
+    { "block-job-cancel", qmp_cmd_block_job_cancel },
+    { "query-block-jobs", qmp_cmd_query_block_jobs },
+    { "x-imgtool-query-nbd-server", qmp_cmd_query_nbd_server },
     { "object-add", cmd_object_add },
     { "query-version", cmd_query_version },
     { "query-commands", cmd_query_commands },

@@ -646,7 +646,7 @@ int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
     if (flags & BLOCK_REQ_COMPRESSED) {
         ret = qcow2_pwrite_compressed(n, off, len, buf);
         if (ret == 0 && (flags & BLOCK_REQ_FUA)) {
-            ret = block_flush(n);
+            ret = block_flush_within(n);
         }
         return ret;
     }
@@ -654,7 +654,7 @@ int qcow2_pwrite(BlockNode *n, uint64_t off, size_t len, const void *vbuf,
     Qcow2Src d = { .buf = buf };
     ret = write_from(n, off, len, d);
     if (ret == 0 && (flags & BLOCK_REQ_FUA)) {
-        ret = block_flush(n);
+        ret = block_flush_within(n);
     }
     return ret;
 }

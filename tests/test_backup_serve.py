@@ -1,0 +1,433 @@
+"""Online backups of the volumes `imgtool serve` exports, through its QMP
+control socket: the same `imgtool backup --qmp SOCKET --device NAME` as
+for QEMU, one transaction per point over every disk, a point-in-time view
+(the fleece filter) exported over the daemon's NBD server with the
+frozen dirty bitmap.
+
+The daemon is real and its disks are written through its own NBD exports
+by qemu-io (QEMU's NBD client), also while the backups run; the oracle
+for every point is the content qemu-img reads through the same export at
+the transaction.  A qcow2 disk keeps its bitmaps in the image; a raw one
+gets bitmaps in the daemon's memory, so incrementals for as long as the
+daemon runs.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from backupenv import CLUSTER, points, verify
+from conftest import IMGTOOL, Qmp, Serve, imgtool, nbd_uri, \
+    no_leak_check_env, one_error_line, qemu_img
+
+MiB = 1 << 20
+TAG = "imgtool-"
+
+
+class Daemon:
+    """`imgtool serve` with a qcow2 disk (node d0, export "sys") and
+    optionally a raw one (d1, "data"), a writable NBD export of each and a
+    QMP monitor; restartable on the same files."""
+
+    def __init__(self, tmp, disks):
+        self.tmp = str(tmp)
+        self.disks = disks          # [(path, fmt, export name)]
+        self.nbd = os.path.join(self.tmp, "nbd.sock")
+        self.qmp_path = os.path.join(self.tmp, "qmp.sock")
+        self.serve = None
+        self.start()
+
+    def start(self):
+        args = []
+        for i, (path, fmt, name) in enumerate(self.disks):
+            args += ["--blockdev",
+                     f"driver=file,node-name=f{i},filename={path}",
+                     "--blockdev", f"driver={fmt},node-name=d{i},file=f{i}"]
+        args += ["--nbd-server", f"addr.type=unix,addr.path={self.nbd}"]
+        for i, (_, _, name) in enumerate(self.disks):
+            args += ["--export", f"type=nbd,id=e{i},node-name=d{i},"
+                     f"name={name},writable=on"]
+        args += ["--chardev",
+                 f"socket,id=m,path={self.qmp_path},server=on,wait=off",
+                 "--monitor", "chardev=m"]
+        self.serve = Serve(self.tmp, *args).start()
+
+    def uri(self, name):
+        return nbd_uri(self.nbd, name)
+
+    def write(self, name, cmds):
+        """qemu-io commands, one after the other, through the export."""
+        argv = ["qemu-io", "-f", "raw"]
+        for c in cmds:
+            argv += ["-c", c]
+        subprocess.run(argv + [self.uri(name)], check=True,
+                       capture_output=True)
+
+    def snapshot(self, name, out):
+        if os.path.exists(out):
+            os.unlink(out)
+        qemu_img("convert", "-f", "raw", "-O", "raw", self.uri(name), out)
+        return out
+
+    def qmp(self, cmd, **args):
+        q = Qmp(self.qmp_path)
+        try:
+            r = q.cmd(cmd, **args)
+        finally:
+            q.close()
+        assert "return" in r, r
+        return r["return"]
+
+    def leftovers(self):
+        """What a backup put in the daemon and did not take away."""
+        left = [e["id"] for e in self.qmp("query-block-exports")
+                if e["id"].startswith(TAG)]
+        left += [j["device"] for j in self.qmp("query-block-jobs")]
+        for n in self.qmp("query-named-block-nodes"):
+            if n["node-name"].startswith(TAG):
+                left.append(n["node-name"])
+            left += [b["name"] for b in n.get("dirty-bitmaps", [])
+                     if b["name"].endswith(".frozen")]
+        return left
+
+    def bitmaps(self, node):
+        n = next(n for n in self.qmp("query-named-block-nodes")
+                 if n["node-name"] == node)
+        return {b["name"]: b for b in n.get("dirty-bitmaps", [])}
+
+    def kill(self):
+        self.serve.kill()
+
+    def stop(self):
+        if self.serve:
+            self.serve.kill()
+            self.serve.errfile.close()
+            self.serve = None
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    made = []
+
+    def make(disks):
+        d = Daemon(tmp_path, disks)
+        made.append(d)
+        return d
+    yield make
+    for d in made:
+        d.stop()
+
+
+def two_disks(tmp):
+    a = os.path.join(tmp, "sys.qcow2")
+    b = os.path.join(tmp, "data.raw")
+    qemu_img("create", "-q", "-f", "qcow2", a, "32M")
+    qemu_img("create", "-q", "-f", "raw", b, "16M")
+    return [(a, "qcow2", "sys"), (b, "raw", "data")]
+
+
+def sbackup(d, repo, *args, devices=("sys", "data"), **kw):
+    dev = [a for x in devices for a in ("--device", x)]
+    return imgtool("backup", "--output=json", "--qmp", d.qmp_path, *dev,
+                   *args, str(repo), **kw)
+
+
+def srec(d, repo, *args, **kw):
+    return json.loads(sbackup(d, repo, *args, **kw).stdout)
+
+
+def scribble(d, rng, sizes, n=10):
+    """Random writes, zero writes and discards; the clusters touched."""
+    touched = {name: set() for name in sizes}
+    cmds = {name: [] for name in sizes}
+    for _ in range(n):
+        name = rng.choice(sorted(sizes))
+        ln = rng.choice([4096, 65536, 200000])
+        off = rng.randrange(0, (sizes[name] - ln) // 512) * 512
+        kind = rng.choice(["write -P %d" % rng.randrange(1, 256)] * 4 +
+                          ["write -z", "discard"])
+        cmds[name].append(f"{kind} {off} {ln}")
+        touched[name].update(range(off // CLUSTER,
+                                   (off + ln - 1) // CLUSTER + 1))
+    for name, c in cmds.items():
+        if c:
+            d.write(name, c)
+    return touched
+
+
+def restored(repo, pid, disk, out):
+    if os.path.exists(out):
+        os.unlink(out)
+    imgtool("restore", "--point", pid, "--disk", disk, "-O", "raw",
+            str(repo), out)
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def check_points(repo, expected, tmp):
+    for pid, disks in expected.items():
+        for disk, raw in disks.items():
+            got = restored(repo, pid, disk, os.path.join(tmp, "r.raw"))
+            with open(raw, "rb") as f:
+                assert got == f.read(), f"point {pid} disk {disk} differs"
+
+
+def test_serve_chain_two_disks(tmp_path, daemon):
+    """Full, incrementals and a differential of a qcow2 and a raw disk in
+    one transaction each; every point restores to what the exports read
+    at its transaction; incrementals read only what changed (+1 %); the
+    daemon is left as it was, but for the bitmaps the chain needs."""
+    tmp = str(tmp_path)
+    d = daemon(two_disks(tmp))
+    sizes = {"sys": 32 * MiB, "data": 16 * MiB}
+    repo = tmp_path / "repo"
+    rng = random.Random(3)
+    expected = {}
+
+    def oracle(tag):
+        return {n: d.snapshot(n, os.path.join(tmp, f"{tag}-{n}.raw"))
+                for n in sizes}
+
+    scribble(d, rng, sizes, 16)
+    rec = srec(d, repo)
+    assert rec["origin"] == "qmp"
+    assert [x["type"] for x in rec["disks"]] == ["full", "full"]
+    expected[rec["id"]] = oracle("p0")
+    since_full = {n: set() for n in sizes}
+    for i, mode in enumerate(["incremental", "differential",
+                              "incremental"]):
+        t = scribble(d, rng, sizes)
+        for n in t:
+            since_full[n] |= t[n]
+        rec = srec(d, repo, "--mode", mode)
+        for x in rec["disks"]:
+            assert x["type"] == mode and x["method"] == "bitmap", x
+            changed = t[x["name"]] if mode == "incremental" \
+                else since_full[x["name"]]
+            assert x["bytes-read"] <= len(changed) * CLUSTER * 1.01, x
+        expected[rec["id"]] = oracle(f"p{i + 1}")
+        assert d.leftovers() == []
+    # qcow2: bitmaps stored in the image; raw: in the daemon's memory.
+    assert d.bitmaps("d0") and \
+        all(b["persistent"] for b in d.bitmaps("d0").values())
+    assert d.bitmaps("d1") and \
+        not any(b["persistent"] for b in d.bitmaps("d1").values())
+    check_points(repo, expected, tmp)
+    assert all(e["status"] == "ok" for e in json.loads(verify(repo).stdout))
+
+
+def test_serve_point_in_time_while_written(tmp_path, daemon):
+    """A writer goes on through the export while the backup reads: the
+    point is one instant of its sequence of writes (the writes before
+    the transaction, none after), and the next incremental has the
+    rest."""
+    tmp = str(tmp_path)
+    a = os.path.join(tmp, "big.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", a, "96M")
+    d = daemon([(a, "qcow2", "big")])
+    d.write("big", ["write -P 1 0 64M"])
+    repo = tmp_path / "repo"
+    first = srec(d, repo, devices=("big",))
+    # Every write hits a cluster of its own, in this order; writes 0..k-1
+    # of it must be in the point, none from k on.
+    order = list(range(0, 1024, 2))
+    random.Random(9).shuffle(order)
+    cmds = [f"write -P {2 + i % 250} {c * CLUSTER} {CLUSTER}"
+            for i, c in enumerate(order)]
+    # qemu-io reads its commands from stdin and runs them one by one.
+    writer = subprocess.Popen(["qemu-io", "-f", "raw", d.uri("big")],
+                              stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        writer.stdin.write("".join(c + "\n" for c in cmds).encode())
+        writer.stdin.close()
+        time.sleep(0.05)
+        rec = srec(d, repo, "-m", "1", devices=("big",))
+    finally:
+        try:
+            writer.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            writer.kill()
+            writer.wait()
+    assert writer.returncode == 0, writer.stderr.read()
+    assert rec["disks"][0]["method"] == "bitmap"
+    got = restored(repo, rec["id"], "big", os.path.join(tmp, "r.raw"))
+    present = []
+    for i, c in enumerate(order):
+        chunk = got[c * CLUSTER:(c + 1) * CLUSTER]
+        old = b"\x01" * CLUSTER if c * CLUSTER < 64 * MiB \
+            else b"\0" * CLUSTER
+        if chunk == bytes([2 + i % 250]) * CLUSTER:
+            present.append(True)
+        else:
+            assert chunk == old, f"cluster {c}: neither old nor written"
+            present.append(False)
+    k = present.count(True)
+    assert present == [True] * k + [False] * (len(order) - k), \
+        "the point holds a later write without an earlier one"
+    # The writes after the transaction: in the next incremental.
+    after = d.snapshot("big", os.path.join(tmp, "after.raw"))
+    rec = srec(d, repo, devices=("big",))
+    x = rec["disks"][0]
+    assert x["method"] == "bitmap"
+    assert x["bytes-read"] <= (len(order) - k) * CLUSTER * 1.01, (x, k)
+    assert restored(repo, rec["id"], "big",
+                    os.path.join(tmp, "r.raw")) == open(after, "rb").read()
+    assert d.leftovers() == []
+    assert first["disks"][0]["type"] == "full"
+
+
+def test_serve_late_writes_stay_out(tmp_path, daemon):
+    """Writes that land once the point's export is up, on what the
+    backup reads last, are kept out of the point by the view."""
+    tmp = str(tmp_path)
+    a = os.path.join(tmp, "big.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", a, "160M")
+    with open(os.path.join(tmp, "rand"), "wb") as f:
+        f.write(random.Random(5).randbytes(150 * MiB))
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c",
+                    f"write -s {tmp}/rand 0 150M", a], check=True,
+                   capture_output=True)
+    d = daemon([(a, "qcow2", "big")])
+    before = d.snapshot("big", os.path.join(tmp, "before.raw"))
+    repo = tmp_path / "repo"
+    p = subprocess.Popen([IMGTOOL, "backup", "--output=json", "--qmp",
+                          d.qmp_path, "--device", "big", "-m", "1",
+                          str(repo)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2000):
+            if any(x.endswith("-e0") for x in d.leftovers()) or \
+                    p.poll() is not None:
+                break
+            time.sleep(0.005)
+        d.write("big", [f"write -P {0xe0 + k} {150 * MiB - (k + 1) * 2 * MiB}"
+                        f" {MiB}" for k in range(8)] +
+                ["write -z 0 1M", "discard 4M 1M"])
+    finally:
+        out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    rec = json.loads(out)
+    got = restored(repo, rec["id"], "big", os.path.join(tmp, "r.raw"))
+    assert got == open(before, "rb").read(), \
+        "the point holds writes made after its transaction"
+    assert d.leftovers() == []
+
+
+def test_serve_killed_daemon_heals_and_interruptions(tmp_path, daemon):
+    """A backup interrupted (SIGTERM, SIGKILL) leaves the chain as it was
+    and the daemon clean (a killed run's leftovers go with the next
+    backup); a daemon killed between backups leaves the qcow2 bitmap
+    inconsistent and the raw one gone: the next backup heals the chain
+    by checksums, with one warning line per disk."""
+    tmp = str(tmp_path)
+    disks = two_disks(tmp)
+    d = daemon(disks)
+    sizes = {"sys": 32 * MiB, "data": 16 * MiB}
+    rng = random.Random(21)
+    repo = tmp_path / "repo"
+    d.write("sys", ["write -P 3 0 30M"])
+    first = srec(d, repo)
+    before = d.bitmaps("d0")
+    cmd = [IMGTOOL, "backup", "--mode", "full", "--qmp", d.qmp_path,
+           "--device", "sys", "--device", "data", str(repo)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env=no_leak_check_env())
+        for _ in range(400):
+            if d.leftovers() or p.poll() is not None:
+                break
+            time.sleep(0.005)
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=120)
+        if p.returncode == 0:
+            continue
+        if sig != signal.SIGKILL:
+            lines = [x for x in err.splitlines() if x.strip()]
+            assert len(lines) == 1 and "interrupted" in lines[0], err
+            assert d.leftovers() == []
+            assert d.bitmaps("d0").keys() == before.keys()
+        assert [q["id"] for q in points(repo)] == [first["id"]]
+    expected = {}
+    scribble(d, rng, sizes)
+    rec = srec(d, repo)
+    assert d.leftovers() == []
+    assert [x["method"] for x in rec["disks"]] == ["bitmap", "bitmap"]
+    expected[rec["id"]] = {n: d.snapshot(n, os.path.join(tmp, f"a-{n}"))
+                           for n in sizes}
+    # A clean restart stores the qcow2 disk's bitmaps in the image; the
+    # raw disk's lived in the daemon's memory.
+    scribble(d, rng, sizes)
+    assert d.serve.stop() == 0
+    d.start()
+    p = sbackup(d, repo)
+    rec = json.loads(p.stdout)
+    assert [x["method"] for x in rec["disks"]] == ["bitmap", "checksum"]
+    assert "missing" in rec["disks"][1]["reason"]
+    assert p.stderr.count("imgtool: warning:") == 1, p.stderr
+    expected[rec["id"]] = {n: d.snapshot(n, os.path.join(tmp, f"r-{n}"))
+                           for n in sizes}
+    # Killed, the daemon leaves the qcow2 bitmap it found in the image
+    # flagged in use there (one added since is missing: as with QEMU,
+    # bitmaps are stored at close).
+    assert d.serve.stop() == 0
+    d.start()
+    scribble(d, rng, sizes)
+    d.kill()
+    d.start()
+    p = sbackup(d, repo)
+    rec = json.loads(p.stdout)
+    for x in rec["disks"]:
+        assert x["method"] == "checksum" and x["reason"], x
+    assert "inconsistent" in rec["disks"][0]["reason"]
+    assert p.stderr.count("imgtool: warning:") == 2, p.stderr
+    expected[rec["id"]] = {n: d.snapshot(n, os.path.join(tmp, f"h-{n}"))
+                           for n in sizes}
+    t = scribble(d, rng, sizes)
+    rec = srec(d, repo)
+    for x in rec["disks"]:
+        assert x["method"] == "bitmap", x
+        assert x["bytes-read"] <= len(t[x["name"]]) * CLUSTER * 1.01, x
+    expected[rec["id"]] = {n: d.snapshot(n, os.path.join(tmp, f"b-{n}"))
+                           for n in sizes}
+    check_points(repo, expected, tmp)
+
+
+def test_serve_short_form_and_errors(tmp_path, daemon):
+    """The short form's disks are found by their export names; unknown
+    devices and a daemon that is not there give one line."""
+    tmp = str(tmp_path)
+    a = os.path.join(tmp, "vm.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", a, "8M")
+    nbd = os.path.join(tmp, "s.sock")
+    qmp = os.path.join(tmp, "q.sock")
+    s = Serve(tmp, "--nbd", nbd, "-w", "--name", "vm", "--qmp", qmp,
+              a).start()
+    try:
+        subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 5 1M 1M",
+                        nbd_uri(nbd, "vm")], check=True,
+                       capture_output=True)
+        repo = tmp_path / "repo"
+        rec = json.loads(imgtool("backup", "--output=json", "--qmp", qmp,
+                                 "--device", "vm", str(repo)).stdout)
+        assert rec["disks"][0]["bytes-read"] == MiB
+        out = os.path.join(tmp, "now.raw")
+        qemu_img("convert", "-f", "raw", "-O", "raw",
+                 nbd_uri(nbd, "vm"), out)
+        assert restored(repo, rec["id"], "vm",
+                        os.path.join(tmp, "r.raw")) == open(out, "rb").read()
+        p = imgtool("backup", "--qmp", qmp, "--device", "nope", str(repo),
+                    rc=1)
+        assert "no disk 'nope'" in one_error_line(p)
+    finally:
+        s.kill()
+        s.errfile.close()
+    p = imgtool("backup", "--qmp", qmp, "--device", "vm",
+                str(tmp_path / "repo"), rc=1)
+    assert qmp in one_error_line(p)
