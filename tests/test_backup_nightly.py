@@ -1,7 +1,8 @@
 """scripts/nightly: the documented nightly backup job runs as shipped
-(offline images and a raw volume, a job that fails without stopping the
-others, retention and verify after each backup), and its systemd units
-pass systemd-analyze verify."""
+(offline images and a raw volume, a running VM's volume served by imgtool
+serve, a job that fails without stopping the others, retention and
+verify after each backup), and its systemd units pass systemd-analyze
+verify."""
 import os
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import subprocess
 import pytest
 
 from backupenv import points
-from conftest import IMGTOOL, ROOT, qemu_img, qemu_io
+from conftest import IMGTOOL, ROOT, Serve, nbd_uri, qemu_img, qemu_io
 
 SCRIPT = os.path.join(ROOT, "scripts", "nightly", "nightly-backup")
 
@@ -26,6 +27,13 @@ def test_nightly_backup_script(tmp_path):
     data = tmp_path / "data.raw"
     qemu_img("create", "-q", "-f", "raw", data, "16M")
     qemu_io("-f", "raw", "-c", "write -P 2 1M 1M", data)
+    # A running VM's volume, served by imgtool serve (as `imgtool run`
+    # does), written through its export between nights.
+    vol = tmp_path / "files.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", vol, "16M")
+    nbd, qmp = tmp_path / "nbd.sock", tmp_path / "qmp.sock"
+    serve = Serve(tmp_path, "--nbd", nbd, "-w", "--name", "files", "--qmp",
+                  qmp, vol).start()
     root = tmp_path / "backups"
     conf = tmp_path / "backup.conf"
     conf.write_text(f"""# test configuration
@@ -37,23 +45,38 @@ IMGTOOL={IMGTOOL}
 image web {web}
 image data -f raw {data}
 image broken {tmp_path / 'missing.qcow2'}
+vm files {qmp} files
 """)
+    try:
+        nights(conf, web, nbd)
+        for name in ("web", "data", "files"):
+            assert len(points(root / name)) == 2    # pruned to --keep-last 2
+        assert qemu_img("compare", root / "web" / points(root / "web")[-1][
+            "disks"][0]["file"], web).returncode == 0
+        assert qemu_img("compare", "-F", "raw", root / "files" / points(
+            root / "files")[-1]["disks"][0]["file"],
+            nbd_uri(nbd, "files")).returncode == 0
+    finally:
+        serve.kill()
+        serve.errfile.close()
+
+
+def nights(conf, web, nbd):
     for night in range(3):
         qemu_io("-f", "qcow2", "-c", f"write -P {night + 5} 4M 64k", web)
+        qemu_io("-f", "raw", "-c", f"write -P {night + 5} 1M 64k",
+                nbd_uri(nbd, "files"))
         p = run_nightly(conf)
         assert p.returncode == 1, p.stdout + p.stderr
         lines = p.stdout.splitlines()
         ok = [l for l in lines if l.startswith("ok ")]
         failed = [l for l in lines if l.startswith("FAILED ")]
-        assert [l.split()[1] for l in ok] == ["web", "data"], p.stdout
+        assert [l.split()[1] for l in ok] == ["web", "data", "files"], \
+            p.stdout
         assert len(failed) == 1 and failed[0].startswith(
             "FAILED broken: imgtool: "), p.stdout
         expect = "full" if night == 0 else "incremental"
         assert all(l.split()[3] == expect for l in ok), p.stdout
-    for name in ("web", "data"):
-        assert len(points(root / name)) == 2        # pruned to --keep-last 2
-    assert qemu_img("compare", root / "web" / points(root / "web")[-1][
-        "disks"][0]["file"], web).returncode == 0
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"),
