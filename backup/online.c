@@ -215,10 +215,10 @@ static int named_as_blocks(Online *o, json_t **out, Error *err)
             json_object_set_new(img, "format", json_incref(
                 json_object_get(n, "drv")));
         }
-        json_t *ins = json_pack("{s:O, s:o, s:O}", "node-name",
+        json_t *ins = json_pack("{s:O, s:o, s:o}", "node-name",
                                 json_object_get(n, "node-name"), "image",
                                 img ? img : json_object(), "dirty-bitmaps",
-                                bms ? bms : json_array());
+                                bms ? json_incref(bms) : json_array());
         json_array_append_new(*out, json_pack("{s:s, s:O}", "device", "",
                                               "inserted", ins));
         json_array_foreach(exports, k, e) {
