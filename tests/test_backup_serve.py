@@ -431,3 +431,40 @@ def test_serve_short_form_and_errors(tmp_path, daemon):
     p = imgtool("backup", "--qmp", qmp, "--device", "vm",
                 str(tmp_path / "repo"), rc=1)
     assert qmp in one_error_line(p)
+
+
+def test_serve_without_nbd_server(tmp_path):
+    """A daemon that runs no NBD server (its disks served otherwise, e.g.
+    vhost-user) gets one for the backup's exports, on a socket in the
+    repository, and has none again afterwards."""
+    tmp = str(tmp_path)
+    a = os.path.join(tmp, "vm.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", a, "8M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 7 0 3M", a],
+                   check=True, capture_output=True)
+    qmp = os.path.join(tmp, "q.sock")
+    s = Serve(tmp, "--blockdev", f"driver=file,node-name=f0,filename={a}",
+              "--blockdev", "driver=qcow2,node-name=vm,file=f0",
+              "--chardev", f"socket,id=m,path={qmp},server=on,wait=off",
+              "--monitor", "chardev=m").start()
+    try:
+        repo = tmp_path / "repo"
+        for mode in ("full", "incremental"):
+            rec = json.loads(imgtool("backup", "--output=json", "--mode",
+                                     mode, "--qmp", qmp, "--device", "vm",
+                                     str(repo)).stdout)
+            assert rec["disks"][0]["bytes-read"] == \
+                (3 * MiB if mode == "full" else 0)
+            q = Qmp(qmp)
+            try:
+                r = q.cmd("x-imgtool-query-nbd-server")
+            finally:
+                q.close()
+            assert r == {"return": {"running": False}}, r
+        assert s.stop() == 0, s.stderr
+    finally:
+        s.kill()
+        s.errfile.close()
+    out = os.path.join(tmp, "r.raw")
+    imgtool("restore", "-O", "raw", str(repo), out)
+    assert qemu_img("compare", "-F", "qcow2", out, a).returncode == 0
