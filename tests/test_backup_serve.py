@@ -468,3 +468,71 @@ def test_serve_without_nbd_server(tmp_path):
     out = os.path.join(tmp, "r.raw")
     imgtool("restore", "-O", "raw", str(repo), out)
     assert qemu_img("compare", "-F", "qcow2", out, a).returncode == 0
+
+
+@pytest.mark.skipif(__import__("vhostguest").skip_reason() is not None,
+                    reason="needs the tiny guest")
+def test_guest_under_imgtool_run(tmp_path):
+    """A guest booted by `imgtool run` (its disk served by imgtool serve
+    over vhost-user-blk) writes all the time; points taken through the
+    daemon's control socket each hold one instant of its writes.  The
+    daemon is killed between backups (run restarts it, the guest carries
+    on): the next backup heals the chain by checksums, the one after
+    uses bitmaps again."""
+    from test_backup_online import BLOCKS, GUEST_WRITER, \
+        assert_point_in_time, guest_rounds
+    from vhostguest import Guest
+    tmp = str(tmp_path)
+    disk = os.path.join(tmp, "guest.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", disk, "32M")
+    run_dir = tmp_path / "run"
+    qmp = str(run_dir / "qmp.sock")
+    repo = tmp_path / "repo"
+    checks = []
+
+    def done(g):
+        return max([int(x.split()[1]) for x in g.log
+                    if x.startswith("ROUND-DONE ")] or [0])
+
+    def take(g, tag):
+        before = done(g)
+        p = imgtool("backup", "--output=json", "--qmp", qmp, "--device",
+                    "disk0", str(repo))
+        # The round being written when the backup ended is done before
+        # the next one is.
+        g.lines_until(f"ROUND-DONE {done(g) + 1}")
+        checks.append((json.loads(p.stdout)["id"], before, done(g), tag))
+        return json.loads(p.stdout)["disks"][0], p.stderr
+
+    with Guest(tmp_path, GUEST_WRITER % {"start": 1, "blocks": BLOCKS},
+               [disk], run_dir=run_dir) as g:
+        g.lines_until("ROUND-DONE 1")
+        d, _ = take(g, "full")
+        assert d["type"] == "full"
+        d, _ = take(g, "incremental")
+        assert d["method"] == "bitmap", d
+        old = g.daemon_pids()
+        assert len(old) == 1
+        os.kill(old[0], signal.SIGKILL)
+        for _ in range(600):
+            new = g.daemon_pids()
+            if new and new != old and os.path.exists(qmp):
+                try:
+                    Qmp(qmp).close()
+                    break
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        g.lines_until(f"ROUND-DONE {done(g) + 1}")
+        d, err = take(g, "healed")
+        assert d["method"] == "checksum" and d["reason"], d
+        assert err.count("imgtool: warning:") == 1, err
+        d, _ = take(g, "after heal")
+        assert d["method"] == "bitmap", d
+        assert "WRITE-FAILED" not in g.log
+    for pid, before, after, tag in checks:
+        raw = os.path.join(tmp, "r.raw")
+        restored(repo, pid, "disk0", raw)
+        assert_point_in_time(guest_rounds(raw), before, after,
+                             f"point {pid} ({tag})")
+    assert all(e["status"] == "ok" for e in json.loads(verify(repo).stdout))
