@@ -33,37 +33,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backup/qmp.h"
+#include "backup/online-int.h"
 #include "backup/rotate.h"
-#include "backup/source.h"
-
-#define EVENT_TIMEOUT_MS 60000
-
-typedef struct OnDisk {
-    char *node;                /* the disk's node in QEMU */
-    char *fleece_node;         /* imgtool-XXXXXXXX-fN */
-    char *fleece_file;
-    char *export;              /* also the job id: imgtool-XXXXXXXX-eN */
-    char *job;
-    char *frozen;              /* the disabled copy of the base bitmap */
-    char *view;                /* imgtool serve: the view node exported */
-    json_t *bitmaps;           /* query-block's dirty-bitmaps */
-    BlockNode *bm_node;        /* NBD with the qemu:dirty-bitmap context */
-    bool added, job_started, exported;
-} OnDisk;
-
-typedef struct Online {
-    QmpClient *qmp;
-    char *tag;                 /* imgtool-XXXXXXXX: our names in QEMU */
-    char *sock;                /* the NBD server's socket */
-    bool server_started;
-    bool had_leftovers;        /* a killed run of ours left things */
-    bool is_serve;             /* imgtool serve, not QEMU */
-    char *url_head;            /* an export's URL: head + name + tail */
-    char *url_tail;
-    bool torn_down;
-    OnDisk *d;
-} Online;
 
 static Online *on(BkSession *s)
 {
@@ -76,165 +47,6 @@ static char *make_tag(const char *uuid)
 {
     char *t = NULL;
     return asprintf(&t, "imgtool-%.8s", uuid) < 0 ? NULL : t;
-}
-
-static bool has_prefix(const char *s, const char *p)
-{
-    return s && strncmp(s, p, strlen(p)) == 0;
-}
-
-/* Removes what a killed run of this repository left in QEMU. */
-static void remove_leftovers(Online *o, const char *uuid)
-{
-    json_t *r = NULL;
-    Error e = { 0 };
-    size_t i;
-    json_t *v;
-    if (qmp_call(o->qmp, "query-block-exports", NULL, &r, &e) == 0) {
-        json_array_foreach(r, i, v) {
-            const char *id = json_string_value(json_object_get(v, "id"));
-            if (has_prefix(id, o->tag)) {
-                o->had_leftovers = true;
-                error_clear(&e);
-                qmp_call(o->qmp, "block-export-del",
-                         json_pack("{s:s, s:s}", "id", id, "mode", "hard"),
-                         NULL, &e);
-                qmp_wait_event(o->qmp, "BLOCK_EXPORT_DELETED", "id", id,
-                               EVENT_TIMEOUT_MS, NULL, &e);
-            }
-        }
-    }
-    json_decref(r);
-    r = NULL;
-    error_clear(&e);
-    if (qmp_call(o->qmp, "query-block-jobs", NULL, &r, &e) == 0) {
-        json_array_foreach(r, i, v) {
-            const char *id = json_string_value(json_object_get(v, "device"));
-            if (has_prefix(id, o->tag)) {
-                o->had_leftovers = true;
-                error_clear(&e);
-                qmp_call(o->qmp, "block-job-cancel",
-                         json_pack("{s:s, s:b}", "device", id, "force", 1),
-                         NULL, &e);
-                qmp_wait_event(o->qmp, "BLOCK_JOB_CANCELLED", "device", id,
-                               EVENT_TIMEOUT_MS, NULL, &e);
-            }
-        }
-    }
-    json_decref(r);
-    r = NULL;
-    error_clear(&e);
-    if (qmp_call(o->qmp, "query-named-block-nodes",
-                 json_pack("{s:b}", "flat", 1), &r, &e) == 0) {
-        json_array_foreach(r, i, v) {
-            const char *n = json_string_value(json_object_get(v,
-                                                              "node-name"));
-            if (has_prefix(n, o->tag)) {
-                o->had_leftovers = true;
-                error_clear(&e);
-                qmp_call(o->qmp, "blockdev-del",
-                         json_pack("{s:s}", "node-name", n), NULL, &e);
-            }
-            /* frozen copies of ours (never persistent) */
-            json_t *bms = json_object_get(v, "dirty-bitmaps");
-            size_t k;
-            json_t *b;
-            json_array_foreach(bms, k, b) {
-                const char *bn = json_string_value(json_object_get(b,
-                                                                   "name"));
-                size_t pl = strlen(BK_BITMAP_PREFIX) + strlen(uuid);
-                if (has_prefix(bn, BK_BITMAP_PREFIX) && strlen(bn) > pl &&
-                    strncmp(bn + strlen(BK_BITMAP_PREFIX), uuid,
-                            strlen(uuid)) == 0 &&
-                    strstr(bn + pl, ".frozen")) {
-                    error_clear(&e);
-                    qmp_call(o->qmp, "block-dirty-bitmap-remove",
-                             json_pack("{s:s, s:s}", "node", n, "name", bn),
-                             NULL, &e);
-                }
-            }
-        }
-    }
-    json_decref(r);
-}
-
-/* The query-block entry for a device the user named: a qdev id, a
- * backend (drive) name, or a node name. */
-static json_t *find_device(json_t *blocks, const char *name)
-{
-    size_t i;
-    json_t *b;
-    json_array_foreach(blocks, i, b) {
-        json_t *ins = json_object_get(b, "inserted");
-        const char *qdev = json_string_value(json_object_get(b, "qdev"));
-        const char *dev = json_string_value(json_object_get(b, "device"));
-        const char *node = json_string_value(json_object_get(ins,
-                                                             "node-name"));
-        if (!ins) {
-            continue;
-        }
-        if ((dev && *dev && strcmp(dev, name) == 0) ||
-            (node && strcmp(node, name) == 0) ||
-            (qdev && strcmp(qdev, name) == 0)) {
-            return b;
-        }
-        /* "/machine/peripheral/NAME/virtio-backend" */
-        const char *p = qdev ? strstr(qdev, "/peripheral/") : NULL;
-        if (p) {
-            p += strlen("/peripheral/");
-            size_t n = strlen(name);
-            if (strncmp(p, name, n) == 0 && (p[n] == '/' || !p[n])) {
-                return b;
-            }
-        }
-    }
-    return NULL;
-}
-
-/* The daemon's nodes in query-block's shape ({"inserted": {"node-name",
- * "image", "dirty-bitmaps"}}), so one lookup serves both peers; a node
- * is also found by the name or id of an NBD export of it (the short
- * form of serve names its nodes "#blockN" and its exports after the
- * images). */
-static int named_as_blocks(Online *o, json_t **out, Error *err)
-{
-    json_t *nodes = NULL, *exports = NULL;
-    int ret = qmp_call(o->qmp, "query-named-block-nodes", NULL, &nodes, err);
-    if (ret == 0) {
-        ret = qmp_call(o->qmp, "query-block-exports", NULL, &exports, err);
-    }
-    *out = json_array();
-    size_t i, k;
-    json_t *n, *e;
-    json_array_foreach(nodes, i, n) {
-        json_t *img = json_deep_copy(json_object_get(n, "image"));
-        json_t *bms = json_object_get(n, "dirty-bitmaps");
-        const char *name = json_string_value(json_object_get(n,
-                                                             "node-name"));
-        if (img) {
-            json_object_set_new(img, "format", json_incref(
-                json_object_get(n, "drv")));
-        }
-        json_t *ins = json_pack("{s:O, s:o, s:o}", "node-name",
-                                json_object_get(n, "node-name"), "image",
-                                img ? img : json_object(), "dirty-bitmaps",
-                                bms ? json_incref(bms) : json_array());
-        json_array_append_new(*out, json_pack("{s:s, s:O}", "device", "",
-                                              "inserted", ins));
-        json_array_foreach(exports, k, e) {
-            const char *en = json_string_value(json_object_get(e,
-                                                               "node-name"));
-            if (name && en && strcmp(name, en) == 0) {
-                json_array_append_new(*out, json_pack(
-                    "{s:O, s:O, s:O}", "device", json_object_get(e, "name"),
-                    "qdev", json_object_get(e, "id"), "inserted", ins));
-            }
-        }
-        json_decref(ins);
-    }
-    json_decref(nodes);
-    json_decref(exports);
-    return ret;
 }
 
 static int on_open(BkSession *s, Error *err)
@@ -260,17 +72,15 @@ static int on_open(BkSession *s, Error *err)
     json_t *ver = NULL;
     Error ve = { 0 };
     if (qmp_call(o->qmp, "query-version", NULL, &ver, &ve) == 0) {
-        o->is_serve = has_prefix(json_string_value(json_object_get(
+        o->is_serve = on_has_prefix(json_string_value(json_object_get(
                                      ver, "package")), "imgtool");
     }
     json_decref(ver);
-    remove_leftovers(o, s->r->uuid);
-    /* QEMU names disks by device; the daemon has nodes only. */
-    ret = o->is_serve ? named_as_blocks(o, &blocks, err)
-                      : qmp_call(o->qmp, "query-block", NULL, &blocks, err);
+    on_remove_leftovers(o, s->r->uuid);
+    ret = on_query_disks(o, &blocks, err);
     for (int i = 0; ret == 0 && i < s->ndisks; i++) {
         BkSrcDisk *d = &s->disks[i];
-        json_t *b = find_device(blocks, d->name);
+        json_t *b = on_find_device(blocks, d->name);
         if (!b) {
             ret = error_setf(err, ENOENT, "%s: the VM has no disk '%s' (a "
                              "device id, drive or node name; query-block "
@@ -365,7 +175,7 @@ static int remove_stale(BkSession *s, int i, const char *const *keep,
     int ret = prefix ? 0 : error_setf(err, ENOMEM, "out of memory");
     json_array_foreach(o->d[i].bitmaps, k, b) {
         const char *n = json_string_value(json_object_get(b, "name"));
-        if (ret < 0 || !prefix || !has_prefix(n, prefix)) {
+        if (ret < 0 || !prefix || !on_has_prefix(n, prefix)) {
             continue;
         }
         const char *id = n + strlen(prefix);
@@ -432,92 +242,6 @@ static int nbd_select(void *opaque, uint64_t off, uint64_t len,
                           strerror(-st));
     }
     return !(st & BLOCK_STATUS_DATA);
-}
-
-/* Our NBD server, on the point's socket. */
-static int start_server(Online *o, Error *err)
-{
-    int ret = qmp_call(o->qmp, "nbd-server-start",
-                       json_pack("{s:{s:s, s:{s:s}}}", "addr", "type",
-                                 "unix", "data", "path", o->sock), NULL,
-                       err);
-    if (ret < 0) {
-        return ret;
-    }
-    o->server_started = true;
-    o->url_head = strdup("nbd+unix:///");
-    if (asprintf(&o->url_tail, "?socket=%s", o->sock) < 0) {
-        o->url_tail = NULL;
-    }
-    if (!o->url_head || !o->url_tail) {
-        return error_setf(err, ENOMEM, "out of memory");
-    }
-    return 0;
-}
-
-/* QEMU runs one NBD server.  When a killed run of ours left its
- * overlays behind, the server running is most likely its too. */
-static int qemu_nbd_server(BkSession *s, Error *err)
-{
-    Online *o = on(s);
-    int ret = start_server(o, err);
-    if (ret < 0 && o->had_leftovers) {
-        Error e = { 0 };
-        error_clear(err);
-        qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
-        ret = start_server(o, err);
-    }
-    return ret;
-}
-
-/* The daemon's NBD server, when it runs one (it usually serves the VM),
- * takes our exports too; one on a socket in this repository is what a
- * killed run of ours left, and gives way to ours. */
-static int serve_nbd_server(BkSession *s, Error *err)
-{
-    Online *o = on(s);
-    json_t *info = NULL;
-    int ret = qmp_call(o->qmp, "x-imgtool-query-nbd-server", NULL, &info,
-                       err);
-    if (ret < 0) {
-        return ret;
-    }
-    json_t *addr = json_object_get(info, "addr");
-    const char *type = json_string_value(json_object_get(addr, "type"));
-    const char *path = json_string_value(json_object_get(addr, "path"));
-    size_t rl = strlen(s->r->path);
-    if (!json_is_true(json_object_get(info, "running"))) {
-        ret = start_server(o, err);
-    } else if (type && strcmp(type, "unix") == 0 && path &&
-               strncmp(path, s->r->path, rl) == 0 && path[rl] == '/') {
-        Error e = { 0 };
-        qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
-        ret = start_server(o, err);
-    } else if (json_is_true(json_object_get(info, "tls"))) {
-        ret = error_setf(err, ENOTSUP, "the daemon's NBD server requires "
-                         "TLS, which backups do not speak");
-    } else if (type && strcmp(type, "unix") == 0 && path) {
-        o->url_head = strdup("nbd+unix:///");
-        if (asprintf(&o->url_tail, "?socket=%s", path) < 0) {
-            o->url_tail = NULL;
-        }
-    } else if (type && strcmp(type, "inet") == 0) {
-        const char *host = json_string_value(json_object_get(addr, "host"));
-        const char *port = json_string_value(json_object_get(addr, "port"));
-        if (asprintf(&o->url_head, "nbd://%s:%s/", host ? host : "",
-                     port ? port : "") < 0) {
-            o->url_head = NULL;
-        }
-        o->url_tail = strdup("");
-    } else {
-        ret = error_setf(err, EPROTO, "the daemon's NBD server has an "
-                         "address backups cannot reach");
-    }
-    if (ret == 0 && (!o->url_head || !o->url_tail)) {
-        ret = error_setf(err, ENOMEM, "out of memory");
-    }
-    json_decref(info);
-    return ret;
 }
 
 static int on_begin(BkSession *s, const char *new_id,
@@ -621,7 +345,7 @@ static int on_begin(BkSession *s, const char *new_id,
     for (int i = 0; i < s->ndisks; i++) {
         o->d[i].added = o->d[i].job_started = true;
     }
-    ret = o->is_serve ? serve_nbd_server(s, err) : qemu_nbd_server(s, err);
+    ret = on_nbd_server(s, err);
     if (ret < 0) {
         error_prefixf(err, "%s", s->o->qmp_socket);
         return ret;
@@ -741,17 +465,16 @@ static int on_finish(BkSession *s, const char *const *keep, Error *err)
     teardown(s);
     /* Rotation step 2: ours but the kept ones go. */
     json_t *blocks = NULL;
-    ret = o->is_serve ? named_as_blocks(o, &blocks, err)
-                      : qmp_call(o->qmp, "query-block", NULL, &blocks, err);
+    ret = on_query_disks(o, &blocks, err);
     for (int i = 0; ret == 0 && i < s->ndisks; i++) {
-        json_t *b = find_device(blocks, s->disks[i].name);
+        json_t *b = on_find_device(blocks, s->disks[i].name);
         size_t k;
         json_t *bm;
         char *prefix = bk_bitmap_name(s->r->uuid, "");
         json_array_foreach(json_object_get(json_object_get(b, "inserted"),
                                            "dirty-bitmaps"), k, bm) {
             const char *n = json_string_value(json_object_get(bm, "name"));
-            if (!prefix || !has_prefix(n, prefix)) {
+            if (!prefix || !on_has_prefix(n, prefix)) {
                 continue;
             }
             const char *id = n + strlen(prefix);
