@@ -176,8 +176,15 @@ const BlockDriver *block_find_driver(const char *name);
 /* The format driver named name, or NULL (protocols and filters too). */
 const BlockDriver *block_find_format(const char *name);
 bool block_driver_is_format(const BlockDriver *d);
-/* The protocol driver that owns filename ("file" for plain paths). */
+/* The protocol driver that owns filename ("file" for plain paths);
+ * NULL when it is a URL whose driver module cannot be loaded. */
 const BlockDriver *block_protocol_for(const char *filename);
+/* What a driver module offers besides its driver (block/core/modules.c),
+ * loading the module on first use: the structure its own header
+ * declares (block/protocol/iscsi.h's IscsiTargetOps for "iscsi" ...),
+ * in *ops.  0, or a negative errno with one line in err when the module
+ * or its library is missing. */
+int block_module_ops(const char *driver, const void **ops, Error *err);
 const char *block_driver_name(const BlockDriver *d);
 bool block_driver_supports_backing(const BlockDriver *d);
 bool block_driver_can_compress(const BlockDriver *d);

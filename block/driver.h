@@ -502,13 +502,22 @@ struct BlockDriver {
 /* A driver that can be built as a loadable module (its library is large)
  * ends with BLOCK_DRIVER_MODULE(its_driver): built as a module
  * (-DIMGTOOL_MODULE) that is the symbol the loader looks for; built in,
- * nothing.  The registry lists such drivers with their URL prefixes in
- * block_module_list (block/core/drivers.c). */
+ * nothing.  A module that answers more than block I/O (what a pool asks
+ * of an iSCSI target) also exports its operations table with
+ * BLOCK_MODULE_OPS(table), which block_module_ops() hands to callers.
+ * The registry lists such drivers with their URL prefixes in
+ * block_module_list (block/core/drivers.c).  Modules are compiled with
+ * hidden visibility: these two are the only symbols they export. */
 #ifdef IMGTOOL_MODULE
-#define BLOCK_DRIVER_MODULE(drv) \
+#define BLOCK_DRIVER_MODULE(drv)                                      \
+    __attribute__((visibility("default")))                            \
     const BlockDriver *const imgtool_block_module_driver = &(drv)
+#define BLOCK_MODULE_OPS(ops)                                         \
+    __attribute__((visibility("default")))                            \
+    const void *const imgtool_block_module_ops = &(ops)
 #else
 #define BLOCK_DRIVER_MODULE(drv) extern const BlockDriver drv
+#define BLOCK_MODULE_OPS(ops) extern const int imgtool_block_module_no_ops
 #endif
 
 /* The registry (block/core/drivers.c): every driver, NULL-terminated. */

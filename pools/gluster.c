@@ -9,8 +9,10 @@
  * [<dir path='/D'/>]</source>, no target (as libvirt).  A volume's path,
  * which is also its key, is gluster://H[:P]/VOLUME/D/NAME: what QEMU and
  * every imgtool command open.  Files are reached through gfapi on the
- * process's connection to the volume (block/protocol/gluster.h); the
- * images on them through the block layer, like any gluster:// image.
+ * process's connection to the volume: the gluster driver module's
+ * GlusterVolOps (block/protocol/gluster.h), so a command that only
+ * defines or lists pools never loads the module or gfapi; the images on
+ * them through the block layer, like any gluster:// image.
  *
  * What is known about each file is cached by its stat fields, and the
  * format of a volume imgtool made is never probed again: the rules of
@@ -85,21 +87,31 @@ static int gluster_build(Pool *p, unsigned flags, Error *err)
     if (is_root(p)) {
         return 0;
     }
+    const GlusterVolOps *g;
+    int ret = gluster_vol_ops(&g, err);
+    if (ret < 0) {
+        return ret;
+    }
     char *url = url_of(p, "");
-    int ret = url ? gluster_mkdir_p(url, 0755, err)
-                  : error_setf(err, ENOMEM, "out of memory");
+    ret = url ? g->mkdir_p(url, 0755, err)
+              : error_setf(err, ENOMEM, "out of memory");
     free(url);
     return ret;
 }
 
 static int gluster_start(Pool *p, Error *err)
 {
+    const GlusterVolOps *g;
+    int ret = gluster_vol_ops(&g, err);
+    if (ret < 0) {
+        return ret;
+    }
     char *url = url_of(p, "");
     if (!url) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     struct stat st;
-    int ret = gluster_stat(url, &st, err);
+    ret = g->stat(url, &st, err);
     if (ret == -ENOENT) {
         ret = error_setf(err, ENOENT, "cannot open directory '%s': %s", url,
                          strerror(ENOENT));
@@ -124,21 +136,30 @@ static int gluster_delete(Pool *p, Error *err)
         return error_setf(err, ENOTSUP, "the root of Gluster volume '%s' is "
                           "not removed with its pool", p->def.source_name);
     }
+    const GlusterVolOps *g;
+    int ret = gluster_vol_ops(&g, err);
+    if (ret < 0) {
+        return ret;
+    }
     char *url = url_of(p, "");
-    int ret = url ? gluster_rmdir(url, err)
-                  : error_setf(err, ENOMEM, "out of memory");
+    ret = url ? g->rmdir(url, err) : error_setf(err, ENOMEM, "out of memory");
     free(url);
     return ret;
 }
 
 static int gluster_refresh_sizes(Pool *p, Error *err)
 {
+    const GlusterVolOps *g;
+    int ret = gluster_vol_ops(&g, err);
+    if (ret < 0) {
+        return ret;
+    }
     char *url = url_of(p, "");
     if (!url) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     struct statvfs sv;
-    int ret = gluster_statvfs(url, &sv, err);
+    ret = g->statvfs(url, &sv, err);
     free(url);
     if (ret < 0) {
         return ret;
@@ -161,12 +182,17 @@ static int file_vol(Pool *p, const char *name, const struct stat *st,
 
 static int gluster_refresh(Pool *p, Error *err)
 {
+    const GlusterVolOps *g;
+    int n = gluster_vol_ops(&g, err);
+    if (n < 0) {
+        return n;
+    }
     char *dir = url_of(p, "");
     if (!dir) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     GlusterDirEntry *ents;
-    int n = gluster_list_dir(dir, &ents, err);
+    n = g->list_dir(dir, &ents, err);
     free(dir);
     if (n < 0) {
         return n;
@@ -198,20 +224,25 @@ static int gluster_refresh(Pool *p, Error *err)
         pool_file_vols_prune(p, seen);
     }
     json_decref(seen);
-    gluster_dir_entries_free(ents, n);
+    g->dir_entries_free(ents, n);
     return ret;
 }
 
 static int gluster_vol_lookup(Pool *p, const char *name, VolInfo *out,
                               Error *err)
 {
+    const GlusterVolOps *g;
+    int ret = gluster_vol_ops(&g, err);
+    if (ret < 0) {
+        return ret;
+    }
     char *url = url_of(p, name);
     if (!url) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     struct stat st;
     Error serr = { 0 };
-    int ret = gluster_stat(url, &st, &serr);
+    ret = g->stat(url, &st, &serr);
     free(url);
     if (ret == -ENOENT || (ret == 0 && !S_ISREG(st.st_mode))) {
         return -ENOENT;
@@ -225,13 +256,18 @@ static int gluster_vol_lookup(Pool *p, const char *name, VolInfo *out,
 static int gluster_vol_create(Pool *p, const VolCreateArgs *a, VolInfo *out,
                               Error *err)
 {
+    const GlusterVolOps *g;
+    int ret = gluster_vol_ops(&g, err);
+    if (ret < 0) {
+        return ret;
+    }
     char *url = url_of(p, a->name);
     if (!url) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     struct stat st;
     Error serr = { 0 };
-    int ret = gluster_stat(url, &st, &serr);
+    ret = g->stat(url, &st, &serr);
     if (ret == 0) {
         ret = error_setf(err, EEXIST, "storage volume name '%s' already in "
                          "use.", a->name);
@@ -252,10 +288,10 @@ static int gluster_vol_create(Pool *p, const VolCreateArgs *a, VolInfo *out,
                                 a->backing_format, true, err);
         Error ignored = { 0 };
         if (ret == 0) {
-            ret = gluster_chmod(url, a->mode >= 0 ? a->mode : 0600, err);
+            ret = g->chmod(url, a->mode >= 0 ? a->mode : 0600, err);
         }
         if (ret < 0) {
-            gluster_unlink(url, &ignored);
+            g->unlink(url, &ignored);
         }
     }
     if (ret == 0) {
@@ -274,11 +310,16 @@ static int gluster_vol_create(Pool *p, const VolCreateArgs *a, VolInfo *out,
 
 static int gluster_vol_delete(Pool *p, const VolInfo *v, Error *err)
 {
+    const GlusterVolOps *g;
+    int ret = gluster_vol_ops(&g, err);
+    if (ret < 0) {
+        return ret;
+    }
     char *url = url_of(p, v->name);
     if (!url) {
         return error_setf(err, ENOMEM, "out of memory");
     }
-    int ret = gluster_unlink(url, err);
+    ret = g->unlink(url, err);
     free(url);
     if (ret == 0 || ret == -ENOENT) {
         pool_file_vol_forget(p, v->name);

@@ -23,8 +23,12 @@
  *
  * CHAP: <auth type='chap' username=U><secret usage=ID/> names the
  * --object secret ID; the pool registers the target's credentials with
- * the iscsi driver (iscsi_set_target_defaults), so everything opened on
+ * the iscsi driver (its set_target_defaults), so everything opened on
  * its LUNs during the command logs in with them.
+ *
+ * libiscsi is the iscsi driver module's (block/protocol/iscsi.h): every
+ * question to a target goes through the module's IscsiTargetOps, so a
+ * command that only defines or lists pools never loads either.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -106,9 +110,15 @@ static int iscsi_vol_name_check(const char *name, Error *err)
     return 0;
 }
 
-/* The session options and the target's defaults for what opens LUNs. */
-static int session_opts(Pool *p, KVList *o, Error *err)
+/* The session options and the target's defaults for what opens LUNs;
+ * *ops is the module's table they were given to. */
+static int session_opts(Pool *p, KVList *o, const IscsiTargetOps **ops,
+                        Error *err)
 {
+    int ret = iscsi_target_ops(ops, err);
+    if (ret < 0) {
+        return ret;
+    }
     if (p->def.auth_type) {
         kvlist_set(o, "user", p->def.auth_username);
         kvlist_set(o, "password-secret", p->def.auth_secret);
@@ -116,22 +126,24 @@ static int session_opts(Pool *p, KVList *o, Error *err)
     if (p->def.initiator_iqn) {
         kvlist_set(o, "initiator-name", p->def.initiator_iqn);
     }
-    if (iscsi_set_target_defaults(iqn_of(p), p->def.auth_username,
-                                  p->def.auth_secret,
-                                  p->def.initiator_iqn) < 0) {
+    if ((*ops)->set_target_defaults(iqn_of(p), p->def.auth_username,
+                                    p->def.auth_secret,
+                                    p->def.initiator_iqn) < 0) {
         return error_setf(err, ENOMEM, "out of memory");
     }
     return 0;
 }
 
-static int list(Pool *p, IscsiLunInfo **luns, Error *err)
+/* The target's disk LUNs; free them with (*ops)->lun_info_free. */
+static int list(Pool *p, IscsiLunInfo **luns, const IscsiTargetOps **ops,
+                Error *err)
 {
     char *portal = portal_of(p);
     KVList o = { 0 };
-    int n = portal ? session_opts(p, &o, err)
+    int n = portal ? session_opts(p, &o, ops, err)
                    : error_setf(err, ENOMEM, "out of memory");
     if (n == 0) {
-        n = iscsi_target_luns(portal, iqn_of(p), &o, luns, err);
+        n = (*ops)->target_luns(portal, iqn_of(p), &o, luns, err);
     }
     kvlist_free(&o);
     free(portal);
@@ -148,11 +160,12 @@ static int iscsi_build(Pool *p, unsigned flags, Error *err)
 static int iscsi_start(Pool *p, Error *err)
 {
     IscsiLunInfo *luns;
-    int n = list(p, &luns, err);
+    const IscsiTargetOps *ops;
+    int n = list(p, &luns, &ops, err);
     if (n < 0) {
         return n;
     }
-    iscsi_lun_info_free(luns, n);
+    ops->lun_info_free(luns, n);
     return 0;
 }
 
@@ -229,7 +242,8 @@ static int fill_vol(Pool *p, const IscsiLunInfo *l, VolInfo *v, Error *err)
 static int iscsi_refresh_sizes(Pool *p, Error *err)
 {
     IscsiLunInfo *luns;
-    int n = list(p, &luns, err);
+    const IscsiTargetOps *ops;
+    int n = list(p, &luns, &ops, err);
     if (n < 0) {
         return n;
     }
@@ -240,14 +254,15 @@ static int iscsi_refresh_sizes(Pool *p, Error *err)
     }
     /* as libvirt: nothing is free in a target, LUNs are all there is */
     p->available = 0;
-    iscsi_lun_info_free(luns, n);
+    ops->lun_info_free(luns, n);
     return 0;
 }
 
 static int iscsi_refresh(Pool *p, Error *err)
 {
     IscsiLunInfo *luns;
-    int n = list(p, &luns, err);
+    const IscsiTargetOps *ops;
+    int n = list(p, &luns, &ops, err);
     if (n < 0) {
         return n;
     }
@@ -274,7 +289,7 @@ static int iscsi_refresh(Pool *p, Error *err)
         }
     }
     json_decref(keys);
-    iscsi_lun_info_free(luns, n);
+    ops->lun_info_free(luns, n);
     return ret;
 }
 
@@ -288,10 +303,11 @@ static int iscsi_vol_lookup(Pool *p, const char *name, VolInfo *out,
     char *portal = portal_of(p);
     KVList o = { 0 };
     IscsiLunInfo l = { 0 };
-    int ret = portal ? session_opts(p, &o, err)
+    const IscsiTargetOps *ops;
+    int ret = portal ? session_opts(p, &o, &ops, err)
                      : error_setf(err, ENOMEM, "out of memory");
     if (ret == 0) {
-        ret = iscsi_target_lun(portal, iqn_of(p), &o, lun, &l, err);
+        ret = ops->target_lun(portal, iqn_of(p), &o, lun, &l, err);
     }
     kvlist_free(&o);
     free(portal);
@@ -361,13 +377,17 @@ static int iscsi_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,
         kvlist_set(&spec->opts, key, p->def.initiator_iqn);
     }
     /* what the image opens behind it (its create path) logs in too */
-    if (iscsi_set_target_defaults(iqn_of(p), p->def.auth_username,
-                                  p->def.auth_secret,
-                                  p->def.initiator_iqn) < 0) {
-        vol_open_spec_clear(spec);
-        return error_setf(err, ENOMEM, "out of memory");
+    const IscsiTargetOps *ops;
+    int ret = iscsi_target_ops(&ops, err);
+    if (ret == 0 && ops->set_target_defaults(iqn_of(p), p->def.auth_username,
+                                             p->def.auth_secret,
+                                             p->def.initiator_iqn) < 0) {
+        ret = error_setf(err, ENOMEM, "out of memory");
     }
-    return 0;
+    if (ret < 0) {
+        vol_open_spec_clear(spec);
+    }
+    return ret;
 }
 
 static int iscsi_vol_changed(Pool *p, const VolInfo *v, const char *format,

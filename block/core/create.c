@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "block/core/modules.h"
 #include "block/driver.h"
 
 /* Raw images are files: the raw format and the file protocol take the
@@ -198,16 +199,11 @@ void block_create_file_hints(KVList *opts, KVList *out)
 int block_create_file(const char *filename, uint64_t size, PreallocMode pm,
                       KVList *opts, Error *err)
 {
-    const BlockDriver *drv = NULL;
-    for (int i = 0; block_driver_list[i]; i++) {
-        const BlockDriver *d = block_driver_list[i];
-        if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
-            d->owns_filename(filename)) {
-            drv = d;
-        }
-    }
+    const BlockDriver *drv = block_protocol_for(filename);
     if (!drv) {
-        drv = block_find_driver("file");
+        int ret = block_module_driver_error(NULL, filename, err);
+        return ret < 0 ? ret : error_setf(err, EINVAL, "no protocol driver "
+                                          "for '%s'", filename);
     }
     KVList popts = { 0 };
     if (opts) {

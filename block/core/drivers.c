@@ -13,8 +13,6 @@ extern const BlockDriver faulty_driver;
 extern const BlockDriver blkdebug_driver;
 extern const BlockDriver fleece_driver;
 extern const BlockDriver linear_driver;
-extern const BlockDriver iscsi_driver;
-extern const BlockDriver gluster_driver;
 
 /* Probe order matters only for ties; raw is the fallback and never
  * claims a file by content. */
@@ -27,20 +25,27 @@ const BlockDriver *const block_driver_list[] = {
     &blkdebug_driver,
     &fleece_driver,
     &linear_driver,
-    &iscsi_driver,
-    &gluster_driver,
     NULL,
 };
 
-/* Loadable modules: one line each. */
+/* Loadable modules (modules/meson.build builds them): the URL prefixes
+ * each owns, and the library it links with the package that has it, for
+ * the message when it cannot be loaded. */
 static const char *const nbd_prefixes[] = {
     "nbd:", "nbds:", "nbd+", "nbds+", NULL,
 };
-static const BlockDriver *nbd_loaded;
+static const char *const iscsi_prefixes[] = { "iscsi://", NULL };
+static const char *const gluster_prefixes[] = {
+    "gluster://", "gluster+tcp://", "gluster+unix://", "gluster+rdma://",
+    NULL,
+};
+static BlockModuleState nbd_state, iscsi_state, gluster_state;
 
 const BlockModule block_module_list[] = {
-    { "nbd", "nbd", nbd_prefixes, &nbd_loaded },
-    { NULL, NULL, NULL, NULL },
+    { "nbd", nbd_prefixes, "libnbd", "libnbd0", &nbd_state },
+    { "iscsi", iscsi_prefixes, "libiscsi", "libiscsi7", &iscsi_state },
+    { "gluster", gluster_prefixes, "libgfapi", "libgfapi0", &gluster_state },
+    { NULL, NULL, NULL, NULL, NULL },
 };
 
 const char *block_known_driver(size_t i, bool *module)
@@ -78,12 +83,8 @@ const BlockDriver *block_find_driver(const char *name)
     if (strcmp(name, "host_device") == 0) {
         return block_find_driver("file");
     }
-    for (int i = 0; block_module_list[i].name; i++) {
-        if (strcmp(block_module_list[i].name, name) == 0) {
-            return block_module_load(&block_module_list[i]);
-        }
-    }
-    return NULL;
+    const BlockModule *m = block_module_named(name);
+    return m ? block_module_load(m) : NULL;
 }
 
 const BlockDriver *block_protocol_for(const char *filename)
@@ -95,15 +96,7 @@ const BlockDriver *block_protocol_for(const char *filename)
             return d;
         }
     }
-    for (int i = 0; filename && block_module_list[i].name; i++) {
-        const BlockModule *m = &block_module_list[i];
-        for (int k = 0; m->prefixes[k]; k++) {
-            if (strncmp(filename, m->prefixes[k],
-                        strlen(m->prefixes[k])) == 0) {
-                const BlockDriver *d = block_module_load(m);
-                return d ? d : NULL;
-            }
-        }
-    }
-    return block_find_driver("file");
+    /* A URL a module owns is never a local file name, loaded or not. */
+    const BlockModule *m = block_module_owning(filename);
+    return m ? block_module_load(m) : block_find_driver("file");
 }

@@ -2,17 +2,24 @@
  * modules.c - drivers built as loadable modules.
  *
  * The libraries behind network protocols are large (linked in, libiscsi,
- * libgfapi and libnbd each add megabytes of resident memory to every run,
- * most of which never touch them), so their drivers are shared modules
- * loaded the first time something names them: by driver name or by a URL
- * prefix (block/core/drivers.c lists both).  A module exports one symbol,
- * imgtool_block_module_driver, the driver it holds; the core's symbols it
- * uses come from the program that loads it.
+ * libgfapi and libnbd each add megabytes of resident memory and their
+ * relocation time to every run, most of which never touch them), so
+ * their drivers are shared modules, linked normally against their
+ * library and loaded the first time something names them: by driver name
+ * or by a URL prefix (block/core/drivers.c lists both), or by a pool that
+ * asks for the module's ops.  A module exports imgtool_block_module_driver
+ * (the driver it holds) and may export imgtool_block_module_ops (what
+ * else callers ask of it, such as a pool's questions to an iSCSI target;
+ * the type is the module's own header's); the core's symbols it uses come
+ * from the program that loads it (linked with export_dynamic).
  *
- * Where modules are looked for: $IMGTOOL_MODULE_DIR, then "modules" next
- * to the running executable (the build tree), then the install directory
- * (IMGTOOL_MODULE_INSTALL_DIR).  A module that cannot be loaded is an
- * unknown driver, with the loader's reason in the error.
+ * Where a module is looked for: $IMGTOOL_MODULE_DIR, then "modules" next
+ * to the running executable (the build tree, so tests run from build/),
+ * then the install directory (IMGTOOL_MODULE_INSTALL_DIR).  The first
+ * file found is the one used: a module there that does not load is an
+ * error, not a reason to try an older one elsewhere.  Loaded, it stays
+ * loaded; failed, it is not tried again, and its one-line reason is what
+ * every later use reports.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -30,69 +37,162 @@
 #endif
 
 static pthread_mutex_t modules_lock = PTHREAD_MUTEX_INITIALIZER;
-static char last_error[256];
 
-static void *try_open(const char *dir, const char *module)
+const BlockModule *block_module_named(const char *name)
 {
-    char path[PATH_MAX];
-    if (snprintf(path, sizeof(path), "%s/imgtool-%s.so", dir, module) >=
-        (int)sizeof(path)) {
-        return NULL;
+    for (int i = 0; name && block_module_list[i].name; i++) {
+        if (strcmp(block_module_list[i].name, name) == 0) {
+            return &block_module_list[i];
+        }
     }
-    if (access(path, R_OK) != 0) {
-        return NULL;
-    }
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-        snprintf(last_error, sizeof(last_error), "%s", dlerror());
-    }
-    return h;
+    return NULL;
 }
 
-static void *open_module(const char *module)
+const BlockModule *block_module_owning(const char *filename)
 {
-    const char *env = getenv("IMGTOOL_MODULE_DIR");
-    void *h = env && *env ? try_open(env, module) : NULL;
-    if (!h) {
-        char exe[PATH_MAX];
-        ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-        if (n > 0) {
-            exe[n] = '\0';
-            char *slash = strrchr(exe, '/');
-            if (slash) {
-                strcpy(slash, "/modules");
-                h = try_open(exe, module);
+    for (int i = 0; filename && block_module_list[i].name; i++) {
+        const BlockModule *m = &block_module_list[i];
+        for (int k = 0; m->prefixes[k]; k++) {
+            if (strncmp(filename, m->prefixes[k],
+                        strlen(m->prefixes[k])) == 0) {
+                return m;
             }
         }
     }
-    if (!h) {
-        h = try_open(IMGTOOL_MODULE_INSTALL_DIR, module);
+    return NULL;
+}
+
+/* The directory of the running executable plus "/modules", or "". */
+static void build_tree_dir(char *out, size_t size)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    out[0] = '\0';
+    if (n <= 0) {
+        return;
     }
-    return h;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (slash) {
+        *slash = '\0';
+        if (snprintf(out, size, "%s/modules", exe) >= (int)size) {
+            out[0] = '\0';
+        }
+    }
+}
+
+/* Fills path with the first imgtool-NAME.so found; false (and where it
+ * looked, in st->error) when there is none. */
+static bool find_module(const BlockModule *m, char *path, size_t size)
+{
+    char here[PATH_MAX];
+    build_tree_dir(here, sizeof(here));
+    const char *env = getenv("IMGTOOL_MODULE_DIR");
+    const char *dirs[] = { env && *env ? env : NULL, here[0] ? here : NULL,
+                           IMGTOOL_MODULE_INSTALL_DIR };
+    char looked[PATH_MAX * 2] = "";
+    for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+        if (!dirs[i]) {
+            continue;
+        }
+        if (snprintf(path, size, "%s/imgtool-%s.so", dirs[i], m->name) <
+                (int)size && access(path, F_OK) == 0) {
+            return true;
+        }
+        size_t len = strlen(looked);
+        snprintf(looked + len, sizeof(looked) - len, "%s%s",
+                 len ? ", " : "", dirs[i]);
+    }
+    snprintf(m->state->error, sizeof(m->state->error),
+             "the %s driver's module imgtool-%s.so is not installed "
+             "(looked in %.400s)", m->name, m->name, looked);
+    return false;
+}
+
+static void load(const BlockModule *m)
+{
+    BlockModuleState *st = m->state;
+    char path[PATH_MAX];
+    if (!find_module(m, path, sizeof(path))) {
+        return;
+    }
+    dlerror();
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        /* dlerror names the module itself when it is broken, or the
+         * library it needs when that is missing. */
+        const char *why = dlerror();
+        snprintf(st->error, sizeof(st->error), "cannot load the %s driver: "
+                 "%.400s (the module needs %s, package %s)", m->name,
+                 why ? why : path, m->library, m->package);
+        return;
+    }
+    const BlockDriver *const *pp = dlsym(h, "imgtool_block_module_driver");
+    const void *const *ops = dlsym(h, "imgtool_block_module_ops");
+    const BlockDriver *d = pp ? *pp : NULL;
+    if (!d || strcmp(d->name, m->name) != 0) {
+        snprintf(st->error, sizeof(st->error), "%.400s is not the imgtool "
+                 "module of the %s driver", path, m->name);
+    } else if (d->api_version != BLOCK_DRIVER_API_VERSION) {
+        snprintf(st->error, sizeof(st->error), "%.400s was built for another "
+                 "imgtool (driver API %d, this one has %d)", path,
+                 d->api_version, BLOCK_DRIVER_API_VERSION);
+    } else {
+        st->driver = d;
+        st->ops = ops ? *ops : NULL;
+        return;
+    }
+    dlclose(h);
 }
 
 const BlockDriver *block_module_load(const BlockModule *m)
 {
     pthread_mutex_lock(&modules_lock);
-    if (!*m->loaded) {
-        last_error[0] = '\0';
-        void *h = open_module(m->module);
-        const BlockDriver *const *pp =
-            h ? dlsym(h, "imgtool_block_module_driver") : NULL;
-        const BlockDriver *d = pp ? *pp : NULL;
-        if (d && d->api_version == BLOCK_DRIVER_API_VERSION &&
-            strcmp(d->name, m->name) == 0) {
-            *m->loaded = d;   /* stays loaded: nodes point into it */
-        } else if (h) {
-            dlclose(h);
-        }
+    if (!m->state->tried) {
+        load(m);
+        m->state->tried = true;
     }
-    const BlockDriver *d = *m->loaded;
+    const BlockDriver *d = m->state->driver;
     pthread_mutex_unlock(&modules_lock);
     return d;
 }
 
-const char *block_module_error(void)
+const char *block_module_error(const BlockModule *m)
 {
-    return last_error[0] ? last_error : NULL;
+    pthread_mutex_lock(&modules_lock);
+    const char *why = m->state->tried && !m->state->driver ?
+                      m->state->error : NULL;
+    pthread_mutex_unlock(&modules_lock);
+    return why;
+}
+
+int block_module_ops(const char *driver, const void **ops, Error *err)
+{
+    const BlockModule *m = block_module_named(driver);
+    *ops = NULL;
+    if (!m) {
+        return error_setf(err, ENOENT, "no driver module named '%s'",
+                          driver);
+    }
+    if (!block_module_load(m)) {
+        return error_setf(err, ENOENT, "%s", block_module_error(m));
+    }
+    if (!m->state->ops) {
+        return error_setf(err, ENOSYS, "the %s driver's module has no "
+                          "operations besides the driver", driver);
+    }
+    *ops = m->state->ops;
+    return 0;
+}
+
+int block_module_driver_error(const char *drvname, const char *filename,
+                              Error *err)
+{
+    const BlockModule *m = drvname ? block_module_named(drvname)
+                                   : block_module_owning(filename);
+    const char *why = m ? block_module_error(m) : NULL;
+    if (why) {
+        return error_setf(err, ENOENT, "%s", why);
+    }
+    return 0;
 }

@@ -340,10 +340,12 @@ BlockNode *block_open_protocol(const char *filename, KVList *opts, int flags,
     const BlockDriver *drv = drvname ? block_find_driver(drvname)
                                      : block_protocol_for(filename);
     if (!drv || drv->kind != BLOCK_DRIVER_PROTOCOL) {
-        const char *why = block_module_error();
-        error_setf(err, EINVAL, "Unknown protocol driver '%s'%s%s",
-                   drvname ? drvname : filename ? filename : "?",
-                   why ? ": " : "", why ? why : "");
+        /* A module that did not load says why, without the file name: an
+         * iscsi:// URL may carry a password. */
+        if (drv || block_module_driver_error(drvname, filename, err) == 0) {
+            error_setf(err, EINVAL, "Unknown protocol driver '%s'",
+                       drvname ? drvname : filename ? filename : "?");
+        }
         return NULL;
     }
     const char *fn = kvlist_get(opts, "filename");
@@ -681,7 +683,9 @@ static BlockNode *open_image(const char *filename, const char *format,
     if (format) {
         drv = block_find_driver(format);
         if (!drv) {
-            error_setf(err, EINVAL, "Unknown driver '%s'", format);
+            if (block_module_driver_error(format, NULL, err) == 0) {
+                error_setf(err, EINVAL, "Unknown driver '%s'", format);
+            }
             goto out;
         }
     }

@@ -406,9 +406,6 @@ static glfs_t *connect_volume(const GlusterAddr *a, Error *err)
 
 glfs_t *gluster_get(const GlusterAddr *a, Error *err)
 {
-    if (gluster_lib_load(err) < 0) {
-        return NULL;
-    }
     char *key = conn_key(a);
     if (!key) {
         error_setf(err, ENOMEM, "out of memory");

@@ -16,7 +16,9 @@
 #define IMGTOOL_BLOCK_PROTOCOL_GLUSTER_INT_H
 
 #include "block/driver.h"
-#include "block/protocol/gluster-lib.h"
+#include <glusterfs/api/glfs.h>
+
+#include "block/protocol/gluster.h"
 
 #define GLUSTER_MAX_SERVERS 16
 #define GLUSTER_DEFAULT_PORT 24007

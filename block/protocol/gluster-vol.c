@@ -1,6 +1,7 @@
 /*
  * gluster-vol.c - files and directories on a Gluster volume for the
- * pools (gluster.h), on the same per-volume connections the driver uses.
+ * pools (gluster.h's GlusterVolOps, the table this module exports), on
+ * the same per-volume connections the driver uses.
  * Each call resolves its URL, does one thing through gfapi and returns
  * one line on failure that names the URL.
  */
@@ -10,7 +11,6 @@
 #include <string.h>
 
 #include "block/protocol/gluster-int.h"
-#include "block/protocol/gluster.h"
 
 /* The connection and the path inside the volume ("/" for its root). */
 static glfs_t *resolve(const char *url, char **path, Error *err)
@@ -46,7 +46,7 @@ static int fail(Error *err, int e, const char *what, const char *url)
     return error_setf(err, e, "cannot %s '%s': %s", what, url, strerror(e));
 }
 
-void gluster_dir_entries_free(GlusterDirEntry *v, int n)
+static void gluster_dir_entries_free(GlusterDirEntry *v, int n)
 {
     for (int i = 0; i < n; i++) {
         free(v[i].name);
@@ -54,7 +54,8 @@ void gluster_dir_entries_free(GlusterDirEntry *v, int n)
     free(v);
 }
 
-int gluster_list_dir(const char *url, GlusterDirEntry **out, Error *err)
+static int gluster_list_dir(const char *url, GlusterDirEntry **out,
+                            Error *err)
 {
     *out = NULL;
     char *path;
@@ -111,7 +112,7 @@ int gluster_list_dir(const char *url, GlusterDirEntry **out, Error *err)
     return n;
 }
 
-int gluster_stat(const char *url, struct stat *st, Error *err)
+static int gluster_stat(const char *url, struct stat *st, Error *err)
 {
     char *path;
     glfs_t *fs = resolve(url, &path, err);
@@ -125,7 +126,7 @@ int gluster_stat(const char *url, struct stat *st, Error *err)
            : ret < 0 ? fail(err, -ret, "stat", url) : 0;
 }
 
-int gluster_unlink(const char *url, Error *err)
+static int gluster_unlink(const char *url, Error *err)
 {
     char *path;
     glfs_t *fs = resolve(url, &path, err);
@@ -138,7 +139,7 @@ int gluster_unlink(const char *url, Error *err)
     return ret < 0 && ret != -ENOENT ? fail(err, -ret, "remove", url) : ret;
 }
 
-int gluster_mkdir_p(const char *url, int mode, Error *err)
+static int gluster_mkdir_p(const char *url, int mode, Error *err)
 {
     char *path;
     glfs_t *fs = resolve(url, &path, err);
@@ -167,7 +168,7 @@ int gluster_mkdir_p(const char *url, int mode, Error *err)
     return ret;
 }
 
-int gluster_rmdir(const char *url, Error *err)
+static int gluster_rmdir(const char *url, Error *err)
 {
     char *path;
     glfs_t *fs = resolve(url, &path, err);
@@ -181,7 +182,7 @@ int gluster_rmdir(const char *url, Error *err)
                                             url) : 0;
 }
 
-int gluster_chmod(const char *url, int mode, Error *err)
+static int gluster_chmod(const char *url, int mode, Error *err)
 {
     char *path;
     glfs_t *fs = resolve(url, &path, err);
@@ -194,7 +195,8 @@ int gluster_chmod(const char *url, int mode, Error *err)
     return ret < 0 ? fail(err, -ret, "set the mode of", url) : 0;
 }
 
-int gluster_statvfs(const char *url, struct statvfs *sv, Error *err)
+static int gluster_statvfs(const char *url, struct statvfs *sv,
+                           Error *err)
 {
     char *path;
     glfs_t *fs = resolve(url, &path, err);
@@ -206,3 +208,17 @@ int gluster_statvfs(const char *url, struct statvfs *sv, Error *err)
     free(path);
     return ret < 0 ? fail(err, -ret, "statvfs", url) : 0;
 }
+
+static const GlusterVolOps gluster_vol_ops_table = {
+    .version = GLUSTER_VOL_OPS_VERSION,
+    .list_dir = gluster_list_dir,
+    .dir_entries_free = gluster_dir_entries_free,
+    .stat = gluster_stat,
+    .unlink = gluster_unlink,
+    .mkdir_p = gluster_mkdir_p,
+    .rmdir = gluster_rmdir,
+    .chmod = gluster_chmod,
+    .statvfs = gluster_statvfs,
+};
+
+BLOCK_MODULE_OPS(gluster_vol_ops_table);

@@ -634,3 +634,5 @@ const BlockDriver gluster_driver = {
     .create = gluster_drv_create,
     .create_opts = gluster_create_opts,
 };
+
+BLOCK_DRIVER_MODULE(gluster_driver);

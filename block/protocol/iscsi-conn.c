@@ -737,10 +737,7 @@ static void conn_free(IscsiConn *c)
 
 int iscsi_conn_open(IscsiConn **out, const IscsiAddr *a, Error *err)
 {
-    int ret = iscsi_lib_load(err);
-    if (ret < 0) {
-        return ret;
-    }
+    int ret;
     IscsiConn *c = calloc(1, sizeof(*c));
     if (!c) {
         return error_setf(err, ENOMEM, "out of memory");

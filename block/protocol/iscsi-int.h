@@ -24,9 +24,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-
 #include "block/driver.h"
-#include "block/protocol/iscsi-lib.h"
+#include <iscsi/iscsi.h>
+#include <iscsi/scsi-lowlevel.h>
+
+#include "block/protocol/iscsi.h"
 
 /* ------------------------------------------------------------------ */
 /* Where a LUN is (iscsi-addr.c)                                       */
@@ -66,6 +68,18 @@ void iscsi_addr_free(IscsiAddr *a);
 /* "iscsi://[user@]portal/target/lun", never with a password: for
  * messages and node names (malloc'd). */
 char *iscsi_addr_display(const IscsiAddr *a);
+
+/* iscsi.h's target operations, as the module implements them
+ * (iscsi-target.c, iscsi-addr.c); callers outside the module reach them
+ * through iscsi_target_ops(). */
+int iscsi_target_luns(const char *portal, const char *target, KVList *opts,
+                      IscsiLunInfo **out, Error *err);
+int iscsi_target_lun(const char *portal, const char *target, KVList *opts,
+                     int lun, IscsiLunInfo *out, Error *err);
+void iscsi_lun_info_free(IscsiLunInfo *v, int n);
+int iscsi_set_target_defaults(const char *target, const char *user,
+                              const char *secret_id,
+                              const char *initiator_name);
 
 /* ------------------------------------------------------------------ */
 /* One session and its service thread (iscsi-conn.c)                   */

@@ -295,3 +295,14 @@ int iscsi_target_lun(const char *portal, const char *target, KVList *opts,
     iscsi_lun_info_free(v, n);
     return 1;
 }
+
+/* What iscsi.h's callers reach through iscsi_target_ops(). */
+static const IscsiTargetOps iscsi_target_ops_table = {
+    .version = ISCSI_TARGET_OPS_VERSION,
+    .target_luns = iscsi_target_luns,
+    .target_lun = iscsi_target_lun,
+    .lun_info_free = iscsi_lun_info_free,
+    .set_target_defaults = iscsi_set_target_defaults,
+};
+
+BLOCK_MODULE_OPS(iscsi_target_ops_table);

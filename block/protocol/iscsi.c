@@ -642,3 +642,5 @@ const BlockDriver iscsi_driver = {
     .create = iscsi_drv_create,
     .create_opts = iscsi_create_opts,
 };
+
+BLOCK_DRIVER_MODULE(iscsi_driver);
