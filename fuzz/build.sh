@@ -21,8 +21,9 @@ if [ ! -f "$B/build.ninja" ]; then
         >/dev/null
 fi
 ninja -C "$B" libimgtool.a >/dev/null
-# Sanitizer builds link libiscsi and libgfapi (meson.build says why).
-LIBS="$(pkg-config --libs jansson zlib libzstd libcrypto libssl libiscsi glusterfs-api) -ldl"
+# No libiscsi, libgfapi or libnbd: their drivers are loadable modules
+# (modules/meson.build), so the library holds no call to them.
+LIBS="$(pkg-config --libs jansson zlib libzstd libcrypto libssl) -ldl"
 # Optional libraries meson links when it finds them.
 for opt in libdeflate liburing; do
     if pkg-config --exists $opt; then

@@ -21,8 +21,9 @@ packages=(
     libdeflate-dev
     # io_uring for asynchronous file I/O (optional: worker threads fallback)
     liburing-dev
-    # iscsi:// and gluster:// (the libraries QEMU uses for the same URLs)
-    libiscsi-dev libglusterfs-dev
+    # iscsi:// and gluster:// (the libraries QEMU uses for the same URLs);
+    # sanitizer builds link gfapi's libtirpc into imgtool (meson.build)
+    libiscsi-dev libglusterfs-dev libtirpc-dev
     # ASan/UBSan with clang, libFuzzer harnesses
     clang libclang-rt-14-dev
     # the oracle the tests compare against: qemu-img, qemu-io; and QEMU's
