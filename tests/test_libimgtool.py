@@ -135,6 +135,12 @@ def test_errors_come_back_as_one_line(examples, tmp):
              "0"], env=env, rc=1)
     assert p.stderr.count("\n") == 1 and "bogus" in p.stderr
     assert not (tmp / "x.qcow2").exists()
+    # network protocols are imgtool's modules: refused in one line
+    p = run([progs["imgmap"],
+             "iscsi://127.0.0.1:1/iqn.2024-01.org.imgtool.test:none/0"],
+            env=env, rc=1)
+    assert p.stderr.count("\n") == 1 and \
+        "only the imgtool program can load" in p.stderr, p.stderr
     # a write past the end is refused, not done
     run([progs["mkimage"], tmp / "y.raw", "raw", "64k", "-", "4096"],
         env=env, rc=1)

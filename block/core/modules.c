@@ -19,7 +19,8 @@
  * file found is the one used: a module there that does not load is an
  * error, not a reason to try an older one elsewhere.  Loaded, it stays
  * loaded; failed, it is not tried again, and its one-line reason is what
- * every later use reports.
+ * every later use reports.  Only a program that exports the core (the
+ * imgtool executable) can load modules: libimgtool.so's users cannot.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -112,6 +113,15 @@ static bool find_module(const BlockModule *m, char *path, size_t size)
 static void load(const BlockModule *m)
 {
     BlockModuleState *st = m->state;
+    /* A module calls the core through the program's exported symbols;
+     * libimgtool.so exports only its stable interface, so a program
+     * linked with it cannot host modules, and says so rather than
+     * reporting a missing symbol. */
+    if (!dlsym(RTLD_DEFAULT, "block_module_ops")) {
+        snprintf(st->error, sizeof(st->error), "the %s driver is a module "
+                 "that only the imgtool program can load", m->name);
+        return;
+    }
     char path[PATH_MAX];
     if (!find_module(m, path, sizeof(path))) {
         return;
