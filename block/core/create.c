@@ -58,6 +58,9 @@ typedef struct NewFiles {
 
 static bool is_local_name(const char *name)
 {
+    if (block_module_owning(name)) {
+        return false;          /* nbd://, iscsi://, gluster:// ... */
+    }
     for (int i = 0; block_driver_list[i]; i++) {
         const BlockDriver *d = block_driver_list[i];
         if (d->kind == BLOCK_DRIVER_PROTOCOL && d->owns_filename &&
