@@ -2,7 +2,7 @@
  * validate.c - checking XML against libvirt's own RelaxNG schemas
  * (/usr/share/libvirt/schemas, from libvirt-clients), for
  * pool-define --validate and vol-create --validate: the same check as
- * `virt-xml-validate FILE storagepool`.
+ * `virt-xml-validate FILE storagepool`.  Part of the imgtool-xml module.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -13,7 +13,7 @@
 #include <libxml/parser.h>
 #include <libxml/relaxng.h>
 
-#include "pools/pool.h"
+#include "pools/backend.h"
 #include "pools/util.h"
 #include "pools/xml.h"
 
@@ -38,8 +38,8 @@ static void quiet(void *ctx, const char *msg, ...)
     (void)msg;
 }
 
-int pool_xml_validate(const char *xml, size_t len, const char *schema,
-                      Error *err)
+int pxml_validate(const char *xml, size_t len, const char *schema,
+                  Error *err)
 {
     char *path = pool_strfmt("%s/%s.rng", SCHEMA_DIR, schema);
     if (!path) {

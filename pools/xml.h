@@ -3,7 +3,8 @@
  * bounded (POOL_MAX_XML), never fetch anything from the network, and a
  * DOCTYPE (where entity expansion attacks live) is refused outright.
  * libxml2 never prints: its errors come back as one line in err.
- * Internal to pools/.
+ * Internal to the imgtool-xml module (pools/xml-module.c): the rest of
+ * pools/ reaches these readers through PoolXmlOps (pools/xmlops.h).
  */
 #ifndef IMGTOOL_POOLS_XML_H
 #define IMGTOOL_POOLS_XML_H
@@ -14,6 +15,7 @@
 #include <libxml/tree.h>
 
 #include "block/block.h"
+#include "pools/backend.h"
 
 /* Parses xml whose root element must be `root`. */
 int pxml_parse(const char *xml, size_t len, const char *root,
@@ -34,5 +36,12 @@ int pxml_scaled(xmlNodePtr parent, const char *name, uint64_t *out,
 /* <permissions>: mode (octal), owner, group; -1 when unset. */
 int pxml_permissions(xmlNodePtr parent, int *mode, int *uid, int *gid,
                      char **label, Error *err);
+
+/* The readers the module's PoolXmlOps table holds. */
+int pxml_read_pool(const char *xml, size_t len, PoolDef *d, Error *err);
+int pxml_read_vol(const char *xml, size_t len, VolCreateArgs *a,
+                  Error *err);
+int pxml_validate(const char *xml, size_t len, const char *schema,
+                  Error *err);
 
 #endif
