@@ -171,6 +171,9 @@ const BlockDriver *block_node_driver(const BlockNode *n);
  * loadable modules (*module true; not loaded by asking); NULL past the
  * last.  For --version and completion. */
 const char *block_known_driver(size_t i, bool *module);
+/* The i-th loadable module (drivers and ops-only ones), with the library
+ * it links in *library; NULL past the last. */
+const char *block_known_module(size_t i, const char **library);
 /* The driver named name (any kind), or NULL. */
 const BlockDriver *block_find_driver(const char *name);
 /* The format driver named name, or NULL (protocols and filters too). */

@@ -14,20 +14,6 @@
 #define IMGTOOL_VERSION "unknown"
 #endif
 
-/* The library a network driver is built on. */
-static const char *driver_library(const char *name)
-{
-    static const struct { const char *driver, *lib; } libs[] = {
-        { "iscsi", "libiscsi" }, { "gluster", "gfapi" }, { "nbd", "libnbd" },
-    };
-    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++) {
-        if (strcmp(libs[i].driver, name) == 0) {
-            return libs[i].lib;
-        }
-    }
-    return NULL;
-}
-
 const char *imgtool_version(void)
 {
     return IMGTOOL_VERSION;
@@ -47,20 +33,16 @@ void imgtool_print_version(FILE *f)
         }
         fputc('\n', f);
     }
-    fprintf(f, "features: zlib zstd openssl libxml2 jansson");
+    fprintf(f, "features: zlib zstd openssl jansson");
 #ifdef HAVE_LIBDEFLATE
     fprintf(f, " libdeflate");
 #endif
 #ifdef HAVE_LIBURING
     fprintf(f, " liburing");
 #endif
-    bool module;
-    const char *name;
-    for (size_t i = 0; (name = block_known_driver(i, &module)); i++) {
-        const char *lib = driver_library(name);
-        if (lib) {
-            fprintf(f, " %s%s", lib, module ? "(module)" : "");
-        }
+    const char *lib;
+    for (size_t i = 0; block_known_module(i, &lib); i++) {
+        fprintf(f, " %s(module)", lib);
     }
     fputc('\n', f);
 }

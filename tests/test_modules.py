@@ -1,5 +1,6 @@
 """Driver modules (block/core/modules.c): nbd, iscsi and gluster are
-loadable modules linking libnbd, libiscsi and libgfapi, so
+loadable modules linking libnbd, libiscsi and libgfapi (and pools' XML
+readers one linking libxml2), so
 
  - a command that never names one of their URLs maps neither the module
    nor its library (the dynamic loader's own account, LD_DEBUG=files, of
@@ -64,6 +65,11 @@ def test_plain_command_maps_no_module_nor_network_library(tmp_path):
         assert f"imgtool-{m}.so" not in names, names
     for lib in NET_LIBS:
         assert not has(names, lib), (lib, names)
+    # pools' XML readers are a module too: libxml2 pulls in ICU and
+    # libstdc++ (some 1.8 MiB resident)
+    assert "imgtool-xml.so" not in names, names
+    for lib in ("libxml2.so", "libicuuc.so", "libstdc++.so"):
+        assert not has(names, lib), (lib, names)
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -101,7 +107,10 @@ def test_pool_definitions_load_no_module(tmp_path):
     for args in (["pool-list", "--all"], ["pool-dumpxml", "g"],
                  ["pool-dumpxml", "i"]):
         p, names = mapped(*args, env=env, rc=0)
-        assert not any(n.startswith("imgtool-") for n in names), (args, names)
+        # reading the definitions is the XML module's work, and only that
+        assert "imgtool-xml.so" in names and has(names, "libxml2.so"), names
+        assert not any(n.startswith("imgtool-") and n != "imgtool-xml.so"
+                       for n in names), (args, names)
         for lib in NET_LIBS:
             assert not has(names, lib), (args, lib, names)
     # starting the iSCSI pool asks the target: through the module
@@ -145,6 +154,17 @@ def test_missing_module_fails_pool_commands_in_one_line(lone_imgtool,
                                                         tmp_path):
     exe, env = lone_imgtool
     env["IMGTOOL_CONFIG_DIR"] = str(tmp_path / "cfg")
+    # without the XML module no pool definition can be read at all
+    p = run([exe, "pool-define-as", "d", "dir", "--target", tmp_path],
+            check=False, env=env)
+    assert "the xml module imgtool-xml.so is not installed" in \
+        one_error_line(p)
+    # with it (alone), each network pool needs its own module
+    only_xml = tmp_path / "only-xml"
+    only_xml.mkdir()
+    shutil.copy2(os.path.join(os.path.dirname(IMGTOOL), "modules",
+                              "imgtool-xml.so"), only_xml)
+    env["IMGTOOL_MODULE_DIR"] = str(only_xml)
     run([exe, "pool-define-as", "g", "gluster", "--source-host",
          "127.0.0.1", "--source-name", "vol"], env=env)
     run([exe, "pool-define-as", "i", "iscsi-direct", "--source-host",

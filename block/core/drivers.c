@@ -39,13 +39,17 @@ static const char *const gluster_prefixes[] = {
     "gluster://", "gluster+tcp://", "gluster+unix://", "gluster+rdma://",
     NULL,
 };
-static BlockModuleState nbd_state, iscsi_state, gluster_state;
+static const char *const no_prefixes[] = { NULL };
+static BlockModuleState nbd_state, iscsi_state, gluster_state, xml_state;
 
 const BlockModule block_module_list[] = {
-    { "nbd", nbd_prefixes, "libnbd", "libnbd0", &nbd_state },
-    { "iscsi", iscsi_prefixes, "libiscsi", "libiscsi7", &iscsi_state },
-    { "gluster", gluster_prefixes, "libgfapi", "libgfapi0", &gluster_state },
-    { NULL, NULL, NULL, NULL, NULL },
+    { "nbd", nbd_prefixes, "libnbd", "libnbd0", &nbd_state, false },
+    { "iscsi", iscsi_prefixes, "libiscsi", "libiscsi7", &iscsi_state, false },
+    { "gluster", gluster_prefixes, "libgfapi", "libgfapi0", &gluster_state,
+      false },
+    /* pools/xmlops.h: libvirt's XML read on libxml2 */
+    { "xml", no_prefixes, "libxml2", "libxml2", &xml_state, true },
+    { NULL, NULL, NULL, NULL, NULL, false },
 };
 
 const char *block_known_driver(size_t i, bool *module)
@@ -58,9 +62,24 @@ const char *block_known_driver(size_t i, bool *module)
         *module = false;
         return block_driver_list[i]->name;
     }
+    size_t seen = nb;
     for (size_t k = 0; block_module_list[k].name; k++) {
-        if (k == i - nb) {
+        if (block_module_list[k].ops_only) {
+            continue;       /* a module, but no driver */
+        }
+        if (seen++ == i) {
             *module = true;
+            return block_module_list[k].name;
+        }
+    }
+    return NULL;
+}
+
+const char *block_known_module(size_t i, const char **library)
+{
+    for (size_t k = 0; block_module_list[k].name; k++) {
+        if (k == i) {
+            *library = block_module_list[k].library;
             return block_module_list[k].name;
         }
     }
@@ -84,7 +103,7 @@ const BlockDriver *block_find_driver(const char *name)
         return block_find_driver("file");
     }
     const BlockModule *m = block_module_named(name);
-    return m ? block_module_load(m) : NULL;
+    return m && !m->ops_only ? block_module_load(m) : NULL;
 }
 
 const BlockDriver *block_protocol_for(const char *filename)

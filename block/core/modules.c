@@ -11,7 +11,9 @@
  * (the driver it holds) and may export imgtool_block_module_ops (what
  * else callers ask of it, such as a pool's questions to an iSCSI target;
  * the type is the module's own header's); the core's symbols it uses come
- * from the program that loads it (linked with export_dynamic).
+ * from the program that loads it (linked with export_dynamic).  A module
+ * may also be ops only, without a driver: pools' XML readers, so that
+ * libxml2 (with ICU and libstdc++) is mapped only by what reads XML.
  *
  * Where a module is looked for: $IMGTOOL_MODULE_DIR, then "modules" next
  * to the running executable (the build tree, so tests run from build/),
@@ -105,8 +107,9 @@ static bool find_module(const BlockModule *m, char *path, size_t size)
                  len ? ", " : "", dirs[i]);
     }
     snprintf(m->state->error, sizeof(m->state->error),
-             "the %s driver's module imgtool-%s.so is not installed "
-             "(looked in %.400s)", m->name, m->name, looked);
+             "the %s %s imgtool-%s.so is not installed (looked in %.400s)",
+             m->name, m->ops_only ? "module" : "driver's module", m->name,
+             looked);
     return false;
 }
 
@@ -140,7 +143,16 @@ static void load(const BlockModule *m)
     const BlockDriver *const *pp = dlsym(h, "imgtool_block_module_driver");
     const void *const *ops = dlsym(h, "imgtool_block_module_ops");
     const BlockDriver *d = pp ? *pp : NULL;
-    if (!d || strcmp(d->name, m->name) != 0) {
+    if (m->ops_only) {
+        if (d || !ops) {
+            snprintf(st->error, sizeof(st->error), "%.400s is not imgtool's "
+                     "%s module", path, m->name);
+        } else {
+            st->ops = *ops;
+            st->loaded = true;
+            return;
+        }
+    } else if (!d || strcmp(d->name, m->name) != 0) {
         snprintf(st->error, sizeof(st->error), "%.400s is not the imgtool "
                  "module of the %s driver", path, m->name);
     } else if (d->api_version != BLOCK_DRIVER_API_VERSION) {
@@ -150,6 +162,7 @@ static void load(const BlockModule *m)
     } else {
         st->driver = d;
         st->ops = ops ? *ops : NULL;
+        st->loaded = true;
         return;
     }
     dlclose(h);
@@ -170,7 +183,7 @@ const BlockDriver *block_module_load(const BlockModule *m)
 const char *block_module_error(const BlockModule *m)
 {
     pthread_mutex_lock(&modules_lock);
-    const char *why = m->state->tried && !m->state->driver ?
+    const char *why = m->state->tried && !m->state->loaded ?
                       m->state->error : NULL;
     pthread_mutex_unlock(&modules_lock);
     return why;
@@ -184,8 +197,10 @@ int block_module_ops(const char *driver, const void **ops, Error *err)
         return error_setf(err, ENOENT, "no driver module named '%s'",
                           driver);
     }
-    if (!block_module_load(m)) {
-        return error_setf(err, ENOENT, "%s", block_module_error(m));
+    block_module_load(m);
+    const char *why = block_module_error(m);
+    if (why) {
+        return error_setf(err, ENOENT, "%s", why);
     }
     if (!m->state->ops) {
         return error_setf(err, ENOSYS, "the %s driver's module has no "

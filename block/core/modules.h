@@ -16,6 +16,7 @@
 
 typedef struct BlockModuleState {
     bool tried;
+    bool loaded;                   /* the try worked */
     const BlockDriver *driver;     /* stays loaded: nodes point into it */
     const void *ops;               /* imgtool_block_module_ops, or NULL */
     char error[512];               /* one line when the load failed */
@@ -27,6 +28,8 @@ typedef struct BlockModule {
     const char *library;           /* what it links, for the message */
     const char *package;           /* the Debian package that has it */
     BlockModuleState *state;
+    bool ops_only;                 /* no driver, only an ops table (pools'
+                                    * XML readers on libxml2) */
 } BlockModule;
 
 /* Every module driver the build knows, NULL-name terminated. */
