@@ -66,16 +66,29 @@ def kill_server(gluster):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        # not our child: wait until it is gone, so that the brick glusterd
+        # starts next does not meet its port or pid file still held
+        end = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < end:
+            time.sleep(0.05)
 
 
 def revive(gluster):
-    """glusterd again; it starts the brick of the started volume."""
+    """glusterd again; it starts the brick of the started volume.  When
+    it does not (under load glusterd may still see the dead brick's pid
+    file, or its port), the brick is started by hand, as an admin would:
+    `volume start VOL force`."""
     gluster.glusterd.restart_glusterd()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
+    next_force = time.monotonic() + 5
     probe = gluster.url("probe.raw")
     while imgtool("create", "-f", "raw", probe, "1M",
                   check=False).returncode != 0:
         assert time.monotonic() < deadline, "the volume did not come back"
+        if time.monotonic() > next_force:
+            gluster.glusterd.cli("volume", "start", gluster.volume, "force",
+                                 check=False)
+            next_force = time.monotonic() + 10
         time.sleep(0.5)
 
 
