@@ -35,6 +35,13 @@ int block_run_write_hooks(BlockNode *n, uint64_t off, uint64_t len);
 bool block_has_write_hooks(const BlockNode *n);
 void block_free_write_hooks(BlockNode *n);
 
+/* Nodes (node.c) as open.c makes them: a new node of drv (not yet in
+ * the registry), freed with node_free when its open fails; published
+ * (named, counted, capabilities answered) once it succeeded. */
+BlockNode *node_new(const BlockDriver *drv, const char *filename, int flags);
+void node_free(BlockNode *n);
+int node_publish(BlockNode *n, KVList *opts, Error *err);
+
 /* Runs a request that a drain held (it is not counted in yet). */
 void block_request_resubmit(BlockRequest *req);
 
