@@ -58,6 +58,13 @@ typedef struct Check {
                                  would be if the image were contiguous */
     uint64_t highest;         /* highest used cluster + 1 */
     uint8_t *l2buf;
+    /* The refcount blocks' offsets, sorted, for check_may_rewrite (a
+     * hostile image can ask it once per L1/L2 entry): valid while
+     * rb_index_gen equals the state's refcount_table_gen. */
+    uint64_t *rb_index;
+    uint64_t rb_index_n;
+    uint64_t rb_index_gen;
+    bool rb_index_valid;
 } Check;
 
 /* check.c */

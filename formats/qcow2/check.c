@@ -77,6 +77,46 @@ int check_read_file(Check *c, uint64_t off, uint64_t len, void *buf)
     return ret < 0 ? ret : 0;
 }
 
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* c->rb_index as the refcount table is now; false when out of memory. */
+static bool rb_index_fresh(Check *c)
+{
+    Qcow2State *s = c->s;
+    if (c->rb_index_valid && c->rb_index_gen == s->refcount_table_gen) {
+        return true;
+    }
+    free(c->rb_index);
+    c->rb_index = NULL;
+    c->rb_index_n = 0;
+    c->rb_index_valid = false;
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        n += (s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK) != 0;
+    }
+    if (n) {
+        c->rb_index = malloc(n * sizeof(*c->rb_index));
+        if (!c->rb_index) {
+            return false;
+        }
+        for (uint64_t i = 0, k = 0; i < s->refcount_table_size; i++) {
+            uint64_t b = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+            if (b) {
+                c->rb_index[k++] = b;
+            }
+        }
+        qsort(c->rb_index, n, sizeof(*c->rb_index), cmp_u64);
+    }
+    c->rb_index_n = n;
+    c->rb_index_gen = s->refcount_table_gen;
+    c->rb_index_valid = true;
+    return true;
+}
+
 /* Whether a table at [off, off + len) may be rewritten by a repair: a
  * damaged image can put it over the header, the refcount structures,
  * the snapshot table or the active L1 table (self: the table's own
@@ -102,13 +142,22 @@ bool check_may_rewrite(Check *c, uint64_t off, uint64_t len, uint64_t self)
                                              cs)))) {
         return false;
     }
-    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
-        uint64_t b = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
-        if (b && qcow2_ranges_overlap(a, alen, b, cs)) {
-            return false;
+    if (!rb_index_fresh(c)) {
+        return false;       /* out of memory: refuse, as for an overlap */
+    }
+    /* The first block that ends after a starts at or after a - cs + 1;
+     * it overlaps when it starts before the range ends. */
+    uint64_t lo = 0, hi = c->rb_index_n, from = a >= cs ? a - cs + 1 : 0;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (c->rb_index[mid] < from) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
         }
     }
-    return true;
+    return !(lo < c->rb_index_n &&
+             qcow2_ranges_overlap(a, alen, c->rb_index[lo], cs));
 }
 
 static void check_free(Check *c)
@@ -120,6 +169,7 @@ static void check_free(Check *c)
     free(c->rb_state);
     free(c->l2buf);
     free(c->overflowed);
+    free(c->rb_index);
 }
 
 /* One full check (and repair, per c->fix) into c->res. */

@@ -206,6 +206,9 @@ struct Qcow2State {
     uint64_t *l1_table;        /* host byte order, l1_size entries */
     uint64_t *refcount_table;  /* host byte order */
     uint64_t refcount_table_size;  /* entries */
+    /* Bumped whenever refcount_table changes, so that what is derived
+     * from it (check's index of refcount blocks) knows to rebuild. */
+    uint64_t refcount_table_gen;
 
     Qcow2Cache l2_cache;
     Qcow2Cache refcount_cache;

@@ -122,6 +122,7 @@ int qcow2_install_refcounts(Qcow2State *s, Qcow2RefcountLayout *l,
     s->refcount_table = table;
     table = NULL;
     s->refcount_table_size = l->table_entries;
+    s->refcount_table_gen++;
     s->refcount_table_offset = l->table_offset;
     s->refcount_table_clusters = (uint32_t)clusters;
     ret = 0;

@@ -527,6 +527,7 @@ static int alloc_refblock(Qcow2State *s, uint64_t rti, uint64_t from)
         return ret;
     }
     s->refcount_table[rti] = b << s->cluster_bits;
+    s->refcount_table_gen++;
     ret = qcow2_write_reftable(s, rti, 1);
     if (ret >= 0) {
         ret = block_flush(block_file(s->node));

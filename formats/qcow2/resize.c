@@ -251,6 +251,7 @@ static int shrink_reftable(Qcow2State *s)
             uint64_t self = (uint64_t)off >> s->cluster_bits;
             bool self_here = qcow2_reftable_index(s, self) == rti;
             s->refcount_table[rti] = 0;
+            s->refcount_table_gen++;
             ret = qcow2_write_reftable(s, rti, 1);
             if (ret >= 0) {
                 ret = block_flush(block_file(s->node));
