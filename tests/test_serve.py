@@ -565,7 +565,9 @@ def test_image_locking_with_qemu(tmp, img):
         assert p.returncode != 0 and "lock" in (p.stdout + p.stderr)
         qemu_img("info", "-U", img)
         d.stop()
-    holder = subprocess.Popen(["qemu-io", "-c", "sleep 3000", img],
+    # qemu-io's sleep is in milliseconds: hold the lock until killed
+    # (3 s was shorter than a few qemu-img polls on a loaded host)
+    holder = subprocess.Popen(["qemu-io", "-c", "sleep 600000", img],
                               stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
