@@ -164,6 +164,15 @@ int pool_read_image_info(const char *filename, const char *fmt,
  * or its host bytes when raw_bytes. */
 int pool_vol_open_node(Pool *p, const VolInfo *v, bool raw_bytes, int flags,
                        BlockNode **out, Error *err);
+/* Starts a volume's open spec (pools/volopen.c): filename (taken, NULL
+ * when out of memory) and v's format, or "raw" for its host bytes.
+ * On failure spec is cleared. */
+int pool_vol_spec_init(VolOpenSpec *spec, char *filename, const VolInfo *v,
+                       bool raw_bytes, Error *err);
+/* A LUKS image's key, when the command defined v's secret; without it
+ * the volume still opens for what needs no key (info). */
+void pool_vol_spec_luks_key(VolOpenSpec *spec, const VolInfo *v,
+                            bool raw_bytes);
 /* Creates an empty image of a's format and capacity at filename (a
  * file, or storage the block layer reaches by that name).  fill_storage:
  * the image's storage is a new file that gets a's allocation (and

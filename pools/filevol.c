@@ -1,6 +1,7 @@
 /*
  * filevol.c - the cache of file volumes shared by the directory and the
- * Gluster back ends (filevol.h says what it keeps and why).
+ * Gluster back ends (filevol.h says what it keeps and why), and the ops
+ * of their volumes that do not depend on where the file is.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -192,4 +193,49 @@ void pool_file_vols_prune(Pool *p, json_t *seen)
             p->cache_dirty = true;
         }
     }
+}
+
+int pool_file_vol_resize(Pool *p, const VolInfo *v, uint64_t capacity,
+                         bool allocate, Error *err)
+{
+    BlockNode *n;
+    Error oerr = { 0 };
+    int ret = pool_vol_open_node(p, v, false, BLOCK_O_RDWR, &n, &oerr);
+    if (ret < 0) {
+        return error_setf(err, -ret, "volume '%s' cannot be used: %s",
+                          v->name, oerr.msg);
+    }
+    ret = block_truncate(n, capacity, true,
+                         allocate ? PREALLOC_FALLOC : PREALLOC_OFF, err);
+    if (ret == 0) {
+        ret = block_flush(n);
+        if (ret < 0) {
+            error_setf(err, -ret, "flush failed: %s", strerror(-ret));
+        }
+    }
+    block_close(n);
+    return ret;
+}
+
+int pool_file_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,
+                            VolOpenSpec *spec, Error *err)
+{
+    (void)p;
+    int ret = pool_vol_spec_init(spec, strdup(v->path), v, raw_bytes, err);
+    if (ret == 0) {
+        pool_vol_spec_luks_key(spec, v, raw_bytes);
+    }
+    return ret;
+}
+
+int pool_file_vol_changed(Pool *p, const VolInfo *v, const char *format,
+                          Error *err)
+{
+    (void)err;
+    if (!format) {
+        pool_file_vol_forget(p, v->name);
+    } else {
+        pool_file_vol_remember(p, v->name, format, NULL);
+    }
+    return 0;
 }

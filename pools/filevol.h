@@ -38,4 +38,14 @@ void pool_file_vol_forget(Pool *p, const char *name);
  * whose keys are the names found). */
 void pool_file_vols_prune(Pool *p, json_t *seen);
 
+/* Ops the directory and the Gluster back ends share: a file volume is
+ * resized through the block layer, opened by its path or URL, and its
+ * format is remembered once imgtool changed it. */
+int pool_file_vol_resize(Pool *p, const VolInfo *v, uint64_t capacity,
+                         bool allocate, Error *err);
+int pool_file_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,
+                            VolOpenSpec *spec, Error *err);
+int pool_file_vol_changed(Pool *p, const VolInfo *v, const char *format,
+                          Error *err);
+
 #endif

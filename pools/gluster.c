@@ -328,64 +328,6 @@ static int gluster_vol_delete(Pool *p, const VolInfo *v, Error *err)
     return ret;
 }
 
-static int gluster_vol_resize(Pool *p, const VolInfo *v, uint64_t capacity,
-                              bool allocate, Error *err)
-{
-    BlockNode *n;
-    Error oerr = { 0 };
-    int ret = pool_vol_open_node(p, v, false, BLOCK_O_RDWR, &n, &oerr);
-    if (ret < 0) {
-        return error_setf(err, -ret, "volume '%s' cannot be used: %s",
-                          v->name, oerr.msg);
-    }
-    ret = block_truncate(n, capacity, true,
-                         allocate ? PREALLOC_FALLOC : PREALLOC_OFF, err);
-    if (ret == 0) {
-        ret = block_flush(n);
-        if (ret < 0) {
-            error_setf(err, -ret, "flush failed: %s", strerror(-ret));
-        }
-    }
-    block_close(n);
-    return ret;
-}
-
-static int gluster_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,
-                                 VolOpenSpec *spec, Error *err)
-{
-    (void)p;
-    memset(spec, 0, sizeof(*spec));
-    spec->filename = strdup(v->path);
-    spec->format = strdup(raw_bytes ? "raw" : v->format);
-    if (!spec->filename || !spec->format) {
-        vol_open_spec_clear(spec);
-        return error_setf(err, ENOMEM, "out of memory");
-    }
-    if (!raw_bytes && v->secret && strcmp(v->format, "luks") == 0) {
-        /* the key is used when the command defined the secret */
-        uint8_t *data;
-        size_t len;
-        Error ignored = { 0 };
-        if (secret_lookup(v->secret, &data, &len, &ignored) == 0) {
-            secret_free(data, len);
-            kvlist_set(&spec->opts, "key-secret", v->secret);
-        }
-    }
-    return 0;
-}
-
-static int gluster_vol_changed(Pool *p, const VolInfo *v, const char *format,
-                               Error *err)
-{
-    (void)err;
-    if (!format) {
-        pool_file_vol_forget(p, v->name);
-    } else {
-        pool_file_vol_remember(p, v->name, format, NULL);
-    }
-    return 0;
-}
-
 static char *gluster_vol_new_path(Pool *p, const char *name)
 {
     return url_of(p, name);
@@ -404,8 +346,8 @@ const PoolBackend pool_backend_gluster = {
     .vol_lookup = gluster_vol_lookup,
     .vol_create = gluster_vol_create,
     .vol_delete = gluster_vol_delete,
-    .vol_resize = gluster_vol_resize,
-    .vol_open_spec = gluster_vol_open_spec,
+    .vol_resize = pool_file_vol_resize,
+    .vol_open_spec = pool_file_vol_open_spec,
     .vol_new_path = gluster_vol_new_path,
-    .vol_changed = gluster_vol_changed,
+    .vol_changed = pool_file_vol_changed,
 };

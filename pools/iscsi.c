@@ -356,12 +356,9 @@ static int iscsi_vol_resize(Pool *p, const VolInfo *v, uint64_t capacity,
 static int iscsi_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,
                                VolOpenSpec *spec, Error *err)
 {
-    memset(spec, 0, sizeof(*spec));
-    spec->filename = strdup(v->path);
-    spec->format = strdup(raw_bytes ? "raw" : v->format);
-    if (!spec->filename || !spec->format) {
-        vol_open_spec_clear(spec);
-        return error_setf(err, ENOMEM, "out of memory");
+    int ret = pool_vol_spec_init(spec, strdup(v->path), v, raw_bytes, err);
+    if (ret < 0) {
+        return ret;
     }
     /* raw bytes are the protocol node itself; an image has it as file */
     const char *pre = raw_bytes ? "" : "file.";
@@ -378,7 +375,7 @@ static int iscsi_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,
     }
     /* what the image opens behind it (its create path) logs in too */
     const IscsiTargetOps *ops;
-    int ret = iscsi_target_ops(&ops, err);
+    ret = iscsi_target_ops(&ops, err);
     if (ret == 0 && ops->set_target_defaults(iqn_of(p), p->def.auth_username,
                                              p->def.auth_secret,
                                              p->def.initiator_iqn) < 0) {

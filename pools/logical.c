@@ -26,7 +26,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "block/core/secret.h"
 #include "pools/backend.h"
 #include "pools/lvm.h"
 #include "pools/util.h"
@@ -554,22 +553,13 @@ static int logical_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,
         return error_setf(err, EBUSY, "volume '%s': %s", v->name,
                           v->unusable);
     }
-    spec->filename = lvm_have_dm() ? strdup(v->path) : linear_name(v);
-    spec->format = strdup(raw_bytes ? "raw" : v->format);
-    if (!spec->filename || !spec->format) {
-        vol_open_spec_clear(spec);
-        return error_setf(err, ENOMEM, "out of memory");
+    int ret = pool_vol_spec_init(spec, lvm_have_dm() ? strdup(v->path)
+                                                    : linear_name(v),
+                                 v, raw_bytes, err);
+    if (ret == 0) {
+        pool_vol_spec_luks_key(spec, v, raw_bytes);
     }
-    if (!raw_bytes && v->secret && strcmp(v->format, "luks") == 0) {
-        uint8_t *data;
-        size_t len;
-        Error ignored = { 0 };
-        if (secret_lookup(v->secret, &data, &len, &ignored) == 0) {
-            secret_free(data, len);
-            kvlist_set(&spec->opts, "key-secret", v->secret);
-        }
-    }
-    return 0;
+    return ret;
 }
 
 /* The first 4 KiB of a new raw LV are zeroed, as lvcreate does with
