@@ -28,6 +28,36 @@ void vol_create_args_clear(VolCreateArgs *a)
     a->mode = -1;
 }
 
+/* <format type='FMT'/> inside <target> or <backingStore>. */
+static void put_format(FILE *f, const char *fmt)
+{
+    fputs("    <format type='", f);
+    pool_xml_escape(f, fmt);
+    fputs("'/>\n", f);
+}
+
+/* A LUKS volume's passphrase, inside <encryption>: the --object secret
+ * by uuid when its id is one, by usage otherwise. */
+static void put_secret(FILE *f, const char *secret)
+{
+    char u[37];
+    fputs("      <secret type='passphrase' ", f);
+    fputs(pool_uuid_parse(secret, u) ? "uuid='" : "usage='", f);
+    pool_xml_escape(f, secret);
+    fputs("'/>\n", f);
+}
+
+static void put_backing_store(FILE *f, const char *path, const char *fmt)
+{
+    fputs("  <backingStore>\n    <path>", f);
+    pool_xml_escape(f, path);
+    fputs("</path>\n", f);
+    if (fmt) {
+        put_format(f, fmt);
+    }
+    fputs("  </backingStore>\n", f);
+}
+
 /* What virsh vol-create-as --print-xml shows. */
 char *pool_vol_args_to_xml(const VolCreateArgs *a)
 {
@@ -48,30 +78,17 @@ char *pool_vol_args_to_xml(const VolCreateArgs *a)
     if (a->format || a->secret) {
         fputs("  <target>\n", f);
         if (a->format) {
-            fputs("    <format type='", f);
-            pool_xml_escape(f, a->format);
-            fputs("'/>\n", f);
+            put_format(f, a->format);
         }
         if (a->secret) {
-            fputs("    <encryption format='luks'>\n      <secret "
-                  "type='passphrase' ", f);
-            char u[37];
-            fputs(pool_uuid_parse(a->secret, u) ? "uuid='" : "usage='", f);
-            pool_xml_escape(f, a->secret);
-            fputs("'/>\n    </encryption>\n", f);
+            fputs("    <encryption format='luks'>\n", f);
+            put_secret(f, a->secret);
+            fputs("    </encryption>\n", f);
         }
         fputs("  </target>\n", f);
     }
     if (a->backing_vol) {
-        fputs("  <backingStore>\n    <path>", f);
-        pool_xml_escape(f, a->backing_vol);
-        fputs("</path>\n", f);
-        if (a->backing_format) {
-            fputs("    <format type='", f);
-            pool_xml_escape(f, a->backing_format);
-            fputs("'/>\n", f);
-        }
-        fputs("  </backingStore>\n", f);
+        put_backing_store(f, a->backing_vol, a->backing_format);
     }
     fputs("</volume>\n", f);
     if (fclose(f) != 0) {
@@ -151,9 +168,7 @@ char *pool_vol_format_xml(const VolInfo *v)
     pool_xml_escape(f, v->path);
     fputs("</path>\n", f);
     if (v->format) {
-        fputs("    <format type='", f);
-        pool_xml_escape(f, v->format);
-        fputs("'/>\n", f);
+        put_format(f, v->format);
     }
     put_perms(f, v->mode, v->uid, v->gid);
     if (v->atime_ns || v->mtime_ns || v->ctime_ns) {
@@ -166,11 +181,7 @@ char *pool_vol_format_xml(const VolInfo *v)
     if (v->format && strcmp(v->format, "luks") == 0) {
         fputs("    <encryption format='luks'>\n", f);
         if (v->secret) {
-            char u[37];
-            fputs("      <secret type='passphrase' ", f);
-            fputs(pool_uuid_parse(v->secret, u) ? "uuid='" : "usage='", f);
-            pool_xml_escape(f, v->secret);
-            fputs("'/>\n", f);
+            put_secret(f, v->secret);
         }
         fputs("    </encryption>\n", f);
     }
@@ -202,15 +213,7 @@ char *pool_vol_format_xml(const VolInfo *v)
      * the network (a gluster:// base) is left out, as libvirt cannot say
      * it either (info --backing-chain shows it). */
     if (v->backing_path && v->backing_path[0] == '/') {
-        fputs("  <backingStore>\n    <path>", f);
-        pool_xml_escape(f, v->backing_path);
-        fputs("</path>\n", f);
-        if (v->backing_format) {
-            fputs("    <format type='", f);
-            pool_xml_escape(f, v->backing_format);
-            fputs("'/>\n", f);
-        }
-        fputs("  </backingStore>\n", f);
+        put_backing_store(f, v->backing_path, v->backing_format);
     }
     fputs("</volume>\n", f);
     if (fclose(f) != 0) {
