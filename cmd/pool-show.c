@@ -188,13 +188,7 @@ int cmd_pool_info(int argc, char **argv)
         uint64_t v[3] = { p.capacity, p.allocation, p.available };
         const char *k[3] = { "Capacity", "Allocation", "Available" };
         for (int i = 0; i < 3; i++) {
-            char buf[32];
-            if (virsh_flag(&a, "bytes")) {
-                pcmd_kv(k[i], "%llu", (unsigned long long)v[i]);
-            } else {
-                pcmd_pretty(v[i], buf, sizeof(buf));
-                pcmd_kv(k[i], "%s", buf);
-            }
+            pcmd_kv_size(k[i], v[i], virsh_flag(&a, "bytes"), "");
         }
     }
     putchar('\n');
@@ -219,13 +213,7 @@ int cmd_pool_dumpxml(int argc, char **argv)
         return s ? pcmd_fail(&err, "failed to get pool '%s'", pool) : 1;
     }
     pool_store_close(s);
-    if (a.output == OUTPUT_JSON) {
-        json_t *j = json_pack("{s:s}", "xml", xml);
-        imgtool_print_json(j);
-        json_decref(j);
-    } else {
-        printf("%s\n", xml);
-    }
+    pcmd_print_xml(&a, xml);
     free(xml);
     return 0;
 }

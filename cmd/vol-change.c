@@ -6,12 +6,8 @@
 
 #include "imgtool/pool-cmd.h"
 
-#define VOL_OPTS                                                     \
-    { "vol", VA_STRING, VA_REQUIRED, "vol name, key or path" }
-#define POOL_OPT { "pool", VA_STRING, 0, "pool name or uuid" }
-
 static const VirshOpt delete_opts[] = {
-    VOL_OPTS, POOL_OPT,
+    PCMD_OPT_VOL, PCMD_OPT_POOL,
     { "delete-snapshots", VA_BOOL, 0, "delete snapshots associated with "
       "volume (must be supported by storage driver)" },
     { NULL, 0, 0, NULL },
@@ -21,10 +17,10 @@ static const VirshCmd delete_cmd = {
 };
 
 static const VirshOpt resize_opts[] = {
-    VOL_OPTS,
+    PCMD_OPT_VOL,
     { "capacity", VA_STRING, VA_REQUIRED, "new capacity for the vol, as "
       "scaled integer (default bytes)" },
-    POOL_OPT,
+    PCMD_OPT_POOL,
     { "allocate", VA_BOOL, 0, "allocate the new capacity, rather than "
       "leaving it sparse" },
     { "delta", VA_BOOL, 0, "use capacity as a delta to current size, rather "
@@ -37,7 +33,7 @@ static const VirshCmd resize_cmd = {
 };
 
 static const VirshOpt wipe_opts[] = {
-    VOL_OPTS, POOL_OPT,
+    PCMD_OPT_VOL, PCMD_OPT_POOL,
     { "algorithm", VA_STRING, 0, "perform selected wiping algorithm: zero, "
       "nnsa, dod, bsi, gutmann, schneier, pfitzner7, pfitzner33, random, "
       "trim" },

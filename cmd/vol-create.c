@@ -14,12 +14,15 @@
 
 #include "imgtool/pool-cmd.h"
 
+#define PREALLOC_OPT                                                 \
+    { "prealloc-metadata", VA_BOOL, 0, "preallocate metadata (for qcow2 " \
+      "instead of full allocation)" }
+
 static const VirshOpt create_opts[] = {
     { "pool", VA_STRING, VA_REQUIRED, "pool name" },
     { "file", VA_STRING, VA_REQUIRED, "file containing an XML vol "
       "description ('-': standard input)" },
-    { "prealloc-metadata", VA_BOOL, 0, "preallocate metadata (for qcow2 "
-      "instead of full allocation)" },
+    PREALLOC_OPT,
     { "validate", VA_BOOL, 0, "validate the XML against libvirt's schema" },
     { NULL, 0, 0, NULL },
 };
@@ -40,8 +43,7 @@ static const VirshOpt create_as_opts[] = {
       "snapshot" },
     { "backing-vol-format", VA_STRING, 0, "format of backing volume if "
       "taking a snapshot" },
-    { "prealloc-metadata", VA_BOOL, 0, "preallocate metadata (for qcow2 "
-      "instead of full allocation)" },
+    PREALLOC_OPT,
     { "print-xml", VA_BOOL, 0, "print XML document, but don't "
       "define/create" },
     { "key-secret", VA_STRING, VA_NAMED, "luks: the id of the --object "
@@ -59,11 +61,10 @@ static const VirshOpt create_from_opts[] = {
     { "pool", VA_STRING, VA_REQUIRED, "pool name or uuid" },
     { "file", VA_STRING, VA_REQUIRED, "file containing an XML vol "
       "description ('-': standard input)" },
-    { "vol", VA_STRING, VA_REQUIRED, "vol name, key or path" },
+    PCMD_OPT_VOL,
     { "inputpool", VA_STRING, 0, "pool name or uuid of the input volume's "
       "pool" },
-    { "prealloc-metadata", VA_BOOL, 0, "preallocate metadata (for qcow2 "
-      "instead of full allocation)" },
+    PREALLOC_OPT,
     { "validate", VA_BOOL, 0, "validate the XML against libvirt's schema" },
     { NULL, 0, 0, NULL },
 };
@@ -73,11 +74,10 @@ static const VirshCmd create_from_cmd = {
 };
 
 static const VirshOpt clone_opts[] = {
-    { "vol", VA_STRING, VA_REQUIRED, "vol name, key or path" },
+    PCMD_OPT_VOL,
     { "newname", VA_STRING, VA_REQUIRED, "clone name" },
-    { "pool", VA_STRING, 0, "pool name or uuid" },
-    { "prealloc-metadata", VA_BOOL, 0, "preallocate metadata (for qcow2 "
-      "instead of full allocation)" },
+    PCMD_OPT_POOL,
+    PREALLOC_OPT,
     { NULL, 0, 0, NULL },
 };
 static const VirshCmd clone_cmd = {
@@ -116,6 +116,42 @@ static int read_args(const VirshArgs *a, const char *file,
     return 0;
 }
 
+/* A volume-making command's run: the store, and the progress shown
+ * while the pool copies content. */
+typedef struct Making {
+    PoolStore *s;
+    Progress *pr;
+    VolInfo v;
+    Error err;
+} Making;
+
+static int making_start(const VirshArgs *a, Making *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->s = pcmd_store();
+    if (!m->s) {
+        return -1;
+    }
+    m->pr = progress_start(a->progress);
+    return 0;
+}
+
+/* ret: the pool call's.  Reports "Failed to <fail_what> <fail_arg>: why"
+ * or "Vol NAME <done_what><done_arg>" (or the volume as JSON). */
+static int making_end(const VirshArgs *a, Making *m, int ret,
+                      const char *fail_what, const char *fail_arg,
+                      const char *done_what, const char *done_arg)
+{
+    progress_finish(m->pr);
+    pool_store_close(m->s);
+    int rc = ret < 0
+                 ? pcmd_fail(&m->err, "Failed to %s %s", fail_what, fail_arg)
+                 : pcmd_done(a, pcmd_vol_json(&m->v), "Vol %s %s%s",
+                             m->v.name, done_what, done_arg);
+    vol_info_clear(&m->v);
+    return rc;
+}
+
 int cmd_vol_create(int argc, char **argv)
 {
     VirshArgs a;
@@ -128,23 +164,14 @@ int cmd_vol_create(int argc, char **argv)
     if (read_args(&a, file, &va)) {
         return 1;
     }
-    PoolStore *s = pcmd_store();
-    Progress *pr = s ? progress_start(a.progress) : NULL;
-    VolInfo v = { 0 };
-    Error err = { 0 };
-    if (!s) {
-        rc = 1;
-    } else if (pool_vol_create(s, virsh_arg(&a, "pool"), &va, pcmd_progress,
-                               pr, &v, &err) < 0) {
-        progress_finish(pr);
-        rc = pcmd_fail(&err, "Failed to create vol from %s", file);
-    } else {
-        progress_finish(pr);
-        json_t *j = pcmd_vol_json(&v);
-        rc = pcmd_done(&a, j, "Vol %s created from %s", v.name, file);
+    Making m;
+    rc = 1;
+    if (making_start(&a, &m) == 0) {
+        rc = making_end(&a, &m,
+                        pool_vol_create(m.s, virsh_arg(&a, "pool"), &va,
+                                        pcmd_progress, m.pr, &m.v, &m.err),
+                        "create vol from", file, "created from ", file);
     }
-    pool_store_close(s);
-    vol_info_clear(&v);
     vol_create_args_clear(&va);
     return rc;
 }
@@ -173,34 +200,18 @@ int cmd_vol_create_as(int argc, char **argv)
     va.prealloc_metadata = virsh_flag(&a, "prealloc-metadata");
     if (virsh_flag(&a, "print-xml")) {
         char *xml = pool_vol_args_to_xml(&va);
-        if (a.output == OUTPUT_JSON) {
-            pcmd_done(&a, json_pack("{s:s}", "xml", xml ? xml : ""), "%s",
-                      "");
-        } else {
-            printf("%s\n", xml ? xml : "");
-        }
+        pcmd_print_xml(&a, xml ? xml : "");
         free(xml);
         return 0;
     }
-    PoolStore *s = pcmd_store();
-    if (!s) {
+    Making m;
+    if (making_start(&a, &m) < 0) {
         return 1;
     }
-    Progress *pr = progress_start(a.progress);
-    VolInfo v = { 0 };
-    Error err = { 0 };
-    if (pool_vol_create(s, virsh_arg(&a, "pool"), &va, pcmd_progress, pr,
-                        &v, &err) < 0) {
-        progress_finish(pr);
-        pool_store_close(s);
-        return pcmd_fail(&err, "Failed to create vol %s", va.name);
-    }
-    pool_store_close(s);
-    progress_finish(pr);
-    json_t *j = pcmd_vol_json(&v);
-    rc = pcmd_done(&a, j, "Vol %s created", v.name);
-    vol_info_clear(&v);
-    return rc;
+    return making_end(&a, &m,
+                      pool_vol_create(m.s, virsh_arg(&a, "pool"), &va,
+                                      pcmd_progress, m.pr, &m.v, &m.err),
+                      "create vol", va.name, "created", "");
 }
 
 int cmd_vol_create_from(int argc, char **argv)
@@ -216,25 +227,17 @@ int cmd_vol_create_from(int argc, char **argv)
     if (read_args(&a, file, &va)) {
         return 1;
     }
-    PoolStore *s = pcmd_store();
-    Progress *pr = s ? progress_start(a.progress) : NULL;
-    VolInfo v = { 0 };
-    Error err = { 0 };
-    if (!s) {
-        rc = 1;
-    } else if (pool_vol_create_from(s, virsh_arg(&a, "pool"), &va,
-                                    virsh_arg(&a, "inputpool"), from,
-                                    pcmd_progress, pr, &v, &err) < 0) {
-        progress_finish(pr);
-        rc = pcmd_fail(&err, "Failed to create vol from %s", file);
-    } else {
-        progress_finish(pr);
-        json_t *j = pcmd_vol_json(&v);
-        rc = pcmd_done(&a, j, "Vol %s created from input vol %s", v.name,
-                       from);
+    Making m;
+    rc = 1;
+    if (making_start(&a, &m) == 0) {
+        rc = making_end(&a, &m,
+                        pool_vol_create_from(m.s, virsh_arg(&a, "pool"), &va,
+                                             virsh_arg(&a, "inputpool"), from,
+                                             pcmd_progress, m.pr, &m.v,
+                                             &m.err),
+                        "create vol from", file, "created from input vol ",
+                        from);
     }
-    pool_store_close(s);
-    vol_info_clear(&v);
     vol_create_args_clear(&va);
     return rc;
 }
@@ -248,23 +251,12 @@ int cmd_vol_clone(int argc, char **argv)
     }
     const char *vol = virsh_arg(&a, "vol");
     const char *newname = virsh_arg(&a, "newname");
-    PoolStore *s = pcmd_store();
-    if (!s) {
+    Making m;
+    if (making_start(&a, &m) < 0) {
         return 1;
     }
-    Progress *pr = progress_start(a.progress);
-    VolInfo v = { 0 };
-    Error err = { 0 };
-    if (pool_vol_clone(s, virsh_arg(&a, "pool"), vol, newname,
-                       pcmd_progress, pr, &v, &err) < 0) {
-        progress_finish(pr);
-        pool_store_close(s);
-        return pcmd_fail(&err, "Failed to clone vol from %s", vol);
-    }
-    pool_store_close(s);
-    progress_finish(pr);
-    json_t *j = pcmd_vol_json(&v);
-    rc = pcmd_done(&a, j, "Vol %s cloned from %s", v.name, vol);
-    vol_info_clear(&v);
-    return rc;
+    return making_end(&a, &m,
+                      pool_vol_clone(m.s, virsh_arg(&a, "pool"), vol, newname,
+                                     pcmd_progress, m.pr, &m.v, &m.err),
+                      "clone vol from", vol, "cloned from ", vol);
 }

@@ -19,8 +19,8 @@ static const VirshCmd list_cmd = {
 };
 
 static const VirshOpt info_opts[] = {
-    { "vol", VA_STRING, VA_REQUIRED, "vol name, key or path" },
-    { "pool", VA_STRING, 0, "pool name or uuid" },
+    PCMD_OPT_VOL,
+    PCMD_OPT_POOL,
     { "bytes", VA_BOOL, 0, "sizes are represented in bytes rather than "
       "pretty units" },
     { "physical", VA_BOOL, 0, "return the physical size of the volume in "
@@ -32,8 +32,8 @@ static const VirshCmd info_cmd = {
 };
 
 static const VirshOpt vol_pool_opts[] = {
-    { "vol", VA_STRING, VA_REQUIRED, "vol name, key or path" },
-    { "pool", VA_STRING, 0, "pool name or uuid" },
+    PCMD_OPT_VOL,
+    PCMD_OPT_POOL,
     { NULL, 0, 0, NULL },
 };
 static const VirshOpt vol_only_opts[] = {
@@ -156,13 +156,7 @@ int cmd_vol_info(int argc, char **argv)
         pcmd_kv("Name", "%s", v.name);
         pcmd_kv("Type", "%s", v.type);
         for (int i = 0; i < 2; i++) {
-            char buf[32];
-            if (bytes) {
-                pcmd_kv(key[i], "%llu bytes", (unsigned long long)val[i]);
-            } else {
-                pcmd_pretty(val[i], buf, sizeof(buf));
-                pcmd_kv(key[i], "%s", buf);
-            }
+            pcmd_kv_size(key[i], val[i], bytes, " bytes");
         }
         putchar('\n');
         warn_state(&v);
@@ -249,13 +243,7 @@ int cmd_vol_dumpxml(int argc, char **argv)
         vol_info_clear(&v);
         return 1;
     }
-    if (a.output == OUTPUT_JSON) {
-        json_t *j = json_pack("{s:s}", "xml", xml);
-        imgtool_print_json(j);
-        json_decref(j);
-    } else {
-        printf("%s\n", xml);
-    }
+    pcmd_print_xml(&a, xml);
     free(xml);
     vol_info_clear(&v);
     return 0;

@@ -62,6 +62,17 @@ void pcmd_kv(const char *key, const char *fmt, ...)
     putchar('\n');
 }
 
+void pcmd_kv_size(const char *key, uint64_t v, bool bytes, const char *unit)
+{
+    if (bytes) {
+        pcmd_kv(key, "%llu%s", (unsigned long long)v, unit);
+    } else {
+        char buf[32];
+        pcmd_pretty(v, buf, sizeof(buf));
+        pcmd_kv(key, "%s", buf);
+    }
+}
+
 struct PcmdTable {
     int ncols;
     size_t nrows;
@@ -165,6 +176,17 @@ int pcmd_done(const VirshArgs *a, json_t *obj, const char *fmt, ...)
     }
     json_decref(obj);
     return 0;
+}
+
+void pcmd_print_xml(const VirshArgs *a, const char *xml)
+{
+    if (a->output == OUTPUT_JSON) {
+        json_t *j = json_pack("{s:s}", "xml", xml);
+        imgtool_print_json(j);
+        json_decref(j);
+    } else {
+        printf("%s\n", xml);
+    }
 }
 
 json_t *pcmd_pool_json(const PoolInfo *p)

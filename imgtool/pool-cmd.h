@@ -27,6 +27,15 @@ void pcmd_pretty(uint64_t v, char *buf, size_t len);
 void pcmd_kv(const char *key, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* A size as a "Key:  value" line: "1.50 GiB", or the number of bytes
+ * followed by unit ("" or " bytes", as the command's virsh twin says)
+ * when bytes. */
+void pcmd_kv_size(const char *key, uint64_t v, bool bytes, const char *unit);
+
+/* Options the volume commands share, as virsh words them. */
+#define PCMD_OPT_VOL { "vol", VA_STRING, VA_REQUIRED, "vol name, key or path" }
+#define PCMD_OPT_POOL { "pool", VA_STRING, 0, "pool name or uuid" }
+
 /* A table in virsh's layout; cells are copied. */
 typedef struct PcmdTable PcmdTable;
 PcmdTable *pcmd_table_new(int ncols, const char *const *header);
@@ -39,6 +48,10 @@ void pcmd_table_free(PcmdTable *t);
  * blank line, or obj as JSON (obj is consumed). */
 int pcmd_done(const VirshArgs *a, json_t *obj, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* An XML document (pool-dumpxml, vol-dumpxml, --print-xml): printed as
+ * it is, or as {"xml": ...}. */
+void pcmd_print_xml(const VirshArgs *a, const char *xml);
 
 json_t *pcmd_pool_json(const PoolInfo *p);
 json_t *pcmd_vol_json(const VolInfo *v);
