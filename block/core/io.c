@@ -155,6 +155,21 @@ static int drv_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 /* ------------------------------------------------------------------ */
 /* Reads and writes                                                    */
 
+/* An unaligned request widened to whole alignment units [start, end),
+ * with an aligned buffer of that size (NULL: out of memory). */
+typedef struct Widened {
+    uint64_t start, end;
+    uint8_t *bounce;
+} Widened;
+
+static Widened widen(BlockNode *n, uint64_t off, size_t len)
+{
+    uint64_t a = n->request_alignment;
+    Widened w = { align_down(off, a), align_up(off + len, a), NULL };
+    w.bounce = bounce_alloc(n, w.end - w.start);
+    return w;
+}
+
 int block_io_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 {
     size_t len = qiov->size;
@@ -164,21 +179,18 @@ int block_io_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
     if (is_aligned(n, off, len, qiov)) {
         return drv_preadv(n, off, qiov, flags);
     }
-    uint64_t a = n->request_alignment;
-    uint64_t start = align_down(off, a);
-    uint64_t end = align_up(off + len, a);
-    uint8_t *bounce = bounce_alloc(n, end - start);
-    if (!bounce) {
+    Widened w = widen(n, off, len);
+    if (!w.bounce) {
         return -ENOMEM;
     }
     struct iovec iov;
     BlockIOV bv;
-    blockiov_init_buf(&bv, &iov, bounce, end - start);
-    int ret = drv_preadv(n, start, &bv, flags);
+    blockiov_init_buf(&bv, &iov, w.bounce, w.end - w.start);
+    int ret = drv_preadv(n, w.start, &bv, flags);
     if (ret >= 0) {
-        blockiov_from_buf(qiov, 0, bounce + (off - start), len);
+        blockiov_from_buf(qiov, 0, w.bounce + (off - w.start), len);
     }
-    free(bounce);
+    free(w.bounce);
     return ret;
 }
 
@@ -196,12 +208,12 @@ static int pwritev_unmarked(BlockNode *n, uint64_t off, BlockIOV *qiov,
         return drv_pwritev(n, off, qiov, flags);
     }
     uint64_t a = n->request_alignment;
-    uint64_t start = align_down(off, a);
-    uint64_t end = align_up(off + len, a);
-    uint8_t *bounce = bounce_alloc(n, end - start);
-    if (!bounce) {
+    Widened w = widen(n, off, len);
+    if (!w.bounce) {
         return -ENOMEM;
     }
+    uint64_t start = w.start, end = w.end;
+    uint8_t *bounce = w.bounce;
     struct iovec iov;
     BlockIOV bv;
     int ret = 0;
