@@ -27,6 +27,23 @@ static Held *held;
 /* JSON to KVList                                                      */
 
 static int flatten(json_t *v, const char *key, int depth, KVList *out,
+                   Error *err);
+
+/* A member (name) or element (its index) of the object or array at key:
+ * flattened under "key.name", or "name" at the top. */
+static int flatten_under(json_t *sub, const char *key, const char *name,
+                         int depth, KVList *out, Error *err)
+{
+    char *full = NULL;
+    if (asprintf(&full, "%s%s%s", key, *key ? "." : "", name) < 0) {
+        return error_setf(err, ENOMEM, "out of memory");
+    }
+    int ret = flatten(sub, full, depth + 1, out, err);
+    free(full);
+    return ret;
+}
+
+static int flatten(json_t *v, const char *key, int depth, KVList *out,
                    Error *err)
 {
     char num[32];
@@ -39,12 +56,7 @@ static int flatten(json_t *v, const char *key, int depth, KVList *out,
         const char *k;
         json_t *sub;
         json_object_foreach(v, k, sub) {
-            char *full = NULL;
-            if (asprintf(&full, "%s%s%s", key, *key ? "." : "", k) < 0) {
-                return error_setf(err, ENOMEM, "out of memory");
-            }
-            int ret = flatten(sub, full, depth + 1, out, err);
-            free(full);
+            int ret = flatten_under(sub, key, k, depth, out, err);
             if (ret < 0) {
                 return ret;
             }
@@ -55,12 +67,9 @@ static int flatten(json_t *v, const char *key, int depth, KVList *out,
         size_t i;
         json_t *sub;
         json_array_foreach(v, i, sub) {
-            char *full = NULL;
-            if (asprintf(&full, "%s%s%zu", key, *key ? "." : "", i) < 0) {
-                return error_setf(err, ENOMEM, "out of memory");
-            }
-            int ret = flatten(sub, full, depth + 1, out, err);
-            free(full);
+            char idx[32];
+            snprintf(idx, sizeof(idx), "%zu", i);
+            int ret = flatten_under(sub, key, idx, depth, out, err);
             if (ret < 0) {
                 return ret;
             }
