@@ -160,56 +160,60 @@ void vhost_mem_unref(VhostMem *m)
     free(m);
 }
 
-void *vhost_mem_gpa(const VhostMem *m, uint64_t gpa, uint64_t len)
+/* The region holding addr, a guest physical address or (by_uva) a front
+ * end's virtual one, and addr's offset in it; NULL when none does. */
+static const VhostMemRegion *region_of(const VhostMem *m, bool by_uva,
+                                       uint64_t addr, uint64_t *off)
 {
-    if (len == 0) {
-        len = 1;
-    }
     for (int i = 0; i < m->n; i++) {
         const VhostMemRegion *r = &m->r[i];
-        if (gpa >= r->gpa && gpa - r->gpa < r->size &&
-            len <= r->size - (gpa - r->gpa)) {
-            return r->host + (gpa - r->gpa);
+        uint64_t base = by_uva ? r->uva : r->gpa;
+        if (addr >= base && addr - base < r->size) {
+            *off = addr - base;
+            return r;
         }
     }
     return NULL;
 }
 
-void *vhost_mem_uva(const VhostMem *m, uint64_t uva, uint64_t len)
+/* Regions do not overlap (in either space), so the one holding addr is
+ * the only one that can hold the whole range. */
+static void *range_of(const VhostMem *m, bool by_uva, uint64_t addr,
+                      uint64_t len)
 {
+    uint64_t off;
+    const VhostMemRegion *r = region_of(m, by_uva, addr, &off);
     if (len == 0) {
         len = 1;
     }
-    for (int i = 0; i < m->n; i++) {
-        const VhostMemRegion *r = &m->r[i];
-        if (uva >= r->uva && uva - r->uva < r->size &&
-            len <= r->size - (uva - r->uva)) {
-            return r->host + (uva - r->uva);
-        }
-    }
-    return NULL;
+    return r && len <= r->size - off ? r->host + off : NULL;
+}
+
+void *vhost_mem_gpa(const VhostMem *m, uint64_t gpa, uint64_t len)
+{
+    return range_of(m, false, gpa, len);
+}
+
+void *vhost_mem_uva(const VhostMem *m, uint64_t uva, uint64_t len)
+{
+    return range_of(m, true, uva, len);
 }
 
 int vhost_mem_gpa_iov(const VhostMem *m, uint64_t gpa, uint64_t len,
                       struct iovec *iov, int *niov, int max)
 {
     while (len > 0) {
-        const VhostMemRegion *r = NULL;
-        for (int i = 0; i < m->n; i++) {
-            if (gpa >= m->r[i].gpa && gpa - m->r[i].gpa < m->r[i].size) {
-                r = &m->r[i];
-                break;
-            }
-        }
+        uint64_t off;
+        const VhostMemRegion *r = region_of(m, false, gpa, &off);
         if (!r) {
             return -EFAULT;
         }
         if (*niov >= max) {
             return -E2BIG;
         }
-        uint64_t in_region = r->size - (gpa - r->gpa);
+        uint64_t in_region = r->size - off;
         uint64_t take = len < in_region ? len : in_region;
-        iov[*niov].iov_base = r->host + (gpa - r->gpa);
+        iov[*niov].iov_base = r->host + off;
         iov[*niov].iov_len = (size_t)take;
         (*niov)++;
         gpa += take;   /* cannot wrap: take <= what is left of r */
