@@ -441,6 +441,37 @@ static NbdStep start_request(NbdConn *c, const uint8_t *p)
     return NBD_STEP_MORE;
 }
 
+/* Takes what the connection has buffered of r's payload, at most what is
+ * left of it: into r->buf, or dropped when skip (a refused write's data).
+ * False when nothing is buffered (the caller reads the socket). */
+static bool take_buffered(NbdConn *c, NbdReq *r, bool skip)
+{
+    size_t have = nbd_conn_buffered(c);
+    if (!have) {
+        return false;
+    }
+    size_t want = r->len - r->got;
+    size_t n = have < want ? have : want;
+    if (!skip && n) {
+        memcpy(r->buf + r->got, nbd_conn_peek(c, n), n);
+    }
+    nbd_conn_consume(c, n);
+    r->got += n;
+    return true;
+}
+
+/* When r's whole payload is in, the connection goes on to the next
+ * request header and r is the caller's to run or answer. */
+static bool payload_complete(NbdConn *c, NbdReq *r)
+{
+    if (r->got < r->len) {
+        return false;
+    }
+    c->cur = NULL;
+    c->state = NBD_ST_REQ_HEADER;
+    return true;
+}
+
 NbdStep nbd_request_step(NbdConn *c)
 {
     switch (c->state) {
@@ -458,15 +489,8 @@ NbdStep nbd_request_step(NbdConn *c)
     }
     case NBD_ST_REQ_PAYLOAD: {
         NbdReq *r = c->cur;
-        size_t have = nbd_conn_buffered(c);
-        size_t want = r->len - r->got;
-        if (have) {
-            size_t n = have < want ? have : want;
-            memcpy(r->buf + r->got, nbd_conn_peek(c, n), n);
-            nbd_conn_consume(c, n);
-            r->got += n;
-        } else {
-            ssize_t got = nbd_conn_recv(c, r->buf + r->got, want);
+        if (!take_buffered(c, r, false)) {
+            ssize_t got = nbd_conn_recv(c, r->buf + r->got, r->len - r->got);
             if (got == -EAGAIN) {
                 return NBD_STEP_WAIT;
             }
@@ -475,26 +499,18 @@ NbdStep nbd_request_step(NbdConn *c)
             }
             r->got += (size_t)got;
         }
-        if (r->got < r->len) {
+        if (!payload_complete(c, r)) {
             return NBD_STEP_MORE;
         }
-        c->cur = NULL;
-        c->state = NBD_ST_REQ_HEADER;
         run(r);
         return NBD_STEP_MORE;
     }
     case NBD_ST_REQ_SKIP: {
         NbdReq *r = c->cur;
-        size_t have = nbd_conn_buffered(c);
-        size_t want = r->len - r->got;
-        size_t n = have < want ? have : want;
-        nbd_conn_consume(c, n);
-        r->got += n;
-        if (r->got < r->len) {
+        take_buffered(c, r, true);
+        if (!payload_complete(c, r)) {
             return NBD_STEP_FILL;
         }
-        c->cur = NULL;
-        c->state = NBD_ST_REQ_HEADER;
         reply(r);
         return NBD_STEP_MORE;
     }
