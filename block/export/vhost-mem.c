@@ -73,16 +73,26 @@ static VhostMem *mem_new(const VhostUserMemRegion *regs, int n)
     return m;
 }
 
-int vhost_mem_map(const VhostUserMemRegion *regs, int n, const int *fds,
-                  VhostMem **out, Error *err)
+/* A table for the front end's regions once they passed check_regions,
+ * no region mapped yet. */
+static int mem_new_checked(const VhostUserMemRegion *regs, int n,
+                           VhostMem **out, Error *err)
 {
     int ret = check_regions(regs, n, err);
     if (ret < 0) {
         return ret;
     }
-    VhostMem *m = mem_new(regs, n);
-    if (!m) {
-        return error_setf(err, ENOMEM, "out of memory");
+    *out = mem_new(regs, n);
+    return *out ? 0 : error_setf(err, ENOMEM, "out of memory");
+}
+
+int vhost_mem_map(const VhostUserMemRegion *regs, int n, const int *fds,
+                  VhostMem **out, Error *err)
+{
+    VhostMem *m;
+    int ret = mem_new_checked(regs, n, &m, err);
+    if (ret < 0) {
+        return ret;
     }
     for (int i = 0; i < n; i++) {
         struct stat st;
@@ -123,13 +133,10 @@ fail:
 int vhost_mem_local(const VhostUserMemRegion *regs, int n, void *const *host,
                     VhostMem **out, Error *err)
 {
-    int ret = check_regions(regs, n, err);
+    VhostMem *m;
+    int ret = mem_new_checked(regs, n, &m, err);
     if (ret < 0) {
         return ret;
-    }
-    VhostMem *m = mem_new(regs, n);
-    if (!m) {
-        return error_setf(err, ENOMEM, "out of memory");
     }
     for (int i = 0; i < n; i++) {
         m->r[i].host = host[i];
