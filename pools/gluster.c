@@ -22,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "block/core/secret.h"
 #include "block/protocol/gluster.h"
 #include "pools/filevol.h"
 #include "pools/util.h"
