@@ -195,6 +195,18 @@ void pool_file_vols_prune(Pool *p, json_t *seen)
     }
 }
 
+int pool_file_vol_room(const Pool *p, const VolCreateArgs *a, Error *err)
+{
+    if (a->has_allocation && a->allocation > p->available) {
+        return error_setf(err, ENOSPC, "not enough space in pool '%s' for "
+                          "volume '%s': %llu bytes wanted, %llu available",
+                          p->def.name, a->name,
+                          (unsigned long long)a->allocation,
+                          (unsigned long long)p->available);
+    }
+    return 0;
+}
+
 int pool_file_vol_resize(Pool *p, const VolInfo *v, uint64_t capacity,
                          bool allocate, Error *err)
 {

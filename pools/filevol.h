@@ -41,6 +41,9 @@ void pool_file_vols_prune(Pool *p, json_t *seen);
 /* Ops the directory and the Gluster back ends share: a file volume is
  * resized through the block layer, opened by its path or URL, and its
  * format is remembered once imgtool changed it. */
+/* A new volume's requested allocation fits in what the pool has
+ * available (p's sizes just refreshed); ENOSPC otherwise. */
+int pool_file_vol_room(const Pool *p, const VolCreateArgs *a, Error *err);
 int pool_file_vol_resize(Pool *p, const VolInfo *v, uint64_t capacity,
                          bool allocate, Error *err);
 int pool_file_vol_open_spec(Pool *p, const VolInfo *v, bool raw_bytes,

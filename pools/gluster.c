@@ -275,12 +275,8 @@ static int gluster_vol_create(Pool *p, const VolCreateArgs *a, VolInfo *out,
     } else {
         ret = error_setf(err, -ret, "%s", serr.msg);
     }
-    if (ret == 0 && a->has_allocation && a->allocation > p->available) {
-        ret = error_setf(err, ENOSPC, "not enough space in pool '%s' for "
-                         "volume '%s': %llu bytes wanted, %llu available",
-                         p->def.name, a->name,
-                         (unsigned long long)a->allocation,
-                         (unsigned long long)p->available);
+    if (ret == 0) {
+        ret = pool_file_vol_room(p, a, err);
     }
     if (ret == 0) {
         ret = pool_create_image(p, url, a, a->backing_vol,
