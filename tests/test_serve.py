@@ -567,13 +567,19 @@ def test_image_locking_with_qemu(tmp, img):
         d.stop()
     # qemu-io's sleep is in milliseconds: hold the lock until killed
     # (3 s was shorter than a few qemu-img polls on a loaded host)
-    holder = subprocess.Popen(["qemu-io", "-c", "sleep 600000", img],
-                              stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    def hold():
+        return subprocess.Popen(["qemu-io", "-c", "sleep 600000", img],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    holder = hold()
     try:
         deadline = time.monotonic() + 120
         while qemu_img("info", img, check=False).returncode == 0:
             assert time.monotonic() < deadline, "qemu-io never took its lock"
+            # qemu-io gives up when a poll's shared lock is held at the
+            # moment it opens: start it again
+            if holder.poll() is not None:
+                holder = hold()
             time.sleep(0.05)     # until qemu-io holds its lock
         p = imgtool("serve", "--nbd", s, "--writable", img, check=False,
                     rc=1, timeout=60)
