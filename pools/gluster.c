@@ -74,6 +74,20 @@ static char *url_of(const Pool *p, const char *name)
                        (int)dl, dir, dl ? "/" : "", name);
 }
 
+/* The Gluster module's operations and the URL of name in the pool (""
+ * for its directory), or a negative errno in err: what every operation
+ * below starts with.  The caller frees *url. */
+static int ops_and_url(const Pool *p, const char *name,
+                       const GlusterVolOps **g, char **url, Error *err)
+{
+    int ret = gluster_vol_ops(g, err);
+    if (ret < 0) {
+        return ret;
+    }
+    *url = url_of(p, name);
+    return *url ? 0 : error_setf(err, ENOMEM, "out of memory");
+}
+
 static bool is_root(const Pool *p)
 {
     const char *d = p->def.source_dir;
@@ -87,13 +101,12 @@ static int gluster_build(Pool *p, unsigned flags, Error *err)
         return 0;
     }
     const GlusterVolOps *g;
-    int ret = gluster_vol_ops(&g, err);
+    char *url;
+    int ret = ops_and_url(p, "", &g, &url, err);
     if (ret < 0) {
         return ret;
     }
-    char *url = url_of(p, "");
-    ret = url ? g->mkdir_p(url, 0755, err)
-              : error_setf(err, ENOMEM, "out of memory");
+    ret = g->mkdir_p(url, 0755, err);
     free(url);
     return ret;
 }
@@ -101,13 +114,10 @@ static int gluster_build(Pool *p, unsigned flags, Error *err)
 static int gluster_start(Pool *p, Error *err)
 {
     const GlusterVolOps *g;
-    int ret = gluster_vol_ops(&g, err);
+    char *url;
+    int ret = ops_and_url(p, "", &g, &url, err);
     if (ret < 0) {
         return ret;
-    }
-    char *url = url_of(p, "");
-    if (!url) {
-        return error_setf(err, ENOMEM, "out of memory");
     }
     struct stat st;
     ret = g->stat(url, &st, err);
@@ -136,12 +146,12 @@ static int gluster_delete(Pool *p, Error *err)
                           "not removed with its pool", p->def.source_name);
     }
     const GlusterVolOps *g;
-    int ret = gluster_vol_ops(&g, err);
+    char *url;
+    int ret = ops_and_url(p, "", &g, &url, err);
     if (ret < 0) {
         return ret;
     }
-    char *url = url_of(p, "");
-    ret = url ? g->rmdir(url, err) : error_setf(err, ENOMEM, "out of memory");
+    ret = g->rmdir(url, err);
     free(url);
     return ret;
 }
@@ -149,13 +159,10 @@ static int gluster_delete(Pool *p, Error *err)
 static int gluster_refresh_sizes(Pool *p, Error *err)
 {
     const GlusterVolOps *g;
-    int ret = gluster_vol_ops(&g, err);
+    char *url;
+    int ret = ops_and_url(p, "", &g, &url, err);
     if (ret < 0) {
         return ret;
-    }
-    char *url = url_of(p, "");
-    if (!url) {
-        return error_setf(err, ENOMEM, "out of memory");
     }
     struct statvfs sv;
     ret = g->statvfs(url, &sv, err);
@@ -182,13 +189,10 @@ static int file_vol(Pool *p, const char *name, const struct stat *st,
 static int gluster_refresh(Pool *p, Error *err)
 {
     const GlusterVolOps *g;
-    int n = gluster_vol_ops(&g, err);
+    char *dir;
+    int n = ops_and_url(p, "", &g, &dir, err);
     if (n < 0) {
         return n;
-    }
-    char *dir = url_of(p, "");
-    if (!dir) {
-        return error_setf(err, ENOMEM, "out of memory");
     }
     GlusterDirEntry *ents;
     n = g->list_dir(dir, &ents, err);
@@ -231,13 +235,10 @@ static int gluster_vol_lookup(Pool *p, const char *name, VolInfo *out,
                               Error *err)
 {
     const GlusterVolOps *g;
-    int ret = gluster_vol_ops(&g, err);
+    char *url;
+    int ret = ops_and_url(p, name, &g, &url, err);
     if (ret < 0) {
         return ret;
-    }
-    char *url = url_of(p, name);
-    if (!url) {
-        return error_setf(err, ENOMEM, "out of memory");
     }
     struct stat st;
     Error serr = { 0 };
@@ -256,13 +257,10 @@ static int gluster_vol_create(Pool *p, const VolCreateArgs *a, VolInfo *out,
                               Error *err)
 {
     const GlusterVolOps *g;
-    int ret = gluster_vol_ops(&g, err);
+    char *url;
+    int ret = ops_and_url(p, a->name, &g, &url, err);
     if (ret < 0) {
         return ret;
-    }
-    char *url = url_of(p, a->name);
-    if (!url) {
-        return error_setf(err, ENOMEM, "out of memory");
     }
     struct stat st;
     Error serr = { 0 };
@@ -306,13 +304,10 @@ static int gluster_vol_create(Pool *p, const VolCreateArgs *a, VolInfo *out,
 static int gluster_vol_delete(Pool *p, const VolInfo *v, Error *err)
 {
     const GlusterVolOps *g;
-    int ret = gluster_vol_ops(&g, err);
+    char *url;
+    int ret = ops_and_url(p, v->name, &g, &url, err);
     if (ret < 0) {
         return ret;
-    }
-    char *url = url_of(p, v->name);
-    if (!url) {
-        return error_setf(err, ENOMEM, "out of memory");
     }
     ret = g->unlink(url, err);
     free(url);

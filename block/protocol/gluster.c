@@ -285,18 +285,21 @@ static void gluster_drv_close(BlockNode *n)
 /* ------------------------------------------------------------------ */
 /* Data                                                                */
 
-static int gluster_drv_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov,
-                              int flags)
+/* Reads or writes all of qiov at off, resuming after short transfers
+ * and EINTR.  A read past the end reads as zero; a write that makes no
+ * progress is a full volume. */
+static int rw_all(GlusterState *s, uint64_t off, BlockIOV *qiov, bool write)
 {
-    GlusterState *s = n->opaque;
     size_t done = 0;
     while (done < qiov->size) {
         BlockIOVSlice rest;
         if (blockiov_slice(&rest, qiov, done, qiov->size - done) < 0) {
             return -ENOMEM;
         }
-        ssize_t r = glfs_preadv(s->fd, rest.v.iov, rest.v.niov,
-                                (off_t)(off + done), 0);
+        ssize_t r = write ? glfs_pwritev(s->fd, rest.v.iov, rest.v.niov,
+                                         (off_t)(off + done), 0)
+                          : glfs_preadv(s->fd, rest.v.iov, rest.v.niov,
+                                        (off_t)(off + done), 0);
         int e = errno;
         blockiov_slice_free(&rest);
         if (r < 0) {
@@ -306,7 +309,9 @@ static int gluster_drv_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov,
             return io_error(s, e);
         }
         if (r == 0) {
-            /* past the end reads as zero */
+            if (write) {
+                return io_error(s, ENOSPC);
+            }
             blockiov_memset(qiov, done, 0, qiov->size - done);
             return 0;
         }
@@ -315,32 +320,16 @@ static int gluster_drv_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov,
     return 0;
 }
 
+static int gluster_drv_preadv(BlockNode *n, uint64_t off, BlockIOV *qiov,
+                              int flags)
+{
+    return rw_all(n->opaque, off, qiov, false);
+}
+
 static int gluster_drv_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov,
                                int flags)
 {
-    GlusterState *s = n->opaque;
-    size_t done = 0;
-    while (done < qiov->size) {
-        BlockIOVSlice rest;
-        if (blockiov_slice(&rest, qiov, done, qiov->size - done) < 0) {
-            return -ENOMEM;
-        }
-        ssize_t r = glfs_pwritev(s->fd, rest.v.iov, rest.v.niov,
-                                 (off_t)(off + done), 0);
-        int e = errno;
-        blockiov_slice_free(&rest);
-        if (r < 0) {
-            if (e == EINTR) {
-                continue;
-            }
-            return io_error(s, e);
-        }
-        if (r == 0) {
-            return io_error(s, ENOSPC);
-        }
-        done += (size_t)r;
-    }
-    return 0;
+    return rw_all(n->opaque, off, qiov, true);
 }
 
 static int gluster_drv_flush(BlockNode *n)
