@@ -535,39 +535,19 @@ void iscsi_conn_submit(IscsiConn *c, IscsiCmd *cmd)
     }
 }
 
-typedef struct Waiter {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool done;
-    int ret;
-} Waiter;
-
 static void waiter_done(IscsiCmd *cmd, int ret)
 {
-    Waiter *w = cmd->opaque;
-    pthread_mutex_lock(&w->lock);
-    w->done = true;
-    w->ret = ret;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
+    iscsi_waiter_post(cmd->opaque, ret);
 }
 
 int iscsi_conn_run(IscsiConn *c, IscsiCmd *cmd)
 {
-    Waiter w = { .done = false };
-    pthread_mutex_init(&w.lock, NULL);
-    pthread_cond_init(&w.cond, NULL);
+    IscsiWaiter w;
+    iscsi_waiter_init(&w);
     cmd->done = waiter_done;
     cmd->opaque = &w;
     iscsi_conn_submit(c, cmd);
-    pthread_mutex_lock(&w.lock);
-    while (!w.done) {
-        pthread_cond_wait(&w.cond, &w.lock);
-    }
-    pthread_mutex_unlock(&w.lock);
-    pthread_mutex_destroy(&w.lock);
-    pthread_cond_destroy(&w.cond);
-    return w.ret;
+    return iscsi_waiter_wait(&w);
 }
 
 /* ------------------------------------------------------------------ */

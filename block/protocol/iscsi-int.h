@@ -202,4 +202,43 @@ int iscsi_lun_block_status(BlockNode *n, uint64_t off, uint64_t len,
 int iscsi_cmd_result(IscsiCmd *cmd, int status, struct scsi_task *task,
                      struct iscsi_context *ctx);
 
+/* A one-shot completion a synchronous caller waits on, for commands and
+ * requests whose done callback runs on the connection's thread. */
+typedef struct IscsiWaiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+    int ret;
+} IscsiWaiter;
+
+static inline void iscsi_waiter_init(IscsiWaiter *w)
+{
+    w->done = false;
+    w->ret = 0;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+}
+
+static inline void iscsi_waiter_post(IscsiWaiter *w, int ret)
+{
+    pthread_mutex_lock(&w->lock);
+    w->ret = ret;
+    w->done = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Waits for the post, then tears the waiter down; the posted value. */
+static inline int iscsi_waiter_wait(IscsiWaiter *w)
+{
+    pthread_mutex_lock(&w->lock);
+    while (!w->done) {
+        pthread_cond_wait(&w->cond, &w->lock);
+    }
+    pthread_mutex_unlock(&w->lock);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+    return w->ret;
+}
+
 #endif

@@ -189,40 +189,21 @@ static IscsiReq *build(IscsiState *s, IscsiCmdOp op, uint64_t off,
     return r;
 }
 
-typedef struct SyncWait {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    bool done;
-    int ret;
-} SyncWait;
-
 static void sync_done(IscsiReq *r, int ret)
 {
-    SyncWait *w = r->opaque;
-    pthread_mutex_lock(&w->lock);
-    w->ret = ret;
-    w->done = true;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->lock);
+    iscsi_waiter_post(r->opaque, ret);
 }
 
 static int run(IscsiState *s, IscsiReq *r)
 {
-    SyncWait w = { .done = false };
-    pthread_mutex_init(&w.lock, NULL);
-    pthread_cond_init(&w.cond, NULL);
+    IscsiWaiter w;
+    iscsi_waiter_init(&w);
     r->done = sync_done;
     r->opaque = &w;
     req_start(s, r);
-    pthread_mutex_lock(&w.lock);
-    while (!w.done) {
-        pthread_cond_wait(&w.cond, &w.lock);
-    }
-    pthread_mutex_unlock(&w.lock);
-    pthread_mutex_destroy(&w.lock);
-    pthread_cond_destroy(&w.cond);
+    int ret = iscsi_waiter_wait(&w);
     req_free(r);
-    return w.ret;
+    return ret;
 }
 
 /* ------------------------------------------------------------------ */
