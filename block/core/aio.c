@@ -164,8 +164,36 @@ static bool native_ok(BlockRequest *req)
     return true;
 }
 
+/* Checks made once the request is inside its node (see
+ * block_check_request); true when it was ended here. */
+static bool ended_early(BlockRequest *req)
+{
+    BlockNode *n = req->node;
+    int ret = 0;
+    if (req->op == BLOCK_OP_FLUSH) {
+        if (!n->read_only && !(n->flags & BLOCK_O_NO_FLUSH)) {
+            return false;
+        }
+    } else {
+        ret = block_check_request(n, req->offset, req->bytes,
+                                  req->op != BLOCK_OP_READ);
+        if (ret >= 0 && req->bytes > 0) {
+            if (n->flags & BLOCK_O_NO_FLUSH) {
+                req->flags &= ~BLOCK_REQ_FUA;
+            }
+            return false;
+        }
+    }
+    req->core_flags |= REQ_MARKED;
+    block_request_complete(req, ret);
+    return true;
+}
+
 static void dispatch(BlockRequest *req)
 {
+    if (ended_early(req)) {
+        return;
+    }
     /* Before-write hooks run on the synchronous path only. */
     bool hooked = req->op != BLOCK_OP_READ && req->op != BLOCK_OP_FLUSH &&
                   block_has_write_hooks(req->node);
@@ -201,22 +229,6 @@ static void submit(BlockNode *n, BlockOp op, uint64_t off, uint64_t bytes,
                    BlockIOV *qiov, int flags, BlockCompletionFn *cb,
                    void *opaque)
 {
-    int ret = 0;
-    if (op == BLOCK_OP_FLUSH) {
-        if (n->read_only || (n->flags & BLOCK_O_NO_FLUSH)) {
-            cb(opaque, 0);
-            return;
-        }
-    } else {
-        ret = block_check_request(n, off, bytes, op != BLOCK_OP_READ);
-        if (ret < 0 || bytes == 0) {
-            cb(opaque, ret);
-            return;
-        }
-    }
-    if (n->flags & BLOCK_O_NO_FLUSH) {
-        flags &= ~BLOCK_REQ_FUA;
-    }
     BlockRequest *req = calloc(1, sizeof(*req));
     if (!req) {
         cb(opaque, -ENOMEM);

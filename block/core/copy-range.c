@@ -48,12 +48,12 @@ int block_copy_range_from(BlockNode *dst, uint64_t off, uint64_t len,
     if (!dst->drv->copy_range_from) {
         return -ENOTSUP;
     }
-    int ret = block_check_request(dst, off, len, true);
-    if (ret < 0 || len == 0) {
-        return ret;
-    }
     block_node_enter(dst, NULL);
-    ret = dst->drv->copy_range_from(dst, off, len, src_file, src_host, flags);
+    int ret = block_check_request(dst, off, len, true);
+    if (ret >= 0 && len > 0) {
+        ret = dst->drv->copy_range_from(dst, off, len, src_file, src_host,
+                                        flags);
+    }
     block_node_leave(dst);
     return ret;
 }

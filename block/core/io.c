@@ -43,6 +43,8 @@ static bool is_aligned(BlockNode *n, uint64_t off, uint64_t len,
 
 /* Format nodes have a fixed virtual size; protocol nodes grow when a
  * format driver writes past their end (new clusters). */
+static int64_t length_within(BlockNode *n);
+
 int block_check_request(BlockNode *n, uint64_t off, uint64_t len, bool write)
 {
     if (off + len < off) {
@@ -57,7 +59,7 @@ int block_check_request(BlockNode *n, uint64_t off, uint64_t len, bool write)
     if (n->drv->kind != BLOCK_DRIVER_FORMAT) {
         return 0;
     }
-    int64_t size = block_get_length(n);
+    int64_t size = length_within(n);
     if (size < 0) {
         return (int)size;
     }
@@ -258,13 +260,12 @@ int block_io_pwritev(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags)
 static int sync_rw(BlockNode *n, uint64_t off, BlockIOV *qiov, int flags,
                    bool write)
 {
-    int ret = block_check_request(n, off, qiov->size, write);
-    if (ret < 0 || qiov->size == 0) {
-        return ret;
-    }
     block_node_enter(n, NULL);
-    ret = write ? block_io_pwritev(n, off, qiov, flags)
-                : block_io_preadv(n, off, qiov, flags);
+    int ret = block_check_request(n, off, qiov->size, write);
+    if (ret >= 0 && qiov->size > 0) {
+        ret = write ? block_io_pwritev(n, off, qiov, flags)
+                    : block_io_preadv(n, off, qiov, flags);
+    }
     block_node_leave(n);
     return ret;
 }
@@ -348,11 +349,11 @@ int block_io_flush(BlockNode *n)
 
 int block_flush(BlockNode *n)
 {
-    if (!n || n->read_only || (n->flags & BLOCK_O_NO_FLUSH)) {
+    if (!n) {
         return 0;
     }
     block_node_enter(n, NULL);
-    int ret = block_io_flush(n);
+    int ret = block_flush_within(n);
     block_node_leave(n);
     return ret;
 }
@@ -396,12 +397,11 @@ int block_io_discard(BlockNode *n, uint64_t off, uint64_t len)
 
 int block_discard(BlockNode *n, uint64_t off, uint64_t len)
 {
-    int ret = block_check_request(n, off, len, true);
-    if (ret < 0) {
-        return ret;
-    }
     block_node_enter(n, NULL);
-    ret = block_io_discard(n, off, len);
+    int ret = block_check_request(n, off, len, true);
+    if (ret >= 0) {
+        ret = block_io_discard(n, off, len);
+    }
     block_node_leave(n);
     return ret;
 }
@@ -487,12 +487,11 @@ int block_io_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
 
 int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
 {
-    int ret = block_check_request(n, off, len, true);
-    if (ret < 0) {
-        return ret;
-    }
     block_node_enter(n, NULL);
-    ret = block_io_write_zeroes(n, off, len, flags);
+    int ret = block_check_request(n, off, len, true);
+    if (ret >= 0) {
+        ret = block_io_write_zeroes(n, off, len, flags);
+    }
     block_node_leave(n);
     return ret;
 }
@@ -502,16 +501,19 @@ int block_write_zeroes(BlockNode *n, uint64_t off, uint64_t len, int flags)
 
 /* Asking a node's length is a request like the others: a reopen may be
  * rebuilding the state it reads. */
-int64_t block_get_length(BlockNode *n)
+static int64_t length_within(BlockNode *n)
 {
-    int64_t len;
-    block_node_enter(n, NULL);
     if (!n->drv->get_length) {
         BlockNode *c = block_file(n) ? block_file(n) : block_filtered(n);
-        len = c ? block_get_length(c) : -ENOTSUP;
-    } else {
-        len = n->drv->get_length(n);
+        return c ? block_get_length(c) : -ENOTSUP;
     }
+    return n->drv->get_length(n);
+}
+
+int64_t block_get_length(BlockNode *n)
+{
+    block_node_enter(n, NULL);
+    int64_t len = length_within(n);
     block_node_leave(n);
     return len;
 }
@@ -550,16 +552,17 @@ int64_t block_get_allocated_size(BlockNode *n)
 int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
                    Error *err)
 {
-    if (n->read_only || (n->flags & BLOCK_O_BITMAPS_ONLY)) {
-        return error_setf(err, EACCES, "Image '%s' is read-only",
-                          n->filename);
-    }
     if (!n->drv->truncate) {
         return error_setf(err, ENOTSUP, "Image format '%s' does not support "
                           "resizing", n->drv->name);
     }
-    int64_t old = block_get_length(n);
     block_node_enter(n, NULL);
+    if (n->read_only || (n->flags & BLOCK_O_BITMAPS_ONLY)) {
+        block_node_leave(n);
+        return error_setf(err, EACCES, "Image '%s' is read-only",
+                          n->filename);
+    }
+    int64_t old = length_within(n);
     serialize_begin(n);
     int ret = n->drv->truncate(n, size, exact, pm, err);
     serialize_end(n);

@@ -14,7 +14,10 @@
 bool block_node_enter(BlockNode *n, BlockRequest *req);
 void block_node_leave(BlockNode *n);
 
-/* Range, permission and length checks shared by both paths. */
+/* Range, permission and length checks shared by both paths, made on an
+ * entered node: outside it, a reopen may be changing what they read
+ * (a write checked against a writable node would then run on a node
+ * reopened read-only). */
 int block_check_request(BlockNode *n, uint64_t off, uint64_t len,
                         bool write);
 
