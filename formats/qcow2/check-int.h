@@ -1,7 +1,8 @@
 /*
  * check-int.h - qcow2 check's state and the pieces its files share:
  * check.c (the passes, messages, file reads), check-counts.c (the counted
- * references), check-walk.c (counting them), check-refcounts.c
+ * references), check-relocate.c (tables past the end of the file given
+ * new clusters), check-walk.c (counting them), check-refcounts.c
  * (comparing with the stored refcounts), check-rebuild.c (new refcount
  * structures from the counts) and check-copied.c (COPIED flags).
  * Everything here needs s->lock held.
@@ -103,6 +104,14 @@ bool check_saturated(const Check *c, uint64_t k);
  * counted, 0 when not (past the end of the file: a corruption, reported),
  * negative on allocation failure. */
 int check_count_region(Check *c, uint64_t off, uint64_t size);
+
+/* check-relocate.c */
+
+/* With -r all, before anything is counted: an active L1 table or bitmap
+ * tables lying wholly past the end of the file get fresh clusters at its
+ * end (an empty L1, all-ones bitmap tables), switched to by one header
+ * write; the file (c->file_len) grows. */
+int check_relocate_past_end(Check *c);
 
 /* check-walk.c */
 

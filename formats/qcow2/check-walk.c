@@ -327,19 +327,25 @@ static int count_l1(Check *c, uint64_t l1_off, uint32_t l1_size, bool active)
 
 /* The header opened with a snapshot table that cannot be parsed past
  * entry nb_snapshots_loaded (snapshot-table.c): reported, and with -r all
- * cut there by one header write.  The clusters only the dropped entries
- * used are then leaks, which this same check frees. */
+ * cut there by one header write.  A table at offset 0 lies over the
+ * header itself: its entries are the header's bytes read as snapshots,
+ * so -r all drops it whole.  The clusters only the dropped entries used
+ * are then leaks, which this same check frees. */
 static int snapshot_table_damage(Check *c)
 {
     Qcow2State *s = c->s;
     int keep = s->nb_snapshots_loaded;
+    const char *why = s->snapshot_damage;
 
-    if (!s->snapshot_damage[0]) {
+    if (s->nb_snapshots && !s->snapshots_offset &&
+        (c->fix & BLOCK_FIX_ERRORS)) {
+        keep = 0;
+        why = "the table overlaps the image header";
+    } else if (!s->snapshot_damage[0]) {
         return 0;
     }
     if (!(c->fix & BLOCK_FIX_ERRORS)) {
-        check_say(c, "ERROR snapshot table entry %d: %s", keep,
-                  s->snapshot_damage);
+        check_say(c, "ERROR snapshot table entry %d: %s", keep, why);
         c->res->corruptions++;
         return 0;
     }
@@ -356,8 +362,22 @@ static int snapshot_table_damage(Check *c)
         s->snapshots_offset = ooff;
         return ret;
     }
-    check_say(c, "Repairing snapshot table entry %d: %s; the table now ends "
-              "before it", keep, s->snapshot_damage);
+    if (!onb) {
+        check_say(c, "Repairing the snapshot table offset: %s with no "
+                  "snapshots; it is cleared", why);
+    } else if (!keep && !ooff) {
+        check_say(c, "Repairing the snapshot table: %s; its %" PRIu32
+                  " entries are dropped", why, onb);
+    } else {
+        check_say(c, "Repairing snapshot table entry %d: %s; the table now "
+                  "ends before it", keep, why);
+    }
+    for (int i = keep; i < s->nb_snapshots_loaded; i++) {
+        free(s->snapshots[i].id_str);
+        free(s->snapshots[i].name);
+        s->snapshots[i].id_str = s->snapshots[i].name = NULL;
+    }
+    s->nb_snapshots_loaded = keep;
     s->snapshot_damage[0] = '\0';
     c->res->corruptions_fixed++;
     return 0;
@@ -435,6 +455,22 @@ static int count_crypto_header(Check *c)
     return ret < 0 ? ret : 0;
 }
 
+/* A bitmap cluster past the end of the file reads as zeroes, bits that
+ * were lost: the entry becomes "all ones", as a dirty bitmap may only
+ * over-approximate (the next incremental backup copies that range). */
+static int repair_bitmap_entry(Check *c, uint64_t table_off, uint32_t i)
+{
+    uint64_t at = table_off + 8 * (uint64_t)i;
+    uint8_t b[8];
+
+    if (!check_may_rewrite(c, at, 8, table_off)) {
+        return -EPERM;
+    }
+    qcow2_put_be64(b, 1);
+    int ret = block_pwrite(block_file(c->n), at, 8, b, 0);
+    return ret < 0 ? ret : 0;
+}
+
 static int count_bitmap_table(Check *c, uint64_t off, uint32_t entries)
 {
     uint64_t bytes = (uint64_t)entries * 8;
@@ -467,6 +503,15 @@ static int count_bitmap_table(Check *c, uint64_t off, uint32_t entries)
     for (uint32_t i = 0; i < entries && ret >= 0; i++) {
         uint64_t d = qcow2_be64(t + 8 * (uint64_t)i) & 0x00fffffffffffe00ull;
         if (!d) {
+            continue;
+        }
+        if (d >= c->file_len && d % c->cs == 0 &&
+            (c->fix & BLOCK_FIX_ERRORS) &&
+            repair_bitmap_entry(c, off, i) == 0) {
+            check_say(c, "Repairing bitmap data offset 0x%" PRIx64 ": the "
+                      "cluster is past the end of the file; its bits are "
+                      "all set", d);
+            c->res->corruptions_fixed++;
             continue;
         }
         if (d % c->cs) {

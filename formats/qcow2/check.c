@@ -225,6 +225,12 @@ static int check_pass(BlockNode *n, BlockCheckResult *res, int fix,
         return error_setf(err, ENOMEM, "Out of memory for the check");
     }
 
+    ret = check_relocate_past_end(&c);
+    if (ret < 0) {
+        check_free(&c);
+        return error_setf(err, -ret, "Cannot give the tables past the end "
+                          "of the file new clusters: %s", strerror(-ret));
+    }
     ret = check_count_all(&c);
     if (ret < 0) {
         check_free(&c);

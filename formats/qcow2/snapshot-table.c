@@ -389,8 +389,12 @@ int qcow2_read_snapshot_table(Qcow2State *s, uint64_t flen, Error *err)
     if (check && (s->snapshots_offset % s->cluster_size ||
                   s->snapshots_offset > INT64_MAX - (uint64_t)40 *
                                         s->nb_snapshots)) {
-        return snapshot_table_damaged(s, err, SNAPSHOT_DAMAGE_UNREADABLE,
-                                      "snapshot table offset invalid");
+        /* With no snapshots nothing is lost where the table is: -r all
+         * clears the offset.  With some, nothing says where they are. */
+        return snapshot_table_damaged(
+            s, err, s->nb_snapshots ? SNAPSHOT_DAMAGE_UNREADABLE
+                                    : SNAPSHOT_DAMAGE_UNREADABLE_UNLESS_CUT,
+            "snapshot table offset invalid");
     }
     if (!s->nb_snapshots) {
         return 0;
