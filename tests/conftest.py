@@ -58,6 +58,43 @@ def imgtool_info(path, *extra):
     return json.loads(imgtool("info", "--output=json", *extra, path).stdout)
 
 
+def start_qemu_nbd(sock, *args, stderr=subprocess.PIPE):
+    """qemu-nbd -t serving args on unix socket sock, returned once it
+    accepts connections: its socket file appears at bind(), before
+    listen(), so waiting for the file alone races ("Connection
+    refused")."""
+    import socket
+    import time
+    sock = str(sock)
+    p = subprocess.Popen(["qemu-nbd", "-t", "-k", sock, *map(str, args)],
+                         stdout=subprocess.DEVNULL, stderr=stderr)
+    for _ in range(1000):
+        if p.poll() is not None:
+            raise AssertionError("qemu-nbd exited: " + (
+                p.stderr.read().decode() if p.stderr else ""))
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock)
+            return p
+        except OSError:
+            time.sleep(0.01)
+        finally:
+            s.close()
+    stop_process(p)
+    raise AssertionError("qemu-nbd did not start listening on " + sock)
+
+
+def stop_process(p, timeout=10):
+    """SIGTERM, and SIGKILL when that is not heeded within timeout."""
+    if p.poll() is None:
+        p.terminate()
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 def qemu_check_clean(path, fmt="qcow2"):
     """qemu-img check reports no corruption and no leaks."""
     p = qemu_img("check", "--output=json", "-f", fmt, path, check=False)

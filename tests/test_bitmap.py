@@ -20,7 +20,8 @@ import pytest
 import limits
 from conftest import (IMGTOOL, QCOW2_OFFSET_MASK, imgtool, imgtool_info,
                       one_error_line, qcow2_header, qemu_check_clean, qemu_img,
-                      qemu_info, qemu_io, read_be, same_content)
+                      qemu_info, qemu_io, read_be, same_content,
+                      start_qemu_nbd, stop_process)
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-nbd"),
                                 reason="qemu-nbd is needed as the oracle")
@@ -36,21 +37,13 @@ def dirty_ranges(path, name):
     sock = f"{path}.{name}.nbd.sock"
     if os.path.exists(sock):
         os.unlink(sock)
-    srv = subprocess.Popen(["qemu-nbd", "-k", sock, "-f", "qcow2", "-B", name,
-                            "-r", "-t", str(path)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    srv = start_qemu_nbd(sock, "-f", "qcow2", "-B", name, "-r", path)
     try:
-        for _ in range(100):
-            if os.path.exists(sock) or srv.poll() is not None:
-                break
-            time.sleep(0.02)
-        assert srv.poll() is None, srv.stderr.read().decode()
         p = qemu_img("map", "--output=json", "--image-opts",
                      f"driver=nbd,server.type=unix,server.path={sock},"
                      f"x-dirty-bitmap=qemu:dirty-bitmap:{name}")
     finally:
-        srv.terminate()
-        srv.wait()
+        stop_process(srv)
         if os.path.exists(sock):
             os.unlink(sock)
     return [(e["start"], e["length"]) for e in json.loads(p.stdout)

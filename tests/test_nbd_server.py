@@ -13,28 +13,18 @@ import pytest
 
 import nbdproto as N
 from conftest import (Serve, nbd_uri, qemu_check_clean, qemu_img, qemu_io,
-                      run, same_content, write_random_file)
+                      run, same_content, start_qemu_nbd, stop_process,
+                      write_random_file)
 
 
 def qemu_nbd(tmp, *args):
     """qemu-nbd serving with args on a unix socket; returns (proc, sock)."""
     sock = tmp / f"qn{time.monotonic_ns()}.sock"
-    p = subprocess.Popen(["qemu-nbd", "-t", "-k", str(sock),
-                          *map(str, args)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(1000):
-        if sock.exists():
-            return p, sock
-        if p.poll() is not None:
-            raise AssertionError(p.stderr.read().decode())
-        time.sleep(0.01)
-    p.kill()
-    raise AssertionError("qemu-nbd did not start")
+    return start_qemu_nbd(sock, *args), sock
 
 
 def stop(p):
-    p.terminate()
-    p.wait(timeout=30)
+    stop_process(p, timeout=30)
 
 
 @pytest.fixture(scope="module")
