@@ -16,9 +16,9 @@
  *     closing and creating are not ordered against I/O on the same
  *     image (do not close an image another thread still uses).
  *   - Images are what imgtool opens: qcow2 (with backing chains), LUKS,
- *     raw, on files and block devices.  The network protocols (nbd://,
- *     iscsi://, gluster://) are modules that only the imgtool program
- *     loads: opened here they fail with one line saying so.
+ *     raw, on files, block devices and the network protocols (nbd://,
+ *     iscsi://, gluster://), which are imgtool's modules, loaded on first
+ *     use from $IMGTOOL_MODULE_DIR or imgtool's install directory.
  */
 #ifndef LIBIMGTOOL_H
 #define LIBIMGTOOL_H

@@ -21,8 +21,9 @@
  * file found is the one used: a module there that does not load is an
  * error, not a reason to try an older one elsewhere.  Loaded, it stays
  * loaded; failed, it is not tried again, and its one-line reason is what
- * every later use reports.  Only a program that exports the core (the
- * imgtool executable) can load modules: libimgtool.so's users cannot.
+ * every later use reports.  A module calls the core through symbols the
+ * program exports: the imgtool executable exports them all, libimgtool.so
+ * those the modules use (under a private version, lib/libimgtool.map).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -116,13 +117,13 @@ static bool find_module(const BlockModule *m, char *path, size_t size)
 static void load(const BlockModule *m)
 {
     BlockModuleState *st = m->state;
-    /* A module calls the core through the program's exported symbols;
-     * libimgtool.so exports only its stable interface, so a program
-     * linked with it cannot host modules, and says so rather than
-     * reporting a missing symbol. */
+    /* A module calls the core through the program's exported symbols; a
+     * program that links the core statically without exporting it cannot
+     * host modules, and says so rather than reporting a missing symbol. */
     if (!dlsym(RTLD_DEFAULT, "block_module_ops")) {
         snprintf(st->error, sizeof(st->error), "the %s driver is a module "
-                 "that only the imgtool program can load", m->name);
+                 "this program cannot load (it does not export imgtool's "
+                 "core)", m->name);
         return;
     }
     char path[PATH_MAX];
