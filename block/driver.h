@@ -222,7 +222,9 @@ int block_flush_within(BlockNode *n);
  * request is in flight: a block_pread could wait for a drain that waits
  * for it).  Adding and removing drain n themselves: a request either
  * completed before, or meets the hook.  Writes to a hooked node take
- * the synchronous path (a driver's submit never sees them). */
+ * the synchronous path (a driver's submit never sees them).  A hooked
+ * node cannot be resized (block_truncate fails with EBUSY): the
+ * watcher's view keeps the size it was made with. */
 typedef int BlockBeforeWriteFn(void *opaque, BlockNode *n, uint64_t off,
                                uint64_t len);
 int block_add_before_write(BlockNode *n, BlockBeforeWriteFn *fn,

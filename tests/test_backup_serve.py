@@ -547,3 +547,32 @@ def test_guest_under_imgtool_run(tmp_path):
         assert_point_in_time(guest_rounds(raw), before, after,
                              f"point {pid} ({tag})")
     assert all(e["status"] == "ok" for e in json.loads(verify(repo).stdout))
+
+
+def test_resize_refused_while_a_view_exists(tmp_path, daemon):
+    """A backup's point-in-time view keeps the size the disk had: while it
+    exists, block_resize of the disk fails (EBUSY, one line naming why)
+    and leaves it as it was; once the job is gone, the resize works."""
+    d = daemon(two_disks(str(tmp_path))[:1])
+    fleece = str(tmp_path / "fleece.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", fleece, "32M")
+    d.qmp("blockdev-add", **{"driver": "qcow2", "node-name": "t",
+                             "file": {"driver": "file", "filename": fleece}})
+    d.qmp("blockdev-backup", **{"job-id": "j", "device": "d0", "target": "t",
+                                "sync": "none", "filter-node-name": "v"})
+    q = Qmp(d.qmp_path)
+    try:
+        r = q.cmd("block_resize", **{"node-name": "d0", "size": 64 << 20})
+    finally:
+        q.close()
+    assert "error" in r, r
+    assert r["error"]["desc"] == ("Cannot resize 'd0': a point-in-time view "
+                                  "of it is in use (a backup is running)")
+    sizes = {n["node-name"]: n["image"]["virtual-size"]
+             for n in d.qmp("query-named-block-nodes") if "image" in n}
+    assert sizes["d0"] == 32 << 20
+    d.qmp("block-job-cancel", device="j", force=True)
+    d.qmp("block_resize", **{"node-name": "d0", "size": 64 << 20})
+    sizes = {n["node-name"]: n["image"]["virtual-size"]
+             for n in d.qmp("query-named-block-nodes") if "image" in n}
+    assert sizes["d0"] == 64 << 20

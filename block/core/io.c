@@ -562,6 +562,15 @@ int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
         return error_setf(err, EACCES, "Image '%s' is read-only",
                           n->filename);
     }
+    if (block_has_write_hooks(n)) {
+        /* A watcher's point-in-time view (a backup's) has the old size,
+         * and a shrink would drop clusters it has not copied yet. */
+        block_node_leave(n);
+        return error_setf(err, EBUSY, "Cannot resize '%s': a point-in-time "
+                          "view of it is in use (a backup is running)",
+                          n->node_name && *n->node_name ? n->node_name
+                                                        : n->filename);
+    }
     int64_t old = length_within(n);
     serialize_begin(n);
     int ret = n->drv->truncate(n, size, exact, pm, err);
