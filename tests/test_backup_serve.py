@@ -576,3 +576,55 @@ def test_resize_refused_while_a_view_exists(tmp_path, daemon):
     sizes = {n["node-name"]: n["image"]["virtual-size"]
              for n in d.qmp("query-named-block-nodes") if "image" in n}
     assert sizes["d0"] == 64 << 20
+
+
+def test_two_repositories_back_up_one_daemon_at_once(tmp_path, daemon):
+    """Two repositories, each with its own chain of the same disks, whose
+    backups run at the same moment: each point restores to what the
+    exports read, and each repository's incrementals carry what changed
+    since its own last point (the bitmaps are per repository)."""
+    tmp = str(tmp_path)
+    d = daemon(two_disks(tmp))
+    sizes = {"sys": 32 * MiB, "data": 16 * MiB}
+    repos = [tmp_path / "repo-a", tmp_path / "repo-b"]
+    rng = random.Random(5)
+    expected = {r: {} for r in repos}
+
+    def oracle(tag):
+        return {n: d.snapshot(n, os.path.join(tmp, f"{tag}-{n}.raw"))
+                for n in sizes}
+
+    def both(tag, *args):
+        procs = [subprocess.Popen(
+            [IMGTOOL, "backup", "--output=json", "--qmp", d.qmp_path,
+             "--device", "sys", "--device", "data", *args, str(r)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for r in repos]
+        want = oracle(tag)
+        for r, p in zip(repos, procs):
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            expected[r][json.loads(out)["id"]] = want
+        return want
+
+    scribble(d, rng, sizes, 12)
+    both("p0")
+    scribble(d, rng, sizes)
+    both("p1", "--mode", "incremental")
+    # only A backs up now; B's next incremental carries both changes
+    # (check_points: a missed one would not restore)
+    t2 = scribble(d, rng, sizes)
+    rec = srec(d, repos[0], "--mode", "incremental")
+    expected[repos[0]][rec["id"]] = oracle("p2a")
+    t3 = scribble(d, rng, sizes)
+    rec = srec(d, repos[1], "--mode", "incremental")
+    expected[repos[1]][rec["id"]] = oracle("p2b")
+    for x in rec["disks"]:
+        assert x["method"] == "bitmap", x
+        changed = t2[x["name"]] | t3[x["name"]]
+        assert x["bytes-read"] <= len(changed) * CLUSTER * 1.01, x
+    assert d.leftovers() == []
+    for r in repos:
+        check_points(r, expected[r], tmp)
+        assert all(e["status"] == "ok"
+                   for e in json.loads(verify(r).stdout))
