@@ -73,6 +73,10 @@ typedef struct BackupOptions {
     /* Where the fleecing overlays go (local, fast storage: guest writes
      * wait for their copy there); NULL: the point's directory. */
     const char *fleece_dir;
+    /* The id of a client tls-creds object (--object) for the peer's NBD
+     * server when it requires TLS (imgtool serve --tls-creds); NULL:
+     * none, and such a server is refused in one line. */
+    const char *tls_creds;
 } BackupOptions;
 
 /* Makes one point of every source in repo (created when missing).

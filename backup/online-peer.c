@@ -235,9 +235,12 @@ static int serve_nbd_server(BkSession *s, Error *err)
         Error e = { 0 };
         qmp_call(o->qmp, "nbd-server-stop", NULL, NULL, &e);
         ret = start_server(o, err);
-    } else if (json_is_true(json_object_get(info, "tls"))) {
-        ret = error_setf(err, ENOTSUP, "the daemon's NBD server requires "
-                         "TLS, which backups do not speak");
+    } else if (json_is_true(json_object_get(info, "tls")) &&
+               !s->o->tls_creds) {
+        ret = error_setf(err, EACCES, "the daemon's NBD server requires "
+                         "TLS: give --tls-creds ID (with --object "
+                         "tls-creds-x509 or tls-creds-psk,...,"
+                         "endpoint=client)");
     } else if (type && strcmp(type, "unix") == 0 && path) {
         o->url_head = strdup("nbd+unix:///");
         if (asprintf(&o->url_tail, "?socket=%s", path) < 0) {

@@ -375,12 +375,23 @@ static int on_begin(BkSession *s, const char *new_id,
                      o->url_tail) < 0) {
             return error_setf(err, ENOMEM, "out of memory");
         }
-        d->node = block_open(url, "raw", NULL, 0, err);
+        /* The peer's server may require TLS (imgtool serve
+         * --tls-creds): both connections present the client's creds. */
+        const char *tls = s->o->tls_creds;
+        KVList ropts = { 0 };
+        if (tls) {
+            kvlist_set(&ropts, "file.tls-creds", tls);
+        }
+        d->node = block_open(url, "raw", &ropts, 0, err);
+        kvlist_free(&ropts);
         if (d->node && od->frozen) {
             KVList opts = { 0 };
             char *ctx = NULL;
             if (asprintf(&ctx, "qemu:dirty-bitmap:%s", od->frozen) >= 0) {
                 kvlist_set(&opts, "x-dirty-bitmap", ctx);
+                if (tls) {
+                    kvlist_set(&opts, "tls-creds", tls);
+                }
                 od->bm_node = block_open_protocol(url, &opts, 0, err);
             }
             free(ctx);

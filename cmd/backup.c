@@ -88,7 +88,7 @@ static int opt_workers(const CmdOpt *o, const char *arg, void *ctx)
 }
 
 static bool compress, show_progress;
-static const char *key_secret, *qmp, *qga, *fleece_dir;
+static const char *key_secret, *qmp, *qga, *fleece_dir, *tls_creds;
 
 static const CmdOpt backup_opts[] = {
     CMDOPT_OBJECT,
@@ -123,6 +123,10 @@ static const CmdOpt backup_opts[] = {
     { CMDOPT_STRING, 0, "fleece-dir", "dir",
       "with --qmp: where the fleecing overlays go (default: the "
       "repository)", .value = &fleece_dir },
+    { CMDOPT_STRING, 0, "tls-creds", "id",
+      "with --qmp: the credentials (a --object tls-creds-x509 or "
+      "tls-creds-psk, endpoint=client) for an NBD server that requires "
+      "TLS (imgtool serve --tls-creds)", .value = &tls_creds },
     CMDOPT_END,
 };
 
@@ -164,7 +168,7 @@ int cmd_backup(int argc, char **argv)
     int rc;
 
     compress = show_progress = false;
-    key_secret = qmp = qga = fleece_dir = NULL;
+    key_secret = qmp = qga = fleece_dir = tls_creds = NULL;
     if (cmd_parse(&backup_spec, &a, &b, argc, argv, &rc) < 0) {
         return rc;
     }
@@ -174,9 +178,9 @@ int cmd_backup(int argc, char **argv)
             return usage_error("backup", "With --qmp: expecting --device "
                                "and a repository");
         }
-    } else if (b.ndevices || qga || fleece_dir) {
-        return usage_error("backup", "--device, --qga and --fleece-dir go "
-                           "with --qmp");
+    } else if (b.ndevices || qga || fleece_dir || tls_creds) {
+        return usage_error("backup", "--device, --qga, --fleece-dir and "
+                           "--tls-creds go with --qmp");
     } else if (npos < 2) {
         return usage_error("backup", "Expecting a source and a repository");
     }
@@ -213,6 +217,7 @@ int cmd_backup(int argc, char **argv)
         .qmp_socket = qmp,
         .qga_socket = qga,
         .fleece_dir = fleece_dir,
+        .tls_creds = tls_creds,
     };
     Error err = { 0 };
     json_t *rec = NULL;

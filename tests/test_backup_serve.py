@@ -22,7 +22,7 @@ import pytest
 
 from backupenv import CLUSTER, points, verify
 from conftest import IMGTOOL, Qmp, Serve, imgtool, nbd_uri, \
-    no_leak_check_env, one_error_line, qemu_img
+    no_leak_check_env, one_error_line, qemu_img, qemu_io
 
 MiB = 1 << 20
 TAG = "imgtool-"
@@ -628,3 +628,56 @@ def test_two_repositories_back_up_one_daemon_at_once(tmp_path, daemon):
         check_points(r, expected[r], tmp)
         assert all(e["status"] == "ok"
                    for e in json.loads(verify(r).stdout))
+
+
+def test_backup_through_a_tls_nbd_server(tmp_path):
+    """The daemon's NBD server requires TLS (PSK here): a backup without
+    credentials is refused in one line naming the option; with
+    --tls-creds it backs up (full, then incremental) and the points
+    restore to the disk's content."""
+    tmp = str(tmp_path)
+    psk = tmp_path / "psk"
+    psk.mkdir()
+    (psk / "keys.psk").write_text(f"alice:{os.urandom(32).hex()}\n")
+    img = os.path.join(tmp, "sys.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", img, "16M")
+    qemu_io("-c", "write -P 7 1M 3M", img)
+    nbd, qmp = os.path.join(tmp, "nbd.sock"), os.path.join(tmp, "qmp.sock")
+    repo = tmp_path / "repo"
+    client = ["--object", f"tls-creds-psk,id=c,endpoint=client,dir={psk},"
+              "username=alice", "--tls-creds", "c"]
+
+    def backup(*args, **kw):
+        return imgtool("backup", "--output=json", "--qmp", qmp, "--device",
+                       "sys", *args, str(repo), **kw)
+
+    serve = Serve(tmp, "--object", f"tls-creds-psk,id=s,endpoint=server,"
+                  f"dir={psk}", "--blockdev",
+                  f"driver=file,node-name=f0,filename={img}", "--blockdev",
+                  "driver=qcow2,node-name=d0,file=f0", "--nbd-server",
+                  f"addr.type=unix,addr.path={nbd},tls-creds=s", "--export",
+                  "type=nbd,id=e0,node-name=d0,name=sys,writable=on",
+                  "--chardev", f"socket,id=m,path={qmp},server=on,wait=off",
+                  "--monitor", "chardev=m").start()
+    try:
+        p = backup(check=False, rc=1)
+        assert "requires TLS: give --tls-creds" in one_error_line(p)
+        full = json.loads(backup(*client).stdout)
+        # a write through the TLS export, then an incremental
+        qemu_io("--image-opts", "--object", f"tls-creds-psk,id=t,"
+                f"endpoint=client,dir={psk},username=alice",
+                "-c", "write -P 9 8M 64k",
+                f"driver=nbd,server.type=unix,server.path={nbd},"
+                "export=sys,tls-creds=t")
+        inc = json.loads(backup("--mode", "incremental", *client).stdout)
+        assert [x["type"] for x in inc["disks"]] == ["incremental"]
+        assert inc["disks"][0]["bytes-read"] <= 2 * CLUSTER
+    finally:
+        serve.kill()
+        serve.errfile.close()
+    out = os.path.join(tmp, "r.raw")
+    restored(repo, inc["id"], "sys", out)
+    qemu_img("compare", "-f", "raw", "-F", "qcow2", out, img)
+    restored(repo, full["id"], "sys", out)
+    qemu_io("-c", "read -P 7 1M 3M", "-c", "read -P 0 8M 64k", "-f", "raw",
+            out)
