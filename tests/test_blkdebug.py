@@ -71,6 +71,24 @@ def test_rules_fail_the_same_requests(tmp_path, img, conf):
     qemu_img("check", img)
 
 
+@pytest.mark.parametrize("conf", [
+    '[inject-error]\nevent = "write_compressed"\nerrno = "5"\n',
+    '[inject-error]\nevent = "write_compressed"\nerrno = "28"\n'
+    'once = "on"\n',
+])
+def test_compressed_writes_fail_the_same(tmp_path, img, conf):
+    """write_compressed: raised before a compressed cluster's data goes
+    to the file (the first failure leaves the image failing every write
+    after it, as in QEMU, unless the rule fires once)."""
+    r = rules(tmp_path, conf)
+    q, i = io_both(f"blkdebug:{r}:{img}",
+                   ["write -c -P 5 4M 64k", "write -P 6 5M 64k",
+                    "write -c -P 7 6M 64k", "read -P 1 0 64k"])
+    assert len(q) == 4 and ("write", False) in q
+    assert i == q
+    qemu_img("check", img)
+
+
 def test_image_opts_spelling(tmp_path, img):
     opts = ("driver=qcow2,file.driver=blkdebug,"
             f"file.image.filename={img},file.inject-error.0.event=read_aio,"

@@ -96,6 +96,7 @@ static int write_compressed_cluster(BlockNode *n, uint64_t cstart,
     qcow2_inflight_add(s, &f, cstart, cstart + cs);
     pthread_mutex_unlock(&s->lock);
 
+    block_debug_event(block_file(s->node), BLOCK_EV_WRITE_COMPRESSED);
     ret = block_pwrite(block_file(s->node), (uint64_t)coff, (size_t)clen, out, 0);
 
     pthread_mutex_lock(&s->lock);
