@@ -28,12 +28,15 @@
  *    EIO and nothing more reaches the file, so what is on disk afterwards
  *    is what a crash at that moment could have left.
  *
- * Invariants: the overlay is a sorted list of non-overlapping extents
- * holding the newest bytes (or zeroes) for their range; reads see the
- * real file, then zeroes past any pending shrink, then the overlay.  FUA
- * writes go straight through and are flushed, as the flag promises.  The
- * overlay is bounded (max-dirty=, 256 MiB by default): past that it is
- * written back to the file without a flush, which a disk may always do.
+ * The overlay is volatile-cache.c; it is bounded (max-dirty=, 256 MiB by
+ * default): past that it is written back to the file without a flush,
+ * which a disk may always do.
+ *
+ * Invariants: every request and the cache are serialised by s->lock; a
+ * request counts in its class before it can fail, so the Nth request of
+ * a class is the Nth the caller made.  FUA writes go straight through and
+ * are flushed, as the flag promises.  Once powered off, nothing more
+ * reaches the child.
  *
  * stats-file=PATH receives the request counters at close, so a test can
  * learn how many writes a workload makes and pick cut points among them.
@@ -45,19 +48,13 @@
 #include <string.h>
 
 #include "block/driver.h"
+#include "block/filter/volatile-cache.h"
 
-#define SECTOR 512
 #define DEFAULT_MAX_DIRTY (256ull << 20)
 
 enum { CLS_READ, CLS_WRITE, CLS_FLUSH, CLS_N };
 
 typedef enum { PF_DROP, PF_KEEP, PF_RANDOM_PART } PowerfailMode;
-
-typedef struct Extent {
-    uint64_t off;
-    uint64_t len;
-    uint8_t *data;          /* NULL: the range reads as zeroes */
-} Extent;
 
 typedef struct FaultyState {
     BlockNode *child;
@@ -80,14 +77,9 @@ typedef struct FaultyState {
     uint64_t rng;
     bool powered_off;
 
-    /* The volatile overlay. */
-    Extent *ext;
-    size_t n_ext, cap_ext;
-    uint64_t dirty_bytes;
+    /* The disk's write cache, used with volatile_cache only. */
+    VolatileCache cache;
     uint64_t max_dirty;
-    uint64_t length;              /* the file length as callers see it */
-    bool shrunk;                  /* a truncate cut below the real end */
-    uint64_t shrink_to;           /* lowest length cut to since flush */
 
     char *stats_file;
     uint64_t injected;
@@ -217,228 +209,21 @@ static uint64_t rng_next(FaultyState *s)
     return x * 0x2545F4914F6CDD1Dull;
 }
 
-/* ------------------------------------------------------------------ */
-/* The overlay                                                         */
-
-/* Index of the first extent that ends after off. */
-static size_t ov_find(FaultyState *s, uint64_t off)
+static bool rng_coin(void *opaque)
 {
-    size_t lo = 0, hi = s->n_ext;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (s->ext[mid].off + s->ext[mid].len <= off) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return lo;
+    return rng_next(opaque) & 1;
 }
 
-static int ov_insert_at(FaultyState *s, size_t i, Extent e)
-{
-    if (s->n_ext == s->cap_ext) {
-        size_t cap = s->cap_ext ? s->cap_ext * 2 : 64;
-        Extent *ne = realloc(s->ext, cap * sizeof(*ne));
-        if (!ne) {
-            return -ENOMEM;
-        }
-        s->ext = ne;
-        s->cap_ext = cap;
-    }
-    memmove(&s->ext[i + 1], &s->ext[i], (s->n_ext - i) * sizeof(Extent));
-    s->ext[i] = e;
-    s->n_ext++;
-    if (e.data) {
-        s->dirty_bytes += e.len;
-    }
-    return 0;
-}
-
-static void ov_remove_at(FaultyState *s, size_t i)
-{
-    if (s->ext[i].data) {
-        s->dirty_bytes -= s->ext[i].len;
-    }
-    free(s->ext[i].data);
-    memmove(&s->ext[i], &s->ext[i + 1],
-            (s->n_ext - i - 1) * sizeof(Extent));
-    s->n_ext--;
-}
-
-/* Removes [off, end) from the overlay, splitting extents at the edges.
- * Returns the index where an extent starting at off belongs. */
-static int ov_punch(FaultyState *s, uint64_t off, uint64_t end, size_t *pos)
-{
-    size_t i = ov_find(s, off);
-    while (i < s->n_ext && s->ext[i].off < end) {
-        Extent *e = &s->ext[i];
-        uint64_t eend = e->off + e->len;
-        if (e->off < off) {
-            /* Keep the head; a tail past end becomes its own extent. */
-            if (eend > end) {
-                Extent tail = { end, eend - end, NULL };
-                if (e->data) {
-                    tail.data = malloc(tail.len);
-                    if (!tail.data) {
-                        return -ENOMEM;
-                    }
-                    memcpy(tail.data, e->data + (end - e->off), tail.len);
-                }
-                int ret = ov_insert_at(s, i + 1, tail);
-                if (ret < 0) {
-                    free(tail.data);
-                    return ret;
-                }
-                e = &s->ext[i];
-            }
-            if (e->data) {
-                s->dirty_bytes -= eend - off;
-            }
-            e->len = off - e->off;
-            i++;
-            continue;
-        }
-        if (eend <= end) {
-            ov_remove_at(s, i);
-            continue;
-        }
-        /* Starts inside, ends past: keep the part after end. */
-        uint64_t cut = end - e->off;
-        if (e->data) {
-            uint8_t *nd = malloc(e->len - cut);
-            if (!nd) {
-                return -ENOMEM;
-            }
-            memcpy(nd, e->data + cut, e->len - cut);
-            free(e->data);
-            e->data = nd;
-            s->dirty_bytes -= cut;
-        }
-        e->off = end;
-        e->len -= cut;
-        break;
-    }
-    *pos = i;
-    return 0;
-}
-
-/* Adds [off, off+len) holding buf (NULL: zeroes) as the newest data. */
-static int ov_add(FaultyState *s, uint64_t off, uint64_t len,
-                  const void *buf)
-{
-    size_t pos;
-    int ret = ov_punch(s, off, off + len, &pos);
-    if (ret < 0) {
-        return ret;
-    }
-    Extent e = { off, len, NULL };
-    if (buf) {
-        e.data = malloc(len);
-        if (!e.data) {
-            return -ENOMEM;
-        }
-        memcpy(e.data, buf, len);
-    }
-    ret = ov_insert_at(s, pos, e);
-    if (ret < 0) {
-        free(e.data);
-    }
-    return ret;
-}
-
-static void ov_clear(FaultyState *s)
-{
-    for (size_t i = 0; i < s->n_ext; i++) {
-        free(s->ext[i].data);
-    }
-    s->n_ext = 0;
-    s->dirty_bytes = 0;
-    s->shrunk = false;
-}
-
-static int child_put(FaultyState *s, uint64_t off, uint64_t len,
-                     const uint8_t *data)
-{
-    if (data) {
-        return block_pwrite(s->child, off, (size_t)len, data, 0);
-    }
-    return block_write_zeroes(s->child, off, len, BLOCK_REQ_MAY_UNMAP);
-}
-
-static int child_set_length(FaultyState *s, uint64_t len)
-{
-    int64_t cur = block_get_length(s->child);
-    if (cur < 0) {
-        return (int)cur;
-    }
-    if ((uint64_t)cur == len) {
-        return 0;
-    }
-    Error err = { 0 };
-    return block_truncate(s->child, len, true, PREALLOC_OFF, &err);
-}
-
-/* Writes the whole overlay to the child (no flush) and empties it. */
-static int ov_writeback(FaultyState *s)
-{
-    int ret;
-    if (s->shrunk) {
-        ret = child_set_length(s, s->shrink_to);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    for (size_t i = 0; i < s->n_ext; i++) {
-        ret = child_put(s, s->ext[i].off, s->ext[i].len, s->ext[i].data);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    ret = child_set_length(s, s->length);
-    if (ret < 0) {
-        return ret;
-    }
-    ov_clear(s);
-    return 0;
-}
-
-/* What a crash leaves of the overlay: none, all, or random sectors. */
+/* What a crash leaves of the cache: none, all, or random sectors. */
 static void power_loss(FaultyState *s)
 {
+    static const VCacheCrash how[] = {
+        [PF_DROP] = VCACHE_CRASH_DROP,
+        [PF_KEEP] = VCACHE_CRASH_KEEP,
+        [PF_RANDOM_PART] = VCACHE_CRASH_RANDOM_PART,
+    };
     s->powered_off = true;
-    if (s->pf_mode == PF_KEEP) {
-        ov_writeback(s);
-    } else if (s->pf_mode == PF_RANDOM_PART) {
-        /* The file's size is metadata of its own: the shrink and the new
-         * length may or may not have made it. */
-        if (s->shrunk && (rng_next(s) & 1)) {
-            child_set_length(s, s->shrink_to);
-        }
-        for (size_t i = 0; i < s->n_ext; i++) {
-            Extent *e = &s->ext[i];
-            uint64_t p = e->off, end = e->off + e->len;
-            while (p < end) {
-                uint64_t next = (p / SECTOR + 1) * SECTOR;
-                if (next > end) {
-                    next = end;
-                }
-                if (rng_next(s) & 1) {
-                    child_put(s, p, next - p,
-                              e->data ? e->data + (p - e->off) : NULL);
-                }
-                p = next;
-            }
-        }
-        if (rng_next(s) & 1) {
-            int64_t cur = block_get_length(s->child);
-            if (cur >= 0 && (uint64_t)cur > s->length) {
-                child_set_length(s, s->length);
-            }
-        }
-    }
-    block_flush(s->child);
-    ov_clear(s);
+    vcache_crash(&s->cache, how[s->pf_mode], rng_coin, s);
 }
 
 /* ------------------------------------------------------------------ */
@@ -472,14 +257,6 @@ static void after_write(FaultyState *s)
     }
 }
 
-static int after_overlay_add(FaultyState *s)
-{
-    if (s->dirty_bytes > s->max_dirty) {
-        return ov_writeback(s);
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------ */
 /* Driver callbacks                                                    */
 
@@ -504,7 +281,7 @@ static int faulty_open(BlockNode *n, KVList *opts, int flags, Error *err)
         free(s->stats_file);
         return error_setf(err, (int)-len, "faulty: cannot get length");
     }
-    s->length = (uint64_t)len;
+    vcache_init(&s->cache, s->child, (uint64_t)len, s->max_dirty);
     pthread_mutex_init(&s->lock, NULL);
     n->request_alignment = s->child->request_alignment;
     n->max_transfer = s->child->max_transfer;
@@ -530,14 +307,13 @@ static void faulty_close(BlockNode *n)
     FaultyState *s = n->opaque;
     /* Without a crash the cache reaches the disk at some point anyway;
      * the core closes the child (block_file(n)) after us. */
-    if (!s->powered_off && (s->n_ext || s->shrunk)) {
-        ov_writeback(s);
+    if (!s->powered_off && vcache_dirty(&s->cache)) {
+        vcache_writeback(&s->cache);
     }
     if (s->stats_file) {
         write_stats(s);
     }
-    ov_clear(s);
-    free(s->ext);
+    vcache_destroy(&s->cache);
     free(s->stats_file);
     pthread_mutex_destroy(&s->lock);
 }
@@ -557,23 +333,7 @@ static int faulty_pread(BlockNode *n, uint64_t off, size_t len, void *buf)
     if (ret < 0 || !s->volatile_cache) {
         goto out;
     }
-    uint64_t end = off + len;
-    uint8_t *b = buf;
-    if (s->shrunk && end > s->shrink_to) {
-        uint64_t z = off > s->shrink_to ? off : s->shrink_to;
-        memset(b + (z - off), 0, end - z);
-    }
-    for (size_t i = ov_find(s, off); i < s->n_ext && s->ext[i].off < end;
-         i++) {
-        Extent *e = &s->ext[i];
-        uint64_t lo = e->off > off ? e->off : off;
-        uint64_t hi = e->off + e->len < end ? e->off + e->len : end;
-        if (e->data) {
-            memcpy(b + (lo - off), e->data + (lo - e->off), hi - lo);
-        } else {
-            memset(b + (lo - off), 0, hi - lo);
-        }
-    }
+    vcache_read(&s->cache, off, len, buf);
 out:
     pthread_mutex_unlock(&s->lock);
     return ret;
@@ -591,13 +351,8 @@ static int faulty_modify(BlockNode *n, uint64_t off, uint64_t len,
         goto out;
     }
     if (!s->volatile_cache || (flags & BLOCK_REQ_FUA)) {
-        if (s->volatile_cache && s->shrunk) {
-            /* A cached shrink would hide the new bytes from reads. */
-            ret = ov_writeback(s);
-        } else if (s->volatile_cache) {
-            /* Write-through: older cached bytes of the range are stale. */
-            size_t pos;
-            ret = ov_punch(s, off, off + len, &pos);
+        if (s->volatile_cache) {
+            ret = vcache_write_through(&s->cache, off, len);
         }
         if (ret < 0) {
             goto out;
@@ -609,20 +364,14 @@ static int faulty_modify(BlockNode *n, uint64_t off, uint64_t len,
         } else {
             ret = block_discard(s->child, off, len);
         }
-        if (ret >= 0 && s->volatile_cache && off + len > s->length) {
-            s->length = off + len;
+        if (ret >= 0 && s->volatile_cache) {
+            vcache_grow(&s->cache, off + len);
         }
         goto out;
     }
     /* A discarded range reads as zeroes from the file driver too. */
-    ret = ov_add(s, off, len, kind == K_WRITE ? data : NULL);
-    if (ret < 0) {
-        goto out;
-    }
-    if (kind != K_DISCARD && off + len > s->length) {
-        s->length = off + len;
-    }
-    ret = after_overlay_add(s);
+    ret = vcache_store(&s->cache, off, len, kind == K_WRITE ? data : NULL,
+                       kind != K_DISCARD);
 out:
     if (ret >= 0) {
         after_write(s);
@@ -666,7 +415,7 @@ static int faulty_flush(BlockNode *n)
         goto out;
     }
     if (s->volatile_cache) {
-        ret = ov_writeback(s);
+        ret = vcache_writeback(&s->cache);
     }
     /* The core flushes the child (block_file(n)) after us. */
 out:
@@ -686,31 +435,8 @@ static int faulty_block_status(BlockNode *n, uint64_t off, uint64_t len,
         goto out;
     }
     if (s->volatile_cache) {
-        size_t i = ov_find(s, off);
-        if (i < s->n_ext && s->ext[i].off <= off) {
-            Extent *e = &s->ext[i];
-            uint64_t run = e->off + e->len - off;
-            *pnum = run < len ? run : len;
-            ret = BLOCK_STATUS_ALLOCATED |
-                  (e->data ? BLOCK_STATUS_DATA : BLOCK_STATUS_ZERO);
-            goto out;
-        }
-        if (i < s->n_ext && s->ext[i].off - off < len) {
-            len = s->ext[i].off - off;
-        }
-        if (s->shrunk && off >= s->shrink_to) {
-            *pnum = len;
-            ret = BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_ZERO;
-            goto out;
-        }
-        if (s->shrunk && s->shrink_to - off < len) {
-            len = s->shrink_to - off;
-        }
-        int64_t clen = block_get_length(s->child);
-        if (clen >= 0 && off >= (uint64_t)clen) {
-            /* Grown by the overlay's length only: zeroes. */
-            *pnum = len;
-            ret = BLOCK_STATUS_ALLOCATED | BLOCK_STATUS_ZERO;
+        ret = vcache_block_status(&s->cache, off, &len, pnum);
+        if (ret > 0) {
             goto out;
         }
     }
@@ -731,7 +457,7 @@ static int64_t faulty_get_length(BlockNode *n)
         return block_get_length(s->child);
     }
     pthread_mutex_lock(&s->lock);
-    int64_t len = (int64_t)s->length;
+    int64_t len = (int64_t)vcache_length(&s->cache);
     pthread_mutex_unlock(&s->lock);
     return len;
 }
@@ -749,7 +475,7 @@ static int faulty_truncate(BlockNode *n, uint64_t size, bool exact,
     if (!s->volatile_cache || pm != PREALLOC_OFF) {
         /* Preallocation is the child's business: write it through. */
         if (s->volatile_cache) {
-            ret = ov_writeback(s);
+            ret = vcache_writeback(&s->cache);
             if (ret < 0) {
                 error_setf(err, -ret, "faulty: write-back failed: %s",
                            strerror(-ret));
@@ -759,25 +485,15 @@ static int faulty_truncate(BlockNode *n, uint64_t size, bool exact,
         ret = block_truncate(s->child, size, exact, pm, err);
         if (ret >= 0 && s->volatile_cache) {
             int64_t len = block_get_length(s->child);
-            s->length = len >= 0 ? (uint64_t)len : size;
+            vcache_set_length(&s->cache, len >= 0 ? (uint64_t)len : size);
         }
         goto out;
     }
-    if (size < s->length) {
-        size_t pos;
-        ret = ov_punch(s, size, UINT64_MAX, &pos);
-        if (ret < 0) {
-            error_setf(err, -ret, "faulty: out of memory");
-            goto out;
-        }
-        int64_t clen = block_get_length(s->child);
-        if (clen >= 0 && size < (uint64_t)clen &&
-            (!s->shrunk || size < s->shrink_to)) {
-            s->shrunk = true;
-            s->shrink_to = size;
-        }
+    ret = vcache_truncate(&s->cache, size);
+    if (ret < 0) {
+        error_setf(err, -ret, "faulty: out of memory");
+        goto out;
     }
-    s->length = size;
 out:
     if (ret >= 0) {
         after_write(s);
