@@ -6,6 +6,7 @@
  * typed, everything else is a string: use JSON for a string that looks
  * like a number).  Exit 0 on success, 1 with the server's error.
  */
+#include <assert.h>
 #include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -15,19 +16,50 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "block/export/monitor.h"
 #include "imgtool/cmd-usage.h"
 #include "imgtool/imgtool.h"
+#include "imgtool/parse-options.h"
 
-static const char ctl_usage[] =
-    "usage: imgtool serve-ctl SOCKET COMMAND [JSON | key=value ...]\n"
-    "\n"
-    "Sends one QMP command to the control socket of `imgtool serve`\n"
-    "(a unix socket path, or HOST:PORT) and prints its return value.\n"
-    "Examples:\n"
-    "  imgtool serve-ctl /run/s.qmp query-block-exports\n"
-    "  imgtool serve-ctl /run/s.qmp block-export-add type=nbd id=e1 \\\n"
-    "      node-name=disk writable=true\n"
-    "  imgtool serve-ctl /run/s.qmp block-export-del id=e1\n";
+#define MAX_COMMANDS 64
+
+static const CmdOpt ctl_opts[] = { CMDOPT_END };
+
+/* The commands the daemon runs (qmp-cmds.c's table), as a command
+ * language of serve-ctl's: --help lists them and completion offers
+ * them from the one table the daemon dispatches with. */
+static CmdSpec ctl_command_specs[MAX_COMMANDS];
+static const CmdSpec *ctl_commands[MAX_COMMANDS + 1];
+
+static const CmdSpec ctl_spec = {
+    .name = "serve-ctl",
+    .args = "SOCKET COMMAND [JSON | key=value ...]",
+    .description =
+        "Sends one QMP command to the control socket of `imgtool serve`\n"
+        "(a unix socket path, or HOST:PORT) and prints its return value.\n"
+        "Examples:\n"
+        "  imgtool serve-ctl /run/s.qmp query-block-exports\n"
+        "  imgtool serve-ctl /run/s.qmp block-export-add type=nbd id=e1 \\\n"
+        "      node-name=disk writable=true\n"
+        /* no newline: no option lines follow, the commands do */
+        "  imgtool serve-ctl /run/s.qmp block-export-del id=e1",
+    .opts = ctl_opts,
+    /* What follows SOCKET is the command's, options or not. */
+    .flags = CMDSPEC_IN_ORDER,
+    .commands = ctl_commands,
+};
+
+static void ctl_commands_load(void)
+{
+    const char *name;
+    for (size_t i = 0; i < MAX_COMMANDS && (name = qmp_command_name(i));
+         i++) {
+        ctl_command_specs[i] = (CmdSpec){ .name = name, .opts = ctl_opts };
+        ctl_commands[i] = &ctl_command_specs[i];
+    }
+    /* Room for every command the daemon has. */
+    assert(!qmp_command_name(MAX_COMMANDS));
+}
 
 #define MAX_REPLY (64u << 20)
 
@@ -180,10 +212,13 @@ static int pairs_to_json(char **argv, int n, json_t *obj)
 
 int cmd_serve_ctl(int argc, char **argv)
 {
-    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
-        fputs(ctl_usage, stdout);
-        return 0;
+    ctl_commands_load();
+    int rc, first = cmd_parse(&ctl_spec, NULL, NULL, argc, argv, &rc);
+    if (first < 0) {
+        return rc;
     }
+    argc -= first - 1;
+    argv += first - 1;
     if (argc < 3) {
         return usage_error("serve-ctl", "give the control SOCKET and a "
                            "COMMAND");
@@ -223,7 +258,7 @@ int cmd_serve_ctl(int argc, char **argv)
     free(dumped);
     char *buf = NULL;
     size_t len = 0;
-    int rc = 1;
+    rc = 1;
     json_t *greeting = next_message(fd, &buf, &len);
     json_t *caps = NULL, *r = NULL;
     if (!greeting || !json_object_get(greeting, "QMP")) {

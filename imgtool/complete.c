@@ -38,10 +38,13 @@ typedef struct Line {
     const char *cmd;            /* the command's name */
     Opt opts[MAX_OPTS];
     size_t nopts;
+    const CmdSpec *spec;        /* a cmd_parse() command's table */
     const VirshCmd *virsh;      /* positional arguments fill its strings */
     /* what the words before the cursor said */
-    const char *fmt, *out_fmt, *pool;
+    const char *fmt, *out_fmt, *pool, *inputpool;
     bool virsh_set[VIRSH_MAX_OPTS];
+    int npos;                   /* positional words (cmd_parse commands) */
+    bool options_ended;         /* "--", or CMDSPEC_IN_ORDER's first one */
     const char *cur;            /* the word being completed */
 } Line;
 
@@ -186,6 +189,59 @@ static void emit_vols(const Line *l, const char *pre, size_t prelen,
     pool_store_close(s);
 }
 
+/* A volume given without its pool: virsh looks it up by key or path in
+ * every active pool (pool_vol_find), so those are what completes; a name
+ * alone would be refused.  Each pool's candidates go out as they come:
+ * the shell stops waiting on a dead network pool after a few seconds. */
+static void emit_vol_keys(const Line *l, const char *pre, size_t prelen)
+{
+    PoolStore *s;
+    Error err = { 0 };
+    PoolInfo *pools = NULL;
+    size_t np = 0;
+    if (pool_store_open(&s, &err) < 0) {
+        error_clear(&err);
+        return;
+    }
+    if (pool_list(s, &pools, &np, &err) < 0) {
+        np = 0;
+    }
+    error_clear(&err);
+    for (size_t p = 0; p < np; p++) {
+        VolInfo *v = NULL;
+        size_t n = 0;
+        if (!pools[p].active ||
+            pool_vol_list(s, pools[p].name, &v, &n, &err) < 0) {
+            error_clear(&err);
+            continue;
+        }
+        for (size_t i = 0; i < n; i++) {
+            emit(l, pre, prelen, v[i].path);
+            if (strcmp(v[i].key, v[i].path) != 0) {
+                emit(l, pre, prelen, v[i].key);
+            }
+        }
+        vol_info_list_free(v, n);
+        fflush(stdout);
+    }
+    pool_info_list_free(pools, np);
+    pool_store_close(s);
+}
+
+/* The pool a volume argument is looked up in: vol-create-from's source
+ * volume is --inputpool's, every other one --pool's (NULL: any). */
+static const char *vol_pool(const Line *l)
+{
+    if (l->virsh) {
+        for (int i = 0; i < VIRSH_MAX_OPTS && l->virsh->opts[i].name; i++) {
+            if (!strcmp(l->virsh->opts[i].name, "inputpool")) {
+                return l->inputpool;
+            }
+        }
+    }
+    return l->pool;
+}
+
 /* An image argument: a file, or vol:POOL/NAME. */
 static void emit_image(const Line *l, const char *pre, size_t prelen)
 {
@@ -319,7 +375,7 @@ static void emit_values(const Line *l, int short_name, const char *argname,
     };
     static const char *const files[] = {
         "file", "path", "target", "source-path", "source-dev",
-        "socket|host:port", NULL,
+        "socket|host:port", "SOCKET", NULL,
     };
     size_t prelen = strlen(pre);
     if (in(argname, formats)) {
@@ -337,7 +393,13 @@ static void emit_values(const Line *l, int short_name, const char *argname,
         emit_choices(l, pre, prelen, "threads|native|io_uring", 23);
     } else if (!strcmp(argname, "pool") || !strcmp(argname, "inputpool")) {
         emit_pools(l, pre, prelen, "");
-    } else if (!strcmp(argname, "vol") || !strcmp(argname, "backing-vol")) {
+    } else if (!strcmp(argname, "vol")) {
+        if (vol_pool(l)) {
+            emit_vols(l, pre, prelen, vol_pool(l));
+        } else {
+            emit_vol_keys(l, pre, prelen);
+        }
+    } else if (!strcmp(argname, "backing-vol")) {
         if (l->pool) {
             emit_vols(l, pre, prelen, l->pool);
         }
@@ -389,6 +451,8 @@ static void note_value(Line *l, const Opt *o, const char *v)
         l->out_fmt = v;
     } else if (o->long_name && !strcmp(o->long_name, "pool")) {
         l->pool = v;
+    } else if (o->long_name && !strcmp(o->long_name, "inputpool")) {
+        l->inputpool = v;
     }
 }
 
@@ -425,7 +489,7 @@ static const Opt *scan(Line *l, char **words, int cword)
         const Opt *o = NULL;
         const char *val = NULL;
         if (!dashdash && !strcmp(w, "--")) {
-            dashdash = true;
+            dashdash = l->options_ended = true;
             continue;
         }
         if (!dashdash && !strncmp(w, "--", 2)) {
@@ -460,7 +524,14 @@ static const Opt *scan(Line *l, char **words, int cword)
                 l->virsh_set[k] = true;
                 if (!strcmp(l->virsh->opts[k].name, "pool")) {
                     l->pool = w;
+                } else if (!strcmp(l->virsh->opts[k].name, "inputpool")) {
+                    l->inputpool = w;
                 }
+            }
+        } else {
+            l->npos++;
+            if (l->spec && (l->spec->flags & CMDSPEC_IN_ORDER)) {
+                dashdash = l->options_ended = true;
             }
         }
         if (o && l->virsh && o->long_name) {
@@ -489,6 +560,50 @@ static void emit_options(const Line *l)
     }
 }
 
+/* A positional argument of a command with a command language of its
+ * own (spec->commands) whose usage names one "COMMAND" (serve-ctl's
+ * "SOCKET COMMAND [JSON | key=value ...]"): the command names there,
+ * what the usage names before it, nothing after it (the command's own
+ * arguments). */
+static bool emit_command_language(const Line *l)
+{
+    const char *args = l->spec->args ? l->spec->args : "";
+    char word[64] = "";
+    int k = 0;
+    while (*(args += strspn(args, " "))) {
+        size_t len = 0;
+        for (int depth = 0; args[len] && (depth || args[len] != ' ');
+             len++) {
+            depth += args[len] == '[' ? 1 : args[len] == ']' ? -1 : 0;
+        }
+        snprintf(word, sizeof(word), "%.*s", (int)len, args);
+        args += len;
+        if (!strcmp(word, "COMMAND")) {
+            break;
+        }
+        k++;
+    }
+    if (strcmp(word, "COMMAND") != 0) {
+        return false;
+    }
+    if (l->npos == k) {
+        for (size_t i = 0; l->spec->commands[i]; i++) {
+            emit(l, "", 0, l->spec->commands[i]->name);
+        }
+    } else if (l->npos < k) {
+        /* the k-th word of the usage names it */
+        args = l->spec->args;
+        for (int i = 0; i <= l->npos; i++) {
+            args += strspn(args, " ");
+            size_t len = strcspn(args, " ");
+            snprintf(word, sizeof(word), "%.*s", (int)len, args);
+            args += len;
+        }
+        emit_values(l, 0, word, "");
+    }
+    return true;
+}
+
 /* The command's tables, captured by running it (complete.h says how). */
 static void load_command(Line *l, const ImgtoolCommand *c)
 {
@@ -513,6 +628,7 @@ static void load_command(Line *l, const ImgtoolCommand *c)
         close(null);
     }
     if (complete_capture.spec) {
+        l->spec = complete_capture.spec;
         load_spec(l, complete_capture.spec);
     } else if (complete_capture.virsh) {
         load_virsh(l, complete_capture.virsh);
@@ -577,8 +693,11 @@ int imgtool_complete(const ImgtoolCommand *cmds, size_t n, int argc,
             snprintf(pre, sizeof(pre), "%.*s", (int)(eq + 1 - cur), cur);
             emit_values(l, o->short_name, o->argname, pre);
         }
-    } else if (cur[0] == '-') {
+    } else if (cur[0] == '-' && !l->options_ended) {
         emit_options(l);
+    } else if (l->spec && l->spec->commands &&
+               emit_command_language(l)) {
+        /* done */
     } else if (l->virsh) {
         int k = virsh_next_positional(l);
         if (k >= 0) {

@@ -8,6 +8,7 @@ commands of `imgtool --help`, each command's options as its --help lists
 them, the -o keys of `create -o help`, wipe algorithms of vol-wipe's
 help, the pools and volumes the pool commands report.
 """
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import IMGTOOL, ROOT, imgtool
+from conftest import IMGTOOL, ROOT, Serve, imgtool
 
 BASH_COMPLETION = "/usr/share/bash-completion/bash_completion"
 SCRIPT = os.path.join(ROOT, "completions", "imgtool.bash")
@@ -211,6 +212,63 @@ def test_pools_and_volumes(tmp, pools):
     assert set(got) == {"alpha/one.qcow2", "alpha/two.raw"}
     assert complete("imgtool info vol:alpha/o", env=env) == [
         "alpha/one.qcow2"]
+
+
+def test_volumes_without_a_pool_complete_by_path_and_key(tmp, pools):
+    """Without --pool a vol-* command finds a volume by key or path in an
+    active pool (virsh's lookup): those complete, and each one offered is
+    one the command accepts; a bare name, which it would refuse, is not
+    offered, nor a volume of an inactive pool."""
+    env = pools
+    imgtool("vol-create-as", "beta", "three.raw", "1M", env=env)
+    imgtool("pool-destroy", "beta", env=env)
+    one, two = str(tmp / "alpha" / "one.qcow2"), str(tmp / "alpha" / "two.raw")
+    for cmd in ("vol-info", "vol-path", "vol-delete", "vol-wipe",
+                "vol-resize", "vol-download", "vol-clone"):
+        assert set(complete(f"imgtool {cmd} ", env=env)) == {one, two}, cmd
+    assert complete(f"imgtool vol-info {tmp}/alpha/o", env=env) == [one]
+    for cand in (one, two):
+        assert imgtool("vol-path", cand, env=env).stdout.strip() == cand
+    # a name alone is refused without the pool
+    imgtool("vol-path", "one.qcow2", env=env, check=False, rc=1)
+    # with the pool: its names (the positional pool comes after the vol)
+    assert set(complete("imgtool vol-info --pool alpha ", env=env)) == {
+        "one.qcow2", "two.raw"}
+    # vol-create-from: the source volume is --inputpool's, not POOL's
+    assert set(complete("imgtool vol-create-from beta x.xml --inputpool "
+                        "alpha ", env=env)) == {"one.qcow2", "two.raw"}
+    assert set(complete("imgtool vol-create-from beta x.xml ",
+                        env=env)) == {one, two}
+
+
+def test_serve_ctl_options_and_commands(tmp):
+    """serve-ctl's option table and its commands, the daemon's own."""
+    assert set(complete("imgtool serve-ctl -")) == {"-h", "--help"}
+    assert set(complete("imgtool serve-ctl --")) == {"--help"}
+    help_text = imgtool("serve-ctl", "--help").stdout
+    listed = help_text.split("\ncommands:\n", 1)[1].split()
+    assert "block-export-add" in listed and "quit" in listed
+    # the commands are the daemon's (query-commands, less the
+    # capabilities handshake serve-ctl does itself)
+    q = tmp / "q.sock"
+    with Serve(tmp, "--chardev", f"socket,id=m0,path={q},server=on,"
+               "wait=off", "--monitor", "chardev=m0"):
+        names = [c["name"] for c in json.loads(
+            imgtool("serve-ctl", q, "query-commands").stdout)]
+    assert sorted(listed) == sorted(n for n in names
+                                    if n != "qmp_capabilities")
+    # SOCKET is a file; COMMAND one of those; then the command's own
+    # arguments (JSON or key=value), where options have ended
+    (tmp / "ctl.sock").write_bytes(b"")
+    assert complete("imgtool serve-ctl ct", cwd=tmp) == ["ctl.sock"]
+    assert set(complete("imgtool serve-ctl ctl.sock ")) == set(listed)
+    assert complete("imgtool serve-ctl ctl.sock block-export-") == [
+        "block-export-add", "block-export-del"]
+    assert complete("imgtool serve-ctl ctl.sock quer") == [
+        "query-block-exports", "query-named-block-nodes",
+        "query-block-jobs", "query-version", "query-commands"]
+    assert complete("imgtool serve-ctl ctl.sock quit ") == []
+    assert complete("imgtool serve-ctl ctl.sock quit -") == []
 
 
 def test_complete_protocol_errors():

@@ -44,6 +44,9 @@ json_t *qmp_dispatch(const char *name, json_t *args, const char **class,
                      Error *err);
 /* The names, for query-commands. */
 json_t *qmp_command_names(void);
+/* The i-th command's name (qmp_capabilities aside), NULL past the last:
+ * the client (imgtool serve-ctl) offers what the daemon runs. */
+const char *qmp_command_name(size_t i);
 void qmp_quit(void);
 
 #endif

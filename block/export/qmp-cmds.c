@@ -448,6 +448,11 @@ static const struct {
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
+const char *qmp_command_name(size_t i)
+{
+    return i < N_COMMANDS ? commands[i].name : NULL;
+}
+
 json_t *qmp_command_names(void)
 {
     json_t *arr = json_array();
