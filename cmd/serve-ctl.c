@@ -5,6 +5,10 @@
  * key=value pairs (dotted keys nest; true/false and whole numbers are
  * typed, everything else is a string: use JSON for a string that looks
  * like a number).  Exit 0 on success, 1 with the server's error.
+ *
+ * Its table lists the daemon's commands from the daemon's own dispatch
+ * table (qmp_command_name), so --help and completion offer exactly what
+ * `imgtool serve` runs.
  */
 #include <assert.h>
 #include <errno.h>

@@ -8,6 +8,8 @@
  * completion field: "fmt" is a format, "a|b|c" a fixed set, -o's
  * "options" the chosen format's keys, "name[,bus=blk|scsi][,...]" a
  * key list whose keys and fixed values come from the name itself.
+ * A command language of a command's own (CmdSpec.commands: serve-ctl's
+ * QMP commands) completes the positional its usage calls COMMAND.
  * Nothing here writes except the candidates on stdout; every failure
  * (no store, an inactive pool) just means fewer candidates.
  */
