@@ -332,7 +332,9 @@ def test_killed_create_leaves_no_lv(lvpool, tmp_path):
     f.write_text("<volume><name>kcopy</name><capacity>1</capacity></volume>")
     marker = os.path.join(p.cfg, ".imgtool", "pools", "lv", "ops", "kcopy")
     killed = 0
-    for _ in range(5):
+    # kills at several depths (lvcreate, early and late in the copy), so
+    # that a quick copy on an idle host is still caught at least once
+    for delay in (0.01, 0.05, 0.1, 0.2, 0.3):
         c = subprocess.Popen([IMGTOOL, "vol-create-from", "lv", f, "ksrc",
                               "--inputpool", "lv"],
                              stdout=subprocess.DEVNULL,
@@ -340,7 +342,7 @@ def test_killed_create_leaves_no_lv(lvpool, tmp_path):
                              env=no_leak_check_env() | p.env)
         while c.poll() is None and not os.path.exists(marker):
             time.sleep(0.001)
-        time.sleep(0.3)     # into lvcreate or the copy
+        time.sleep(delay)
         c.send_signal(signal.SIGKILL)
         c.wait()
         if c.returncode == 0:
