@@ -311,8 +311,14 @@ static int write_initial(BlockNode *file, const CreateParams *p,
     for (uint64_t i = 0; i < 3 + l1_clusters; i++) {
         qcow2_refblock_set(&st, buf + 2 * cs, i, 1);
     }
-    /* The file ends right after the L1 entries, as QEMU's does. */
-    ret = block_pwrite(file, 0, 3 * cs + l1_size * 8, buf, 0);
+    /* The file ends right after the L1 entries, as QEMU's does.  The
+     * header goes last: a write cut short (a SIGKILL stops a large
+     * write() between pages) must not leave a header naming a refcount
+     * block or L1 table that is not there yet. */
+    ret = block_pwrite(file, cs, 2 * cs + l1_size * 8, buf + cs, 0);
+    if (ret >= 0) {
+        ret = block_pwrite(file, 0, cs, buf, 0);
+    }
     free(buf);
     if (ret >= 0) {
         ret = block_flush(file);
