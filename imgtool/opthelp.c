@@ -10,20 +10,33 @@
 
 #include "imgtool/opthelp.h"
 
+/*
+ * qemu-img reads an -o list item by item: a name runs to the first '='
+ * or ',' (no escaping in names); after '=' the value runs to the next
+ * single ',' (",," is a comma in it).  An item without '=' is a flag,
+ * and the flag "help" or "?" asks for the list; so "help,,", "x,,help"
+ * and "a=1,,,help" ask, while "a=1,,help" (a value) does not.
+ */
 bool opthelp_wanted(const char *s)
 {
     const char *p = s;
     while (*p) {
-        const char *end = p;
-        while (*end && !(*end == ',' && end[1] != ',')) {
-            end += (*end == ',') ? 2 : 1;
+        size_t len = strcspn(p, "=,");
+        if (p[len] == '=') {
+            p += len + 1;
+            while (*p && !(*p == ',' && p[1] != ',')) {
+                p += (*p == ',') ? 2 : 1;
+            }
+        } else {
+            if ((len == 4 && strncmp(p, "help", 4) == 0) ||
+                (len == 1 && *p == '?')) {
+                return true;
+            }
+            p += len;
         }
-        size_t len = (size_t)(end - p);
-        if ((len == 4 && strncmp(p, "help", 4) == 0) ||
-            (len == 1 && *p == '?')) {
-            return true;
+        if (*p == ',') {
+            p++;
         }
-        p = *end ? end + 1 : end;
     }
     return false;
 }

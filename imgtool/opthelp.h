@@ -11,8 +11,8 @@
 
 #include "block/block.h"
 
-/* True when an -o string holds a bare "help" or "?" item (",," is a
- * literal comma, not a separator). */
+/* True when an -o string holds a "help" or "?" flag item, read as
+ * qemu-img reads the list (see opthelp.c). */
 bool opthelp_wanted(const char *s);
 
 /* Prints title, then one "  name=<type>   - help" line per option,

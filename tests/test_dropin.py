@@ -507,3 +507,33 @@ def test_convert_progress_steps(tmp_path, kind, extra):
         outs.append(p.stdout)
     assert outs[1] == outs[0]
     assert outs[0].count("/100%)") >= 3
+
+
+# --- 8b. help inside an option list ------------------------------------------
+
+# qemu-img reads names up to '=' or ',' and values up to a single ',': a
+# "help" flag after ",," still asks for the list, one inside a value not.
+@pytest.mark.parametrize("olist", ["help,,", "help,,,,", "help,,x", "x,,help",
+                                   "?,,", "help,,=1", "foo,,,,help",
+                                   "x=1,,,help", "cluster_size=64k,help",
+                                   "help", "help,,cluster_size=64k"])
+def test_help_inside_option_lists(tmp_path, as_qemu_img, olist):
+    qemu_img("create", "-q", "-f", "raw", tmp_path / "r.img", "1M")
+    qemu_img("create", "-q", "-f", "qcow2", tmp_path / "a.qcow2", "1M")
+    for args in (["create", "-f", "qcow2", "x.qcow2", "1M"],
+                 ["create", "-f", "raw", "x.qcow2", "1M"],
+                 ["create", "x.qcow2", "1M"],
+                 ["convert", "-O", "qcow2", "r.img", "y.qcow2"],
+                 ["convert", "-O", "raw", "r.img", "y.qcow2"],
+                 ["convert", "r.img", "y.qcow2"],
+                 ["amend", "-f", "qcow2", "a.qcow2"],
+                 ["amend", "a.qcow2"],
+                 ["amend", "-f", "raw", "r.img"]):
+        args = args[:1] + ["-o", olist] + args[1:]
+        q, i = both(as_qemu_img, *args, cwd=tmp_path)
+        assert (i.returncode, i.stdout, i.stderr) == \
+            (q.returncode, q.stdout, q.stderr), args
+        if args[-1] != "r.img":
+            assert q.returncode == 0 and "options" in q.stdout.split("\n")[0]
+        assert not (tmp_path / "x.qcow2").exists()
+        assert not (tmp_path / "y.qcow2").exists()
