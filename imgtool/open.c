@@ -46,6 +46,12 @@ BlockNode *imgtool_open(const char *name, const char *fmt, bool image_opts,
     }
     if (!image_opts) {
         BlockNode *n = block_open(name, fmt, NULL, flags, err);
+        if (!n) {
+            /* qemu-img's words: its name for the image, then the block
+             * layer's ("Could not open 'x': Could not open 'x': No such
+             * file or directory" when the file itself is missing) */
+            error_prefixf(err, "Could not open '%s'", name);
+        }
         if (n && !fmt && (flags & BLOCK_O_RDWR) &&
             strcmp(block_node_format(n), "raw") == 0) {
             imgtool_warn("Image format was not specified for '%s' and "

@@ -186,11 +186,8 @@ static int open_backing(BlockNode *n, KVList *backing_opts, int flags,
                               backing_opts, bflags, cs, true, err);
     cs->depth--;
     if (!b) {
-        /* Name the innermost failure once, not once per chain level. */
-        if (err && strncmp(err->msg, "Could not open backing file",
-                           strlen("Could not open backing file")) != 0) {
-            error_prefixf(err, "Could not open backing file");
-        }
+        /* once per level, as QEMU nests it */
+        error_prefixf(err, "Could not open backing file");
         return -(err && err->code ? err->code : EIO);
     }
     return block_set_child(n, BLOCK_CHILD_BACKING, b);
@@ -491,7 +488,11 @@ static BlockNode *open_image(const char *filename, const char *format,
     }
     ret = drv->open(n, opts, flags, err);
     if (ret < 0) {
-        if (err && err->code && strncmp(err->msg, "Could not open", 14)) {
+        /* A layer of a chain reports its driver's words bare, as QEMU
+         * does: whoever opened the chain names its top (imgtool_open),
+         * and each backing level says "Could not open backing file". */
+        if (!chain_member && err && err->code &&
+            strncmp(err->msg, "Could not open", 14)) {
             error_prefixf(err, "Could not open '%s'", filename);
         }
         error_setf(err, -ret, "Could not open '%s': %s", filename,

@@ -107,8 +107,9 @@ static int file_open(BlockNode *n, KVList *opts, int flags, Error *err)
         goto fail;
     }
     if (S_ISDIR(st.st_mode)) {
-        ret = error_setf(err, EISDIR, "Could not open '%s': Is a directory",
-                         n->filename);
+        /* (opened for writing, open() itself said "Is a directory") */
+        ret = error_setf(err, EISDIR, "'file' driver requires '%s' to be a "
+                         "regular file", n->filename);
         goto fail;
     }
     s->is_device = S_ISBLK(st.st_mode);

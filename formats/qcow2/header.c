@@ -209,9 +209,9 @@ int qcow2_read_header(Qcow2State *s, Error *err)
     if (flen < 0) {
         return error_setf(err, (int)-flen, "cannot get file length");
     }
-    if (flen < QCOW2_V2_HEADER_SIZE) {
-        return error_setf(err, EINVAL, "file too short for a qcow2 header");
-    }
+    /* Bytes past the end of a short file read as zeroes, as QEMU reads
+     * them: an empty file "is not in qcow2 format", a cut one's header
+     * is "too short" (the checks below). */
     memset(h, 0, sizeof(h));
     ret = block_pread(file, 0,
                       flen < (int64_t)sizeof(h) ? (size_t)flen : sizeof(h), h);
@@ -252,8 +252,14 @@ int qcow2_read_header(Qcow2State *s, Error *err)
         s->autoclear_features = qcow2_be64(h + QCOW2_HDR_AUTOCLEAR);
         s->refcount_order = qcow2_be32(h + QCOW2_HDR_REFCOUNT_ORDER);
         s->header_length = qcow2_be32(h + QCOW2_HDR_HEADER_LENGTH);
-        if (s->header_length < QCOW2_V3_HEADER_MIN ||
-            s->header_length % 8 || s->header_length > s->cluster_size ||
+        if (s->header_length < QCOW2_V3_HEADER_MIN) {
+            return error_setf(err, EINVAL, "qcow2 header too short");
+        }
+        if (s->header_length > s->cluster_size) {
+            return error_setf(err, EINVAL, "qcow2 header exceeds cluster "
+                              "size");
+        }
+        if (s->header_length % 8 || s->header_length > s->cluster_size ||
             s->header_length > (uint64_t)flen) {
             return error_setf(err, EINVAL, "invalid qcow2 header length %u",
                               s->header_length);
