@@ -73,6 +73,10 @@ BlockNode *imgtool_open(const char *name, const char *fmt, bool image_opts,
     }
     BlockNode *n = block_open(NULL, NULL, &opts, flags, err);
     kvlist_free(&opts);
+    if (!n) {
+        /* as qemu-img names it: by the option string */
+        error_prefixf(err, "Could not open '%s'", name);
+    }
     return n;
 }
 

@@ -300,7 +300,9 @@ def test_wrong_passphrase(tmp_path, volume):
     p = imgtool("io", "--object", f"secret,id=sec0,file={bad}",
                 "-c", "write -P 0 0 4k", "--image-opts", image_opts(volume),
                 check=False)
-    assert one_error_line(p) == (f"imgtool: Could not open '{volume}': "
+    # named as qemu-img names an --image-opts image: by its options
+    assert one_error_line(p) == (f"imgtool: Could not open "
+                                 f"'{image_opts(volume)}': "
                                  "Invalid password, cannot unlock any "
                                  "keyslot")
     assert digest(volume) == before
@@ -372,7 +374,8 @@ def test_corrupt_header(volume, pwfile, name):
                 "--image-opts", image_opts(volume), check=False)
     line = one_error_line(p)
     assert why in line, line
-    assert line.startswith(f"imgtool: Could not open '{volume}': "), line
+    assert line.startswith(f"imgtool: Could not open "
+                           f"'{image_opts(volume)}': "), line
     # Header-only opens (info) judge the header the same way.
     p = imgtool("info", "-f", "luks", volume, check=False)
     assert why in one_error_line(p)

@@ -118,8 +118,8 @@ def test_wrong_or_missing_secret(tmp, sec):
     p = imgtool("io", "--object", sec["bad"], "--image-opts",
                 "-c", "write -P 2 0 64k", iopts(img), rc=1)
     assert p.stderr.strip().splitlines() == [
-        f"imgtool: Could not open '{img}': Invalid password, cannot unlock "
-        "any keyslot"]
+        f"imgtool: Could not open '{iopts(img)}': Invalid password, cannot "
+        "unlock any keyslot"]
     p = imgtool("io", "-c", "write -P 2 0 64k", img, rc=1)
     assert p.stderr.strip().splitlines() == [
         f"imgtool: Could not open '{img}': Parameter 'encrypt.key-secret' "

@@ -186,8 +186,12 @@ static int open_backing(BlockNode *n, KVList *backing_opts, int flags,
                               backing_opts, bflags, cs, true, err);
     cs->depth--;
     if (!b) {
-        /* once per level, as QEMU nests it */
-        error_prefixf(err, "Could not open backing file");
+        /* once per level, as QEMU nests it, while the line keeps room
+         * for the innermost reason and the caller's name for the top */
+        static const char pfx[] = "Could not open backing file";
+        if (err && strlen(err->msg) + sizeof(pfx) + 2 < sizeof(err->msg) / 2) {
+            error_prefixf(err, "%s", pfx);
+        }
         return -(err && err->code ? err->code : EIO);
     }
     return block_set_child(n, BLOCK_CHILD_BACKING, b);
