@@ -48,6 +48,17 @@ static const char *bitmap_point(const char *uuid, const char *name)
     return name + pl + ul + 1;
 }
 
+/* Whether point pid is one of the nkeep points still in the chain. */
+static bool kept_point(const char *pid, const char *const *keep, int nkeep)
+{
+    for (int k = 0; k < nkeep; k++) {
+        if (keep[k] && strcmp(pid, keep[k]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 int bk_bitmap_usable(BlockNode *src, const char *uuid, const char *id,
                      char **reason, Error *err)
 {
@@ -110,10 +121,7 @@ int bk_bitmaps_begin(BlockNode *src, const char *uuid, const char *new_id,
      * store (a leftover of the new name too: it belongs to no point). */
     for (int i = 0; i < n && ret == 0; i++) {
         const char *pid = bitmap_point(uuid, v[i].name);
-        bool kept = false;
-        for (int k = 0; pid && k < nkeep && !kept; k++) {
-            kept = keep[k] && strcmp(pid, keep[k]) == 0;
-        }
+        bool kept = pid && kept_point(pid, keep, nkeep);
         if (pid && (v[i].inconsistent || !kept ||
                     strcmp(v[i].name, name) == 0)) {
             ret = block_bitmap_remove(src, v[i].name, err);
@@ -145,11 +153,7 @@ int bk_bitmaps_finish(BlockNode *src, const char *uuid, const char *const *keep,
     }
     for (int i = 0; i < n && ret == 0; i++) {
         const char *pid = bitmap_point(uuid, v[i].name);
-        bool kept = false;
-        for (int k = 0; pid && k < nkeep && !kept; k++) {
-            kept = keep[k] && strcmp(pid, keep[k]) == 0;
-        }
-        if (pid && !kept) {
+        if (pid && !kept_point(pid, keep, nkeep)) {
             ret = block_bitmap_remove(src, v[i].name, err);
             removed++;
         }

@@ -41,10 +41,10 @@ static bool is_aligned(BlockNode *n, uint64_t off, uint64_t len,
            (!qiov || blockiov_is_aligned(qiov, a));
 }
 
-/* Format nodes have a fixed virtual size; protocol nodes grow when a
- * format driver writes past their end (new clusters). */
 static int64_t length_within(BlockNode *n);
 
+/* Format nodes have a fixed virtual size; protocol nodes grow when a
+ * format driver writes past their end (new clusters). */
 int block_check_request(BlockNode *n, uint64_t off, uint64_t len, bool write)
 {
     if (off + len < off) {
@@ -552,15 +552,16 @@ int64_t block_get_allocated_size(BlockNode *n)
 int block_truncate(BlockNode *n, uint64_t size, bool exact, PreallocMode pm,
                    Error *err)
 {
-    if (!n->drv->truncate) {
-        return error_setf(err, ENOTSUP, "Image format '%s' does not support "
-                          "resizing", n->drv->name);
-    }
     block_node_enter(n, NULL);
     if (n->read_only || (n->flags & BLOCK_O_BITMAPS_ONLY)) {
         block_node_leave(n);
         return error_setf(err, EACCES, "Image '%s' is read-only",
                           n->filename);
+    }
+    if (!n->drv->truncate) {
+        block_node_leave(n);
+        return error_setf(err, ENOTSUP, "Image format '%s' does not support "
+                          "resizing", n->drv->name);
     }
     if (block_has_write_hooks(n)) {
         /* A watcher's point-in-time view (a backup's) has the old size,
