@@ -58,6 +58,19 @@ def imgtool_info(path, *extra):
     return json.loads(imgtool("info", "--output=json", *extra, path).stdout)
 
 
+def retry_calibration(run_once, tries=30):
+    """run_once() -> CompletedProcess, run again while qemu-img's PBKDF2
+    calibration fails ("Unable to get accurate CPU usage", now and then
+    on a loaded host); any other outcome is returned as it is."""
+    import time
+    for _ in range(tries):
+        p = run_once()
+        if "accurate CPU usage" not in p.stderr:
+            return p
+        time.sleep(0.1)
+    raise AssertionError("qemu-img kept failing to calibrate PBKDF2")
+
+
 def start_qemu_nbd(sock, *args, stderr=subprocess.PIPE):
     """qemu-nbd -t serving args on unix socket sock, returned once it
     accepts connections: its socket file appears at bind(), before

@@ -17,7 +17,7 @@ import subprocess
 import pytest
 
 from conftest import (IMGTOOL, imgtool, io_args, no_leak_check_env,
-                      qemu_img, qemu_io, read_be)
+                      qemu_img, qemu_io, read_be, retry_calibration)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -319,10 +319,10 @@ def file_hints(tool, args, dst):
     that they are made, as qemu-img makes them)."""
     log = dst.parent / "ioctl.log"
     dst.unlink(missing_ok=True)
-    p = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e",
-                        "trace=ioctl", tool, *map(str, args)],
-                       capture_output=True, text=True, timeout=120,
-                       env=no_leak_check_env())
+    p = retry_calibration(lambda: subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(log), "-e", "trace=ioctl", tool,
+         *map(str, args)], capture_output=True, text=True, timeout=120,
+        env=no_leak_check_env()))
     assert p.returncode == 0, p.stderr
     hints = set()
     for line in log.read_text().splitlines():

@@ -12,12 +12,11 @@ state with every surviving passphrase still opening the volume.
 import hashlib
 import shutil
 import struct
-import time
 
 import pytest
 
 from conftest import (faulty_opts, imgtool, one_error_line, qemu_img, qemu_io,
-                      run)
+                      retry_calibration, run)
 
 HAVE_CRYPTSETUP = shutil.which("cryptsetup") is not None
 PASSES = {"s0": "first pass", "s1": "second pass", "s2": "third pass",
@@ -50,14 +49,7 @@ def prefixed(fmt, opts):
 
 
 def retry_qemu(argv):
-    """qemu-img's PBKDF2 calibration fails now and then on a loaded host
-    with "Unable to get accurate CPU usage": retry that only."""
-    for _ in range(30):
-        p = run(argv, check=False)
-        if "accurate CPU usage" not in p.stderr:
-            return p
-        time.sleep(0.1)
-    raise AssertionError("qemu-img kept failing to calibrate PBKDF2")
+    return retry_calibration(lambda: run(argv, check=False))
 
 
 def amend(tool, objs, path, fmt, opts, key="s0", force=False, rc=0):
